@@ -1,0 +1,49 @@
+# Set-up, pipeline and tests. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+# Stage commands in dvc.yaml say `python`: it must be the venv's, for DVC and for Spark workers.
+export PATH := $(abspath $(BIN)):$(PATH)
+export PYSPARK_PYTHON := $(abspath $(BIN)/python)
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+java: ## Check for Java 17+ (installs a headless JRE with apt-get when run as root)
+	@bash scripts/ensure-java.sh
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: Python 3.11 is required" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --no-deps -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+venv: java $(STAMP) ## Create .venv from the lock file
+
+run: venv ## Run the whole pipeline on the bundled sample (dvc repro)
+	$(BIN)/dvc repro
+
+test: venv ## Run the test suite
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv ## Lint and check formatting
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: venv ## Ingest throughput benchmark (writes bench/results/)
+	$(BIN)/python bench/ingest_throughput.py
+
+lock: ## Re-resolve requirements.lock from pyproject.toml (slow: ~10 min)
+	$(PYTHON) -m venv .lockenv && .lockenv/bin/pip install --quiet pip-tools
+	.lockenv/bin/pip-compile --extra dev --strip-extras --allow-unsafe --no-emit-index-url -c constraints.txt -o requirements.lock pyproject.toml
+
+clean: ## Remove the venv and pipeline outputs
+	rm -rf $(VENV) .lockenv data .pytest_cache
+
+.PHONY: help java venv run test lint bench lock clean

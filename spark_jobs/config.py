@@ -1,0 +1,218 @@
+"""Typed, validated configuration loaded from params.yaml plus ``--set key=value`` overrides.
+
+Every stage calls :func:`load_config` once in ``main()``; functions below receive values from
+the frozen :class:`Config`, never read files or the environment themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = "params.yaml"
+
+Byte = Annotated[int, Field(ge=0, le=255)]
+RGB = tuple[Byte, Byte, Byte]
+
+
+class ConfigError(ValueError):
+    """A parameter file or override that cannot be used; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    root: str = "data"
+
+
+class SparkConfig(_Section):
+    master: str = "local[*]"
+    app_name: str = "image-platform"
+    driver_memory: str = Field("4g", pattern=r"^\d+[kmgt]?$")
+    executor_memory: str = Field("2g", pattern=r"^\d+[kmgt]?$")
+    python: str | None = None
+    arrow_max_records_per_batch: int = Field(256, ge=1)
+    task_max_failures: int = Field(4, ge=1)
+    shuffle_partitions: int = Field(8, ge=1)
+    parquet_compression: Literal["none", "snappy", "gzip", "zstd", "lz4"] = "zstd"
+    memory_fraction: float = Field(0.6, gt=0.0, lt=1.0)
+    files_max_partition_bytes: int = Field(64 * 2**20, ge=2**16)
+    files_open_cost_bytes: int = Field(16 * 2**10, ge=0)
+    log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class SampleConfig(_Section):
+    image_size: int = Field(32, ge=8, le=1024)
+    resample: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bicubic"
+
+
+class ResizeConfig(_Section):
+    policy: Literal["pad", "crop", "stretch"] = "pad"
+    resample: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "lanczos"
+    fill: RGB = (0, 0, 0)
+
+
+class PreprocessConfig(_Section):
+    denoise: Literal["none", "median"] = "none"
+    median_size: int = Field(3, ge=3, le=15)
+    contrast: Literal["none", "autocontrast", "equalize"] = "none"
+
+    @model_validator(mode="after")
+    def _odd_kernel(self) -> PreprocessConfig:
+        if self.median_size % 2 == 0:
+            raise ValueError("median_size must be odd")
+        return self
+
+
+class SplitConfig(_Section):
+    train: float = Field(0.7, ge=0.0, le=1.0)
+    val: float = Field(0.15, ge=0.0, le=1.0)
+    test: float = Field(0.15, ge=0.0, le=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1.0, got {total:g}")
+        return self
+
+    def fractions(self) -> dict[str, float]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+class IngestConfig(_Section):
+    source: str = "data/sample/digits"
+    image_size: int = Field(32, ge=8, le=4096)
+    extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+    min_side: int = Field(8, ge=1)
+    max_image_pixels: int = Field(89_478_485, ge=1)
+    alpha_background: RGB = (255, 255, 255)
+    fetch_threads: int = Field(8, ge=1, le=256)
+    resize: ResizeConfig = ResizeConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    split: SplitConfig = SplitConfig()
+
+    @model_validator(mode="after")
+    def _dotted_lowercase_extensions(self) -> IngestConfig:
+        bad = [e for e in self.extensions if not e.startswith(".") or e != e.lower()]
+        if bad:
+            raise ValueError(f"extensions must be lower-case and start with '.', got {bad}")
+        return self
+
+
+class RawGateConfig(_Section):
+    min_per_class: int = Field(20, ge=0)
+    max_quarantine_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    split_tolerance: float = Field(0.05, ge=0.0, le=1.0)
+
+
+class GateConfig(_Section):
+    raw: RawGateConfig = RawGateConfig()
+
+
+class Config(_Section):
+    """The whole params.yaml, validated."""
+
+    data: DataConfig = DataConfig()
+    spark: SparkConfig = SparkConfig()
+    sample: SampleConfig = SampleConfig()
+    ingest: IngestConfig = IngestConfig()
+    gate: GateConfig = GateConfig()
+
+    def section(self, *names: str) -> dict[str, Any]:
+        """The named top-level sections (``gate.raw`` style paths allowed) as plain data."""
+        dumped = self.model_dump(mode="json")
+        out: dict[str, Any] = {}
+        for name in names:
+            node: Any = dumped
+            for part in name.split("."):
+                node = node[part]
+            out[name] = node
+        return out
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON form of ``params``."""
+    blob = json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. ingest.image_size=64")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc.problem})") from exc
+    return key.split("."), value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of ``tree`` with each ``a.b.c=value`` override applied (value parsed as YAML)."""
+    result = json.loads(json.dumps(tree))
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = result
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {'.'.join(path)}: {part} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in error["loc"]) or "<top level>"
+    if error["type"] == "extra_forbidden":
+        return f"unknown parameter {key}"
+    return f"parameter {key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def validate(tree: dict[str, Any]) -> Config:
+    """Typed config from a plain tree; :class:`ConfigError` names every bad key, one per line."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(e) for e in exc.errors())) from None
+
+
+def load_config(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> Config:
+    """Config from a params file with ``--set`` style overrides applied."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"params file {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"params file {path} is not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"params file {path}: expected a mapping of sections at the top level")
+    return validate(apply_overrides(tree, overrides or []))
+
+
+def arg_parser(stage: str, description: str | None = None) -> argparse.ArgumentParser:
+    """The command line every stage shares: ``[--params FILE] [--set key=value ...]``."""
+    parser = argparse.ArgumentParser(prog=f"python -m spark_jobs.{stage}", description=description)
+    parser.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter, e.g. --set ingest.image_size=64 (repeatable)",
+    )
+    return parser

@@ -1,0 +1,205 @@
+"""Gates: a stage writes to staging, validates what it wrote with Great Expectations, then either
+publishes it (atomic rename + ``_manifest.json``) or sets it aside with a readable report and
+exits with :data:`EXIT_GATE_FAILED`, so ``dvc repro`` and Airflow both stop there.
+
+Layout under ``data.root``::
+
+    <stage>/                      published output (+ _manifest.json, _validation.json)
+    .staging/<stage>-<run_id>/    being written
+    rejected/<stage>-<run_id>/    output that failed its gate, kept for inspection
+    gates/<stage>/                last validation: summary.txt, validation.json, docs/index.html
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spark_jobs import manifest as manifests
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+log = logging.getLogger(__name__)
+
+EXIT_GATE_FAILED = 3
+VALIDATION = "_validation.json"
+_DOCS_SITE = "gates"
+
+
+class GateFailed(RuntimeError):
+    """A stage's output failed its suite; nothing was published."""
+
+    def __init__(self, stage: str, report: Path, rejected: Path, summary: str) -> None:
+        super().__init__(
+            f"gate '{stage}' failed: nothing published. Report: {report}; output kept at {rejected}\n{summary}"
+        )
+        self.stage = stage
+        self.report = report
+        self.rejected = rejected
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One table to validate and the expectations it must meet."""
+
+    name: str
+    frame: DataFrame
+    expectations: Sequence[Any]
+
+
+@dataclass
+class GateResult:
+    """Outcome of a stage's suite: overall success and one entry per expectation."""
+
+    stage: str
+    success: bool
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    raw: list[dict[str, Any]] = field(default_factory=list)
+    docs: Path | None = None
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        return [c for c in self.checks if not c["success"]]
+
+    def summary(self) -> str:
+        """A few lines a person can read: verdict, then each failed expectation."""
+        head = f"gate {self.stage}: {'PASSED' if self.success else 'FAILED'} ({len(self.checks)} expectations, {len(self.failures)} failed)"
+        lines = [head]
+        for c in self.failures:
+            lines.append(f"  FAILED {c['batch']}: {c['expectation']} {c['kwargs']} -> {c['observed']}")
+        return "\n".join(lines)
+
+    def for_manifest(self) -> dict[str, Any]:
+        return {
+            "success": self.success,
+            "expectations": len(self.checks),
+            "failed": [f"{c['batch']}: {c['expectation']} {c['kwargs']}" for c in self.failures],
+        }
+
+
+def _observed(result: dict[str, Any]) -> Any:
+    if "observed_value" in result:
+        return {"observed_value": result["observed_value"]}
+    keys = ("unexpected_count", "unexpected_percent", "partial_unexpected_list")
+    return {k: result[k] for k in keys if k in result}
+
+
+def _checks(batch: str, suite_result: Any) -> list[dict[str, Any]]:
+    checks = []
+    for r in suite_result.results:
+        config = r.expectation_config
+        kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)}
+        error = (r.exception_info or {}).get("exception_message") if isinstance(r.exception_info, dict) else None
+        checks.append(
+            {
+                "batch": batch,
+                "expectation": config.type,
+                "kwargs": kwargs,
+                "success": bool(r.success),
+                "observed": {"error": error} if error else _observed(r.result or {}),
+            }
+        )
+    return checks
+
+
+def validate(stage: str, batches: Sequence[Batch], report_dir: Path) -> GateResult:
+    """Run each batch's expectations with GX, write Data Docs and JSON under ``report_dir``."""
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    if report_dir.exists():
+        shutil.rmtree(report_dir)
+    docs_dir = report_dir / "docs"
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    context.add_data_docs_site(
+        site_name=_DOCS_SITE,
+        site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.absolute())},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    source = context.data_sources.add_spark(name=f"{stage}_output")
+    result = GateResult(stage=stage, success=True)
+    for batch in batches:
+        asset = source.add_dataframe_asset(name=batch.name)
+        definition = asset.add_batch_definition_whole_dataframe(batch.name)
+        suite = context.suites.add(gx.ExpectationSuite(name=f"{stage}.{batch.name}", expectations=list(batch.expectations)))
+        validation = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{stage}.{batch.name}", data=definition, suite=suite)
+        )
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"{stage}.{batch.name}",
+                validation_definitions=[validation],
+                actions=[UpdateDataDocsAction(name="data_docs", site_names=[_DOCS_SITE])],
+                result_format={"result_format": "SUMMARY", "partial_unexpected_count": 10},
+            )
+        )
+        run = checkpoint.run(batch_parameters={"dataframe": batch.frame})
+        result.success = result.success and bool(run.success)
+        result.raw.append(run.describe_dict())
+        for suite_result in run.run_results.values():
+            result.checks.extend(_checks(batch.name, suite_result))
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "validation.json").write_text(json.dumps(result.raw, indent=2, default=str) + "\n")
+    (report_dir / "summary.txt").write_text(result.summary() + "\n")
+    index = docs_dir / "index.html"
+    result.docs = index if index.exists() else None
+    return result
+
+
+class StagedOutput:
+    """An output folder that becomes visible only when its gate passes."""
+
+    def __init__(self, root: str | Path, stage: str) -> None:
+        root = Path(root)
+        self.stage = stage
+        self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+        self.final = root / stage
+        self.staging = root / ".staging" / f"{stage}-{self.run_id}"
+        self.rejected = root / "rejected" / f"{stage}-{self.run_id}"
+        self.report_dir = root / "gates" / stage
+        self.staging.mkdir(parents=True)
+
+    def path(self, name: str) -> str:
+        """Where to write table ``name`` while staging."""
+        return str(self.staging / name)
+
+    def finish(self, result: GateResult, manifest: dict[str, Any]) -> Path:
+        """Publish on success; otherwise set the output aside and raise :class:`GateFailed`."""
+        (self.staging / VALIDATION).write_text(json.dumps(result.raw, indent=2, default=str) + "\n")
+        manifests.write(self.staging, manifest)
+        if not result.success:
+            self.rejected.parent.mkdir(parents=True, exist_ok=True)
+            self.staging.rename(self.rejected)
+            report = result.docs or self.report_dir / "summary.txt"
+            raise GateFailed(self.stage, report, self.rejected, result.summary())
+        self._promote()
+        log.info("%s", result.summary())
+        log.info("published %s", self.final)
+        return self.final
+
+    def _promote(self) -> None:
+        # Two renames on one filesystem: readers see the old or the new folder, never a mix.
+        old = self.final.with_name(f".{self.final.name}.old-{self.run_id}")
+        if self.final.exists():
+            self.final.rename(old)
+        self.staging.rename(self.final)
+        if old.exists():
+            shutil.rmtree(old)
+
+    def discard(self) -> None:
+        """Remove the staging folder after a crash (a failed gate keeps its output instead)."""
+        if self.staging.exists():
+            shutil.rmtree(self.staging, ignore_errors=True)

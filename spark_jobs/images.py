@@ -1,0 +1,271 @@
+"""Pure image functions: decode bytes into normalised RGB pixels, or say why they cannot be used.
+
+Normalised pixels are uint8 RGB in row-major HWC order, ``image_size`` x ``image_size`` x 3:
+EXIF orientation applied, every mode converted to RGB, preprocessing applied, resized with the
+configured policy. Consumers scale to floats themselves; uint8 is lossless and 4x smaller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+from spark_jobs.config import IngestConfig, ResizeConfig
+
+# Why a file was quarantined. A short fixed vocabulary, so the gate and people can count them.
+EMPTY: Final = "empty"
+UNSUPPORTED_EXTENSION: Final = "unsupported_extension"
+NOT_AN_IMAGE: Final = "not_an_image"
+TRUNCATED: Final = "truncated"
+UNREADABLE: Final = "unreadable"
+DECOMPRESSION_BOMB: Final = "decompression_bomb"
+TOO_SMALL: Final = "too_small"
+UNSUPPORTED_MODE: Final = "unsupported_mode"
+UNLABELLED: Final = "unlabelled"
+FETCH_FAILED: Final = "fetch_failed"
+LABEL_CONFLICT: Final = "label_conflict"
+DUPLICATE: Final = "duplicate"
+REASONS: Final = (
+    EMPTY,
+    UNSUPPORTED_EXTENSION,
+    NOT_AN_IMAGE,
+    TRUNCATED,
+    UNREADABLE,
+    DECOMPRESSION_BOMB,
+    TOO_SMALL,
+    UNSUPPORTED_MODE,
+    UNLABELLED,
+    FETCH_FAILED,
+    LABEL_CONFLICT,
+    DUPLICATE,
+)
+
+SPLITS: Final = ("train", "val", "test")
+
+RESAMPLE: Final = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+class Rejected(Exception):
+    """An input that cannot be used: ``reason`` is from :data:`REASONS`, ``detail`` says more."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One usable image: normalised pixels plus what the original looked like."""
+
+    pixels: bytes
+    height: int
+    width: int
+    orig_width: int
+    orig_height: int
+    orig_format: str
+    orig_mode: str
+
+
+def image_id(data: bytes) -> str:
+    """Content hash of the source bytes: the image's identity everywhere in the platform."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def assign_split(image_id_: str, fractions: dict[str, float], seed: int = 0) -> str:
+    """train/val/test as a pure function of the image id (same on every rerun and machine)."""
+    digest = hashlib.sha256(f"{seed}:{image_id_}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
+    cumulative = 0.0
+    for name in SPLITS:
+        cumulative += fractions[name]
+        if u < cumulative:
+            return name
+    return SPLITS[-1]
+
+
+def has_extension(name: str, extensions: tuple[str, ...]) -> bool:
+    return name.lower().endswith(tuple(extensions))
+
+
+def _scale_to_uint8(arr: np.ndarray, full_scale: float | None) -> np.ndarray:
+    arr = arr.astype(np.float64)
+    if full_scale is None:
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+    else:
+        arr = arr / full_scale * 255.0
+    return np.clip(np.rint(np.nan_to_num(arr)), 0, 255).astype(np.uint8)
+
+
+def _high_depth_to_l(im: Image.Image) -> Image.Image:
+    """8-bit grey from 16/32-bit integer or float modes, scaled by range, not clipped."""
+    arr = np.asarray(im)
+    if im.mode.startswith("I;16"):
+        out = _scale_to_uint8(arr, 65535.0)
+    elif im.mode == "I":
+        in_16_bit = arr.min() >= 0 and arr.max() <= 65535
+        out = _scale_to_uint8(arr, 65535.0 if in_16_bit and arr.max() > 255 else 255.0 if in_16_bit else None)
+    else:  # "F"
+        in_unit = np.nanmin(arr) >= 0.0 and np.nanmax(arr) <= 1.0
+        out = _scale_to_uint8(arr, 1.0 if in_unit else None)
+    return Image.fromarray(out, mode="L")
+
+
+def _composite(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    rgba = im.convert("RGBA")
+    base = Image.new("RGBA", rgba.size, (*background, 255))
+    return Image.alpha_composite(base, rgba).convert("RGB")
+
+
+def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
+    profile = im.info.get("icc_profile")
+    if profile:
+        try:
+            from PIL import ImageCms
+
+            src = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+            return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except Exception:  # a broken embedded profile: fall back to Pillow's conversion
+            pass
+    return im.convert("RGB")
+
+
+def to_rgb(im: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """RGB version of an image of any Pillow mode; transparency composited over ``background``."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode in ("P", "L", "RGB") and "transparency" in im.info):
+        return _composite(im, background)
+    if mode == "CMYK":
+        return _cmyk_to_rgb(im)
+    if mode.startswith("I") or mode == "F":
+        return _high_depth_to_l(im).convert("RGB")
+    try:
+        return im.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise Rejected(UNSUPPORTED_MODE, f"cannot convert mode {mode} to RGB: {exc}") from exc
+
+
+def preprocess(im: Image.Image, denoise: str, median_size: int, contrast: str) -> Image.Image:
+    """Optional denoise (median) then contrast (autocontrast / equalize) of an RGB image."""
+    if denoise == "median":
+        im = im.filter(ImageFilter.MedianFilter(median_size))
+    if contrast == "autocontrast":
+        im = ImageOps.autocontrast(im)
+    elif contrast == "equalize":
+        im = ImageOps.equalize(im)
+    return im
+
+
+def resize(im: Image.Image, size: int, cfg: ResizeConfig) -> Image.Image:
+    """A ``size`` x ``size`` image: pad (letterbox), crop (fill + centre-crop) or stretch."""
+    method = RESAMPLE[cfg.resample]
+    if cfg.policy == "stretch":
+        return im.resize((size, size), method)
+    if cfg.policy == "crop":
+        return ImageOps.fit(im, (size, size), method=method, centering=(0.5, 0.5))
+    return ImageOps.pad(im, (size, size), method=method, color=tuple(cfg.fill), centering=(0.5, 0.5))
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Open (headers only) with the bomb limit enforced; raises :class:`Rejected`."""
+    if not data:
+        raise Rejected(EMPTY, "zero-byte file")
+    with warnings.catch_warnings():
+        # Pillow warns between the limit and twice the limit and raises above: treat both alike.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            im = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise Rejected(DECOMPRESSION_BOMB, str(exc)) from exc
+        except UnidentifiedImageError as exc:
+            raise Rejected(NOT_AN_IMAGE, _sniff(data)) from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise Rejected(UNREADABLE, f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+    width, height = im.size
+    if width * height > max_pixels:
+        raise Rejected(DECOMPRESSION_BOMB, f"{width}x{height} = {width * height} pixels > limit {max_pixels}")
+    return im
+
+
+def _sniff(data: bytes) -> str:
+    head = data[:64].lstrip().lower()
+    if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<svg")):
+        return "markup (HTML/XML/SVG), not a raster image"
+    return f"unknown format, first bytes {data[:8].hex()}"
+
+
+def _load(im: Image.Image) -> None:
+    try:
+        im.load()
+    except OSError as exc:
+        text = str(exc).lower()
+        if "truncated" in text or "broken data stream" in text or "premature end" in text:
+            raise Rejected(TRUNCATED, str(exc)) from exc
+        raise Rejected(UNREADABLE, f"{type(exc).__name__}: {exc}") from exc
+    except (SyntaxError, ValueError, EOFError) as exc:
+        raise Rejected(UNREADABLE, f"{type(exc).__name__}: {exc}") from exc
+
+
+def decode(data: bytes, cfg: IngestConfig) -> Decoded:
+    """Normalised pixels of one encoded image, or :class:`Rejected` saying why not."""
+    im = _open(data, cfg.max_image_pixels)
+    orig_format, orig_mode = im.format or "unknown", im.mode
+    orig_width, orig_height = _oriented_size(im)
+    if min(orig_width, orig_height) < cfg.min_side:
+        raise Rejected(TOO_SMALL, f"{orig_width}x{orig_height} < min_side {cfg.min_side}")
+    if getattr(im, "n_frames", 1) > 1:
+        im.seek(0)  # animated or multi-page: the first frame is the image
+    if im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK"):
+        # Let libjpeg decode at a reduced DCT scale, never below twice the target side.
+        im.draft(im.mode, (2 * cfg.image_size, 2 * cfg.image_size))
+    _load(im)
+    im = ImageOps.exif_transpose(im)
+    im = to_rgb(im, tuple(cfg.alpha_background))
+    p = cfg.preprocess
+    im = preprocess(im, p.denoise, p.median_size, p.contrast)
+    im = resize(im, cfg.image_size, cfg.resize)
+    pixels = np.asarray(im, dtype=np.uint8)
+    return Decoded(
+        pixels=pixels.tobytes(),
+        height=pixels.shape[0],
+        width=pixels.shape[1],
+        orig_width=orig_width,
+        orig_height=orig_height,
+        orig_format=orig_format,
+        orig_mode=orig_mode,
+    )
+
+
+def _oriented_size(im: Image.Image) -> tuple[int, int]:
+    """Original width and height as the image is meant to be seen (EXIF rotation applied)."""
+    width, height = im.size
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:
+        orientation = 1
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return width, height
+
+
+def pixels_to_array(pixels: bytes, height: int, width: int) -> np.ndarray:
+    """The HWC uint8 array stored in a ``pixels`` column."""
+    return np.frombuffer(pixels, dtype=np.uint8).reshape(height, width, 3)

@@ -1,0 +1,67 @@
+"""The ``main()`` every stage shares: parse args, load params, open Spark, run, map errors to exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from spark_jobs.config import Config, ConfigError, arg_parser, load_config
+from spark_jobs.gate import EXIT_GATE_FAILED, GateFailed
+from spark_jobs.store import SourceError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2  # params or source that cannot be used: fix the input, do not retry
+
+log = logging.getLogger("spark_jobs")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for noisy in ("py4j", "botocore", "urllib3", "great_expectations"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_stage(
+    stage: str,
+    argv: list[str] | None,
+    body: Callable[[Config, "SparkSession | None"], object],
+    *,
+    description: str,
+    precheck: Callable[[Config], object] | None = None,
+    needs_spark: bool = True,
+) -> int:
+    """Run one stage from its command line; returns the process exit code."""
+    setup_logging()
+    args = arg_parser(stage, description).parse_args(argv)
+    try:
+        cfg = load_config(args.params, args.overrides)
+        if precheck is not None:
+            precheck(cfg)  # input errors surface before Spark starts
+    except (ConfigError, SourceError) as exc:
+        for line in str(exc).splitlines():
+            log.error("%s: %s", stage, line)
+        return EXIT_BAD_INPUT
+    spark = None
+    try:
+        if needs_spark:
+            from spark_jobs.session import build_session
+
+            spark = build_session(cfg.spark)
+        body(cfg, spark)
+        return EXIT_OK
+    except GateFailed as exc:
+        log.error("%s", exc)
+        return EXIT_GATE_FAILED
+    except SourceError as exc:
+        log.error("%s: %s", stage, exc)
+        return EXIT_BAD_INPUT
+    finally:
+        if spark is not None:
+            spark.stop()

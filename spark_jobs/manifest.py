@@ -1,0 +1,78 @@
+"""``_manifest.json``: what made an output folder (stage, code, params, inputs, counts, gate, timings)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from spark_jobs import __version__
+from spark_jobs.config import params_hash
+
+MANIFEST = "_manifest.json"
+_BUILD_INFO = Path(__file__).with_name("_build_info.json")
+
+
+@functools.cache
+def job_version() -> dict[str, Any]:
+    """Package version and git commit of the running code (from a build stamp when packaged)."""
+    if _BUILD_INFO.exists():
+        return {"package": __version__, **json.loads(_BUILD_INFO.read_text())}
+    here = Path(__file__).parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--", "."], cwd=here, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "unknown", False
+    return {"package": __version__, "git_commit": commit, "dirty": dirty}
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build(
+    stage: str,
+    params: dict[str, Any],
+    inputs: dict[str, Any],
+    counts: dict[str, Any],
+    gate: dict[str, Any],
+    timings: dict[str, Any],
+    spark: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest document of one stage run."""
+    return {
+        "stage": stage,
+        "job_version": job_version(),
+        "params": params,
+        "params_hash": params_hash(params),
+        "inputs": inputs,
+        "counts": counts,
+        "gate": gate,
+        "timings": timings,
+        "spark": spark or {},
+    }
+
+
+def write(folder: Path, manifest: dict[str, Any]) -> Path:
+    path = folder / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def read(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / MANIFEST).read_text())

@@ -1,0 +1,93 @@
+"""Sample: the bundled, offline sample images, made from data that ships inside scikit-learn.
+
+Writes ``<data.root>/sample/digits/<class>/<class>_<n>.png`` (the 1,797 8x8 handwritten-digit
+scans, ink dark on white, upscaled to ``sample.image_size``) and ``<data.root>/sample/photos/``
+(the real photographs of ``sklearn.datasets.load_sample_images``, for tiling).
+
+    python -m spark_jobs.sample [--params params.yaml] [--set sample.image_size=64]
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from spark_jobs import manifest
+from spark_jobs.config import Config, SampleConfig
+from spark_jobs.images import RESAMPLE
+from spark_jobs.jobs import run_stage
+
+log = logging.getLogger(__name__)
+
+STAGE = "sample"
+
+
+def digit_images(cfg: SampleConfig) -> Iterator[tuple[str, int, Image.Image]]:
+    """``(label, index, image)`` for every handwritten digit, as a greyscale scan."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for index, (pixels, target) in enumerate(zip(digits.images, digits.target, strict=True)):
+        ink = np.clip(pixels / 16.0 * 255.0, 0, 255)
+        scan = Image.fromarray((255 - ink).round().astype(np.uint8), mode="L")
+        yield str(int(target)), index, scan.resize((cfg.image_size, cfg.image_size), RESAMPLE[cfg.resample])
+
+
+def photo_images() -> Iterator[tuple[str, Image.Image]]:
+    """``(name, image)`` for each real photograph bundled with scikit-learn."""
+    from sklearn.datasets import load_sample_images
+
+    bunch = load_sample_images()
+    for filename, array in zip(bunch.filenames, bunch.images, strict=True):
+        yield Path(filename).stem, Image.fromarray(array)
+
+
+def write_sample(target: Path, cfg: SampleConfig) -> dict[str, int]:
+    """Write the sample tree to ``target`` (replacing it) and return per-folder counts."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    counts: dict[str, int] = {}
+    for label, index, image in digit_images(cfg):
+        folder = tmp / "digits" / label
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{label}_{index:04d}.png", optimize=True)
+        counts[f"digits/{label}"] = counts.get(f"digits/{label}", 0) + 1
+    (tmp / "photos").mkdir(parents=True)
+    for name, image in photo_images():
+        image.save(tmp / "photos" / f"{name}.jpg", quality=95)
+        counts["photos"] = counts.get("photos", 0) + 1
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return counts
+
+
+def run(cfg: Config, _spark: object = None) -> Path:
+    started = manifest.now()
+    target = Path(cfg.data.root) / STAGE
+    counts = write_sample(target, cfg.sample)
+    params = cfg.section("sample")
+    doc = manifest.build(
+        STAGE,
+        params,
+        inputs={"source": "sklearn.datasets.load_digits + load_sample_images"},
+        counts=counts,
+        gate={"success": True, "expectations": 0, "failed": []},
+        timings={"started_at": started, "finished_at": manifest.now()},
+    )
+    manifest.write(target, doc)
+    log.info("wrote %d digit images and %d photos under %s", sum(v for k, v in counts.items() if k.startswith("digits")), counts["photos"], target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage(STAGE, argv, run, description=__doc__, needs_spark=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The Spark session every stage uses, configured only from the ``spark`` section of params."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import TYPE_CHECKING
+
+from spark_jobs.config import SparkConfig
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+def master_url(cfg: SparkConfig) -> str:
+    """The master URL; ``local[N]`` gets ``task_max_failures`` since local mode ignores the setting."""
+    if re.fullmatch(r"local\[[^,\]]+\]", cfg.master):
+        return f"{cfg.master[:-1]},{cfg.task_max_failures}]"
+    return cfg.master
+
+
+def spark_conf(cfg: SparkConfig) -> dict[str, str]:
+    """Every Spark setting the platform sets, as strings; ``cfg.conf`` entries win."""
+    python = cfg.python or sys.executable
+    conf = {
+        "spark.pyspark.python": python,
+        "spark.driver.memory": cfg.driver_memory,
+        "spark.executor.memory": cfg.executor_memory,
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.arrow_max_records_per_batch),
+        "spark.task.maxFailures": str(cfg.task_max_failures),
+        "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
+        "spark.sql.parquet.compression.codec": cfg.parquet_compression,
+        "spark.memory.fraction": str(cfg.memory_fraction),
+        "spark.sql.files.maxPartitionBytes": str(cfg.files_max_partition_bytes),
+        "spark.sql.files.openCostInBytes": str(cfg.files_open_cost_bytes),
+        "spark.python.worker.reuse": "true",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.session.timeZone": "UTC",
+    }
+    conf.update(cfg.conf)
+    return conf
+
+
+def build_session(cfg: SparkConfig) -> SparkSession:
+    """A session from params (or the running one, with the same runtime settings applied)."""
+    from pyspark.sql import SparkSession
+
+    conf = spark_conf(cfg)
+    # Python workers must run the venv's interpreter, or they cannot import pandas/pyarrow.
+    os.environ["PYSPARK_PYTHON"] = conf["spark.pyspark.python"]
+    builder = SparkSession.builder.master(master_url(cfg)).appName(cfg.app_name)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(cfg.log_level)
+    return spark
+
+
+def spark_metrics(spark: SparkSession) -> dict[str, object]:
+    """What Spark did in this application: version, master, jobs, stages, tasks and failures."""
+    sc = spark.sparkContext
+    tracker = sc.statusTracker()
+    jobs = tracker.getJobIdsForGroup(None)
+    stages = tasks = failed_tasks = 0
+    for job_id in jobs:
+        info = tracker.getJobInfo(job_id)
+        for stage_id in info.stageIds if info else ():
+            stage = tracker.getStageInfo(stage_id)
+            if stage is not None:
+                stages += 1
+                tasks += stage.numTasks
+                failed_tasks += stage.numFailedTasks
+    return {
+        "spark_version": spark.version,
+        "master": sc.master,
+        "app_id": sc.applicationId,
+        "default_parallelism": sc.defaultParallelism,
+        "jobs": len(jobs),
+        "stages": stages,
+        "tasks": tasks,
+        "failed_tasks": failed_tasks,
+    }

@@ -1,0 +1,240 @@
+"""Where images come from: local folders, ``s3://bucket/prefix`` and manifest CSVs.
+
+S3 goes through boto3 (Spark's s3a connector is not used, DESIGN.md #7). Endpoint and
+credentials come only from the standard AWS environment and config files (``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``, ``~/.aws/config``, ...), never from params.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import os
+import posixpath
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+
+class SourceError(ValueError):
+    """A source that cannot be read at all (missing, empty, escaping manifest paths, ...)."""
+
+
+class FetchError(OSError):
+    """One object that could not be fetched; the file is quarantined, the job goes on."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file to ingest: where it is, its label (None when unlabelled) and its size."""
+
+    uri: str
+    label: str | None
+    size: int
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def is_manifest(uri: str) -> bool:
+    return uri.lower().endswith(".csv")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``(bucket, key_or_prefix)`` of an ``s3://`` URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise SourceError(f"not an s3://bucket/prefix URI: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def local_uri(path: str | Path) -> str:
+    """The ``file:///abs/path`` URI of a local path."""
+    return Path(path).resolve().as_uri()
+
+
+def local_path(uri: str) -> Path:
+    """The local path of a ``file:`` URI (Spark's ``file:/x`` form included) or a plain path."""
+    if uri.startswith("file:"):
+        return Path(unquote(urlparse(uri).path))
+    return Path(uri)
+
+
+def canonical_uri(uri: str) -> str:
+    """One spelling per file: ``s3://...`` as is, local paths and ``file:/x`` as ``file:///x``."""
+    return uri if is_s3(uri) else local_uri(local_path(uri))
+
+
+def label_of(relative: str) -> str | None:
+    """The label of a file at ``relative`` (POSIX, below the source root): its parent folder."""
+    parent = posixpath.dirname(relative.strip("/"))
+    return posixpath.basename(parent) if parent else None
+
+
+@functools.cache
+def s3_client() -> Any:
+    """One boto3 S3 client per Python process (driver or executor worker)."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    return boto3.session.Session().client(
+        "s3", config=BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=64)
+    )
+
+
+def s3_endpoint() -> str:
+    return str(s3_client().meta.endpoint_url)
+
+
+def list_s3(uri: str) -> Iterator[SourceFile]:
+    """Every object under an ``s3://bucket/prefix``, listed page by page."""
+    bucket, prefix = split_s3(uri)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    paginator = s3_client().get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", ()):
+            key = obj["Key"]
+            if key.endswith("/"):  # folder marker objects made by consoles
+                continue
+            yield SourceFile(f"s3://{bucket}/{key}", label_of(key[len(prefix) :]), int(obj["Size"]))
+
+
+def list_directory(root: str) -> Iterator[SourceFile]:
+    """Every file below a local folder (hidden and zero-byte ones too: they must be accounted
+    for, which Spark's binaryFile source does not do), labelled by its parent folder."""
+    base = local_path(root).absolute()
+    for folder, dirs, names in os.walk(base):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(folder) / name
+            try:
+                size = path.stat().st_size
+            except OSError:  # a dangling link: listed, and quarantined when it cannot be read
+                size = 0
+            relative = path.relative_to(base).as_posix()
+            yield SourceFile(path.as_uri(), label_of(relative), size)
+
+
+def list_source(uri: str) -> tuple[str, list[SourceFile]]:
+    """The kind of a source (``directory``, ``s3`` or ``manifest``) and every file in it."""
+    kind = describe_source(uri)
+    if kind == "directory":
+        files = list(list_directory(uri))
+    elif kind == "s3":
+        files = list(list_s3(uri))
+    else:
+        files = read_manifest(uri)
+    if not files:
+        raise SourceError(f"no files under ingest.source {uri}")
+    return kind, files
+
+
+def plan_partitions(sizes: list[int], max_bytes: int, open_cost: int, min_partitions: int) -> list[int]:
+    """How many consecutive files go in each partition, packing by bytes the way Spark's file
+    sources do: each file costs its size plus ``open_cost``; a partition holds at most
+    ``max_bytes``, less when that is needed to give every core (``min_partitions``) work."""
+    total = sum(size + open_cost for size in sizes)
+    target = min(max_bytes, max(open_cost, -(-total // max(min_partitions, 1))))
+    plan: list[int] = []
+    current = filled = 0
+    for size in sizes:
+        cost = size + open_cost
+        if current and filled + cost > target:
+            plan.append(current)
+            current = filled = 0
+        current += 1
+        filled += cost
+    if current:
+        plan.append(current)
+    return plan
+
+
+def fetch(uri: str) -> bytes:
+    """The bytes of one local file or S3 object; :class:`FetchError` when it cannot be read."""
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        try:
+            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            raise FetchError(f"{exc.response['Error'].get('Code', 'error')}: {exc}") from exc
+    try:
+        return local_path(uri).read_bytes()
+    except OSError as exc:
+        raise FetchError(f"{type(exc).__name__}: {exc.strerror or exc}") from exc
+
+
+def fetch_many(uris: list[str], threads: int) -> list[bytes | FetchError]:
+    """Bytes (or the error) for each URI, fetched concurrently: object stores are latency-bound."""
+
+    def one(uri: str) -> bytes | FetchError:
+        try:
+            return fetch(uri)
+        except FetchError as exc:
+            return exc
+
+    if threads <= 1 or len(uris) <= 1:
+        return [one(u) for u in uris]
+    with ThreadPoolExecutor(max_workers=min(threads, len(uris))) as pool:
+        return list(pool.map(one, uris))
+
+
+def _resolve_entry(root: str, entry: str) -> str:
+    """URI of a manifest entry relative to ``root``; :class:`SourceError` if it escapes the root."""
+    rel = entry.strip().replace("\\", "/")
+    normal = posixpath.normpath(rel)
+    if not rel or rel.startswith("/") or "://" in rel or normal == ".." or normal.startswith("../"):
+        raise SourceError(f"manifest path {entry!r} escapes the source root {root}: paths must be relative, inside it")
+    if is_s3(root):
+        return f"{root.rstrip('/')}/{normal}"
+    resolved = (Path(root) / normal).resolve()
+    if not resolved.is_relative_to(Path(root).resolve()):
+        raise SourceError(f"manifest path {entry!r} escapes the source root {root} (through a link)")
+    return resolved.as_uri()
+
+
+def read_manifest(uri: str) -> list[SourceFile]:
+    """Entries of a ``path,label`` manifest CSV; paths are relative to the CSV's folder."""
+    try:
+        text = fetch(uri).decode("utf-8-sig")
+    except FetchError as exc:
+        raise SourceError(f"cannot read manifest {uri}: {exc}") from exc
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None or "path" not in reader.fieldnames:
+        raise SourceError(f"manifest {uri}: expected a header with columns path,label; got {reader.fieldnames}")
+    root = posixpath.dirname(uri) if is_s3(uri) else str(local_path(uri).resolve().parent)
+    files = []
+    for line, row in enumerate(reader, start=2):
+        try:
+            target = _resolve_entry(root, row.get("path") or "")
+        except SourceError as exc:
+            raise SourceError(f"manifest {uri} line {line}: {exc}") from None
+        label = (row.get("label") or "").strip() or None
+        size = 0 if is_s3(target) else _size_or_zero(local_path(target))
+        files.append(SourceFile(target, label, size))
+    return files
+
+
+def _size_or_zero(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def describe_source(uri: str) -> str:
+    """``s3``, ``manifest`` or ``directory``; :class:`SourceError` when a local one is missing."""
+    if is_manifest(uri):
+        return "manifest"
+    if is_s3(uri):
+        return "s3"
+    if not os.path.isdir(local_path(uri)):
+        raise SourceError(f"ingest.source {uri!r} is not a directory, s3:// prefix or manifest .csv")
+    return "directory"

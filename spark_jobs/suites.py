@@ -1,0 +1,116 @@
+"""Great Expectations suites, one per stage, thresholds from params (DESIGN.md #4).
+
+Row-level rules run on the stage's table itself; rules about the whole dataset (per-class
+counts, split fractions, quarantine ratio, accounting) run on small summary tables derived from
+it, so every rule is a stock GX expectation with its observed value in the Data Docs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from spark_jobs.config import RawGateConfig
+from spark_jobs.gate import Batch
+from spark_jobs.images import SPLITS
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+RAW_REQUIRED = (
+    "image_id",
+    "source_uri",
+    "label",
+    "split",
+    "orig_width",
+    "orig_height",
+    "orig_format",
+    "orig_mode",
+    "height",
+    "width",
+    "pixels",
+)
+
+
+def raw_image_expectations(classes: list[str], image_size: int) -> list[Any]:
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in RAW_REQUIRED),
+        gxe.ExpectColumnValuesToBeUnique(column="image_id"),
+        gxe.ExpectColumnValueLengthsToEqual(column="image_id", value=64),
+        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=classes),
+        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=image_size, max_value=image_size),
+        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=image_size, max_value=image_size),
+    ]
+
+
+def raw_class_expectations(classes: list[str], min_per_class: int) -> list[Any]:
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnDistinctValuesToEqualSet(column="label", value_set=classes),
+        gxe.ExpectColumnValuesToBeBetween(column="images", min_value=min_per_class),
+    ]
+
+
+def raw_summary_expectations(fractions: dict[str, float], gate: RawGateConfig) -> list[Any]:
+    import great_expectations.expectations as gxe
+
+    tol = gate.split_tolerance
+    return [
+        gxe.ExpectTableRowCountToEqual(value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="unaccounted_files", min_value=0, max_value=0),
+        gxe.ExpectColumnValuesToBeBetween(column="quarantine_ratio", min_value=0.0, max_value=gate.max_quarantine_ratio),
+        *(
+            gxe.ExpectColumnValuesToBeBetween(
+                column=f"{s}_fraction", min_value=max(0.0, fractions[s] - tol), max_value=min(1.0, fractions[s] + tol)
+            )
+            for s in SPLITS
+        ),
+    ]
+
+
+def class_counts(spark: SparkSession, images: DataFrame, classes: list[str]) -> DataFrame:
+    """One row per discovered class with its image count (0 for a class that lost every image)."""
+    from pyspark.sql import functions as F
+
+    discovered = spark.createDataFrame([(c,) for c in classes], "label string")
+    counts = images.groupBy("label").agg(F.count("*").alias("images"))
+    return discovered.join(counts, "label", "full_outer").fillna(0, subset=["images"])
+
+
+def raw_summary(spark: SparkSession, images: DataFrame, files_seen: int, quarantined: int) -> DataFrame:
+    """One row: accounting of files seen vs rows + quarantine, quarantine ratio, split fractions."""
+    from pyspark.sql import functions as F
+
+    rows = images.count()
+    by_split = {r["split"]: r["n"] for r in images.groupBy("split").agg(F.count("*").alias("n")).collect()}
+    record = {
+        "files_seen": files_seen,
+        "images": rows,
+        "quarantined": quarantined,
+        "unaccounted_files": files_seen - rows - quarantined,
+        "quarantine_ratio": quarantined / files_seen if files_seen else 1.0,
+        **{f"{s}_fraction": by_split.get(s, 0) / rows if rows else 0.0 for s in SPLITS},
+    }
+    return spark.createDataFrame([record])
+
+
+def raw_batches(
+    spark: SparkSession,
+    images: DataFrame,
+    classes: list[str],
+    files_seen: int,
+    quarantined: int,
+    image_size: int,
+    fractions: dict[str, float],
+    gate: RawGateConfig,
+) -> list[Batch]:
+    """The raw-data suite as batches for :func:`spark_jobs.gate.validate`."""
+    return [
+        Batch("images", images, raw_image_expectations(classes, image_size)),
+        Batch("classes", class_counts(spark, images, classes), raw_class_expectations(classes, gate.min_per_class)),
+        Batch("summary", raw_summary(spark, images, files_seen, quarantined), raw_summary_expectations(fractions, gate)),
+    ]

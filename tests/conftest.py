@@ -1,0 +1,55 @@
+"""Shared fixtures: one Spark session for the run, a real S3 server on loopback, image files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.factories import free_port, make_config
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A real S3-compatible server (moto) on 127.0.0.1; AWS_* variables point boto3 at it.
+
+    Started before Spark so the executors' Python workers inherit the same environment."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in _AWS_ENV}
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+@pytest.fixture(scope="session")
+def spark(s3_server: str, tmp_path_factory: pytest.TempPathFactory):
+    """One local[2] session for all Spark tests, built by the same code the jobs use."""
+    from spark_jobs.session import build_session
+
+    cfg = make_config(tmp_path_factory.mktemp("spark"))
+    session = build_session(cfg.spark)
+    assert os.environ["PYSPARK_PYTHON"] == sys.executable
+    yield session
+    session.stop()

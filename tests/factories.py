@@ -1,0 +1,63 @@
+"""Builders of real test inputs: image files of every kind, class trees, small configs."""
+
+from __future__ import annotations
+
+import io
+import socket
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from spark_jobs.config import Config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_config(tmp_path: Path, *overrides: str) -> Config:
+    """The repo's params.yaml with outputs under ``tmp_path`` and a small local Spark."""
+    return load_config(
+        REPO / "params.yaml",
+        [f"data.root={tmp_path / 'data'}", "spark.master=local[2]", "spark.shuffle_partitions=2", *overrides],
+    )
+
+
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None, **save: object) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buf, format="PNG", **save)
+    return buf.getvalue()
+
+
+def encode(image: Image.Image, fmt: str, **save: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def class_image(label: int, index: int, size: int = 24) -> bytes:
+    """A distinct, deterministic RGB PNG for class ``label``: a bar whose position is the class."""
+    rng = np.random.default_rng(label * 10_000 + index)
+    array = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
+    array[:, label * 3 : label * 3 + 3, :] = 255
+    return png_bytes(array)
+
+
+def write_class_tree(root: Path, classes: int, per_class: int, size: int = 24) -> dict[str, str]:
+    """``root/<label>/img_<i>.png`` files; returns {file URI: label}."""
+    written = {}
+    for label in range(classes):
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            path = folder / f"img_{i:03d}.png"
+            path.write_bytes(class_image(label, i, size))
+            written[path.resolve().as_uri()] = str(label)
+    return written

@@ -1,0 +1,115 @@
+"""params.yaml loading: types, ranges, unknown keys and --set overrides, each a one-line error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spark_jobs.config import ConfigError, apply_overrides, load_config
+from spark_jobs.session import master_url, spark_conf
+from tests.factories import REPO
+
+
+def test_repo_params_load_with_documented_interface() -> None:
+    cfg = load_config(REPO / "params.yaml")
+    assert cfg.data.root == "data"
+    assert cfg.ingest.source == "data/sample/digits"
+    assert cfg.ingest.image_size == 32
+
+
+def test_every_params_key_is_known_to_the_config() -> None:
+    """params.yaml and the typed config agree both ways: no key in one that the other lacks."""
+    tree = yaml.safe_load((REPO / "params.yaml").read_text())
+    dumped = load_config(REPO / "params.yaml").model_dump(mode="json")
+
+    def keys(node: object, prefix: str = "") -> set[str]:
+        if not isinstance(node, dict) or prefix.endswith("conf"):
+            return {prefix}
+        return set().union(*(keys(v, f"{prefix}.{k}" if prefix else k) for k, v in node.items()))
+
+    assert keys(tree) == keys(dumped)
+
+
+def test_overrides_are_parsed_as_yaml_values() -> None:
+    cfg = load_config(
+        REPO / "params.yaml",
+        ["ingest.image_size=64", "ingest.resize.policy=crop", "ingest.alpha_background=[1, 2, 3]", "data.root=/tmp/x"],
+    )
+    assert cfg.ingest.image_size == 64
+    assert cfg.ingest.resize.policy == "crop"
+    assert cfg.ingest.alpha_background == (1, 2, 3)
+    assert cfg.data.root == "/tmp/x"
+
+
+def test_overrides_do_not_touch_the_input_tree() -> None:
+    tree = {"ingest": {"image_size": 32}}
+    assert apply_overrides(tree, ["ingest.image_size=8"]) == {"ingest": {"image_size": 8}}
+    assert tree == {"ingest": {"image_size": 32}}
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("ingest.imagesize=64", "unknown parameter ingest.imagesize"),
+        ("ingest.image_size=big", "parameter ingest.image_size: Input should be a valid integer"),
+        ("ingest.image_size=2", "parameter ingest.image_size: Input should be greater than or equal to 8"),
+        ("ingest.resize.policy=squash", "parameter ingest.resize.policy: Input should be 'pad', 'crop' or 'stretch'"),
+        ("ingest.split.train=0.9", "parameter ingest.split: Value error, train + val + test must be 1.0"),
+        ("gate.raw.max_quarantine_ratio=1.5", "parameter gate.raw.max_quarantine_ratio"),
+        ("nosuchsection.key=1", "unknown parameter nosuchsection"),
+    ],
+)
+def test_bad_values_name_the_key_in_one_line(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(REPO / "params.yaml", [override])
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(expected)
+
+
+def test_malformed_override() -> None:
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_config(REPO / "params.yaml", ["ingest.image_size"])
+
+
+def test_missing_params_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_spark_settings_come_from_params() -> None:
+    cfg = load_config(
+        REPO / "params.yaml",
+        ["spark.arrow_max_records_per_batch=64", "spark.shuffle_partitions=3", "spark.task_max_failures=2"],
+    )
+    conf = spark_conf(cfg.spark)
+    assert conf["spark.sql.execution.arrow.maxRecordsPerBatch"] == "64"
+    assert conf["spark.sql.shuffle.partitions"] == "3"
+    assert conf["spark.task.maxFailures"] == "2"
+    assert conf["spark.pyspark.python"] == sys.executable
+    assert conf["spark.sql.parquet.compression.codec"] == "zstd"
+    assert conf["spark.memory.fraction"] == "0.6"
+    # Local mode ignores spark.task.maxFailures; the master URL carries it instead.
+    assert master_url(cfg.spark) == "local[*,2]"
+    assert master_url(cfg.spark.model_copy(update={"master": "spark://h:7077"})) == "spark://h:7077"
+
+
+def test_cli_rejects_bad_param_before_spark_starts() -> None:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "spark_jobs.ingest", "--set", "ingest.image_size=2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "parameter ingest.image_size" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "SparkContext" not in proc.stderr and "log4j" not in proc.stderr
+    assert time.monotonic() - started < 30

@@ -1,0 +1,241 @@
+"""The ingest job end to end on real files: every bad kind quarantined, duplicates, splits, manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spark_jobs import images, ingest, manifest
+from spark_jobs.gate import GateFailed
+from tests.factories import REPO, class_image, encode, make_config, png_bytes, write_class_tree
+
+pytestmark = pytest.mark.spark
+
+PER_CLASS = 25
+
+
+def _rich_image(kind: str) -> bytes:
+    """Good images in awkward encodings: each must decode, not be quarantined."""
+    rng = np.random.default_rng(hash(kind) % 2**32)
+    rgb = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    if kind == "exif.jpg":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        return encode(Image.fromarray(rgb), "JPEG", exif=exif)
+    if kind == "cmyk.jpg":
+        return encode(Image.fromarray(rgb).convert("CMYK"), "JPEG")
+    if kind == "rgba.png":
+        return png_bytes(np.dstack([rgb, np.full((30, 40), 128, dtype=np.uint8)]), mode="RGBA")
+    if kind == "grey16.png":
+        im = Image.new("I;16", (40, 30))
+        im.frombytes(rng.integers(0, 65535, (30, 40), dtype="<u2").tobytes())
+        return encode(im, "PNG")
+    if kind == "anim.gif":
+        frames = [Image.fromarray(rgb), Image.fromarray(255 - rgb)]
+        buf = io.BytesIO()
+        frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+        return buf.getvalue()
+    if kind == "palette.bmp":
+        return encode(Image.fromarray(rgb).convert("P"), "BMP")
+    raise ValueError(kind)
+
+
+RICH = ("exif.jpg", "cmyk.jpg", "rgba.png", "grey16.png", "anim.gif", "palette.bmp")
+
+
+def _bad_files() -> dict[str, tuple[bytes, str]]:
+    """Relative path -> (bytes, expected quarantine reason)."""
+    noise = np.random.default_rng(7).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    full_png = png_bytes(noise)
+    return {
+        "0/empty.png": (b"", images.EMPTY),
+        "0/truncated.png": (full_png[: len(full_png) // 2], images.TRUNCATED),
+        "0/random.png": (np.random.default_rng(3).bytes(2048), images.NOT_AN_IMAGE),
+        "0/page.png": (b"<!DOCTYPE html><html><body>Not found</body></html>", images.NOT_AN_IMAGE),
+        "1/bomb.png": (png_bytes(np.zeros((400, 400), dtype=np.uint8), mode="L"), images.DECOMPRESSION_BOMB),
+        "1/tiny.png": (png_bytes(np.zeros((4, 4, 3), dtype=np.uint8)), images.TOO_SMALL),
+        "2/notes.txt": (b"labelling notes", images.UNSUPPORTED_EXTENSION),
+        "loose.png": (class_image(0, 999), images.UNLABELLED),
+    }
+
+
+@pytest.fixture(scope="module")
+def source_tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """3 classes x 25 images + rich encodings + every bad kind + duplicates; {relative: expected}."""
+    root = tmp_path_factory.mktemp("tree") / "images"
+    write_class_tree(root, classes=3, per_class=PER_CLASS)
+    expected = {f"{label}/img_{i:03d}.png": "ok" for label in range(3) for i in range(PER_CLASS)}
+    for i, kind in enumerate(RICH):
+        (root / str(i % 3) / kind).write_bytes(_rich_image(kind))
+        expected[f"{i % 3}/{kind}"] = "ok"
+    for rel, (data, reason) in _bad_files().items():
+        (root / rel).write_bytes(data)
+        expected[rel] = reason
+    # Same bytes, same label: one copy is kept (smallest URI), the other is a duplicate.
+    shutil.copy(root / "0" / "img_001.png", root / "0" / "zz_copy.png")
+    expected["0/zz_copy.png"] = images.DUPLICATE
+    # Same bytes, different labels: every copy is a label conflict.
+    shutil.copy(root / "1" / "img_002.png", root / "2" / "conflict.png")
+    expected["1/img_002.png"] = expected["2/conflict.png"] = images.LABEL_CONFLICT
+    return root, expected
+
+
+def _run(spark, tmp_path: Path, source: Path | str, *overrides: str) -> Path:
+    cfg = make_config(
+        tmp_path,
+        f"ingest.source={source}",
+        "ingest.image_size=16",
+        "ingest.max_image_pixels=100000",
+        "gate.raw.min_per_class=20",
+        "gate.raw.max_quarantine_ratio=0.2",
+        "gate.raw.split_tolerance=0.2",
+        *overrides,
+    )
+    return ingest.run(cfg, spark)
+
+
+@pytest.fixture(scope="module")
+def published(spark, source_tree, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root, _ = source_tree
+    return _run(spark, tmp_path_factory.mktemp("out"), root)
+
+
+def _rel(uri: str, root: Path) -> str:
+    return uri.removeprefix(root.resolve().as_uri() + "/")
+
+
+def test_every_file_is_an_image_row_or_a_quarantine_row(spark, source_tree, published: Path) -> None:
+    root, expected = source_tree
+    rows = spark.read.parquet(str(published / "images.parquet")).select("source_uri").collect()
+    quarantined = spark.read.parquet(str(published / "quarantine.parquet")).select("source_uri", "reason").collect()
+    got = {_rel(r["source_uri"], root): "ok" for r in rows}
+    got.update({_rel(r["source_uri"], root): r["reason"] for r in quarantined})
+    assert got == expected
+    assert len(rows) + len(quarantined) == len(expected)
+
+
+def test_quarantine_rows_explain_themselves(spark, published: Path) -> None:
+    q = {r["reason"]: r for r in spark.read.parquet(str(published / "quarantine.parquet")).collect()}
+    assert "img_001.png" in q[images.DUPLICATE]["detail"]
+    assert q[images.LABEL_CONFLICT]["detail"] == "same content carries labels 1,2"
+    assert "markup" in q[images.NOT_AN_IMAGE]["detail"] or "unknown format" in q[images.NOT_AN_IMAGE]["detail"]
+    assert q[images.EMPTY]["size_bytes"] == 0
+    assert set(q) <= set(images.REASONS)
+
+
+def test_image_rows_hold_normalised_pixels(spark, source_tree, published: Path) -> None:
+    root, _ = source_tree
+    table = spark.read.parquet(str(published / "images.parquet"))
+    assert set(ingest.IMAGE_COLUMNS) == set(table.columns)
+    row = table.where(table.source_uri == (root / "2" / "img_004.png").resolve().as_uri()).collect()[0]
+    data = (root / "2" / "img_004.png").read_bytes()
+    assert row["image_id"] == hashlib.sha256(data).hexdigest()
+    assert row["label"] == "2"
+    assert (row["height"], row["width"], row["orig_width"], row["orig_height"]) == (16, 16, 24, 24)
+    assert (row["orig_format"], row["orig_mode"]) == ("PNG", "RGB")
+    cfg = make_config(Path("/unused"), "ingest.image_size=16").ingest
+    assert row["pixels"] == images.decode(data, cfg).pixels
+    exif = table.where(table.source_uri.endswith("exif.jpg")).collect()[0]
+    assert (exif["orig_width"], exif["orig_height"]) == (30, 40)  # rotated by EXIF: tall
+
+
+def test_manifest_accounts_for_every_file(source_tree, published: Path) -> None:
+    _, expected = source_tree
+    doc = manifest.read(published)
+    counts = doc["counts"]
+    good = sum(1 for v in expected.values() if v == "ok")
+    assert counts["files_seen"] == len(expected)
+    assert counts["rows"] == good
+    assert counts["quarantined"] == len(expected) - good
+    assert counts["quarantine_by_reason"][images.LABEL_CONFLICT] == 2
+    assert counts["classes"] == ["0", "1", "2"]
+    assert sum(counts["rows_by_split"].values()) == good
+    assert doc["stage"] == "ingest"
+    assert doc["gate"]["success"] is True and doc["gate"]["failed"] == []
+    assert set(doc["job_version"]) >= {"package", "git_commit"}
+    assert doc["params"]["ingest"]["image_size"] == 16
+    assert len(doc["params_hash"]) == 64
+    assert doc["spark"]["tasks"] > 0
+    assert doc["timings"]["duration_s"] > 0
+    assert json.loads((published / "_validation.json").read_text())  # the GX result travels with the data
+    assert not any((published.parent / ".staging").iterdir())
+
+
+def test_split_is_stable_across_reruns(spark, source_tree, published: Path, tmp_path: Path) -> None:
+    root, _ = source_tree
+    again = _run(spark, tmp_path, root)
+    first = {r["image_id"]: r["split"] for r in spark.read.parquet(str(published / "images.parquet")).collect()}
+    second = {r["image_id"]: r["split"] for r in spark.read.parquet(str(again / "images.parquet")).collect()}
+    assert first == second
+    assert first == {i: images.assign_split(i, {"train": 0.7, "val": 0.15, "test": 0.15}) for i in first}
+
+
+def test_manifest_csv_source(spark, source_tree, tmp_path: Path) -> None:
+    root, _ = source_tree
+    lines = ["path,label"] + [f"{label}/img_{i:03d}.png,{label}" for label in range(3) for i in range(PER_CLASS)]
+    lines += ["0/missing.png,0", "0/page.png,0"]
+    csv_path = root / "manifest.csv"
+    csv_path.write_text("\n".join(lines) + "\n")
+    try:
+        out = _run(spark, tmp_path, csv_path)
+    finally:
+        csv_path.unlink()
+    doc = manifest.read(out)
+    assert doc["inputs"]["source"]["kind"] == "manifest"
+    assert doc["counts"]["files_seen"] == 3 * PER_CLASS + 2
+    assert doc["counts"]["quarantine_by_reason"] == {images.FETCH_FAILED: 1, images.NOT_AN_IMAGE: 1}
+    assert doc["counts"]["rows"] == 3 * PER_CLASS
+
+
+def test_gate_failure_publishes_nothing(spark, source_tree, tmp_path: Path) -> None:
+    root, _ = source_tree
+    with pytest.raises(GateFailed) as info:
+        _run(spark, tmp_path, root, "gate.raw.max_quarantine_ratio=0.01")
+    data = tmp_path / "data"
+    assert not (data / "ingest").exists()
+    rejected = info.value.rejected
+    assert rejected.parent == data / "rejected"
+    assert (rejected / "images.parquet").is_dir()
+    assert manifest.read(rejected)["gate"]["success"] is False
+    summary = (data / "gates" / "ingest" / "summary.txt").read_text()
+    assert "FAILED summary: expect_column_values_to_be_between" in summary
+    assert "quarantine_ratio" in summary
+    assert (data / "gates" / "ingest" / "docs" / "index.html").exists()
+
+
+@pytest.mark.slow
+def test_cli_gate_failure_exits_3_with_report(source_tree, tmp_path: Path) -> None:
+    root, _ = source_tree
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spark_jobs.ingest",
+            "--set",
+            f"data.root={tmp_path}",
+            "--set",
+            f"ingest.source={root}",
+            "--set",
+            "spark.master=local[2]",
+            "--set",
+            "gate.raw.min_per_class=1000",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "gate 'ingest' failed: nothing published" in proc.stderr
+    assert "index.html" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "ingest").exists()
