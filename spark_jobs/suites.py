@@ -65,7 +65,9 @@ def raw_summary_expectations(fractions: dict[str, float], gate: RawGateConfig) -
         gxe.ExpectColumnValuesToBeBetween(column="quarantine_ratio", min_value=0.0, max_value=gate.max_quarantine_ratio),
         *(
             gxe.ExpectColumnValuesToBeBetween(
-                column=f"{s}_fraction", min_value=max(0.0, fractions[s] - tol), max_value=min(1.0, fractions[s] + tol)
+                column=f"{s}_fraction",
+                min_value=round(max(0.0, fractions[s] - tol), 6),
+                max_value=round(min(1.0, fractions[s] + tol), 6),
             )
             for s in SPLITS
         ),

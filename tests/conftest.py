@@ -25,8 +25,8 @@ def s3_server() -> Iterator[str]:
     saved = {k: os.environ.get(k) for k in _AWS_ENV}
     os.environ.update(
         AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_ACCESS_KEY_ID="test-key-id",
+        AWS_SECRET_ACCESS_KEY="test-secret-not-for-manifests",
         AWS_DEFAULT_REGION="us-east-1",
     )
     try:

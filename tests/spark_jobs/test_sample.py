@@ -1,0 +1,39 @@
+"""The bundled sample: real scans and photos from scikit-learn, written as an image tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from spark_jobs import manifest, sample
+from tests.factories import make_config
+
+
+def test_sample_tree(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, "sample.image_size=24")
+    target = sample.run(cfg)
+    digits = sorted((target / "digits").glob("*/*.png"))
+    assert len(digits) == 1797
+    assert sorted(p.name for p in (target / "digits").iterdir()) == [str(i) for i in range(10)]
+    with Image.open(digits[0]) as im:
+        assert (im.size, im.mode) == ((24, 24), "L")
+        array = np.asarray(im)
+    assert array[0, 0] == 255 and array.min() < 64  # paper white at the border, dark ink inside
+    photos = sorted(p.name for p in (target / "photos").iterdir())
+    assert photos == ["china.jpg", "flower.jpg"]
+    with Image.open(target / "photos" / "china.jpg") as im:
+        assert im.size == (640, 427)
+    doc = manifest.read(target)
+    assert doc["counts"]["photos"] == 2
+    assert sum(v for k, v in doc["counts"].items() if k.startswith("digits/")) == 1797
+
+
+def test_sample_is_reproducible(tmp_path: Path) -> None:
+    first = sample.write_sample(tmp_path / "a", make_config(tmp_path).sample)
+    second = sample.write_sample(tmp_path / "b", make_config(tmp_path).sample)
+    assert first == second
+    a = sorted((tmp_path / "a" / "digits").rglob("*.png"))
+    b = sorted((tmp_path / "b" / "digits").rglob("*.png"))
+    assert [p.read_bytes() for p in a[:50]] == [p.read_bytes() for p in b[:50]]

@@ -1,0 +1,143 @@
+"""The raw-data gate: a good table passes, and each broken expectation stops it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spark_jobs import gate, suites
+from spark_jobs.config import RawGateConfig
+from spark_jobs.images import assign_split
+
+pytestmark = pytest.mark.spark
+
+CLASSES = ["cat", "dog"]
+FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+SIZE = 4
+
+
+def _rows(per_class: int = 40) -> list[dict]:
+    rows = []
+    for label in CLASSES:
+        for i in range(per_class):
+            image_id = f"{label}{i:04d}".ljust(64, "0")
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "source_uri": f"file:///x/{label}/{i}.png",
+                    "label": label,
+                    "split": assign_split(image_id, FRACTIONS),
+                    "size_bytes": 100,
+                    "orig_width": 10,
+                    "orig_height": 10,
+                    "orig_format": "PNG",
+                    "orig_mode": "RGB",
+                    "height": SIZE,
+                    "width": SIZE,
+                    "pixels": bytes(SIZE * SIZE * 3),
+                }
+            )
+    return rows
+
+
+SCHEMA = (
+    "image_id string, source_uri string, label string, split string, size_bytes long, orig_width int, "
+    "orig_height int, orig_format string, orig_mode string, height int, width int, pixels binary"
+)
+
+
+def _validate(spark, tmp_path: Path, rows: list[dict], files_seen: int | None = None, quarantined: int = 0):
+    frame = spark.createDataFrame(rows, SCHEMA)
+    seen = len(rows) + quarantined if files_seen is None else files_seen
+    config = RawGateConfig(min_per_class=20, max_quarantine_ratio=0.1, split_tolerance=0.15)
+    batches = suites.raw_batches(spark, frame, CLASSES, seen, quarantined, SIZE, FRACTIONS, config)
+    return gate.validate("ingest", batches, tmp_path / "report")
+
+
+def _failed(result: gate.GateResult) -> set[tuple[str, str, str]]:
+    return {(c["batch"], c["expectation"], c["kwargs"].get("column", "")) for c in result.failures}
+
+
+def test_good_table_passes(spark, tmp_path: Path) -> None:
+    result = _validate(spark, tmp_path, _rows())
+    assert result.success, result.summary()
+    assert len(result.checks) == 26
+    assert (tmp_path / "report" / "docs" / "index.html").exists()
+    assert (tmp_path / "report" / "summary.txt").read_text().startswith("gate ingest: PASSED")
+
+
+def _null_label(rows: list[dict]) -> list[dict]:
+    rows[0]["label"] = None
+    return rows
+
+
+def _duplicate_id(rows: list[dict]) -> list[dict]:
+    rows[1]["image_id"] = rows[0]["image_id"]
+    return rows
+
+
+def _unknown_label(rows: list[dict]) -> list[dict]:
+    rows[0]["label"] = "cow"
+    return rows
+
+
+def _bad_split(rows: list[dict]) -> list[dict]:
+    rows[0]["split"] = "holdout"
+    return rows
+
+
+def _wrong_size(rows: list[dict]) -> list[dict]:
+    rows[0]["height"] = SIZE + 1
+    return rows
+
+
+def _short_id(rows: list[dict]) -> list[dict]:
+    rows[0]["image_id"] = "abc"
+    return rows
+
+
+def _small_class(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["label"] == "cat"] + [r for r in rows if r["label"] == "dog"][:5]
+
+
+def _skewed_split(rows: list[dict]) -> list[dict]:
+    for r in rows:
+        r["split"] = "train"
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("breaker", "expected"),
+    [
+        (_null_label, ("images", "expect_column_values_to_not_be_null", "label")),
+        (_duplicate_id, ("images", "expect_column_values_to_be_unique", "image_id")),
+        (_unknown_label, ("images", "expect_column_values_to_be_in_set", "label")),
+        (_bad_split, ("images", "expect_column_values_to_be_in_set", "split")),
+        (_wrong_size, ("images", "expect_column_values_to_be_between", "height")),
+        (_short_id, ("images", "expect_column_value_lengths_to_equal", "image_id")),
+        (_small_class, ("classes", "expect_column_values_to_be_between", "images")),
+        (_skewed_split, ("summary", "expect_column_values_to_be_between", "train_fraction")),
+    ],
+)
+def test_each_broken_row_rule_stops_the_gate(spark, tmp_path: Path, breaker, expected) -> None:
+    result = _validate(spark, tmp_path, breaker(_rows()))
+    assert not result.success
+    assert expected in _failed(result), result.summary()
+
+
+def test_too_many_quarantined_stops_the_gate(spark, tmp_path: Path) -> None:
+    result = _validate(spark, tmp_path, _rows(), quarantined=20)  # 20 / 100 > 0.1
+    assert _failed(result) == {("summary", "expect_column_values_to_be_between", "quarantine_ratio")}
+
+
+def test_unaccounted_files_stop_the_gate(spark, tmp_path: Path) -> None:
+    result = _validate(spark, tmp_path, _rows(), files_seen=81)  # one file neither row nor quarantine
+    assert _failed(result) == {("summary", "expect_column_values_to_be_between", "unaccounted_files")}
+
+
+def test_a_class_that_lost_every_image_stops_the_gate(spark, tmp_path: Path) -> None:
+    rows = [r for r in _rows() if r["label"] == "cat"]
+    result = _validate(spark, tmp_path, rows)
+    assert ("classes", "expect_column_values_to_be_between", "images") in _failed(result)
+    assert "FAILED classes" in result.summary()
