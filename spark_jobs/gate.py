@@ -71,8 +71,8 @@ class GateResult:
 
     def summary(self) -> str:
         """A few lines a person can read: verdict, then each failed expectation."""
-        head = f"gate {self.stage}: {'PASSED' if self.success else 'FAILED'} ({len(self.checks)} expectations, {len(self.failures)} failed)"
-        lines = [head]
+        verdict = "PASSED" if self.success else "FAILED"
+        lines = [f"gate {self.stage}: {verdict} ({len(self.checks)} expectations, {len(self.failures)} failed)"]
         for c in self.failures:
             lines.append(f"  FAILED {c['batch']}: {c['expectation']} {c['kwargs']} -> {c['observed']}")
         return "\n".join(lines)
@@ -134,7 +134,9 @@ def validate(stage: str, batches: Sequence[Batch], report_dir: Path) -> GateResu
     for batch in batches:
         asset = source.add_dataframe_asset(name=batch.name)
         definition = asset.add_batch_definition_whole_dataframe(batch.name)
-        suite = context.suites.add(gx.ExpectationSuite(name=f"{stage}.{batch.name}", expectations=list(batch.expectations)))
+        suite = context.suites.add(
+            gx.ExpectationSuite(name=f"{stage}.{batch.name}", expectations=list(batch.expectations))
+        )
         validation = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"{stage}.{batch.name}", data=definition, suite=suite)
         )

@@ -5,6 +5,12 @@ uint8 RGB pixels, content hash ``image_id``, stable ``split``), ``quarantine.par
 file that could not be used, with a ``reason`` from :data:`spark_jobs.images.REASONS`) and
 ``_manifest.json``. Files seen = images + quarantined, always.
 
+Pixels are decoded and written exactly once (no cache of decoded images, so memory does not grow
+with the dataset): both tables come out of one partitioned write and physically share the decode
+schema; their documented columns are ``IMAGE_COLUMNS`` and ``QUARANTINE_COLUMNS`` (read them with
+:func:`read_images` / :func:`read_quarantine`). Exact duplicates are found afterwards from ids and
+labels alone, and only the Parquet files holding them are rewritten.
+
     python -m spark_jobs.ingest [--params params.yaml] [--set ingest.source=s3://bucket/raw]
     spark-submit spark_jobs/ingest.py --set ingest.image_size=64
 """
@@ -12,6 +18,7 @@ file that could not be used, with a ``reason`` from :data:`spark_jobs.images.REA
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -19,13 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from spark_jobs import gate, images, manifest, session, store, suites
 from spark_jobs.config import Config, IngestConfig, SparkConfig
 from spark_jobs.jobs import run_stage
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import DataFrame, Row, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,7 @@ IMAGE_COLUMNS = (
 )
 QUARANTINE_COLUMNS = ("source_uri", "reason", "detail", "image_id", "label", "size_bytes")
 _DECODED_FIELDS = [f.split()[0] for f in DECODED_SCHEMA.split(", ")]
+_TABLE = "_table"
 
 
 def decode_record(uri: str, label: str | None, data: bytes | Exception, cfg: IngestConfig) -> dict[str, Any]:
@@ -68,7 +77,11 @@ def decode_record(uri: str, label: str | None, data: bytes | Exception, cfg: Ing
     except images.Rejected as exc:
         return {**row, "reason": exc.reason, "detail": exc.detail[:500]}
     if label is None:
-        return {**row, "reason": images.UNLABELLED, "detail": "file is directly under the source root, not in a class folder"}
+        return {
+            **row,
+            "reason": images.UNLABELLED,
+            "detail": "file is directly under the source root, not in a class folder",
+        }
     row.update(
         split=images.assign_split(row["image_id"], cfg.split.fractions(), cfg.split.seed),
         orig_width=decoded.orig_width,
@@ -115,14 +128,45 @@ def decode(frame: DataFrame, cfg: IngestConfig) -> DataFrame:
     return frame.mapInPandas(lambda it: decode_partitions(it, cfg), DECODED_SCHEMA)
 
 
-def deduplicate(decoded: DataFrame) -> DataFrame:
-    """``decoded`` with exact duplicates marked: one copy kept (smallest URI) when all copies agree
-    on the label, every copy ``label_conflict`` when they do not. Only hashes are shuffled."""
+def write_decoded(decoded: DataFrame, folder: str) -> None:
+    """One pass over the pixels: every decoded row written once, usable rows under
+    ``_table=images`` and the rest under ``_table=quarantine`` (no cache of decoded images)."""
     from pyspark.sql import functions as F
 
-    good = decoded.where(F.col("reason").isNull())
+    table = F.when(F.col("reason").isNull(), F.lit("images")).otherwise(F.lit("quarantine"))
+    decoded.withColumn(_TABLE, table).write.partitionBy(_TABLE).parquet(folder)
+
+
+def settle_tables(spark: SparkSession, staging: Path) -> tuple[Path, Path]:
+    """Turn the partitioned decode output into ``images.parquet`` and ``quarantine.parquet``
+    (an empty table with the schema where a side has no rows)."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    decoded = staging / "_decoded"
+    tables = []
+    for name in ("images", "quarantine"):
+        target = staging / f"{name}.parquet"
+        part = decoded / f"{_TABLE}={name}"
+        if part.exists():
+            part.rename(target)
+        else:  # no rows on this side: an empty table with the schema, without a Spark job
+            target.mkdir()
+            schema = to_arrow_schema(spark.createDataFrame([], DECODED_SCHEMA).schema)
+            pq.write_table(schema.empty_table(), target / "part-00000-empty.parquet")
+        tables.append(target)
+    shutil.rmtree(decoded)
+    return tables[0], tables[1]
+
+
+def duplicate_fates(images_table: DataFrame) -> DataFrame:
+    """``(source_uri, reason, detail, file)`` of each copy that must leave the image table: every
+    copy of content carrying different labels (``label_conflict``), else all but the smallest URI
+    (``duplicate``); ``file`` is the Parquet file holding it. Never reads pixels."""
+    from pyspark.sql import functions as F
+
+    rows = images_table.select("image_id", "label", "source_uri", F.input_file_name().alias("file"))
     groups = (
-        good.groupBy("image_id")
+        rows.groupBy("image_id")
         .agg(
             F.countDistinct("label").alias("_labels"),
             F.count("*").alias("_copies"),
@@ -131,34 +175,61 @@ def deduplicate(decoded: DataFrame) -> DataFrame:
         )
         .where(F.col("_copies") > 1)
     )
-    marked = decoded.join(F.broadcast(groups), "image_id", "left")
-    conflict = F.col("reason").isNull() & (F.col("_labels") > 1)
-    duplicate = F.col("reason").isNull() & F.col("_copies").isNotNull() & (F.col("source_uri") != F.col("_keep"))
-    reason = (
-        F.when(conflict, F.lit(images.LABEL_CONFLICT))
-        .when(duplicate, F.lit(images.DUPLICATE))
-        .otherwise(F.col("reason"))
+    conflict = F.col("_labels") > 1
+    reason = F.when(conflict, F.lit(images.LABEL_CONFLICT)).when(
+        F.col("source_uri") != F.col("_keep"), F.lit(images.DUPLICATE)
     )
-    detail = (
-        F.when(conflict, F.concat(F.lit("same content carries labels "), F.col("_label_set")))
-        .when(duplicate, F.concat(F.lit("same content as "), F.col("_keep")))
-        .otherwise(F.col("detail"))
+    detail = F.when(conflict, F.concat(F.lit("same content carries labels "), F.col("_label_set"))).otherwise(
+        F.concat(F.lit("same content as "), F.col("_keep"))
     )
-    # One projection: both expressions must see the reason as decoded, not as rewritten.
-    columns = {"reason": reason, "detail": detail}
-    return marked.select(*(columns.get(c, F.col(c)).alias(c) for c in _DECODED_FIELDS))
+    fates = rows.join(groups, "image_id").select("source_uri", reason.alias("reason"), detail.alias("detail"), "file")
+    return fates.where(F.col("reason").isNotNull())
 
 
-def image_rows(marked: DataFrame) -> DataFrame:
+def move_to_quarantine(spark: SparkSession, images_dir: Path, quarantine_dir: Path, fates: list[Row]) -> None:
+    """Move the rows named in ``fates`` (from :func:`duplicate_fates`) from the image table to
+    the quarantine table, rewriting only the Parquet files that hold them."""
     from pyspark.sql import functions as F
 
-    return marked.where(F.col("reason").isNull()).select(*IMAGE_COLUMNS)
+    if not fates:
+        return
+    files = sorted({r["file"] for r in fates})
+    moving = F.broadcast(
+        spark.createDataFrame(
+            [(r["source_uri"], r["reason"], r["detail"]) for r in fates],
+            "source_uri string, _reason string, _detail string",
+        )
+    )
+    affected = spark.read.parquet(*files)
+    rewrite = images_dir.with_name("_rewrite")
+    affected.join(moving, "source_uri", "left_anti").select(*_DECODED_FIELDS).write.parquet(str(rewrite))
+    moved = affected.join(moving, "source_uri").withColumns(
+        {
+            "reason": F.col("_reason"),
+            "detail": F.col("_detail"),
+            "split": F.lit(None).cast("string"),
+            "pixels": F.lit(None).cast("binary"),
+        }
+    )
+    moved.select(*_DECODED_FIELDS).write.mode("append").parquet(str(quarantine_dir))
+    for uri in files:
+        path = store.local_path(uri)
+        path.unlink()
+        path.with_name(f".{path.name}.crc").unlink(missing_ok=True)
+    for path in rewrite.iterdir():
+        if path.name.startswith(("part-", ".part-")):
+            path.rename(images_dir / path.name)
+    shutil.rmtree(rewrite)
 
 
-def quarantine_rows(marked: DataFrame) -> DataFrame:
-    from pyspark.sql import functions as F
+def read_images(spark: SparkSession, folder: Path) -> DataFrame:
+    """The image table of a published ingest folder, with its documented columns."""
+    return spark.read.parquet(str(folder / "images.parquet")).select(*IMAGE_COLUMNS)
 
-    return marked.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS)
+
+def read_quarantine(spark: SparkSession, folder: Path) -> DataFrame:
+    """The quarantine table of a published ingest folder, with its documented columns."""
+    return spark.read.parquet(str(folder / "quarantine.parquet")).select(*QUARANTINE_COLUMNS)
 
 
 def describe(source: str, kind: str, files: list[store.SourceFile]) -> dict[str, Any]:
@@ -177,29 +248,31 @@ def discovered_classes(files: list[store.SourceFile], extensions: tuple[str, ...
 
 def run(cfg: Config, spark: SparkSession) -> Path:
     """Ingest ``cfg.ingest.source`` under ``cfg.data.root``; returns the published folder."""
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     started, t0 = manifest.now(), time.perf_counter()
     kind, files = store.list_source(cfg.ingest.source)
     source = describe(cfg.ingest.source, kind, files)
     files_seen, classes = len(files), discovered_classes(files, cfg.ingest.extensions)
-    # Decode once: the duplicate check and both output tables read this cache.
-    decoded = decode(listed_frame(spark, files, cfg.spark), cfg.ingest).persist(StorageLevel.MEMORY_AND_DISK)
-    marked = deduplicate(decoded)
     out = gate.StagedOutput(cfg.data.root, STAGE)
     try:
-        image_rows(marked).write.parquet(out.path("images.parquet"))
-        quarantine_rows(marked).write.parquet(out.path("quarantine.parquet"))
+        write_decoded(decode(listed_frame(spark, files, cfg.spark), cfg.ingest), out.path("_decoded"))
+        images_dir, quarantine_dir = settle_tables(spark, out.staging)
+        fates = duplicate_fates(spark.read.parquet(str(images_dir))).collect()
+        move_to_quarantine(spark, images_dir, quarantine_dir, fates)
         decoded_at = time.perf_counter()
     except BaseException:
         out.discard()
         raise
-    finally:
-        decoded.unpersist()
+    log.info(
+        "decoded and wrote %d files in %.1f s; %d duplicate copies moved to quarantine",
+        files_seen,
+        decoded_at - t0,
+        len(fates),
+    )
 
-    staged = spark.read.parquet(out.path("images.parquet"))
-    quarantine = spark.read.parquet(out.path("quarantine.parquet"))
+    staged = read_images(spark, out.staging)
+    quarantine = read_quarantine(spark, out.staging)
     reasons = {r["reason"]: r["n"] for r in quarantine.groupBy("reason").agg(F.count("*").alias("n")).collect()}
     per_class = {r["label"]: r["n"] for r in staged.groupBy("label").agg(F.count("*").alias("n")).collect()}
     per_split = {r["split"]: r["n"] for r in staged.groupBy("split").agg(F.count("*").alias("n")).collect()}

@@ -21,9 +21,7 @@ log = logging.getLogger("spark_jobs")
 
 
 def setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("py4j", "botocore", "urllib3", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -31,7 +29,7 @@ def setup_logging() -> None:
 def run_stage(
     stage: str,
     argv: list[str] | None,
-    body: Callable[[Config, "SparkSession | None"], object],
+    body: Callable[[Config, SparkSession | None], object],
     *,
     description: str,
     precheck: Callable[[Config], object] | None = None,

@@ -81,7 +81,12 @@ def run(cfg: Config, _spark: object = None) -> Path:
         timings={"started_at": started, "finished_at": manifest.now()},
     )
     manifest.write(target, doc)
-    log.info("wrote %d digit images and %d photos under %s", sum(v for k, v in counts.items() if k.startswith("digits")), counts["photos"], target)
+    log.info(
+        "wrote %d digit images and %d photos under %s",
+        sum(v for k, v in counts.items() if k.startswith("digits")),
+        counts["photos"],
+        target,
+    )
     return target
 
 

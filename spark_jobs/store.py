@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import math
 import os
 import posixpath
 from collections.abc import Iterator
@@ -135,24 +136,24 @@ def list_source(uri: str) -> tuple[str, list[SourceFile]]:
     return kind, files
 
 
-def plan_partitions(sizes: list[int], max_bytes: int, open_cost: int, min_partitions: int) -> list[int]:
-    """How many consecutive files go in each partition, packing by bytes the way Spark's file
-    sources do: each file costs its size plus ``open_cost``; a partition holds at most
-    ``max_bytes``, less when that is needed to give every core (``min_partitions``) work."""
-    total = sum(size + open_cost for size in sizes)
-    target = min(max_bytes, max(open_cost, -(-total // max(min_partitions, 1))))
-    plan: list[int] = []
-    current = filled = 0
-    for size in sizes:
-        cost = size + open_cost
-        if current and filled + cost > target:
-            plan.append(current)
-            current = filled = 0
-        current += 1
+def plan_partitions(sizes: list[int], max_bytes: int, open_cost: int, cores: int) -> list[int]:
+    """How many consecutive files go in each partition. Each file costs its size plus
+    ``open_cost`` (so many tiny files still spread out); partitions hold about ``max_bytes`` at
+    most, come in whole waves of ``cores`` so no core idles in a last half-empty wave, and are
+    balanced by cost to within one file."""
+    if not sizes:
+        return []
+    costs = [size + open_cost for size in sizes]
+    total = sum(costs) or 1
+    waves = -(-math.ceil(total / max_bytes) // max(cores, 1))
+    count = min(len(sizes), waves * max(cores, 1))
+    target = total / count
+    plan = [0] * count
+    filled = 0
+    for cost in costs:
+        plan[min(count - 1, int((filled + cost / 2) // target))] += 1
         filled += cost
-    if current:
-        plan.append(current)
-    return plan
+    return [n for n in plan if n]
 
 
 def fetch(uri: str) -> bytes:
@@ -180,7 +181,8 @@ def fetch_many(uris: list[str], threads: int) -> list[bytes | FetchError]:
         except FetchError as exc:
             return exc
 
-    if threads <= 1 or len(uris) <= 1:
+    # Threads pay off for object stores (latency-bound), not for local reads (they only add GIL churn).
+    if threads <= 1 or len(uris) <= 1 or not any(is_s3(u) for u in uris):
         return [one(u) for u in uris]
     with ThreadPoolExecutor(max_workers=min(threads, len(uris))) as pool:
         return list(pool.map(one, uris))

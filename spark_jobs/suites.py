@@ -62,7 +62,9 @@ def raw_summary_expectations(fractions: dict[str, float], gate: RawGateConfig) -
     return [
         gxe.ExpectTableRowCountToEqual(value=1),
         gxe.ExpectColumnValuesToBeBetween(column="unaccounted_files", min_value=0, max_value=0),
-        gxe.ExpectColumnValuesToBeBetween(column="quarantine_ratio", min_value=0.0, max_value=gate.max_quarantine_ratio),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="quarantine_ratio", min_value=0.0, max_value=gate.max_quarantine_ratio
+        ),
         *(
             gxe.ExpectColumnValuesToBeBetween(
                 column=f"{s}_fraction",
@@ -114,5 +116,7 @@ def raw_batches(
     return [
         Batch("images", images, raw_image_expectations(classes, image_size)),
         Batch("classes", class_counts(spark, images, classes), raw_class_expectations(classes, gate.min_per_class)),
-        Batch("summary", raw_summary(spark, images, files_seen, quarantined), raw_summary_expectations(fractions, gate)),
+        Batch(
+            "summary", raw_summary(spark, images, files_seen, quarantined), raw_summary_expectations(fractions, gate)
+        ),
     ]

@@ -28,8 +28,6 @@ def make_config(tmp_path: Path, *overrides: str) -> Config:
     )
 
 
-
-
 def png_bytes(array: np.ndarray, mode: str | None = None, **save: object) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array, mode=mode).save(buf, format="PNG", **save)

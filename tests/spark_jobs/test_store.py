@@ -87,14 +87,17 @@ def test_directory_listing_sees_empty_and_hidden_files(tmp_path: Path) -> None:
     assert listed == {"a.png": ("cat", 5), "empty.png": ("cat", 0), ".hidden.png": ("cat", 1), "_loose.png": (None, 1)}
 
 
-def test_plan_partitions_packs_by_bytes() -> None:
-    # 10 files of 100 bytes, no open cost, 2 cores: two partitions of 500 bytes.
-    assert store.plan_partitions([100] * 10, max_bytes=10_000, open_cost=0, min_partitions=2) == [5, 5]
-    # The cap wins over the per-core share.
-    assert store.plan_partitions([100] * 10, max_bytes=300, open_cost=0, min_partitions=2) == [3, 3, 3, 1]
-    # Open cost makes many tiny files count: 1000 zero-byte files with a 4 KiB cost and 64 KiB cap.
-    plan = store.plan_partitions([0] * 1000, max_bytes=65_536, open_cost=4096, min_partitions=2)
-    assert sum(plan) == 1000 and max(plan) == 16
+def test_plan_partitions_packs_by_bytes_in_whole_waves() -> None:
+    # 10 files of 100 bytes, no open cost, 2 cores: one wave of two equal partitions.
+    assert store.plan_partitions([100] * 10, max_bytes=10_000, open_cost=0, cores=2) == [5, 5]
+    # The byte cap forces more partitions: two whole waves, none above the cap.
+    plan = store.plan_partitions([100] * 10, max_bytes=300, open_cost=0, cores=2)
+    assert len(plan) == 4 and sum(plan) == 10 and max(plan) * 100 <= 300
+    # Open cost makes many tiny files count: 1000 zero-byte files, 4 KiB cost, 64 KiB cap.
+    plan = store.plan_partitions([0] * 1000, max_bytes=65_536, open_cost=4096, cores=2)
+    assert sum(plan) == 1000 and max(plan) <= 16 and len(plan) % 2 == 0
     # A file larger than the cap is alone, never split or dropped.
-    assert store.plan_partitions([50, 10_000, 50], max_bytes=1000, open_cost=0, min_partitions=1) == [1, 1, 1]
-    assert store.plan_partitions([], max_bytes=1000, open_cost=0, min_partitions=2) == []
+    assert store.plan_partitions([50, 10_000, 50], max_bytes=1000, open_cost=0, cores=1) == [1, 1, 1]
+    # Never more partitions than files, and nothing for nothing.
+    assert store.plan_partitions([10, 10, 10], max_bytes=1, open_cost=0, cores=8) == [1, 1, 1]
+    assert store.plan_partitions([], max_bytes=1000, open_cost=0, cores=2) == []
