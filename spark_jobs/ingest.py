@@ -33,6 +33,7 @@ from spark_jobs.config import Config, IngestConfig, SparkConfig
 from spark_jobs.jobs import run_stage
 
 if TYPE_CHECKING:
+    from pyspark import Broadcast
     from pyspark.sql import DataFrame, Row, SparkSession
 
 log = logging.getLogger(__name__)
@@ -95,22 +96,27 @@ def decode_record(uri: str, label: str | None, data: bytes | Exception, cfg: Ing
     return row
 
 
-def decode_frame(frame: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:
-    """Decode one Arrow batch of ``(source_uri, label)``: fetch the bytes here, on the executor."""
-    uris = list(frame["source_uri"])
-    labels = [None if pd.isna(v) else v for v in frame["label"]]
+def decode_frame(entries: list[tuple[str, str | None]], cfg: IngestConfig) -> pd.DataFrame:
+    """Decode one batch of ``(source_uri, label)``: the bytes are fetched here, on the executor."""
+    uris = [uri for uri, _ in entries]
     contents = store.fetch_many(uris, cfg.fetch_threads)
-    records = [decode_record(u, lab, c, cfg) for u, lab, c in zip(uris, labels, contents, strict=True)]
+    records = [decode_record(u, lab, c, cfg) for (u, lab), c in zip(entries, contents, strict=True)]
     return pd.DataFrame.from_records(records, columns=_DECODED_FIELDS)
 
 
-def decode_partitions(frames: Iterator[pd.DataFrame], cfg: IngestConfig) -> Iterator[pd.DataFrame]:
+def decode_chunks(
+    frames: Iterator[pd.DataFrame], listing: Broadcast, cfg: IngestConfig, batch_rows: int
+) -> Iterator[pd.DataFrame]:
+    """For each chunk id in the input, decode that chunk of the broadcast listing, in batches."""
     for frame in frames:
-        yield decode_frame(frame, cfg)
+        for chunk_id in frame["id"]:
+            entries = listing.value[chunk_id]
+            for start in range(0, len(entries), batch_rows):
+                yield decode_frame(entries[start : start + batch_rows], cfg)
 
 
-def listed_frame(spark: SparkSession, files: list[store.SourceFile], spark_cfg: SparkConfig) -> DataFrame:
-    """A listing as ``(source_uri, label)`` rows, partitioned by bytes (:func:`store.plan_partitions`)."""
+def plan_chunks(spark: SparkSession, files: list[store.SourceFile], spark_cfg: SparkConfig) -> list[list]:
+    """The listing cut into one chunk per task, packed by bytes (:func:`store.plan_partitions`)."""
     plan = store.plan_partitions(
         [f.size for f in files],
         spark_cfg.files_max_partition_bytes,
@@ -118,14 +124,17 @@ def listed_frame(spark: SparkSession, files: list[store.SourceFile], spark_cfg: 
         spark.sparkContext.defaultParallelism,
     )
     rows = iter((f.uri, f.label) for f in files)
-    chunks = [[next(rows) for _ in range(n)] for n in plan]
-    rdd = spark.sparkContext.parallelize(chunks, len(chunks)).flatMap(lambda chunk: chunk)
-    return spark.createDataFrame(rdd, "source_uri string, label string")
+    return [[next(rows) for _ in range(n)] for n in plan]
 
 
-def decode(frame: DataFrame, cfg: IngestConfig) -> DataFrame:
-    """Arrow-batched fetch + decode of every listed file: DECODED_SCHEMA rows, good and bad alike."""
-    return frame.mapInPandas(lambda it: decode_partitions(it, cfg), DECODED_SCHEMA)
+def decode(spark: SparkSession, chunks: list[list], cfg: IngestConfig, batch_rows: int) -> DataFrame:
+    """Fetch + decode every listed file: DECODED_SCHEMA rows, good and bad alike.
+
+    The listing is broadcast once and task ``i`` decodes chunk ``i`` in Arrow batches of
+    ``batch_rows``: one Python stage, no per-row trip of the listing through the JVM."""
+    listing = spark.sparkContext.broadcast(chunks)
+    ids = spark.range(len(chunks), numPartitions=max(len(chunks), 1))
+    return ids.mapInPandas(lambda it: decode_chunks(it, listing, cfg, batch_rows), DECODED_SCHEMA)
 
 
 def write_decoded(decoded: DataFrame, folder: str) -> None:
@@ -256,7 +265,9 @@ def run(cfg: Config, spark: SparkSession) -> Path:
     files_seen, classes = len(files), discovered_classes(files, cfg.ingest.extensions)
     out = gate.StagedOutput(cfg.data.root, STAGE)
     try:
-        write_decoded(decode(listed_frame(spark, files, cfg.spark), cfg.ingest), out.path("_decoded"))
+        chunks = plan_chunks(spark, files, cfg.spark)
+        decoded = decode(spark, chunks, cfg.ingest, cfg.spark.arrow_max_records_per_batch)
+        write_decoded(decoded, out.path("_decoded"))
         images_dir, quarantine_dir = settle_tables(spark, out.staging)
         fates = duplicate_fates(spark.read.parquet(str(images_dir))).collect()
         move_to_quarantine(spark, images_dir, quarantine_dir, fates)
