@@ -11,7 +11,7 @@ All three decode the same JPEG files with the same settings and write Parquet:
 
     python bench/ingest_throughput.py [--images 3000] [--source-size 256] [--image-size 64]
 
-Writes ``bench/results/ingest_throughput.json``. Inputs are generated under ``bench/work/``
+Writes ``bench/results/ingest_throughput_<N>x<source>px_to_<size>px.json``. Inputs are generated under ``bench/work/``
 from scikit-learn's digits (upscaled, tinted, textured) so the JPEGs have a realistic size.
 """
 
@@ -37,7 +37,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spark_jobs import images, ingest, manifest  # noqa: E402
+from spark_jobs import images, ingest, manifest, tables  # noqa: E402
 from spark_jobs.config import Config, load_config  # noqa: E402
 from spark_jobs.session import build_session  # noqa: E402
 
@@ -75,7 +75,7 @@ def single_process(folder: Path, cfg: Config, out: Path) -> float:
     """Seconds for one process to decode every file and write the same columns to Parquet."""
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    rows: dict[str, list] = {c: [] for c in ingest.IMAGE_COLUMNS}
+    rows: dict[str, list] = {c: [] for c in tables.IMAGE_COLUMNS}
     fractions = cfg.ingest.split.fractions()
     for path in sorted(folder.rglob("*.jpg")):
         data = path.read_bytes()
@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         result["naive_udf"] = {"seconds": round(naive_s, 2), "images_per_s": round(files / naive_s, 1)}
         result["speedup_vs_naive_udf"] = round(naive_s / decode_write_s, 2)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ingest_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = f"ingest_throughput_{files}x{args.source_size}px_to_{args.image_size}px.json"
+    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 

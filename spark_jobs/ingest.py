@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from spark_jobs import gate, images, manifest, session, store, suites
 from spark_jobs.config import Config, IngestConfig, SparkConfig
 from spark_jobs.jobs import run_stage
+from spark_jobs.tables import DECODED_FIELDS, DECODED_SCHEMA, read_images, read_quarantine
 
 if TYPE_CHECKING:
     from pyspark import Broadcast
@@ -40,33 +41,12 @@ log = logging.getLogger(__name__)
 
 STAGE = "ingest"
 
-DECODED_SCHEMA = (
-    "image_id string, source_uri string, label string, split string, reason string, detail string, "
-    "size_bytes long, orig_width int, orig_height int, orig_format string, orig_mode string, "
-    "height int, width int, pixels binary"
-)
-IMAGE_COLUMNS = (
-    "image_id",
-    "source_uri",
-    "label",
-    "split",
-    "size_bytes",
-    "orig_width",
-    "orig_height",
-    "orig_format",
-    "orig_mode",
-    "height",
-    "width",
-    "pixels",
-)
-QUARANTINE_COLUMNS = ("source_uri", "reason", "detail", "image_id", "label", "size_bytes")
-_DECODED_FIELDS = [f.split()[0] for f in DECODED_SCHEMA.split(", ")]
 _TABLE = "_table"
 
 
 def decode_record(uri: str, label: str | None, data: bytes | Exception, cfg: IngestConfig) -> dict[str, Any]:
     """One decoded row: pixels and split for a usable image, otherwise ``reason`` and ``detail``."""
-    row: dict[str, Any] = dict.fromkeys(_DECODED_FIELDS)
+    row: dict[str, Any] = dict.fromkeys(DECODED_FIELDS)
     row.update(source_uri=uri, label=label)
     if isinstance(data, Exception):
         return {**row, "reason": images.FETCH_FAILED, "detail": str(data), "size_bytes": 0}
@@ -101,7 +81,7 @@ def decode_frame(entries: list[tuple[str, str | None]], cfg: IngestConfig) -> pd
     uris = [uri for uri, _ in entries]
     contents = store.fetch_many(uris, cfg.fetch_threads)
     records = [decode_record(u, lab, c, cfg) for (u, lab), c in zip(entries, contents, strict=True)]
-    return pd.DataFrame.from_records(records, columns=_DECODED_FIELDS)
+    return pd.DataFrame.from_records(records, columns=DECODED_FIELDS)
 
 
 def decode_chunks(
@@ -211,7 +191,7 @@ def move_to_quarantine(spark: SparkSession, images_dir: Path, quarantine_dir: Pa
     )
     affected = spark.read.parquet(*files)
     rewrite = images_dir.with_name("_rewrite")
-    affected.join(moving, "source_uri", "left_anti").select(*_DECODED_FIELDS).write.parquet(str(rewrite))
+    affected.join(moving, "source_uri", "left_anti").select(*DECODED_FIELDS).write.parquet(str(rewrite))
     moved = affected.join(moving, "source_uri").withColumns(
         {
             "reason": F.col("_reason"),
@@ -220,7 +200,7 @@ def move_to_quarantine(spark: SparkSession, images_dir: Path, quarantine_dir: Pa
             "pixels": F.lit(None).cast("binary"),
         }
     )
-    moved.select(*_DECODED_FIELDS).write.mode("append").parquet(str(quarantine_dir))
+    moved.select(*DECODED_FIELDS).write.mode("append").parquet(str(quarantine_dir))
     for uri in files:
         path = store.local_path(uri)
         path.unlink()
@@ -229,16 +209,6 @@ def move_to_quarantine(spark: SparkSession, images_dir: Path, quarantine_dir: Pa
         if path.name.startswith(("part-", ".part-")):
             path.rename(images_dir / path.name)
     shutil.rmtree(rewrite)
-
-
-def read_images(spark: SparkSession, folder: Path) -> DataFrame:
-    """The image table of a published ingest folder, with its documented columns."""
-    return spark.read.parquet(str(folder / "images.parquet")).select(*IMAGE_COLUMNS)
-
-
-def read_quarantine(spark: SparkSession, folder: Path) -> DataFrame:
-    """The quarantine table of a published ingest folder, with its documented columns."""
-    return spark.read.parquet(str(folder / "quarantine.parquet")).select(*QUARANTINE_COLUMNS)
 
 
 def describe(source: str, kind: str, files: list[store.SourceFile]) -> dict[str, Any]:

@@ -12,23 +12,10 @@ from typing import TYPE_CHECKING, Any
 from spark_jobs.config import RawGateConfig
 from spark_jobs.gate import Batch
 from spark_jobs.images import SPLITS
+from spark_jobs.tables import IMAGE_COLUMNS
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-
-RAW_REQUIRED = (
-    "image_id",
-    "source_uri",
-    "label",
-    "split",
-    "orig_width",
-    "orig_height",
-    "orig_format",
-    "orig_mode",
-    "height",
-    "width",
-    "pixels",
-)
 
 
 def raw_image_expectations(classes: list[str], image_size: int) -> list[Any]:
@@ -36,7 +23,7 @@ def raw_image_expectations(classes: list[str], image_size: int) -> list[Any]:
 
     return [
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
-        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in RAW_REQUIRED),
+        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in IMAGE_COLUMNS),
         gxe.ExpectColumnValuesToBeUnique(column="image_id"),
         gxe.ExpectColumnValueLengthsToEqual(column="image_id", value=64),
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=classes),

@@ -69,7 +69,8 @@ def test_dvc_repro_is_incremental(tmp_path: Path) -> None:
     _dvc(workspace, "config", "core.analytics", "false")
 
     first = _dvc(workspace, "repro")
-    assert "Running stage 'sample'" in first and "Running stage 'ingest'" in first
+    assert "Running stage 'sample'" in first
+    assert "Running stage 'ingest'" in first
     assert (workspace / "data" / "ingest" / "_manifest.json").exists()
 
     second = _dvc(workspace, "repro")

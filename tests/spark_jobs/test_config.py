@@ -73,7 +73,7 @@ def test_bad_values_name_the_key_in_one_line(override: str, expected: str) -> No
 
 
 def test_malformed_override() -> None:
-    with pytest.raises(ConfigError, match="expected section.key=value"):
+    with pytest.raises(ConfigError, match=r"expected section\.key=value"):
         load_config(REPO / "params.yaml", ["ingest.image_size"])
 
 
@@ -111,5 +111,6 @@ def test_cli_rejects_bad_param_before_spark_starts() -> None:
     assert proc.returncode == 2
     assert "parameter ingest.image_size" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert "SparkContext" not in proc.stderr and "log4j" not in proc.stderr
+    assert "SparkContext" not in proc.stderr
+    assert "log4j" not in proc.stderr
     assert time.monotonic() - started < 30

@@ -70,7 +70,9 @@ def test_cmyk_converts_to_rgb() -> None:
     im = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # pure red ink mix
     out = decode_array(encode(im, "JPEG", quality=100))
     r, g, b = (int(v) for v in out[4, 4])
-    assert r > 200 and g < 60 and b < 60
+    assert r > 200
+    assert g < 60
+    assert b < 60
 
 
 def test_16_bit_grey_is_scaled_not_clipped() -> None:
@@ -97,7 +99,8 @@ def test_animated_gif_uses_first_frame() -> None:
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
     out = decode_array(buf.getvalue())
-    assert out[4, 4, 0] > 200 and out[4, 4, 2] < 50
+    assert out[4, 4, 0] > 200
+    assert out[4, 4, 2] < 50
 
 
 # --- EXIF orientation --------------------------------------------------------------------------
@@ -114,7 +117,8 @@ def test_exif_orientation_is_applied() -> None:
     assert (d.orig_width, d.orig_height) == (8, 16)  # as seen: tall
     out = images.pixels_to_array(d.pixels, d.height, d.width)
     # Rotating clockwise moves the stored left half to the top.
-    assert out[1, 4].mean() > 200 and out[6, 4].mean() < 50
+    assert out[1, 4].mean() > 200
+    assert out[6, 4].mean() < 50
 
 
 # --- resize policy -----------------------------------------------------------------------------
@@ -128,7 +132,8 @@ def wide_white() -> bytes:
 def test_pad_keeps_aspect_and_fills(wide_white: bytes) -> None:
     out = decode_array(wide_white, cfg(resize=ResizeConfig(policy="pad", fill=(0, 0, 0))))
     assert out.shape == (8, 8, 3)
-    assert (out[0] == 0).all() and (out[7] == 0).all()  # letterbox rows
+    assert (out[0] == 0).all()
+    assert (out[7] == 0).all()
     assert (out[4] == 255).all()
 
 
@@ -142,7 +147,8 @@ def test_stretch_ignores_aspect() -> None:
     array = np.zeros((10, 20, 3), dtype=np.uint8)
     array[:, :10] = 255
     out = decode_array(png_bytes(array), cfg(resize=ResizeConfig(policy="stretch", resample="nearest")))
-    assert (out[:, :4] == 255).all() and (out[:, 4:] == 0).all()
+    assert (out[:, :4] == 255).all()
+    assert (out[:, 4:] == 0).all()
 
 
 def test_preprocess_median_removes_salt_noise() -> None:
@@ -156,7 +162,8 @@ def test_preprocess_autocontrast_stretches_range() -> None:
     array = np.tile(np.linspace(100, 150, 16, dtype=np.uint8), (16, 1))
     im = images.preprocess(Image.fromarray(array).convert("RGB"), "none", 3, "autocontrast")
     out = np.asarray(im)
-    assert out.min() == 0 and out.max() == 255
+    assert out.min() == 0
+    assert out.max() == 255
 
 
 # --- reasons -----------------------------------------------------------------------------------
@@ -197,7 +204,7 @@ def test_too_small() -> None:
 def test_bomb_limit_is_restored_after_decoding() -> None:
     before = Image.MAX_IMAGE_PIXELS
     images.decode(png_bytes(np.zeros((8, 8), dtype=np.uint8), mode="L"), cfg(max_image_pixels=100))
-    assert Image.MAX_IMAGE_PIXELS == before
+    assert before == Image.MAX_IMAGE_PIXELS
 
 
 # --- identity and split ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spark_jobs import images, ingest, manifest
+from spark_jobs import images, ingest, manifest, tables
 from spark_jobs.gate import GateFailed
 from tests.factories import REPO, class_image, encode, make_config, png_bytes, write_class_tree
 
@@ -126,7 +126,7 @@ def test_every_file_is_an_image_row_or_a_quarantine_row(spark, source_tree, publ
 def test_quarantine_rows_explain_themselves(spark, published: Path) -> None:
     table = spark.read.parquet(str(published / "quarantine.parquet"))
     assert table.where(table.pixels.isNotNull()).count() == 0  # no pixels kept for unusable files
-    q = {r["reason"]: r for r in ingest.read_quarantine(spark, published).collect()}
+    q = {r["reason"]: r for r in tables.read_quarantine(spark, published).collect()}
     assert "img_001.png" in q[images.DUPLICATE]["detail"]
     assert q[images.LABEL_CONFLICT]["detail"] == "same content carries labels 1,2"
     assert "markup" in q[images.NOT_AN_IMAGE]["detail"] or "unknown format" in q[images.NOT_AN_IMAGE]["detail"]
@@ -136,7 +136,7 @@ def test_quarantine_rows_explain_themselves(spark, published: Path) -> None:
 
 def test_image_rows_hold_normalised_pixels(spark, source_tree, published: Path) -> None:
     root, _ = source_tree
-    table = ingest.read_images(spark, published)
+    table = tables.read_images(spark, published)
     row = table.where(table.source_uri == (root / "2" / "img_004.png").resolve().as_uri()).collect()[0]
     data = (root / "2" / "img_004.png").read_bytes()
     assert row["image_id"] == hashlib.sha256(data).hexdigest()
@@ -161,7 +161,8 @@ def test_manifest_accounts_for_every_file(source_tree, published: Path) -> None:
     assert counts["classes"] == ["0", "1", "2"]
     assert sum(counts["rows_by_split"].values()) == good
     assert doc["stage"] == "ingest"
-    assert doc["gate"]["success"] is True and doc["gate"]["failed"] == []
+    assert doc["gate"]["success"] is True
+    assert doc["gate"]["failed"] == []
     assert set(doc["job_version"]) >= {"package", "git_commit"}
     assert doc["params"]["ingest"]["image_size"] == 16
     assert len(doc["params_hash"]) == 64

@@ -92,10 +92,14 @@ def test_plan_partitions_packs_by_bytes_in_whole_waves() -> None:
     assert store.plan_partitions([100] * 10, max_bytes=10_000, open_cost=0, cores=2) == [5, 5]
     # The byte cap forces more partitions: two whole waves, none above the cap.
     plan = store.plan_partitions([100] * 10, max_bytes=300, open_cost=0, cores=2)
-    assert len(plan) == 4 and sum(plan) == 10 and max(plan) * 100 <= 300
+    assert len(plan) == 4
+    assert sum(plan) == 10
+    assert max(plan) * 100 <= 300
     # Open cost makes many tiny files count: 1000 zero-byte files, 4 KiB cost, 64 KiB cap.
     plan = store.plan_partitions([0] * 1000, max_bytes=65_536, open_cost=4096, cores=2)
-    assert sum(plan) == 1000 and max(plan) <= 16 and len(plan) % 2 == 0
+    assert sum(plan) == 1000
+    assert max(plan) <= 16
+    assert len(plan) % 2 == 0
     # A file larger than the cap is alone, never split or dropped.
     assert store.plan_partitions([50, 10_000, 50], max_bytes=1000, open_cost=0, cores=1) == [1, 1, 1]
     # Never more partitions than files, and nothing for nothing.

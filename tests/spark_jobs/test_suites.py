@@ -62,7 +62,7 @@ def _failed(result: gate.GateResult) -> set[tuple[str, str, str]]:
 def test_good_table_passes(spark, tmp_path: Path) -> None:
     result = _validate(spark, tmp_path, _rows())
     assert result.success, result.summary()
-    assert len(result.checks) == 26
+    assert len(result.checks) == 27
     assert (tmp_path / "report" / "docs" / "index.html").exists()
     assert (tmp_path / "report" / "summary.txt").read_text().startswith("gate ingest: PASSED")
 
