@@ -205,7 +205,11 @@ def load_config(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None =
 
 def arg_parser(stage: str, description: str | None = None) -> argparse.ArgumentParser:
     """The command line every stage shares: ``[--params FILE] [--set key=value ...]``."""
-    parser = argparse.ArgumentParser(prog=f"python -m spark_jobs.{stage}", description=description)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m spark_jobs.{stage}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
     parser.add_argument(
         "--set",

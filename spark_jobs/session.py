@@ -43,6 +43,11 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
     return conf
 
 
+def launched_by_spark_submit() -> bool:
+    """True under ``spark-submit``: its ``--master`` (e.g. from Airflow's Spark connection) wins."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
 def build_session(cfg: SparkConfig) -> SparkSession:
     """A session from params (or the running one, with the same runtime settings applied)."""
     from pyspark.sql import SparkSession
@@ -50,7 +55,9 @@ def build_session(cfg: SparkConfig) -> SparkSession:
     conf = spark_conf(cfg)
     # Python workers must run the venv's interpreter, or they cannot import pandas/pyarrow.
     os.environ["PYSPARK_PYTHON"] = conf["spark.pyspark.python"]
-    builder = SparkSession.builder.master(master_url(cfg)).appName(cfg.app_name)
+    builder = SparkSession.builder.appName(cfg.app_name)
+    if not launched_by_spark_submit():
+        builder = builder.master(master_url(cfg))
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

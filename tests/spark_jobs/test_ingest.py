@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -241,3 +242,33 @@ def test_cli_gate_failure_exits_3_with_report(source_tree, tmp_path: Path) -> No
     assert "index.html" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "ingest").exists()
+
+
+@pytest.mark.slow
+def test_spark_submit_runs_the_job_and_its_master_wins(tmp_path: Path) -> None:
+    """DESIGN #1: the module runs under spark-submit, whose --master (Airflow's connection) wins."""
+    write_class_tree(tmp_path / "src", classes=2, per_class=25)
+    spark_submit = Path(sys.executable).with_name("spark-submit")
+    proc = subprocess.run(
+        [
+            str(spark_submit),
+            "--master",
+            "local[1]",
+            "spark_jobs/ingest.py",
+            "--set",
+            f"data.root={tmp_path / 'out'}",
+            "--set",
+            f"ingest.source={tmp_path / 'src'}",
+            "--set",
+            "gate.raw.split_tolerance=0.3",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = manifest.read(tmp_path / "out" / "ingest")
+    assert doc["spark"]["master"] == "local[1]"
+    assert doc["counts"]["rows"] == 50
