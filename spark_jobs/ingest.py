@@ -227,7 +227,6 @@ def discovered_classes(files: list[store.SourceFile], extensions: tuple[str, ...
 
 def run(cfg: Config, spark: SparkSession) -> Path:
     """Ingest ``cfg.ingest.source`` under ``cfg.data.root``; returns the published folder."""
-    from pyspark.sql import functions as F
 
     started, t0 = manifest.now(), time.perf_counter()
     kind, files = store.list_source(cfg.ingest.source)
@@ -252,23 +251,26 @@ def run(cfg: Config, spark: SparkSession) -> Path:
         len(fates),
     )
 
-    staged = read_images(spark, out.staging)
+    # The gate and the counts read the staged table many times: cache it without its pixels.
+    profile = suites.image_profile(read_images(spark, out.staging)).cache()
     quarantine = read_quarantine(spark, out.staging)
-    reasons = {r["reason"]: r["n"] for r in quarantine.groupBy("reason").agg(F.count("*").alias("n")).collect()}
-    per_class = {r["label"]: r["n"] for r in staged.groupBy("label").agg(F.count("*").alias("n")).collect()}
-    per_split = {r["split"]: r["n"] for r in staged.groupBy("split").agg(F.count("*").alias("n")).collect()}
-    quarantined = sum(reasons.values())
-    batches = suites.raw_batches(
-        spark,
-        staged,
-        classes,
-        files_seen,
-        quarantined,
-        cfg.ingest.image_size,
-        cfg.ingest.split.fractions(),
-        cfg.gate.raw,
-    )
-    result = gate.validate(STAGE, batches, out.report_dir)
+    try:
+        reasons = _counts(quarantine, "reason")
+        per_class, per_split = _counts(profile, "label"), _counts(profile, "split")
+        quarantined = sum(reasons.values())
+        batches = suites.raw_batches(
+            spark,
+            profile,
+            classes,
+            files_seen,
+            quarantined,
+            cfg.ingest.image_size,
+            cfg.ingest.split.fractions(),
+            cfg.gate.raw,
+        )
+        result = gate.validate(STAGE, batches, out.report_dir)
+    finally:
+        profile.unpersist()
     rows = sum(per_class.values())
     counts = {
         "files_seen": files_seen,
@@ -298,6 +300,12 @@ def run(cfg: Config, spark: SparkSession) -> Path:
     published = out.finish(result, doc)
     log.info("%d files seen: %d images, %d quarantined %s", files_seen, rows, quarantined, reasons)
     return published
+
+
+def _counts(frame: DataFrame, column: str) -> dict[str, int]:
+    from pyspark.sql import functions as F
+
+    return {r[column]: r["n"] for r in frame.groupBy(column).agg(F.count("*").alias("n")).collect()}
 
 
 def _precheck(cfg: Config) -> None:

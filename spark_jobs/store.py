@@ -110,8 +110,12 @@ def list_directory(root: str) -> Iterator[SourceFile]:
     """Every file below a local folder (hidden and zero-byte ones too: they must be accounted
     for, which Spark's binaryFile source does not do), labelled by its parent folder."""
     base = local_path(root).absolute()
-    for folder, dirs, names in os.walk(base):
-        dirs.sort()
+    seen = {base.resolve()}
+    for folder, dirs, names in os.walk(base, followlinks=True):
+        # Follow linked folders (a class folder is often a link), but never round a cycle.
+        real = [(d, (Path(folder) / d).resolve()) for d in sorted(dirs)]
+        dirs[:] = [d for d, r in real if r not in seen]
+        seen.update(r for _, r in real)
         for name in sorted(names):
             path = Path(folder) / name
             try:

@@ -87,6 +87,17 @@ def test_directory_listing_sees_empty_and_hidden_files(tmp_path: Path) -> None:
     assert listed == {"a.png": ("cat", 5), "empty.png": ("cat", 0), ".hidden.png": ("cat", 1), "_loose.png": (None, 1)}
 
 
+def test_directory_listing_follows_linked_folders_without_cycles(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere" / "dog").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "dog" / "d.png").write_bytes(b"1")
+    (tmp_path / "root" / "cat").mkdir(parents=True)
+    (tmp_path / "root" / "cat" / "c.png").write_bytes(b"1")
+    (tmp_path / "root" / "dog").symlink_to(tmp_path / "elsewhere" / "dog")
+    (tmp_path / "root" / "cat" / "loop").symlink_to(tmp_path / "root")
+    listed = sorted((f.label, Path(store.local_path(f.uri)).name) for f in store.list_directory(str(tmp_path / "root")))
+    assert listed == [("cat", "c.png"), ("dog", "d.png")]
+
+
 def test_plan_partitions_packs_by_bytes_in_whole_waves() -> None:
     # 10 files of 100 bytes, no open cost, 2 cores: one wave of two equal partitions.
     assert store.plan_partitions([100] * 10, max_bytes=10_000, open_cost=0, cores=2) == [5, 5]

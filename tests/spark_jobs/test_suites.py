@@ -48,7 +48,7 @@ SCHEMA = (
 
 
 def _validate(spark, tmp_path: Path, rows: list[dict], files_seen: int | None = None, quarantined: int = 0):
-    frame = spark.createDataFrame(rows, SCHEMA)
+    frame = suites.image_profile(spark.createDataFrame(rows, SCHEMA))
     seen = len(rows) + quarantined if files_seen is None else files_seen
     config = RawGateConfig(min_per_class=20, max_quarantine_ratio=0.1, split_tolerance=0.15)
     batches = suites.raw_batches(spark, frame, CLASSES, seen, quarantined, SIZE, FRACTIONS, config)
@@ -62,7 +62,7 @@ def _failed(result: gate.GateResult) -> set[tuple[str, str, str]]:
 def test_good_table_passes(spark, tmp_path: Path) -> None:
     result = _validate(spark, tmp_path, _rows())
     assert result.success, result.summary()
-    assert len(result.checks) == 27
+    assert len(result.checks) == 28
     assert (tmp_path / "report" / "docs" / "index.html").exists()
     assert (tmp_path / "report" / "summary.txt").read_text().startswith("gate ingest: PASSED")
 
@@ -97,6 +97,16 @@ def _short_id(rows: list[dict]) -> list[dict]:
     return rows
 
 
+def _short_pixels(rows: list[dict]) -> list[dict]:
+    rows[0]["pixels"] = rows[0]["pixels"][:-3]
+    return rows
+
+
+def _no_pixels(rows: list[dict]) -> list[dict]:
+    rows[0]["pixels"] = None
+    return rows
+
+
 def _small_class(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["label"] == "cat"] + [r for r in rows if r["label"] == "dog"][:5]
 
@@ -116,6 +126,8 @@ def _skewed_split(rows: list[dict]) -> list[dict]:
         (_bad_split, ("images", "expect_column_values_to_be_in_set", "split")),
         (_wrong_size, ("images", "expect_column_values_to_be_between", "height")),
         (_short_id, ("images", "expect_column_value_lengths_to_equal", "image_id")),
+        (_short_pixels, ("images", "expect_column_values_to_be_between", "pixel_bytes")),
+        (_no_pixels, ("images", "expect_column_values_to_not_be_null", "pixel_bytes")),
         (_small_class, ("classes", "expect_column_values_to_be_between", "images")),
         (_skewed_split, ("summary", "expect_column_values_to_be_between", "train_fraction")),
     ],
