@@ -83,9 +83,8 @@ def s3_client() -> Any:
     import boto3
     from botocore.config import Config as BotoConfig
 
-    return boto3.session.Session().client(
-        "s3", config=BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=64)
-    )
+    # Retries follow the standard AWS settings (AWS_MAX_ATTEMPTS, AWS_RETRY_MODE, ~/.aws/config).
+    return boto3.session.Session().client("s3", config=BotoConfig(max_pool_connections=64))
 
 
 def s3_endpoint() -> str:
@@ -97,13 +96,23 @@ def list_s3(uri: str) -> Iterator[SourceFile]:
     bucket, prefix = split_s3(uri)
     if prefix and not prefix.endswith("/"):
         prefix += "/"
+    from botocore.exceptions import BotoCoreError, ClientError
+
     paginator = s3_client().get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", ()):
-            key = obj["Key"]
-            if key.endswith("/"):  # folder marker objects made by consoles
-                continue
-            yield SourceFile(f"s3://{bucket}/{key}", label_of(key[len(prefix) :]), int(obj["Size"]))
+    try:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", ()):
+                key = obj["Key"]
+                if key.endswith("/"):  # folder marker objects made by consoles
+                    continue
+                yield SourceFile(f"s3://{bucket}/{key}", label_of(key[len(prefix) :]), int(obj["Size"]))
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise SourceError(
+            f"cannot list {uri} at {s3_endpoint()}: {error.get('Code', 'error')}: {error.get('Message', exc)}"
+        ) from None
+    except BotoCoreError as exc:  # no credentials, endpoint unreachable after retries, ...
+        raise SourceError(f"cannot list {uri} at {s3_endpoint()}: {exc}") from None
 
 
 def list_directory(root: str) -> Iterator[SourceFile]:

@@ -71,3 +71,24 @@ def test_missing_object_is_quarantined_not_fatal(bucket: str) -> None:
     result = store.fetch_many([f"s3://{bucket}/incoming/0/nope.png"], threads=2)
     assert isinstance(result[0], store.FetchError)
     assert "NoSuchKey" in str(result[0])
+
+
+def test_missing_bucket_is_one_clear_error(s3_server: str) -> None:
+    with pytest.raises(store.SourceError) as info:
+        store.list_source("s3://no-such-bucket/raw")
+    message = str(info.value)
+    assert message.startswith(f"cannot list s3://no-such-bucket/raw at {s3_server}: NoSuchBucket")
+    assert "\n" not in message
+
+
+def test_unreachable_endpoint_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.factories import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    store.s3_client.cache_clear()
+    try:
+        with pytest.raises(store.SourceError, match=r"cannot list s3://raw-images/incoming at http://127\.0\.0\.1:"):
+            store.list_source("s3://raw-images/incoming")
+    finally:
+        store.s3_client.cache_clear()
