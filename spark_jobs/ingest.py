@@ -227,7 +227,6 @@ def discovered_classes(files: list[store.SourceFile], extensions: tuple[str, ...
 
 def run(cfg: Config, spark: SparkSession) -> Path:
     """Ingest ``cfg.ingest.source`` under ``cfg.data.root``; returns the published folder."""
-
     started, t0 = manifest.now(), time.perf_counter()
     kind, files = store.list_source(cfg.ingest.source)
     source = describe(cfg.ingest.source, kind, files)
@@ -255,13 +254,15 @@ def run(cfg: Config, spark: SparkSession) -> Path:
     profile = suites.image_profile(read_images(spark, out.staging)).cache()
     quarantine = read_quarantine(spark, out.staging)
     try:
-        reasons = _counts(quarantine, "reason")
-        per_class, per_split = _counts(profile, "label"), _counts(profile, "split")
+        reasons = suites.value_counts(quarantine, "reason")
+        per_class, per_split = suites.value_counts(profile, "label"), suites.value_counts(profile, "split")
         quarantined = sum(reasons.values())
         batches = suites.raw_batches(
             spark,
             profile,
             classes,
+            per_class,
+            per_split,
             files_seen,
             quarantined,
             cfg.ingest.image_size,
@@ -300,12 +301,6 @@ def run(cfg: Config, spark: SparkSession) -> Path:
     published = out.finish(result, doc)
     log.info("%d files seen: %d images, %d quarantined %s", files_seen, rows, quarantined, reasons)
     return published
-
-
-def _counts(frame: DataFrame, column: str) -> dict[str, int]:
-    from pyspark.sql import functions as F
-
-    return {r[column]: r["n"] for r in frame.groupBy(column).agg(F.count("*").alias("n")).collect()}
 
 
 def _precheck(cfg: Config) -> None:

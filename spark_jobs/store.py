@@ -93,11 +93,11 @@ def s3_endpoint() -> str:
 
 def list_s3(uri: str) -> Iterator[SourceFile]:
     """Every object under an ``s3://bucket/prefix``, listed page by page."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     bucket, prefix = split_s3(uri)
     if prefix and not prefix.endswith("/"):
         prefix += "/"
-    from botocore.exceptions import BotoCoreError, ClientError
-
     paginator = s3_client().get_paginator("list_objects_v2")
     try:
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):

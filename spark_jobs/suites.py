@@ -75,28 +75,29 @@ def raw_summary_expectations(fractions: dict[str, float], gate: RawGateConfig) -
     ]
 
 
-def class_counts(spark: SparkSession, images: DataFrame, classes: list[str]) -> DataFrame:
-    """One row per discovered class with its image count (0 for a class that lost every image)."""
+def value_counts(frame: DataFrame, column: str) -> dict[str | None, int]:
+    """How many rows hold each value of ``column``."""
     from pyspark.sql import functions as F
 
-    discovered = spark.createDataFrame([(c,) for c in classes], "label string")
-    counts = images.groupBy("label").agg(F.count("*").alias("images"))
-    return discovered.join(counts, "label", "full_outer").fillna(0, subset=["images"])
+    return {r[column]: r["n"] for r in frame.groupBy(column).agg(F.count("*").alias("n")).collect()}
 
 
-def raw_summary(spark: SparkSession, images: DataFrame, files_seen: int, quarantined: int) -> DataFrame:
+def class_counts(spark: SparkSession, per_class: dict[str | None, int], classes: list[str]) -> DataFrame:
+    """One row per class, discovered or found, with its image count (0 for a class that lost every image)."""
+    labels = sorted(set(classes) | set(per_class), key=lambda v: (v is None, v or ""))
+    return spark.createDataFrame([(c, per_class.get(c, 0)) for c in labels], "label string, images long")
+
+
+def raw_summary(spark: SparkSession, per_split: dict[str | None, int], files_seen: int, quarantined: int) -> DataFrame:
     """One row: accounting of files seen vs rows + quarantine, quarantine ratio, split fractions."""
-    from pyspark.sql import functions as F
-
-    rows = images.count()
-    by_split = {r["split"]: r["n"] for r in images.groupBy("split").agg(F.count("*").alias("n")).collect()}
+    rows = sum(per_split.values())
     record = {
         "files_seen": files_seen,
         "images": rows,
         "quarantined": quarantined,
         "unaccounted_files": files_seen - rows - quarantined,
         "quarantine_ratio": quarantined / files_seen if files_seen else 1.0,
-        **{f"{s}_fraction": by_split.get(s, 0) / rows if rows else 0.0 for s in SPLITS},
+        **{f"{s}_fraction": per_split.get(s, 0) / rows if rows else 0.0 for s in SPLITS},
     }
     return spark.createDataFrame([record])
 
@@ -105,18 +106,21 @@ def raw_batches(
     spark: SparkSession,
     profile: DataFrame,
     classes: list[str],
+    per_class: dict[str | None, int],
+    per_split: dict[str | None, int],
     files_seen: int,
     quarantined: int,
     image_size: int,
     fractions: dict[str, float],
     gate: RawGateConfig,
 ) -> list[Batch]:
-    """The raw-data suite as batches for :func:`spark_jobs.gate.validate`, over the
-    :func:`image_profile` of the staged image table."""
+    """The raw-data suite as batches for :func:`spark_jobs.gate.validate`: row rules over the
+    :func:`image_profile` of the staged image table, dataset rules over its counts
+    (:func:`value_counts` of ``label`` and ``split``)."""
     return [
         Batch("images", profile, raw_image_expectations(classes, image_size)),
-        Batch("classes", class_counts(spark, profile, classes), raw_class_expectations(classes, gate.min_per_class)),
+        Batch("classes", class_counts(spark, per_class, classes), raw_class_expectations(classes, gate.min_per_class)),
         Batch(
-            "summary", raw_summary(spark, profile, files_seen, quarantined), raw_summary_expectations(fractions, gate)
+            "summary", raw_summary(spark, per_split, files_seen, quarantined), raw_summary_expectations(fractions, gate)
         ),
     ]

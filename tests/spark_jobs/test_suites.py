@@ -51,7 +51,10 @@ def _validate(spark, tmp_path: Path, rows: list[dict], files_seen: int | None = 
     frame = suites.image_profile(spark.createDataFrame(rows, SCHEMA))
     seen = len(rows) + quarantined if files_seen is None else files_seen
     config = RawGateConfig(min_per_class=20, max_quarantine_ratio=0.1, split_tolerance=0.15)
-    batches = suites.raw_batches(spark, frame, CLASSES, seen, quarantined, SIZE, FRACTIONS, config)
+    per_class, per_split = suites.value_counts(frame, "label"), suites.value_counts(frame, "split")
+    batches = suites.raw_batches(
+        spark, frame, CLASSES, per_class, per_split, seen, quarantined, SIZE, FRACTIONS, config
+    )
     return gate.validate("ingest", batches, tmp_path / "report")
 
 
