@@ -110,14 +110,80 @@ class IngestConfig(_Section):
         return self
 
 
+class ClassicalConfig(_Section):
+    hog_orientations: int = Field(9, ge=1, le=36)
+    hog_pixels_per_cell: int = Field(8, ge=2)
+    hog_cells_per_block: int = Field(2, ge=1)
+    color_bins: int = Field(16, ge=2, le=256)
+    pca_k: int = Field(64, ge=1)
+
+    def hog_dim(self, image_size: int) -> int:
+        """Length of the HOG descriptor of an ``image_size`` square (scikit-image's layout)."""
+        cells = image_size // self.hog_pixels_per_cell
+        blocks = max(cells - self.hog_cells_per_block + 1, 0)
+        return blocks * blocks * self.hog_cells_per_block**2 * self.hog_orientations
+
+    def descriptor_dim(self, image_size: int) -> int:
+        """Length of HOG + per-channel colour histogram, before PCA."""
+        return self.hog_dim(image_size) + 3 * self.color_bins
+
+
+class CnnConfig(_Section):
+    backbone: str = "models/backbone/backbone.pt2"
+    architecture: str | None = None
+    threads: int = Field(1, ge=1, le=256)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] = (
+        1.0,
+        1.0,
+        1.0,
+    )
+
+
+class TilesConfig(_Section):
+    enabled: bool = False
+    size: int = Field(128, ge=8, le=16384)
+    overlap: float = Field(0.1, ge=0.0, lt=1.0)
+    edge: Literal["shift", "pad"] = "shift"
+
+    @property
+    def stride(self) -> int:
+        """Step between tile origins: ``size`` minus the overlap, at least one pixel."""
+        return max(1, self.size - round(self.size * self.overlap))
+
+
+class FeaturesConfig(_Section):
+    kind: Literal["classical", "cnn"] = "classical"
+    batch_size: int = Field(64, ge=1, le=65536)
+    classical: ClassicalConfig = ClassicalConfig()
+    cnn: CnnConfig = CnnConfig()
+    tiles: TilesConfig = TilesConfig()
+
+
+class BackboneConfig(_Section):
+    architecture: Literal["small_cnn"] = "small_cnn"
+    width: int = Field(16, ge=4, le=512)
+    epochs: int = Field(3, ge=0)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(0.003, gt=0.0)
+    max_images: int = Field(20000, ge=1)
+    seed: int = 0
+    output: str = "models/backbone"
+
+
 class RawGateConfig(_Section):
     min_per_class: int = Field(20, ge=0)
     max_quarantine_ratio: float = Field(0.05, ge=0.0, le=1.0)
     split_tolerance: float = Field(0.05, ge=0.0, le=1.0)
 
 
+class FeaturesGateConfig(_Section):
+    max_zero_fraction: float = Field(0.01, ge=0.0, le=1.0)
+
+
 class GateConfig(_Section):
     raw: RawGateConfig = RawGateConfig()
+    features: FeaturesGateConfig = FeaturesGateConfig()
 
 
 class Config(_Section):
@@ -127,7 +193,24 @@ class Config(_Section):
     spark: SparkConfig = SparkConfig()
     sample: SampleConfig = SampleConfig()
     ingest: IngestConfig = IngestConfig()
+    backbone: BackboneConfig = BackboneConfig()
+    features: FeaturesConfig = FeaturesConfig()
     gate: GateConfig = GateConfig()
+
+    @model_validator(mode="after")
+    def _features_fit_images(self) -> Config:
+        classical, size = self.features.classical, self.ingest.image_size
+        if self.features.kind == "classical":
+            if classical.hog_dim(size) == 0:
+                raise ValueError(
+                    f"features.classical: a {size}px image holds no HOG block of "
+                    f"{classical.hog_cells_per_block}x{classical.hog_cells_per_block} cells of "
+                    f"{classical.hog_pixels_per_cell}px (raise ingest.image_size or lower hog_pixels_per_cell)"
+                )
+            dim = classical.descriptor_dim(size)
+            if classical.pca_k > dim:
+                raise ValueError(f"features.classical.pca_k={classical.pca_k} exceeds the descriptor length {dim}")
+        return self
 
     def section(self, *names: str) -> dict[str, Any]:
         """The named top-level sections (``gate.raw`` style paths allowed) as plain data."""
@@ -175,7 +258,9 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(p) for p in error["loc"]) or "<top level>"
+    if not error["loc"]:  # a rule across sections: its message names the keys
+        return str(error["msg"]).removeprefix("Value error, ")
+    key = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
         return f"unknown parameter {key}"
     return f"parameter {key}: {error['msg']} (got {error.get('input')!r})"

@@ -224,25 +224,30 @@ def _load(im: Image.Image) -> None:
         raise Rejected(UNREADABLE, f"{type(exc).__name__}: {exc}") from exc
 
 
-def decode(data: bytes, cfg: IngestConfig) -> Decoded:
-    """Normalised pixels of one encoded image, or :class:`Rejected` saying why not."""
+def _prepared(data: bytes, cfg: IngestConfig, full_resolution: bool) -> tuple[tuple[str, str, int, int], Image.Image]:
+    """``((format, mode, width, height), prepared)``: the file as opened (oriented size) and its
+    RGB, oriented, preprocessed image before any resize; :class:`Rejected` when it cannot be used."""
     im = _open(data, cfg.max_image_pixels)
-    orig_format, orig_mode = im.format or "unknown", im.mode
     orig_width, orig_height = _oriented_size(im)
+    opened = (im.format or "unknown", im.mode, orig_width, orig_height)
     if min(orig_width, orig_height) < cfg.min_side:
         raise Rejected(TOO_SMALL, f"{orig_width}x{orig_height} < min_side {cfg.min_side}")
     if getattr(im, "n_frames", 1) > 1:
         im.seek(0)  # animated or multi-page: the first frame is the image
-    if im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK"):
+    if not full_resolution and im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK"):
         # Let libjpeg decode at a reduced DCT scale, never below twice the target side.
         im.draft(im.mode, (2 * cfg.image_size, 2 * cfg.image_size))
     _load(im)
     im = ImageOps.exif_transpose(im)
     im = to_rgb(im, tuple(cfg.alpha_background))
     p = cfg.preprocess
-    im = preprocess(im, p.denoise, p.median_size, p.contrast)
-    im = resize(im, cfg.image_size, cfg.resize)
-    pixels = np.asarray(im, dtype=np.uint8)
+    return opened, preprocess(im, p.denoise, p.median_size, p.contrast)
+
+
+def decode(data: bytes, cfg: IngestConfig) -> Decoded:
+    """Normalised pixels of one encoded image, or :class:`Rejected` saying why not."""
+    (orig_format, orig_mode, orig_width, orig_height), im = _prepared(data, cfg, full_resolution=False)
+    pixels = np.asarray(resize(im, cfg.image_size, cfg.resize), dtype=np.uint8)
     return Decoded(
         pixels=pixels.tobytes(),
         height=pixels.shape[0],
@@ -252,6 +257,13 @@ def decode(data: bytes, cfg: IngestConfig) -> Decoded:
         orig_format=orig_format,
         orig_mode=orig_mode,
     )
+
+
+def decode_full(data: bytes, cfg: IngestConfig) -> np.ndarray:
+    """The full-resolution HWC uint8 RGB array of an image, prepared exactly as :func:`decode`
+    prepares it (orientation, RGB conversion, preprocessing) but not resized: what tiles cut."""
+    _, im = _prepared(data, cfg, full_resolution=True)
+    return np.asarray(im, dtype=np.uint8)
 
 
 def _oriented_size(im: Image.Image) -> tuple[int, int]:

@@ -1,0 +1,74 @@
+"""Pure tiling: cut a full-resolution image into overlapping square blocks, keeping each block's
+place in the original.
+
+Along an axis of length ``L`` blocks of ``size`` start every ``stride = size - round(size *
+overlap)`` pixels. The last block is never dropped: with ``edge="shift"`` it is moved back to end
+exactly at ``L`` (so it overlaps its neighbour more); with ``edge="pad"`` it keeps its place on the
+stride grid and the part beyond the image is filled. An axis shorter than ``size`` gets one block,
+padded. Both policies give the same number of blocks: :func:`count`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from spark_jobs.config import TilesConfig
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Block ``(tile_x, tile_y)`` of the grid; ``box`` is the region of the original image it
+    shows, ``(x0, y0, x1, y1)`` with exclusive ends, clipped to the image (padding is not in it)."""
+
+    tile_x: int
+    tile_y: int
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+
+def axis_count(length: int, size: int, stride: int) -> int:
+    """Blocks needed to cover ``length`` pixels."""
+    if length <= size:
+        return 1
+    return math.ceil((length - size) / stride) + 1
+
+
+def count(width: int, height: int, cfg: TilesConfig) -> int:
+    """Blocks in the grid of a ``width`` x ``height`` image."""
+    return axis_count(width, cfg.size, cfg.stride) * axis_count(height, cfg.size, cfg.stride)
+
+
+def starts(length: int, size: int, stride: int, edge: str) -> list[int]:
+    """Origins of the blocks along one axis."""
+    n = axis_count(length, size, stride)
+    origins = [i * stride for i in range(n)]
+    if edge == "shift" and length > size:
+        origins[-1] = length - size
+    return origins
+
+
+def grid(width: int, height: int, cfg: TilesConfig) -> list[Tile]:
+    """Every block of a ``width`` x ``height`` image, row by row."""
+    xs = starts(width, cfg.size, cfg.stride, cfg.edge)
+    ys = starts(height, cfg.size, cfg.stride, cfg.edge)
+    return [
+        Tile(tx, ty, x, y, min(x + cfg.size, width), min(y + cfg.size, height))
+        for ty, y in enumerate(ys)
+        for tx, x in enumerate(xs)
+    ]
+
+
+def cut(image: np.ndarray, tile: Tile, size: int, fill: tuple[int, int, int]) -> np.ndarray:
+    """The ``size`` x ``size`` x 3 block of an HWC image: its box at the top left, ``fill`` beyond."""
+    block = image[tile.y0 : tile.y1, tile.x0 : tile.x1]
+    if block.shape[:2] == (size, size):
+        return block
+    out = np.empty((size, size, image.shape[2]), dtype=image.dtype)
+    out[...] = np.asarray(fill, dtype=image.dtype)
+    out[: block.shape[0], : block.shape[1]] = block
+    return out

@@ -1,0 +1,88 @@
+"""Tiling: boxes cover the whole image, overlap is as configured, coordinates map back to the source."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from spark_jobs import tiles
+from spark_jobs.config import TilesConfig
+
+CASES = [(640, 427), (128, 128), (129, 300), (50, 20), (1000, 115)]
+
+
+def _cfg(edge: str = "shift", size: int = 128, overlap: float = 0.1) -> TilesConfig:
+    return TilesConfig(enabled=True, size=size, overlap=overlap, edge=edge)
+
+
+@pytest.mark.parametrize("edge", ["shift", "pad"])
+@pytest.mark.parametrize(("width", "height"), CASES)
+def test_boxes_cover_every_pixel_and_stay_inside(edge: str, width: int, height: int) -> None:
+    cfg = _cfg(edge)
+    covered = np.zeros((height, width), dtype=int)
+    grid = tiles.grid(width, height, cfg)
+    for t in grid:
+        assert 0 <= t.x0 < t.x1 <= width
+        assert 0 <= t.y0 < t.y1 <= height
+        assert t.x1 - t.x0 <= cfg.size
+        assert t.y1 - t.y0 <= cfg.size
+        covered[t.y0 : t.y1, t.x0 : t.x1] += 1
+    assert covered.min() >= 1  # no pixel of the original is lost
+    assert len(grid) == tiles.count(width, height, cfg)
+    assert len({(t.tile_x, t.tile_y) for t in grid}) == len(grid)
+
+
+def test_the_bundled_photo_grid() -> None:
+    """640x427 in 128px blocks with 10% overlap: stride 115, 6 columns, 4 rows."""
+    cfg = _cfg("shift")
+    assert cfg.stride == 115
+    grid = tiles.grid(640, 427, cfg)
+    assert len(grid) == 24
+    assert [t.x0 for t in grid if t.tile_y == 0] == [0, 115, 230, 345, 460, 512]  # last shifted to end at 640
+    assert [t.y0 for t in grid if t.tile_x == 0] == [0, 115, 230, 299]
+    padded = tiles.grid(640, 427, _cfg("pad"))
+    assert [t.x0 for t in padded if t.tile_y == 0] == [0, 115, 230, 345, 460, 575]
+    assert padded[-1].x1 == 640
+    assert padded[-1].y1 == 427
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.1, 0.25, 0.5])
+def test_neighbours_overlap_as_configured(overlap: float) -> None:
+    cfg = _cfg("pad", size=100, overlap=overlap)
+    grid = tiles.grid(1000, 100, cfg)
+    for left, right in itertools.pairwise(grid):
+        assert left.x0 + 100 - right.x0 == round(100 * overlap)
+
+
+def test_shifted_edge_tile_overlaps_more_but_never_less() -> None:
+    grid = tiles.grid(300, 100, _cfg("shift", size=100, overlap=0.1))
+    overlaps = [a.x1 - b.x0 for a, b in itertools.pairwise(grid)]
+    assert overlaps[:-1] == [10, 10]
+    assert overlaps[-1] >= 10
+    assert grid[-1].x1 == 300
+
+
+@pytest.mark.parametrize("edge", ["shift", "pad"])
+def test_cut_maps_back_to_the_source(edge: str) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (427, 640, 3), dtype=np.uint8)
+    cfg = _cfg(edge)
+    for t in tiles.grid(640, 427, cfg):
+        block = tiles.cut(image, t, cfg.size, (1, 2, 3))
+        assert block.shape == (128, 128, 3)
+        h, w = t.y1 - t.y0, t.x1 - t.x0
+        assert np.array_equal(block[:h, :w], image[t.y0 : t.y1, t.x0 : t.x1])
+        assert (block[h:, :] == (1, 2, 3)).all()
+        assert (block[:, w:] == (1, 2, 3)).all()
+
+
+def test_an_image_smaller_than_a_tile_is_one_padded_tile() -> None:
+    image = np.full((20, 50, 3), 200, dtype=np.uint8)
+    cfg = _cfg("shift")
+    (only,) = tiles.grid(50, 20, cfg)
+    assert (only.x0, only.y0, only.x1, only.y1) == (0, 0, 50, 20)
+    block = tiles.cut(image, only, 128, (0, 0, 0))
+    assert block[:20, :50].min() == 200
+    assert block[20:].max() == 0
