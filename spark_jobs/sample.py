@@ -1,8 +1,9 @@
 """Sample: the bundled, offline sample images, made from data that ships inside scikit-learn.
 
 Writes ``<data.root>/sample/digits/<class>/<class>_<n>.png`` (the 1,797 8x8 handwritten-digit
-scans, ink dark on white, upscaled to ``sample.image_size``) and ``<data.root>/sample/photos/``
-(the real photographs of ``sklearn.datasets.load_sample_images``, for tiling).
+scans, ink dark on white, upscaled to ``sample.image_size``) and
+``<data.root>/sample/photos/<name>/<name>.jpg`` (the real 640x427 photographs of
+``sklearn.datasets.load_sample_images``, one class folder each, for tiling).
 
     python -m spark_jobs.sample [--params params.yaml] [--set sample.image_size=64]
 """
@@ -48,6 +49,16 @@ def photo_images() -> Iterator[tuple[str, Image.Image]]:
         yield Path(filename).stem, Image.fromarray(array)
 
 
+def write_photos(folder: Path) -> int:
+    """Write each photograph as ``folder/<name>/<name>.jpg`` (a class folder each); returns how many."""
+    n = 0
+    for name, image in photo_images():
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        image.save(folder / name / f"{name}.jpg", quality=95)
+        n += 1
+    return n
+
+
 def write_sample(target: Path, cfg: SampleConfig) -> dict[str, int]:
     """Write the sample tree to ``target`` (replacing it) and return per-folder counts."""
     tmp = target.with_name(f".{target.name}.tmp")
@@ -58,10 +69,7 @@ def write_sample(target: Path, cfg: SampleConfig) -> dict[str, int]:
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f"{label}_{index:04d}.png", optimize=True)
         counts[f"digits/{label}"] = counts.get(f"digits/{label}", 0) + 1
-    (tmp / "photos").mkdir(parents=True)
-    for name, image in photo_images():
-        image.save(tmp / "photos" / f"{name}.jpg", quality=95)
-        counts["photos"] = counts.get("photos", 0) + 1
+    counts["photos"] = write_photos(tmp / "photos")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return counts

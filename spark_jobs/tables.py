@@ -43,3 +43,30 @@ def read_images(spark: SparkSession, folder: Path) -> DataFrame:
 def read_quarantine(spark: SparkSession, folder: Path) -> DataFrame:
     """The quarantine table of an ingest output folder, with its documented columns."""
     return spark.read.parquet(str(folder / "quarantine.parquet")).select(*QUARANTINE_COLUMNS)
+
+
+# features/features.parquet: one row per image (or per tile of an image, when tiling): the feature
+# vector of the region ``box`` (original-image pixel coordinates, exclusive ends) of ``image_id``.
+# Whole images are tile (0, 0) with the whole image as box. ``features`` is a fixed-length float array.
+FEATURE_SCHEMA = (
+    "image_id string, source_uri string, label string, split string, tile_x int, tile_y int, "
+    "box_x0 int, box_y0 int, box_x1 int, box_y1 int, feature_kind string, features array<float>"
+)
+FEATURE_COLUMNS = tuple(f.split()[0] for f in FEATURE_SCHEMA.split(", "))
+
+
+def read_features(spark: SparkSession, folder: Path) -> DataFrame:
+    """The feature table of a features output folder, with its documented columns."""
+    return spark.read.parquet(str(folder / "features.parquet")).select(*FEATURE_COLUMNS)
+
+
+def published(root: str | Path, stage: str) -> Path:
+    """The published output folder of ``stage`` under ``data.root``; :class:`SourceError` when
+    that stage has not run (or its gate never passed) there."""
+    from spark_jobs.manifest import MANIFEST
+    from spark_jobs.store import SourceError
+
+    folder = Path(root) / stage
+    if not (folder / MANIFEST).exists():
+        raise SourceError(f"no published {stage} output at {folder}: run `python -m spark_jobs.{stage}` first")
+    return folder

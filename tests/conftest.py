@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.factories import free_port, make_config
+from tests.factories import free_port, make_config, write_class_tree
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +53,18 @@ def spark(s3_server: str, tmp_path_factory: pytest.TempPathFactory):
     assert os.environ["PYSPARK_PYTHON"] == sys.executable
     yield session
     session.stop()
+
+
+INGESTED_CLASSES, INGESTED_PER_CLASS = 3, 30
+
+
+@pytest.fixture(scope="session")
+def ingested(spark, tmp_path_factory: pytest.TempPathFactory):
+    """A published ingest output (3 classes x 30 real PNGs, 24px, ingested at 32px) for the
+    stages downstream of ingest; tests link it into their own ``data.root``."""
+    from spark_jobs import ingest
+
+    root = tmp_path_factory.mktemp("ingested")
+    write_class_tree(root / "src", INGESTED_CLASSES, INGESTED_PER_CLASS)
+    cfg = make_config(root, f"ingest.source={root / 'src'}", "gate.raw.min_per_class=5", "gate.raw.split_tolerance=0.2")
+    return ingest.run(cfg, spark)

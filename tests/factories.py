@@ -59,3 +59,19 @@ def write_class_tree(root: Path, classes: int, per_class: int, size: int = 24) -
             path.write_bytes(class_image(label, i, size))
             written[path.resolve().as_uri()] = str(label)
     return written
+
+
+def link_ingest(ingested_dir: Path, tmp_path: Path, *overrides: str) -> Config:
+    """:func:`make_config` whose ``data.root`` holds a link to a shared, published ingest output."""
+    root = tmp_path / "data"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "ingest").symlink_to(ingested_dir, target_is_directory=True)
+    return make_config(tmp_path, *overrides)
+
+
+def photo_tree(root: Path) -> Path:
+    """The real photographs bundled with scikit-learn as ``root/<name>/<name>.jpg`` (640x427)."""
+    from spark_jobs.sample import write_photos
+
+    write_photos(root)
+    return root

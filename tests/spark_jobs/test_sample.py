@@ -22,9 +22,9 @@ def test_sample_tree(tmp_path: Path) -> None:
         array = np.asarray(im)
     assert array[0, 0] == 255
     assert array.min() < 64
-    photos = sorted(p.name for p in (target / "photos").iterdir())
-    assert photos == ["china.jpg", "flower.jpg"]
-    with Image.open(target / "photos" / "china.jpg") as im:
+    photos = sorted(p.relative_to(target / "photos").as_posix() for p in (target / "photos").rglob("*.jpg"))
+    assert photos == ["china/china.jpg", "flower/flower.jpg"]  # one class folder each, for ingest
+    with Image.open(target / "photos" / "china" / "china.jpg") as im:
         assert im.size == (640, 427)
     doc = manifest.read(target)
     assert doc["counts"]["photos"] == 2

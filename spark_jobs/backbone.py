@@ -1,0 +1,173 @@
+"""Backbone: the project's own small CNN backbone, for ``features.kind: cnn`` without downloads.
+
+Pretrained weights cannot be fetched here (DESIGN.md #8), so this stage trains
+:func:`spark_jobs.models.small_cnn` plus a linear head for ``backbone.epochs`` on the ingested
+train split (at most ``backbone.max_images``, read in this one process: it is a bootstrap, the
+distributed training lives in ``train``) and writes, under ``backbone.output``:
+
+- ``backbone.pt2``: the backbone (head removed) as a ``torch.export`` program, any batch size;
+- ``backbone.pt``: the same weights as a state dict (architecture ``small_cnn``);
+- ``card.json``: architecture, width, embedding size, classes, data manifest hash, code version,
+  train/val accuracy of the head, training time.
+
+    python -m spark_jobs.backbone [--set backbone.epochs=5]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from spark_jobs import manifest, models
+from spark_jobs.config import BackboneConfig, Config
+from spark_jobs.jobs import run_stage
+from spark_jobs.store import SourceError
+from spark_jobs.tables import published
+
+if TYPE_CHECKING:
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+STAGE = "backbone"
+EXPORTED = "backbone.pt2"
+STATE_DICT = "backbone.pt"
+CARD = "card.json"
+
+
+def read_split(images_dir: Path, split: str, limit: int) -> tuple[np.ndarray, list[str]]:
+    """``(pixels (N, S, S, 3) uint8, labels)`` of the first ``limit`` rows of one split."""
+    import pyarrow.dataset as ds
+
+    table = (
+        ds.dataset(images_dir, format="parquet")
+        .filter(ds.field("split") == split)
+        .to_table(columns=["image_id", "label", "height", "width", "pixels"])
+        .sort_by("image_id")
+        .slice(0, limit)
+    )
+    if table.num_rows == 0:
+        return np.zeros((0, 1, 1, 3), dtype=np.uint8), []
+    h, w = table["height"][0].as_py(), table["width"][0].as_py()
+    pixels = np.frombuffer(b"".join(table["pixels"].to_pylist()), dtype=np.uint8).reshape(-1, h, w, 3)
+    return pixels, table["label"].to_pylist()
+
+
+def to_tensor(pixels: np.ndarray) -> Any:
+    """Float NCHW in [0, 1]."""
+    import torch
+
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
+
+
+def fit(backbone: nn.Module, x: Any, y: Any, classes: int, cfg: BackboneConfig) -> tuple[nn.Module, list[float]]:
+    """Train ``backbone`` + a linear head with Adam and cross-entropy; returns the classifier and
+    the mean loss of each epoch. Same seed, same machine: the same weights (the thread count is
+    pinned because it changes the order of floating-point sums)."""
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(cfg.seed)
+    model = nn.Sequential(backbone, nn.Linear(4 * cfg.width, classes))
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    for _ in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for start in range(0, len(x), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            optimiser.zero_grad()
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(idx)
+        losses.append(total / max(len(x), 1))
+    return model.eval(), losses
+
+
+def accuracy(model: nn.Module, x: Any, y: Any) -> float | None:
+    import torch
+
+    if len(x) == 0:
+        return None
+    with torch.inference_mode():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def run(cfg: Config, _spark: object = None) -> Path:
+    import torch
+
+    started, t0 = manifest.now(), time.perf_counter()
+    bcfg, ingest_dir = cfg.backbone, published(cfg.data.root, "ingest")
+    pixels, labels = read_split(ingest_dir / "images.parquet", "train", bcfg.max_images)
+    if not labels:
+        raise SourceError(f"no train images in {ingest_dir}: run ingest first")
+    classes = sorted(set(labels))
+    index = {c: i for i, c in enumerate(classes)}
+    x, y = to_tensor(pixels), torch.tensor([index[v] for v in labels])
+    val_pixels, val_labels = read_split(ingest_dir / "images.parquet", "val", bcfg.max_images)
+    known = [i for i, v in enumerate(val_labels) if v in index]
+    val_x = to_tensor(val_pixels[known]) if known else to_tensor(pixels[:0])
+    val_y = torch.tensor([index[val_labels[i]] for i in known], dtype=torch.long)
+
+    torch.manual_seed(bcfg.seed)
+    model, losses = fit(models.small_cnn(bcfg.width), x, y, len(classes), bcfg)
+    backbone = model[0]
+    out = Path(bcfg.output)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    models.export_backbone(backbone, tmp / EXPORTED, int(pixels.shape[1]))
+    torch.save(backbone.state_dict(), tmp / STATE_DICT)
+    card = {
+        "architecture": bcfg.architecture,
+        "width": bcfg.width,
+        "embedding_dim": 4 * bcfg.width,
+        "image_size": int(pixels.shape[1]),
+        "input": "float RGB NCHW in [0, 1] (features.cnn.mean 0, std 1)",
+        "classes": classes,
+        "train_images": len(labels),
+        "epoch_losses": [round(v, 5) for v in losses],
+        "train_accuracy": accuracy(model, x, y),
+        "val_accuracy": accuracy(model, val_x, val_y),
+        "params": cfg.section("backbone")["backbone"],
+        "data_manifest_sha256": manifest.file_hash(ingest_dir / manifest.MANIFEST),
+        "job_version": manifest.job_version(),
+        "started_at": started,
+        "training_s": round(time.perf_counter() - t0, 3),
+    }
+    (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    log.info(
+        "backbone %s: %d train images, %d epochs, val accuracy of its head %s -> %s",
+        bcfg.architecture,
+        len(labels),
+        bcfg.epochs,
+        card["val_accuracy"],
+        out,
+    )
+    return out
+
+
+def _precheck(cfg: Config) -> None:
+    published(cfg.data.root, "ingest")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck, needs_spark=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Feature extractors: pure functions from a batch of normalised pixels ``(N, S, S, 3)`` uint8 to
+float32 vectors ``(N, D)``. They run inside Arrow-batched pandas functions on the executors.
+
+- :class:`Classical`: HOG of the grey image (scikit-image, ``L2-Hys`` block norm) followed by a
+  per-channel colour histogram (``color_bins`` bins over 0..255, each channel summing to 1).
+  ``D = hog_orientations x cells_per_block^2 x (S // pixels_per_cell - cells_per_block + 1)^2
+  + 3 x color_bins``: 372 for the defaults at ``S = 32``.
+- :class:`Cnn`: the embedding of a torch backbone (:mod:`spark_jobs.models`), pixels scaled to
+  [0, 1] then normalised with ``mean``/``std``, run in inference mode in batches of
+  ``batch_size`` with ``threads`` intra-op threads; the module is loaded once per Python worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from spark_jobs import models, store
+from spark_jobs.config import ClassicalConfig, CnnConfig
+
+
+def hog_color(pixels: np.ndarray, cfg: ClassicalConfig) -> np.ndarray:
+    """HOG + colour histogram of one HWC uint8 RGB image."""
+    from skimage.color import rgb2gray
+    from skimage.feature import hog
+
+    cell, block = cfg.hog_pixels_per_cell, cfg.hog_cells_per_block
+    gradients = hog(
+        rgb2gray(pixels),
+        orientations=cfg.hog_orientations,
+        pixels_per_cell=(cell, cell),
+        cells_per_block=(block, block),
+        block_norm="L2-Hys",
+        feature_vector=True,
+    )
+    area = pixels.shape[0] * pixels.shape[1]
+    bins = pixels.reshape(-1, 3).astype(np.intp) * cfg.color_bins // 256
+    colour = [np.bincount(bins[:, c], minlength=cfg.color_bins) for c in range(3)]
+    return np.concatenate([gradients, *(h / area for h in colour)]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Classical:
+    """HOG + colour descriptors (before the scaler and PCA the stage fits)."""
+
+    cfg: ClassicalConfig
+    image_size: int
+
+    kind = "classical"
+
+    @property
+    def dim(self) -> int:
+        return self.cfg.descriptor_dim(self.image_size)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        out = np.empty((len(batch), self.dim), dtype=np.float32)
+        for i, image in enumerate(batch):
+            out[i] = hog_color(image, self.cfg)
+        return out
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": self.kind, "image_size": self.image_size, "descriptor_dim": self.dim, **self.cfg.model_dump()}
+
+
+@dataclass(frozen=True)
+class Cnn:
+    """Embeddings of a backbone file; ``uri`` is absolute (``file://`` or ``s3://``) and ``sha256``
+    is the content the driver validated, checked again by every worker that loads it."""
+
+    cfg: CnnConfig
+    uri: str
+    sha256: str
+    dim: int
+    batch_size: int
+    image_size: int
+
+    kind = "cnn"
+
+    @classmethod
+    def open(cls, cfg: CnnConfig, batch_size: int, image_size: int) -> Cnn:
+        """Load the backbone once on the driver: check it reads, accepts ``image_size`` inputs and
+        returns finite-length vectors; :class:`spark_jobs.models.BackboneError` says why not."""
+        import torch
+
+        uri = cfg.backbone
+        if not uri.startswith(("s3://", "file:")):
+            uri = store.local_uri(uri)
+        data = models.read_backbone_bytes(uri)
+        module = models.module_from_bytes(data, uri, cfg.architecture)
+        try:
+            with torch.inference_mode():
+                out = module(torch.zeros(2, 3, image_size, image_size))
+        except Exception as exc:
+            raise models.BackboneError(
+                f"backbone {cfg.backbone} does not accept a (N, 3, {image_size}, {image_size}) batch: {exc}"
+            ) from None
+        if out.ndim != 2 or out.shape[0] != 2:
+            raise models.BackboneError(
+                f"backbone {cfg.backbone} returns shape {tuple(out.shape)} for 2 images; expected (2, D) embeddings"
+            )
+        sha = hashlib.sha256(data).hexdigest()
+        return cls(cfg=cfg, uri=uri, sha256=sha, dim=int(out.shape[1]), batch_size=batch_size, image_size=image_size)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        torch.set_num_threads(self.cfg.threads)
+        module = models.cached_backbone(self.uri, self.cfg.architecture, self.sha256)
+        mean = torch.tensor(self.cfg.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.cfg.std, dtype=torch.float32).view(1, 3, 1, 1)
+        out = np.empty((len(batch), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(batch), self.batch_size):
+                chunk = torch.from_numpy(np.array(batch[start : start + self.batch_size]))  # writable copy
+                x = (chunk.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+                out[start : start + len(chunk)] = module(x).numpy()
+        return out
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "image_size": self.image_size,
+            "embedding_dim": self.dim,
+            "backbone": self.uri,
+            "backbone_sha256": self.sha256,
+            "backbone_format": models.backbone_format(self.uri),
+            "batch_size": self.batch_size,
+            **self.cfg.model_dump(exclude={"backbone"}),
+        }
+
+
+Extractor = Classical | Cnn

@@ -1,0 +1,58 @@
+"""The backbone stage: the project trains and exports its own small CNN backbone, reproducibly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spark_jobs import backbone, extractors, manifest, models
+from spark_jobs.config import CnnConfig
+from spark_jobs.store import SourceError
+from tests.factories import link_ingest
+
+pytestmark = pytest.mark.spark  # uses the shared ingest output
+
+
+def _run(ingested: Path, tmp_path: Path, name: str) -> Path:
+    cfg = link_ingest(
+        ingested, tmp_path / name, f"backbone.output={tmp_path / name / 'bb'}", "backbone.width=4", "backbone.epochs=2"
+    )
+    return backbone.run(cfg)
+
+
+def test_backbone_is_trained_exported_and_reproducible(ingested: Path, tmp_path: Path) -> None:
+    out = _run(ingested, tmp_path, "a")
+    card = json.loads((out / backbone.CARD).read_text())
+    assert card["architecture"] == "small_cnn"
+    assert card["embedding_dim"] == 16
+    assert card["image_size"] == 32
+    assert card["classes"] == ["0", "1", "2"]
+    assert len(card["epoch_losses"]) == 2
+    assert card["epoch_losses"][1] < card["epoch_losses"][0]  # it learns
+    assert card["data_manifest_sha256"] == manifest.file_hash(ingested / manifest.MANIFEST)
+
+    exported = extractors.Cnn.open(CnnConfig(backbone=str(out / backbone.EXPORTED)), 16, 32)
+    from_state = extractors.Cnn.open(
+        CnnConfig(backbone=str(out / backbone.STATE_DICT), architecture="small_cnn"), 16, 32
+    )
+    batch = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(exported(batch), from_state(batch), atol=1e-5)
+
+    again = _run(ingested, tmp_path, "b")
+    first = torch.load(out / backbone.STATE_DICT, weights_only=True)
+    second = torch.load(again / backbone.STATE_DICT, weights_only=True)
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=1e-5, atol=1e-6)
+    assert models.ARCHITECTURES["small_cnn"](first) is not None
+
+
+def test_backbone_before_ingest_is_a_clear_error(tmp_path: Path) -> None:
+    from tests.factories import make_config
+
+    with pytest.raises(SourceError, match="no published ingest output"):
+        backbone.run(make_config(tmp_path, f"backbone.output={tmp_path / 'bb'}"))

@@ -1,0 +1,138 @@
+"""Extractors on real tiny images: documented dimensions, determinism, batch-size invariance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spark_jobs import extractors, models
+from spark_jobs.config import ClassicalConfig, CnnConfig
+
+
+def _digits(n: int = 12, size: int = 32) -> np.ndarray:
+    """Real scans: scikit-learn's handwritten digits as RGB uint8, ``size`` x ``size``."""
+    from sklearn.datasets import load_digits
+
+    scans = load_digits().images[:n]
+    out = [
+        np.asarray(Image.fromarray((255 - s / 16 * 255).astype(np.uint8)).resize((size, size)).convert("RGB"))
+        for s in scans
+    ]
+    return np.stack(out)
+
+
+def _photo(size: int = 64) -> np.ndarray:
+    from sklearn.datasets import load_sample_images
+
+    return np.asarray(Image.fromarray(load_sample_images().images[0]).resize((size, size)))
+
+
+def test_classical_dimension_is_the_documented_one() -> None:
+    cfg = ClassicalConfig()
+    extractor = extractors.Classical(cfg, 32)
+    assert extractor.dim == 9 * 2 * 2 * 3 * 3 + 3 * 16 == 372
+    out = extractor(_digits())
+    assert out.shape == (12, 372)
+    assert out.dtype == np.float32
+    wide = extractors.Classical(ClassicalConfig(hog_pixels_per_cell=4, color_bins=8), 64)
+    assert wide(_photo()[None]).shape == (1, 9 * 4 * 15 * 15 + 24)
+
+
+def test_classical_is_hog_then_colour_histograms_and_deterministic() -> None:
+    from skimage.color import rgb2gray
+    from skimage.feature import hog
+
+    photo = _photo(32)
+    vector = extractors.hog_color(photo, ClassicalConfig())
+    expected_hog = hog(rgb2gray(photo), 9, (8, 8), (2, 2), block_norm="L2-Hys")
+    np.testing.assert_allclose(vector[:324], expected_hog, rtol=1e-6)
+    colour = vector[324:].reshape(3, 16)
+    np.testing.assert_allclose(colour.sum(axis=1), 1.0, rtol=1e-6)  # each channel is a distribution
+    red_hist = np.histogram(photo[..., 0], bins=16, range=(0, 256))[0] / (32 * 32)
+    np.testing.assert_allclose(colour[0], red_hist, rtol=1e-6)
+    assert np.array_equal(vector, extractors.hog_color(photo.copy(), ClassicalConfig()))
+    batch = extractors.Classical(ClassicalConfig(), 32)(np.stack([photo, photo]))
+    assert np.array_equal(batch[0], vector)
+    assert np.array_equal(batch[1], vector)
+
+
+@pytest.fixture(scope="module")
+def backbone_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The project's small backbone, seeded, as an exported program and as a state dict."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("backbone")
+    torch.manual_seed(3)
+    module = models.small_cnn(width=8).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    torch.save(module.state_dict(), folder / "b.pt")
+    models.export_backbone(module, folder / "b.pt2", 32)
+    return {"exported": folder / "b.pt2", "state_dict": folder / "b.pt"}
+
+
+def _cnn(path: Path, batch_size: int = 64, architecture: str | None = None) -> extractors.Cnn:
+    return extractors.Cnn.open(CnnConfig(backbone=str(path), architecture=architecture), batch_size, 32)
+
+
+def test_cnn_embedding_dimension_comes_from_the_backbone(backbone_files) -> None:
+    extractor = _cnn(backbone_files["exported"])
+    assert extractor.dim == 32  # 4 x width
+    assert extractor.uri.startswith("file:///")
+    assert len(extractor.sha256) == 64
+    assert extractor(_digits()).shape == (12, 32)
+
+
+def test_cnn_same_image_same_vector(backbone_files) -> None:
+    digits = _digits()
+    extractor = _cnn(backbone_files["exported"])
+    first = extractor(digits)
+    again = extractor(digits[::-1].copy())[::-1]
+    np.testing.assert_allclose(first, again, atol=1e-5)
+    assert not np.allclose(first[0], first[1])  # different digits, different embeddings
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 7])
+def test_cnn_batch_size_does_not_change_the_result(backbone_files, batch_size: int) -> None:
+    digits = _digits(20)
+    reference = _cnn(backbone_files["exported"], batch_size=64)(digits)
+    np.testing.assert_allclose(_cnn(backbone_files["exported"], batch_size=batch_size)(digits), reference, atol=1e-5)
+
+
+def test_state_dict_and_exported_program_give_the_same_embeddings(backbone_files) -> None:
+    digits = _digits()
+    exported = _cnn(backbone_files["exported"])(digits)
+    from_state = _cnn(backbone_files["state_dict"], architecture="small_cnn")(digits)
+    np.testing.assert_allclose(from_state, exported, atol=1e-5)
+
+
+def test_cnn_threads_and_normalisation_are_applied(backbone_files) -> None:
+    import torch
+
+    digits = _digits(4)
+    before = torch.get_num_threads()
+    try:
+        plain = _cnn(backbone_files["exported"])(digits)
+        assert torch.get_num_threads() == 1  # features.cnn.threads
+        cfg = CnnConfig(backbone=str(backbone_files["exported"]), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+        normalised = extractors.Cnn.open(cfg, 64, 32)(digits)
+    finally:
+        torch.set_num_threads(before)
+    scaled = _cnn_raw(backbone_files["exported"], (digits / 255.0 - 0.5) / 0.25)
+    np.testing.assert_allclose(normalised, scaled, atol=1e-5)
+    assert not np.allclose(plain, normalised)
+
+
+def _cnn_raw(path: Path, x: np.ndarray) -> np.ndarray:
+    """The backbone applied by hand to an already normalised NHWC float batch."""
+    import torch
+
+    module = models.module_from_bytes(path.read_bytes(), str(path), None)
+    with torch.inference_mode():
+        return module(torch.from_numpy(x).permute(0, 3, 1, 2).float()).numpy()

@@ -1,0 +1,76 @@
+"""Backbone files: formats, loading without pickles, and one clear error for each bad file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spark_jobs import extractors, models
+from spark_jobs.config import CnnConfig
+
+
+def test_small_cnn_embeds_any_side() -> None:
+    import torch
+
+    module = models.small_cnn(width=4).eval()
+    with torch.inference_mode():
+        assert module(torch.zeros(3, 3, 32, 32)).shape == (3, 16)
+        assert module(torch.zeros(1, 3, 57, 40)).shape == (1, 16)
+
+
+def test_exported_program_accepts_any_batch_and_side(tmp_path: Path) -> None:
+    import torch
+
+    path = models.export_backbone(models.small_cnn(width=4), tmp_path / "b.pt2", 32)
+    module = models.module_from_bytes(path.read_bytes(), str(path), None)
+    with torch.inference_mode():
+        assert module(torch.zeros(1, 3, 32, 32)).shape == (1, 16)
+        assert module(torch.zeros(9, 3, 64, 48)).shape == (9, 16)
+
+
+def test_cached_backbone_refuses_changed_bytes(tmp_path: Path) -> None:
+    import torch
+
+    path = tmp_path / "b.pt"
+    torch.save(models.small_cnn(width=4).state_dict(), path)
+    with pytest.raises(models.BackboneError, match="changed while the job ran"):
+        models.cached_backbone(path.as_uri(), "small_cnn", "0" * 64)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "architecture", "message"),
+    [
+        ("b.onnx", b"x", None, "unknown format"),
+        ("b.pt2", b"not a zip", None, "not a loadable torch.export program"),
+        ("b.pt", b"", None, "set features.cnn.architecture"),
+        ("b.pt", b"garbage", "small_cnn", "does not load as a small_cnn state dict"),
+        ("missing.pt2", None, None, "cannot be read"),
+    ],
+)
+def test_bad_backbone_files_are_one_clear_error(tmp_path: Path, name, content, architecture, message) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(models.BackboneError, match=message):
+        extractors.Cnn.open(CnnConfig(backbone=str(path), architecture=architecture), 8, 32)
+
+
+def test_a_pickled_module_is_refused(tmp_path: Path) -> None:
+    """Whole pickled modules are not accepted: weights_only=True refuses arbitrary objects."""
+    import torch
+
+    path = tmp_path / "whole.pt"
+    torch.save(models.small_cnn(width=4), path)
+    with pytest.raises(models.BackboneError, match="state dict"):
+        extractors.Cnn.open(CnnConfig(backbone=str(path), architecture="small_cnn"), 8, 32)
+
+
+def test_a_backbone_that_does_not_return_embeddings_is_refused(tmp_path: Path) -> None:
+    import torch
+
+    path = tmp_path / "conv.pt2"
+    program = torch.export.export(torch.nn.Conv2d(3, 4, 3).eval(), (torch.zeros(2, 3, 32, 32),))
+    torch.export.save(program, str(path))
+    with pytest.raises(models.BackboneError, match=r"expected \(2, D\) embeddings"):
+        extractors.Cnn.open(CnnConfig(backbone=str(path)), 8, 32)
