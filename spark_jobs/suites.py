@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from spark_jobs.config import RawGateConfig
+from spark_jobs.config import FeaturesGateConfig, RawGateConfig
 from spark_jobs.gate import Batch
 from spark_jobs.images import SPLITS
 from spark_jobs.tables import IMAGE_COLUMNS
@@ -122,5 +122,86 @@ def raw_batches(
         Batch("classes", class_counts(spark, per_class, classes), raw_class_expectations(classes, gate.min_per_class)),
         Batch(
             "summary", raw_summary(spark, per_split, files_seen, quarantined), raw_summary_expectations(fractions, gate)
+        ),
+    ]
+
+
+def feature_profile(features: DataFrame) -> DataFrame:
+    """The feature table reduced to what the features suite checks: per row the vector's length
+    (``dim``), how many of its values are NaN or infinite (``non_finite``) and ``all_zero``."""
+    from pyspark.sql import functions as F
+
+    vector = F.col("features")
+    bad = F.filter(vector, lambda x: F.isnan(x) | (F.abs(x) == F.lit(float("inf"))))
+    return features.select(
+        "image_id",
+        "label",
+        "split",
+        "tile_x",
+        "tile_y",
+        "feature_kind",
+        F.size(vector).alias("dim"),
+        F.size(bad).alias("non_finite"),
+        F.forall(vector, lambda x: x == 0).alias("all_zero"),
+    )
+
+
+def feature_row_expectations(
+    classes: list[str], dim: int, kind: str, expected_rows: int, gate: FeaturesGateConfig
+) -> list[Any]:
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectTableRowCountToEqual(value=expected_rows),
+        *(
+            gxe.ExpectColumnValuesToNotBeNull(column=c)
+            for c in ("image_id", "label", "split", "tile_x", "tile_y", "feature_kind", "dim", "non_finite")
+        ),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["image_id", "tile_x", "tile_y"]),
+        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=classes),
+        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+        gxe.ExpectColumnValuesToBeInSet(column="feature_kind", value_set=[kind]),
+        gxe.ExpectColumnValuesToBeBetween(column="dim", min_value=dim, max_value=dim),
+        gxe.ExpectColumnValuesToBeBetween(column="non_finite", min_value=0, max_value=0),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="all_zero", value_set=[False], mostly=round(1.0 - gate.max_zero_fraction, 6)
+        ),
+    ]
+
+
+def feature_class_counts(
+    spark: SparkSession, rows_by_class: dict[str | None, int], expected_by_class: dict[str, int]
+) -> DataFrame:
+    """One row per class: feature rows found and expected (ingested images, times tiles)."""
+    labels = sorted(set(rows_by_class) | set(expected_by_class), key=lambda v: (v is None, v or ""))
+    return spark.createDataFrame(
+        [(c, rows_by_class.get(c, 0), expected_by_class.get(c, 0)) for c in labels],
+        "label string, rows long, expected_rows long",
+    )
+
+
+def feature_batches(
+    spark: SparkSession,
+    profile: DataFrame,
+    rows_by_class: dict[str | None, int],
+    expected_by_class: dict[str, int],
+    dim: int,
+    kind: str,
+    gate: FeaturesGateConfig,
+) -> list[Batch]:
+    """The features suite: row rules over :func:`feature_profile`, and per-class counts found vs
+    expected (the ingested count per class, times the tiles of each image when tiling)."""
+    import great_expectations.expectations as gxe
+
+    classes = sorted(expected_by_class)
+    return [
+        Batch("features", profile, feature_row_expectations(classes, dim, kind, sum(expected_by_class.values()), gate)),
+        Batch(
+            "classes",
+            feature_class_counts(spark, rows_by_class, expected_by_class),
+            [
+                gxe.ExpectColumnDistinctValuesToEqualSet(column="label", value_set=classes),
+                gxe.ExpectColumnPairValuesToBeEqual(column_A="rows", column_B="expected_rows"),
+            ],
         ),
     ]

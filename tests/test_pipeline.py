@@ -45,6 +45,17 @@ def test_stage_code_deps_exist() -> None:
                 assert (REPO / dep).exists(), dep
 
 
+def test_features_depend_on_ingest_output_and_the_backbone_file() -> None:
+    stages = _stages()
+    assert "${data.root}/ingest" in stages["features"]["deps"]
+    assert "${features.cnn.backbone}" in stages["features"]["deps"]
+    assert "${data.root}/ingest" in stages["backbone"]["deps"]
+    params = load_config(REPO / "params.yaml")
+    # the default backbone file is what the backbone stage writes, so `dvc repro` can build it
+    assert params.features.cnn.backbone.startswith(params.backbone.output + "/")
+    assert params.features.kind == "classical"  # the default pipeline reads no backbone file
+
+
 def _dvc(workspace: Path, *args: str) -> str:
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYSPARK_PYTHON": sys.executable}
@@ -69,9 +80,13 @@ def test_dvc_repro_is_incremental(tmp_path: Path) -> None:
     _dvc(workspace, "config", "core.analytics", "false")
 
     first = _dvc(workspace, "repro")
-    assert "Running stage 'sample'" in first
-    assert "Running stage 'ingest'" in first
+    for stage in ("sample", "ingest", "backbone", "features"):
+        assert f"Running stage '{stage}'" in first
     assert (workspace / "data" / "ingest" / "_manifest.json").exists()
+    made = yaml.safe_load((workspace / "data" / "features" / "_manifest.json").read_text())
+    assert made["counts"]["rows"] == 1797
+    assert made["counts"]["dim"] == params["features"]["classical"]["pca_k"]
+    assert (workspace / "models" / "backbone" / "backbone.pt2").exists()
 
     second = _dvc(workspace, "repro")
     assert "Running stage" not in second
@@ -85,3 +100,12 @@ def test_dvc_repro_is_incremental(tmp_path: Path) -> None:
     done = yaml.safe_load((workspace / "data" / "ingest" / "_manifest.json").read_text())
     assert done["params"]["ingest"]["image_size"] == 16
     assert done["counts"]["rows"] == 1797
+
+    params["features"]["classical"]["pca_k"] = 24
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    fourth = _dvc(workspace, "repro")
+    for stage in ("sample", "ingest", "backbone"):
+        assert f"Stage '{stage}' didn't change, skipping" in fourth
+    assert "Running stage 'features'" in fourth
+    redone = yaml.safe_load((workspace / "data" / "features" / "_manifest.json").read_text())
+    assert redone["counts"]["dim"] == 24

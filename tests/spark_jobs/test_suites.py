@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from spark_jobs import gate, suites
-from spark_jobs.config import RawGateConfig
+from spark_jobs.config import FeaturesGateConfig, RawGateConfig
 from spark_jobs.images import assign_split
 
 pytestmark = pytest.mark.spark
@@ -156,3 +157,102 @@ def test_a_class_that_lost_every_image_stops_the_gate(spark, tmp_path: Path) -> 
     result = _validate(spark, tmp_path, rows)
     assert ("classes", "expect_column_values_to_be_between", "images") in _failed(result)
     assert "FAILED classes" in result.summary()
+
+
+# ---- features suite ----
+
+DIM = 4
+FEATURE_SCHEMA_SMALL = (
+    "image_id string, label string, split string, tile_x int, tile_y int, feature_kind string, features array<float>"
+)
+
+
+def _feature_rows(per_class: int = 50) -> list[dict]:
+    rng = np.random.default_rng(1)
+    return [
+        {
+            "image_id": f"{label}{i}",
+            "label": label,
+            "split": "train",
+            "tile_x": 0,
+            "tile_y": 0,
+            "feature_kind": "classical",
+            "features": [float(v) for v in rng.normal(size=DIM)],
+        }
+        for label in CLASSES
+        for i in range(per_class)
+    ]
+
+
+def _validate_features(spark, tmp_path: Path, rows: list[dict], expected: dict[str, int] | None = None):
+    profile = suites.feature_profile(spark.createDataFrame(rows, FEATURE_SCHEMA_SMALL))
+    expected = expected or dict.fromkeys(CLASSES, 50)
+    batches = suites.feature_batches(
+        spark, profile, suites.value_counts(profile, "label"), expected, DIM, "classical", FeaturesGateConfig()
+    )
+    return gate.validate("features", batches, tmp_path / "report")
+
+
+def test_good_features_pass(spark, tmp_path: Path) -> None:
+    result = _validate_features(spark, tmp_path, _feature_rows())
+    assert result.success, result.summary()
+
+
+def _nan(rows: list[dict]) -> list[dict]:
+    rows[3]["features"][1] = float("nan")
+    return rows
+
+
+def _inf(rows: list[dict]) -> list[dict]:
+    rows[3]["features"][0] = float("-inf")
+    return rows
+
+
+def _short_vector(rows: list[dict]) -> list[dict]:
+    rows[0]["features"] = rows[0]["features"][:-1]
+    return rows
+
+
+def _zeros(rows: list[dict]) -> list[dict]:
+    for r in rows[:2]:  # 2 of 100 > 1%
+        r["features"] = [0.0] * DIM
+    return rows
+
+
+def _lost_row(rows: list[dict]) -> list[dict]:
+    return rows[1:]
+
+
+def _duplicate_tile(rows: list[dict]) -> list[dict]:
+    return [*rows[:-1], dict(rows[0])]
+
+
+def _other_kind(rows: list[dict]) -> list[dict]:
+    rows[0]["feature_kind"] = "cnn"
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("breaker", "expected"),
+    [
+        (_nan, ("features", "expect_column_values_to_be_between", "non_finite")),
+        (_inf, ("features", "expect_column_values_to_be_between", "non_finite")),
+        (_short_vector, ("features", "expect_column_values_to_be_between", "dim")),
+        (_zeros, ("features", "expect_column_values_to_be_in_set", "all_zero")),
+        (_lost_row, ("features", "expect_table_row_count_to_equal", "")),
+        (_lost_row, ("classes", "expect_column_pair_values_to_be_equal", "")),
+        (_duplicate_tile, ("features", "expect_compound_columns_to_be_unique", "")),
+        (_duplicate_tile, ("classes", "expect_column_pair_values_to_be_equal", "")),
+        (_other_kind, ("features", "expect_column_values_to_be_in_set", "feature_kind")),
+    ],
+)
+def test_each_broken_feature_rule_stops_the_gate(spark, tmp_path: Path, breaker, expected) -> None:
+    result = _validate_features(spark, tmp_path, breaker(_feature_rows()))
+    assert not result.success
+    assert expected in _failed(result), result.summary()
+
+
+def test_one_zero_vector_in_a_hundred_is_tolerated(spark, tmp_path: Path) -> None:
+    rows = _feature_rows()
+    rows[0]["features"] = [0.0] * DIM
+    assert _validate_features(spark, tmp_path, rows).success

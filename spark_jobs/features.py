@@ -1,0 +1,309 @@
+"""Features: the ingested image table -> a gated table of one fixed-length vector per image or tile.
+
+``features.kind`` picks the extractor (:mod:`spark_jobs.extractors`), run on the executors in
+Arrow-batched ``mapInPandas`` functions:
+
+- ``classical``: HOG + colour histogram, then an MLlib ``StandardScaler`` + ``PCA`` pipeline fitted
+  on the train split only and applied to every split; the fitted pipeline is saved in
+  ``transform/`` so scoring applies exactly the same transform (:func:`apply_transform`).
+- ``cnn``: embeddings of the backbone file ``features.cnn.backbone`` (path or ``s3://``), loaded
+  once per Python worker.
+
+With ``features.tiles.enabled`` every image is re-read from its ``source_uri`` at full
+resolution (its sha256 must still be its ``image_id``), cut into overlapping blocks
+(:mod:`spark_jobs.tiles`), each block resized to ``ingest.image_size`` and given its own row.
+
+Outputs under ``<data.root>/features/``: ``features.parquet`` (``FEATURE_COLUMNS``),
+``extractor.json`` (everything needed to recompute a vector), ``transform/`` (classical only),
+``_manifest.json``.
+
+    python -m spark_jobs.features [--set features.kind=cnn] [--set features.tiles.enabled=true]
+    spark-submit spark_jobs/features.py --set features.classical.pca_k=32
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from spark_jobs import extractors, gate, images, manifest, session, store, suites, tiles
+from spark_jobs.config import Config, IngestConfig, TilesConfig
+from spark_jobs.jobs import run_stage
+from spark_jobs.store import SourceError
+from spark_jobs.tables import FEATURE_COLUMNS, published, read_features, read_images
+
+if TYPE_CHECKING:
+    from pyspark.ml import PipelineModel
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+STAGE = "features"
+TABLE = "features.parquet"
+TRANSFORM = "transform"
+EXTRACTOR = "extractor.json"
+_RAW = "_raw"
+
+# What the extractor pass writes: feature rows with the un-reduced vector in ``raw``, plus one row
+# with a ``problem`` (and no vector) for each image whose source could not be tiled.
+RAW_SCHEMA = (
+    "image_id string, source_uri string, label string, split string, tile_x int, tile_y int, "
+    "box_x0 int, box_y0 int, box_x1 int, box_y1 int, raw array<float>, problem string"
+)
+RAW_FIELDS = tuple(f.split()[0] for f in RAW_SCHEMA.split(", "))
+_KEYS = ("image_id", "source_uri", "label", "split")
+
+
+def stack_pixels(frame: pd.DataFrame) -> np.ndarray:
+    """The ``pixels`` column of an image-table batch as one ``(N, H, W, 3)`` uint8 array."""
+    if frame.empty:
+        return np.zeros((0, 1, 1, 3), dtype=np.uint8)
+    h, w = int(frame["height"].iloc[0]), int(frame["width"].iloc[0])
+    return np.frombuffer(b"".join(frame["pixels"]), dtype=np.uint8).reshape(len(frame), h, w, 3)
+
+
+def whole_image_frames(frames: Iterator[pd.DataFrame], extractor: extractors.Extractor) -> Iterator[pd.DataFrame]:
+    """One raw row per image: its vector, as tile (0, 0) covering the whole original."""
+    for frame in frames:
+        vectors = extractor(stack_pixels(frame))
+        out = frame[list(_KEYS)].copy()
+        out["tile_x"], out["tile_y"], out["box_x0"], out["box_y0"] = 0, 0, 0, 0
+        out["box_x1"], out["box_y1"] = frame["orig_width"].to_numpy(), frame["orig_height"].to_numpy()
+        out["raw"], out["problem"] = list(vectors), None
+        yield out[list(RAW_FIELDS)]
+
+
+def image_tiles(data: bytes, cfg: IngestConfig, tiles_cfg: TilesConfig) -> Iterator[tuple[tiles.Tile, np.ndarray]]:
+    """``(tile, pixels)`` for every block of a source file, each resized to ``cfg.image_size``."""
+    from PIL import Image
+
+    full = images.decode_full(data, cfg)
+    for tile in tiles.grid(full.shape[1], full.shape[0], tiles_cfg):
+        block = tiles.cut(full, tile, tiles_cfg.size, tuple(cfg.resize.fill))
+        if tiles_cfg.size != cfg.image_size:
+            block = np.asarray(
+                Image.fromarray(block).resize((cfg.image_size, cfg.image_size), images.RESAMPLE[cfg.resize.resample])
+            )
+        yield tile, block
+
+
+def tile_frames(
+    frames: Iterator[pd.DataFrame],
+    extractor: extractors.Extractor,
+    cfg: IngestConfig,
+    tiles_cfg: TilesConfig,
+    batch_rows: int,
+) -> Iterator[pd.DataFrame]:
+    """Raw rows for every tile of every image, re-read from its source at full resolution; an
+    image whose source is gone, changed since ingest or no longer decodes yields one problem row."""
+    records: list[dict[str, Any]] = []
+    blocks: list[np.ndarray] = []
+
+    def flush() -> pd.DataFrame:
+        vectors = extractor(np.stack(blocks)) if blocks else []
+        it = iter(vectors)
+        for r in records:
+            if r["problem"] is None:
+                r["raw"] = next(it)
+        out = pd.DataFrame.from_records(records, columns=RAW_FIELDS)
+        records.clear()
+        blocks.clear()
+        return out
+
+    for frame in frames:
+        contents = store.fetch_many(frame["source_uri"].tolist(), cfg.fetch_threads)
+        for row, data in zip(frame.itertuples(index=False), contents, strict=True):
+            keys = {k: getattr(row, k) for k in _KEYS}
+            problem = None
+            if isinstance(data, Exception):
+                problem = f"cannot re-read the source: {data}"
+            elif images.image_id(data) != row.image_id:
+                problem = "the source file changed since ingest (its sha256 is no longer the image_id)"
+            else:
+                try:
+                    for tile, block in image_tiles(data, cfg, tiles_cfg):
+                        box = {"box_x0": tile.x0, "box_y0": tile.y0, "box_x1": tile.x1, "box_y1": tile.y1}
+                        records.append(
+                            {**keys, "tile_x": tile.tile_x, "tile_y": tile.tile_y, **box, "raw": None, "problem": None}
+                        )
+                        blocks.append(block)
+                except images.Rejected as exc:
+                    problem = f"the source no longer decodes: {exc}"
+            if problem is not None:
+                no_box = dict.fromkeys(("box_x0", "box_y0", "box_x1", "box_y1"))
+                records.append({**keys, "tile_x": -1, "tile_y": -1, **no_box, "raw": None, "problem": problem})
+            if len(blocks) >= batch_rows:
+                yield flush()
+    if records:
+        yield flush()
+
+
+def extract(spark: SparkSession, image_table: DataFrame, extractor: extractors.Extractor, cfg: Config) -> DataFrame:
+    """RAW_SCHEMA rows for the image table: per image, or per tile when tiling is on."""
+    if cfg.features.tiles.enabled:
+        light = image_table.drop("pixels")  # tiles re-read the full-resolution source instead
+        ingest_cfg, tiles_cfg, rows = cfg.ingest, cfg.features.tiles, cfg.spark.arrow_max_records_per_batch
+        return light.mapInPandas(lambda it: tile_frames(it, extractor, ingest_cfg, tiles_cfg, rows), RAW_SCHEMA)
+    return image_table.mapInPandas(lambda it: whole_image_frames(it, extractor), RAW_SCHEMA)
+
+
+def fit_transform(raw: DataFrame, k: int) -> PipelineModel:
+    """StandardScaler + PCA(k) on the ``raw`` vectors of the train split only."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import PCA, StandardScaler
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    train = raw.where(F.col("split") == "train").select(array_to_vector("raw").alias("raw_vector"))
+    pipeline = Pipeline(
+        stages=[
+            StandardScaler(inputCol="raw_vector", outputCol="scaled", withMean=True, withStd=True),
+            PCA(k=k, inputCol="scaled", outputCol="pca"),
+        ]
+    )
+    return pipeline.fit(train)
+
+
+def apply_transform(model: PipelineModel, raw: DataFrame) -> DataFrame:
+    """``raw`` with its ``raw`` descriptors replaced by the fitted transform's output, as a float
+    array in ``features``: the same call at features time and at scoring time."""
+    from pyspark.ml.functions import array_to_vector, vector_to_array
+
+    with_vector = raw.withColumn("raw_vector", array_to_vector("raw"))
+    out = model.transform(with_vector).withColumn("features", vector_to_array("pca", "float32"))
+    return out.drop("raw", "raw_vector", "scaled", "pca")
+
+
+def expected_rows(image_table: DataFrame, tiles_cfg: TilesConfig) -> dict[str, int]:
+    """Feature rows each class must have: its ingested images, times each image's tile count."""
+    from pyspark.sql import functions as F
+
+    if not tiles_cfg.enabled:
+        return {r["label"]: r["n"] for r in image_table.groupBy("label").agg(F.count("*").alias("n")).collect()}
+    sizes = image_table.groupBy("label", "orig_width", "orig_height").agg(F.count("*").alias("n")).collect()
+    out: dict[str, int] = {}
+    for r in sizes:
+        out[r["label"]] = out.get(r["label"], 0) + r["n"] * tiles.count(r["orig_width"], r["orig_height"], tiles_cfg)
+    return out
+
+
+def raise_on_problems(raw: DataFrame) -> None:
+    """:class:`SourceError` naming the images whose sources could not be tiled (nothing is published)."""
+    from pyspark.sql import functions as F
+
+    bad = raw.where(F.col("problem").isNotNull()).select("source_uri", "problem")
+    first = bad.limit(5).collect()
+    if first:
+        listed = "; ".join(f"{r['source_uri']}: {r['problem']}" for r in first)
+        raise SourceError(f"{bad.count()} ingested images cannot be tiled (re-run ingest). First: {listed}")
+
+
+def open_extractor(cfg: Config) -> extractors.Extractor:
+    """The configured extractor; for ``cnn`` the backbone is loaded and checked on the driver first."""
+    if cfg.features.kind == "cnn":
+        return extractors.Cnn.open(cfg.features.cnn, cfg.features.batch_size, cfg.ingest.image_size)
+    return extractors.Classical(cfg.features.classical, cfg.ingest.image_size)
+
+
+def run(cfg: Config, spark: SparkSession) -> Path:
+    """Extract features of ``<data.root>/ingest`` into ``<data.root>/features``; returns the folder."""
+    from pyspark.sql import functions as F
+
+    started, t0 = manifest.now(), time.perf_counter()
+    ingest_dir = published(cfg.data.root, "ingest")
+    extractor = open_extractor(cfg)
+    image_table = read_images(spark, ingest_dir)
+    expected = expected_rows(image_table, cfg.features.tiles)
+    out = gate.StagedOutput(cfg.data.root, STAGE)
+    spec: dict[str, Any] = extractor.describe()
+    try:
+        extract(spark, image_table, extractor, cfg).write.parquet(out.path(_RAW))
+        extracted_at = time.perf_counter()
+        raw = spark.read.parquet(out.path(_RAW))
+        raise_on_problems(raw)
+        if cfg.features.kind == "classical":
+            model = fit_transform(raw, cfg.features.classical.pca_k)
+            model.save(out.path(TRANSFORM))
+            reduced = apply_transform(model, raw)
+            spec |= {"transform": TRANSFORM, "dim": cfg.features.classical.pca_k}
+            spec["pca_explained_variance"] = [round(float(v), 6) for v in model.stages[-1].explainedVariance]
+        else:
+            reduced = raw.withColumnRenamed("raw", "features")
+            spec["dim"] = extractor.dim
+        spec["tiles"] = cfg.features.tiles.model_dump() if cfg.features.tiles.enabled else None
+        final = reduced.withColumn("feature_kind", F.lit(extractor.kind)).select(*FEATURE_COLUMNS)
+        final.write.parquet(out.path(TABLE))
+        (out.staging / EXTRACTOR).write_text(json.dumps(spec, indent=2, default=str) + "\n")
+    except BaseException:
+        out.discard()
+        raise
+    written_at = time.perf_counter()
+
+    profile = suites.feature_profile(read_features(spark, out.staging)).cache()
+    try:
+        by_class = suites.value_counts(profile, "label")
+        by_split = suites.value_counts(profile, "split")
+        batches = suites.feature_batches(
+            spark, profile, by_class, expected, spec["dim"], extractor.kind, cfg.gate.features
+        )
+        result = gate.validate(STAGE, batches, out.report_dir)
+    finally:
+        profile.unpersist()
+    shutil.rmtree(out.path(_RAW))
+    images_in = int(image_table.count()) if cfg.features.tiles.enabled else sum(expected.values())
+    rows = sum(by_class.values())
+    counts = {
+        "images": images_in,
+        "rows": rows,
+        "rows_expected": sum(expected.values()),
+        "rows_by_class": by_class,
+        "rows_by_split": by_split,
+        "dim": spec["dim"],
+    }
+    timings = {
+        "started_at": started,
+        "finished_at": manifest.now(),
+        "duration_s": round(time.perf_counter() - t0, 3),
+        "extract_s": round(extracted_at - t0, 3),
+        "transform_and_write_s": round(written_at - extracted_at, 3),
+        "rows_per_s_extract": round(rows / max(extracted_at - t0, 1e-9), 1),
+    }
+    doc = manifest.build(
+        STAGE,
+        cfg.section("features", "gate.features", "ingest", "data"),
+        inputs={
+            "ingest": {
+                "path": store.local_uri(ingest_dir),
+                "manifest_sha256": manifest.file_hash(ingest_dir / manifest.MANIFEST),
+            },
+            "extractor": spec,
+        },
+        counts=counts,
+        gate=result.for_manifest(),
+        timings=timings,
+        spark=session.spark_metrics(spark),
+    )
+    folder = out.finish(result, doc)
+    log.info("%d images -> %d %s feature rows of dim %d", images_in, rows, extractor.kind, spec["dim"])
+    return folder
+
+
+def _precheck(cfg: Config) -> None:
+    published(cfg.data.root, "ingest")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
