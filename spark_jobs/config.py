@@ -110,6 +110,10 @@ class IngestConfig(_Section):
         return self
 
 
+# MLlib's PCA builds a d x d covariance matrix on the driver: 8192^2 doubles = 512 MiB.
+PCA_MAX_DIM = 8192
+
+
 class ClassicalConfig(_Section):
     hog_orientations: int = Field(9, ge=1, le=36)
     hog_pixels_per_cell: int = Field(8, ge=2)
@@ -126,6 +130,23 @@ class ClassicalConfig(_Section):
     def descriptor_dim(self, image_size: int) -> int:
         """Length of HOG + per-channel colour histogram, before PCA."""
         return self.hog_dim(image_size) + 3 * self.color_bins
+
+    def problem(self, image_size: int) -> str | None:
+        """Why these settings cannot describe ``image_size`` images (None when they can)."""
+        dim = self.descriptor_dim(image_size)
+        if self.hog_dim(image_size) == 0:
+            return (
+                f"a {image_size}px image holds no HOG block of {self.hog_cells_per_block}x{self.hog_cells_per_block} "
+                f"cells of {self.hog_pixels_per_cell}px (raise ingest.image_size or lower hog_pixels_per_cell)"
+            )
+        if dim > PCA_MAX_DIM:
+            return (
+                f"{image_size}px images give descriptors of length {dim} > {PCA_MAX_DIM}, too long for MLlib's PCA "
+                f"(a {dim}x{dim} covariance on the driver): raise hog_pixels_per_cell"
+            )
+        if self.pca_k > dim:
+            return f"pca_k={self.pca_k} exceeds the descriptor length {dim} of {image_size}px images"
+        return None
 
 
 class CnnConfig(_Section):
@@ -196,21 +217,6 @@ class Config(_Section):
     backbone: BackboneConfig = BackboneConfig()
     features: FeaturesConfig = FeaturesConfig()
     gate: GateConfig = GateConfig()
-
-    @model_validator(mode="after")
-    def _features_fit_images(self) -> Config:
-        classical, size = self.features.classical, self.ingest.image_size
-        if self.features.kind == "classical":
-            if classical.hog_dim(size) == 0:
-                raise ValueError(
-                    f"features.classical: a {size}px image holds no HOG block of "
-                    f"{classical.hog_cells_per_block}x{classical.hog_cells_per_block} cells of "
-                    f"{classical.hog_pixels_per_cell}px (raise ingest.image_size or lower hog_pixels_per_cell)"
-                )
-            dim = classical.descriptor_dim(size)
-            if classical.pca_k > dim:
-                raise ValueError(f"features.classical.pca_k={classical.pca_k} exceeds the descriptor length {dim}")
-        return self
 
     def section(self, *names: str) -> dict[str, Any]:
         """The named top-level sections (``gate.raw`` style paths allowed) as plain data."""

@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from spark_jobs import extractors, gate, images, manifest, session, store, suites, tiles
-from spark_jobs.config import Config, IngestConfig, TilesConfig
+from spark_jobs.config import Config, ConfigError, IngestConfig, TilesConfig
 from spark_jobs.jobs import run_stage
 from spark_jobs.store import SourceError
 from spark_jobs.tables import FEATURE_COLUMNS, published, read_features, read_images
@@ -51,7 +52,7 @@ STAGE = "features"
 TABLE = "features.parquet"
 TRANSFORM = "transform"
 EXTRACTOR = "extractor.json"
-_RAW = "_raw"
+_RAW = "raw.parquet"  # staging only; deleted before publishing (a leading "_" makes Spark warn)
 
 # What the extractor pass writes: feature rows with the un-reduced vector in ``raw``, plus one row
 # with a ``problem`` (and no vector) for each image whose source could not be tiled.
@@ -63,23 +64,48 @@ RAW_FIELDS = tuple(f.split()[0] for f in RAW_SCHEMA.split(", "))
 _KEYS = ("image_id", "source_uri", "label", "split")
 
 
-def stack_pixels(frame: pd.DataFrame) -> np.ndarray:
-    """The ``pixels`` column of an image-table batch as one ``(N, H, W, 3)`` uint8 array."""
-    if frame.empty:
-        return np.zeros((0, 1, 1, 3), dtype=np.uint8)
-    h, w = int(frame["height"].iloc[0]), int(frame["width"].iloc[0])
-    return np.frombuffer(b"".join(frame["pixels"]), dtype=np.uint8).reshape(len(frame), h, w, 3)
+def stack_pixels(pixels: pa.Array, height: int, width: int) -> np.ndarray:
+    """A ``pixels`` column (uint8 HWC blobs of one size) as one ``(N, H, W, 3)`` array, read
+    straight from the Arrow buffers when the blobs are contiguous (they are, as Spark sends them)."""
+    n, size = len(pixels), height * width * 3
+    if n == 0:
+        return np.zeros((0, height, width, 3), dtype=np.uint8)
+    if pixels.null_count == 0 and pa.types.is_binary(pixels.type):
+        offsets = np.frombuffer(pixels.buffers()[1], dtype=np.int32)[pixels.offset : pixels.offset + n + 1]
+        if offsets[-1] - offsets[0] == n * size:
+            data = np.frombuffer(pixels.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+            return data.reshape(n, height, width, 3)
+    return np.frombuffer(b"".join(pixels.to_pylist()), dtype=np.uint8).reshape(n, height, width, 3)
 
 
-def whole_image_frames(frames: Iterator[pd.DataFrame], extractor: extractors.Extractor) -> Iterator[pd.DataFrame]:
+def vectors_array(vectors: np.ndarray) -> pa.ListArray:
+    """An ``(N, D)`` float32 array as an Arrow list<float> column, without a Python object per row."""
+    n, d = vectors.shape
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32)[: n + 1])
+    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel()))
+
+
+def whole_image_batches(batches: Iterator[pa.RecordBatch], extractor: extractors.Extractor) -> Iterator[pa.RecordBatch]:
     """One raw row per image: its vector, as tile (0, 0) covering the whole original."""
-    for frame in frames:
-        vectors = extractor(stack_pixels(frame))
-        out = frame[list(_KEYS)].copy()
-        out["tile_x"], out["tile_y"], out["box_x0"], out["box_y0"] = 0, 0, 0, 0
-        out["box_x1"], out["box_y1"] = frame["orig_width"].to_numpy(), frame["orig_height"].to_numpy()
-        out["raw"], out["problem"] = list(vectors), None
-        yield out[list(RAW_FIELDS)]
+    for batch in batches:
+        n = batch.num_rows
+        if n == 0:
+            continue
+        height, width = batch.column("height")[0].as_py(), batch.column("width")[0].as_py()
+        vectors = extractor(stack_pixels(batch.column("pixels"), height, width))
+        zeros = pa.array(np.zeros(n, dtype=np.int32))
+        columns = {
+            **{k: batch.column(k) for k in _KEYS},
+            "tile_x": zeros,
+            "tile_y": zeros,
+            "box_x0": zeros,
+            "box_y0": zeros,
+            "box_x1": batch.column("orig_width").cast(pa.int32()),
+            "box_y1": batch.column("orig_height").cast(pa.int32()),
+            "raw": vectors_array(vectors),
+            "problem": pa.nulls(n, pa.string()),
+        }
+        yield pa.RecordBatch.from_pydict(columns)
 
 
 def image_tiles(data: bytes, cfg: IngestConfig, tiles_cfg: TilesConfig) -> Iterator[tuple[tiles.Tile, np.ndarray]]:
@@ -94,6 +120,15 @@ def image_tiles(data: bytes, cfg: IngestConfig, tiles_cfg: TilesConfig) -> Itera
                 Image.fromarray(block).resize((cfg.image_size, cfg.image_size), images.RESAMPLE[cfg.resize.resample])
             )
         yield tile, block
+
+
+def _fetched(frame: pd.DataFrame, threads: int) -> Iterator[tuple[Any, bytes | Exception]]:
+    """``(row, bytes or error)`` for each row, fetching ``threads`` sources at a time: full-size
+    originals are large, so never a whole Arrow batch of them in memory at once."""
+    rows = list(frame.itertuples(index=False))
+    for start in range(0, len(rows), threads):
+        group = rows[start : start + threads]
+        yield from zip(group, store.fetch_many([r.source_uri for r in group], threads), strict=True)
 
 
 def tile_frames(
@@ -120,8 +155,7 @@ def tile_frames(
         return out
 
     for frame in frames:
-        contents = store.fetch_many(frame["source_uri"].tolist(), cfg.fetch_threads)
-        for row, data in zip(frame.itertuples(index=False), contents, strict=True):
+        for row, data in _fetched(frame, cfg.fetch_threads):
             keys = {k: getattr(row, k) for k in _KEYS}
             problem = None
             if isinstance(data, Exception):
@@ -147,13 +181,17 @@ def tile_frames(
         yield flush()
 
 
-def extract(spark: SparkSession, image_table: DataFrame, extractor: extractors.Extractor, cfg: Config) -> DataFrame:
-    """RAW_SCHEMA rows for the image table: per image, or per tile when tiling is on."""
+def extract(
+    image_table: DataFrame, extractor: extractors.Extractor, ingest_cfg: IngestConfig, cfg: Config
+) -> DataFrame:
+    """RAW_SCHEMA rows for the image table: per image, or per tile when tiling is on (tiles are
+    decoded with ``ingest_cfg``, the settings the table was ingested with)."""
     if cfg.features.tiles.enabled:
         light = image_table.drop("pixels")  # tiles re-read the full-resolution source instead
-        ingest_cfg, tiles_cfg, rows = cfg.ingest, cfg.features.tiles, cfg.spark.arrow_max_records_per_batch
+        tiles_cfg, rows = cfg.features.tiles, cfg.spark.arrow_max_records_per_batch
         return light.mapInPandas(lambda it: tile_frames(it, extractor, ingest_cfg, tiles_cfg, rows), RAW_SCHEMA)
-    return image_table.mapInPandas(lambda it: whole_image_frames(it, extractor), RAW_SCHEMA)
+    columns = [*_KEYS, "orig_width", "orig_height", "height", "width", "pixels"]
+    return image_table.select(*columns).mapInArrow(lambda it: whole_image_batches(it, extractor), RAW_SCHEMA)
 
 
 def fit_transform(raw: DataFrame, k: int) -> PipelineModel:
@@ -207,11 +245,22 @@ def raise_on_problems(raw: DataFrame) -> None:
         raise SourceError(f"{bad.count()} ingested images cannot be tiled (re-run ingest). First: {listed}")
 
 
-def open_extractor(cfg: Config) -> extractors.Extractor:
-    """The configured extractor; for ``cnn`` the backbone is loaded and checked on the driver first."""
+def ingested_with(ingest_dir: Path) -> IngestConfig:
+    """The ingest settings the published table was made with (from its manifest), so features
+    never assume an image size or a decode setting the table does not have."""
+    return IngestConfig.model_validate(manifest.read(ingest_dir)["params"]["ingest"])
+
+
+def open_extractor(cfg: Config, ingest_cfg: IngestConfig) -> extractors.Extractor:
+    """The configured extractor for images of ``ingest_cfg.image_size``; for ``cnn`` the backbone
+    is loaded and checked on the driver first."""
+    size = ingest_cfg.image_size
     if cfg.features.kind == "cnn":
-        return extractors.Cnn.open(cfg.features.cnn, cfg.features.batch_size, cfg.ingest.image_size)
-    return extractors.Classical(cfg.features.classical, cfg.ingest.image_size)
+        return extractors.Cnn.open(cfg.features.cnn, cfg.features.batch_size, size)
+    problem = cfg.features.classical.problem(size)
+    if problem:
+        raise ConfigError(f"features.classical (for the published ingest table, {size}px): {problem}")
+    return extractors.Classical(cfg.features.classical, size)
 
 
 def run(cfg: Config, spark: SparkSession) -> Path:
@@ -220,13 +269,24 @@ def run(cfg: Config, spark: SparkSession) -> Path:
 
     started, t0 = manifest.now(), time.perf_counter()
     ingest_dir = published(cfg.data.root, "ingest")
-    extractor = open_extractor(cfg)
+    ingest_cfg = ingested_with(ingest_dir)
+    if ingest_cfg.image_size != cfg.ingest.image_size:
+        log.warning(
+            "ingest.image_size is %d in params but the published ingest table is %dpx: using %d",
+            cfg.ingest.image_size,
+            ingest_cfg.image_size,
+            ingest_cfg.image_size,
+        )
+    extractor = open_extractor(cfg, ingest_cfg)
     image_table = read_images(spark, ingest_dir)
     expected = expected_rows(image_table, cfg.features.tiles)
     out = gate.StagedOutput(cfg.data.root, STAGE)
     spec: dict[str, Any] = extractor.describe()
     try:
-        extract(spark, image_table, extractor, cfg).write.parquet(out.path(_RAW))
+        prepared_at = time.perf_counter()
+        split_bytes = session.one_task_per_file(ingest_dir / "images.parquet")
+        with session.sql_conf(spark, "spark.sql.files.maxPartitionBytes", split_bytes):
+            extract(image_table, extractor, ingest_cfg, cfg).write.parquet(out.path(_RAW))
         extracted_at = time.perf_counter()
         raw = spark.read.parquet(out.path(_RAW))
         raise_on_problems(raw)
@@ -273,17 +333,19 @@ def run(cfg: Config, spark: SparkSession) -> Path:
         "started_at": started,
         "finished_at": manifest.now(),
         "duration_s": round(time.perf_counter() - t0, 3),
-        "extract_s": round(extracted_at - t0, 3),
+        "prepare_s": round(prepared_at - t0, 3),  # load/check the extractor, count the expected rows
+        "extract_s": round(extracted_at - prepared_at, 3),  # the pixel pass: read, extract, write vectors
         "transform_and_write_s": round(written_at - extracted_at, 3),
-        "rows_per_s_extract": round(rows / max(extracted_at - t0, 1e-9), 1),
+        "rows_per_s_extract": round(rows / max(extracted_at - prepared_at, 1e-9), 1),
     }
     doc = manifest.build(
         STAGE,
-        cfg.section("features", "gate.features", "ingest", "data"),
+        cfg.section("features", "gate.features", "data"),
         inputs={
             "ingest": {
                 "path": store.local_uri(ingest_dir),
                 "manifest_sha256": manifest.file_hash(ingest_dir / manifest.MANIFEST),
+                "settings": ingest_cfg.model_dump(mode="json"),
             },
             "extractor": spec,
         },
@@ -298,7 +360,9 @@ def run(cfg: Config, spark: SparkSession) -> Path:
 
 
 def _precheck(cfg: Config) -> None:
-    published(cfg.data.root, "ingest")
+    ingest_cfg = ingested_with(published(cfg.data.root, "ingest"))
+    if cfg.features.kind == "classical":
+        open_extractor(cfg, ingest_cfg)  # settings that cannot describe the ingested images: exit 2 now
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,8 +57,9 @@ def run_stage(
     except GateFailed as exc:
         log.error("%s", exc)
         return EXIT_GATE_FAILED
-    except SourceError as exc:
-        log.error("%s: %s", stage, exc)
+    except (ConfigError, SourceError) as exc:  # inputs found unusable once the job could look at them
+        for line in str(exc).splitlines():
+            log.error("%s: %s", stage, line)
         return EXIT_BAD_INPUT
     finally:
         if spark is not None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spark_jobs.config import SparkConfig
@@ -89,3 +92,27 @@ def spark_metrics(spark: SparkSession) -> dict[str, object]:
         "tasks": tasks,
         "failed_tasks": failed_tasks,
     }
+
+
+@contextlib.contextmanager
+def sql_conf(spark: SparkSession, key: str, value: str) -> Iterator[None]:
+    """Set a runtime SQL setting for the queries run inside the block (file partitioning is
+    planned when an action runs, so the action must be inside too), then restore it."""
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
+
+
+def one_task_per_file(folder: Path) -> str:
+    """A ``spark.sql.files.maxPartitionBytes`` that reads each Parquet file of ``folder`` as its
+    own task. Stages read ingest's tables this way because ingest already cut them into whole
+    waves of cores with balanced sizes; Spark's own packing by bytes can make, say, 3 tasks for
+    2 cores (one core idle for a third of the stage)."""
+    sizes = [p.stat().st_size for p in folder.glob("*.parquet")]
+    return str(max(sizes, default=0) + 1)

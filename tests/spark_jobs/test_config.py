@@ -62,6 +62,9 @@ def test_overrides_do_not_touch_the_input_tree() -> None:
         ("ingest.split.train=0.9", "parameter ingest.split: Value error, train + val + test must be 1.0"),
         ("gate.raw.max_quarantine_ratio=1.5", "parameter gate.raw.max_quarantine_ratio"),
         ("nosuchsection.key=1", "unknown parameter nosuchsection"),
+        ("features.kind=sift", "parameter features.kind: Input should be 'classical' or 'cnn'"),
+        ("features.tiles.overlap=1.0", "parameter features.tiles.overlap: Input should be less than 1"),
+        ("features.cnn.std=[1,0,1]", "parameter features.cnn.std.1: Input should be greater than 0"),
     ],
 )
 def test_bad_values_name_the_key_in_one_line(override: str, expected: str) -> None:
@@ -114,3 +117,27 @@ def test_cli_rejects_bad_param_before_spark_starts() -> None:
     assert "SparkContext" not in proc.stderr
     assert "log4j" not in proc.stderr
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"pca_k": 400}, "pca_k=400 exceeds the descriptor length 372 of 32px images"),
+        ({"hog_pixels_per_cell": 32}, "a 32px image holds no HOG block"),
+        ({}, None),
+    ],
+)
+def test_classical_settings_that_cannot_describe_the_images(changes: dict, expected: str | None) -> None:
+    classical = load_config(REPO / "params.yaml").features.classical.model_copy(update=changes)
+    problem = classical.problem(32)
+    if expected is None:
+        assert problem is None
+    else:
+        assert problem.startswith(expected)
+
+
+def test_classical_descriptors_too_long_for_mllib_pca() -> None:
+    classical = load_config(REPO / "params.yaml").features.classical
+    assert classical.descriptor_dim(256) == 34644
+    assert classical.problem(256).startswith("256px images give descriptors of length 34644 > 8192")
+    assert classical.model_copy(update={"hog_pixels_per_cell": 32}).problem(256) is None

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from spark_jobs import extractors, features, ingest, manifest, models, tiles
-from spark_jobs.config import CnnConfig
+from spark_jobs.config import CnnConfig, ConfigError
 from spark_jobs.gate import GateFailed
 from spark_jobs.store import SourceError
 from spark_jobs.tables import FEATURE_COLUMNS, read_features, read_images
@@ -67,7 +67,7 @@ def test_classical_features_end_to_end(spark, ingested: Path, tmp_path: Path) ->
     assert spec["kind"] == "classical"
     assert spec["descriptor_dim"] == 372
     assert len(spec["pca_explained_variance"]) == 8
-    assert not (published / "_raw").exists()
+    assert not (published / features._RAW).exists()
     assert Path(cfg.data.root, "gates", "features", "docs", "index.html").exists()
 
 
@@ -79,7 +79,8 @@ def test_the_saved_transform_reproduces_the_features(spark, ingested: Path, tmp_
     published = features.run(cfg, spark)
     model = PipelineModel.load(str(published / features.TRANSFORM))
     image_table = read_images(spark, ingested).limit(10)
-    raw = features.extract(spark, image_table, features.open_extractor(cfg), cfg)
+    ingest_cfg = features.ingested_with(ingested)
+    raw = features.extract(image_table, features.open_extractor(cfg, ingest_cfg), ingest_cfg, cfg)
     again = {r["image_id"]: r["features"] for r in features.apply_transform(model, raw).collect()}
     stored = {r["image_id"]: r["features"] for r in read_features(spark, published).collect()}
     assert len(again) == 10
@@ -228,7 +229,32 @@ def test_a_source_changed_since_ingest_stops_tiling(spark, tmp_path: Path) -> No
     assert not (Path(cfg.data.root) / "features").exists()
 
 
+def test_classical_settings_that_do_not_fit_the_ingested_images_stop_before_spark(
+    ingested: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "ingest").symlink_to(ingested, target_is_directory=True)
+    argv = ["--params", str(REPO / "params.yaml"), "--set", f"data.root={tmp_path / 'data'}"]
+    assert features.main([*argv, "--set", "features.classical.hog_pixels_per_cell=32"]) == 2
+    assert "a 32px image holds no HOG block" in caplog.text
+
+
 def test_features_before_ingest_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     code = features.main(["--params", str(REPO / "params.yaml"), "--set", f"data.root={tmp_path}"])
     assert code == 2
     assert "no published ingest output" in caplog.text
+
+
+def test_features_follow_the_image_size_of_the_ingested_table(spark, ingested: Path, tmp_path: Path) -> None:
+    """params say 64px, the published table is 32px: the table wins (and a bad pca_k is one clear error)."""
+    cfg = link_ingest(ingested, tmp_path, "ingest.image_size=64", "features.classical.pca_k=8")
+    folder = features.run(cfg, spark)
+    spec = json.loads((folder / features.EXTRACTOR).read_text())
+    assert spec["image_size"] == 32
+    assert spec["descriptor_dim"] == 372
+    assert manifest.read(folder)["inputs"]["ingest"]["settings"]["image_size"] == 32
+    too_big = link_ingest(ingested, tmp_path / "b", "ingest.image_size=64", "features.classical.pca_k=1000")
+    with pytest.raises(
+        ConfigError, match=r"published ingest table, 32px\): pca_k=1000 exceeds the descriptor length 372"
+    ):
+        features.run(too_big, spark)
