@@ -258,3 +258,27 @@ def test_features_follow_the_image_size_of_the_ingested_table(spark, ingested: P
         ConfigError, match=r"published ingest table, 32px\): pca_k=1000 exceeds the descriptor length 372"
     ):
         features.run(too_big, spark)
+
+
+@pytest.mark.s3
+def test_cnn_backbone_from_s3(spark, ingested: Path, tmp_path: Path, s3_server: str) -> None:
+    """The backbone may live in object storage: the driver and every worker read it from S3."""
+    import boto3
+
+    path = _backbone(tmp_path / "b.pt2")
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="models")
+    client.put_object(Bucket="models", Key="backbones/b.pt2", Body=path.read_bytes())
+    cfg = link_ingest(ingested, tmp_path, "features.kind=cnn", "features.cnn.backbone=s3://models/backbones/b.pt2")
+    folder = features.run(cfg, spark)
+    spec = manifest.read(folder)["inputs"]["extractor"]
+    assert spec["backbone"] == "s3://models/backbones/b.pt2"
+    assert spec["backbone_sha256"] == manifest.file_hash(path)
+    rows = read_features(spark, folder).collect()
+    assert len(rows) == ROWS
+    assert {len(r["features"]) for r in rows} == {16}
+    missing = link_ingest(
+        ingested, tmp_path / "m", "features.kind=cnn", "features.cnn.backbone=s3://models/backbones/none.pt2"
+    )
+    with pytest.raises(models.BackboneError, match=r"s3://models/backbones/none\.pt2 cannot be read: NoSuchKey"):
+        features.run(missing, spark)
