@@ -202,6 +202,8 @@ def fit_transform(raw: DataFrame, k: int) -> PipelineModel:
     from pyspark.sql import functions as F
 
     train = raw.where(F.col("split") == "train").select(array_to_vector("raw").alias("raw_vector"))
+    if train.limit(1).count() == 0:
+        raise SourceError("no train rows to fit the scaler and PCA on: check ingest.split (train fraction)")
     pipeline = Pipeline(
         stages=[
             StandardScaler(inputCol="raw_vector", outputCol="scaled", withMean=True, withStd=True),

@@ -136,3 +136,21 @@ def _cnn_raw(path: Path, x: np.ndarray) -> np.ndarray:
     module = models.module_from_bytes(path.read_bytes(), str(path), None)
     with torch.inference_mode():
         return module(torch.from_numpy(x).permute(0, 3, 1, 2).float()).numpy()
+
+
+def test_the_backbone_is_loaded_once_per_process(backbone_files) -> None:
+    """Each Python worker (a process Spark reuses across tasks) loads the file once, not per batch."""
+    models.cached_backbone.cache_clear()
+    extractor = _cnn(backbone_files["exported"], batch_size=4)
+    for _ in range(5):  # five Arrow batches
+        extractor(_digits(6))
+    info = models.cached_backbone.cache_info()
+    assert info.misses == 1
+    assert info.hits == 4
+
+
+def test_the_session_reuses_python_workers() -> None:
+    from spark_jobs.config import SparkConfig
+    from spark_jobs.session import spark_conf
+
+    assert spark_conf(SparkConfig())["spark.python.worker.reuse"] == "true"

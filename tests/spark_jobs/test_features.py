@@ -110,6 +110,12 @@ def test_pca_is_fitted_on_the_train_split_only(spark) -> None:
     assert not np.allclose(train_mean, base_mean)  # the same row in train does move the fit
 
 
+def test_no_train_split_is_a_clear_error(spark) -> None:
+    raw = spark.createDataFrame([("a", "test", [1.0, 2.0])], "image_id string, split string, raw array<float>")
+    with pytest.raises(SourceError, match="no train rows to fit the scaler and PCA"):
+        features.fit_transform(raw, 1)
+
+
 def test_cnn_embeddings_end_to_end(spark, ingested: Path, tmp_path: Path) -> None:
     path = _backbone(tmp_path / "b.pt2")
     cfg = link_ingest(ingested, tmp_path, "features.kind=cnn", f"features.cnn.backbone={path}", "features.batch_size=7")
