@@ -91,3 +91,37 @@ def test_unreachable_object_store_is_one_clear_error(monkeypatch: pytest.MonkeyP
             models.read_backbone_bytes("s3://models/b.pt2")
     finally:
         store.s3_client.cache_clear()
+
+
+def test_the_readme_export_recipe_gives_a_usable_backbone(tmp_path: Path) -> None:
+    """README, "Backbones": a ResNet-style model with ``fc = Identity`` exported with a dynamic batch."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    class TinyResNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+            self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(8, 1000)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.stem(x)
+            x = torch.relu(x + self.block(x))
+            return self.fc(torch.flatten(self.pool(x), 1))
+
+    model = TinyResNet()
+    model.fc = torch.nn.Identity()
+    example = torch.zeros(2, 3, 48, 48)
+    program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+    torch.export.save(program, str(tmp_path / "resnet.pt2"))
+
+    cfg = CnnConfig(backbone=str(tmp_path / "resnet.pt2"), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    extractor = extractors.Cnn.open(cfg, 4, 48)
+    assert extractor.dim == 8
+    batch = np.random.default_rng(0).integers(0, 255, (5, 48, 48, 3), dtype=np.uint8)
+    assert extractor(batch).shape == (5, 8)
+    with pytest.raises(models.BackboneError, match=r"does not accept a \(N, 3, 32, 32\) batch"):
+        extractors.Cnn.open(cfg, 4, 32)  # exported at 48 px: the image size must match
