@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from ingest_throughput import RESULTS, WORK, make_inputs  # noqa: E402
 
-from spark_jobs import extractors, features, ingest, manifest, models  # noqa: E402
+from spark_jobs import extractors, features, images, ingest, manifest, models  # noqa: E402
 from spark_jobs.config import Config, load_config  # noqa: E402
 from spark_jobs.session import build_session  # noqa: E402
 
@@ -53,7 +53,7 @@ def read_batches(images_dir: Path, batch_size: int):
         columns=["pixels", "height", "width"], batch_size=batch_size
     ):
         h, w = batch.column("height")[0].as_py(), batch.column("width")[0].as_py()
-        yield np.frombuffer(b"".join(batch.column("pixels").to_pylist()), dtype=np.uint8).reshape(-1, h, w, 3)
+        yield images.stack_pixels(batch.column("pixels"), h, w)
 
 
 def plain_torch_loop(images_dir: Path, backbone: Path, batch_size: int) -> tuple[float, int]:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from spark_jobs import manifest, models
+from spark_jobs import images, manifest, models
 from spark_jobs.config import BackboneConfig, Config
 from spark_jobs.jobs import run_stage
 from spark_jobs.store import SourceError
@@ -57,8 +57,7 @@ def read_split(images_dir: Path, split: str, limit: int) -> tuple[np.ndarray, li
     if table.num_rows == 0:
         return np.zeros((0, 1, 1, 3), dtype=np.uint8), []
     h, w = table["height"][0].as_py(), table["width"][0].as_py()
-    pixels = np.frombuffer(b"".join(table["pixels"].to_pylist()), dtype=np.uint8).reshape(-1, h, w, 3)
-    return pixels, table["label"].to_pylist()
+    return images.stack_pixels(table["pixels"].combine_chunks(), h, w), table["label"].to_pylist()
 
 
 def to_tensor(pixels: np.ndarray) -> Any:

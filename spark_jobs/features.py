@@ -64,20 +64,6 @@ RAW_FIELDS = tuple(f.split()[0] for f in RAW_SCHEMA.split(", "))
 _KEYS = ("image_id", "source_uri", "label", "split")
 
 
-def stack_pixels(pixels: pa.Array, height: int, width: int) -> np.ndarray:
-    """A ``pixels`` column (uint8 HWC blobs of one size) as one ``(N, H, W, 3)`` array, read
-    straight from the Arrow buffers when the blobs are contiguous (they are, as Spark sends them)."""
-    n, size = len(pixels), height * width * 3
-    if n == 0:
-        return np.zeros((0, height, width, 3), dtype=np.uint8)
-    if pixels.null_count == 0 and pa.types.is_binary(pixels.type):
-        offsets = np.frombuffer(pixels.buffers()[1], dtype=np.int32)[pixels.offset : pixels.offset + n + 1]
-        if offsets[-1] - offsets[0] == n * size:
-            data = np.frombuffer(pixels.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-            return data.reshape(n, height, width, 3)
-    return np.frombuffer(b"".join(pixels.to_pylist()), dtype=np.uint8).reshape(n, height, width, 3)
-
-
 def vectors_array(vectors: np.ndarray) -> pa.ListArray:
     """An ``(N, D)`` float32 array as an Arrow list<float> column, without a Python object per row."""
     n, d = vectors.shape
@@ -92,7 +78,7 @@ def whole_image_batches(batches: Iterator[pa.RecordBatch], extractor: extractors
         if n == 0:
             continue
         height, width = batch.column("height")[0].as_py(), batch.column("width")[0].as_py()
-        vectors = extractor(stack_pixels(batch.column("pixels"), height, width))
+        vectors = extractor(images.stack_pixels(batch.column("pixels"), height, width))
         zeros = pa.array(np.zeros(n, dtype=np.int32))
         columns = {
             **{k: batch.column(k) for k in _KEYS},
@@ -223,17 +209,19 @@ def apply_transform(model: PipelineModel, raw: DataFrame) -> DataFrame:
     return out.drop("raw", "raw_vector", "scaled", "pca")
 
 
-def expected_rows(image_table: DataFrame, tiles_cfg: TilesConfig) -> dict[str, int]:
-    """Feature rows each class must have: its ingested images, times each image's tile count."""
+def expected_rows(image_table: DataFrame, tiles_cfg: TilesConfig) -> tuple[int, dict[str, int]]:
+    """``(ingested images, feature rows each class must have)``: per class its images, times each
+    image's tile count when tiling."""
     from pyspark.sql import functions as F
 
     if not tiles_cfg.enabled:
-        return {r["label"]: r["n"] for r in image_table.groupBy("label").agg(F.count("*").alias("n")).collect()}
+        per_class = suites.value_counts(image_table, "label")
+        return sum(per_class.values()), per_class
     sizes = image_table.groupBy("label", "orig_width", "orig_height").agg(F.count("*").alias("n")).collect()
     out: dict[str, int] = {}
     for r in sizes:
         out[r["label"]] = out.get(r["label"], 0) + r["n"] * tiles.count(r["orig_width"], r["orig_height"], tiles_cfg)
-    return out
+    return sum(r["n"] for r in sizes), out
 
 
 def raise_on_problems(raw: DataFrame) -> None:
@@ -281,7 +269,7 @@ def run(cfg: Config, spark: SparkSession) -> Path:
         )
     extractor = open_extractor(cfg, ingest_cfg)
     image_table = read_images(spark, ingest_dir)
-    expected = expected_rows(image_table, cfg.features.tiles)
+    images_in, expected = expected_rows(image_table, cfg.features.tiles)
     out = gate.StagedOutput(cfg.data.root, STAGE)
     spec: dict[str, Any] = extractor.describe()
     try:
@@ -321,7 +309,6 @@ def run(cfg: Config, spark: SparkSession) -> Path:
     finally:
         profile.unpersist()
     shutil.rmtree(out.path(_RAW))
-    images_in = int(image_table.count()) if cfg.features.tiles.enabled else sum(expected.values())
     rows = sum(by_class.values())
     counts = {
         "images": images_in,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from spark_jobs.config import IngestConfig, ResizeConfig
@@ -281,3 +282,18 @@ def _oriented_size(im: Image.Image) -> tuple[int, int]:
 def pixels_to_array(pixels: bytes, height: int, width: int) -> np.ndarray:
     """The HWC uint8 array stored in a ``pixels`` column."""
     return np.frombuffer(pixels, dtype=np.uint8).reshape(height, width, 3)
+
+
+def stack_pixels(pixels: pa.Array, height: int, width: int) -> np.ndarray:
+    """A ``pixels`` column (uint8 HWC blobs of one size) as one ``(N, H, W, 3)`` array, read
+    straight from the Arrow buffers when the blobs are contiguous (they are, as Spark and pyarrow
+    read them)."""
+    n, size = len(pixels), height * width * 3
+    if n == 0:
+        return np.zeros((0, height, width, 3), dtype=np.uint8)
+    if pixels.null_count == 0 and pa.types.is_binary(pixels.type):
+        offsets = np.frombuffer(pixels.buffers()[1], dtype=np.int32)[pixels.offset : pixels.offset + n + 1]
+        if offsets[-1] - offsets[0] == n * size:
+            data = np.frombuffer(pixels.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+            return data.reshape(n, height, width, 3)
+    return np.frombuffer(b"".join(pixels.to_pylist()), dtype=np.uint8).reshape(n, height, width, 3)

@@ -290,19 +290,6 @@ def test_cnn_backbone_from_s3(spark, ingested: Path, tmp_path: Path, s3_server: 
         features.run(missing, spark)
 
 
-def test_stack_pixels_reads_arrow_buffers_including_slices() -> None:
-    import pyarrow as pa
-
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (5, 4, 3, 3), dtype=np.uint8)
-    column = pa.array([im.tobytes() for im in images], type=pa.binary())
-    np.testing.assert_array_equal(features.stack_pixels(column, 4, 3), images)
-    np.testing.assert_array_equal(features.stack_pixels(column.slice(2, 3), 4, 3), images[2:])  # offset != 0
-    large = pa.array([im.tobytes() for im in images], type=pa.large_binary())
-    np.testing.assert_array_equal(features.stack_pixels(large, 4, 3), images)  # the copying fallback
-    assert features.stack_pixels(column.slice(0, 0), 4, 3).shape == (0, 4, 3, 3)
-
-
 def test_vectors_array_round_trips() -> None:
     vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
     array = features.vectors_array(vectors)

@@ -230,3 +230,16 @@ def test_split_with_empty_fraction_never_assigns_it() -> None:
     fractions = {"train": 0.8, "val": 0.0, "test": 0.2}
     splits = {images.assign_split(images.image_id(bytes([i])), fractions) for i in range(200)}
     assert splits == {"train", "test"}
+
+
+def test_stack_pixels_reads_arrow_buffers_including_slices() -> None:
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    arrays = rng.integers(0, 255, (5, 4, 3, 3), dtype=np.uint8)
+    column = pa.array([im.tobytes() for im in arrays], type=pa.binary())
+    np.testing.assert_array_equal(images.stack_pixels(column, 4, 3), arrays)
+    np.testing.assert_array_equal(images.stack_pixels(column.slice(2, 3), 4, 3), arrays[2:])  # offset != 0
+    large = pa.array([im.tobytes() for im in arrays], type=pa.large_binary())
+    np.testing.assert_array_equal(images.stack_pixels(large, 4, 3), arrays)  # the copying fallback
+    assert images.stack_pixels(column.slice(0, 0), 4, 3).shape == (0, 4, 3, 3)
