@@ -22,7 +22,6 @@ Writes ``bench/results/features_throughput_<N>x<size>px.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -38,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from ingest_throughput import RESULTS, WORK, make_inputs  # noqa: E402
+from ingest_throughput import WORK, make_inputs, write_result  # noqa: E402
 
 from spark_jobs import extractors, features, images, ingest, manifest, models  # noqa: E402
 from spark_jobs.config import Config, load_config  # noqa: E402
@@ -174,10 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             "spark_stage": classical,
             "spark_vs_plain_loop": round(classical_loop_s / classical["extract_s"], 2),
         }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"features_throughput_{rows}x{args.image_size}px_w{args.width}.json"
-    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(f"features_throughput_{rows}x{args.image_size}px_w{args.width}.json", result)
     return 0
 
 

@@ -74,6 +74,13 @@ def make_inputs(folder: Path, count: int, side: int) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
+def write_result(name: str, result: dict) -> None:
+    """Save a benchmark result as ``bench/results/<name>`` and print it."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
 def single_process(folder: Path, cfg: Config, out: Path) -> float:
     """Seconds for one process to decode every file and write the same columns to Parquet."""
     shutil.rmtree(out, ignore_errors=True)
@@ -195,10 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if naive_s:
         result["naive_udf"] = {"seconds": round(naive_s, 2), "images_per_s": round(files / naive_s, 1)}
         result["speedup_vs_naive_udf"] = round(naive_s / decode_write_s, 2)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"ingest_throughput_{files}x{args.source_size}px_to_{args.image_size}px.json"
-    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(f"ingest_throughput_{files}x{args.source_size}px_to_{args.image_size}px.json", result)
     return 0
 
 

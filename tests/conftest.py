@@ -55,6 +55,25 @@ def spark(s3_server: str, tmp_path_factory: pytest.TempPathFactory):
     session.stop()
 
 
+@pytest.fixture
+def unreachable_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """AWS settings pointing at a loopback port nobody listens on (one attempt, no retries);
+    the per-process S3 client is rebuilt before and after."""
+    from spark_jobs import store
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    store.s3_client.cache_clear()
+    try:
+        yield endpoint
+    finally:
+        store.s3_client.cache_clear()
+
+
 INGESTED_CLASSES, INGESTED_PER_CLASS = 3, 30
 
 

@@ -155,20 +155,16 @@ def test_an_unusable_backbone_is_one_clear_error(spark, ingested: Path, tmp_path
     assert not (Path(cfg.data.root) / ".staging").exists() or not any((Path(cfg.data.root) / ".staging").iterdir())
 
 
+# Two photographs, one class each: everything in train, one image per class is enough.
+PHOTO_INGEST = ("gate.raw.min_per_class=1", "ingest.split.train=1", "ingest.split.val=0", "ingest.split.test=0")
+
+
 @pytest.fixture(scope="module")
 def photos(spark, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled photographs (640x427 JPEGs) ingested at 32px, everything in train."""
     root = tmp_path_factory.mktemp("photos")
     source = photo_tree(root / "src")
-    cfg = make_config(
-        root,
-        f"ingest.source={source}",
-        "gate.raw.min_per_class=1",
-        "ingest.split.train=1",
-        "ingest.split.val=0",
-        "ingest.split.test=0",
-    )
-    return ingest.run(cfg, spark)
+    return ingest.run(make_config(root, f"ingest.source={source}", *PHOTO_INGEST), spark)
 
 
 TILES = ("features.tiles.enabled=true", "features.tiles.size=128", "features.tiles.overlap=0.1")
@@ -219,15 +215,7 @@ def test_cnn_tiles_are_cut_from_the_full_resolution_source(spark, photos: Path, 
 def test_a_source_changed_since_ingest_stops_tiling(spark, tmp_path: Path) -> None:
     root = tmp_path / "own"
     source = photo_tree(root / "src")
-    ingest_cfg = make_config(
-        root,
-        f"ingest.source={source}",
-        "gate.raw.min_per_class=1",
-        "ingest.split.train=1",
-        "ingest.split.val=0",
-        "ingest.split.test=0",
-    )
-    ingested = ingest.run(ingest_cfg, spark)
+    ingested = ingest.run(make_config(root, f"ingest.source={source}", *PHOTO_INGEST), spark)
     (source / "flower" / "flower.jpg").write_bytes((source / "china" / "china.jpg").read_bytes())
     cfg = link_ingest(ingested, tmp_path, *TILES, "features.classical.pca_k=4")
     with pytest.raises(SourceError, match=r"1 ingested images cannot be tiled .*flower\.jpg: the source file changed"):

@@ -81,14 +81,6 @@ def test_missing_bucket_is_one_clear_error(s3_server: str) -> None:
     assert "\n" not in message
 
 
-def test_unreachable_endpoint_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.factories import free_port
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    store.s3_client.cache_clear()
-    try:
-        with pytest.raises(store.SourceError, match=r"cannot list s3://raw-images/incoming at http://127\.0\.0\.1:"):
-            store.list_source("s3://raw-images/incoming")
-    finally:
-        store.s3_client.cache_clear()
+def test_unreachable_endpoint_is_one_clear_error(unreachable_s3: str) -> None:
+    with pytest.raises(store.SourceError, match=r"cannot list s3://raw-images/incoming at http://127\.0\.0\.1:"):
+        store.list_source("s3://raw-images/incoming")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs import extractors, models, store
+from spark_jobs import extractors, models
 from spark_jobs.config import CnnConfig
 
 
@@ -76,21 +76,9 @@ def test_a_backbone_that_does_not_return_embeddings_is_refused(tmp_path: Path) -
         extractors.Cnn.open(CnnConfig(backbone=str(path)), 8, 32)
 
 
-def test_unreachable_object_store_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.factories import free_port
-
-    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    store.s3_client.cache_clear()
-    try:
-        with pytest.raises(models.BackboneError, match=rf"s3://models/b\.pt2 cannot be read from {endpoint}"):
-            models.read_backbone_bytes("s3://models/b.pt2")
-    finally:
-        store.s3_client.cache_clear()
+def test_unreachable_object_store_is_one_clear_error(unreachable_s3: str) -> None:
+    with pytest.raises(models.BackboneError, match=rf"s3://models/b\.pt2 cannot be read from {unreachable_s3}"):
+        models.read_backbone_bytes("s3://models/b.pt2")
 
 
 def test_the_readme_export_recipe_gives_a_usable_backbone(tmp_path: Path) -> None:
