@@ -60,13 +60,6 @@ def read_split(images_dir: Path, split: str, limit: int) -> tuple[np.ndarray, li
     return images.stack_pixels(table["pixels"].combine_chunks(), h, w), table["label"].to_pylist()
 
 
-def to_tensor(pixels: np.ndarray) -> Any:
-    """Float NCHW in [0, 1]."""
-    import torch
-
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
-
-
 def fit(backbone: nn.Module, x: Any, y: Any, classes: int, cfg: BackboneConfig) -> tuple[nn.Module, list[float]]:
     """Train ``backbone`` + a linear head with Adam and cross-entropy; returns the classifier and
     the mean loss of each epoch. Same seed, same machine: the same weights (the thread count is
@@ -114,10 +107,10 @@ def run(cfg: Config, _spark: object = None) -> Path:
         raise SourceError(f"no train images in {ingest_dir}: run ingest first")
     classes = sorted(set(labels))
     index = {c: i for i, c in enumerate(classes)}
-    x, y = to_tensor(pixels), torch.tensor([index[v] for v in labels])
+    x, y = models.to_tensor(pixels), torch.tensor([index[v] for v in labels])
     val_pixels, val_labels = read_split(ingest_dir / "images.parquet", "val", bcfg.max_images)
     known = [i for i, v in enumerate(val_labels) if v in index]
-    val_x = to_tensor(val_pixels[known]) if known else to_tensor(pixels[:0])
+    val_x = models.to_tensor(val_pixels[known]) if known else models.to_tensor(pixels[:0])
     val_y = torch.tensor([index[val_labels[i]] for i in known], dtype=torch.long)
 
     torch.manual_seed(bcfg.seed)

@@ -56,6 +56,95 @@ def small_cnn(width: int = 16) -> nn.Module:
     )
 
 
+def classifier(width: int, classes: int, dropout: float = 0.0) -> nn.Module:
+    """The ``cnn`` model: :func:`small_cnn` + dropout + a linear layer to ``classes`` logits."""
+    from torch import nn
+
+    return nn.Sequential(small_cnn(width), nn.Dropout(dropout), nn.Linear(4 * width, classes))
+
+
+def autoencoder(width: int = 16, latent: int = 16, image_size: int = 32) -> nn.Module:
+    """The ``autoencoder`` model: three stride-2 conv blocks down to ``S/8`` with ``4 x width``
+    channels, a dense bottleneck of ``latent`` values (narrow, so that what the training classes
+    do not share reconstructs badly), mirrored by transposed convolutions back to ``(3, S, S)``
+    in [0, 1] (sigmoid). ``image_size`` must be a multiple of 8."""
+    from torch import nn
+
+    w, cells = width, image_size // 8
+    flat = 4 * w * cells * cells
+
+    def down(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    def up(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    return nn.Sequential(
+        *down(3, w),
+        *down(w, 2 * w),
+        *down(2 * w, 4 * w),
+        nn.Flatten(),
+        nn.Linear(flat, latent),
+        nn.ReLU(inplace=True),
+        nn.Linear(latent, flat),
+        nn.ReLU(inplace=True),
+        nn.Unflatten(1, (4 * w, cells, cells)),
+        *up(4 * w, 2 * w),
+        *up(2 * w, w),
+        nn.ConvTranspose2d(w, 3, 4, stride=2, padding=1),
+        nn.Sigmoid(),
+    )
+
+
+def to_tensor(pixels: Any) -> Tensor:
+    """The models' input from ingested pixels: float NCHW in [0, 1] from uint8 NHWC. A read-only
+    array (one read straight from Arrow buffers) is copied once, as uint8, since torch needs
+    writable memory."""
+    import numpy as np
+    import torch
+
+    if not pixels.flags.writeable:
+        pixels = np.array(pixels)
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
+
+
+def reconstruction_error(model: nn.Module, x: Tensor) -> Tensor:
+    """Per-image mean squared reconstruction error of a batch: the anomaly score."""
+    return ((model(x) - x) ** 2).flatten(1).mean(1)
+
+
+def build(architecture: str, spec: dict[str, Any]) -> nn.Module:
+    """A trained model's module from its card's ``architecture`` and ``arch`` spec."""
+    if architecture == "small_cnn_classifier":
+        return classifier(spec["width"], spec["classes"], spec.get("dropout", 0.0))
+    if architecture == "conv_autoencoder":
+        return autoencoder(spec["width"], spec["latent"], spec["image_size"])
+    raise BackboneError(f"unknown model architecture {architecture!r}")
+
+
+def load_weights(module: nn.Module, data: bytes, what: str) -> nn.Module:
+    """``module`` with the state dict in ``data`` (``weights_only=True``: no pickled code runs), in eval mode."""
+    import torch
+
+    try:
+        module.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+    except Exception as exc:
+        raise BackboneError(f"{what} does not load as a {type(module).__name__} state dict: {exc}") from None
+    return module.eval()
+
+
+@functools.lru_cache(maxsize=4)
+def cached_model(weights: str, sha256: str, architecture: str, spec_json: str) -> nn.Module:
+    """A trained model, loaded once per Python process after checking its weights' sha256."""
+    import json
+
+    data = read_backbone_bytes(weights)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise BackboneError(f"model weights {weights} changed (sha256 {actual}, its card says {sha256})")
+    return load_weights(build(architecture, json.loads(spec_json)), data, f"model weights {weights}")
+
+
 def _small_cnn_from_state(state: dict[str, Tensor]) -> nn.Module:
     return small_cnn(width=int(state["0.weight"].shape[0]))
 
