@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -192,6 +192,89 @@ class BackboneConfig(_Section):
     output: str = "models/backbone"
 
 
+ModelKind = Literal["mllib", "cnn", "autoencoder"]
+
+
+class MllibConfig(_Section):
+    classifier: Literal["logistic_regression", "random_forest"] = "logistic_regression"
+    max_iter: int = Field(200, ge=1)
+    reg_param: float = Field(0.001, ge=0.0)
+    elastic_net_param: float = Field(0.0, ge=0.0, le=1.0)
+    num_trees: int = Field(100, ge=1)
+    max_depth: int = Field(12, ge=1, le=30)
+
+
+class CnnTrainConfig(_Section):
+    width: int = Field(24, ge=4, le=512)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(0.003, gt=0.0)
+    weight_decay: float = Field(0.0001, ge=0.0)
+    augment_shift: int = Field(2, ge=0, le=64)
+
+
+class AutoencoderConfig(_Section):
+    width: int = Field(16, ge=4, le=512)
+    latent: int = Field(16, ge=1)
+    epochs: int = Field(20, ge=0)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(0.003, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    holdout_class: str | None = "9"
+    threshold_percentile: float = Field(99.0, gt=0.0, le=100.0)
+
+    @field_validator("holdout_class", mode="before")
+    @classmethod
+    def _label_text(cls, value: object) -> object:
+        # Labels are folder names: `--set train.autoencoder.holdout_class=9` means the class "9".
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class TrainConfig(_Section):
+    model: ModelKind = "mllib"
+    output: str = "models"
+    seed: int = 0
+    class_weighting: Literal["none", "balanced", "auto"] = "auto"
+    skew_ratio: float = Field(1.5, ge=1.0)
+    num_processes: int = Field(2, ge=1, le=1024)
+    local_mode: bool | Literal["auto"] = "auto"
+    threads: int = Field(1, ge=1, le=256)
+    checkpoint_every: int = Field(1, ge=1)
+    mllib: MllibConfig = MllibConfig()
+    cnn: CnnTrainConfig = CnnTrainConfig()
+    autoencoder: AutoencoderConfig = AutoencoderConfig()
+
+    @model_validator(mode="after")
+    def _batch_splits_over_ranks(self) -> TrainConfig:
+        for name in ("cnn", "autoencoder"):
+            if getattr(self, name).batch_size < self.num_processes:
+                raise ValueError(f"train.{name}.batch_size must be >= train.num_processes (each rank takes a share)")
+        return self
+
+
+class EvaluateConfig(_Section):
+    models: tuple[ModelKind, ...] = ("mllib", "cnn", "autoencoder")
+    reports: str = "reports"
+    champion: str = "models/champion"
+    rejected: str = "models/rejected"
+    batch_size: int = Field(256, ge=1)
+    threads: int = Field(1, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _distinct_models(self) -> EvaluateConfig:
+        if not self.models or len(set(self.models)) != len(self.models):
+            raise ValueError(f"evaluate.models must list distinct models, got {list(self.models)}")
+        return self
+
+
+class ModelGateConfig(_Section):
+    min_accuracy: float = Field(0.9, ge=0.0, le=1.0)
+    min_macro_f1: float = Field(0.9, ge=0.0, le=1.0)
+    max_regression: float = Field(0.01, ge=0.0, le=1.0)
+    min_auroc: float = Field(0.8, ge=0.0, le=1.0)
+
+
 class RawGateConfig(_Section):
     min_per_class: int = Field(20, ge=0)
     max_quarantine_ratio: float = Field(0.05, ge=0.0, le=1.0)
@@ -205,6 +288,7 @@ class FeaturesGateConfig(_Section):
 class GateConfig(_Section):
     raw: RawGateConfig = RawGateConfig()
     features: FeaturesGateConfig = FeaturesGateConfig()
+    model: ModelGateConfig = ModelGateConfig()
 
 
 class Config(_Section):
@@ -216,6 +300,8 @@ class Config(_Section):
     ingest: IngestConfig = IngestConfig()
     backbone: BackboneConfig = BackboneConfig()
     features: FeaturesConfig = FeaturesConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     gate: GateConfig = GateConfig()
 
     def section(self, *names: str) -> dict[str, Any]:

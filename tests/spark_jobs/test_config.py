@@ -141,3 +141,20 @@ def test_classical_descriptors_too_long_for_mllib_pca() -> None:
     assert classical.descriptor_dim(256) == 34644
     assert classical.problem(256).startswith("256px images give descriptors of length 34644 > 8192")
     assert classical.model_copy(update={"hog_pixels_per_cell": 32}).problem(256) is None
+
+
+def test_train_settings_from_the_command_line() -> None:
+    cfg = load_config(REPO / "params.yaml", ["train.autoencoder.holdout_class=7", "train.local_mode=true"])
+    assert cfg.train.autoencoder.holdout_class == "7"  # a class name, as the folder is called
+    assert cfg.train.local_mode is True
+    assert (
+        load_config(REPO / "params.yaml", ["train.autoencoder.holdout_class=null"]).train.autoencoder.holdout_class
+        is None
+    )
+    assert load_config(REPO / "params.yaml").train.local_mode == "auto"
+    with pytest.raises(ConfigError, match=r"train\.local_mode"):
+        load_config(REPO / "params.yaml", ["train.local_mode=sometimes"])
+    with pytest.raises(ConfigError, match=r"batch_size must be >= train\.num_processes"):
+        load_config(REPO / "params.yaml", ["train.num_processes=4", "train.cnn.batch_size=2"])
+    with pytest.raises(ConfigError, match=r"evaluate\.models"):
+        load_config(REPO / "params.yaml", ["evaluate.models=[cnn,cnn]"])
