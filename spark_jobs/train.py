@@ -1,0 +1,308 @@
+"""Train: one model, chosen by ``train.model``, written to ``<train.output>/<model>/`` with a card.
+
+- ``mllib``: an MLlib classifier (``train.mllib.classifier``: logistic regression or random
+  forest) on the published features table's train split, rows weighted by class when classes are
+  skewed (``train.class_weighting``). Saved in MLlib's format in ``classifier/``, next to a copy
+  of the features stage's ``transform/`` and ``extractor.json`` it needs to score new images.
+- ``cnn``: the project's CNN (:func:`spark_jobs.models.classifier`) trained from the ingested
+  pixels by ``TorchDistributor`` (``train.num_processes`` ranks, DDP on gloo), each rank reading
+  its own shard of the Parquet table; class-weighted loss for skewed classes; the epoch with the
+  best val accuracy is kept. Checkpoints every ``train.checkpoint_every`` epochs under
+  ``<data.root>/.checkpoints/``: a killed run started again with the same params resumes.
+- ``autoencoder``: a convolutional autoencoder trained the same way on the train split without
+  ``train.autoencoder.holdout_class``; its reconstruction error is an anomaly score, and the
+  card records the threshold at ``threshold_percentile`` of the train scores.
+
+Weights are state dicts (``model.pt``, loaded with ``weights_only=True``), never pickled objects.
+``card.json``: kind, task, version, classes, input size and the ingest settings to decode new
+images with, feature kind, params, data manifest hashes, code version, training time, history.
+
+    python -m spark_jobs.train --set train.model=cnn [--set train.cnn.epochs=5]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spark_jobs import manifest, suites, training
+from spark_jobs.config import Config, ConfigError, IngestConfig, params_hash
+from spark_jobs.features import EXTRACTOR, TRANSFORM, ingested_with
+from spark_jobs.jobs import run_stage
+from spark_jobs.store import SourceError
+from spark_jobs.tables import published, read_features, read_images
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+STAGE = "train"
+CARD = "card.json"
+WEIGHTS = "model.pt"
+CLASSIFIER = "classifier"
+TASKS = {"mllib": "classifier", "cnn": "classifier", "autoencoder": "anomaly"}
+ARCHITECTURES = {"cnn": "small_cnn_classifier", "autoencoder": "conv_autoencoder"}
+
+
+def model_dir(cfg: Config, kind: str) -> Path:
+    return Path(cfg.train.output) / kind
+
+
+def read_card(folder: Path) -> dict[str, Any]:
+    """A model folder's card; :class:`SourceError` when there is no trained model there."""
+    path = folder / CARD
+    if not path.exists():
+        raise SourceError(f"no trained model at {folder} (no {CARD}): run `python -m spark_jobs.train` first")
+    return json.loads(path.read_text())
+
+
+def mllib_input(table: DataFrame, classes: list[str], weights: list[float] | None = None) -> DataFrame:
+    """``table`` plus what MLlib estimators read: ``features_vector`` (a Vector), ``label_index``
+    (the label's position in ``classes`` as a double, null for an unknown label) and, with
+    ``weights``, a per-row ``weight`` of its class."""
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    index = F.create_map(*[x for i, c in enumerate(classes) for x in (F.lit(c), F.lit(float(i)))])
+    out = table.withColumn("features_vector", array_to_vector("features")).withColumn(
+        "label_index", index[F.col("label")]
+    )
+    if weights is not None:
+        by_class = F.create_map(*[x for c, w in zip(classes, weights, strict=True) for x in (F.lit(c), F.lit(w))])
+        out = out.withColumn("weight", by_class[F.col("label")])
+    return out
+
+
+def mllib_estimator(cfg: Config, weighted: bool) -> Any:
+    """The configured MLlib classifier, reading ``features_vector``/``label_index`` (and ``weight``)."""
+    from pyspark.ml.classification import LogisticRegression, RandomForestClassifier
+
+    m = cfg.train.mllib
+    common: dict[str, Any] = {"featuresCol": "features_vector", "labelCol": "label_index"}
+    if weighted:
+        common["weightCol"] = "weight"
+    if m.classifier == "random_forest":
+        return RandomForestClassifier(numTrees=m.num_trees, maxDepth=m.max_depth, seed=cfg.train.seed, **common)
+    return LogisticRegression(
+        maxIter=m.max_iter, regParam=m.reg_param, elasticNetParam=m.elastic_net_param, family="multinomial", **common
+    )
+
+
+def mllib_classifier(folder: Path) -> Any:
+    """The MLlib classifier saved in a ``mllib`` model folder."""
+    from pyspark.ml.classification import LogisticRegressionModel, RandomForestClassificationModel
+
+    card = read_card(folder)
+    loader = (
+        RandomForestClassificationModel if card["arch"]["classifier"] == "random_forest" else LogisticRegressionModel
+    )
+    return loader.load(str(folder / CLASSIFIER))
+
+
+def _train_counts(table: DataFrame) -> dict[str, int]:
+    from pyspark.sql import functions as F
+
+    return suites.value_counts(table.where(F.col("split") == "train"), "label")
+
+
+def train_mllib(cfg: Config, spark: SparkSession, folder: Path) -> dict[str, Any]:
+    """Fit the MLlib classifier on the features table; write it (and the features transform) into ``folder``."""
+    from pyspark.sql import functions as F
+
+    features_dir = published(cfg.data.root, "features")
+    table = read_features(spark, features_dir)
+    counts = _train_counts(table)
+    if not counts:
+        raise SourceError(f"no train rows in {features_dir}: check ingest.split")
+    classes = sorted(counts)
+    weights = training.class_weights(counts, classes, cfg.train.class_weighting, cfg.train.skew_ratio)
+    train = mllib_input(table.where(F.col("split") == "train"), classes, weights)
+    model = mllib_estimator(cfg, weights is not None).fit(train)
+    model.save(str(folder / CLASSIFIER))
+    if (features_dir / TRANSFORM).exists():
+        shutil.copytree(features_dir / TRANSFORM, folder / TRANSFORM)
+    shutil.copy2(features_dir / EXTRACTOR, folder / EXTRACTOR)
+    val = mllib_input(table.where(F.col("split") == "val"), classes)
+    scored = model.transform(val.where(F.col("label_index").isNotNull()))
+    row = scored.agg(F.count("*").alias("n"), F.sum((F.col("prediction") == F.col("label_index")).cast("int"))).first()
+    extractor = json.loads((features_dir / EXTRACTOR).read_text())
+    return {
+        "classes": classes,
+        "class_counts": counts,
+        "class_weights": weights,
+        "arch": {"classifier": cfg.train.mllib.classifier, "dim": extractor.get("dim")},
+        "feature_kind": extractor.get("kind"),
+        "val_accuracy": (row[1] / row["n"]) if row["n"] else None,
+        "data": {"features_manifest_sha256": manifest.file_hash(features_dir / manifest.MANIFEST)},
+        "files": {"classifier": CLASSIFIER, "transform": TRANSFORM, "extractor": EXTRACTOR},
+    }
+
+
+def torch_spec(cfg: Config, kind: str, classes: list[str], weights: list[float] | None, ingest_dir: Path) -> dict:
+    """The plain spec :func:`spark_jobs.training.fit` runs from (no checkpoint or output paths yet)."""
+    t = cfg.train
+    ingest_size = ingested_with(ingest_dir).image_size
+    hp = (t.cnn if kind == "cnn" else t.autoencoder).model_dump()
+    if kind == "cnn":
+        arch = {"width": hp["width"], "classes": len(classes), "dropout": hp["dropout"]}
+        exclude: list[str] = []
+    else:
+        if ingest_size % 8:
+            raise ConfigError(f"the autoencoder needs image sides that are multiples of 8; ingest made {ingest_size}px")
+        arch = {"width": hp["width"], "latent": hp["latent"], "image_size": ingest_size}
+        exclude = [hp["holdout_class"]] if hp["holdout_class"] is not None else []
+    return {
+        "kind": kind,
+        "architecture": ARCHITECTURES[kind],
+        "arch": arch,
+        "hp": hp,
+        "classes": classes,
+        "class_weights": weights,
+        "exclude_classes": exclude,
+        "images": str((ingest_dir / "images.parquet").absolute()),
+        "seed": t.seed,
+        "threads": t.threads,
+        "checkpoint_every": t.checkpoint_every,
+        "threshold_percentile": t.autoencoder.threshold_percentile,
+        "world": t.num_processes,
+        "data": manifest.file_hash(ingest_dir / manifest.MANIFEST),
+    }
+
+
+def checkpoint_dir(cfg: Config, spec: dict[str, Any]) -> Path:
+    """Where a run with this spec keeps its checkpoints: the same params and data, the same folder."""
+    return Path(cfg.data.root).absolute() / ".checkpoints" / f"{spec['kind']}-{params_hash(spec)[:16]}"
+
+
+def train_torch(cfg: Config, spark: SparkSession, folder: Path, kind: str) -> dict[str, Any]:
+    """Train ``cnn`` or ``autoencoder`` with TorchDistributor; rank 0 writes ``folder/model.pt``."""
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    ingest_dir = published(cfg.data.root, "ingest")
+    counts = _train_counts(read_images(spark, ingest_dir))
+    if not counts:
+        raise SourceError(f"no train images in {ingest_dir}: check ingest.split")
+    classes = sorted(counts)
+    holdout = cfg.train.autoencoder.holdout_class
+    if kind == "autoencoder" and holdout is not None and holdout not in counts:
+        raise ConfigError(f"train.autoencoder.holdout_class {holdout!r} is not a class of the data ({classes})")
+    weights = None
+    if kind == "cnn":
+        weights = training.class_weights(counts, classes, cfg.train.class_weighting, cfg.train.skew_ratio)
+    spec = torch_spec(cfg, kind, classes, weights, ingest_dir)
+    checkpoints = checkpoint_dir(cfg, spec)
+    spec |= {"checkpoint_dir": str(checkpoints), "output": str((folder / WEIGHTS).absolute())}
+    if (checkpoints / training.STATE).exists():
+        log.info("%s: resuming from the checkpoint in %s", kind, checkpoints)
+    local = cfg.train.local_mode
+    if local == "auto":
+        local = spark.sparkContext.master.startswith("local")
+    distributor = TorchDistributor(num_processes=cfg.train.num_processes, local_mode=local, use_gpu=False)
+    result = distributor.run(training.fit, spec) | {"local_mode": local}
+    shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the next run with these params starts afresh
+    weights_file = folder / WEIGHTS
+    details: dict[str, Any] = {
+        "classes": classes,
+        "class_counts": counts,
+        "class_weights": weights,
+        "architecture": spec["architecture"],
+        "arch": spec["arch"],
+        "feature_kind": "pixels",
+        "exclude_classes": spec["exclude_classes"],
+        "files": {"weights": WEIGHTS},
+        "weights_sha256": hashlib.sha256(weights_file.read_bytes()).hexdigest(),
+        "training": result,
+    }
+    if kind == "autoencoder":
+        details["threshold"] = result["threshold"]
+        details["threshold_percentile"] = cfg.train.autoencoder.threshold_percentile
+    return details
+
+
+def ingest_of(cfg: Config, kind: str) -> tuple[IngestConfig, str]:
+    """The settings and manifest hash of the ingest table the model's input came from: the
+    mllib model reads only the features table (whose manifest records its ingest input)."""
+    if kind == "mllib":
+        ingest = manifest.read(published(cfg.data.root, "features"))["inputs"]["ingest"]
+        return IngestConfig.model_validate(ingest["settings"]), ingest["manifest_sha256"]
+    ingest_dir = published(cfg.data.root, "ingest")
+    return ingested_with(ingest_dir), manifest.file_hash(ingest_dir / manifest.MANIFEST)
+
+
+def used_params(cfg: Config, kind: str) -> dict[str, Any]:
+    """The ``train`` params that shaped this model (not the other models' sections)."""
+    section = cfg.section("train")["train"]
+    for other in ("mllib", "cnn", "autoencoder"):
+        if other != kind:
+            section.pop(other)
+    if kind == "mllib":
+        for key in ("num_processes", "local_mode", "threads", "checkpoint_every"):
+            section.pop(key)
+    return section
+
+
+def run(cfg: Config, spark: SparkSession) -> Path:
+    """Train ``train.model`` into ``<train.output>/<model>/``; returns the folder."""
+    started, t0 = manifest.now(), time.perf_counter()
+    kind = cfg.train.model
+    ingest_cfg, ingest_sha = ingest_of(cfg, kind)
+    out = model_dir(cfg, kind)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        details = train_mllib(cfg, spark, tmp) if kind == "mllib" else train_torch(cfg, spark, tmp, kind)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    params = used_params(cfg, kind)
+    data = {"ingest_manifest_sha256": ingest_sha, **details.pop("data", {})}
+    stamp = started.replace(":", "").replace("-", "").replace("+0000", "Z")
+    card = {
+        "kind": kind,
+        "task": TASKS[kind],
+        "version": f"{kind}-{stamp}-{params_hash(data | params)[:8]}",
+        "classes": details.pop("classes"),
+        "image_size": ingest_cfg.image_size,
+        "input": "float RGB NCHW in [0, 1]" if kind != "mllib" else "features table rows (features.parquet)",
+        "ingest_settings": ingest_cfg.model_dump(mode="json"),
+        **details,
+        "params": params,
+        "data": data,
+        "job_version": manifest.job_version(),
+        "started_at": started,
+        "training_s": round(time.perf_counter() - t0, 3),
+    }
+    (tmp / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    history = card.get("training", {})
+    log.info(
+        "trained %s %s in %.1f s (val %s, best epoch %s) -> %s",
+        kind,
+        card["version"],
+        card["training_s"],
+        card.get("val_accuracy", history.get("best_val")),
+        history.get("best_epoch"),
+        out,
+    )
+    return out
+
+
+def _precheck(cfg: Config) -> None:
+    published(cfg.data.root, "features" if cfg.train.model == "mllib" else "ingest")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""The torch training loop every rank runs (DDP on gloo, CPU), with checkpoints and resume.
+
+:func:`fit` is what ``train`` hands to ``pyspark.ml.torch.distributor.TorchDistributor``: it runs
+once per rank (``RANK``/``WORLD_SIZE`` come from torchrun), reads only that rank's shard of the
+ingested Parquet table, trains, keeps the epoch that is best on the val split, and rank 0 writes
+the weights. Everything it needs arrives in one plain ``spec`` dict (picklable, no Spark objects).
+
+Checkpoints (``spec["checkpoint_dir"]``, every ``checkpoint_every`` epochs and after the last):
+``state.pt`` (model, optimiser, scheduler, epoch, best weights, history; written by rank 0) and
+``rng-<rank>.pt`` (each rank's torch RNG state), all loadable with ``weights_only=True``. A run
+started again with the same spec continues after the last checkpointed epoch. Shuffling and
+augmentation draw from generators seeded by ``(seed, epoch, rank)``, so a resumed epoch sees the
+same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from spark_jobs import images, models
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+STATE = "state.pt"
+
+
+def shard_ids(images_path: str, split: str, rank: int, world: int, exclude: list[str], pad: bool) -> list[str]:
+    """This rank's ``image_id``s of one split: every ``world``-th of the sorted ids, starting at
+    ``rank`` (DistributedSampler's layout). With ``pad`` every rank gets the same count (the
+    first ids repeat), as DDP needs the same number of steps on each rank. Only two short string
+    columns of the table are read to decide."""
+    import pyarrow.dataset as ds
+
+    where = ds.field("split") == split
+    if exclude:
+        where = where & ~ds.field("label").isin(exclude)
+    table = ds.dataset(images_path, format="parquet").to_table(columns=["image_id"], filter=where)
+    ids = sorted(table["image_id"].to_pylist())
+    if pad and ids:
+        per_rank = math.ceil(len(ids) / world)
+        ids = (ids * math.ceil(per_rank * world / len(ids)))[: per_rank * world]
+    return ids[rank::world]
+
+
+def read_rows(images_path: str, ids: list[str]) -> tuple[np.ndarray, list[str]]:
+    """``(pixels (N, S, S, 3) uint8, labels)`` of ``ids``, in that order (repeats allowed)."""
+    import pyarrow.dataset as ds
+
+    if not ids:
+        return np.zeros((0, 1, 1, 3), dtype=np.uint8), []
+    table = ds.dataset(images_path, format="parquet").to_table(
+        columns=["image_id", "label", "height", "width", "pixels"], filter=ds.field("image_id").isin(sorted(set(ids)))
+    )
+    position = {v: i for i, v in enumerate(table["image_id"].to_pylist())}
+    take = [position[i] for i in ids]
+    table = table.take(take)
+    h, w = table["height"][0].as_py(), table["width"][0].as_py()
+    return images.stack_pixels(table["pixels"].combine_chunks(), h, w), table["label"].to_pylist()
+
+
+def shifted(x: Tensor, shift: int, generator: Any) -> Tensor:
+    """Each image translated by a random offset in ``[-shift, shift]`` on both axes (zero fill)."""
+    import torch
+    from torch import nn
+
+    if shift == 0 or len(x) == 0:
+        return x
+    n, side = len(x), x.shape[-1]
+    padded = nn.functional.pad(x, (shift, shift, shift, shift))
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(side)[None, :])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(side)[None, :])[:, None, None, :]
+    batch = torch.arange(n)[:, None, None, None]
+    channel = torch.arange(x.shape[1])[None, :, None, None]
+    return padded[batch, channel, rows, cols]
+
+
+def class_weights(counts: dict[str, int], classes: list[str], mode: str, skew_ratio: float) -> list[float] | None:
+    """Per-class loss weights: ``n / (k * n_c)`` (scikit-learn's "balanced") for ``balanced``,
+    and for ``auto`` when the largest class has more than ``skew_ratio`` times the images of the
+    smallest; ``None`` (all 1) otherwise."""
+    sizes = [counts.get(c, 0) for c in classes]
+    if mode == "none" or not sizes or min(sizes) == 0:
+        return None
+    if mode == "auto" and max(sizes) <= skew_ratio * min(sizes):
+        return None
+    total, k = sum(sizes), len(sizes)
+    return [total / (k * n) for n in sizes]
+
+
+def _save(obj: dict[str, Any], path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a kill while saving leaves the previous checkpoint whole
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+
+class _Task:
+    """What differs between the classifier and the autoencoder: loss, val metric, targets."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        import torch
+
+        self.kind = spec["kind"]
+        self.index = {c: i for i, c in enumerate(spec["classes"])}
+        weights = spec.get("class_weights")
+        self.weight = torch.tensor(weights, dtype=torch.float32) if weights else None
+
+    def targets(self, labels: list[str]) -> Tensor:
+        import torch
+
+        return torch.tensor([self.index.get(v, -1) for v in labels], dtype=torch.long)
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        from torch import nn
+
+        if self.kind == "autoencoder":
+            return nn.functional.mse_loss(model(x), x)
+        return nn.functional.cross_entropy(model(x), y, weight=self.weight)
+
+    def val_sums(self, model: nn.Module, x: Tensor, y: Tensor, batch: int) -> tuple[float, float]:
+        """Sums over this val shard of ``(metric, loss)``: correct predictions and cross-entropy
+        for the classifier, reconstruction error (both) for the autoencoder."""
+        import torch
+        from torch import nn
+
+        metric = loss = 0.0
+        with torch.inference_mode():
+            for s in range(0, len(x), batch):
+                xb = x[s : s + batch]
+                if self.kind == "autoencoder":
+                    metric += float(models.reconstruction_error(model, xb).sum())
+                    loss = metric
+                else:
+                    logits, yb = model(xb), y[s : s + batch]
+                    metric += float((logits.argmax(1) == yb).sum())
+                    loss += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+        return metric, loss
+
+    def better(self, value: tuple[float, float], best: tuple[float, float] | None) -> bool:
+        """Classifier: higher val accuracy, ties broken by lower val loss (a small val split
+        saturates at 100 %). Autoencoder: lower val reconstruction error."""
+        if best is None:
+            return True
+        if self.kind == "autoencoder":
+            return value[0] < best[0]
+        return value[0] > best[0] or (value[0] == best[0] and value[1] < best[1])
+
+
+def _all_sum(values: list[float], world: int) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    return models.build(spec["architecture"], spec["arch"])
+
+
+def fit(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train on this rank's shard; returns (on every rank; TorchDistributor keeps rank 0's) the
+    epoch history, the best epoch and, for the autoencoder, the anomaly threshold."""
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    torch.set_num_threads(spec["threads"])
+    if world > 1:
+        dist.init_process_group("gloo")
+    try:
+        return _fit(spec, rank, world, torch, nn)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def _fit(spec: dict[str, Any], rank: int, world: int, torch: Any, nn: Any) -> dict[str, Any]:
+    import torch.distributed as dist
+
+    t0 = time.perf_counter()
+    hp, task, seed = spec["hp"], _Task(spec), spec["seed"]
+    exclude = spec.get("exclude_classes") or []
+    train_ids = shard_ids(spec["images"], "train", rank, world, exclude, pad=True)
+    own_ids = shard_ids(spec["images"], "train", rank, world, exclude, pad=False)  # without the padding
+    val_ids = shard_ids(spec["images"], "val", rank, world, exclude, pad=False)
+    if not train_ids:
+        raise ValueError("no train images to train on")
+    pixels, labels = read_rows(spec["images"], train_ids)
+    x, y = models.to_tensor(pixels), task.targets(labels)
+    val_pixels, val_labels = read_rows(spec["images"], val_ids)
+    vx, vy = (models.to_tensor(val_pixels), task.targets(val_labels)) if val_ids else (x[:0], y[:0])
+
+    torch.manual_seed(seed)
+    net = build_model(spec)
+    model = nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    per_rank = max(hp["batch_size"] // world, 1)
+    steps = math.ceil(len(x) / per_rank)
+    epochs = hp["epochs"]
+    optimiser = torch.optim.AdamW(net.parameters(), lr=hp["learning_rate"], weight_decay=hp["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=hp["learning_rate"], total_steps=max(epochs * steps, 1)
+    )
+
+    folder = Path(spec["checkpoint_dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    state, start = _load(folder / STATE), 0
+    best_state, best_value, best_epoch, history = copy.deepcopy(net.state_dict()), None, None, []
+    if state is not None:
+        net.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        best_state, best_value, best_epoch = state["best_model"], state["best_value"], state["best_epoch"]
+        history, start = list(state["history"]), int(state["epoch"])
+        rng = _load(folder / f"rng-{rank}.pt")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+    resumed_from = start if state is not None else None
+
+    for epoch in range(start, epochs):
+        model.train()
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
+        order = torch.randperm(len(x), generator=generator)
+        loss_sum = 0.0
+        for s in range(0, len(x), per_rank):
+            idx = order[s : s + per_rank]
+            xb = shifted(x[idx], hp.get("augment_shift", 0), generator)
+            optimiser.zero_grad()
+            loss = task.loss(model, xb, y[idx])
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(idx)
+        model.eval()
+        val_metric, val_loss = task.val_sums(net, vx, vy, max(per_rank, 256))
+        sums = _all_sum([loss_sum, float(len(x)), val_metric, val_loss, float(len(vx))], world)
+        loss_total, n, val_total, val_loss_total, val_rows = sums
+        value = (val_total / val_rows, val_loss_total / val_rows) if val_rows else None
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": round(loss_total / n, 6),
+                "val": round(value[0], 6) if value else None,
+                "val_loss": round(value[1], 6) if value else None,
+            }
+        )
+        if value is not None and task.better(value, best_value):
+            best_state, best_value, best_epoch = copy.deepcopy(net.state_dict()), value, epoch + 1
+        if (epoch + 1) % spec["checkpoint_every"] == 0 or epoch + 1 == epochs:
+            _save({"torch": torch.get_rng_state()}, folder / f"rng-{rank}.pt")
+            if rank == 0:
+                _save(
+                    {
+                        "model": net.state_dict(),
+                        "optimiser": optimiser.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch + 1,
+                        "best_model": best_state,
+                        "best_value": best_value,
+                        "best_epoch": best_epoch,
+                        "history": history,
+                    },
+                    folder / STATE,
+                )
+            if world > 1:
+                dist.barrier()
+
+    if best_epoch is None:  # no val rows (or no epochs): the last weights
+        best_state = copy.deepcopy(net.state_dict())
+    net.load_state_dict(best_state)
+    net.eval()
+    result: dict[str, Any] = {
+        "world_size": world,
+        "epochs": epochs,
+        "history": history,
+        "best_epoch": best_epoch,
+        "best_val": best_value[0] if best_value else None,
+        "resumed_from_epoch": resumed_from,
+        "train_rows": int(_all_sum([float(len(own_ids))], world)[0]),
+        "val_rows": int(_all_sum([float(len(val_ids))], world)[0]),
+    }
+    if spec["kind"] == "autoencoder":
+        first = {v: i for i, v in reversed(list(enumerate(train_ids)))}
+        own = x[[first[i] for i in own_ids]] if own_ids else x[:0]
+        with torch.inference_mode():
+            scores = torch.cat([models.reconstruction_error(net, own[s : s + 256]) for s in range(0, len(own), 256)])
+        gathered: list[Any] = [None] * world
+        if world > 1:
+            dist.all_gather_object(gathered, scores.tolist())
+        else:
+            gathered = [scores.tolist()]
+        every = np.concatenate([np.asarray(g, dtype=np.float64) for g in gathered])
+        result["threshold"] = float(np.percentile(every, spec["threshold_percentile"]))
+        result["train_score_mean"] = float(every.mean())
+    if rank == 0:
+        _save_weights(net.state_dict(), Path(spec["output"]))
+    result["fit_s"] = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def _save_weights(state: dict[str, Any], path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)

@@ -1,0 +1,132 @@
+"""The torch training loop: shards, class weights, augmentation, learning, checkpoint resume."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spark_jobs import models, training
+
+pytestmark = pytest.mark.spark  # the ingested fixture builds its table with Spark
+
+
+def _spec(ingested: Path, tmp_path: Path, kind: str = "cnn", **hp: object) -> dict:
+    base = {"width": 8, "dropout": 0.0, "epochs": 4, "batch_size": 16, "learning_rate": 0.01, "weight_decay": 0.0}
+    base["augment_shift"] = 0
+    base.update(hp)
+    arch = {"width": 8, "classes": 3, "dropout": 0.0} if kind == "cnn" else {"width": 8, "latent": 8, "image_size": 32}
+    return {
+        "kind": kind,
+        "architecture": "small_cnn_classifier" if kind == "cnn" else "conv_autoencoder",
+        "arch": arch,
+        "hp": base,
+        "classes": ["0", "1", "2"],
+        "class_weights": None,
+        "exclude_classes": ["2"] if kind == "autoencoder" else [],
+        "images": str(ingested / "images.parquet"),
+        "seed": 0,
+        "threads": 1,
+        "checkpoint_every": 1,
+        "threshold_percentile": 95.0,
+        "checkpoint_dir": str(tmp_path / "ckpt"),
+        "output": str(tmp_path / "out" / "model.pt"),
+    }
+
+
+def test_shards_cover_the_split_once_and_pad_to_equal_length(ingested: Path) -> None:
+    path = str(ingested / "images.parquet")
+    plain = [training.shard_ids(path, "train", r, 2, [], pad=False) for r in range(2)]
+    padded = [training.shard_ids(path, "train", r, 2, [], pad=True) for r in range(2)]
+    everything = sorted(plain[0] + plain[1])
+    assert len(everything) == len(set(everything)) > 0
+    assert len(padded[0]) == len(padded[1])
+    assert set(padded[0]) | set(padded[1]) == set(everything)
+    without = training.shard_ids(path, "train", 0, 1, ["2"], pad=False)
+    pixels, labels = training.read_rows(path, without)
+    assert "2" not in labels
+    assert pixels.shape == (len(without), 32, 32, 3)
+
+
+def test_class_weights_are_balanced_when_skewed() -> None:
+    counts = {"a": 90, "b": 30, "c": 60}
+    balanced = training.class_weights(counts, ["a", "b", "c"], "balanced", 1.5)
+    assert balanced == pytest.approx([180 / (3 * 90), 180 / (3 * 30), 180 / (3 * 60)])
+    assert training.class_weights(counts, ["a", "b", "c"], "auto", 1.5) == balanced  # 90 > 1.5 x 30
+    assert training.class_weights(counts, ["a", "b", "c"], "auto", 3.0) is None  # 90 <= 3 x 30
+    assert training.class_weights(counts, ["a", "b", "c"], "none", 1.5) is None
+
+
+def test_class_weights_change_the_loss_as_documented() -> None:
+    spec = {"kind": "cnn", "classes": ["a", "b"], "class_weights": [0.5, 2.0]}
+    task = training._Task(spec)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    y = torch.tensor([0, 1, 1])
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return logits
+
+    per_row = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    w = torch.tensor([0.5, 2.0, 2.0])
+    expected = float((per_row * w).sum() / w.sum())  # torch's weighted mean
+    assert float(task.loss(Fixed(), torch.zeros(3, 1), y)) == pytest.approx(expected)
+    unweighted = training._Task({**spec, "class_weights": None})
+    assert float(unweighted.loss(Fixed(), torch.zeros(3, 1), y)) == pytest.approx(float(per_row.mean()))
+
+
+def test_shift_moves_images_within_bounds() -> None:
+    x = torch.zeros(4, 3, 8, 8)
+    x[:, :, 3:5, 3:5] = 1.0
+    out = training.shifted(x, 2, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert torch.all(out.sum(dim=(1, 2, 3)) == x.sum(dim=(1, 2, 3)))  # a centred blob never leaves the frame
+    assert torch.equal(training.shifted(x, 0, torch.Generator()), x)
+
+
+def test_fit_learns_on_a_tiny_dataset(ingested: Path, tmp_path: Path) -> None:
+    result = training.fit(_spec(ingested, tmp_path, epochs=10))
+    losses = [h["train_loss"] for h in result["history"]]
+    assert len(losses) == 10
+    assert losses[-1] < losses[0]
+    assert result["best_val"] > 0.8  # 3 classes: chance is 1/3
+    state = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
+    model = models.classifier(8, 3).eval()
+    model.load_state_dict(state)
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(ingested: Path, tmp_path: Path, monkeypatch) -> None:
+    whole = training.fit(_spec(ingested, tmp_path / "whole", epochs=4, augment_shift=2, dropout=0.3))
+    expected = torch.load(tmp_path / "whole" / "out" / "model.pt", weights_only=True)
+
+    spec = _spec(ingested, tmp_path / "killed", epochs=4, augment_shift=2, dropout=0.3)
+    real_save = training._save
+
+    def die_after_epoch_2(obj: dict, path: Path) -> None:
+        real_save(obj, path)
+        if path.name == training.STATE and obj["epoch"] == 2:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(training, "_save", die_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(copy.deepcopy(spec))
+    assert not Path(spec["output"]).exists()
+    monkeypatch.setattr(training, "_save", real_save)
+
+    resumed = training.fit(copy.deepcopy(spec))
+    assert resumed["resumed_from_epoch"] == 2
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
+    assert resumed["history"] == whole["history"]
+    got = torch.load(spec["output"], weights_only=True)
+    for key, value in expected.items():
+        assert torch.equal(got[key], value), key
+
+
+def test_autoencoder_records_a_threshold_of_train_scores(ingested: Path, tmp_path: Path) -> None:
+    result = training.fit(_spec(ingested, tmp_path, kind="autoencoder", learning_rate=0.003))
+    assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
+    assert result["threshold"] >= result["train_score_mean"] > 0
+    assert np.isfinite(result["threshold"])
