@@ -1,0 +1,412 @@
+"""Evaluate: score the test split with every model of ``evaluate.models``, gate each, promote the champion.
+
+For each candidate (``<train.output>/<model>/``):
+
+- classifiers (``mllib`` on the features table, ``cnn`` on the ingested pixels): accuracy,
+  macro precision/recall/F1, per-class precision/recall/F1 from a confusion matrix counted by
+  Spark; plot data for ``dvc plots`` (``plots/<model>/confusion.csv``, one row per test image,
+  and ``plots/<model>/classes.csv``) and ``figures/confusion_<model>.png``;
+- the ``autoencoder``: AUROC of its reconstruction error for normal test images vs the held-out
+  class (MLlib's ``BinaryClassificationEvaluator``), the share flagged at its threshold, and
+  ``plots/autoencoder/roc.csv``.
+
+**Model gate** (Great Expectations, thresholds from ``gate.model``): every candidate must reach
+``min_accuracy`` and ``min_macro_f1`` (``min_auroc`` for the autoencoder). The best candidate of
+each task (accuracy, then macro-F1; AUROC for anomaly models) is the challenger: it must also be
+at most ``max_regression`` below the current champion of its task, and when it passes it becomes
+the champion: copied with a ``promotion.json`` to ``<evaluate.champion>/classifier/`` (the
+autoencoder to ``.../anomaly/``), which scoring reads. A failing candidate is copied to
+``<evaluate.rejected>/<version>/`` with its metrics and gate summary, and the stage exits with the
+gate's code after writing every report.
+
+``<evaluate.reports>/metrics.json``: top-level ``accuracy`` and ``macro_f1`` are the champion's;
+``models`` holds every candidate's figures.
+
+    python -m spark_jobs.evaluate [--set evaluate.models=[cnn]]
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spark_jobs import gate, inference, manifest, metrics
+from spark_jobs.config import Config, ModelGateConfig
+from spark_jobs.jobs import run_stage
+from spark_jobs.store import SourceError
+from spark_jobs.tables import published, read_features, read_images
+from spark_jobs.train import TASKS, mllib_classifier, mllib_input, model_dir, read_card
+
+if TYPE_CHECKING:
+    import numpy as np
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+STAGE = "evaluate"
+METRICS = "metrics.json"
+PROMOTION = "promotion.json"
+
+
+def mllib_predictions(spark: SparkSession, cfg: Config, folder: Path, card: dict[str, Any]) -> DataFrame:
+    """``image_id, label, prediction (class index), probability`` for the features table's test rows."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    features_dir = published(cfg.data.root, "features")
+    trained_on = card["data"].get("features_manifest_sha256")
+    if trained_on != manifest.file_hash(features_dir / manifest.MANIFEST):
+        extractor = json.loads((features_dir / "extractor.json").read_text())
+        if extractor.get("dim") != card["arch"].get("dim") or extractor.get("kind") != card.get("feature_kind"):
+            raise SourceError(
+                f"model {card['version']} was trained on {card.get('feature_kind')} features of dim "
+                f"{card['arch'].get('dim')}; {features_dir} now holds {extractor.get('kind')} features of dim "
+                f"{extractor.get('dim')}: retrain it (python -m spark_jobs.train --set train.model=mllib)"
+            )
+        log.warning("model %s was trained on another features table than %s", card["version"], features_dir)
+    test = mllib_input(read_features(spark, features_dir).where(F.col("split") == "test"), card["classes"])
+    scored = mllib_classifier(folder).transform(test)
+    return scored.select(
+        "image_id",
+        "label",
+        F.col("prediction").cast("int").alias("prediction"),
+        F.array_max(vector_to_array("probability")).cast("float").alias("probability"),
+    )
+
+
+def torch_predictions(spark: SparkSession, cfg: Config, folder: Path, card: dict[str, Any]) -> DataFrame:
+    """Classifier rows (``inference.CLASSIFIED_SCHEMA``) or anomaly rows (``SCORED_SCHEMA``) of the test split."""
+    from pyspark.sql import functions as F
+
+    ingest_dir = published(cfg.data.root, "ingest")
+    if card["data"]["ingest_manifest_sha256"] != manifest.file_hash(ingest_dir / manifest.MANIFEST):
+        log.warning("model %s was trained on another ingest table than %s", card["version"], ingest_dir)
+    test = read_images(spark, ingest_dir).where(F.col("split") == "test")
+    test = test.select("image_id", "label", "height", "width", "pixels")
+    model, size, threads = inference.TorchModel.from_card(folder, card), cfg.evaluate.batch_size, cfg.evaluate.threads
+    if card["task"] == "anomaly":
+        return test.mapInArrow(lambda it: inference.score_batches(it, model, size, threads), inference.SCORED_SCHEMA)
+    return test.mapInArrow(lambda it: inference.classify_batches(it, model, size, threads), inference.CLASSIFIED_SCHEMA)
+
+
+def confusion_matrix(predictions: DataFrame, classes: list[str]) -> np.ndarray:
+    """Counted by Spark: one ``groupBy`` of (actual, predicted) pairs; test rows whose label the
+    model does not know count as wrong in an extra "unknown" row (index ``len(classes)``)."""
+    from pyspark.sql import functions as F
+
+    index = {c: i for i, c in enumerate(classes)}
+    rows = predictions.groupBy("label", "prediction").agg(F.count("*").alias("n")).collect()
+    unknown = len(classes)
+    counts = [(index.get(r["label"], unknown), r["prediction"], r["n"]) for r in rows]
+    matrix = metrics.confusion(counts, len(classes) + 1)
+    return matrix if matrix[unknown].sum() else matrix[:unknown, :unknown]
+
+
+def classifier_metrics(predictions: DataFrame, classes: list[str]) -> tuple[dict[str, Any], np.ndarray]:
+    matrix = confusion_matrix(predictions, classes)
+    labels = [*classes, "(unknown)"] if len(matrix) > len(classes) else classes
+    return metrics.report(matrix, labels), matrix
+
+
+def anomaly_metrics(scored: DataFrame, card: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[float, int]]]:
+    """AUROC of normal vs held-out class, share flagged at the card's threshold; and the
+    ``(score, is_anomaly)`` pairs for the ROC plot."""
+    from pyspark.ml.evaluation import BinaryClassificationEvaluator
+    from pyspark.sql import functions as F
+
+    holdout = card.get("exclude_classes") or []
+    labelled = scored.withColumn("is_anomaly", F.col("label").isin(holdout).cast("double")).cache()
+    try:
+        threshold = card["threshold"]
+        row = labelled.agg(
+            F.count("*").alias("n"),
+            F.sum("is_anomaly").alias("anomalies"),
+            F.sum(((F.col("score") > threshold) & (F.col("is_anomaly") == 0)).cast("int")).alias("false_alarms"),
+            F.sum(((F.col("score") > threshold) & (F.col("is_anomaly") == 1)).cast("int")).alias("caught"),
+        ).first()
+        n, anomalies = row["n"], int(row["anomalies"] or 0)
+        auroc = None
+        if 0 < anomalies < n:
+            evaluator = BinaryClassificationEvaluator(rawPredictionCol="score", labelCol="is_anomaly")
+            auroc = float(evaluator.setMetricName("areaUnderROC").evaluate(labelled))
+        pairs = [(r["score"], int(r["is_anomaly"])) for r in labelled.select("score", "is_anomaly").collect()]
+    finally:
+        labelled.unpersist()
+    normal = n - anomalies
+    return {
+        "auroc": auroc,
+        "holdout_classes": holdout,
+        "threshold": threshold,
+        "test_rows": n,
+        "anomalies": anomalies,
+        "false_alarm_rate": (row["false_alarms"] or 0) / normal if normal else None,
+        "detection_rate": (row["caught"] or 0) / anomalies if anomalies else None,
+    }, pairs
+
+
+def write_classifier_plots(reports: Path, kind: str, predictions: DataFrame, result: dict, classes: list[str]) -> None:
+    """``plots/<kind>/confusion.csv`` (actual, predicted per test row) and ``classes.csv``."""
+    folder = reports / "plots" / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = predictions.select("label", "prediction").orderBy("label", "prediction").collect()
+    with (folder / "confusion.csv").open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["actual", "predicted"])
+        out.writerows([r["label"], classes[r["prediction"]]] for r in rows)
+    with (folder / "classes.csv").open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["class", "precision", "recall", "f1", "support"])
+        for c, m in result["per_class"].items():
+            out.writerow([c, round(m["precision"], 6), round(m["recall"], 6), round(m["f1"], 6), m["support"]])
+
+
+def write_roc(reports: Path, kind: str, pairs: list[tuple[float, int]]) -> None:
+    from sklearn.metrics import roc_curve
+
+    folder = reports / "plots" / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = [p[1] for p in pairs]
+    if len(set(labels)) < 2:
+        return
+    fpr, tpr, _ = roc_curve(labels, [p[0] for p in pairs])
+    with (folder / "roc.csv").open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["fpr", "tpr"])
+        out.writerows(zip(fpr.round(6), tpr.round(6), strict=True))
+
+
+def confusion_png(path: Path, matrix: np.ndarray, labels: list[str], title: str) -> Path:
+    """A confusion-matrix picture (scikit-learn's display, drawn by matplotlib off-screen)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = max(4.0, 0.55 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    try:
+        ConfusionMatrixDisplay(matrix, display_labels=labels).plot(ax=ax, cmap="Blues", colorbar=False)
+        ax.set_title(title)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def gate_expectations(task: str, limits: ModelGateConfig, has_holdout: bool) -> list[Any]:
+    """The model suite for one candidate's one-row metrics table."""
+    import great_expectations.expectations as gxe
+
+    if task == "anomaly":
+        checks: list[Any] = [gxe.ExpectColumnValuesToNotBeNull(column="threshold")]
+        if has_holdout:
+            checks += [
+                gxe.ExpectColumnValuesToNotBeNull(column="auroc"),
+                gxe.ExpectColumnValuesToBeBetween(column="auroc", min_value=limits.min_auroc, max_value=1.0),
+            ]
+    else:
+        checks = [
+            gxe.ExpectColumnValuesToNotBeNull(column="accuracy"),
+            gxe.ExpectColumnValuesToBeBetween(column="accuracy", min_value=limits.min_accuracy, max_value=1.0),
+            gxe.ExpectColumnValuesToBeBetween(column="macro_f1", min_value=limits.min_macro_f1, max_value=1.0),
+        ]
+    # Null when there is no champion yet: GX skips nulls in column-value expectations.
+    checks.append(gxe.ExpectColumnValuesToBeBetween(column="regression", max_value=limits.max_regression))
+    return checks
+
+
+def headline(task: str, result: dict[str, Any]) -> float | None:
+    """The figure a task's champion is judged by: accuracy, or AUROC for anomaly models."""
+    return result.get("auroc") if task == "anomaly" else result.get("accuracy")
+
+
+def challenger(results: dict[str, dict[str, Any]], task: str) -> str | None:
+    """The candidate of ``task`` with the best headline figure (then macro-F1), or None."""
+    kinds = [k for k, r in results.items() if r["task"] == task]
+    if not kinds:
+        return None
+    return max(kinds, key=lambda k: (headline(task, results[k]) or 0.0, results[k].get("macro_f1") or 0.0))
+
+
+def read_champion(cfg: Config, task: str) -> dict[str, Any] | None:
+    path = Path(cfg.evaluate.champion) / task / PROMOTION
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _copy_model(source: Path, target: Path) -> None:
+    """Replace ``target`` by a copy of ``source`` (copied beside it, then two renames)."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def promote(cfg: Config, task: str, kind: str, card: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """Make a candidate its task's champion; returns the ``promotion.json`` written with it."""
+    previous = read_champion(cfg, task)
+    target = Path(cfg.evaluate.champion) / task
+    record = {
+        "task": task,
+        "kind": kind,
+        "version": card["version"],
+        "metrics": {k: v for k, v in result.items() if k != "per_class"},
+        "promoted_at": manifest.now(),
+        "replaced": previous["version"] if previous else None,
+        "job_version": manifest.job_version(),
+    }
+    if previous and previous["version"] == card["version"]:
+        record["promoted_at"], record["replaced"] = previous["promoted_at"], previous["replaced"]
+    _copy_model(model_dir(cfg, kind), target)
+    (target / PROMOTION).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return record
+
+
+def reject(cfg: Config, kind: str, card: dict[str, Any], result: dict[str, Any], summary: str) -> Path:
+    """Keep a failed challenger, with its metrics and gate summary, under ``evaluate.rejected``."""
+    target = Path(cfg.evaluate.rejected) / card["version"]
+    _copy_model(model_dir(cfg, kind), target)
+    (target / "metrics.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (target / "gate_summary.txt").write_text(summary + "\n")
+    return target
+
+
+def evaluate_model(spark: SparkSession, cfg: Config, kind: str, reports: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(card, metrics)`` of one candidate on the test split; writes its plots and picture."""
+    folder = model_dir(cfg, kind)
+    card = read_card(folder)
+    if card["kind"] != kind:
+        raise SourceError(f"{folder} holds a {card['kind']} model, not {kind}")
+    if kind == "mllib":
+        predictions = mllib_predictions(spark, cfg, folder, card).cache()
+    else:
+        predictions = torch_predictions(spark, cfg, folder, card).cache()
+    try:
+        if card["task"] == "anomaly":
+            result, pairs = anomaly_metrics(predictions, card)
+            write_roc(reports, kind, pairs)
+        else:
+            result, matrix = classifier_metrics(predictions, card["classes"])
+            write_classifier_plots(reports, kind, predictions, result, card["classes"])
+            labels = list(result["per_class"])
+            title = f"{kind} {card['version']}: accuracy {result['accuracy']:.4f} on {result['test_rows']} test images"
+            confusion_png(reports / "figures" / f"confusion_{kind}.png", matrix, labels, title)
+    finally:
+        predictions.unpersist()
+    return card, {"version": card["version"], "task": card["task"], **result}
+
+
+def run(cfg: Config, spark: SparkSession) -> Path:
+    """Evaluate every candidate, gate them, promote the champions, write the reports; returns the reports folder."""
+    t0 = time.perf_counter()
+    reports = Path(cfg.evaluate.reports)
+    staging = reports.with_name(f".{reports.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    cards, results = {}, {}
+    for kind in cfg.evaluate.models:
+        cards[kind], results[kind] = evaluate_model(spark, cfg, kind, staging)
+
+    champions = {task: read_champion(cfg, task) for task in set(TASKS.values())}
+    challengers = {task: challenger(results, task) for task in set(TASKS.values())}
+    rows, batches = [], []
+    for kind, result in results.items():
+        task = result["task"]
+        champion = champions[task]
+        value, best = headline(task, result), headline(task, (champion or {}).get("metrics", {}))
+        gap = None if champion is None or value is None or best is None else round(best - value, 6)
+        result["vs_champion"] = {"version": champion["version"], "gap": gap} if champion else None
+        result["challenger"] = challengers[task] == kind
+        # Only the run's best model of a task challenges the champion; the others are judged on
+        # the absolute thresholds alone (they are reported, and not promoted).
+        regression = gap if result["challenger"] else None
+        metrics_row = [result.get(k) for k in ("accuracy", "macro_f1", "auroc", "threshold")]
+        rows.append((kind, *metrics_row, regression))
+        batches.append((kind, gate_expectations(task, cfg.gate.model, bool(result.get("holdout_classes")))))
+    schema = "model string, accuracy double, macro_f1 double, auroc double, threshold double, regression double"
+    table = spark.createDataFrame(rows, schema)
+    checks = [gate.Batch(kind, table.where(table.model == kind), expectations) for kind, expectations in batches]
+    gate_result = gate.validate(STAGE, checks, Path(cfg.data.root) / "gates" / STAGE)
+    failed = {c["batch"] for c in gate_result.failures}
+
+    promoted: dict[str, dict[str, Any]] = {}
+    for task, kind in challengers.items():
+        if kind is not None and kind not in failed:
+            promoted[task] = promote(cfg, task, kind, cards[kind], results[kind])
+    rejected = {}
+    for kind, result in results.items():
+        result["gate"] = "failed" if kind in failed else "passed"
+        result["promoted"] = promoted.get(result["task"], {}).get("version") == result["version"]
+        if kind in failed:
+            lines = [
+                line
+                for line in gate_result.summary().splitlines()
+                if kind in line.split(":")[0] or line.startswith("gate")
+            ]
+            rejected[kind] = reject(cfg, kind, cards[kind], result, "\n".join(lines))
+
+    classifier = read_champion(cfg, "classifier")
+    anomaly = read_champion(cfg, "anomaly")
+    doc = {
+        "accuracy": classifier["metrics"]["accuracy"] if classifier else None,
+        "macro_f1": classifier["metrics"]["macro_f1"] if classifier else None,
+        "champion": {"kind": classifier["kind"], "version": classifier["version"]} if classifier else None,
+        "anomaly_champion": (
+            {"kind": anomaly["kind"], "version": anomaly["version"], "auroc": anomaly["metrics"].get("auroc")}
+            if anomaly
+            else None
+        ),
+        "models": results,
+        "gate": gate_result.for_manifest(),
+        "evaluate_s": round(time.perf_counter() - t0, 3),
+    }
+    (staging / METRICS).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    shutil.rmtree(reports, ignore_errors=True)
+    staging.rename(reports)
+    for kind, result in results.items():
+        figure = result.get("accuracy") if result["task"] == "classifier" else result.get("auroc")
+        log.info(
+            "%s %s: %s %s, gate %s%s",
+            kind,
+            result["version"],
+            "accuracy" if result["task"] == "classifier" else "auroc",
+            figure,
+            result["gate"],
+            ", promoted" if result["promoted"] else "",
+        )
+    if failed:
+        kinds = ", ".join(sorted(failed))
+        where = "; ".join(f"{k} -> {p}" for k, p in sorted(rejected.items()))
+        raise gate.GateFailed(
+            STAGE,
+            gate_result.docs or reports / METRICS,
+            Path(cfg.evaluate.rejected),
+            f"{gate_result.summary()}\nrejected challengers ({kinds}): {where}",
+        )
+    return reports
+
+
+def _precheck(cfg: Config) -> None:
+    for kind in cfg.evaluate.models:
+        read_card(model_dir(cfg, kind))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

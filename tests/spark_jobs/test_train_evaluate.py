@@ -1,0 +1,308 @@
+"""The train and evaluate stages on real ingested images: every model kind, the cards, the model
+gate (promote a good model, reject a bad one), metrics against scikit-learn's, a killed run resumed."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from sklearn import metrics as skm
+
+from spark_jobs import evaluate, features, gate, models, train, training
+from spark_jobs.config import Config, apply_overrides, params_hash, validate
+from tests.conftest import INGESTED_CLASSES
+from tests.factories import REPO, link_ingest
+
+pytestmark = pytest.mark.spark
+
+# Small, quick settings for the 3-class, 32px ingested fixture.
+SMALL = [
+    "features.classical.pca_k=8",
+    "train.cnn.width=8",
+    "train.cnn.epochs=15",
+    "train.cnn.batch_size=16",
+    "train.cnn.learning_rate=0.01",
+    "train.cnn.augment_shift=0",
+    "train.cnn.dropout=0.0",
+    "train.autoencoder.width=8",
+    "train.autoencoder.latent=8",
+    "train.autoencoder.epochs=6",
+    "train.autoencoder.batch_size=16",
+    "train.autoencoder.holdout_class=2",
+    "train.autoencoder.threshold_percentile=95",
+]
+
+
+def _config(ingested: Path, tmp_path: Path, *overrides: str) -> Config:
+    where = [
+        f"train.output={tmp_path / 'models'}",
+        f"evaluate.reports={tmp_path / 'reports'}",
+        f"evaluate.champion={tmp_path / 'models' / 'champion'}",
+        f"evaluate.rejected={tmp_path / 'models' / 'rejected'}",
+    ]
+    return link_ingest(ingested, tmp_path, *SMALL, *where, *overrides)
+
+
+def _with(cfg: Config, *overrides: str) -> Config:
+    return validate(apply_overrides(cfg.model_dump(mode="json"), list(overrides)))
+
+
+@pytest.fixture(scope="module")
+def mllib_workspace(spark, ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, Path]:
+    """Features of the ingested fixture and an MLlib model trained on them."""
+    tmp = tmp_path_factory.mktemp("mllib")
+    cfg = _config(ingested, tmp, "train.model=mllib")
+    features.run(cfg, spark)
+    return cfg, train.run(cfg, spark)
+
+
+def test_mllib_model_is_saved_with_its_transform_and_card(spark, mllib_workspace) -> None:
+    _, folder = mllib_workspace
+    card = train.read_card(folder)
+    assert card["kind"] == "mllib"
+    assert card["task"] == "classifier"
+    assert card["classes"] == [str(c) for c in range(INGESTED_CLASSES)]
+    assert card["image_size"] == 32
+    assert card["ingest_settings"]["image_size"] == 32
+    assert card["feature_kind"] == "classical"
+    assert card["arch"]["dim"] == 8
+    assert card["val_accuracy"] > 0.8
+    assert card["params"]["mllib"]["classifier"] == "logistic_regression"
+    assert "cnn" not in card["params"]
+    assert "autoencoder" not in card["params"]
+    assert card["data"]["features_manifest_sha256"]
+    assert card["data"]["ingest_manifest_sha256"]
+    assert card["job_version"]
+    assert card["training_s"] > 0
+    assert card["version"].startswith("mllib-")
+    # MLlib's own format, and the features stage's transform it needs to score new images
+    assert (folder / "classifier" / "metadata").is_dir()
+    assert (folder / features.TRANSFORM).is_dir()
+    assert (folder / features.EXTRACTOR).exists()
+    assert train.mllib_classifier(folder).numClasses == INGESTED_CLASSES
+    assert not list(folder.parent.glob(".*.tmp"))
+
+
+def test_class_weighting_reaches_the_mllib_estimator(spark, mllib_workspace, tmp_path: Path) -> None:
+    cfg, folder = mllib_workspace
+    counts = train.read_card(folder)["class_counts"]
+    expected = training.class_weights(counts, sorted(counts), "balanced", 1.5)
+    weighted = train.run(_with(cfg, "train.class_weighting=balanced", f"train.output={tmp_path}"), spark)
+    card = train.read_card(weighted)
+    assert card["class_weights"] == pytest.approx(expected)
+    assert card["params"]["class_weighting"] == "balanced"
+    lr = train.mllib_classifier(weighted)
+    assert lr.getOrDefault("weightCol") == "weight"
+    unweighted = train.read_card(folder)
+    if max(counts.values()) <= 1.5 * min(counts.values()):  # auto: not skewed enough to weight
+        assert unweighted["class_weights"] is None
+        assert not train.mllib_classifier(folder).isSet("weightCol")
+
+
+def _sklearn_figures(confusion_csv: Path) -> dict:
+    with confusion_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    actual, predicted = [r["actual"] for r in rows], [r["predicted"] for r in rows]
+    labels = sorted(set(actual))
+    p, r, f1, support = skm.precision_recall_fscore_support(actual, predicted, labels=labels, zero_division=0)
+    return {
+        "accuracy": skm.accuracy_score(actual, predicted),
+        "macro_f1": skm.f1_score(actual, predicted, labels=labels, average="macro", zero_division=0),
+        "per_class": {c: (p[i], r[i], f1[i], support[i]) for i, c in enumerate(labels)},
+        "rows": len(rows),
+    }
+
+
+def test_evaluate_promotes_a_good_model_with_metrics_equal_to_sklearns(spark, mllib_workspace, tmp_path) -> None:
+    cfg, _ = mllib_workspace
+    cfg = _with(cfg, "evaluate.models=[mllib]", f"evaluate.reports={tmp_path / 'reports'}")
+    reports = evaluate.run(cfg, spark)
+
+    doc = json.loads((reports / evaluate.METRICS).read_text())
+    mllib = doc["models"]["mllib"]
+    assert mllib["gate"] == "passed"
+    assert mllib["promoted"]
+    assert mllib["challenger"]
+    assert doc["champion"]["kind"] == "mllib"
+    assert doc["accuracy"] == mllib["accuracy"] >= cfg.gate.model.min_accuracy
+    assert doc["gate"]["success"]
+
+    expected = _sklearn_figures(reports / "plots" / "mllib" / "confusion.csv")
+    assert expected["rows"] == mllib["test_rows"]
+    assert mllib["accuracy"] == pytest.approx(expected["accuracy"])
+    assert mllib["macro_f1"] == pytest.approx(expected["macro_f1"])
+    for label, (p, r, f1, support) in expected["per_class"].items():
+        got = mllib["per_class"][label]
+        assert (got["precision"], got["recall"], got["f1"]) == pytest.approx((p, r, f1))
+        assert got["support"] == support
+    with (reports / "plots" / "mllib" / "classes.csv").open() as f:
+        assert [r["class"] for r in csv.DictReader(f)] == sorted(expected["per_class"])
+    png = reports / "figures" / "confusion_mllib.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    champion = Path(cfg.evaluate.champion) / "classifier"
+    promotion = json.loads((champion / evaluate.PROMOTION).read_text())
+    assert promotion["version"] == mllib["version"]
+    assert promotion["kind"] == "mllib"
+    assert train.read_card(champion)["version"] == mllib["version"]
+    assert train.mllib_classifier(champion).numClasses == INGESTED_CLASSES
+
+
+def test_cnn_trains_across_ranks_and_a_zero_epoch_model_is_rejected(spark, mllib_workspace, tmp_path) -> None:
+    cfg, _ = mllib_workspace
+    # Two ranks as Spark barrier tasks on the executors (local[2] has two slots), as on a cluster.
+    cfg = _with(cfg, "train.model=cnn", "train.local_mode=false", f"evaluate.reports={tmp_path / 'reports'}")
+    assert cfg.train.num_processes == 2
+    folder = train.run(cfg, spark)
+    card = train.read_card(folder)
+    assert card["kind"] == "cnn"
+    assert card["architecture"] == "small_cnn_classifier"
+    assert card["training"]["world_size"] == 2
+    assert card["training"]["local_mode"] is False
+    assert card["training"]["train_rows"] > 0
+    assert card["training"]["val_rows"] > 0
+    assert len(card["training"]["history"]) == 15
+    losses = [h["train_loss"] for h in card["training"]["history"]]
+    assert losses[-1] < losses[0]
+    assert card["training"]["best_val"] > 0.8  # chance is 1/3
+    weights = torch.load(folder / train.WEIGHTS, weights_only=True)  # a state dict, not a pickled object
+    models.build(card["architecture"], card["arch"]).load_state_dict(weights)
+    assert not list(Path(cfg.data.root).glob(".checkpoints/cnn-*"))  # cleared once finished
+
+    good = evaluate.run(_with(cfg, "evaluate.models=[mllib,cnn]"), spark)
+    doc = json.loads((good / evaluate.METRICS).read_text())
+    assert {m["gate"] for m in doc["models"].values()} == {"passed"}
+    best = max(doc["models"], key=lambda k: doc["models"][k]["accuracy"])
+    assert doc["champion"]["kind"] == best
+    assert doc["accuracy"] == doc["models"][best]["accuracy"]
+    champion_before = json.loads((Path(cfg.evaluate.champion) / "classifier" / evaluate.PROMOTION).read_text())
+
+    untrained = train.run(_with(cfg, "train.cnn.epochs=0"), spark)
+    assert train.read_card(untrained)["training"]["history"] == []
+    bad = _with(cfg, "evaluate.models=[cnn]", f"evaluate.reports={tmp_path / 'bad'}")
+    with pytest.raises(gate.GateFailed) as failure:
+        evaluate.run(bad, spark)
+    assert "cnn" in str(failure.value)
+    doc = json.loads((tmp_path / "bad" / evaluate.METRICS).read_text())  # reports are written all the same
+    assert doc["models"]["cnn"]["gate"] == "failed"
+    assert not doc["models"]["cnn"]["promoted"]
+    assert doc["champion"]["version"] == champion_before["version"]
+    after = json.loads((Path(cfg.evaluate.champion) / "classifier" / evaluate.PROMOTION).read_text())
+    assert after == champion_before
+    kept = Path(cfg.evaluate.rejected) / train.read_card(untrained)["version"]
+    assert (kept / train.WEIGHTS).exists()
+    assert json.loads((kept / "metrics.json").read_text())["gate"] == "failed"
+    assert "FAILED cnn" in (kept / "gate_summary.txt").read_text()
+
+
+def test_autoencoder_scores_the_held_out_class_as_anomalous(spark, mllib_workspace, tmp_path) -> None:
+    cfg, _ = mllib_workspace
+    cfg = _with(
+        cfg,
+        "train.model=autoencoder",
+        "train.num_processes=1",
+        "train.local_mode=true",
+        "train.autoencoder.epochs=15",
+        f"train.output={tmp_path / 'models'}",
+        f"evaluate.reports={tmp_path / 'reports'}",
+        f"evaluate.champion={tmp_path / 'champion'}",
+        "evaluate.models=[autoencoder]",
+        "gate.model.min_auroc=0.0",
+    )
+    folder = train.run(cfg, spark)
+    card = train.read_card(folder)
+    assert card["task"] == "anomaly"
+    assert card["exclude_classes"] == ["2"]
+    assert card["threshold"] > 0
+    assert card["threshold_percentile"] == 95
+
+    reports = evaluate.run(cfg, spark)
+    result = json.loads((reports / evaluate.METRICS).read_text())["models"]["autoencoder"]
+    with (reports / "plots" / "autoencoder" / "roc.csv").open() as f:
+        roc = [(float(r["fpr"]), float(r["tpr"])) for r in csv.DictReader(f)]
+    assert result["auroc"] == pytest.approx(skm.auc([p[0] for p in roc], [p[1] for p in roc]), abs=1e-6)
+    assert result["auroc"] > 0.5  # the held-out bar position reconstructs worse than the trained ones
+    assert 0 <= result["false_alarm_rate"] <= 1
+    assert result["anomalies"] > 0
+    promotion = json.loads((Path(cfg.evaluate.champion) / "anomaly" / evaluate.PROMOTION).read_text())
+    assert promotion["kind"] == "autoencoder"
+
+
+def _descendants(pid: int) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.mark.slow
+def test_a_killed_training_run_resumes_from_its_checkpoint(spark, mllib_workspace, tmp_path: Path) -> None:
+    """SIGKILL to the whole job (driver, JVM, Python workers, torch ranks) after its second
+    checkpoint; the same command again resumes there and ends with every epoch."""
+    cfg, _ = mllib_workspace
+    epochs = 8
+    args = [
+        sys.executable,
+        "-m",
+        "spark_jobs.train",
+        *[f"--set={o}" for o in SMALL],
+        f"--set=data.root={cfg.data.root}",
+        "--set=spark.master=local[2]",
+        "--set=train.model=cnn",
+        f"--set=train.cnn.epochs={epochs}",
+        "--set=train.cnn.width=16",
+        f"--set=train.output={tmp_path / 'models'}",
+    ]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    checkpoints = Path(cfg.data.root) / ".checkpoints"
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        state = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = list(checkpoints.glob(f"cnn-*/{training.STATE}"))
+            if found and torch.load(found[0], weights_only=True)["epoch"] >= 2:
+                state = found[0]
+                break
+            time.sleep(0.2)
+        assert state is not None, f"no checkpoint of epoch 2 (rc {proc.poll()}): {proc.stderr.read()[-3000:]}"
+        victims = [proc, *_descendants(proc.pid)]
+        for p in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = torch.load(state, weights_only=True)["epoch"]
+    assert 2 <= killed_at < epochs
+    assert not (tmp_path / "models" / "cnn").exists()  # nothing half-trained was published
+
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from the checkpoint" in done.stderr
+    card = train.read_card(tmp_path / "models" / "cnn")
+    assert card["training"]["resumed_from_epoch"] >= killed_at
+    assert [h["epoch"] for h in card["training"]["history"]] == list(range(1, epochs + 1))
+    assert not state.parent.exists()  # a finished run clears its checkpoints
+
+
+def test_checkpoint_folder_follows_the_params(ingested: Path, tmp_path: Path) -> None:
+    cfg = _config(ingested, tmp_path, "train.model=cnn")
+    spec = train.torch_spec(cfg, "cnn", ["0", "1", "2"], None, ingested)
+    same = train.torch_spec(cfg, "cnn", ["0", "1", "2"], None, ingested)
+    other = train.torch_spec(_with(cfg, "train.cnn.epochs=7"), "cnn", ["0", "1", "2"], None, ingested)
+    assert train.checkpoint_dir(cfg, spec) == train.checkpoint_dir(cfg, same)
+    assert train.checkpoint_dir(cfg, spec) != train.checkpoint_dir(cfg, other)
+    assert params_hash(spec) != params_hash(other)
