@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,18 +20,34 @@ def _stages() -> dict:
     return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
+def _expanded() -> dict[str, tuple[str, dict]]:
+    """``{stage name as DVC shows it: (module, definition)}`` with ``foreach`` stages expanded
+    (``train@cnn``), ``${key}`` and ``${item.*}`` filled in."""
+    out = {}
+    for name, stage in _stages().items():
+        if "foreach" not in stage:
+            out[name] = (name, stage)
+            continue
+        for key, item in stage["foreach"].items():
+            text = yaml.safe_dump(stage["do"]).replace("${key}", key)
+            for field, value in item.items():
+                text = text.replace(f"${{item.{field}}}", str(value))
+            out[f"{name}@{key}"] = (name, yaml.safe_load(text))
+    return out
+
+
 def test_every_stage_is_a_module_with_a_params_section() -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for name, stage in _stages().items():
-        assert stage["cmd"] == f"python -m spark_jobs.{name}"
-        assert (REPO / "spark_jobs" / f"{name}.py").exists()
-        assert f"spark_jobs/{name}.py" in stage["deps"]
-        assert name in params, f"params.yaml has no section for stage {name}"
+    for name, (module, stage) in _expanded().items():
+        assert stage["cmd"].split(" --set ")[0] == f"python -m spark_jobs.{module}", name
+        assert (REPO / "spark_jobs" / f"{module}.py").exists()
+        assert f"spark_jobs/{module}.py" in stage["deps"]
+        assert module in params, f"params.yaml has no section for stage {module}"
 
 
 def test_every_stage_param_exists() -> None:
     tree = load_config(REPO / "params.yaml").model_dump(mode="json")
-    for name, stage in _stages().items():
+    for name, (_, stage) in _expanded().items():
         for key in stage.get("params", []):
             node = tree
             for part in key.split("."):
@@ -39,10 +56,25 @@ def test_every_stage_param_exists() -> None:
 
 
 def test_stage_code_deps_exist() -> None:
-    for stage in _stages().values():
+    for _, stage in _expanded().values():
         for dep in stage["deps"]:
             if dep.startswith("spark_jobs/"):
                 assert (REPO / dep).exists(), dep
+
+
+def test_train_stages_are_the_evaluated_models() -> None:
+    stages = _expanded()
+    params = load_config(REPO / "params.yaml")
+    trained = {name.split("@")[1] for name in stages if name.startswith("train@")}
+    assert trained == set(params.evaluate.models)
+    for kind in trained:
+        _, stage = stages[f"train@{kind}"]
+        assert stage["cmd"] == f"python -m spark_jobs.train --set train.model={kind}"
+        assert f"train.{kind}" in stage["params"]
+        assert stage["outs"] == [f"${{train.output}}/{kind}"]
+        assert f"${{train.output}}/{kind}" in stages["evaluate"][1]["deps"]
+    assert "${data.root}/features" in stages["train@mllib"][1]["deps"]
+    assert "${data.root}/ingest" in stages["train@cnn"][1]["deps"]
 
 
 def test_features_depend_on_ingest_output_and_the_backbone_file() -> None:
@@ -67,7 +99,10 @@ def _dvc(workspace: Path, *args: str) -> str:
 
 
 @pytest.mark.slow
-def test_dvc_repro_is_incremental(tmp_path: Path) -> None:
+def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
+    """A fresh workspace: ``dvc repro`` runs sample -> ingest -> features -> train (3 models) ->
+    evaluate with the default params, reaches the quality bars, and then reruns only what a
+    params change touches."""
     workspace = tmp_path / "ws"
     workspace.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
@@ -80,32 +115,53 @@ def test_dvc_repro_is_incremental(tmp_path: Path) -> None:
     _dvc(workspace, "config", "core.analytics", "false")
 
     first = _dvc(workspace, "repro")
-    for stage in ("sample", "ingest", "backbone", "features"):
+    for stage in ("sample", "ingest", "backbone", "features", "train@mllib", "train@cnn", "train@autoencoder"):
         assert f"Running stage '{stage}'" in first
-    assert (workspace / "data" / "ingest" / "_manifest.json").exists()
+    assert "Running stage 'evaluate'" in first
     made = yaml.safe_load((workspace / "data" / "features" / "_manifest.json").read_text())
     assert made["counts"]["rows"] == 1797
     assert made["counts"]["dim"] == params["features"]["classical"]["pca_k"]
     assert (workspace / "models" / "backbone" / "backbone.pt2").exists()
 
+    # The issue's quality bars on the digits' test split (seed 0, default params).
+    doc = json.loads((workspace / "reports" / "metrics.json").read_text())
+    figures = doc["models"]
+    assert figures["cnn"]["accuracy"] >= 0.985, figures["cnn"]["accuracy"]
+    assert figures["mllib"]["accuracy"] >= 0.96, figures["mllib"]["accuracy"]
+    assert figures["autoencoder"]["auroc"] >= params["gate"]["model"]["min_auroc"]
+    best = max(("mllib", "cnn"), key=lambda k: figures[k]["accuracy"])
+    assert doc["champion"]["kind"] == best
+    assert doc["accuracy"] == figures[best]["accuracy"]
+    assert (workspace / "models" / "champion" / "classifier" / "promotion.json").exists()
+    assert (workspace / "models" / "champion" / "anomaly" / "promotion.json").exists()
+    shown = json.loads(_dvc(workspace, "metrics", "show", "--json"))
+    assert shown[""]["data"]["reports/metrics.json"]["data"]["accuracy"] == doc["accuracy"]
+    _dvc(workspace, "plots", "show", "-o", str(tmp_path / "plots"))
+    assert (tmp_path / "plots" / "index.html").exists()
+
     second = _dvc(workspace, "repro")
     assert "Running stage" not in second
     assert "Data and pipelines are up to date" in second
 
-    params["ingest"]["image_size"] = 16
+    params["features"]["classical"]["pca_k"] = 24
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
     third = _dvc(workspace, "repro")
-    assert "Stage 'sample' didn't change, skipping" in third
-    assert "Running stage 'ingest'" in third
+    for stage in ("sample", "ingest", "backbone", "train@cnn", "train@autoencoder"):
+        assert f"Stage '{stage}' didn't change, skipping" in third
+    for stage in ("features", "train@mllib", "evaluate"):
+        assert f"Running stage '{stage}'" in third
+    redone = yaml.safe_load((workspace / "data" / "features" / "_manifest.json").read_text())
+    assert redone["counts"]["dim"] == 24
+    card = json.loads((workspace / "models" / "mllib" / "card.json").read_text())
+    assert card["arch"]["dim"] == 24
+    diff = _dvc(workspace, "metrics", "diff", "--json")
+    assert "reports/metrics.json" in json.loads(diff)
+
+    params["ingest"]["image_size"] = 16
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    fourth = _dvc(workspace, "repro", "features")  # the upstream part only: training again is covered above
+    assert "Stage 'sample' didn't change, skipping" in fourth
+    assert "Running stage 'ingest'" in fourth
     done = yaml.safe_load((workspace / "data" / "ingest" / "_manifest.json").read_text())
     assert done["params"]["ingest"]["image_size"] == 16
     assert done["counts"]["rows"] == 1797
-
-    params["features"]["classical"]["pca_k"] = 24
-    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
-    fourth = _dvc(workspace, "repro")
-    for stage in ("sample", "ingest", "backbone"):
-        assert f"Stage '{stage}' didn't change, skipping" in fourth
-    assert "Running stage 'features'" in fourth
-    redone = yaml.safe_load((workspace / "data" / "features" / "_manifest.json").read_text())
-    assert redone["counts"]["dim"] == 24
