@@ -205,9 +205,9 @@ class MllibConfig(_Section):
 
 
 class CnnTrainConfig(_Section):
-    width: int = Field(24, ge=4, le=512)
+    width: int = Field(32, ge=4, le=512)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    epochs: int = Field(10, ge=0)
+    epochs: int = Field(12, ge=0)
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(0.003, gt=0.0)
     weight_decay: float = Field(0.0001, ge=0.0)
@@ -217,7 +217,7 @@ class CnnTrainConfig(_Section):
 class AutoencoderConfig(_Section):
     width: int = Field(16, ge=4, le=512)
     latent: int = Field(16, ge=1)
-    epochs: int = Field(20, ge=0)
+    epochs: int = Field(30, ge=0)
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(0.003, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
