@@ -154,8 +154,6 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
     assert redone["counts"]["dim"] == 24
     card = json.loads((workspace / "models" / "mllib" / "card.json").read_text())
     assert card["arch"]["dim"] == 24
-    diff = _dvc(workspace, "metrics", "diff", "--json")
-    assert "reports/metrics.json" in json.loads(diff)
 
     params["ingest"]["image_size"] = 16
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
