@@ -44,8 +44,11 @@ STAGE = "ingest"
 _TABLE = "_table"
 
 
-def decode_record(uri: str, label: str | None, data: bytes | Exception, cfg: IngestConfig) -> dict[str, Any]:
-    """One decoded row: pixels and split for a usable image, otherwise ``reason`` and ``detail``."""
+def decode_record(
+    uri: str, label: str | None, data: bytes | Exception, cfg: IngestConfig, labelled: bool = True
+) -> dict[str, Any]:
+    """One decoded row: pixels and split for a usable image, otherwise ``reason`` and ``detail``.
+    With ``labelled`` false (scoring) an image needs no class folder and gets no split."""
     row: dict[str, Any] = dict.fromkeys(DECODED_FIELDS)
     row.update(source_uri=uri, label=label)
     if isinstance(data, Exception):
@@ -57,14 +60,14 @@ def decode_record(uri: str, label: str | None, data: bytes | Exception, cfg: Ing
         decoded = images.decode(data, cfg)
     except images.Rejected as exc:
         return {**row, "reason": exc.reason, "detail": exc.detail[:500]}
-    if label is None:
+    if label is None and labelled:
         return {
             **row,
             "reason": images.UNLABELLED,
             "detail": "file is directly under the source root, not in a class folder",
         }
     row.update(
-        split=images.assign_split(row["image_id"], cfg.split.fractions(), cfg.split.seed),
+        split=images.assign_split(row["image_id"], cfg.split.fractions(), cfg.split.seed) if labelled else None,
         orig_width=decoded.orig_width,
         orig_height=decoded.orig_height,
         orig_format=decoded.orig_format,
@@ -76,23 +79,23 @@ def decode_record(uri: str, label: str | None, data: bytes | Exception, cfg: Ing
     return row
 
 
-def decode_frame(entries: list[tuple[str, str | None]], cfg: IngestConfig) -> pd.DataFrame:
+def decode_frame(entries: list[tuple[str, str | None]], cfg: IngestConfig, labelled: bool = True) -> pd.DataFrame:
     """Decode one batch of ``(source_uri, label)``: the bytes are fetched here, on the executor."""
     uris = [uri for uri, _ in entries]
     contents = store.fetch_many(uris, cfg.fetch_threads)
-    records = [decode_record(u, lab, c, cfg) for (u, lab), c in zip(entries, contents, strict=True)]
+    records = [decode_record(u, lab, c, cfg, labelled) for (u, lab), c in zip(entries, contents, strict=True)]
     return pd.DataFrame.from_records(records, columns=DECODED_FIELDS)
 
 
 def decode_chunks(
-    frames: Iterator[pd.DataFrame], listing: Broadcast, cfg: IngestConfig, batch_rows: int
+    frames: Iterator[pd.DataFrame], listing: Broadcast, cfg: IngestConfig, batch_rows: int, labelled: bool = True
 ) -> Iterator[pd.DataFrame]:
     """For each chunk id in the input, decode that chunk of the broadcast listing, in batches."""
     for frame in frames:
         for chunk_id in frame["id"]:
             entries = listing.value[chunk_id]
             for start in range(0, len(entries), batch_rows):
-                yield decode_frame(entries[start : start + batch_rows], cfg)
+                yield decode_frame(entries[start : start + batch_rows], cfg, labelled)
 
 
 def plan_chunks(spark: SparkSession, files: list[store.SourceFile], spark_cfg: SparkConfig) -> list[list]:
@@ -107,14 +110,16 @@ def plan_chunks(spark: SparkSession, files: list[store.SourceFile], spark_cfg: S
     return [[next(rows) for _ in range(n)] for n in plan]
 
 
-def decode(spark: SparkSession, chunks: list[list], cfg: IngestConfig, batch_rows: int) -> DataFrame:
+def decode(
+    spark: SparkSession, chunks: list[list], cfg: IngestConfig, batch_rows: int, labelled: bool = True
+) -> DataFrame:
     """Fetch + decode every listed file: DECODED_SCHEMA rows, good and bad alike.
 
     The listing is broadcast once and task ``i`` decodes chunk ``i`` in Arrow batches of
     ``batch_rows``: one Python stage, no per-row trip of the listing through the JVM."""
     listing = spark.sparkContext.broadcast(chunks)
     ids = spark.range(len(chunks), numPartitions=max(len(chunks), 1))
-    return ids.mapInPandas(lambda it: decode_chunks(it, listing, cfg, batch_rows), DECODED_SCHEMA)
+    return ids.mapInPandas(lambda it: decode_chunks(it, listing, cfg, batch_rows, labelled), DECODED_SCHEMA)
 
 
 def write_decoded(decoded: DataFrame, folder: str) -> None:

@@ -37,6 +37,13 @@ def job_version() -> dict[str, Any]:
     return {"package": __version__, "git_commit": commit, "dirty": dirty}
 
 
+def job_version_label(version: dict[str, Any] | None = None) -> str:
+    """:func:`job_version` as one short string for table columns: ``0.1.0+15d8cfdd3027[-dirty]``."""
+    v = version or job_version()
+    commit = str(v.get("git_commit", "unknown"))[:12]
+    return f"{v.get('package')}+{commit}{'-dirty' if v.get('dirty') else ''}"
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 

@@ -3,7 +3,8 @@
 Writes ``<data.root>/sample/digits/<class>/<class>_<n>.png`` (the 1,797 8x8 handwritten-digit
 scans, ink dark on white, upscaled to ``sample.image_size``) and
 ``<data.root>/sample/photos/<name>/<name>.jpg`` (the real 640x427 photographs of
-``sklearn.datasets.load_sample_images``, one class folder each, for tiling).
+``sklearn.datasets.load_sample_images``, one class folder each, for tiling) and
+``<data.root>/sample/inbox/`` (new unlabelled scans and two unusable files, for scoring).
 
     python -m spark_jobs.sample [--params params.yaml] [--set sample.image_size=64]
 """
@@ -59,6 +60,28 @@ def write_photos(folder: Path) -> int:
     return n
 
 
+def write_inbox(folder: Path, cfg: SampleConfig, every: int = 15) -> int:
+    """New, unlabelled scans for the score stage: every ``every``-th digit re-inked a little
+    lighter and shifted by a couple of pixels (so its content, and ``image_id``, is new), as
+    ``folder/scan_<n>.png``, plus one truncated PNG and one text file that scoring must quarantine."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for _label, index, image in digit_images(cfg):
+        if index % every:
+            continue
+        pixels = np.asarray(image, dtype=np.float32)
+        lighter = 255.0 - (255.0 - pixels) * 0.85
+        shift = 1 + index % 3
+        moved = np.full_like(lighter, 255.0)
+        moved[:, shift:] = lighter[:, :-shift]
+        Image.fromarray(moved.round().astype(np.uint8), mode="L").save(folder / f"scan_{index:04d}.png", optimize=True)
+        n += 1
+    whole = (folder / f"scan_{0:04d}.png").read_bytes()
+    (folder / "scan_truncated.png").write_bytes(whole[: len(whole) // 2])
+    (folder / "README.txt").write_text("not an image: scoring quarantines it (unsupported extension)\n")
+    return n
+
+
 def write_sample(target: Path, cfg: SampleConfig) -> dict[str, int]:
     """Write the sample tree to ``target`` (replacing it) and return per-folder counts."""
     tmp = target.with_name(f".{target.name}.tmp")
@@ -70,6 +93,7 @@ def write_sample(target: Path, cfg: SampleConfig) -> dict[str, int]:
         image.save(folder / f"{label}_{index:04d}.png", optimize=True)
         counts[f"digits/{label}"] = counts.get(f"digits/{label}", 0) + 1
     counts["photos"] = write_photos(tmp / "photos")
+    counts["inbox"] = write_inbox(tmp / "inbox", cfg)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return counts

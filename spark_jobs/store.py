@@ -244,12 +244,12 @@ def _size_or_zero(path: Path) -> int:
         return 0
 
 
-def describe_source(uri: str) -> str:
-    """``s3``, ``manifest`` or ``directory``; :class:`SourceError` when a local one is missing."""
+def describe_source(uri: str, param: str = "ingest.source") -> str:
+    """``s3``, ``manifest`` or ``directory``; :class:`SourceError` (naming ``param``) when a local one is missing."""
     if is_manifest(uri):
         return "manifest"
     if is_s3(uri):
         return "s3"
     if not os.path.isdir(local_path(uri)):
-        raise SourceError(f"ingest.source {uri!r} is not a directory, s3:// prefix or manifest .csv")
+        raise SourceError(f"{param} {uri!r} is not a directory, s3:// prefix or manifest .csv")
     return "directory"

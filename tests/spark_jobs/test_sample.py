@@ -30,6 +30,16 @@ def test_sample_tree(tmp_path: Path) -> None:
     assert doc["counts"]["photos"] == 2
     assert sum(v for k, v in doc["counts"].items() if k.startswith("digits/")) == 1797
 
+    # the score stage's inbox: new content (no scan equals a digit of the tree), flat, plus two unusable files
+    inbox = sorted((target / "inbox").glob("scan_[0-9]*.png"))
+    assert len(inbox) == doc["counts"]["inbox"] == 120
+    tree = {p.read_bytes() for p in digits}
+    assert not any(p.read_bytes() in tree for p in inbox)
+    with Image.open(inbox[0]) as im:
+        assert (im.size, im.mode) == ((24, 24), "L")
+    assert (target / "inbox" / "scan_truncated.png").exists()
+    assert (target / "inbox" / "README.txt").exists()
+
 
 def test_sample_is_reproducible(tmp_path: Path) -> None:
     first = sample.write_sample(tmp_path / "a", make_config(tmp_path).sample)
