@@ -17,9 +17,24 @@ import numpy as np
 import pyarrow as pa
 
 from spark_jobs import images, models
+from spark_jobs.config import ConfigError
 
-CLASSIFIED_SCHEMA = "image_id string, label string, prediction int, probability float, probabilities array<float>"
-SCORED_SCHEMA = "image_id string, label string, score double"
+KEYS = ("image_id", "label")
+
+
+def classified_schema(keys: tuple[str, ...] = KEYS) -> str:
+    """The rows :func:`classify_batches` yields: ``keys`` passed through, then the predicted class
+    index, its softmax probability and all of them."""
+    return ", ".join(f"{k} string" for k in keys) + ", prediction int, probability float, probabilities array<float>"
+
+
+def scored_schema(keys: tuple[str, ...] = KEYS) -> str:
+    """The rows :func:`score_batches` yields: ``keys`` passed through, then the anomaly score."""
+    return ", ".join(f"{k} string" for k in keys) + ", score double"
+
+
+CLASSIFIED_SCHEMA = classified_schema()
+SCORED_SCHEMA = scored_schema()
 
 
 @dataclass(frozen=True)
@@ -30,18 +45,29 @@ class TorchModel:
     sha256: str
     architecture: str
     arch_json: str
+    calibration: str | None = None  # set: the static INT8 copy, calibrated on these images
 
     @classmethod
-    def from_card(cls, folder: Path, card: dict[str, Any]) -> TorchModel:
+    def from_card(cls, folder: Path, card: dict[str, Any], quantize: str = "none") -> TorchModel:
+        calibration = None
+        if quantize == "int8":
+            name = card["files"].get("calibration")
+            if card["kind"] != "cnn" or name is None:
+                raise ConfigError(
+                    f"INT8 scoring needs a cnn model trained with calibration images; {folder} holds a "
+                    f"{card['kind']} model{'' if name else ' without them (retrain it)'}"
+                )
+            calibration = str((folder / name).absolute())
         return cls(
             weights=str((folder / card["files"]["weights"]).absolute()),
             sha256=card["weights_sha256"],
             architecture=card["architecture"],
             arch_json=json.dumps(card["arch"], sort_keys=True),
+            calibration=calibration,
         )
 
     def load(self) -> Any:
-        return models.cached_model(self.weights, self.sha256, self.architecture, self.arch_json)
+        return models.cached_model(self.weights, self.sha256, self.architecture, self.arch_json, self.calibration)
 
 
 def _batches(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
@@ -57,9 +83,9 @@ def _batches(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[tuple[pa.
 
 
 def classify_batches(
-    batches: Iterator[pa.RecordBatch], model: TorchModel, batch_size: int, threads: int
+    batches: Iterator[pa.RecordBatch], model: TorchModel, batch_size: int, threads: int, keys: tuple[str, ...] = KEYS
 ) -> Iterator[pa.RecordBatch]:
-    """``CLASSIFIED_SCHEMA`` rows: the predicted class index, its softmax probability and all of them."""
+    """:func:`classified_schema` rows of the images in ``batches``."""
     import torch
 
     torch.set_num_threads(threads)
@@ -71,8 +97,7 @@ def classify_batches(
         offsets = pa.array(np.arange(0, (len(probs) + 1) * k, k, dtype=np.int32))
         yield pa.RecordBatch.from_pydict(
             {
-                "image_id": part.column("image_id"),
-                "label": part.column("label"),
+                **{k: part.column(k) for k in keys},
                 "prediction": pa.array(probs.argmax(1).astype(np.int32)),
                 "probability": pa.array(probs.max(1)),
                 "probabilities": pa.ListArray.from_arrays(offsets, pa.array(probs.ravel())),
@@ -81,9 +106,9 @@ def classify_batches(
 
 
 def score_batches(
-    batches: Iterator[pa.RecordBatch], model: TorchModel, batch_size: int, threads: int
+    batches: Iterator[pa.RecordBatch], model: TorchModel, batch_size: int, threads: int, keys: tuple[str, ...] = KEYS
 ) -> Iterator[pa.RecordBatch]:
-    """``SCORED_SCHEMA`` rows: the autoencoder's reconstruction error of each image."""
+    """:func:`scored_schema` rows: the autoencoder's reconstruction error of each image."""
     import torch
 
     torch.set_num_threads(threads)
@@ -91,6 +116,4 @@ def score_batches(
     for part, pixels in _batches(batches, batch_size):
         with torch.inference_mode():
             scores = models.reconstruction_error(net, models.to_tensor(pixels)).numpy().astype(np.float64)
-        yield pa.RecordBatch.from_pydict(
-            {"image_id": part.column("image_id"), "label": part.column("label"), "score": pa.array(scores)}
-        )
+        yield pa.RecordBatch.from_pydict({**{k: part.column(k) for k in keys}, "score": pa.array(scores)})

@@ -134,15 +134,42 @@ def load_weights(module: nn.Module, data: bytes, what: str) -> nn.Module:
 
 
 @functools.lru_cache(maxsize=4)
-def cached_model(weights: str, sha256: str, architecture: str, spec_json: str) -> nn.Module:
-    """A trained model, loaded once per Python process after checking its weights' sha256."""
+def cached_model(
+    weights: str, sha256: str, architecture: str, spec_json: str, calibration: str | None = None
+) -> nn.Module:
+    """A trained model, loaded once per Python process after checking its weights' sha256; with
+    ``calibration`` (an ``.npy`` of uint8 NHWC images) its static INT8 copy (:func:`quantized_int8`)."""
     import json
+
+    import numpy as np
 
     data = read_backbone_bytes(weights)
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise BackboneError(f"model weights {weights} changed (sha256 {actual}, its card says {sha256})")
-    return load_weights(build(architecture, json.loads(spec_json)), data, f"model weights {weights}")
+    model = load_weights(build(architecture, json.loads(spec_json)), data, f"model weights {weights}")
+    if calibration is None:
+        return model
+    images = np.load(io.BytesIO(read_backbone_bytes(calibration)), allow_pickle=False)
+    return quantized_int8(model, to_tensor(images))
+
+
+def quantized_int8(model: nn.Module, calibration: Tensor, batch: int = 64) -> nn.Module:
+    """A post-training static INT8 copy of ``model`` for CPU inference (FX graph mode, x86
+    backend: conv + batch norm + ReLU fused, int8 weights and activations, activation ranges
+    observed on the ``calibration`` images). Same images, same copy."""
+    import copy
+
+    import torch
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"), (calibration[:1],))
+    with torch.inference_mode():
+        for start in range(0, len(calibration), batch):
+            prepared(calibration[start : start + batch])
+    return convert_fx(prepared)
 
 
 def _small_cnn_from_state(state: dict[str, Tensor]) -> nn.Module:

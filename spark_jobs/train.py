@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from spark_jobs import manifest, suites, training
 from spark_jobs.config import Config, ConfigError, IngestConfig, params_hash
 from spark_jobs.features import EXTRACTOR, TRANSFORM, ingested_with
@@ -47,6 +49,8 @@ STAGE = "train"
 CARD = "card.json"
 WEIGHTS = "model.pt"
 CLASSIFIER = "classifier"
+CALIBRATION = "calibration.npy"
+CALIBRATION_IMAGES = 256
 TASKS = {"mllib": "classifier", "cnn": "classifier", "autoencoder": "anomaly"}
 ARCHITECTURES = {"cnn": "small_cnn_classifier", "autoencoder": "conv_autoencoder"}
 
@@ -208,6 +212,12 @@ def train_torch(cfg: Config, spark: SparkSession, folder: Path, kind: str) -> di
     result = distributor.run(training.fit, spec) | {"local_mode": local}
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the next run with these params starts afresh
     weights_file = folder / WEIGHTS
+    files = {"weights": WEIGHTS}
+    if kind == "cnn":  # what an INT8 copy calibrates its activation ranges on (score.quantize)
+        ids = training.shard_ids(spec["images"], "train", 0, 1, [], pad=False)[:CALIBRATION_IMAGES]
+        pixels, _ = training.read_rows(spec["images"], ids)
+        np.save(folder / CALIBRATION, np.ascontiguousarray(pixels), allow_pickle=False)
+        files["calibration"] = CALIBRATION
     details: dict[str, Any] = {
         "classes": classes,
         "class_counts": counts,
@@ -216,7 +226,7 @@ def train_torch(cfg: Config, spark: SparkSession, folder: Path, kind: str) -> di
         "arch": spec["arch"],
         "feature_kind": "pixels",
         "exclude_classes": spec["exclude_classes"],
-        "files": {"weights": WEIGHTS},
+        "files": files,
         "weights_sha256": hashlib.sha256(weights_file.read_bytes()).hexdigest(),
         "training": result,
     }

@@ -113,3 +113,18 @@ def test_the_readme_export_recipe_gives_a_usable_backbone(tmp_path: Path) -> Non
     assert extractor(batch).shape == (5, 8)
     with pytest.raises(models.BackboneError, match=r"does not accept a \(N, 3, 32, 32\) batch"):
         extractors.Cnn.open(cfg, 4, 32)  # exported at 48 px: the image size must match
+
+
+def test_int8_copy_agrees_with_the_float_model() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    model = models.classifier(8, 3).eval()
+    x = torch.rand(64, 3, 16, 16)
+    quantized = models.quantized_int8(model, x[:32])
+    with torch.inference_mode():
+        full, small = model(x), quantized(x)
+    assert small.shape == full.shape
+    assert (full.argmax(1) == small.argmax(1)).float().mean() >= 0.9
+    assert torch.allclose(full, small, atol=0.1)
+    assert any(".quantized" in type(m).__module__ for m in quantized.modules())  # int8 kernels
