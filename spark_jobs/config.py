@@ -260,12 +260,38 @@ class EvaluateConfig(_Section):
     rejected: str = "models/rejected"
     batch_size: int = Field(256, ge=1)
     threads: int = Field(1, ge=1, le=256)
+    int8: bool = True
 
     @model_validator(mode="after")
     def _distinct_models(self) -> EvaluateConfig:
         if not self.models or len(set(self.models)) != len(self.models):
             raise ValueError(f"evaluate.models must list distinct models, got {list(self.models)}")
         return self
+
+
+class CascadeConfig(_Section):
+    enabled: bool = False
+    light: str = "models/mllib"
+    confidence: float = Field(0.9, ge=0.0, le=1.0)
+
+
+class ScoreConfig(_Section):
+    inbox: str = "data/sample/inbox"
+    model: str | None = None
+    task: Literal["classifier", "anomaly"] = "classifier"
+    top_k: int = Field(3, ge=1)
+    quantize: Literal["none", "int8"] = "none"
+    batch_size: int = Field(256, ge=1)
+    threads: int = Field(1, ge=1, le=256)
+    low_confidence: float = Field(0.5, ge=0.0, le=1.0)
+    cascade: CascadeConfig = CascadeConfig()
+
+
+class PredictionsGateConfig(_Section):
+    max_low_confidence: float = Field(0.2, ge=0.0, le=1.0)
+    max_class_drift: float | None = Field(None, ge=0.0, le=1.0)
+    min_rows_for_drift: int = Field(200, ge=1)
+    probability_tolerance: float = Field(1e-4, ge=0.0, le=0.1)
 
 
 class ModelGateConfig(_Section):
@@ -289,6 +315,7 @@ class GateConfig(_Section):
     raw: RawGateConfig = RawGateConfig()
     features: FeaturesGateConfig = FeaturesGateConfig()
     model: ModelGateConfig = ModelGateConfig()
+    predictions: PredictionsGateConfig = PredictionsGateConfig()
 
 
 class Config(_Section):
@@ -302,6 +329,7 @@ class Config(_Section):
     features: FeaturesConfig = FeaturesConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    score: ScoreConfig = ScoreConfig()
     gate: GateConfig = GateConfig()
 
     def section(self, *names: str) -> dict[str, Any]:

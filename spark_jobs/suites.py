@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from spark_jobs.config import FeaturesGateConfig, RawGateConfig
+from spark_jobs.config import FeaturesGateConfig, PredictionsGateConfig, RawGateConfig
 from spark_jobs.gate import Batch
 from spark_jobs.images import SPLITS
 from spark_jobs.tables import IMAGE_COLUMNS
@@ -205,3 +205,81 @@ def feature_batches(
             ],
         ),
     ]
+
+
+def prediction_profile(predictions: DataFrame, low_confidence: float) -> DataFrame:
+    """The staged predictions plus what the row rules read: the sum of the top-k probabilities
+    and whether the prediction is low-confidence (1/0; null for anomaly models)."""
+    from pyspark.sql import functions as F
+
+    top_sum = F.aggregate(F.col("top_k"), F.lit(0.0).cast("double"), lambda acc, x: acc + x["probability"])
+    return predictions.withColumns(
+        {
+            "top_k_sum": top_sum,
+            "top_k_size": F.size("top_k"),
+            "low_confidence": (F.col("probability") < F.lit(low_confidence)).cast("int"),
+        }
+    ).drop("top_k")
+
+
+def prediction_expectations(labels: list[str], task: str, gate: PredictionsGateConfig) -> list[Any]:
+    import great_expectations.expectations as gxe
+
+    checks: list[Any] = [
+        *(
+            gxe.ExpectColumnValuesToNotBeNull(column=c)
+            for c in ("image_id", "source_uri", "predicted_label", "model_version", "job_version", "scored_at")
+        ),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["image_id", "model_version"]),
+        gxe.ExpectColumnValuesToBeInSet(column="predicted_label", value_set=labels),
+    ]
+    if task == "anomaly":
+        return [*checks, gxe.ExpectColumnValuesToNotBeNull(column="anomaly_score")]
+    return [
+        *checks,
+        gxe.ExpectColumnValuesToNotBeNull(column="probability"),
+        gxe.ExpectColumnValuesToBeBetween(column="probability", min_value=0.0, max_value=1.0),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="top_k_sum", min_value=0.0, max_value=1.0 + gate.probability_tolerance
+        ),
+        gxe.ExpectColumnValuesToBeBetween(column="top_k_size", min_value=1),
+        gxe.ExpectColumnMeanToBeBetween(column="low_confidence", min_value=0.0, max_value=gate.max_low_confidence),
+    ]
+
+
+def class_drift(
+    spark: SparkSession, per_label: dict[str | None, int], trained: dict[str, int], labels: list[str]
+) -> DataFrame:
+    """One row per class: its share of the batch's predictions, of the training data, and the gap."""
+    rows, total = sum(per_label.values()), sum(trained.values())
+    records = [
+        (
+            c,
+            per_label.get(c, 0) / rows,
+            trained.get(c, 0) / total,
+            abs(per_label.get(c, 0) / rows - trained.get(c, 0) / total),
+        )
+        for c in labels
+    ]
+    return spark.createDataFrame(records, "label string, batch_share double, train_share double, gap double")
+
+
+def prediction_batches(
+    spark: SparkSession,
+    profile: DataFrame,
+    labels: list[str],
+    per_label: dict[str | None, int],
+    trained: dict[str, int] | None,
+    task: str,
+    gate: PredictionsGateConfig,
+) -> list[Batch]:
+    """The predictions suite: row rules over :func:`prediction_profile`, and the drift alarm over
+    the per-class shares when ``gate.max_class_drift`` is set and the batch is big enough."""
+    import great_expectations.expectations as gxe
+
+    batches = [Batch("predictions", profile, prediction_expectations(labels, task, gate))]
+    rows = sum(per_label.values())
+    if gate.max_class_drift is not None and task == "classifier" and trained and rows >= gate.min_rows_for_drift:
+        drift = [gxe.ExpectColumnValuesToBeBetween(column="gap", min_value=0.0, max_value=gate.max_class_drift)]
+        batches.append(Batch("class_drift", class_drift(spark, per_label, trained, labels), drift))
+    return batches

@@ -1,0 +1,268 @@
+"""The score stage on real files: each model kind, top-k, quarantine, exactly-once and incremental
+runs, a run killed before publishing, and the predictions gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spark_jobs import features, gate, images, score, train
+from spark_jobs.config import Config, ConfigError, apply_overrides, validate
+from tests.conftest import INGESTED_CLASSES
+from tests.factories import class_image, link_ingest
+
+pytestmark = pytest.mark.spark
+
+TORCH = [
+    "train.num_processes=1",
+    "train.local_mode=true",
+    "train.cnn.width=8",
+    "train.cnn.epochs=15",
+    "train.cnn.batch_size=16",
+    "train.cnn.learning_rate=0.01",
+    "train.cnn.augment_shift=0",
+    "train.cnn.dropout=0.0",
+    "train.autoencoder.width=8",
+    "train.autoencoder.latent=8",
+    "train.autoencoder.epochs=4",
+    "train.autoencoder.batch_size=16",
+    "train.autoencoder.holdout_class=2",
+]
+
+
+def _with(cfg: Config, *overrides: str) -> Config:
+    return validate(apply_overrides(cfg.model_dump(mode="json"), list(overrides)))
+
+
+@pytest.fixture(scope="module")
+def trained(spark, ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """Features, and an mllib, a cnn and an autoencoder model of the ingested fixture."""
+    tmp = tmp_path_factory.mktemp("trained")
+    cfg = link_ingest(ingested, tmp, "features.classical.pca_k=8", f"train.output={tmp / 'models'}", *TORCH)
+    features.run(cfg, spark)
+    for kind in ("mllib", "cnn", "autoencoder"):
+        train.run(_with(cfg, f"train.model={kind}"), spark)
+    return cfg
+
+
+def _inbox(folder: Path, start: int, count: int) -> dict[str, str]:
+    """``count`` new images per class (indices from ``start``: content the model never saw),
+    flat in ``folder``; returns {file name: true label}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for label in range(INGESTED_CLASSES):
+        for i in range(start, start + count):
+            name = f"new_{label}_{i:03d}.png"
+            (folder / name).write_bytes(class_image(label, i))
+            truth[name] = str(label)
+    return truth
+
+
+def _config(trained: Config, tmp_path: Path, kind: str, *overrides: str) -> Config:
+    return _with(
+        trained,
+        f"data.root={tmp_path / 'data'}",
+        f"score.inbox={tmp_path / 'inbox'}",
+        f"score.model={Path(trained.train.output) / kind}",
+        *overrides,
+    )
+
+
+def _rows(spark, cfg: Config) -> list:
+    table = score.read_predictions(spark, score.predictions_dir(cfg))
+    return [] if table is None else table.collect()
+
+
+def test_cnn_scores_each_new_image_exactly_once(spark, trained: Config, tmp_path: Path) -> None:
+    truth = _inbox(tmp_path / "inbox", 100, 4)
+    (tmp_path / "inbox" / "zz_copy.png").write_bytes((tmp_path / "inbox" / "new_0_100.png").read_bytes())
+    (tmp_path / "inbox" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    cfg = _config(trained, tmp_path, "cnn", "score.top_k=2", "gate.predictions.max_low_confidence=1.0")
+    card = train.read_card(Path(cfg.score.model))
+
+    first = score.run(cfg, spark)
+    assert first is not None
+    assert first.parent.name.startswith("run_date=")
+    assert first.name.startswith("run_id=")
+    rows = _rows(spark, cfg)
+    assert len(rows) == len(truth)  # the copy is scored once
+    assert len({r["image_id"] for r in rows}) == len(rows)
+    by_name = {Path(r["source_uri"]).name: r for r in rows}
+    assert set(by_name) == set(truth)
+    correct = sum(by_name[n]["predicted_label"] == label for n, label in truth.items())
+    assert correct / len(truth) > 0.8  # 3 classes: chance is 1/3
+    for r in rows:
+        assert r["model_version"] == card["version"]
+        assert r["model_kind"] == "cnn"
+        assert r["job_version"]
+        assert r["scored_at"] is not None
+        assert len(r["top_k"]) == 2
+        assert r["top_k"][0]["label"] == r["predicted_label"]
+        assert r["top_k"][0]["probability"] == pytest.approx(r["probability"])
+        assert r["top_k"][0]["probability"] >= r["top_k"][1]["probability"]
+        assert 0.0 <= sum(t["probability"] for t in r["top_k"]) <= 1.0 + 1e-6
+    quarantine = spark.read.parquet(str(Path(cfg.data.root) / score.QUARANTINE)).collect()
+    reasons = {Path(r["source_uri"]).name: r["reason"] for r in quarantine}
+    assert reasons["zz_copy.png"] == images.DUPLICATE  # the copy with the larger URI
+    assert reasons["broken.png"] in {images.NOT_AN_IMAGE, images.TRUNCATED, images.UNREADABLE}
+    assert len(reasons) == 2
+    manifest = score.manifest.read(first)
+    assert manifest["counts"]["scored"] == len(truth)
+    assert manifest["gate"]["success"]
+
+    # The same inbox again: nothing new, nothing added, the bad files are not reported twice.
+    assert score.run(cfg, spark) is None
+    assert len(_rows(spark, cfg)) == len(truth)
+    assert len(spark.read.parquet(str(Path(cfg.data.root) / score.QUARANTINE)).collect()) == len(quarantine)
+
+    # New arrivals: only they are scored.
+    more = _inbox(tmp_path / "inbox", 200, 2)
+    score.run(cfg, spark)
+    rows = _rows(spark, cfg)
+    assert len(rows) == len(truth) + len(more)
+    assert len({r["image_id"] for r in rows}) == len(rows)
+    assert len(score.committed_runs(score.predictions_dir(cfg))) == 2
+
+
+def test_a_run_killed_before_publishing_leaves_nothing_visible(spark, trained, tmp_path, monkeypatch) -> None:
+    truth = _inbox(tmp_path / "inbox", 300, 3)
+    cfg = _config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0")
+    real_publish = score.publish
+
+    def killed(*args: object) -> Path:
+        raise KeyboardInterrupt("killed while publishing")
+
+    monkeypatch.setattr(score, "publish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        score.run(cfg, spark)
+    assert _rows(spark, cfg) == []  # the written batch is staged, not visible
+    assert list((Path(cfg.data.root) / ".staging").glob("score-*"))
+
+    monkeypatch.setattr(score, "publish", real_publish)
+    score.run(cfg, spark)
+    rows = _rows(spark, cfg)
+    assert len(rows) == len(truth)
+    assert len({r["image_id"] for r in rows}) == len(rows)
+    assert not list((Path(cfg.data.root) / ".staging").glob("score-*"))  # the killed run's staging is gone
+
+
+def test_mllib_model_scores_with_its_saved_transform(spark, trained: Config, tmp_path: Path) -> None:
+    truth = _inbox(tmp_path / "inbox", 100, 4)
+    cfg = _config(trained, tmp_path, "mllib", "gate.predictions.max_low_confidence=1.0")
+    score.run(cfg, spark)
+    rows = _rows(spark, cfg)
+    assert {r["model_kind"] for r in rows} == {"mllib"}
+    by_name = {Path(r["source_uri"]).name: r for r in rows}
+    correct = sum(by_name[n]["predicted_label"] == label for n, label in truth.items())
+    assert correct / len(truth) > 0.8
+    assert all(len(r["top_k"]) == 3 for r in rows)
+
+
+def test_autoencoder_flags_with_its_threshold(spark, trained: Config, tmp_path: Path) -> None:
+    _inbox(tmp_path / "inbox", 100, 3)
+    cfg = _config(trained, tmp_path, "autoencoder")
+    threshold = train.read_card(Path(cfg.score.model))["threshold"]
+    score.run(cfg, spark)
+    rows = _rows(spark, cfg)
+    assert len(rows) == 3 * INGESTED_CLASSES
+    for r in rows:
+        assert r["is_anomaly"] == (r["anomaly_score"] > threshold)
+        assert r["predicted_label"] == ("anomaly" if r["is_anomaly"] else "normal")
+        assert r["probability"] is None
+
+
+def test_a_failing_batch_is_not_published(spark, trained: Config, tmp_path: Path) -> None:
+    _inbox(tmp_path / "inbox", 100, 2)
+    # Every prediction counts as low-confidence, and at most 10 % may be.
+    cfg = _config(trained, tmp_path, "cnn", "score.low_confidence=1.0", "gate.predictions.max_low_confidence=0.1")
+    with pytest.raises(gate.GateFailed) as failure:
+        score.run(cfg, spark)
+    assert "low_confidence" in str(failure.value)
+    assert _rows(spark, cfg) == []
+    assert list((Path(cfg.data.root) / "rejected").glob("score-*"))
+
+
+def test_top_k_is_sorted_and_cut(spark) -> None:
+    from pyspark.sql import functions as F
+
+    frame = spark.createDataFrame([([0.1, 0.6, 0.3],)], "p array<float>")
+    row = frame.select(score.top_k(F.col("p"), ["a", "b", "c"], 2).alias("t")).first()
+    assert [(t["label"], round(t["probability"], 3)) for t in row["t"]] == [("b", 0.6), ("c", 0.3)]
+    row = frame.select(score.top_k(F.col("p"), ["a", "b", "c"], 5).alias("t")).first()
+    assert len(row["t"]) == 3
+
+
+def test_int8_copy_of_the_cnn_scores_like_fp32(spark, trained: Config, tmp_path: Path) -> None:
+    _inbox(tmp_path / "inbox", 100, 4)
+    fp32 = _config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0")
+    score.run(fp32, spark)
+    int8 = _config(
+        trained,
+        tmp_path,
+        "cnn",
+        "score.quantize=int8",
+        f"data.root={tmp_path / 'int8'}",
+        "gate.predictions.max_low_confidence=1.0",
+    )
+    score.run(int8, spark)
+    a = {r["image_id"]: r for r in _rows(spark, fp32)}
+    b = {r["image_id"]: r for r in _rows(spark, int8)}
+    assert set(a) == set(b)
+    assert {r["decided_by"] for r in b.values()} == {"cnn-int8"}
+    assert {r["decided_by"] for r in a.values()} == {"cnn"}
+    agree = sum(a[i]["predicted_label"] == b[i]["predicted_label"] for i in a)
+    assert agree / len(a) >= 0.9
+
+
+def test_int8_is_for_cnn_models_only(spark, trained: Config, tmp_path: Path) -> None:
+    _inbox(tmp_path / "inbox", 100, 1)
+    with pytest.raises(ConfigError, match="cnn"):
+        score.run(_config(trained, tmp_path, "mllib", "score.quantize=int8"), spark)
+
+
+@pytest.mark.parametrize(("confidence", "deciders"), [(0.0, {"mllib"}), (1.0, {"cnn"})])
+def test_cascade_sends_only_unsure_images_to_the_cnn(spark, trained, tmp_path, confidence, deciders) -> None:
+    truth = _inbox(tmp_path / "inbox", 100, 3)
+    cfg = _config(
+        trained,
+        tmp_path,
+        "cnn",
+        "score.cascade.enabled=true",
+        f"score.cascade.light={Path(trained.train.output) / 'mllib'}",
+        f"score.cascade.confidence={confidence}",
+        "gate.predictions.max_low_confidence=1.0",
+    )
+    score.run(cfg, spark)
+    rows = _rows(spark, cfg)
+    assert len(rows) == len(truth)
+    assert {r["decided_by"] for r in rows} == deciders
+    assert {r["model_kind"] for r in rows} == {"cascade"}
+    assert rows[0]["model_version"].startswith("cascade-mllib-")
+    if confidence == 0.0:
+        assert all(r["probability"] >= 0.0 for r in rows)
+
+
+def test_cascade_mixes_models_by_confidence(spark, trained: Config, tmp_path: Path) -> None:
+    _inbox(tmp_path / "inbox", 100, 4)
+    light = _config(
+        trained, tmp_path, "mllib", f"data.root={tmp_path / 'light'}", "gate.predictions.max_low_confidence=1.0"
+    )
+    score.run(light, spark)
+    probabilities = sorted(r["probability"] for r in _rows(spark, light))
+    cut = probabilities[len(probabilities) // 2]  # about half below, half at or above
+    cfg = _config(
+        trained,
+        tmp_path,
+        "cnn",
+        "score.cascade.enabled=true",
+        f"score.cascade.light={Path(trained.train.output) / 'mllib'}",
+        f"score.cascade.confidence={cut}",
+        "gate.predictions.max_low_confidence=1.0",
+    )
+    score.run(cfg, spark)
+    rows = _rows(spark, cfg)
+    assert len(rows) == len(probabilities)
+    heavy = sum(r["decided_by"] == "cnn" for r in rows)
+    assert heavy == sum(p < cut for p in probabilities)
+    assert all(r["probability"] >= cut for r in rows if r["decided_by"] == "mllib")
