@@ -80,8 +80,11 @@ def mllib_predictions(spark: SparkSession, cfg: Config, folder: Path, card: dict
     )
 
 
-def torch_predictions(spark: SparkSession, cfg: Config, folder: Path, card: dict[str, Any]) -> DataFrame:
-    """Classifier rows (``inference.CLASSIFIED_SCHEMA``) or anomaly rows (``SCORED_SCHEMA``) of the test split."""
+def torch_predictions(
+    spark: SparkSession, cfg: Config, folder: Path, card: dict[str, Any], quantize: str = "none"
+) -> DataFrame:
+    """Classifier rows (``inference.CLASSIFIED_SCHEMA``) or anomaly rows (``SCORED_SCHEMA``) of the
+    test split; ``quantize="int8"``: of the cnn's static INT8 copy."""
     from pyspark.sql import functions as F
 
     ingest_dir = published(cfg.data.root, "ingest")
@@ -89,7 +92,8 @@ def torch_predictions(spark: SparkSession, cfg: Config, folder: Path, card: dict
         log.warning("model %s was trained on another ingest table than %s", card["version"], ingest_dir)
     test = read_images(spark, ingest_dir).where(F.col("split") == "test")
     test = test.select("image_id", "label", "height", "width", "pixels")
-    model, size, threads = inference.TorchModel.from_card(folder, card), cfg.evaluate.batch_size, cfg.evaluate.threads
+    model = inference.TorchModel.from_card(folder, card, quantize)
+    size, threads = cfg.evaluate.batch_size, cfg.evaluate.threads
     if card["task"] == "anomaly":
         return test.mapInArrow(lambda it: inference.score_batches(it, model, size, threads), inference.SCORED_SCHEMA)
     return test.mapInArrow(lambda it: inference.classify_batches(it, model, size, threads), inference.CLASSIFIED_SCHEMA)
@@ -284,8 +288,11 @@ def reject(cfg: Config, kind: str, card: dict[str, Any], result: dict[str, Any],
     return target
 
 
-def evaluate_model(spark: SparkSession, cfg: Config, kind: str, reports: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(card, metrics)`` of one candidate on the test split; writes its plots and picture."""
+def evaluate_model(
+    spark: SparkSession, cfg: Config, kind: str, reports: Path
+) -> tuple[dict[str, Any], dict[str, Any], DataFrame]:
+    """``(card, metrics, cached test predictions)`` of one candidate; writes its plots and picture.
+    The caller unpersists the predictions."""
     folder = model_dir(cfg, kind)
     card = read_card(folder)
     if card["kind"] != kind:
@@ -294,19 +301,58 @@ def evaluate_model(spark: SparkSession, cfg: Config, kind: str, reports: Path) -
         predictions = mllib_predictions(spark, cfg, folder, card).cache()
     else:
         predictions = torch_predictions(spark, cfg, folder, card).cache()
-    try:
-        if card["task"] == "anomaly":
-            result, pairs = anomaly_metrics(predictions, card)
-            write_roc(reports, kind, pairs)
-        else:
-            result, matrix = classifier_metrics(predictions, card["classes"])
-            write_classifier_plots(reports, kind, predictions, result, card["classes"])
-            labels = list(result["per_class"])
-            title = f"{kind} {card['version']}: accuracy {result['accuracy']:.4f} on {result['test_rows']} test images"
-            confusion_png(reports / "figures" / f"confusion_{kind}.png", matrix, labels, title)
-    finally:
-        predictions.unpersist()
-    return card, {"version": card["version"], "task": card["task"], **result}
+    if card["task"] == "anomaly":
+        result, pairs = anomaly_metrics(predictions, card)
+        write_roc(reports, kind, pairs)
+    else:
+        result, matrix = classifier_metrics(predictions, card["classes"])
+        write_classifier_plots(reports, kind, predictions, result, card["classes"])
+        labels = list(result["per_class"])
+        title = f"{kind} {card['version']}: accuracy {result['accuracy']:.4f} on {result['test_rows']} test images"
+        confusion_png(reports / "figures" / f"confusion_{kind}.png", matrix, labels, title)
+    if kind == "cnn" and cfg.evaluate.int8:
+        result["int8"] = int8_metrics(spark, cfg, folder, card, result)
+    return card, {"version": card["version"], "task": card["task"], **result}, predictions
+
+
+def cascade_metrics(light: DataFrame, heavy: DataFrame, classes: list[str], confidence: float) -> dict[str, Any]:
+    """The ``score.cascade`` on the test split: the mllib prediction where its probability reaches
+    ``confidence``, the cnn's elsewhere; accuracy, macro-F1 and the share that reached the cnn."""
+    from pyspark.sql import functions as F
+
+    joined = light.select(
+        "image_id", "label", F.col("prediction").alias("_light"), F.col("probability").alias("_p")
+    ).join(heavy.select("image_id", F.col("prediction").alias("_heavy")), "image_id")
+    unsure = F.col("_p") < F.lit(confidence)
+    decided = joined.select(
+        "label",
+        F.when(unsure, F.col("_heavy")).otherwise(F.col("_light")).alias("prediction"),
+        unsure.cast("int").alias("_to_heavy"),
+    )
+    result, _ = classifier_metrics(decided, classes)
+    share = decided.agg(F.avg("_to_heavy")).first()[0]
+    return {
+        "confidence": confidence,
+        "accuracy": result["accuracy"],
+        "macro_f1": result["macro_f1"],
+        "heavy_fraction": round(float(share), 6) if share is not None else None,
+        "test_rows": result["test_rows"],
+    }
+
+
+def int8_metrics(
+    spark: SparkSession, cfg: Config, folder: Path, card: dict[str, Any], fp32: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Accuracy and macro-F1 of the cnn's INT8 copy on the test split, and its accuracy cost."""
+    if "calibration" not in card["files"]:
+        log.warning("%s has no calibration images (trained before INT8 support): no INT8 figures", card["version"])
+        return None
+    result, _ = classifier_metrics(torch_predictions(spark, cfg, folder, card, "int8"), card["classes"])
+    return {
+        "accuracy": result["accuracy"],
+        "macro_f1": result["macro_f1"],
+        "accuracy_drop": round(fp32["accuracy"] - result["accuracy"], 6),
+    }
 
 
 def run(cfg: Config, spark: SparkSession) -> Path:
@@ -316,9 +362,17 @@ def run(cfg: Config, spark: SparkSession) -> Path:
     staging = reports.with_name(f".{reports.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    cards, results = {}, {}
-    for kind in cfg.evaluate.models:
-        cards[kind], results[kind] = evaluate_model(spark, cfg, kind, staging)
+    cards, results, predictions = {}, {}, {}
+    try:
+        for kind in cfg.evaluate.models:
+            cards[kind], results[kind], predictions[kind] = evaluate_model(spark, cfg, kind, staging)
+        cascade = None
+        if {"mllib", "cnn"} <= set(results) and cards["mllib"]["classes"] == cards["cnn"]["classes"]:
+            confidence = cfg.score.cascade.confidence
+            cascade = cascade_metrics(predictions["mllib"], predictions["cnn"], cards["cnn"]["classes"], confidence)
+    finally:
+        for frame in predictions.values():
+            frame.unpersist()
 
     champions = {task: read_champion(cfg, task) for task in set(TASKS.values())}
     challengers = {task: challenger(results, task) for task in set(TASKS.values())}
@@ -370,6 +424,7 @@ def run(cfg: Config, spark: SparkSession) -> Path:
             else None
         ),
         "models": results,
+        "cascade": cascade,
         "gate": gate_result.for_manifest(),
         "evaluate_s": round(time.perf_counter() - t0, 3),
     }

@@ -181,6 +181,13 @@ def test_cnn_trains_across_ranks_and_a_zero_epoch_model_is_rejected(spark, mllib
     good = evaluate.run(_with(cfg, "evaluate.models=[mllib,cnn]"), spark)
     doc = json.loads((good / evaluate.METRICS).read_text())
     assert {m["gate"] for m in doc["models"].values()} == {"passed"}
+    int8 = doc["models"]["cnn"]["int8"]  # the INT8 copy's accuracy, next to FP32's
+    assert int8["accuracy"] == pytest.approx(doc["models"]["cnn"]["accuracy"] - int8["accuracy_drop"])
+    assert int8["accuracy"] > 0.8
+    cascade = doc["cascade"]
+    assert cascade["test_rows"] == doc["models"]["cnn"]["test_rows"]
+    assert 0.0 <= cascade["heavy_fraction"] <= 1.0
+    assert cascade["confidence"] == cfg.score.cascade.confidence
     best = max(doc["models"], key=lambda k: doc["models"][k]["accuracy"])
     assert doc["champion"]["kind"] == best
     assert doc["accuracy"] == doc["models"][best]["accuracy"]
