@@ -36,9 +36,10 @@ test: venv ## Run the test suite
 lint: venv ## Lint and check formatting
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: venv ## Ingest and feature-extraction throughput benchmarks (writes bench/results/)
+bench: venv ## Ingest, features and scoring throughput benchmarks (writes bench/results/; scoring needs `make run` first)
 	$(BIN)/python bench/ingest_throughput.py
 	$(BIN)/python bench/features_throughput.py
+	$(BIN)/python bench/score_throughput.py
 
 lock: ## Re-resolve requirements.lock from pyproject.toml (slow: ~10 min)
 	$(PYTHON) -m venv .lockenv && .lockenv/bin/pip install --quiet pip-tools

@@ -118,6 +118,7 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
     for stage in ("sample", "ingest", "backbone", "features", "train@mllib", "train@cnn", "train@autoencoder"):
         assert f"Running stage '{stage}'" in first
     assert "Running stage 'evaluate'" in first
+    assert "Running stage 'score'" in first
     made = yaml.safe_load((workspace / "data" / "features" / "_manifest.json").read_text())
     assert made["counts"]["rows"] == 1797
     assert made["counts"]["dim"] == params["features"]["classical"]["pca_k"]
@@ -139,6 +140,14 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
     _dvc(workspace, "plots", "show", "-o", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").exists()
 
+    # The sample inbox, scored once by the champion; its two unusable files quarantined.
+    runs = sorted((workspace / "data" / "predictions").glob("run_date=*/run_id=*"))
+    assert len(runs) == 1
+    scored = yaml.safe_load((runs[0] / "_manifest.json").read_text())
+    assert scored["counts"]["scored"] == 120
+    assert scored["counts"]["quarantined"] == 2
+    assert scored["inputs"]["model"]["version"] == doc["champion"]["version"]
+
     second = _dvc(workspace, "repro")
     assert "Running stage" not in second
     assert "Data and pipelines are up to date" in second
@@ -146,7 +155,7 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
     params["features"]["classical"]["pca_k"] = 24
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
     third = _dvc(workspace, "repro")
-    for stage in ("sample", "ingest", "backbone", "train@cnn", "train@autoencoder"):
+    for stage in ("sample", "ingest", "backbone", "train@cnn", "train@autoencoder", "score"):
         assert f"Stage '{stage}' didn't change, skipping" in third
     for stage in ("features", "train@mllib", "evaluate"):
         assert f"Running stage '{stage}'" in third
