@@ -263,6 +263,8 @@ def promote(cfg: Config, task: str, kind: str, card: dict[str, Any], result: dic
     """Make a candidate its task's champion; returns the ``promotion.json`` written with it."""
     previous = read_champion(cfg, task)
     target = Path(cfg.evaluate.champion) / task
+    if previous and previous["version"] == card["version"] and (target / "card.json").exists():
+        return previous  # already the champion: left as it is, so what depends on it does not rerun
     record = {
         "task": task,
         "kind": kind,
@@ -272,8 +274,6 @@ def promote(cfg: Config, task: str, kind: str, card: dict[str, Any], result: dic
         "replaced": previous["version"] if previous else None,
         "job_version": manifest.job_version(),
     }
-    if previous and previous["version"] == card["version"]:
-        record["promoted_at"], record["replaced"] = previous["promoted_at"], previous["replaced"]
     _copy_model(model_dir(cfg, kind), target)
     (target / PROMOTION).write_text(json.dumps(record, indent=2, default=str) + "\n")
     return record
