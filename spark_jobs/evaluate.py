@@ -41,7 +41,7 @@ from spark_jobs.config import Config, ModelGateConfig
 from spark_jobs.jobs import run_stage
 from spark_jobs.store import SourceError
 from spark_jobs.tables import published, read_features, read_images
-from spark_jobs.train import TASKS, mllib_classifier, mllib_input, model_dir, read_card
+from spark_jobs.train import TASKS, mllib_classify, model_dir, read_card
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,8 +55,8 @@ PROMOTION = "promotion.json"
 
 
 def mllib_predictions(spark: SparkSession, cfg: Config, folder: Path, card: dict[str, Any]) -> DataFrame:
-    """``image_id, label, prediction (class index), probability`` for the features table's test rows."""
-    from pyspark.ml.functions import vector_to_array
+    """``image_id, label, prediction (class index), probability, probabilities`` for the features
+    table's test rows."""
     from pyspark.sql import functions as F
 
     features_dir = published(cfg.data.root, "features")
@@ -70,21 +70,15 @@ def mllib_predictions(spark: SparkSession, cfg: Config, folder: Path, card: dict
                 f"{extractor.get('dim')}: retrain it (python -m spark_jobs.train --set train.model=mllib)"
             )
         log.warning("model %s was trained on another features table than %s", card["version"], features_dir)
-    test = mllib_input(read_features(spark, features_dir).where(F.col("split") == "test"), card["classes"])
-    scored = mllib_classifier(folder).transform(test)
-    return scored.select(
-        "image_id",
-        "label",
-        F.col("prediction").cast("int").alias("prediction"),
-        F.array_max(vector_to_array("probability")).cast("float").alias("probability"),
-    )
+    test = read_features(spark, features_dir).where(F.col("split") == "test")
+    return mllib_classify(folder, test, card["classes"], ("image_id", "label"))
 
 
 def torch_predictions(
     spark: SparkSession, cfg: Config, folder: Path, card: dict[str, Any], quantize: str = "none"
 ) -> DataFrame:
-    """Classifier rows (``inference.CLASSIFIED_SCHEMA``) or anomaly rows (``SCORED_SCHEMA``) of the
-    test split; ``quantize="int8"``: of the cnn's static INT8 copy."""
+    """``image_id, label`` and the model's outputs (:class:`inference.Predictor`) for each image of
+    the test split; ``quantize="int8"``: of the cnn's static INT8 copy."""
     from pyspark.sql import functions as F
 
     ingest_dir = published(cfg.data.root, "ingest")
@@ -93,10 +87,8 @@ def torch_predictions(
     test = read_images(spark, ingest_dir).where(F.col("split") == "test")
     test = test.select("image_id", "label", "height", "width", "pixels")
     model = inference.TorchModel.from_card(folder, card, quantize)
-    size, threads = cfg.evaluate.batch_size, cfg.evaluate.threads
-    if card["task"] == "anomaly":
-        return test.mapInArrow(lambda it: inference.score_batches(it, model, size, threads), inference.SCORED_SCHEMA)
-    return test.mapInArrow(lambda it: inference.classify_batches(it, model, size, threads), inference.CLASSIFIED_SCHEMA)
+    predictor = inference.Predictor(model, cfg.evaluate.batch_size, cfg.evaluate.threads)
+    return test.mapInArrow(lambda it: inference.predict_batches(it, predictor), inference.predicted_schema(predictor))
 
 
 def confusion_matrix(predictions: DataFrame, classes: list[str]) -> np.ndarray:

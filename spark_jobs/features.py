@@ -64,13 +64,6 @@ RAW_FIELDS = tuple(f.split()[0] for f in RAW_SCHEMA.split(", "))
 _KEYS = ("image_id", "source_uri", "label", "split")
 
 
-def vectors_array(vectors: np.ndarray) -> pa.ListArray:
-    """An ``(N, D)`` float32 array as an Arrow list<float> column, without a Python object per row."""
-    n, d = vectors.shape
-    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32)[: n + 1])
-    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel()))
-
-
 def whole_image_batches(batches: Iterator[pa.RecordBatch], extractor: extractors.Extractor) -> Iterator[pa.RecordBatch]:
     """One raw row per image: its vector, as tile (0, 0) covering the whole original."""
     for batch in batches:
@@ -88,7 +81,7 @@ def whole_image_batches(batches: Iterator[pa.RecordBatch], extractor: extractors
             "box_y0": zeros,
             "box_x1": batch.column("orig_width").cast(pa.int32()),
             "box_y1": batch.column("orig_height").cast(pa.int32()),
-            "raw": vectors_array(vectors),
+            "raw": images.vectors_array(vectors),
             "problem": pa.nulls(n, pa.string()),
         }
         yield pa.RecordBatch.from_pydict(columns)

@@ -297,3 +297,10 @@ def stack_pixels(pixels: pa.Array, height: int, width: int) -> np.ndarray:
             data = np.frombuffer(pixels.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
             return data.reshape(n, height, width, 3)
     return np.frombuffer(b"".join(pixels.to_pylist()), dtype=np.uint8).reshape(n, height, width, 3)
+
+
+def vectors_array(vectors: np.ndarray) -> pa.ListArray:
+    """An ``(N, D)`` float32 array as an Arrow list<float> column, without a Python object per row."""
+    n, d = vectors.shape
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32)[: n + 1])
+    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel()))

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,22 +19,10 @@ import pyarrow as pa
 from spark_jobs import images, models
 from spark_jobs.config import ConfigError
 
+if TYPE_CHECKING:
+    from pyspark.sql.types import StructType
+
 KEYS = ("image_id", "label")
-
-
-def classified_schema(keys: tuple[str, ...] = KEYS) -> str:
-    """The rows :func:`classify_batches` yields: ``keys`` passed through, then the predicted class
-    index, its softmax probability and all of them."""
-    return ", ".join(f"{k} string" for k in keys) + ", prediction int, probability float, probabilities array<float>"
-
-
-def scored_schema(keys: tuple[str, ...] = KEYS) -> str:
-    """The rows :func:`score_batches` yields: ``keys`` passed through, then the anomaly score."""
-    return ", ".join(f"{k} string" for k in keys) + ", score double"
-
-
-CLASSIFIED_SCHEMA = classified_schema()
-SCORED_SCHEMA = scored_schema()
 
 
 @dataclass(frozen=True)
@@ -45,6 +33,7 @@ class TorchModel:
     sha256: str
     architecture: str
     arch_json: str
+    task: str = "classifier"  # or "anomaly" (an autoencoder)
     calibration: str | None = None  # set: the static INT8 copy, calibrated on these images
 
     @classmethod
@@ -63,6 +52,7 @@ class TorchModel:
             sha256=card["weights_sha256"],
             architecture=card["architecture"],
             arch_json=json.dumps(card["arch"], sort_keys=True),
+            task=card["task"],
             calibration=calibration,
         )
 
@@ -70,50 +60,67 @@ class TorchModel:
         return models.cached_model(self.weights, self.sha256, self.architecture, self.arch_json, self.calibration)
 
 
-def _batches(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
-    """``(rows, pixels as float NCHW in [0, 1])`` in chunks of at most ``size`` images."""
-    for batch in batches:
-        for start in range(0, batch.num_rows, size):
-            part = batch.slice(start, size)
-            if part.num_rows == 0:
-                continue
-            h, w = part.column("height")[0].as_py(), part.column("width")[0].as_py()
-            pixels = images.stack_pixels(part.column("pixels"), h, w)
-            yield part, pixels
+@dataclass(frozen=True)
+class Predictor:
+    """A torch model applied to ``(N, H, W, 3)`` uint8 pixels in forward passes of ``batch_size``
+    images with ``threads`` torch threads: the classifier's predicted index, its probability and all
+    of them, or the autoencoder's anomaly score (:meth:`outputs`), for at least one image.
+    Picklable; the weights are loaded once per Python worker."""
 
+    model: TorchModel
+    batch_size: int
+    threads: int
 
-def classify_batches(
-    batches: Iterator[pa.RecordBatch], model: TorchModel, batch_size: int, threads: int, keys: tuple[str, ...] = KEYS
-) -> Iterator[pa.RecordBatch]:
-    """:func:`classified_schema` rows of the images in ``batches``."""
-    import torch
-
-    torch.set_num_threads(threads)
-    net = model.load()
-    for part, pixels in _batches(batches, batch_size):
-        with torch.inference_mode():
-            probs = torch.softmax(net(models.to_tensor(pixels)), dim=1).numpy().astype(np.float32)
-        k = probs.shape[1]
-        offsets = pa.array(np.arange(0, (len(probs) + 1) * k, k, dtype=np.int32))
-        yield pa.RecordBatch.from_pydict(
-            {
-                **{k: part.column(k) for k in keys},
-                "prediction": pa.array(probs.argmax(1).astype(np.int32)),
-                "probability": pa.array(probs.max(1)),
-                "probabilities": pa.ListArray.from_arrays(offsets, pa.array(probs.ravel())),
-            }
+    def outputs(self) -> pa.Schema:
+        if self.model.task == "anomaly":
+            return pa.schema([("score", pa.float64())])
+        return pa.schema(
+            [("prediction", pa.int32()), ("probability", pa.float32()), ("probabilities", pa.list_(pa.float32()))]
         )
 
+    def raw(self, pixels: np.ndarray) -> np.ndarray:
+        """The classifier's ``(N, C)`` softmax probabilities (float32), or the autoencoder's ``(N,)``
+        reconstruction errors (float64)."""
+        import torch
 
-def score_batches(
-    batches: Iterator[pa.RecordBatch], model: TorchModel, batch_size: int, threads: int, keys: tuple[str, ...] = KEYS
-) -> Iterator[pa.RecordBatch]:
-    """:func:`scored_schema` rows: the autoencoder's reconstruction error of each image."""
-    import torch
-
-    torch.set_num_threads(threads)
-    net = model.load()
-    for part, pixels in _batches(batches, batch_size):
+        torch.set_num_threads(self.threads)
+        net = self.model.load()
+        parts = []
         with torch.inference_mode():
-            scores = models.reconstruction_error(net, models.to_tensor(pixels)).numpy().astype(np.float64)
-        yield pa.RecordBatch.from_pydict({**{k: part.column(k) for k in keys}, "score": pa.array(scores)})
+            for start in range(0, len(pixels), self.batch_size):
+                x = models.to_tensor(pixels[start : start + self.batch_size])
+                if self.model.task == "anomaly":
+                    parts.append(models.reconstruction_error(net, x).numpy().astype(np.float64))
+                else:
+                    parts.append(torch.softmax(net(x), dim=1).numpy().astype(np.float32))
+        return np.concatenate(parts)
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, pa.Array]:
+        out = self.raw(pixels)
+        if self.model.task == "anomaly":
+            return {"score": pa.array(out)}
+        return {
+            "prediction": pa.array(out.argmax(1).astype(np.int32)),
+            "probability": pa.array(out.max(1)),
+            "probabilities": images.vectors_array(out),
+        }
+
+
+def predict_batches(
+    batches: Iterator[pa.RecordBatch], predictor: Predictor, keys: tuple[str, ...] = KEYS
+) -> Iterator[pa.RecordBatch]:
+    """For each Arrow batch of an image table (``height``, ``width``, ``pixels``): ``keys`` passed
+    through, then the predictor's columns (``predicted_schema(predictor, keys)``)."""
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        h, w = batch.column("height")[0].as_py(), batch.column("width")[0].as_py()
+        outputs = predictor(images.stack_pixels(batch.column("pixels"), h, w))
+        yield pa.RecordBatch.from_pydict({**{k: batch.column(k) for k in keys}, **outputs})
+
+
+def predicted_schema(predictor: Predictor, keys: tuple[str, ...] = KEYS) -> StructType:
+    """The rows :func:`predict_batches` yields."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(pa.schema([*((k, pa.string()) for k in keys), *predictor.outputs()]))

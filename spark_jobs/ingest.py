@@ -21,7 +21,7 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,23 +79,29 @@ def decode_record(
     return row
 
 
-def decode_frame(entries: list[tuple[str, str | None]], cfg: IngestConfig, labelled: bool = True) -> pd.DataFrame:
+def decode_frame(entries: list[tuple[str, str | None]], cfg: IngestConfig) -> pd.DataFrame:
     """Decode one batch of ``(source_uri, label)``: the bytes are fetched here, on the executor."""
     uris = [uri for uri, _ in entries]
     contents = store.fetch_many(uris, cfg.fetch_threads)
-    records = [decode_record(u, lab, c, cfg, labelled) for (u, lab), c in zip(entries, contents, strict=True)]
+    records = [decode_record(u, lab, c, cfg) for (u, lab), c in zip(entries, contents, strict=True)]
     return pd.DataFrame.from_records(records, columns=DECODED_FIELDS)
 
 
+def chunk_slices(chunk_ids: Iterable[int], listing: Broadcast, batch_rows: int) -> Iterator[list]:
+    """The ``(source_uri, label)`` entries of the listed chunks, in slices of ``batch_rows``."""
+    for chunk_id in chunk_ids:
+        entries = listing.value[chunk_id]
+        for start in range(0, len(entries), batch_rows):
+            yield entries[start : start + batch_rows]
+
+
 def decode_chunks(
-    frames: Iterator[pd.DataFrame], listing: Broadcast, cfg: IngestConfig, batch_rows: int, labelled: bool = True
+    frames: Iterator[pd.DataFrame], listing: Broadcast, cfg: IngestConfig, batch_rows: int
 ) -> Iterator[pd.DataFrame]:
     """For each chunk id in the input, decode that chunk of the broadcast listing, in batches."""
     for frame in frames:
-        for chunk_id in frame["id"]:
-            entries = listing.value[chunk_id]
-            for start in range(0, len(entries), batch_rows):
-                yield decode_frame(entries[start : start + batch_rows], cfg, labelled)
+        for entries in chunk_slices(frame["id"], listing, batch_rows):
+            yield decode_frame(entries, cfg)
 
 
 def plan_chunks(spark: SparkSession, files: list[store.SourceFile], spark_cfg: SparkConfig) -> list[list]:
@@ -110,16 +116,18 @@ def plan_chunks(spark: SparkSession, files: list[store.SourceFile], spark_cfg: S
     return [[next(rows) for _ in range(n)] for n in plan]
 
 
-def decode(
-    spark: SparkSession, chunks: list[list], cfg: IngestConfig, batch_rows: int, labelled: bool = True
-) -> DataFrame:
-    """Fetch + decode every listed file: DECODED_SCHEMA rows, good and bad alike.
-
-    The listing is broadcast once and task ``i`` decodes chunk ``i`` in Arrow batches of
-    ``batch_rows``: one Python stage, no per-row trip of the listing through the JVM."""
+def chunk_tasks(spark: SparkSession, chunks: list[list]) -> tuple[DataFrame, Broadcast]:
+    """``(one row per chunk id, one partition each; the listing broadcast once)``: task ``i``
+    reads chunk ``i`` (no per-row trip of the listing through the JVM)."""
     listing = spark.sparkContext.broadcast(chunks)
-    ids = spark.range(len(chunks), numPartitions=max(len(chunks), 1))
-    return ids.mapInPandas(lambda it: decode_chunks(it, listing, cfg, batch_rows, labelled), DECODED_SCHEMA)
+    return spark.range(len(chunks), numPartitions=max(len(chunks), 1)), listing
+
+
+def decode(spark: SparkSession, chunks: list[list], cfg: IngestConfig, batch_rows: int) -> DataFrame:
+    """Fetch + decode every listed file: DECODED_SCHEMA rows, good and bad alike, in Arrow batches
+    of ``batch_rows``: one Python stage."""
+    ids, listing = chunk_tasks(spark, chunks)
+    return ids.mapInPandas(lambda it: decode_chunks(it, listing, cfg, batch_rows), DECODED_SCHEMA)
 
 
 def write_decoded(decoded: DataFrame, folder: str) -> None:

@@ -38,19 +38,24 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import pyarrow as pa
 
 from spark_jobs import features, gate, inference, ingest, manifest, session, store, suites
 from spark_jobs import images as images_lib
 from spark_jobs.config import ClassicalConfig, Config, ConfigError, IngestConfig
 from spark_jobs.jobs import run_stage
 from spark_jobs.tables import QUARANTINE_COLUMNS
-from spark_jobs.train import mllib_classifier, mllib_input, read_card
+from spark_jobs.train import mllib_classify, read_card
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,30 @@ STAGE = "score"
 PREDICTIONS = "predictions"
 QUARANTINE = "score_quarantine"
 ANOMALY_LABELS = ("normal", "anomaly")
-_KEYS = ("image_id", "source_uri", "label")
+# What a scan yields for every file it did not skip, before the model's outputs.
+SCAN_FIELDS = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("label", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+TOP_K = pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float32())]))
+# What a model says about one image (classifier or anomaly columns, the others null).
+PREDICTED_FIELDS = pa.schema(
+    [
+        ("predicted_label", pa.string()),
+        ("probability", pa.float32()),
+        ("top_k", TOP_K),
+        ("anomaly_score", pa.float64()),
+        ("is_anomaly", pa.bool_()),
+    ]
+)
+# An image's keys and what a model said about it.
+PREDICTED_ROW = pa.schema([SCAN_FIELDS.field("image_id"), SCAN_FIELDS.field("source_uri"), *PREDICTED_FIELDS])
 PREDICTION_COLUMNS = (
     "image_id",
     "source_uri",
@@ -73,6 +101,15 @@ PREDICTION_COLUMNS = (
     "job_version",
     "scored_at",
 )
+
+
+class Head(Protocol):
+    """What a scan runs on the decoded pixels of each batch, in the same Python worker: the model
+    (:class:`inference.Predictor`) or the light model's input (:class:`Descriptors`)."""
+
+    def outputs(self) -> pa.Schema: ...
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, pa.Array]: ...
 
 
 def model_folder(cfg: Config) -> Path:
@@ -98,48 +135,84 @@ def read_predictions(spark: SparkSession, folder: Path) -> DataFrame | None:
     return spark.read.option("basePath", str(folder)).parquet(*[str(p) for p in committed_runs(folder)])
 
 
-def already_scored(spark: SparkSession, folder: Path, version: str) -> DataFrame | None:
-    """``image_id`` of every image the model ``version`` has already scored."""
+def scored_ids(spark: SparkSession, folder: Path, version: str) -> IdSet:
+    """``image_id`` of every image the model ``version`` has already scored (read from the
+    published predictions' ``image_id`` and ``model_version`` columns only)."""
     from pyspark.sql import functions as F
 
     table = read_predictions(spark, folder)
     if table is None:
-        return None
-    return table.where(F.col("model_version") == version).select("image_id").distinct()
+        return IdSet([])
+    ids = table.where(F.col("model_version") == version).select("image_id").distinct()
+    return IdSet(ids.toArrow().column("image_id").to_pylist())
 
 
-def top_k(probabilities: Column, classes: list[str], k: int) -> Column:
-    """``array<struct<label, probability>>`` of the ``k`` most probable classes, most probable first."""
-    from pyspark.sql import functions as F
-
-    names = F.array(*[F.lit(c) for c in classes])
-    pairs = F.transform(
-        probabilities,
-        lambda p, i: F.struct(F.element_at(names, i + 1).alias("label"), p.cast("float").alias("probability")),
+def class_columns(probabilities: np.ndarray, classes: Sequence[str], k: int) -> list[pa.Array]:
+    """:data:`PREDICTED_FIELDS` of a classifier from its ``(N, C)`` probabilities: the most probable
+    class and its probability, and the ``k`` most probable ``(label, probability)``, most probable
+    first (ties keep the class order, so ``top_k[0]`` is always the predicted label)."""
+    n, c = probabilities.shape
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, : min(k, c)]
+    names = np.asarray(classes, dtype=object)[order]
+    best = np.take_along_axis(probabilities, order, axis=1).astype(np.float32)
+    pairs = pa.StructArray.from_arrays(
+        [pa.array(names.ravel(), pa.string()), pa.array(best.ravel())], fields=list(TOP_K.value_type)
     )
-    ordered = F.array_sort(
-        pairs,
-        lambda a, b: (
-            F.when(a["probability"] > b["probability"], -1).when(a["probability"] < b["probability"], 1).otherwise(0)
-        ),
-    )
-    return F.slice(ordered, 1, min(k, len(classes)))
+    offsets = pa.array(np.arange(0, (n + 1) * order.shape[1], order.shape[1], dtype=np.int32))
+    return [
+        pa.array(names[:, 0], pa.string()),
+        pa.array(best[:, 0]),
+        pa.ListArray.from_arrays(offsets, pairs, type=TOP_K),
+        pa.nulls(n, pa.float64()),
+        pa.nulls(n, pa.bool_()),
+    ]
 
 
-def labelled(classified: DataFrame, classes: list[str], k: int) -> DataFrame:
-    """Prediction columns from ``image_id, source_uri, prediction (index), probabilities``."""
-    from pyspark.sql import functions as F
+def anomaly_columns(scores: np.ndarray, threshold: float) -> list[pa.Array]:
+    """:data:`PREDICTED_FIELDS` of an autoencoder: ``anomaly`` above ``threshold``, else ``normal``."""
+    flagged = scores > threshold
+    n = len(scores)
+    labels = np.where(flagged, ANOMALY_LABELS[1], ANOMALY_LABELS[0])
+    return [
+        pa.array(labels, pa.string()),
+        pa.nulls(n, pa.float32()),
+        pa.nulls(n, TOP_K),
+        pa.array(scores),
+        pa.array(flagged),
+    ]
 
-    names = F.array(*[F.lit(c) for c in classes])
-    return classified.select(
-        "image_id",
-        "source_uri",
-        F.element_at(names, F.col("prediction") + 1).alias("predicted_label"),
-        F.col("probability").cast("float").alias("probability"),
-        top_k(F.col("probabilities"), classes, k).alias("top_k"),
-        F.lit(None).cast("double").alias("anomaly_score"),
-        F.lit(None).cast("boolean").alias("is_anomaly"),
-    )
+
+def top_k_batches(batches: Iterator[pa.RecordBatch], classes: Sequence[str], k: int) -> Iterator[pa.RecordBatch]:
+    """:data:`PREDICTED_ROW` rows from rows with ``probabilities`` (an MLlib classifier's,
+    computed in the JVM)."""
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        probabilities = batch.column("probabilities").flatten().to_numpy().reshape(batch.num_rows, len(classes))
+        columns = [batch.column("image_id"), batch.column("source_uri"), *class_columns(probabilities, classes, k)]
+        yield pa.RecordBatch.from_arrays(columns, schema=PREDICTED_ROW)
+
+
+@dataclass(frozen=True)
+class TorchHead:
+    """A cnn's classes or an autoencoder's anomaly flag, as :data:`PREDICTED_FIELDS`, computed in
+    the scanning worker."""
+
+    predictor: inference.Predictor
+    classes: tuple[str, ...]
+    top_k: int
+    threshold: float | None = None
+
+    def outputs(self) -> pa.Schema:
+        return PREDICTED_FIELDS
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, pa.Array]:
+        raw = self.predictor.raw(pixels)
+        if self.predictor.model.task == "anomaly":
+            columns = anomaly_columns(raw, float(self.threshold))
+        else:
+            columns = class_columns(raw, self.classes, self.top_k)
+        return dict(zip(PREDICTED_FIELDS.names, columns, strict=True))
 
 
 def classical_extractor(folder: Path) -> Any:
@@ -156,77 +229,150 @@ def classical_extractor(folder: Path) -> Any:
     return extractors.Classical(cfg, int(spec["image_size"]))
 
 
-def mllib_predictions(images: DataFrame, folder: Path, card: dict[str, Any], k: int) -> DataFrame:
-    """The classical descriptors, the saved scaler + PCA, then the MLlib classifier."""
+@dataclass(frozen=True)
+class Descriptors:
+    """The classical descriptors of ``(N, H, W, 3)`` pixels, as at features time (an mllib model's
+    input before its saved scaler + PCA)."""
+
+    extractor: Any
+
+    def outputs(self) -> pa.Schema:
+        return pa.schema([("raw", pa.list_(pa.float32()))])
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, pa.Array]:
+        return {"raw": images_lib.vectors_array(self.extractor(pixels))}
+
+
+class IdSet:
+    """``image_id`` values (sha256 hex) as a sorted array of 32-byte digests: what executors check
+    each fetched file against before decoding it (32 bytes per id; a million ids broadcast as 32 MB)."""
+
+    def __init__(self, ids: Iterable[str]) -> None:
+        self.digests = np.unique(np.array([bytes.fromhex(i) for i in ids], dtype="S32"))
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    def __contains__(self, image_id: str) -> bool:
+        digest = bytes.fromhex(image_id)
+        i = int(np.searchsorted(self.digests, digest))
+        return i < len(self.digests) and self.digests[i] == digest
+
+
+def scan_batch(entries: list[tuple[str, str | None]], cfg: IngestConfig, done: IdSet, head: Head) -> pa.RecordBatch:
+    """Fetch, skip, decode and run ``head`` on one slice of ``(source_uri, label)``, all in this
+    Python worker: a row per file whose content is not in ``done``, with :data:`SCAN_FIELDS` and the
+    head's outputs (null for unusable files, which carry ``reason`` and ``detail``)."""
+    contents = store.fetch_many([uri for uri, _ in entries], cfg.fetch_threads)
+    good, bad = [], []
+    for (uri, label), data in zip(entries, contents, strict=True):
+        if isinstance(data, bytes) and images_lib.image_id(data) in done:
+            continue
+        record = ingest.decode_record(uri, label, data, cfg, labelled=False)
+        (bad if record["reason"] else good).append(record)
+    schema = pa.schema([*SCAN_FIELDS, *head.outputs()])
+    rows = good + bad
+    columns = [pa.array([r[f.name] for r in rows], f.type) for f in SCAN_FIELDS]
+    if good:
+        h, w = good[0]["height"], good[0]["width"]
+        pixels = np.frombuffer(b"".join(r["pixels"] for r in good), dtype=np.uint8).reshape(len(good), h, w, 3)
+        outputs = head(pixels)
+        columns += [pa.concat_arrays([outputs[f.name], pa.nulls(len(bad), f.type)]) for f in head.outputs()]
+    else:
+        columns += [pa.nulls(len(bad), f.type) for f in head.outputs()]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def scan(
+    spark: SparkSession, files: list[store.SourceFile], cfg: Config, ingest_cfg: IngestConfig, done: IdSet, head: Head
+) -> DataFrame:
+    """One Python pass over the listed files: fetched, checked against ``done``, decoded with the
+    model's ingest settings and run through ``head`` in the same task (no decoded pixels leave the
+    worker). Files are cut into tasks by bytes (:func:`ingest.plan_chunks`); copies of one content
+    in the batch are marked ``duplicate`` but the smallest ``source_uri``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    ids, listing = ingest.chunk_tasks(spark, ingest.plan_chunks(spark, files, cfg.spark))
+    known = spark.sparkContext.broadcast(done)
+    rows = cfg.spark.arrow_max_records_per_batch
+
+    def run_tasks(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for part in ingest.chunk_slices(batch.column("id").to_pylist(), listing, rows):
+                yield scan_batch(part, ingest_cfg, known.value, head)
+
+    schema = from_arrow_schema(pa.schema([*SCAN_FIELDS, *head.outputs()]))
+    scanned = ids.mapInArrow(run_tasks, schema)
+    copies = Window.partitionBy("image_id", F.col("reason").isNull()).orderBy("source_uri")
+    copy = F.col("reason").isNull() & (F.row_number().over(copies) > 1)
+    first = F.first("source_uri").over(copies.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing))
+    return scanned.withColumns(
+        {
+            "reason": F.when(copy, F.lit(images_lib.DUPLICATE)).otherwise(F.col("reason")),
+            "detail": F.when(copy, F.concat(F.lit("same content as "), first)).otherwise(F.col("detail")),
+        }
+    )
+
+
+def mllib_predictions(usable: DataFrame, folder: Path, card: dict[str, Any], k: int) -> DataFrame:
+    """:data:`PREDICTED_ROW` rows of an mllib model: scanned ``raw``
+    descriptors through its saved scaler + PCA, then its classifier."""
     from pyspark.ml import PipelineModel
-    from pyspark.ml.functions import vector_to_array
-    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
 
-    extractor = classical_extractor(folder)
-    columns = [*features._KEYS, "orig_width", "orig_height", "height", "width", "pixels"]
-    raw = images.withColumn("split", F.lit(None).cast("string")).select(*columns)
-    raw = raw.mapInArrow(lambda it: features.whole_image_batches(it, extractor), features.RAW_SCHEMA)
-    table = features.apply_transform(PipelineModel.load(str(folder / features.TRANSFORM)), raw)
-    scored = mllib_classifier(folder).transform(mllib_input(table, card["classes"]))
-    probabilities = vector_to_array("probability", "float32")
-    classified = scored.select(
-        "image_id",
-        "source_uri",
-        F.col("prediction").cast("int").alias("prediction"),
-        F.array_max(probabilities).alias("probability"),
-        probabilities.alias("probabilities"),
-    )
-    return labelled(classified, card["classes"], k)
+    table = features.apply_transform(PipelineModel.load(str(folder / features.TRANSFORM)), usable)
+    classes = tuple(card["classes"])
+    classified = mllib_classify(folder, table, list(classes), ("image_id", "source_uri"))
+    schema = from_arrow_schema(PREDICTED_ROW)
+    rows = classified.select("image_id", "source_uri", "probabilities")
+    return rows.mapInArrow(lambda it: top_k_batches(it, classes, k), schema)
 
 
-def torch_predictions(images: DataFrame, folder: Path, card: dict[str, Any], cfg: Config) -> DataFrame:
-    """The CNN's classes, or the autoencoder's score and flag, in Arrow batches of ``score.batch_size``."""
-    from pyspark.sql import functions as F
-
+def torch_head(folder: Path, card: dict[str, Any], cfg: Config) -> TorchHead:
+    """The cnn or autoencoder of ``folder`` (its INT8 copy with ``score.quantize: int8``), run in
+    forward passes of ``score.batch_size`` with ``score.threads`` torch threads per task."""
     model = inference.TorchModel.from_card(folder, card, cfg.score.quantize)
-    size, threads = cfg.score.batch_size, cfg.score.threads
-    rows = images.select(*_KEYS, "height", "width", "pixels")
-    if card["task"] == "anomaly":
-        scored = rows.mapInArrow(
-            lambda it: inference.score_batches(it, model, size, threads, _KEYS), inference.scored_schema(_KEYS)
-        )
-        flagged = F.col("score") > F.lit(float(card["threshold"]))
-        return scored.select(
-            "image_id",
-            "source_uri",
-            F.when(flagged, F.lit(ANOMALY_LABELS[1])).otherwise(F.lit(ANOMALY_LABELS[0])).alias("predicted_label"),
-            F.lit(None).cast("float").alias("probability"),
-            F.lit(None).cast("array<struct<label:string,probability:float>>").alias("top_k"),
-            F.col("score").alias("anomaly_score"),
-            flagged.alias("is_anomaly"),
-        )
-    classified = rows.mapInArrow(
-        lambda it: inference.classify_batches(it, model, size, threads, _KEYS), inference.classified_schema(_KEYS)
-    )
-    return labelled(classified, card["classes"], cfg.score.top_k)
+    predictor = inference.Predictor(model, cfg.score.batch_size, cfg.score.threads)
+    return TorchHead(predictor, tuple(card.get("classes") or ()), cfg.score.top_k, card.get("threshold"))
+
+
+def predicted(rows: DataFrame, decided_by: str) -> DataFrame:
+    """The prediction columns of scanned (or classified) rows, and which model decided them."""
+    from pyspark.sql import functions as F
+
+    return rows.select("image_id", "source_uri", *PREDICTED_FIELDS.names, F.lit(decided_by).alias("decided_by"))
 
 
 def cascade_predictions(
-    todo: DataFrame,
+    spark: SparkSession,
+    usable: DataFrame,
+    files: list[store.SourceFile],
     light_folder: Path,
     light: dict[str, Any],
     folder: Path,
     card: dict[str, Any],
     cfg: Config,
-    work: str,
+    out: gate.StagedOutput,
 ) -> DataFrame:
-    """The light model (mllib) on every image; the heavy one (cnn) only on the images the light
-    one predicts with probability below ``score.cascade.confidence``. ``decided_by`` says which."""
+    """The light model (mllib) on every scanned image; the heavy one (cnn) only on the images it
+    predicts with probability below ``score.cascade.confidence``, fetched and decoded again in a
+    second pass over just those files (a fraction of the batch: no table of decoded pixels is kept
+    for them; a file that changed in between is left for the next run, which finds it unscored).
+    ``decided_by`` says which model decided each row."""
     from pyspark.sql import functions as F
 
-    spark = todo.sparkSession
     confidence = F.lit(cfg.score.cascade.confidence)
-    mllib_predictions(todo, light_folder, light, cfg.score.top_k).write.parquet(work)  # computed once
+    work = out.path("_light")
+    mllib_predictions(usable, light_folder, light, cfg.score.top_k).write.parquet(work)  # computed once
     light_rows = spark.read.parquet(work)
-    sure = light_rows.where(F.col("probability") >= confidence).withColumn("decided_by", F.lit("mllib"))
-    unsure = todo.join(light_rows.where(F.col("probability") < confidence).select("image_id"), "image_id", "left_semi")
-    heavy = torch_predictions(unsure, folder, card, cfg).withColumn("decided_by", F.lit(_decider(card, cfg)))
-    return sure.unionByName(heavy)
+    sure = predicted(light_rows.where(F.col("probability") >= confidence), "mllib")
+    unsure = set(light_rows.where(F.col("probability") < confidence).select("source_uri").toArrow()[0].to_pylist())
+    heavy_files = [f for f in files if f.uri in unsure]
+    ingest_cfg = IngestConfig.model_validate(card["ingest_settings"])
+    rescanned = scan(spark, heavy_files, cfg, ingest_cfg, IdSet([]), torch_head(folder, card, cfg))
+    return sure.unionByName(predicted(rescanned.where(F.col("reason").isNull()), _decider(card, cfg)))
 
 
 def _decider(card: dict[str, Any], cfg: Config) -> str:
@@ -245,30 +391,6 @@ def cascade_parts(cfg: Config, card: dict[str, Any]) -> tuple[Path, dict[str, An
     if light["classes"] != card["classes"]:
         raise ConfigError(f"score.cascade: {light_folder} and the heavy model were trained on different classes")
     return light_folder, light
-
-
-def split_duplicates(images: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """``(one row per image_id (the smallest source_uri), quarantine rows for the other copies)``.
-    Copies are found from ids and URIs alone (no shuffle of pixels); they are few, so removing
-    them is a broadcast anti-join."""
-    from pyspark.sql import functions as F
-
-    keys = images.select("image_id", "source_uri", "label", "size_bytes")
-    groups = keys.groupBy("image_id").agg(F.count("*").alias("_n"), F.min("source_uri").alias("_keep"))
-    copies = (
-        keys.join(groups.where(F.col("_n") > 1), "image_id")
-        .where(F.col("source_uri") != F.col("_keep"))
-        .select(
-            "source_uri",
-            F.lit(images_lib.DUPLICATE).alias("reason"),
-            F.concat(F.lit("same content as "), F.col("_keep")).alias("detail"),
-            "image_id",
-            "label",
-            "size_bytes",
-        )
-    )
-    unique = images.join(F.broadcast(copies.select("source_uri")), "source_uri", "left_anti")
-    return unique, copies
 
 
 def new_quarantine(spark: SparkSession, staged: DataFrame, folder: Path) -> DataFrame:
@@ -323,51 +445,62 @@ def run(cfg: Config, spark: SparkSession) -> Path | None:
         version = f"cascade-{light['version']}+{version}@{cfg.score.cascade.confidence}"
         model_kind = "cascade"
     try:
-        chunks = ingest.plan_chunks(spark, files, cfg.spark)
-        decoded = ingest.decode(spark, chunks, ingest_cfg, cfg.spark.arrow_max_records_per_batch, labelled=False)
-        ingest.write_decoded(decoded, out.path("_decoded"))
-        images_dir, quarantine_dir = ingest.settle_tables(spark, out.staging)
-        unique, copies = split_duplicates(spark.read.parquet(str(images_dir)))
-        done = already_scored(spark, predictions_dir(cfg), version)
-        todo = unique if done is None else unique.join(done, "image_id", "left_anti")
+        done = scored_ids(spark, predictions_dir(cfg), version)
         if cfg.score.cascade.enabled:
-            predicted = cascade_predictions(todo, light_folder, light, folder, card, cfg, out.path("_light"))
+            head: Head = Descriptors(classical_extractor(light_folder))
         elif card["kind"] == "mllib":
-            predicted = mllib_predictions(todo, folder, card, cfg.score.top_k).withColumn("decided_by", F.lit("mllib"))
+            head = Descriptors(classical_extractor(folder))
         else:
-            predicted = torch_predictions(todo, folder, card, cfg).withColumn("decided_by", F.lit(_decider(card, cfg)))
-        stamped = predicted.withColumns(
-            {
-                "model_version": F.lit(version),
-                "model_kind": F.lit(model_kind),
-                "job_version": F.lit(job_version),
-                "scored_at": F.lit(started).cast("timestamp"),
-            }
-        ).select(*PREDICTION_COLUMNS)
-        stamped.write.parquet(out.path(PREDICTIONS))
-        copies.write.mode("append").parquet(str(quarantine_dir))
-        fresh = new_quarantine(spark, spark.read.parquet(str(quarantine_dir)), root / QUARANTINE)
-        fresh.select(*QUARANTINE_COLUMNS).write.parquet(out.path(QUARANTINE))
+            head = torch_head(folder, card, cfg)
+        # One pass over the files, written once (no pixels: ids, reasons and the model's outputs),
+        # usable rows under _table=scored and the rest under _table=quarantine.
+        scan_dir = out.staging / "_scan"
+        side = F.when(F.col("reason").isNull(), F.lit("scored")).otherwise(F.lit("quarantine"))
+        scanned = scan(spark, files, cfg, ingest_cfg, done, head).withColumn("_table", side)
+        scanned.write.partitionBy("_table").parquet(str(scan_dir))
+        if (scan_dir / "_table=scored").exists():
+            usable = spark.read.parquet(str(scan_dir / "_table=scored"))
+            if cfg.score.cascade.enabled:
+                decided = cascade_predictions(spark, usable, files, light_folder, light, folder, card, cfg, out)
+            elif card["kind"] == "mllib":
+                decided = predicted(mllib_predictions(usable, folder, card, cfg.score.top_k), "mllib")
+            else:
+                decided = predicted(usable, _decider(card, cfg))
+            stamped = decided.withColumns(
+                {
+                    "model_version": F.lit(version),
+                    "model_kind": F.lit(model_kind),
+                    "job_version": F.lit(job_version),
+                    "scored_at": F.lit(started).cast("timestamp"),
+                }
+            ).select(*PREDICTION_COLUMNS)
+            stamped.write.parquet(out.path(PREDICTIONS))
+        seen_bad = 0
+        if (scan_dir / "_table=quarantine").exists():
+            bad = spark.read.parquet(str(scan_dir / "_table=quarantine")).select(*QUARANTINE_COLUMNS)
+            seen_bad = bad.count()
+            new_quarantine(spark, bad, root / QUARANTINE).write.parquet(out.path(QUARANTINE))
         scored_at = time.perf_counter()
     except BaseException:
         out.discard()
         raise
 
-    staged = spark.read.parquet(out.path(PREDICTIONS))
-    quarantine = spark.read.parquet(out.path(QUARANTINE))
-    seen_bad = spark.read.parquet(str(quarantine_dir)).count()
-    reasons = suites.value_counts(quarantine, "reason")
+    reasons = suites.value_counts(spark.read.parquet(out.path(QUARANTINE)), "reason") if seen_bad else {}
     labels = list(ANOMALY_LABELS) if card["task"] == "anomaly" else list(card["classes"])
-    profile = suites.prediction_profile(staged, cfg.score.low_confidence).cache()
-    try:
-        per_label = suites.value_counts(profile, "predicted_label")
-        rows = sum(per_label.values())
-        batches = suites.prediction_batches(
-            spark, profile, labels, per_label, card.get("class_counts"), card["task"], cfg.gate.predictions
-        )
-        result = gate.validate(STAGE, batches, out.report_dir) if rows else gate.GateResult(STAGE, True)
-    finally:
-        profile.unpersist()
+    per_label: dict[str, int] = {}
+    result = gate.GateResult(STAGE, True)
+    if Path(out.path(PREDICTIONS)).exists():
+        profile = suites.prediction_profile(spark.read.parquet(out.path(PREDICTIONS)), cfg.score.low_confidence)
+        profile = profile.cache()
+        try:
+            per_label = suites.value_counts(profile, "predicted_label")
+            batches = suites.prediction_batches(
+                spark, profile, labels, per_label, card.get("class_counts"), card["task"], cfg.gate.predictions
+            )
+            result = gate.validate(STAGE, batches, out.report_dir)
+        finally:
+            profile.unpersist()
+    rows = sum(per_label.values())
     skipped = len(files) - rows - seen_bad
     counts = {
         "files_seen": len(files),
@@ -398,10 +531,12 @@ def run(cfg: Config, spark: SparkSession) -> Path | None:
     )
     if not result.success:
         out.finish(result, doc)  # raises GateFailed, keeps the batch under rejected/
-    manifest.write(out.staging / PREDICTIONS, doc)
     # Predictions first: a kill between the two renames loses no quarantine record (the next run,
     # finding the bad files unrecorded, reports them).
-    published = publish(out.staging / PREDICTIONS, predictions_dir(cfg), run_date, run_id) if rows else None
+    published = None
+    if rows:
+        manifest.write(out.staging / PREDICTIONS, doc)
+        published = publish(out.staging / PREDICTIONS, predictions_dir(cfg), run_date, run_id)
     if reasons:
         publish(Path(out.path(QUARANTINE)), root / QUARANTINE, run_date, run_id)
     out.discard()

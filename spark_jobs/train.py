@@ -84,6 +84,23 @@ def mllib_input(table: DataFrame, classes: list[str], weights: list[float] | Non
     return out
 
 
+def mllib_classify(folder: Path, table: DataFrame, classes: list[str], keep: tuple[str, ...]) -> DataFrame:
+    """The MLlib classifier of the model ``folder`` on a table with ``features``: its ``keep``
+    columns, then ``prediction`` (class index), ``probability`` (of that class) and
+    ``probabilities`` (of every class, float arrays)."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    scored = mllib_classifier(folder).transform(mllib_input(table, classes))
+    probabilities = vector_to_array("probability", "float32")
+    return scored.select(
+        *keep,
+        F.col("prediction").cast("int").alias("prediction"),
+        F.array_max(probabilities).alias("probability"),
+        probabilities.alias("probabilities"),
+    )
+
+
 def mllib_estimator(cfg: Config, weighted: bool) -> Any:
     """The configured MLlib classifier, reading ``features_vector``/``label_index`` (and ``weight``)."""
     from pyspark.ml.classification import LogisticRegression, RandomForestClassifier

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from spark_jobs import extractors, features, ingest, manifest, models, tiles
+from spark_jobs import extractors, features, images, ingest, manifest, models, tiles
 from spark_jobs.config import CnnConfig, ConfigError
 from spark_jobs.gate import GateFailed
 from spark_jobs.store import SourceError
@@ -280,6 +280,6 @@ def test_cnn_backbone_from_s3(spark, ingested: Path, tmp_path: Path, s3_server: 
 
 def test_vectors_array_round_trips() -> None:
     vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
-    array = features.vectors_array(vectors)
+    array = images.vectors_array(vectors)
     assert str(array.type) == "list<item: float>"
     assert array.to_pylist() == vectors.tolist()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from spark_jobs import features, gate, images, score, train
@@ -183,14 +184,18 @@ def test_a_failing_batch_is_not_published(spark, trained: Config, tmp_path: Path
     assert list((Path(cfg.data.root) / "rejected").glob("score-*"))
 
 
-def test_top_k_is_sorted_and_cut(spark) -> None:
-    from pyspark.sql import functions as F
-
-    frame = spark.createDataFrame([([0.1, 0.6, 0.3],)], "p array<float>")
-    row = frame.select(score.top_k(F.col("p"), ["a", "b", "c"], 2).alias("t")).first()
-    assert [(t["label"], round(t["probability"], 3)) for t in row["t"]] == [("b", 0.6), ("c", 0.3)]
-    row = frame.select(score.top_k(F.col("p"), ["a", "b", "c"], 5).alias("t")).first()
-    assert len(row["t"]) == 3
+def test_class_columns_sort_and_cut_top_k() -> None:
+    probabilities = np.array([[0.1, 0.6, 0.3], [0.4, 0.2, 0.4]], dtype=np.float32)
+    label, probability, top, anomaly_score, is_anomaly = score.class_columns(probabilities, ["a", "b", "c"], 2)
+    assert label.to_pylist() == ["b", "a"]  # a tie goes to the first class, as argmax does
+    assert probability.to_pylist() == pytest.approx([0.6, 0.4])
+    assert [[(t["label"], round(t["probability"], 3)) for t in row] for row in top.to_pylist()] == [
+        [("b", 0.6), ("c", 0.3)],
+        [("a", 0.4), ("c", 0.4)],
+    ]
+    assert anomaly_score.null_count == is_anomaly.null_count == 2
+    _, _, top, _, _ = score.class_columns(probabilities, ["a", "b", "c"], 5)
+    assert [len(row) for row in top.to_pylist()] == [3, 3]
 
 
 def test_int8_copy_of_the_cnn_scores_like_fp32(spark, trained: Config, tmp_path: Path) -> None:
@@ -266,3 +271,39 @@ def test_cascade_mixes_models_by_confidence(spark, trained: Config, tmp_path: Pa
     heavy = sum(r["decided_by"] == "cnn" for r in rows)
     assert heavy == sum(p < cut for p in probabilities)
     assert all(r["probability"] >= cut for r in rows if r["decided_by"] == "mllib")
+
+
+@pytest.mark.s3
+def test_cnn_scores_an_s3_inbox_incrementally(spark, trained: Config, tmp_path: Path, s3_server: str) -> None:
+    import boto3
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="inbox")
+    truth = _inbox(tmp_path / "local", 100, 4)
+    for name in truth:
+        client.put_object(Bucket="inbox", Key=f"incoming/{name}", Body=(tmp_path / "local" / name).read_bytes())
+    client.put_object(Bucket="inbox", Key="incoming/broken.png", Body=b"not an image at all")
+    cfg = _config(
+        trained, tmp_path, "cnn", "score.inbox=s3://inbox/incoming", "gate.predictions.max_low_confidence=1.0"
+    )
+    first = score.run(cfg, spark)
+    assert first is not None
+    rows = _rows(spark, cfg)
+    by_uri = {r["source_uri"]: r["predicted_label"] for r in rows}
+    assert set(by_uri) == {f"s3://inbox/incoming/{name}" for name in truth}
+    correct = sum(by_uri[f"s3://inbox/incoming/{name}"] == label for name, label in truth.items())
+    assert correct / len(truth) > 0.8
+    quarantine = spark.read.parquet(str(Path(cfg.data.root) / score.QUARANTINE)).collect()
+    assert [(q["source_uri"], q["reason"]) for q in quarantine] == [
+        ("s3://inbox/incoming/broken.png", images.NOT_AN_IMAGE)
+    ]
+    doc = score.manifest.read(first)
+    assert doc["inputs"]["inbox"]["endpoint"] == s3_server
+    assert "test-secret-not-for-manifests" not in (first / "_manifest.json").read_text()
+    # One more object arrives: the next run scores it alone.
+    client.put_object(Bucket="inbox", Key="incoming/late.png", Body=class_image(0, 300))
+    second = score.run(cfg, spark)
+    assert second is not None
+    counts = score.manifest.read(second)["counts"]
+    assert (counts["scored"], counts["already_scored"], counts["quarantined"]) == (1, len(truth), 0)
+    assert [r["source_uri"] for r in spark.read.parquet(str(second)).collect()] == ["s3://inbox/incoming/late.png"]
