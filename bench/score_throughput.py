@@ -4,7 +4,8 @@ FP32, and scaling from N to 4N images (time and peak memory).
 All use the same JPEG files (those of ``ingest_throughput.py``: digits upscaled to
 ``--source-size``, tinted, textured, q90), the same trained cnn (``--model``, default the
 ``models/cnn`` that ``dvc repro`` trains) decoded with the ingest settings of its card, and the
-same batch size:
+same batch size; the three are compared on N and on 4N images (fixed costs of a Spark run, ~1 s
+here, weigh less on the larger batch):
 
 - ``spark_stage``: ``spark_jobs.score.run`` on the folder, warm (one warm-up run first, as a
   scheduled deployment has its Python workers up); the figure is its decode + score + write part
@@ -121,6 +122,33 @@ def spark_runs(spark, cfg: Config, repeat: int) -> dict:
     }
 
 
+def throughput(spark, cfg: Config, folder: Path, model: TorchModel, ingest_cfg: IngestConfig, args) -> dict:
+    """Spark stage vs plain loop vs row UDF on the JPEGs of ``folder``."""
+    files = sorted(folder.rglob("*.jpg"))
+    count = len(files)
+    loop_s = statistics.median(plain_loop(files, model, ingest_cfg, args.batch_size) for _ in range(args.repeat))
+    stage = spark_runs(
+        spark, cfg.model_copy(update={"score": cfg.score.model_copy(update={"inbox": str(folder)})}), args.repeat
+    )
+    udf_s = row_udf(spark, folder, model, ingest_cfg)
+    spark_s = stage["decode_and_score_s"]
+    log.info(
+        "%d images: spark %.0f, plain loop %.0f, row udf %.0f img/s",
+        count,
+        count / spark_s,
+        count / loop_s,
+        count / udf_s,
+    )
+    return {
+        "images": count,
+        "spark_stage": {**stage, "images_per_s": round(count / spark_s, 1)},
+        "plain_loop": {"seconds": round(loop_s, 3), "images_per_s": round(count / loop_s, 1)},
+        "row_udf": {"seconds": round(udf_s, 3), "images_per_s": round(count / udf_s, 1)},
+        "spark_vs_plain_loop": round(loop_s / spark_s, 2),
+        "spark_vs_row_udf": round(udf_s / spark_s, 2),
+    }
+
+
 def peak_run(cmd: list[str], env: dict) -> tuple[float, float]:
     """``(seconds, peak MiB)`` of a command, the RSS of its whole process tree summed."""
     import psutil
@@ -182,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
 
     card = train.read_card(args.model)
     ingest_cfg = IngestConfig.model_validate(card["ingest_settings"])
-    folder = WORK / "score_images"
+    folder, big = WORK / "score_images", WORK / "score_images_4n"
     count, total_bytes = make_inputs(folder, args.images, args.source_size)
+    make_inputs(big, 4 * args.images, args.source_size)
     files = sorted(folder.rglob("*.jpg"))
     fp32, int8 = TorchModel.from_card(args.model, card), TorchModel.from_card(args.model, card, "int8")
 
@@ -205,27 +234,14 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(
         REPO / "params.yaml",
-        [
-            f"score.inbox={folder}",
-            f"score.model={args.model}",
-            f"score.batch_size={args.batch_size}",
-            "gate.predictions.max_low_confidence=1.0",
-        ],
+        [f"score.model={args.model}", f"score.batch_size={args.batch_size}", "gate.predictions.max_low_confidence=1.0"],
     )
     spark = build_session(cfg.spark)
     try:
-        stage = spark_runs(spark, cfg, args.repeat)
-        log.info("spark stage: %.0f img/s", count / stage["decode_and_score_s"])
-        udf_s = row_udf(spark, folder, fp32, ingest_cfg)
-        log.info("row udf: %.0f img/s", count / udf_s)
+        sizes = [throughput(spark, cfg, f, fp32, ingest_cfg, args) for f in (folder, big)]
     finally:
         spark.stop()
-
-    scale = None
-    if not args.skip_scaling:
-        big = WORK / "score_images_4n"
-        make_inputs(big, 4 * args.images, args.source_size)
-        scale = scaling(folder, big, args.model, args.batch_size)
+    scale = None if args.skip_scaling else scaling(folder, big, args.model, args.batch_size)
 
     metrics_file = REPO / "reports" / "metrics.json"
     accuracy = None
@@ -233,7 +249,6 @@ def main(argv: list[str] | None = None) -> int:
         cnn = json.loads(metrics_file.read_text())["models"].get("cnn", {})
         if cnn.get("version") == card["version"]:
             accuracy = {"fp32": cnn.get("accuracy"), "int8": (cnn.get("int8") or {}).get("accuracy")}
-    spark_ips = count / stage["decode_and_score_s"]
     result = {
         "command": "python bench/score_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
@@ -241,11 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": {"version": card["version"], "arch": card["arch"], "image_size": card["image_size"]},
         "batch_size": args.batch_size,
         "master": cfg.spark.master,
-        "spark_stage": {**stage, "images_per_s": round(spark_ips, 1)},
-        "plain_loop": {"seconds": round(loop_s, 3), "images_per_s": round(count / loop_s, 1)},
-        "row_udf": {"seconds": round(udf_s, 3), "images_per_s": round(count / udf_s, 1)},
-        "spark_vs_plain_loop": round(loop_s / stage["decode_and_score_s"], 2),
-        "spark_vs_row_udf": round(udf_s / stage["decode_and_score_s"], 2),
+        "throughput": {str(t["images"]): t for t in sizes},
         "int8": {
             "plain_loop_images_per_s": {"fp32": round(count / loop_s, 1), "int8": round(count / int8_loop_s, 1)},
             "model_only_images_per_s": model_only,

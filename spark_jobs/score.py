@@ -6,8 +6,13 @@
   ``<data.root>/score_quarantine/`` with a reason, as in ingest.
 - Model: ``score.model`` (a model folder) or the champion of ``score.task`` under
   ``evaluate.champion``: ``mllib`` (classical features recomputed and transformed as at training),
-  ``cnn`` (Arrow-batched ``mapInArrow``, the weights loaded once per Python worker) or
-  ``autoencoder`` (anomaly score and flag at the card's threshold).
+  ``cnn`` or ``autoencoder`` (anomaly score and flag at the card's threshold).
+- One Python pass per file (``mapInArrow``, tasks packed by bytes): fetch, skip if its content hash
+  was already scored, decode, run the model (loaded once per Python worker, forward passes of
+  ``score.batch_size``, ``score.threads`` torch threads) and turn its output into the prediction
+  columns, all in the task that fetched it: decoded pixels never leave the worker. For an mllib
+  model the pass yields the classical descriptors, which the saved transform and classifier turn
+  into predictions in the JVM.
 - Output: ``<data.root>/predictions/run_date=<UTC date>/run_id=<run>/`` Parquet rows with
   ``image_id, source_uri, predicted_label, probability, top_k, anomaly_score, is_anomaly,
   model_version, model_kind, decided_by, job_version, scored_at``, plus the run's ``_manifest.json``.
@@ -15,12 +20,13 @@
 - ``score.cascade``: the light mllib model on every image, the heavy cnn only on those it is
   unsure of; ``decided_by`` says which model decided each row.
 
-**Exactly once.** Images whose ``image_id`` (content hash) the same model version has already
-scored are skipped, so a rerun of the same inbox adds nothing; copies of one image in the inbox are
-scored once (the others are quarantined as duplicates). A run writes under
-``<data.root>/.staging/`` and becomes visible by one directory rename after the predictions gate
-passes: a run killed before that leaves nothing visible (and the next run scores the batch), a run
-killed after it is complete. Staging folders of killed runs are removed by the next run.
+**Exactly once.** The ``image_id`` of every image the same model version has scored is broadcast
+to the tasks (32 bytes each), which skip those files before decoding them: a rerun of the same
+inbox adds nothing. Copies of one image in a batch give one prediction (the others are quarantined as
+duplicates of the smallest URI). A run writes under ``<data.root>/.staging/`` and becomes visible
+by one directory rename after the predictions gate passes: a run killed before that leaves nothing
+visible (and the next run scores the batch), a run killed after it is complete. Staging folders of
+killed runs are removed by the next run.
 
 **Gate** (``gate.predictions``): labels in the model's class set, probabilities in [0, 1], top-k
 probabilities summing to at most 1 + ε, one row per ``image_id``, at most ``max_low_confidence``
@@ -38,16 +44,14 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 
-from spark_jobs import features, gate, inference, ingest, manifest, session, store, suites
+from spark_jobs import features, gate, inference, ingest, manifest, scoring, session, store, suites
 from spark_jobs import images as images_lib
 from spark_jobs.config import ClassicalConfig, Config, ConfigError, IngestConfig
 from spark_jobs.jobs import run_stage
@@ -62,31 +66,6 @@ log = logging.getLogger(__name__)
 STAGE = "score"
 PREDICTIONS = "predictions"
 QUARANTINE = "score_quarantine"
-ANOMALY_LABELS = ("normal", "anomaly")
-# What a scan yields for every file it did not skip, before the model's outputs.
-SCAN_FIELDS = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("source_uri", pa.string()),
-        ("label", pa.string()),
-        ("size_bytes", pa.int64()),
-        ("reason", pa.string()),
-        ("detail", pa.string()),
-    ]
-)
-TOP_K = pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float32())]))
-# What a model says about one image (classifier or anomaly columns, the others null).
-PREDICTED_FIELDS = pa.schema(
-    [
-        ("predicted_label", pa.string()),
-        ("probability", pa.float32()),
-        ("top_k", TOP_K),
-        ("anomaly_score", pa.float64()),
-        ("is_anomaly", pa.bool_()),
-    ]
-)
-# An image's keys and what a model said about it.
-PREDICTED_ROW = pa.schema([SCAN_FIELDS.field("image_id"), SCAN_FIELDS.field("source_uri"), *PREDICTED_FIELDS])
 PREDICTION_COLUMNS = (
     "image_id",
     "source_uri",
@@ -101,15 +80,6 @@ PREDICTION_COLUMNS = (
     "job_version",
     "scored_at",
 )
-
-
-class Head(Protocol):
-    """What a scan runs on the decoded pixels of each batch, in the same Python worker: the model
-    (:class:`inference.Predictor`) or the light model's input (:class:`Descriptors`)."""
-
-    def outputs(self) -> pa.Schema: ...
-
-    def __call__(self, pixels: np.ndarray) -> dict[str, pa.Array]: ...
 
 
 def model_folder(cfg: Config) -> Path:
@@ -135,84 +105,16 @@ def read_predictions(spark: SparkSession, folder: Path) -> DataFrame | None:
     return spark.read.option("basePath", str(folder)).parquet(*[str(p) for p in committed_runs(folder)])
 
 
-def scored_ids(spark: SparkSession, folder: Path, version: str) -> IdSet:
+def scored_ids(spark: SparkSession, folder: Path, version: str) -> scoring.IdSet:
     """``image_id`` of every image the model ``version`` has already scored (read from the
     published predictions' ``image_id`` and ``model_version`` columns only)."""
     from pyspark.sql import functions as F
 
     table = read_predictions(spark, folder)
     if table is None:
-        return IdSet([])
+        return scoring.IdSet([])
     ids = table.where(F.col("model_version") == version).select("image_id").distinct()
-    return IdSet(ids.toArrow().column("image_id").to_pylist())
-
-
-def class_columns(probabilities: np.ndarray, classes: Sequence[str], k: int) -> list[pa.Array]:
-    """:data:`PREDICTED_FIELDS` of a classifier from its ``(N, C)`` probabilities: the most probable
-    class and its probability, and the ``k`` most probable ``(label, probability)``, most probable
-    first (ties keep the class order, so ``top_k[0]`` is always the predicted label)."""
-    n, c = probabilities.shape
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, : min(k, c)]
-    names = np.asarray(classes, dtype=object)[order]
-    best = np.take_along_axis(probabilities, order, axis=1).astype(np.float32)
-    pairs = pa.StructArray.from_arrays(
-        [pa.array(names.ravel(), pa.string()), pa.array(best.ravel())], fields=list(TOP_K.value_type)
-    )
-    offsets = pa.array(np.arange(0, (n + 1) * order.shape[1], order.shape[1], dtype=np.int32))
-    return [
-        pa.array(names[:, 0], pa.string()),
-        pa.array(best[:, 0]),
-        pa.ListArray.from_arrays(offsets, pairs, type=TOP_K),
-        pa.nulls(n, pa.float64()),
-        pa.nulls(n, pa.bool_()),
-    ]
-
-
-def anomaly_columns(scores: np.ndarray, threshold: float) -> list[pa.Array]:
-    """:data:`PREDICTED_FIELDS` of an autoencoder: ``anomaly`` above ``threshold``, else ``normal``."""
-    flagged = scores > threshold
-    n = len(scores)
-    labels = np.where(flagged, ANOMALY_LABELS[1], ANOMALY_LABELS[0])
-    return [
-        pa.array(labels, pa.string()),
-        pa.nulls(n, pa.float32()),
-        pa.nulls(n, TOP_K),
-        pa.array(scores),
-        pa.array(flagged),
-    ]
-
-
-def top_k_batches(batches: Iterator[pa.RecordBatch], classes: Sequence[str], k: int) -> Iterator[pa.RecordBatch]:
-    """:data:`PREDICTED_ROW` rows from rows with ``probabilities`` (an MLlib classifier's,
-    computed in the JVM)."""
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        probabilities = batch.column("probabilities").flatten().to_numpy().reshape(batch.num_rows, len(classes))
-        columns = [batch.column("image_id"), batch.column("source_uri"), *class_columns(probabilities, classes, k)]
-        yield pa.RecordBatch.from_arrays(columns, schema=PREDICTED_ROW)
-
-
-@dataclass(frozen=True)
-class TorchHead:
-    """A cnn's classes or an autoencoder's anomaly flag, as :data:`PREDICTED_FIELDS`, computed in
-    the scanning worker."""
-
-    predictor: inference.Predictor
-    classes: tuple[str, ...]
-    top_k: int
-    threshold: float | None = None
-
-    def outputs(self) -> pa.Schema:
-        return PREDICTED_FIELDS
-
-    def __call__(self, pixels: np.ndarray) -> dict[str, pa.Array]:
-        raw = self.predictor.raw(pixels)
-        if self.predictor.model.task == "anomaly":
-            columns = anomaly_columns(raw, float(self.threshold))
-        else:
-            columns = class_columns(raw, self.classes, self.top_k)
-        return dict(zip(PREDICTED_FIELDS.names, columns, strict=True))
+    return scoring.IdSet(ids.toArrow().column("image_id").to_pylist())
 
 
 def classical_extractor(folder: Path) -> Any:
@@ -229,62 +131,13 @@ def classical_extractor(folder: Path) -> Any:
     return extractors.Classical(cfg, int(spec["image_size"]))
 
 
-@dataclass(frozen=True)
-class Descriptors:
-    """The classical descriptors of ``(N, H, W, 3)`` pixels, as at features time (an mllib model's
-    input before its saved scaler + PCA)."""
-
-    extractor: Any
-
-    def outputs(self) -> pa.Schema:
-        return pa.schema([("raw", pa.list_(pa.float32()))])
-
-    def __call__(self, pixels: np.ndarray) -> dict[str, pa.Array]:
-        return {"raw": images_lib.vectors_array(self.extractor(pixels))}
-
-
-class IdSet:
-    """``image_id`` values (sha256 hex) as a sorted array of 32-byte digests: what executors check
-    each fetched file against before decoding it (32 bytes per id; a million ids broadcast as 32 MB)."""
-
-    def __init__(self, ids: Iterable[str]) -> None:
-        self.digests = np.unique(np.array([bytes.fromhex(i) for i in ids], dtype="S32"))
-
-    def __len__(self) -> int:
-        return len(self.digests)
-
-    def __contains__(self, image_id: str) -> bool:
-        digest = bytes.fromhex(image_id)
-        i = int(np.searchsorted(self.digests, digest))
-        return i < len(self.digests) and self.digests[i] == digest
-
-
-def scan_batch(entries: list[tuple[str, str | None]], cfg: IngestConfig, done: IdSet, head: Head) -> pa.RecordBatch:
-    """Fetch, skip, decode and run ``head`` on one slice of ``(source_uri, label)``, all in this
-    Python worker: a row per file whose content is not in ``done``, with :data:`SCAN_FIELDS` and the
-    head's outputs (null for unusable files, which carry ``reason`` and ``detail``)."""
-    contents = store.fetch_many([uri for uri, _ in entries], cfg.fetch_threads)
-    good, bad = [], []
-    for (uri, label), data in zip(entries, contents, strict=True):
-        if isinstance(data, bytes) and images_lib.image_id(data) in done:
-            continue
-        record = ingest.decode_record(uri, label, data, cfg, labelled=False)
-        (bad if record["reason"] else good).append(record)
-    schema = pa.schema([*SCAN_FIELDS, *head.outputs()])
-    rows = good + bad
-    columns = [pa.array([r[f.name] for r in rows], f.type) for f in SCAN_FIELDS]
-    if good:
-        h, w = good[0]["height"], good[0]["width"]
-        pixels = np.frombuffer(b"".join(r["pixels"] for r in good), dtype=np.uint8).reshape(len(good), h, w, 3)
-        outputs = head(pixels)
-        columns += [pa.concat_arrays([outputs[f.name], pa.nulls(len(bad), f.type)]) for f in head.outputs()]
-    else:
-        columns += [pa.nulls(len(bad), f.type) for f in head.outputs()]
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
-
-
 def scan(
-    spark: SparkSession, files: list[store.SourceFile], cfg: Config, ingest_cfg: IngestConfig, done: IdSet, head: Head
+    spark: SparkSession,
+    files: list[store.SourceFile],
+    cfg: Config,
+    ingest_cfg: IngestConfig,
+    done: scoring.IdSet,
+    head: scoring.Head,
 ) -> DataFrame:
     """One Python pass over the listed files: fetched, checked against ``done``, decoded with the
     model's ingest settings and run through ``head`` in the same task (no decoded pixels leave the
@@ -301,9 +154,9 @@ def scan(
     def run_tasks(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for part in ingest.chunk_slices(batch.column("id").to_pylist(), listing, rows):
-                yield scan_batch(part, ingest_cfg, known.value, head)
+                yield scoring.scan_batch(part, ingest_cfg, known.value, head)
 
-    schema = from_arrow_schema(pa.schema([*SCAN_FIELDS, *head.outputs()]))
+    schema = from_arrow_schema(pa.schema([*scoring.SCAN_FIELDS, *head.outputs()]))
     scanned = ids.mapInArrow(run_tasks, schema)
     copies = Window.partitionBy("image_id", F.col("reason").isNull()).orderBy("source_uri")
     copy = F.col("reason").isNull() & (F.row_number().over(copies) > 1)
@@ -317,7 +170,7 @@ def scan(
 
 
 def mllib_predictions(usable: DataFrame, folder: Path, card: dict[str, Any], k: int) -> DataFrame:
-    """:data:`PREDICTED_ROW` rows of an mllib model: scanned ``raw``
+    """:data:`scoring.PREDICTED_ROW` rows of an mllib model: scanned ``raw``
     descriptors through its saved scaler + PCA, then its classifier."""
     from pyspark.ml import PipelineModel
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -325,24 +178,24 @@ def mllib_predictions(usable: DataFrame, folder: Path, card: dict[str, Any], k: 
     table = features.apply_transform(PipelineModel.load(str(folder / features.TRANSFORM)), usable)
     classes = tuple(card["classes"])
     classified = mllib_classify(folder, table, list(classes), ("image_id", "source_uri"))
-    schema = from_arrow_schema(PREDICTED_ROW)
+    schema = from_arrow_schema(scoring.PREDICTED_ROW)
     rows = classified.select("image_id", "source_uri", "probabilities")
-    return rows.mapInArrow(lambda it: top_k_batches(it, classes, k), schema)
+    return rows.mapInArrow(lambda it: scoring.top_k_batches(it, classes, k), schema)
 
 
-def torch_head(folder: Path, card: dict[str, Any], cfg: Config) -> TorchHead:
+def torch_head(folder: Path, card: dict[str, Any], cfg: Config) -> scoring.TorchHead:
     """The cnn or autoencoder of ``folder`` (its INT8 copy with ``score.quantize: int8``), run in
     forward passes of ``score.batch_size`` with ``score.threads`` torch threads per task."""
     model = inference.TorchModel.from_card(folder, card, cfg.score.quantize)
     predictor = inference.Predictor(model, cfg.score.batch_size, cfg.score.threads)
-    return TorchHead(predictor, tuple(card.get("classes") or ()), cfg.score.top_k, card.get("threshold"))
+    return scoring.TorchHead(predictor, tuple(card.get("classes") or ()), cfg.score.top_k, card.get("threshold"))
 
 
 def predicted(rows: DataFrame, decided_by: str) -> DataFrame:
     """The prediction columns of scanned (or classified) rows, and which model decided them."""
     from pyspark.sql import functions as F
 
-    return rows.select("image_id", "source_uri", *PREDICTED_FIELDS.names, F.lit(decided_by).alias("decided_by"))
+    return rows.select("image_id", "source_uri", *scoring.PREDICTED_FIELDS.names, F.lit(decided_by).alias("decided_by"))
 
 
 def cascade_predictions(
@@ -371,7 +224,7 @@ def cascade_predictions(
     unsure = set(light_rows.where(F.col("probability") < confidence).select("source_uri").toArrow()[0].to_pylist())
     heavy_files = [f for f in files if f.uri in unsure]
     ingest_cfg = IngestConfig.model_validate(card["ingest_settings"])
-    rescanned = scan(spark, heavy_files, cfg, ingest_cfg, IdSet([]), torch_head(folder, card, cfg))
+    rescanned = scan(spark, heavy_files, cfg, ingest_cfg, scoring.IdSet([]), torch_head(folder, card, cfg))
     return sure.unionByName(predicted(rescanned.where(F.col("reason").isNull()), _decider(card, cfg)))
 
 
@@ -447,9 +300,9 @@ def run(cfg: Config, spark: SparkSession) -> Path | None:
     try:
         done = scored_ids(spark, predictions_dir(cfg), version)
         if cfg.score.cascade.enabled:
-            head: Head = Descriptors(classical_extractor(light_folder))
+            head: scoring.Head = scoring.Descriptors(classical_extractor(light_folder))
         elif card["kind"] == "mllib":
-            head = Descriptors(classical_extractor(folder))
+            head = scoring.Descriptors(classical_extractor(folder))
         else:
             head = torch_head(folder, card, cfg)
         # One pass over the files, written once (no pixels: ids, reasons and the model's outputs),
@@ -486,7 +339,7 @@ def run(cfg: Config, spark: SparkSession) -> Path | None:
         raise
 
     reasons = suites.value_counts(spark.read.parquet(out.path(QUARANTINE)), "reason") if seen_bad else {}
-    labels = list(ANOMALY_LABELS) if card["task"] == "anomaly" else list(card["classes"])
+    labels = list(scoring.ANOMALY_LABELS) if card["task"] == "anomaly" else list(card["classes"])
     per_label: dict[str, int] = {}
     result = gate.GateResult(STAGE, True)
     if Path(out.path(PREDICTIONS)).exists():

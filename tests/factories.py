@@ -9,9 +9,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from spark_jobs.config import Config, load_config
+from spark_jobs.config import Config, apply_overrides, load_config, validate
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Small, quick model settings for the 3-class, 32 px ingested fixture (conftest's ``ingested``).
+SMALL_MODELS = (
+    "features.classical.pca_k=8",
+    "train.cnn.width=8",
+    "train.cnn.epochs=15",
+    "train.cnn.batch_size=16",
+    "train.cnn.learning_rate=0.01",
+    "train.cnn.augment_shift=0",
+    "train.cnn.dropout=0.0",
+    "train.autoencoder.width=8",
+    "train.autoencoder.latent=8",
+    "train.autoencoder.epochs=6",
+    "train.autoencoder.batch_size=16",
+    "train.autoencoder.holdout_class=2",
+    "train.autoencoder.threshold_percentile=95",
+)
 
 
 def free_port() -> int:
@@ -59,6 +76,11 @@ def write_class_tree(root: Path, classes: int, per_class: int, size: int = 24) -
             path.write_bytes(class_image(label, i, size))
             written[path.resolve().as_uri()] = str(label)
     return written
+
+
+def with_overrides(cfg: Config, *overrides: str) -> Config:
+    """``cfg`` with ``--set``-style overrides applied and validated."""
+    return validate(apply_overrides(cfg.model_dump(mode="json"), list(overrides)))
 
 
 def link_ingest(ingested_dir: Path, tmp_path: Path, *overrides: str) -> Config:

@@ -8,42 +8,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spark_jobs import features, gate, images, score, train
-from spark_jobs.config import Config, ConfigError, apply_overrides, validate
+from spark_jobs import features, gate, images, score, scoring, train
+from spark_jobs.config import Config, ConfigError
 from tests.conftest import INGESTED_CLASSES
-from tests.factories import class_image, link_ingest
+from tests.factories import SMALL_MODELS, class_image, link_ingest, with_overrides
 
 pytestmark = pytest.mark.spark
 
-TORCH = [
-    "train.num_processes=1",
-    "train.local_mode=true",
-    "train.cnn.width=8",
-    "train.cnn.epochs=15",
-    "train.cnn.batch_size=16",
-    "train.cnn.learning_rate=0.01",
-    "train.cnn.augment_shift=0",
-    "train.cnn.dropout=0.0",
-    "train.autoencoder.width=8",
-    "train.autoencoder.latent=8",
-    "train.autoencoder.epochs=4",
-    "train.autoencoder.batch_size=16",
-    "train.autoencoder.holdout_class=2",
-]
-
-
-def _with(cfg: Config, *overrides: str) -> Config:
-    return validate(apply_overrides(cfg.model_dump(mode="json"), list(overrides)))
+# Torch ranks on the driver: quick for these small models.
+LOCAL_TORCH = ("train.num_processes=1", "train.local_mode=true")
 
 
 @pytest.fixture(scope="module")
 def trained(spark, ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> Config:
     """Features, and an mllib, a cnn and an autoencoder model of the ingested fixture."""
     tmp = tmp_path_factory.mktemp("trained")
-    cfg = link_ingest(ingested, tmp, "features.classical.pca_k=8", f"train.output={tmp / 'models'}", *TORCH)
+    cfg = link_ingest(ingested, tmp, *SMALL_MODELS, *LOCAL_TORCH, f"train.output={tmp / 'models'}")
     features.run(cfg, spark)
     for kind in ("mllib", "cnn", "autoencoder"):
-        train.run(_with(cfg, f"train.model={kind}"), spark)
+        train.run(with_overrides(cfg, f"train.model={kind}"), spark)
     return cfg
 
 
@@ -61,12 +44,25 @@ def _inbox(folder: Path, start: int, count: int) -> dict[str, str]:
 
 
 def _config(trained: Config, tmp_path: Path, kind: str, *overrides: str) -> Config:
-    return _with(
+    return with_overrides(
         trained,
         f"data.root={tmp_path / 'data'}",
         f"score.inbox={tmp_path / 'inbox'}",
         f"score.model={Path(trained.train.output) / kind}",
         *overrides,
+    )
+
+
+def _cascade(trained: Config, tmp_path: Path, confidence: float) -> Config:
+    """The trained mllib model as the cascade's light model, the cnn as its heavy one."""
+    return _config(
+        trained,
+        tmp_path,
+        "cnn",
+        "score.cascade.enabled=true",
+        f"score.cascade.light={Path(trained.train.output) / 'mllib'}",
+        f"score.cascade.confidence={confidence}",
+        "gate.predictions.max_low_confidence=1.0",
     )
 
 
@@ -184,9 +180,18 @@ def test_a_failing_batch_is_not_published(spark, trained: Config, tmp_path: Path
     assert list((Path(cfg.data.root) / "rejected").glob("score-*"))
 
 
+def test_id_set_holds_exactly_its_ids() -> None:
+    ids = [images.image_id(bytes([i])) for i in range(50)]
+    known = scoring.IdSet(ids[:25] + ids[:5])  # repeats collapse
+    assert len(known) == 25
+    assert all(i in known for i in ids[:25])
+    assert not any(i in known for i in ids[25:])
+    assert ids[0] not in scoring.IdSet([])
+
+
 def test_class_columns_sort_and_cut_top_k() -> None:
     probabilities = np.array([[0.1, 0.6, 0.3], [0.4, 0.2, 0.4]], dtype=np.float32)
-    label, probability, top, anomaly_score, is_anomaly = score.class_columns(probabilities, ["a", "b", "c"], 2)
+    label, probability, top, anomaly_score, is_anomaly = scoring.class_columns(probabilities, ["a", "b", "c"], 2)
     assert label.to_pylist() == ["b", "a"]  # a tie goes to the first class, as argmax does
     assert probability.to_pylist() == pytest.approx([0.6, 0.4])
     assert [[(t["label"], round(t["probability"], 3)) for t in row] for row in top.to_pylist()] == [
@@ -194,7 +199,7 @@ def test_class_columns_sort_and_cut_top_k() -> None:
         [("a", 0.4), ("c", 0.4)],
     ]
     assert anomaly_score.null_count == is_anomaly.null_count == 2
-    _, _, top, _, _ = score.class_columns(probabilities, ["a", "b", "c"], 5)
+    _, _, top, _, _ = scoring.class_columns(probabilities, ["a", "b", "c"], 5)
     assert [len(row) for row in top.to_pylist()] == [3, 3]
 
 
@@ -229,15 +234,7 @@ def test_int8_is_for_cnn_models_only(spark, trained: Config, tmp_path: Path) -> 
 @pytest.mark.parametrize(("confidence", "deciders"), [(0.0, {"mllib"}), (1.0, {"cnn"})])
 def test_cascade_sends_only_unsure_images_to_the_cnn(spark, trained, tmp_path, confidence, deciders) -> None:
     truth = _inbox(tmp_path / "inbox", 100, 3)
-    cfg = _config(
-        trained,
-        tmp_path,
-        "cnn",
-        "score.cascade.enabled=true",
-        f"score.cascade.light={Path(trained.train.output) / 'mllib'}",
-        f"score.cascade.confidence={confidence}",
-        "gate.predictions.max_low_confidence=1.0",
-    )
+    cfg = _cascade(trained, tmp_path, confidence)
     score.run(cfg, spark)
     rows = _rows(spark, cfg)
     assert len(rows) == len(truth)
@@ -256,15 +253,7 @@ def test_cascade_mixes_models_by_confidence(spark, trained: Config, tmp_path: Pa
     score.run(light, spark)
     probabilities = sorted(r["probability"] for r in _rows(spark, light))
     cut = probabilities[len(probabilities) // 2]  # about half below, half at or above
-    cfg = _config(
-        trained,
-        tmp_path,
-        "cnn",
-        "score.cascade.enabled=true",
-        f"score.cascade.light={Path(trained.train.output) / 'mllib'}",
-        f"score.cascade.confidence={cut}",
-        "gate.predictions.max_low_confidence=1.0",
-    )
+    cfg = _cascade(trained, tmp_path, cut)
     score.run(cfg, spark)
     rows = _rows(spark, cfg)
     assert len(rows) == len(probabilities)

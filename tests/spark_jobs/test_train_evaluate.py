@@ -18,28 +18,11 @@ import torch
 from sklearn import metrics as skm
 
 from spark_jobs import evaluate, features, gate, models, train, training
-from spark_jobs.config import Config, apply_overrides, params_hash, validate
+from spark_jobs.config import Config, params_hash
 from tests.conftest import INGESTED_CLASSES
-from tests.factories import REPO, link_ingest
+from tests.factories import REPO, SMALL_MODELS, link_ingest, with_overrides
 
 pytestmark = pytest.mark.spark
-
-# Small, quick settings for the 3-class, 32px ingested fixture.
-SMALL = [
-    "features.classical.pca_k=8",
-    "train.cnn.width=8",
-    "train.cnn.epochs=15",
-    "train.cnn.batch_size=16",
-    "train.cnn.learning_rate=0.01",
-    "train.cnn.augment_shift=0",
-    "train.cnn.dropout=0.0",
-    "train.autoencoder.width=8",
-    "train.autoencoder.latent=8",
-    "train.autoencoder.epochs=6",
-    "train.autoencoder.batch_size=16",
-    "train.autoencoder.holdout_class=2",
-    "train.autoencoder.threshold_percentile=95",
-]
 
 
 def _config(ingested: Path, tmp_path: Path, *overrides: str) -> Config:
@@ -49,11 +32,7 @@ def _config(ingested: Path, tmp_path: Path, *overrides: str) -> Config:
         f"evaluate.champion={tmp_path / 'models' / 'champion'}",
         f"evaluate.rejected={tmp_path / 'models' / 'rejected'}",
     ]
-    return link_ingest(ingested, tmp_path, *SMALL, *where, *overrides)
-
-
-def _with(cfg: Config, *overrides: str) -> Config:
-    return validate(apply_overrides(cfg.model_dump(mode="json"), list(overrides)))
+    return link_ingest(ingested, tmp_path, *SMALL_MODELS, *where, *overrides)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +75,7 @@ def test_class_weighting_reaches_the_mllib_estimator(spark, mllib_workspace, tmp
     cfg, folder = mllib_workspace
     counts = train.read_card(folder)["class_counts"]
     expected = training.class_weights(counts, sorted(counts), "balanced", 1.5)
-    weighted = train.run(_with(cfg, "train.class_weighting=balanced", f"train.output={tmp_path}"), spark)
+    weighted = train.run(with_overrides(cfg, "train.class_weighting=balanced", f"train.output={tmp_path}"), spark)
     card = train.read_card(weighted)
     assert card["class_weights"] == pytest.approx(expected)
     assert card["params"]["class_weighting"] == "balanced"
@@ -124,7 +103,7 @@ def _sklearn_figures(confusion_csv: Path) -> dict:
 
 def test_evaluate_promotes_a_good_model_with_metrics_equal_to_sklearns(spark, mllib_workspace, tmp_path) -> None:
     cfg, _ = mllib_workspace
-    cfg = _with(cfg, "evaluate.models=[mllib]", f"evaluate.reports={tmp_path / 'reports'}")
+    cfg = with_overrides(cfg, "evaluate.models=[mllib]", f"evaluate.reports={tmp_path / 'reports'}")
     reports = evaluate.run(cfg, spark)
 
     doc = json.loads((reports / evaluate.METRICS).read_text())
@@ -160,7 +139,7 @@ def test_evaluate_promotes_a_good_model_with_metrics_equal_to_sklearns(spark, ml
 def test_cnn_trains_across_ranks_and_a_zero_epoch_model_is_rejected(spark, mllib_workspace, tmp_path) -> None:
     cfg, _ = mllib_workspace
     # Two ranks as Spark barrier tasks on the executors (local[2] has two slots), as on a cluster.
-    cfg = _with(cfg, "train.model=cnn", "train.local_mode=false", f"evaluate.reports={tmp_path / 'reports'}")
+    cfg = with_overrides(cfg, "train.model=cnn", "train.local_mode=false", f"evaluate.reports={tmp_path / 'reports'}")
     assert cfg.train.num_processes == 2
     folder = train.run(cfg, spark)
     card = train.read_card(folder)
@@ -178,7 +157,7 @@ def test_cnn_trains_across_ranks_and_a_zero_epoch_model_is_rejected(spark, mllib
     models.build(card["architecture"], card["arch"]).load_state_dict(weights)
     assert not list(Path(cfg.data.root).glob(".checkpoints/cnn-*"))  # cleared once finished
 
-    good = evaluate.run(_with(cfg, "evaluate.models=[mllib,cnn]"), spark)
+    good = evaluate.run(with_overrides(cfg, "evaluate.models=[mllib,cnn]"), spark)
     doc = json.loads((good / evaluate.METRICS).read_text())
     assert {m["gate"] for m in doc["models"].values()} == {"passed"}
     int8 = doc["models"]["cnn"]["int8"]  # the INT8 copy's accuracy, next to FP32's
@@ -193,9 +172,9 @@ def test_cnn_trains_across_ranks_and_a_zero_epoch_model_is_rejected(spark, mllib
     assert doc["accuracy"] == doc["models"][best]["accuracy"]
     champion_before = json.loads((Path(cfg.evaluate.champion) / "classifier" / evaluate.PROMOTION).read_text())
 
-    untrained = train.run(_with(cfg, "train.cnn.epochs=0"), spark)
+    untrained = train.run(with_overrides(cfg, "train.cnn.epochs=0"), spark)
     assert train.read_card(untrained)["training"]["history"] == []
-    bad = _with(cfg, "evaluate.models=[cnn]", f"evaluate.reports={tmp_path / 'bad'}")
+    bad = with_overrides(cfg, "evaluate.models=[cnn]", f"evaluate.reports={tmp_path / 'bad'}")
     with pytest.raises(gate.GateFailed) as failure:
         evaluate.run(bad, spark)
     assert "cnn" in str(failure.value)
@@ -213,7 +192,7 @@ def test_cnn_trains_across_ranks_and_a_zero_epoch_model_is_rejected(spark, mllib
 
 def test_autoencoder_scores_the_held_out_class_as_anomalous(spark, mllib_workspace, tmp_path) -> None:
     cfg, _ = mllib_workspace
-    cfg = _with(
+    cfg = with_overrides(
         cfg,
         "train.model=autoencoder",
         "train.num_processes=1",
@@ -263,7 +242,7 @@ def test_a_killed_training_run_resumes_from_its_checkpoint(spark, mllib_workspac
         sys.executable,
         "-m",
         "spark_jobs.train",
-        *[f"--set={o}" for o in SMALL],
+        *[f"--set={o}" for o in SMALL_MODELS],
         f"--set=data.root={cfg.data.root}",
         "--set=spark.master=local[2]",
         "--set=train.model=cnn",
@@ -309,7 +288,7 @@ def test_checkpoint_folder_follows_the_params(ingested: Path, tmp_path: Path) ->
     cfg = _config(ingested, tmp_path, "train.model=cnn")
     spec = train.torch_spec(cfg, "cnn", ["0", "1", "2"], None, ingested)
     same = train.torch_spec(cfg, "cnn", ["0", "1", "2"], None, ingested)
-    other = train.torch_spec(_with(cfg, "train.cnn.epochs=7"), "cnn", ["0", "1", "2"], None, ingested)
+    other = train.torch_spec(with_overrides(cfg, "train.cnn.epochs=7"), "cnn", ["0", "1", "2"], None, ingested)
     assert train.checkpoint_dir(cfg, spec) == train.checkpoint_dir(cfg, same)
     assert train.checkpoint_dir(cfg, spec) != train.checkpoint_dir(cfg, other)
     assert params_hash(spec) != params_hash(other)

@@ -1,0 +1,176 @@
+"""What the score stage runs inside its Spark tasks (imported by reference on the executors, so
+nothing here may live in the ``__main__`` of ``python -m spark_jobs.score``).
+
+:func:`scan_batch` is one slice of the listing: fetch, skip the already-scored, decode with the
+model's ingest settings, run the :class:`Head` on the usable images, return one Arrow batch with a
+row per file (:data:`SCAN_FIELDS`, then the head's outputs, null for unusable files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from spark_jobs import images, inference, ingest, store
+from spark_jobs.config import IngestConfig
+
+ANOMALY_LABELS = ("normal", "anomaly")
+# What a scan yields for every file it did not skip, before the model's outputs.
+SCAN_FIELDS = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("label", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+TOP_K = pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float32())]))
+# What a model says about one image (classifier or anomaly columns, the others null).
+PREDICTED_FIELDS = pa.schema(
+    [
+        ("predicted_label", pa.string()),
+        ("probability", pa.float32()),
+        ("top_k", TOP_K),
+        ("anomaly_score", pa.float64()),
+        ("is_anomaly", pa.bool_()),
+    ]
+)
+# An image's keys and what a model said about it.
+PREDICTED_ROW = pa.schema([SCAN_FIELDS.field("image_id"), SCAN_FIELDS.field("source_uri"), *PREDICTED_FIELDS])
+
+
+class Head(Protocol):
+    """What a scan runs on the decoded pixels of each batch, in the same Python worker: the model
+    (:class:`inference.Predictor`) or the light model's input (:class:`Descriptors`)."""
+
+    def outputs(self) -> pa.Schema: ...
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, pa.Array]: ...
+
+
+def class_columns(probabilities: np.ndarray, classes: Sequence[str], k: int) -> list[pa.Array]:
+    """:data:`PREDICTED_FIELDS` of a classifier from its ``(N, C)`` probabilities: the most probable
+    class and its probability, and the ``k`` most probable ``(label, probability)``, most probable
+    first (ties keep the class order, so ``top_k[0]`` is always the predicted label)."""
+    n, c = probabilities.shape
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, : min(k, c)]
+    names = np.asarray(classes, dtype=object)[order]
+    best = np.take_along_axis(probabilities, order, axis=1).astype(np.float32)
+    pairs = pa.StructArray.from_arrays(
+        [pa.array(names.ravel(), pa.string()), pa.array(best.ravel())], fields=list(TOP_K.value_type)
+    )
+    offsets = pa.array(np.arange(0, (n + 1) * order.shape[1], order.shape[1], dtype=np.int32))
+    return [
+        pa.array(names[:, 0], pa.string()),
+        pa.array(best[:, 0]),
+        pa.ListArray.from_arrays(offsets, pairs, type=TOP_K),
+        pa.nulls(n, pa.float64()),
+        pa.nulls(n, pa.bool_()),
+    ]
+
+
+def anomaly_columns(scores: np.ndarray, threshold: float) -> list[pa.Array]:
+    """:data:`PREDICTED_FIELDS` of an autoencoder: ``anomaly`` above ``threshold``, else ``normal``."""
+    flagged = scores > threshold
+    n = len(scores)
+    labels = np.where(flagged, ANOMALY_LABELS[1], ANOMALY_LABELS[0])
+    return [
+        pa.array(labels, pa.string()),
+        pa.nulls(n, pa.float32()),
+        pa.nulls(n, TOP_K),
+        pa.array(scores),
+        pa.array(flagged),
+    ]
+
+
+def top_k_batches(batches: Iterator[pa.RecordBatch], classes: Sequence[str], k: int) -> Iterator[pa.RecordBatch]:
+    """:data:`PREDICTED_ROW` rows from rows with ``probabilities`` (an MLlib classifier's,
+    computed in the JVM)."""
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        probabilities = batch.column("probabilities").flatten().to_numpy().reshape(batch.num_rows, len(classes))
+        columns = [batch.column("image_id"), batch.column("source_uri"), *class_columns(probabilities, classes, k)]
+        yield pa.RecordBatch.from_arrays(columns, schema=PREDICTED_ROW)
+
+
+@dataclass(frozen=True)
+class TorchHead:
+    """A cnn's classes or an autoencoder's anomaly flag, as :data:`PREDICTED_FIELDS`, computed in
+    the scanning worker."""
+
+    predictor: inference.Predictor
+    classes: tuple[str, ...]
+    top_k: int
+    threshold: float | None = None
+
+    def outputs(self) -> pa.Schema:
+        return PREDICTED_FIELDS
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, pa.Array]:
+        raw = self.predictor.raw(pixels)
+        if self.predictor.model.task == "anomaly":
+            columns = anomaly_columns(raw, float(self.threshold))
+        else:
+            columns = class_columns(raw, self.classes, self.top_k)
+        return dict(zip(PREDICTED_FIELDS.names, columns, strict=True))
+
+
+@dataclass(frozen=True)
+class Descriptors:
+    """The classical descriptors of ``(N, H, W, 3)`` pixels, as at features time (an mllib model's
+    input before its saved scaler + PCA)."""
+
+    extractor: Any
+
+    def outputs(self) -> pa.Schema:
+        return pa.schema([("raw", pa.list_(pa.float32()))])
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, pa.Array]:
+        return {"raw": images.vectors_array(self.extractor(pixels))}
+
+
+class IdSet:
+    """``image_id`` values (sha256 hex) as a sorted array of 32-byte digests: what executors check
+    each fetched file against before decoding it (32 bytes per id; a million ids broadcast as 32 MB)."""
+
+    def __init__(self, ids: Iterable[str]) -> None:
+        self.digests = np.unique(np.array([bytes.fromhex(i) for i in ids], dtype="S32"))
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    def __contains__(self, image_id: str) -> bool:
+        digest = bytes.fromhex(image_id)
+        i = int(np.searchsorted(self.digests, digest))
+        return i < len(self.digests) and self.digests[i] == digest
+
+
+def scan_batch(entries: list[tuple[str, str | None]], cfg: IngestConfig, done: IdSet, head: Head) -> pa.RecordBatch:
+    """Fetch, skip, decode and run ``head`` on one slice of ``(source_uri, label)``, all in this
+    Python worker: a row per file whose content is not in ``done``, with :data:`SCAN_FIELDS` and the
+    head's outputs (null for unusable files, which carry ``reason`` and ``detail``)."""
+    contents = store.fetch_many([uri for uri, _ in entries], cfg.fetch_threads)
+    good, bad = [], []
+    for (uri, label), data in zip(entries, contents, strict=True):
+        if isinstance(data, bytes) and images.image_id(data) in done:
+            continue
+        record = ingest.decode_record(uri, label, data, cfg, labelled=False)
+        (bad if record["reason"] else good).append(record)
+    schema = pa.schema([*SCAN_FIELDS, *head.outputs()])
+    rows = good + bad
+    columns = [pa.array([r[f.name] for r in rows], f.type) for f in SCAN_FIELDS]
+    if good:
+        h, w = good[0]["height"], good[0]["width"]
+        pixels = np.frombuffer(b"".join(r["pixels"] for r in good), dtype=np.uint8).reshape(len(good), h, w, 3)
+        outputs = head(pixels)
+        columns += [pa.concat_arrays([outputs[f.name], pa.nulls(len(bad), f.type)]) for f in head.outputs()]
+    else:
+        columns += [pa.nulls(len(bad), f.type) for f in head.outputs()]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
