@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.resources
 import json
 import subprocess
 from datetime import UTC, datetime
@@ -14,14 +15,15 @@ from spark_jobs import __version__
 from spark_jobs.config import params_hash
 
 MANIFEST = "_manifest.json"
-_BUILD_INFO = Path(__file__).with_name("_build_info.json")
+_BUILD_INFO = "_build_info.json"  # written into the --py-files zip by plugins/image_platform/package.py
 
 
 @functools.cache
 def job_version() -> dict[str, Any]:
     """Package version and git commit of the running code (from a build stamp when packaged)."""
-    if _BUILD_INFO.exists():
-        return {"package": __version__, **json.loads(_BUILD_INFO.read_text())}
+    stamp = importlib.resources.files("spark_jobs").joinpath(_BUILD_INFO)  # also inside a zip
+    if stamp.is_file():
+        return {"package": __version__, **json.loads(stamp.read_text())}
     here = Path(__file__).parent
     try:
         commit = subprocess.run(

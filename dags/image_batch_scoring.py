@@ -1,0 +1,42 @@
+"""image_batch_scoring: score what arrived in the inbox since the last run with the champion model,
+every hour (cron from the ``IMAGE_SCORING_CRON`` environment variable) and whenever the training
+pipeline updates the champion. Incremental by the score stage's exactly-once logic: images the
+champion already scored are skipped. Orchestration only."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, task
+from image_platform import package, stages
+from image_platform.assets import CHAMPION, PREDICTIONS
+
+with DAG(
+    dag_id="image_batch_scoring",
+    description="Score newly arrived images with the champion model, exactly once per image and model version",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(os.environ.get("IMAGE_SCORING_CRON", "@hourly"), timezone="UTC"),
+        assets=CHAMPION,
+    ),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["image-platform", "scoring"],
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+) as dag:
+
+    @task
+    def build_package() -> str:
+        """The spark_jobs zip of this working tree (reused when unchanged)."""
+        return str(package.build(stages.REPO / "dist"))
+
+    score = stages.stage_task(
+        "score",
+        stages.stage_command("score"),
+        py_files="{{ ti.xcom_pull(task_ids='build_package') }}",
+        python=sys.executable,
+        outlets=[PREDICTIONS],
+    )
+    build_package() >> score

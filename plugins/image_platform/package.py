@@ -1,0 +1,63 @@
+"""The ``spark_jobs`` artifact a DAG run submits: a ``--py-files`` zip built from the working tree,
+so a cluster runs exactly the code that was tested, stamped with its version.
+
+The zip holds ``spark_jobs/*.py`` and ``spark_jobs/_build_info.json`` (git commit, dirty flag, the
+content hash), which :func:`spark_jobs.manifest.job_version` reads, so every manifest a packaged
+run writes names the code it ran. Builds are named by content (``spark_jobs-<version>-<hash>.zip``):
+building the same tree twice gives the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_INFO = "_build_info.json"
+_FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # zip entries carry no build time: same tree, same bytes
+
+
+def _git(repo: Path, *args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def sources(repo: Path = REPO) -> list[Path]:
+    """The package's files (Python sources only: no caches, no local data)."""
+    return sorted((repo / "spark_jobs").glob("*.py"))
+
+
+def build(out_dir: Path, repo: Path = REPO) -> Path:
+    """Zip ``repo``'s ``spark_jobs`` into ``out_dir``; returns the zip (reused when it exists)."""
+    files = sources(repo)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    content = digest.hexdigest()[:16]
+    commit = _git(repo, "rev-parse", "HEAD").strip() or "unknown"
+    dirty = bool(_git(repo, "status", "--porcelain", "--", "spark_jobs").strip())
+    version = _version(repo)
+    target = out_dir / f"spark_jobs-{version}-{content}.zip"
+    if target.exists():
+        return target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = {"git_commit": commit, "dirty": dirty, "content_sha256_16": content}
+    partial = target.with_suffix(".zip.tmp")
+    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for path in files:
+            archive.writestr(zipfile.ZipInfo(f"spark_jobs/{path.name}", _FIXED_TIME), path.read_bytes())
+        archive.writestr(zipfile.ZipInfo(f"spark_jobs/{BUILD_INFO}", _FIXED_TIME), json.dumps(info, sort_keys=True))
+    partial.rename(target)
+    return target
+
+
+def _version(repo: Path) -> str:
+    for line in (repo / "spark_jobs" / "__init__.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip("\"'")
+    return "0"

@@ -1,0 +1,130 @@
+"""The pipeline's stages as Airflow tasks, built from ``dvc.yaml`` (the one list of stages and
+their commands), so a DAG and ``dvc repro`` run the same thing and cannot drift apart.
+
+Each stage task is a :class:`StageSubmitOperator`: the Spark provider's ``SparkSubmitOperator``
+submitting ``spark_jobs/__main__.py <stage> --set ...`` with the packaged ``spark_jobs`` zip as
+``--py-files``, through the ``spark_default`` connection (``local[*]`` here, a cluster URL
+unchanged). A stage's own verdicts are final: exit code 2 (unusable input) and 3 (gate failed)
+fail the task without retries, with the stage's message (and the gate report path) in the log;
+any other failure (the JVM, the cluster, a lost executor) is retried.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCHER = "spark_jobs/__main__.py"
+# Exit codes of spark_jobs.jobs.run_stage that no retry can change.
+FINAL_EXIT_CODES = {2: "unusable input or parameters", 3: "its gate failed (nothing was published)"}
+
+
+@dataclass(frozen=True)
+class StageCommand:
+    """One ``dvc.yaml`` stage's command: ``python -m spark_jobs.<stage> <args>``."""
+
+    name: str  # the DVC stage, e.g. "train@cnn"
+    stage: str  # the spark_jobs module, e.g. "train"
+    args: tuple[str, ...]  # e.g. ("--set", "train.model=cnn")
+
+
+def dvc_commands(dvc_yaml: Path = REPO / "dvc.yaml") -> dict[str, StageCommand]:
+    """Every stage of ``dvc_yaml`` (``foreach`` stages expanded as ``name@key``) and its command."""
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    commands = {}
+    for name, spec in stages.items():
+        if "foreach" in spec:
+            for key in spec["foreach"]:
+                full = f"{name}@{key}"
+                commands[full] = _parse(full, spec["do"]["cmd"], str(key))
+        else:
+            commands[name] = _parse(name, spec["cmd"])
+    return commands
+
+
+def stage_command(name: str, key: str | None = None, dvc_yaml: Path = REPO / "dvc.yaml") -> StageCommand:
+    """The command of stage ``name``; for a ``foreach`` stage, of its entry ``key`` (which may be an
+    Airflow template such as ``{{ params.model }}``, rendered when the task runs)."""
+    spec = yaml.safe_load(dvc_yaml.read_text())["stages"][name]
+    if "foreach" not in spec:
+        return _parse(name, spec["cmd"])
+    if key is None:
+        raise ValueError(f"dvc.yaml stage {name} is a foreach stage: give the entry")
+    return _parse(f"{name}@{key}", spec["do"]["cmd"], key)
+
+
+def _parse(name: str, cmd: str, key: str = "") -> StageCommand:
+    words = [word.replace("${key}", key) for word in shlex.split(cmd)]
+    if words[:2] != ["python", "-m"] or not words[2].startswith("spark_jobs."):
+        raise ValueError(f"dvc.yaml stage {name}: expected 'python -m spark_jobs.<stage> ...', got {cmd!r}")
+    return StageCommand(name, words[2].removeprefix("spark_jobs."), tuple(words[3:]))
+
+
+def application_args(command: StageCommand, overrides: Sequence[str] = ()) -> list[str]:
+    """What follows the launcher on the spark-submit line: the stage, its dvc.yaml arguments, then
+    one ``--set key=value`` per override (templated strings are rendered by Airflow)."""
+    return [command.stage, *command.args, *[f"--set={o}" for o in overrides]]
+
+
+class StageSubmitOperator(SparkSubmitOperator):
+    """``SparkSubmitOperator`` for one pipeline stage: a stage's own verdict (exit code 2 or 3)
+    fails the task at once, without retries; other failures keep the configured retries."""
+
+    def __init__(self, *, stage: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stage = stage
+
+    def execute(self, context: Any) -> None:
+        try:
+            super().execute(context)
+        except AirflowException as exc:
+            match = re.search(r"Error code is: (\d+)", str(exc))
+            code = int(match.group(1)) if match else None
+            if code in FINAL_EXIT_CODES:
+                raise AirflowFailException(
+                    f"stage {self.stage} stopped: {FINAL_EXIT_CODES[code]} (exit code {code}); "
+                    "its reason, and the gate report path when a gate failed, are in the log above"
+                ) from exc
+            raise
+
+
+def stage_task(
+    task_id: str,
+    command: StageCommand,
+    *,
+    py_files: str,
+    overrides: Sequence[str] = (),
+    workdir: Path = REPO,
+    python: str | None = None,
+    retries: int = 2,
+    **kwargs: Any,
+) -> StageSubmitOperator:
+    """The spark-submit task of one dvc.yaml stage, run from ``workdir`` (relative paths in
+    params.yaml resolve as they do for ``dvc repro``); ``python`` is the executors' interpreter."""
+    env = {"IMAGE_PLATFORM_WORKDIR": str(workdir)}
+    conf = {}
+    if python:
+        env["PYSPARK_PYTHON"] = python
+        conf["spark.pyspark.python"] = python
+    return StageSubmitOperator(
+        task_id=task_id,
+        stage=command.name,
+        application=str(workdir / LAUNCHER),
+        py_files=py_files,
+        application_args=application_args(command, overrides),
+        conn_id="spark_default",
+        name=f"image-platform-{command.name.replace('@', '-')}",
+        env_vars=env,
+        conf=conf,
+        retries=retries,
+        **kwargs,
+    )

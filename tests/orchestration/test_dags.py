@@ -1,0 +1,121 @@
+"""The DAGs as Airflow parses them (in a subprocess with a scratch AIRFLOW_HOME): they load with no
+import errors or warnings, quickly, and run exactly the stages and commands of dvc.yaml."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from image_platform import stages
+
+from tests.factories import REPO
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)]),
+    }
+    result = home / "dags.json"
+    subprocess.run(
+        [sys.executable, str(HERE / "describe_dags.py"), str(REPO / "dags"), str(result)],
+        env=env,
+        capture_output=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(result.read_text())
+
+
+def test_dags_load_cleanly_and_fast(parsed: dict) -> None:
+    assert parsed["import_errors"] == {}
+    assert parsed["warnings"] == []
+    assert set(parsed["dags"]) == {"image_training_pipeline", "image_batch_scoring"}
+    assert set(parsed["parse_seconds"]) == {"image_training_pipeline.py", "image_batch_scoring.py"}
+    assert all(seconds < 2.0 for seconds in parsed["parse_seconds"].values()), parsed["parse_seconds"]
+
+
+def test_dag_files_import_nothing_heavy() -> None:
+    """Parse time stays low because DAG files and plugins never import Spark, torch or GX."""
+    code = (
+        "import sys, runpy; sys.path[:0] = [sys.argv[1]]; "
+        "[runpy.run_path(p) for p in sys.argv[2:]]; "
+        "print(sorted(m for m in ('pyspark', 'torch', 'great_expectations', 'spark_jobs') if m in sys.modules))"
+    )
+    dags = sorted(str(p) for p in (REPO / "dags").glob("*.py"))
+    env = {**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "plugins"), *dags], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_training_dag_runs_the_dvc_stages_in_order(parsed: dict) -> None:
+    dag = parsed["dags"]["image_training_pipeline"]
+    assert dag["schedule"].startswith("<airflow.sdk.definitions.timetables.simple.NullTimetable")
+    tasks = dag["tasks"]
+    order = ["build_package", "ingest", "features", "train", "evaluate"]
+    assert set(tasks) == set(order)
+    for before, after in itertools.pairwise(order):
+        assert tasks[before]["downstream"] == [after]
+    assert tasks["evaluate"]["downstream"] == []
+    dvc = stages.dvc_commands()
+    for name in ("ingest", "features", "evaluate"):
+        args = tasks[name]["application_args"]
+        assert args[: 1 + len(dvc[name].args)] == [dvc[name].stage, *dvc[name].args]
+    # train is dvc.yaml's foreach stage: one entry per model, chosen by the `model` Param.
+    assert set(dag["params"]["model"]["enum"]) == {n.split("@")[1] for n in dvc if n.startswith("train@")}
+    train = tasks["train"]["application_args"]
+    for key in dag["params"]["model"]["enum"]:
+        rendered = [a.replace("{{ params.model }}", key) for a in train]
+        assert rendered[: 1 + len(dvc[f"train@{key}"].args)] == [dvc[f"train@{key}"].stage, *dvc[f"train@{key}"].args]
+    for name in order[1:]:
+        task = tasks[name]
+        assert task["type"] == "StageSubmitOperator"
+        assert task["conn_id"] == "spark_default"
+        assert task["application"] == str(REPO / stages.LAUNCHER)
+        assert task["py_files"] == "{{ ti.xcom_pull(task_ids='build_package') }}"
+        assert task["retries"] > 0
+        # Every Param reaches every stage as a --set override of params.yaml.
+        overrides = [a for a in task["application_args"] if a.startswith("--set=")]
+        for param in ("source", "image_size", "feature_kind", "seed", "epochs"):
+            assert any(f"{{{{ params.{param} }}}}" in o for o in overrides), (name, param)
+    assert tasks["evaluate"]["outlets"] == ["image_platform_champion_model"]
+
+
+def test_every_override_names_a_params_yaml_key(parsed: dict) -> None:
+    """A typo in a DAG's override would fail every run: each key must exist in params.yaml."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for dag in parsed["dags"].values():
+        for task in dag["tasks"].values():
+            for arg in task["application_args"] or []:
+                if not arg.startswith("--set="):
+                    continue
+                node = params
+                for part in arg.removeprefix("--set=").split("=", 1)[0].split("."):
+                    assert part in node, arg
+                    node = node[part]
+
+
+def test_scoring_dag_is_scheduled_and_follows_the_champion(parsed: dict) -> None:
+    dag = parsed["dags"]["image_batch_scoring"]
+    assert "AssetOrTimeSchedule" in dag["schedule"]
+    assert "image_platform_champion_model" in dag["schedule"]
+    assert "0 * * * *" in dag["schedule"]
+    assert dag["catchup"] is False
+    assert dag["max_active_runs"] == 1
+    score = dag["tasks"]["score"]
+    assert score["application_args"][: 1 + len(stages.dvc_commands()["score"].args)] == ["score"]
+    assert score["outlets"] == ["image_platform_predictions"]
