@@ -38,9 +38,8 @@ class GateFailed(RuntimeError):
     """A stage's output failed its suite; nothing was published."""
 
     def __init__(self, stage: str, report: Path, rejected: Path, summary: str) -> None:
-        super().__init__(
-            f"gate '{stage}' failed: nothing published. Report: {report}; output kept at {rejected}\n{summary}"
-        )
+        where = f"Report: {report.absolute()}; output kept at {rejected.absolute()}"
+        super().__init__(f"gate '{stage}' failed: nothing published. {where}\n{summary}")
         self.stage = stage
         self.report = report
         self.rejected = rejected

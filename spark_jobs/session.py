@@ -65,7 +65,19 @@ def build_session(cfg: SparkConfig) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)
+    align_working_directory(spark)
     return spark
+
+
+def align_working_directory(spark: SparkSession) -> None:
+    """Relative paths (``data/...``) mean the same folder to Python and to Spark: the local file
+    system's working directory is set to this process's. Under ``spark-submit`` the JVM starts
+    first, in the launcher's folder, and the stage may have moved to its workspace since
+    (``IMAGE_PLATFORM_WORKDIR``, what Airflow sets); without this Spark would write there."""
+    jvm = spark.sparkContext._jvm
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    local = jvm.org.apache.hadoop.fs.FileSystem.getLocal(hadoop)
+    local.setWorkingDirectory(jvm.org.apache.hadoop.fs.Path(Path.cwd().as_uri()))
 
 
 def spark_metrics(spark: SparkSession) -> dict[str, object]:
