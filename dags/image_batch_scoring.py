@@ -10,7 +10,7 @@ import sys
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, task
-from image_platform import package, stages
+from image_platform import package, stages, versioning
 from image_platform.assets import CHAMPION, PREDICTIONS
 
 with DAG(
@@ -30,13 +30,19 @@ with DAG(
     @task
     def build_package() -> str:
         """The spark_jobs zip of this working tree (reused when unchanged)."""
-        return str(package.build(stages.REPO / "dist"))
+        return str(package.build(stages.workspace() / "dist"))
 
     score = stages.stage_task(
         "score",
-        stages.stage_command("score"),
+        stages.dvc_commands()["score"],
         py_files="{{ ti.xcom_pull(task_ids='build_package') }}",
         python=sys.executable,
         outlets=[PREDICTIONS],
     )
-    build_package() >> score
+
+    @task(pool=versioning.POOL)
+    def version() -> dict:
+        """The predictions and score quarantine into the DVC cache (and remote)."""
+        return versioning.version_outputs(stages.workspace(), ["score"])
+
+    build_package() >> score >> version()

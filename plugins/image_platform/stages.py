@@ -11,9 +11,10 @@ any other failure (the JVM, the cluster, a lost executor) is retried.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ import yaml
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]  # the code: spark_jobs/, dvc.yaml
+WORKSPACE_ENV = "IMAGE_PLATFORM_WORKSPACE"
 LAUNCHER = "spark_jobs/__main__.py"
 # Exit codes of spark_jobs.jobs.run_stage that no retry can change.
 FINAL_EXIT_CODES = {2: "unusable input or parameters", 3: "its gate failed (nothing was published)"}
@@ -37,29 +39,61 @@ class StageCommand:
     args: tuple[str, ...]  # e.g. ("--set", "train.model=cnn")
 
 
+def workspace() -> Path:
+    """Where runs read params.yaml and write data/, models/, reports/ and dist/ (``dvc repro``'s
+    folder): ``$IMAGE_PLATFORM_WORKSPACE``, else the repository itself."""
+    return Path(os.environ.get(WORKSPACE_ENV, REPO)).resolve()
+
+
+def _entries(dvc_yaml: Path) -> Iterator[tuple[str, dict[str, Any], str, Any]]:
+    """``(stage, body, key, item)`` for each stage of ``dvc_yaml``, a ``foreach`` stage as one
+    ``name@key`` entry per key (its ``do`` body, with ``item`` the entry's value)."""
+    for name, spec in yaml.safe_load(dvc_yaml.read_text())["stages"].items():
+        if "foreach" not in spec:
+            yield name, spec, "", None
+            continue
+        each = spec["foreach"]
+        for key, item in each.items() if isinstance(each, dict) else ((k, k) for k in each):
+            yield f"{name}@{key}", spec["do"], str(key), item
+
+
 def dvc_commands(dvc_yaml: Path = REPO / "dvc.yaml") -> dict[str, StageCommand]:
     """Every stage of ``dvc_yaml`` (``foreach`` stages expanded as ``name@key``) and its command."""
-    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
-    commands = {}
-    for name, spec in stages.items():
-        if "foreach" in spec:
-            for key in spec["foreach"]:
-                full = f"{name}@{key}"
-                commands[full] = _parse(full, spec["do"]["cmd"], str(key))
-        else:
-            commands[name] = _parse(name, spec["cmd"])
-    return commands
+    return {name: _parse(name, body["cmd"], key) for name, body, key, _ in _entries(dvc_yaml)}
 
 
-def stage_command(name: str, key: str | None = None, dvc_yaml: Path = REPO / "dvc.yaml") -> StageCommand:
-    """The command of stage ``name``; for a ``foreach`` stage, of its entry ``key`` (which may be an
-    Airflow template such as ``{{ params.model }}``, rendered when the task runs)."""
-    spec = yaml.safe_load(dvc_yaml.read_text())["stages"][name]
-    if "foreach" not in spec:
-        return _parse(name, spec["cmd"])
-    if key is None:
-        raise ValueError(f"dvc.yaml stage {name} is a foreach stage: give the entry")
-    return _parse(f"{name}@{key}", spec["do"]["cmd"], key)
+def _resolve(text: str, params: dict[str, Any], item: dict[str, Any] | None = None) -> str:
+    """``${a.b}`` (and ``${item.x}`` in a foreach entry) replaced by their values, as DVC does."""
+
+    def value(match: re.Match[str]) -> str:
+        node: Any = {"item": item, **params}
+        for part in match.group(1).split("."):
+            node = node[part]
+        return str(node)
+
+    for _ in range(5):  # an item's value may itself hold ${...}
+        text = re.sub(r"\$\{([^}]+)\}", value, text)
+    return text
+
+
+def pipeline_graph(dvc_yaml: Path = REPO / "dvc.yaml", params_yaml: Path = REPO / "params.yaml") -> dict[str, set[str]]:
+    """Each stage of ``dvc_yaml`` (foreach expanded) and the stages it needs: those whose outputs
+    its dependencies are, or lie under (DVC's own rule), with paths resolved from params.yaml."""
+    params = yaml.safe_load(params_yaml.read_text())
+    deps, outs = {}, {}
+    for name, body, key, item in _entries(dvc_yaml):
+        fill = {**params, "key": key}
+        deps[name] = [_resolve(d, fill, item) for d in body.get("deps", [])]
+        paths = [next(iter(o)) if isinstance(o, dict) else o for o in body.get("outs", [])]
+        outs[name] = [_resolve(o, fill, item) for o in paths]
+    graph = {}
+    for stage, needs in deps.items():
+        graph[stage] = {
+            other
+            for other, made in outs.items()
+            if other != stage and any(d == o or d.startswith(o.rstrip("/") + "/") for d in needs for o in made)
+        }
+    return graph
 
 
 def _parse(name: str, cmd: str, key: str = "") -> StageCommand:
@@ -67,6 +101,11 @@ def _parse(name: str, cmd: str, key: str = "") -> StageCommand:
     if words[:2] != ["python", "-m"] or not words[2].startswith("spark_jobs."):
         raise ValueError(f"dvc.yaml stage {name}: expected 'python -m spark_jobs.<stage> ...', got {cmd!r}")
     return StageCommand(name, words[2].removeprefix("spark_jobs."), tuple(words[3:]))
+
+
+def task_id(stage: str) -> str:
+    """The Airflow task id of a dvc.yaml stage (``train@cnn`` -> ``train_cnn``)."""
+    return stage.replace("@", "_")
 
 
 def application_args(command: StageCommand, overrides: Sequence[str] = ()) -> list[str]:
@@ -103,14 +142,15 @@ def stage_task(
     *,
     py_files: str,
     overrides: Sequence[str] = (),
-    workdir: Path = REPO,
+    workdir: Path | None = None,
     python: str | None = None,
     retries: int = 2,
     **kwargs: Any,
 ) -> StageSubmitOperator:
-    """The spark-submit task of one dvc.yaml stage, run from ``workdir`` (relative paths in
-    params.yaml resolve as they do for ``dvc repro``); ``python`` is the executors' interpreter."""
-    env = {"IMAGE_PLATFORM_WORKDIR": str(workdir)}
+    """The spark-submit task of one dvc.yaml stage, run from ``workdir`` (default
+    :func:`workspace`; relative paths in params.yaml resolve as they do for ``dvc repro``);
+    ``python`` is the executors' interpreter."""
+    env = {"IMAGE_PLATFORM_WORKDIR": str(workdir or workspace())}
     conf = {}
     if python:
         env["PYSPARK_PYTHON"] = python
@@ -118,7 +158,7 @@ def stage_task(
     return StageSubmitOperator(
         task_id=task_id,
         stage=command.name,
-        application=str(workdir / LAUNCHER),
+        application=str(REPO / LAUNCHER),
         py_files=py_files,
         application_args=application_args(command, overrides),
         conn_id="spark_default",

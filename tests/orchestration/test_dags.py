@@ -3,7 +3,6 @@ import errors or warnings, quickly, and run exactly the stages and commands of d
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
@@ -62,37 +61,34 @@ def test_dag_files_import_nothing_heavy() -> None:
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_training_dag_runs_the_dvc_stages_in_order(parsed: dict) -> None:
+def test_training_dag_is_dvc_yaml_from_ingest_to_evaluate(parsed: dict) -> None:
+    """Same stages, same commands, same dependencies as ``dvc repro`` (sample and score aside)."""
     dag = parsed["dags"]["image_training_pipeline"]
     assert dag["schedule"].startswith("<airflow.sdk.definitions.timetables.simple.NullTimetable")
     tasks = dag["tasks"]
-    order = ["build_package", "ingest", "features", "train", "evaluate"]
-    assert set(tasks) == set(order)
-    for before, after in itertools.pairwise(order):
-        assert tasks[before]["downstream"] == [after]
-    assert tasks["evaluate"]["downstream"] == []
+    graph = {n: needs for n, needs in stages.pipeline_graph().items() if n not in ("sample", "score")}
+    assert set(graph) == {"ingest", "backbone", "features", "train@mllib", "train@cnn", "train@autoencoder", "evaluate"}
+    assert set(tasks) == {"build_package", "version", *(stages.task_id(n) for n in graph)}
     dvc = stages.dvc_commands()
-    for name in ("ingest", "features", "evaluate"):
-        args = tasks[name]["application_args"]
-        assert args[: 1 + len(dvc[name].args)] == [dvc[name].stage, *dvc[name].args]
-    # train is dvc.yaml's foreach stage: one entry per model, chosen by the `model` Param.
-    assert set(dag["params"]["model"]["enum"]) == {n.split("@")[1] for n in dvc if n.startswith("train@")}
-    train = tasks["train"]["application_args"]
-    for key in dag["params"]["model"]["enum"]:
-        rendered = [a.replace("{{ params.model }}", key) for a in train]
-        assert rendered[: 1 + len(dvc[f"train@{key}"].args)] == [dvc[f"train@{key}"].stage, *dvc[f"train@{key}"].args]
-    for name in order[1:]:
-        task = tasks[name]
+    for name, needs in graph.items():
+        task = tasks[stages.task_id(name)]
+        args = task["application_args"]
+        assert args[: 1 + len(dvc[name].args)] == [dvc[name].stage, *dvc[name].args], name
+        for upstream in needs & set(graph):
+            assert stages.task_id(name) in tasks[stages.task_id(upstream)]["downstream"], (upstream, name)
         assert task["type"] == "StageSubmitOperator"
         assert task["conn_id"] == "spark_default"
         assert task["application"] == str(REPO / stages.LAUNCHER)
         assert task["py_files"] == "{{ ti.xcom_pull(task_ids='build_package') }}"
         assert task["retries"] > 0
         # Every Param reaches every stage as a --set override of params.yaml.
-        overrides = [a for a in task["application_args"] if a.startswith("--set=")]
-        for param in ("source", "image_size", "feature_kind", "seed", "epochs"):
+        overrides = [a for a in args if a.startswith("--set=")]
+        for param in dag["params"]:
             assert any(f"{{{{ params.{param} }}}}" in o for o in overrides), (name, param)
-    assert tasks["evaluate"]["outlets"] == ["image_platform_champion_model"]
+    assert tasks["build_package"]["downstream"] == ["ingest"]
+    assert tasks["evaluate"]["downstream"] == ["version"]
+    assert tasks["version"]["pool"] == "dvc"  # DVC commands one at a time
+    assert tasks["version"]["outlets"] == ["image_platform_champion_model"]
 
 
 def test_every_override_names_a_params_yaml_key(parsed: dict) -> None:
@@ -119,3 +115,5 @@ def test_scoring_dag_is_scheduled_and_follows_the_champion(parsed: dict) -> None
     score = dag["tasks"]["score"]
     assert score["application_args"][: 1 + len(stages.dvc_commands()["score"].args)] == ["score"]
     assert score["outlets"] == ["image_platform_predictions"]
+    assert score["downstream"] == ["version"]
+    assert dag["tasks"]["version"]["pool"] == "dvc"

@@ -45,7 +45,7 @@ from image_platform import package, stages
 root = Path(sys.argv[1])
 task = stages.stage_task(
     "ingest",
-    stages.stage_command("ingest"),
+    stages.dvc_commands()["ingest"],
     py_files=str(package.build(root / "dist")),
     overrides=[f"data.root={root / 'data'}", f"ingest.source={root / 'no-such-folder'}"],
     python=sys.executable,
