@@ -147,9 +147,11 @@ class IdSet:
         return len(self.digests)
 
     def __contains__(self, image_id: str) -> bool:
-        digest = bytes.fromhex(image_id)
+        # Compared as S32, never as bytes: numpy drops an S32 value's trailing NUL bytes when it
+        # hands it out, so a digest ending in 0x00 (1 in 256) would never equal its own bytes.
+        digest = np.array(bytes.fromhex(image_id), dtype="S32")
         i = int(np.searchsorted(self.digests, digest))
-        return i < len(self.digests) and self.digests[i] == digest
+        return i < len(self.digests) and bool(self.digests[i] == digest)
 
 
 def scan_batch(entries: list[tuple[str, str | None]], cfg: IngestConfig, done: IdSet, head: Head) -> pa.RecordBatch:
@@ -168,8 +170,7 @@ def scan_batch(entries: list[tuple[str, str | None]], cfg: IngestConfig, done: I
     columns = [pa.array([r[f.name] for r in rows], f.type) for f in SCAN_FIELDS]
     if good:
         h, w = good[0]["height"], good[0]["width"]
-        pixels = np.frombuffer(b"".join(r["pixels"] for r in good), dtype=np.uint8).reshape(len(good), h, w, 3)
-        outputs = head(pixels)
+        outputs = head(images.stack_pixels(pa.array([r["pixels"] for r in good], pa.binary()), h, w))
         columns += [pa.concat_arrays([outputs[f.name], pa.nulls(len(bad), f.type)]) for f in head.outputs()]
     else:
         columns += [pa.nulls(len(bad), f.type) for f in head.outputs()]

@@ -187,6 +187,13 @@ def test_id_set_holds_exactly_its_ids() -> None:
     assert all(i in known for i in ids[:25])
     assert not any(i in known for i in ids[25:])
     assert ids[0] not in scoring.IdSet([])
+    # Digests ending in NUL bytes (one image in 256; a DAG run found it scored twice).
+    ending_in_nul = ["ab" * 31 + "00", "00" * 30 + "0000", "ff" * 31 + "00"]
+    known = scoring.IdSet(ending_in_nul)
+    assert all(i in known for i in ending_in_nul)
+    assert "ab" * 31 + "01" not in known
+    assert "00" * 32 in known
+    assert "00" * 31 + "01" not in known
 
 
 def test_class_columns_sort_and_cut_top_k() -> None:
