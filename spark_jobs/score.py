@@ -138,11 +138,14 @@ def scan(
     ingest_cfg: IngestConfig,
     done: scoring.IdSet,
     head: scoring.Head,
+    *,
+    mark_copies: bool = True,
 ) -> DataFrame:
     """One Python pass over the listed files: fetched, checked against ``done``, decoded with the
     model's ingest settings and run through ``head`` in the same task (no decoded pixels leave the
-    worker). Files are cut into tasks by bytes (:func:`ingest.plan_chunks`); copies of one content
-    in the batch are marked ``duplicate`` but the smallest ``source_uri``."""
+    worker). Files are cut into tasks by bytes (:func:`ingest.plan_chunks`); with ``mark_copies``,
+    copies of one content in the batch are marked ``duplicate`` but the smallest ``source_uri`` (a
+    shuffle; not needed when the files are already known to be unique)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -158,6 +161,8 @@ def scan(
 
     schema = from_arrow_schema(pa.schema([*scoring.SCAN_FIELDS, *head.outputs()]))
     scanned = ids.mapInArrow(run_tasks, schema)
+    if not mark_copies:
+        return scanned
     copies = Window.partitionBy("image_id", F.col("reason").isNull()).orderBy("source_uri")
     copy = F.col("reason").isNull() & (F.row_number().over(copies) > 1)
     first = F.first("source_uri").over(copies.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing))
@@ -224,7 +229,9 @@ def cascade_predictions(
     unsure = set(light_rows.where(F.col("probability") < confidence).select("source_uri").toArrow()[0].to_pylist())
     heavy_files = [f for f in files if f.uri in unsure]
     ingest_cfg = IngestConfig.model_validate(card["ingest_settings"])
-    rescanned = scan(spark, heavy_files, cfg, ingest_cfg, scoring.IdSet([]), torch_head(folder, card, cfg))
+    head = torch_head(folder, card, cfg)
+    # The first pass already marked copies: these files are unique.
+    rescanned = scan(spark, heavy_files, cfg, ingest_cfg, scoring.IdSet([]), head, mark_copies=False)
     return sure.unionByName(predicted(rescanned.where(F.col("reason").isNull()), _decider(card, cfg)))
 
 
