@@ -30,6 +30,9 @@ venv: java $(STAMP) ## Create .venv from the lock file
 run: venv ## Run the whole pipeline on the bundled sample (dvc repro)
 	$(BIN)/dvc repro
 
+airflow: venv ## Start Airflow locally (standalone, LocalExecutor, SQLite) with these DAGs; prints the login
+	bash scripts/airflow-local.sh
+
 test: venv ## Run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -46,6 +49,6 @@ lock: ## Re-resolve requirements.lock from pyproject.toml (slow: ~10 min)
 	.lockenv/bin/pip-compile --extra dev --strip-extras --allow-unsafe --no-emit-index-url -c constraints.txt -o requirements.lock pyproject.toml
 
 clean: ## Remove the venv and pipeline outputs
-	rm -rf $(VENV) .lockenv data .pytest_cache
+	rm -rf $(VENV) .lockenv data .pytest_cache .airflow dist
 
-.PHONY: help java venv run test lint bench lock clean
+.PHONY: help java venv run airflow test lint bench lock clean

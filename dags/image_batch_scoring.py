@@ -6,11 +6,10 @@ champion already scored are skipped. Orchestration only."""
 from __future__ import annotations
 
 import os
-import sys
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, task
-from image_platform import package, stages, versioning
+from image_platform import stages, versioning
 from image_platform.assets import CHAMPION, PREDICTIONS
 
 with DAG(
@@ -26,23 +25,11 @@ with DAG(
     tags=["image-platform", "scoring"],
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
 ) as dag:
-
-    @task
-    def build_package() -> str:
-        """The spark_jobs zip of this working tree (reused when unchanged)."""
-        return str(package.build(stages.workspace() / "dist"))
-
-    score = stages.stage_task(
-        "score",
-        stages.dvc_commands()["score"],
-        py_files="{{ ti.xcom_pull(task_ids='build_package') }}",
-        python=sys.executable,
-        outlets=[PREDICTIONS],
-    )
+    score = stages.stage_task("score", stages.dvc_commands()["score"], outlets=[PREDICTIONS])
 
     @task(pool=versioning.POOL)
     def version() -> dict:
         """The predictions and score quarantine into the DVC cache (and remote)."""
         return versioning.version_outputs(stages.workspace(), ["score"])
 
-    build_package() >> score >> version()
+    stages.package_task() >> score >> version()

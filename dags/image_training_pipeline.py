@@ -7,11 +7,10 @@ time, in the ``dvc`` pool) and updates the champion-model Asset (see ``plugins/i
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, task
-from image_platform import package, stages, versioning
+from image_platform import stages, versioning
 from image_platform.assets import CHAMPION
 
 # dvc.yaml stages that are not part of training: the bundled sample and batch scoring.
@@ -47,13 +46,7 @@ with DAG(
         "seed": Param(0, type="integer", minimum=0, description="Training seed"),
     },
 ) as dag:
-
-    @task
-    def build_package() -> str:
-        """The spark_jobs zip of this working tree (reused when unchanged)."""
-        return str(package.build(stages.workspace() / "dist"))
-
-    built = build_package()
+    built = stages.package_task()
     graph, commands = stages.pipeline_graph(), stages.dvc_commands()
     tasks = {}
     for name, needs in graph.items():
@@ -62,9 +55,7 @@ with DAG(
         tasks[name] = stages.stage_task(
             stages.task_id(name),
             commands[name],
-            py_files="{{ ti.xcom_pull(task_ids='build_package') }}",
             overrides=OVERRIDES,
-            python=sys.executable,
         )
         upstream = [tasks[n] for n in sorted(needs) if n in tasks]
         (upstream or [built]) >> tasks[name]

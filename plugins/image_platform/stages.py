@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,17 @@ from typing import Any
 
 import yaml
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import XComArg, task
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from image_platform import package
 
 REPO = Path(__file__).resolve().parents[2]  # the code: spark_jobs/, dvc.yaml
 WORKSPACE_ENV = "IMAGE_PLATFORM_WORKSPACE"
 LAUNCHER = "spark_jobs/__main__.py"
+PACKAGE_TASK = "build_package"
+# The artifact a stage submits: what this run's build_package task built.
+PACKAGED = f"{{{{ ti.xcom_pull(task_ids='{PACKAGE_TASK}') }}}}"
 # Exit codes of spark_jobs.jobs.run_stage that no retry can change.
 FINAL_EXIT_CODES = {2: "unusable input or parameters", 3: "its gate failed (nothing was published)"}
 
@@ -136,11 +143,22 @@ class StageSubmitOperator(SparkSubmitOperator):
             raise
 
 
+def package_task() -> XComArg:
+    """The first task of a DAG run: the ``spark_jobs`` zip of the working tree, built into the
+    workspace's ``dist/`` (reused when the code is unchanged); its path is :data:`PACKAGED`."""
+
+    @task(task_id=PACKAGE_TASK)
+    def build_package() -> str:
+        return str(package.build(workspace() / "dist"))
+
+    return build_package()
+
+
 def stage_task(
     task_id: str,
     command: StageCommand,
     *,
-    py_files: str,
+    py_files: str = PACKAGED,
     overrides: Sequence[str] = (),
     workdir: Path | None = None,
     python: str | None = None,
@@ -148,13 +166,12 @@ def stage_task(
     **kwargs: Any,
 ) -> StageSubmitOperator:
     """The spark-submit task of one dvc.yaml stage, run from ``workdir`` (default
-    :func:`workspace`; relative paths in params.yaml resolve as they do for ``dvc repro``);
-    ``python`` is the executors' interpreter."""
-    env = {"IMAGE_PLATFORM_WORKDIR": str(workdir or workspace())}
-    conf = {}
-    if python:
-        env["PYSPARK_PYTHON"] = python
-        conf["spark.pyspark.python"] = python
+    :func:`workspace`; relative paths in params.yaml resolve as they do for ``dvc repro``).
+    ``python`` is the executors' interpreter: default ``$PYSPARK_PYTHON``, else the interpreter
+    running Airflow (the project's environment)."""
+    python = python or os.environ.get("PYSPARK_PYTHON") or sys.executable
+    env = {"IMAGE_PLATFORM_WORKDIR": str(workdir or workspace()), "PYSPARK_PYTHON": python}
+    conf = {"spark.pyspark.python": python}
     return StageSubmitOperator(
         task_id=task_id,
         stage=command.name,

@@ -19,18 +19,12 @@ HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
-def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    home = tmp_path_factory.mktemp("airflow-home")
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)]),
-    }
+def parsed(airflow_env: dict[str, str]) -> dict:
+    home = Path(airflow_env["AIRFLOW_HOME"])
     result = home / "dags.json"
     subprocess.run(
         [sys.executable, str(HERE / "describe_dags.py"), str(REPO / "dags"), str(result)],
-        env=env,
+        env=airflow_env,
         capture_output=True,
         timeout=300,
         check=True,

@@ -4,7 +4,6 @@ and a stage submitted by spark-submit that rejects its input fails the task with
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -12,8 +11,6 @@ from pathlib import Path
 
 import pytest
 from image_platform import package
-
-from tests.factories import REPO
 
 
 def test_package_holds_the_code_and_its_version(tmp_path: Path) -> None:
@@ -48,7 +45,6 @@ task = stages.stage_task(
     stages.dvc_commands()["ingest"],
     py_files=str(package.build(root / "dist")),
     overrides=[f"data.root={root / 'data'}", f"ingest.source={root / 'no-such-folder'}"],
-    python=sys.executable,
 )
 try:
     task.execute(context={})
@@ -58,17 +54,9 @@ except AirflowFailException as exc:
 
 
 @pytest.mark.slow
-def test_a_stage_rejecting_its_input_fails_without_retry(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(tmp_path / "airflow"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(REPO / "plugins"),
-    }
+def test_a_stage_rejecting_its_input_fails_without_retry(airflow_env: dict[str, str], tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-c", SUBMIT, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", SUBMIT, str(tmp_path)], env=airflow_env, capture_output=True, text=True, timeout=300
     )
     assert "FAIL-NO-RETRY: stage ingest stopped: unusable input or parameters (exit code 2)" in out.stdout, (
         out.stdout[-2000:] + out.stderr[-3000:]

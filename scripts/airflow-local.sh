@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Airflow on this machine for this repository: `airflow standalone` (api-server, scheduler,
+# dag-processor, triggerer; SQLite, LocalExecutor) with the repository's dags/ and plugins/, the
+# `spark_default` connection (local[*] unless AIRFLOW_CONN_SPARK_DEFAULT says otherwise) and the
+# `dvc` pool (size 1: DVC commands run one at a time). Prints where to log in and as whom.
+#
+#   make airflow                      # or: bash scripts/airflow-local.sh
+#   AIRFLOW_PORT=8081 make airflow    # another port
+#
+# Variables (all optional): AIRFLOW_HOME (default .airflow/), AIRFLOW_PORT (8080),
+# AIRFLOW_CONN_SPARK_DEFAULT (JSON), IMAGE_PLATFORM_WORKSPACE (where runs read params.yaml and
+# write data/, models/, reports/: default this repository, as `dvc repro`), IMAGE_SCORING_CRON.
+set -euo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+BIN="${VENV_BIN:-$REPO/.venv/bin}"
+PORT="${AIRFLOW_PORT:-8080}"
+
+export PATH="$BIN:$PATH"  # spark-submit, dvc, airflow and the stages' python
+export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$BIN/python}"
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$REPO/.airflow}"
+export AIRFLOW__CORE__DAGS_FOLDER="$REPO/dags"
+export AIRFLOW__CORE__PLUGINS_FOLDER="$REPO/plugins"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+export AIRFLOW__API__HOST=127.0.0.1
+export AIRFLOW__API__PORT="$PORT"
+export AIRFLOW__API__BASE_URL="http://127.0.0.1:$PORT"
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$PORT/execution/"
+LOCAL_SPARK='{"conn_type": "spark", "host": "local[*]"}'
+export AIRFLOW_CONN_SPARK_DEFAULT="${AIRFLOW_CONN_SPARK_DEFAULT:-$LOCAL_SPARK}"
+export IMAGE_PLATFORM_WORKSPACE="${IMAGE_PLATFORM_WORKSPACE:-$REPO}"
+export DVC_NO_ANALYTICS=1
+
+command -v airflow >/dev/null || { echo "error: airflow not found in $BIN: run 'make venv' first" >&2; exit 1; }
+mkdir -p "$AIRFLOW_HOME"
+airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 \
+  || { echo "error: 'airflow db migrate' failed, see $AIRFLOW_HOME/db-migrate.log" >&2; exit 1; }
+airflow pools set dvc 1 "DVC commands, one at a time" >/dev/null
+
+# The login: user admin (SimpleAuthManager), its password generated once and kept in AIRFLOW_HOME.
+PASSWORDS="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
+if [[ ! -s "$PASSWORDS" ]]; then
+  python -c 'import json, secrets, sys; print(json.dumps({"admin": secrets.token_urlsafe(12)}))' >"$PASSWORDS"
+  chmod 600 "$PASSWORDS"
+fi
+PASSWORD="$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["admin"])' "$PASSWORDS")"
+cat <<BANNER
+================================================================================
+ Airflow UI:   http://127.0.0.1:$PORT   (ready when the log below says "Airflow is ready")
+ Log in as:    admin / $PASSWORD   (kept in $PASSWORDS)
+ DAGs:         image_training_pipeline (Trigger -> fill the Params form), image_batch_scoring
+ Spark:        $AIRFLOW_CONN_SPARK_DEFAULT
+ Workspace:    $IMAGE_PLATFORM_WORKSPACE (params.yaml, data/, models/, reports/)
+ Stop:         Ctrl-C
+================================================================================
+BANNER
+exec airflow standalone

@@ -1,0 +1,60 @@
+"""What the orchestration tests share: the environment an Airflow process runs with (a scratch
+AIRFLOW_HOME, this repository's DAGs and plugins, ``spark_default`` on ``local[2]``, this
+environment's ``bin/`` on PATH for ``spark-submit``, ``dvc`` and ``airflow``) and a scratch DVC
+workspace shaped like a user's clone, sized for small class trees."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from image_platform import versioning
+
+from tests.factories import REPO, SMALL_MODELS, write_class_tree
+
+BIN = Path(sys.executable).parent
+# Small models and gates sized for 3 classes x 30 images (the tests' usual class tree).
+WORKSPACE_PARAMS = (
+    "spark.master=local[2]",
+    "spark.shuffle_partitions=2",
+    "gate.raw.min_per_class=5",
+    "gate.raw.split_tolerance=0.2",
+    "score.inbox=inbox",
+    "gate.model.min_accuracy=0.8",
+    "gate.model.min_macro_f1=0.8",
+    *SMALL_MODELS,
+)
+
+
+def airflow_environment(home: Path) -> dict[str, str]:
+    """The variables an Airflow process of these tests runs with (as ``scripts/airflow-local.sh``)."""
+    return {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(REPO / "plugins"),
+        "PYSPARK_PYTHON": sys.executable,
+        "DVC_NO_ANALYTICS": "1",
+    }
+
+
+def make_workspace(root: Path, per_class: int) -> Path:
+    """A DVC workspace like a user's clone (dvc.yaml, params.yaml with :data:`WORKSPACE_PARAMS`)
+    with a 3-class tree of ``per_class`` images each in ``root/src``."""
+    root.mkdir(parents=True)
+    for name in ("dvc.yaml", ".dvcignore", "params.yaml"):
+        shutil.copy(REPO / name, root / name)
+    # The stages' code dependencies, as in a clone (the code that runs is the packaged zip).
+    shutil.copytree(REPO / "spark_jobs", root / "spark_jobs", ignore=shutil.ignore_patterns("__pycache__"))
+    versioning.record_params(root, WORKSPACE_PARAMS)
+    write_class_tree(root / "src", 3, per_class)
+    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=root, check=True)
+    return root
