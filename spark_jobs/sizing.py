@@ -1,0 +1,221 @@
+"""How big a Spark cluster a target needs, from what a real run measured.
+
+Every stage's manifest (or model card) records how many images it processed, how long its
+data-proportional work took, its whole duration and how many cores it ran on. From them:
+
+- ``core_s_per_image`` = work seconds x cores / images (the per-core throughput, inverted);
+- ``fixed_s`` = duration - work seconds (JVM and torch start-up, planning, the final write's
+  commit: what does not shrink with more cores);
+
+and for a target of ``images`` within ``deadline`` seconds, the seed's formula
+``cores = images x per-image time / (deadline x per-core throughput)`` with the fixed cost taken
+out of the deadline: ``cores = ceil(images x core_s_per_image / (deadline - fixed_s))``, then
+executors of ``--cores-per-executor`` cores. Each stage is sized as if it had the whole deadline,
+and the pipeline as one (its stages in sequence on one cluster).
+
+    python -m spark_jobs.sizing --images 10000000 --deadline 4h [--cores-per-executor 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spark_jobs.config import DEFAULT_PARAMS, ConfigError, load_config
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One stage of one real run."""
+
+    stage: str
+    source: Path  # the manifest or card it was read from
+    images: int  # images (rows) the data-proportional work processed
+    work_s: float  # seconds of that work
+    duration_s: float  # the whole stage
+    cores: int  # cores it ran on (Spark's default parallelism, or the training ranks)
+    caveat: str = ""  # why the figure may overstate the per-image cost
+
+    @property
+    def core_s_per_image(self) -> float:
+        return self.work_s * self.cores / self.images
+
+    @property
+    def fixed_s(self) -> float:
+        return max(self.duration_s - self.work_s, 0.0)
+
+
+def parse_duration(text: str) -> float:
+    """``3600``, ``90s``, ``45m``, ``4h`` or ``1d`` as seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"deadline {text!r}: expected a positive number with an optional unit s, m, h or d")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _spark_cores(doc: dict[str, Any]) -> int:
+    return int(doc.get("spark", {}).get("default_parallelism") or 1)
+
+
+def measures(data_root: Path, models_root: Path) -> list[Measure]:
+    """What the last run of each stage under ``data_root`` / ``models_root`` measured (stages
+    that have not run, or processed nothing, are left out)."""
+    found: list[Measure] = []
+    path = data_root / "ingest" / "_manifest.json"
+    if (doc := _read(path)) and doc["counts"]["files_seen"]:
+        t, n = doc["timings"], doc["counts"]["files_seen"]
+        found.append(Measure("ingest", path, n, t["decode_and_write_s"], t["duration_s"], _spark_cores(doc)))
+    path = data_root / "features" / "_manifest.json"
+    if (doc := _read(path)) and doc["counts"]["rows"]:
+        t = doc["timings"]
+        work = t["extract_s"] + t["transform_and_write_s"]
+        found.append(Measure("features", path, doc["counts"]["rows"], work, t["duration_s"], _spark_cores(doc)))
+    for name in ("cnn", "autoencoder"):
+        path = models_root / name / "card.json"
+        if (card := _read(path)) and card.get("training", {}).get("train_rows"):
+            fit = card["training"]
+            rows = fit["train_rows"] * fit["epochs"]  # an image seen once per epoch
+            found.append(Measure(f"train@{name}", path, rows, fit["fit_s"], card["training_s"], int(fit["world_size"])))
+    # Scoring keeps every run: with runs of several sizes, a line through (images, seconds) splits
+    # the per-image cost from the per-run cost (model load, torch import on each worker), which a
+    # single small run would count as per-image work.
+    runs = [_read(p) for p in sorted((data_root / "predictions").glob("run_date=*/run_id=*/_manifest.json"))]
+    runs = [d for d in runs if d and d["counts"]["scored"] + d["counts"]["unusable"] > 0]
+    if runs:
+        sizes = [d["counts"]["scored"] + d["counts"]["unusable"] for d in runs]
+        work = [d["timings"]["decode_and_score_s"] for d in runs]
+        biggest = max(range(len(runs)), key=sizes.__getitem__)
+        cores = _spark_cores(runs[biggest])
+        per_image, start = _line(sizes, work)
+        caveat = ""
+        if per_image is None:  # the biggest run, all of its work counted per image
+            per_image, start = work[biggest] / sizes[biggest], 0.0
+            caveat = "its runs' sizes do not separate the per-run from the per-image cost"
+        found.append(
+            Measure(
+                "score",
+                data_root / "predictions" / f"({len(runs)} runs, up to {sizes[biggest]} images)",
+                sizes[biggest],
+                per_image * sizes[biggest],
+                runs[biggest]["timings"]["duration_s"] - work[biggest] + start + per_image * sizes[biggest],
+                cores,
+                caveat,
+            )
+        )
+    return [m if m.caveat or m.images >= SMALL_RUN else _small(m) for m in found]
+
+
+SMALL_RUN = 1000  # below this many images, start-up inside the timed work weighs on the figure
+
+
+def _small(m: Measure) -> Measure:
+    return Measure(m.stage, m.source, m.images, m.work_s, m.duration_s, m.cores, f"only {m.images} images measured")
+
+
+def _line(x: list[int], y: list[float]) -> tuple[float | None, float]:
+    """Least-squares slope and intercept of ``y`` over ``x``; no slope without two sizes or when
+    the points do not rise."""
+    if len(set(x)) < 2:
+        return None, 0.0
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / sum((a - mx) ** 2 for a in x)
+    if slope <= 0:
+        return None, 0.0
+    return slope, max(my - slope * mx, 0.0)
+
+
+@dataclass(frozen=True)
+class Need:
+    stage: str
+    hours: float  # how long the target would take on one core (plus the fixed cost)
+    cores: int | None  # None: the fixed cost alone exceeds the deadline
+    executors: int | None
+
+
+def plan(found: list[Measure], images: int, deadline_s: float, cores_per_executor: int) -> list[Need]:
+    """Cores and executors per stage, then for the whole pipeline (``"pipeline"``)."""
+
+    def need(stage: str, core_s: float, fixed: float) -> Need:
+        one_core_h = (images * core_s + fixed) / 3600
+        if deadline_s <= fixed:
+            return Need(stage, one_core_h, None, None)
+        cores = max(1, math.ceil(images * core_s / (deadline_s - fixed)))
+        return Need(stage, one_core_h, cores, math.ceil(cores / cores_per_executor))
+
+    needs = [need(m.stage, m.core_s_per_image, m.fixed_s) for m in found]
+    needs.append(need("pipeline", sum(m.core_s_per_image for m in found), sum(m.fixed_s for m in found)))
+    return needs
+
+
+def report(found: list[Measure], needs: list[Need], images: int, deadline_s: float, cores_per_executor: int) -> str:
+    lines = [
+        f"Target: {images:,} images within {deadline_s / 3600:.2f} h; executors of {cores_per_executor} cores.",
+        "",
+        f"{'stage':<18}{'measured on':>12}{'images/s/core':>15}{'fixed s':>9}{'1-core h':>10}"
+        f"{'cores':>8}{'executors':>11}",
+    ]
+    for m, n in zip([*found, None], needs, strict=True):
+        measured = f"{m.images:,}" if m else ""
+        rate = f"{1 / m.core_s_per_image:,.1f}" if m else ""
+        fixed = f"{m.fixed_s:.0f}" if m else f"{sum(x.fixed_s for x in found):.0f}"
+        cores = str(n.cores) if n.cores is not None else "never"
+        executors = str(n.executors) if n.executors is not None else "-"
+        lines.append(f"{n.stage:<18}{measured:>12}{rate:>15}{fixed:>9}{n.hours:>10.2f}{cores:>8}{executors:>11}")
+    caveats = [f"  {m.stage}: {m.caveat}" for m in found if m.caveat]
+    if caveats:
+        lines += ["", "Overstated (start-up counted as per-image work; measure a bigger run):", *caveats]
+    lines += [
+        "",
+        "cores = ceil(images x core-seconds per image / (deadline - fixed s)); 'never': the fixed cost",
+        "alone exceeds the deadline. Each stage is sized as if it had the whole deadline; 'pipeline'",
+        "runs them one after another on one cluster. Measured by: " + ", ".join(f"{m.stage}={m.source}" for m in found),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m spark_jobs.sizing",
+        description="Executors and cores each stage needs for a data volume and a deadline, "
+        "from a real run's manifests.",
+    )
+    parser.add_argument("--images", type=int, required=True, help="images to process")
+    parser.add_argument("--deadline", required=True, help="e.g. 3600, 90m, 4h")
+    parser.add_argument("--cores-per-executor", type=int, default=4)
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params.yaml of the run (where its outputs are)")
+    args = parser.parse_args(argv)
+    try:
+        deadline = parse_duration(args.deadline)
+        if args.images <= 0 or args.cores_per_executor <= 0:
+            raise ValueError("--images and --cores-per-executor must be positive")
+        cfg = load_config(args.params)
+    except (ValueError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    found = measures(Path(cfg.data.root), Path(cfg.train.output))
+    if not found:
+        where = f"{cfg.data.root} or {cfg.train.output}"
+        print(f"error: no stage manifests under {where}: run the pipeline first", file=sys.stderr)
+        return 2
+    needs = plan(found, args.images, deadline, args.cores_per_executor)
+    print(report(found, needs, args.images, deadline, args.cores_per_executor))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
