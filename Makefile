@@ -46,7 +46,7 @@ bench: venv ## Ingest, features and scoring throughput benchmarks (writes bench/
 
 lock: ## Re-resolve requirements.lock from pyproject.toml (slow: ~10 min)
 	$(PYTHON) -m venv .lockenv && .lockenv/bin/pip install --quiet pip-tools
-	.lockenv/bin/pip-compile --extra dev --strip-extras --allow-unsafe --no-emit-index-url -c constraints.txt -o requirements.lock pyproject.toml
+	.lockenv/bin/pip-compile --extra dev --extra deploy --strip-extras --allow-unsafe --no-emit-index-url -c constraints.txt -o requirements.lock pyproject.toml
 
 clean: ## Remove the venv and pipeline outputs
 	rm -rf $(VENV) .lockenv data .pytest_cache .airflow dist
