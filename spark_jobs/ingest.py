@@ -244,6 +244,7 @@ def run(cfg: Config, spark: SparkSession) -> Path:
     kind, files = store.list_source(cfg.ingest.source)
     source = describe(cfg.ingest.source, kind, files)
     files_seen, classes = len(files), discovered_classes(files, cfg.ingest.extensions)
+    log.info("listed %d files (%d bytes) in %s", files_seen, source["bytes"], source["uri"])
     out = gate.StagedOutput(cfg.data.root, STAGE)
     try:
         chunks = plan_chunks(spark, files, cfg.spark)

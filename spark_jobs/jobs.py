@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING
 
 from spark_jobs.config import Config, ConfigError, arg_parser, load_config
 from spark_jobs.gate import EXIT_GATE_FAILED, GateFailed
-from spark_jobs.store import SourceError
+from spark_jobs.store import SourceError, unavailable_reason
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2  # params or source that cannot be used: fix the input, do not retry
+EXIT_STORE_UNAVAILABLE = 4  # the object store could not be reached: retry later
 
 log = logging.getLogger("spark_jobs")
 
@@ -61,6 +62,12 @@ def run_stage(
         for line in str(exc).splitlines():
             log.error("%s: %s", stage, line)
         return EXIT_BAD_INPUT
+    except Exception as exc:
+        reason = unavailable_reason(exc)  # an outage met by the executors, one line, no Java frames
+        if reason is None:
+            raise
+        log.error("%s: object store unavailable, nothing published: %s", stage, reason)
+        return EXIT_STORE_UNAVAILABLE
     finally:
         if spark is not None:
             spark.stop()

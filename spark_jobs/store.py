@@ -13,6 +13,7 @@ import io
 import math
 import os
 import posixpath
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +28,24 @@ class SourceError(ValueError):
 
 class FetchError(OSError):
     """One object that could not be fetched; the file is quarantined, the job goes on."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The object store itself cannot be reached (after botocore's retries): not one file's
+    problem, so nothing is quarantined; the run stops (raised on an executor, it ends the Spark
+    job; :func:`unavailable_reason` finds its one line in the driver's error)."""
+
+
+_UNAVAILABLE = re.compile(r"StoreUnavailable: ([^\n]+)")
+
+
+def unavailable_reason(exc: BaseException) -> str | None:
+    """The :class:`StoreUnavailable` message inside ``exc`` (itself, or a Spark job failure whose
+    text carries an executor's traceback), else None."""
+    if isinstance(exc, StoreUnavailable):
+        return str(exc)
+    match = _UNAVAILABLE.search(str(exc))
+    return match.group(1).strip() if match else None
 
 
 @dataclass(frozen=True)
@@ -172,13 +191,17 @@ def plan_partitions(sizes: list[int], max_bytes: int, open_cost: int, cores: int
 def fetch(uri: str) -> bytes:
     """The bytes of one local file or S3 object; :class:`FetchError` when it cannot be read."""
     if is_s3(uri):
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = split_s3(uri)
         try:
             return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
         except ClientError as exc:
             raise FetchError(f"{exc.response['Error'].get('Code', 'error')}: {exc}") from exc
+        except BotoCoreError as exc:  # endpoint unreachable, connection dropped, no credentials
+            raise StoreUnavailable(
+                f"cannot read bucket {bucket} at {s3_endpoint()} (after botocore's retries): {exc}"
+            ) from None
     try:
         return local_path(uri).read_bytes()
     except OSError as exc:

@@ -6,7 +6,8 @@ submitting ``spark_jobs/__main__.py <stage> --set ...`` with the packaged ``spar
 ``--py-files``, through the ``spark_default`` connection (``local[*]`` here, a cluster URL
 unchanged). A stage's own verdicts are final: exit code 2 (unusable input) and 3 (gate failed)
 fail the task without retries, with the stage's message (and the gate report path) in the log;
-any other failure (the JVM, the cluster, a lost executor) is retried.
+any other failure (the JVM, the cluster, a lost executor, exit code 4: the object store was
+unreachable) is retried.
 """
 
 from __future__ import annotations

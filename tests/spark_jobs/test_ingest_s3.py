@@ -84,3 +84,19 @@ def test_missing_bucket_is_one_clear_error(s3_server: str) -> None:
 def test_unreachable_endpoint_is_one_clear_error(unreachable_s3: str) -> None:
     with pytest.raises(store.SourceError, match=r"cannot list s3://raw-images/incoming at http://127\.0\.0\.1:"):
         store.list_source("s3://raw-images/incoming")
+
+
+def test_an_unreachable_store_while_fetching_is_not_one_file_s_problem(unreachable_s3: str) -> None:
+    """A missing object is that file's problem (quarantined); an unreachable endpoint is the
+    store's: fetching raises StoreUnavailable, whose one line the driver finds in a job failure."""
+    with pytest.raises(store.StoreUnavailable, match=rf"cannot read bucket raw-images at {unreachable_s3}"):
+        store.fetch_many(["s3://raw-images/incoming/0/1.png"], threads=1)
+    failure = RuntimeError(
+        "An error occurred while calling o123.parquet.\n: org.apache.spark.SparkException: Job aborted ...\n"
+        "Traceback (most recent call last):\n  File ...\n"
+        f"spark_jobs.store.StoreUnavailable: cannot read bucket b at {unreachable_s3} (after botocore's retries): x\n"
+        "\tat org.apache.spark.api.python.BasePythonRunner...\n"
+    )
+    reason = store.unavailable_reason(failure)
+    assert reason == f"cannot read bucket b at {unreachable_s3} (after botocore's retries): x"
+    assert store.unavailable_reason(RuntimeError("something else")) is None
