@@ -4,13 +4,17 @@ and a stage submitted by spark-submit that rejects its input fails the task with
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import boto3
 import pytest
 from image_platform import package
+
+from tests.factories import class_image
 
 
 def test_package_holds_the_code_and_its_version(tmp_path: Path) -> None:
@@ -63,3 +67,48 @@ def test_a_stage_rejecting_its_input_fails_without_retry(airflow_env: dict[str, 
     )
     # The stage's one-line reason reaches the task log.
     assert "no-such-folder' is not a directory, s3:// prefix or manifest .csv" in out.stdout + out.stderr
+
+
+SUBMIT_S3 = """
+import sys
+from pathlib import Path
+from image_platform import package, stages
+
+root = Path(sys.argv[1])
+stages.stage_task(
+    "ingest",
+    stages.dvc_commands()["ingest"],
+    py_files=str(package.build(root / "dist")),
+    overrides=[
+        f"data.root={root / 'data'}",
+        "ingest.source=s3://task-log-images/incoming",
+        "gate.raw.min_per_class=5",
+        "gate.raw.split_tolerance=0.3",
+    ],
+).execute(context={})
+print("STAGE-OK")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.s3
+def test_s3_credentials_never_reach_the_task_log(airflow_env: dict[str, str], s3_server: str, tmp_path: Path) -> None:
+    """Ingest from s3:// through the stage task: the credentials come from the standard AWS
+    environment of the worker and appear in no log line, params file or manifest."""
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="task-log-images")
+    for label in range(3):
+        for i in range(8):
+            client.put_object(Bucket="task-log-images", Key=f"incoming/{label}/{i}.png", Body=class_image(label, i))
+    env = {**airflow_env, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
+    out = subprocess.run(
+        [sys.executable, "-c", SUBMIT_S3, str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
+    )
+    log = out.stdout + out.stderr
+    assert "STAGE-OK" in out.stdout, log[-4000:]
+    written = [p for p in (tmp_path / "data").rglob("*") if p.is_file() and p.suffix in (".json", ".yaml", ".txt")]
+    assert any(p.name == "_manifest.json" for p in written)
+    for secret in (os.environ["AWS_SECRET_ACCESS_KEY"], os.environ["AWS_ACCESS_KEY_ID"]):
+        assert secret not in log
+        for path in written:
+            assert secret not in path.read_text(), path
