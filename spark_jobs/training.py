@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,6 +175,17 @@ def _all_sum(values: list[float], world: int) -> list[float]:
     return t.tolist()
 
 
+def _gather(value: Any, world: int) -> list[Any]:
+    """Every rank's ``value``, in rank order."""
+    import torch.distributed as dist
+
+    if world == 1:
+        return [value]
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def build_model(spec: dict[str, Any]) -> nn.Module:
     return models.build(spec["architecture"], spec["arch"])
 
@@ -299,17 +311,15 @@ def _fit(spec: dict[str, Any], rank: int, world: int, torch: Any, nn: Any) -> di
         "resumed_from_epoch": resumed_from,
         "train_rows": int(_all_sum([float(len(own_ids))], world)[0]),
         "val_rows": int(_all_sum([float(len(val_ids))], world)[0]),
+        # Where each rank ran: on a cluster, the executor's folder on its worker.
+        "ranks": _gather({"rank": rank, "host": socket.gethostname(), "workdir": os.getcwd()}, world),
     }
     if spec["kind"] == "autoencoder":
         first = {v: i for i, v in reversed(list(enumerate(train_ids)))}
         own = x[[first[i] for i in own_ids]] if own_ids else x[:0]
         with torch.inference_mode():
             scores = torch.cat([models.reconstruction_error(net, own[s : s + 256]) for s in range(0, len(own), 256)])
-        gathered: list[Any] = [None] * world
-        if world > 1:
-            dist.all_gather_object(gathered, scores.tolist())
-        else:
-            gathered = [scores.tolist()]
+        gathered = _gather(scores.tolist(), world)
         every = np.concatenate([np.asarray(g, dtype=np.float64) for g in gathered])
         result["threshold"] = float(np.percentile(every, spec["threshold_percentile"]))
         result["train_score_mean"] = float(every.mean())
