@@ -200,10 +200,8 @@ def read_backbone_bytes(uri: str) -> bytes:
         return store.fetch(location)
     except store.FetchError as exc:
         raise BackboneError(f"backbone {uri} cannot be read: {exc}") from None
-    except Exception as exc:  # botocore: no credentials, endpoint unreachable after its retries, ...
-        if type(exc).__module__.startswith("botocore"):
-            raise BackboneError(f"backbone {uri} cannot be read from {store.s3_endpoint()}: {exc}") from None
-        raise
+    except store.StoreUnavailable as exc:  # no credentials, endpoint unreachable after botocore's retries
+        raise BackboneError(f"backbone {uri} cannot be read from {store.s3_endpoint()}: {exc}") from None
 
 
 def module_from_bytes(data: bytes, uri: str, architecture: str | None) -> nn.Module:
