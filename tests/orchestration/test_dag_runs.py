@@ -15,17 +15,13 @@ here (8 spark-submits, each ~25 s of JVM and torch start-up), and the group shou
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -33,34 +29,13 @@ import yaml
 
 from tests.factories import REPO, class_image, free_port
 from tests.orchestration.airflow_setup import BIN, make_workspace
+from tests.processes import stop_group, wait_for
 
 pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).parent
 TRAINING = "image_training_pipeline"
 TRAINING_STAGES = {"ingest", "backbone", "features", "train@mllib", "train@cnn", "train@autoencoder", "evaluate"}
-
-
-def _wait(what: str, check: Callable[[], Any], timeout: float, log: Path, every: float = 2.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; log tail:\n{log.read_text()[-6000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop a process started with ``start_new_session`` and everything in its group (Airflow's
-    components, task supervisors, spark-submit JVMs)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(20)
-    time.sleep(2)  # the components' own shutdown
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left
-    proc.wait(5)
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +67,12 @@ def airflow_server(airflow_db: dict[str, str], tmp_path_factory: pytest.TempPath
         return all(health.get(c, {}).get("status") == "healthy" for c in ("metadatabase", "scheduler"))
 
     try:
-        _wait("the API server and scheduler", healthy, 240, log)
+        wait_for("the API server and scheduler", healthy, 240, log)
         banner = re.search(r"Log in as:\s+(\S+) / (\S+)", log.read_text())
         assert banner, log.read_text()[-3000:]
         yield {"url": url, "user": banner.group(1), "password": banner.group(2), "workspace": ws, "log": log}
     finally:
-        _stop(proc)
+        stop_group(proc)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +90,7 @@ def trained(airflow_server: dict) -> dict:
     api = requests.Session()
     api.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
     # Once the DAG processor has parsed it: it starts paused (Airflow's default), so unpause it.
-    _wait(TRAINING, lambda: api.get(f"{url}/api/v2/dags/{TRAINING}", timeout=10).ok, 180, log)
+    wait_for(TRAINING, lambda: api.get(f"{url}/api/v2/dags/{TRAINING}", timeout=10).ok, 180, log)
     assert api.patch(f"{url}/api/v2/dags/{TRAINING}", json={"is_paused": False}, timeout=10).ok
     # What the trigger form posts: the Params as conf, no logical date.
     conf = {"source": str(ws / "src"), "epochs": 15, "seed": 1}
@@ -129,7 +104,7 @@ def trained(airflow_server: dict) -> dict:
         run = api.get(f"{url}/api/v2/dags/{TRAINING}/dagRuns/{run_id}", timeout=10).json()
         return run if run["state"] in ("success", "failed") else None
 
-    run = _wait(f"run {run_id}", finished, 900, log, every=5)
+    run = wait_for(f"run {run_id}", finished, 900, log, every=5)
     tasks = api.get(f"{url}/api/v2/dags/{TRAINING}/dagRuns/{run_id}/taskInstances", timeout=10).json()
     events = api.get(f"{url}/api/v2/assets/events", params={"source_dag_id": TRAINING}, timeout=10).json()
     return {
