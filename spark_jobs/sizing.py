@@ -23,9 +23,11 @@ import json
 import math
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from spark_jobs.config import DEFAULT_PARAMS, ConfigError, load_config
 
@@ -40,7 +42,7 @@ class Measure:
     source: Path  # the manifest or card it was read from
     images: int  # images (rows) the data-proportional work processed
     work_s: float  # seconds of that work
-    duration_s: float  # the whole stage
+    fixed_s: float  # the rest of the stage: what does not shrink with more cores
     cores: int  # cores it ran on (Spark's default parallelism, or the training ranks)
     caveat: str = ""  # why the figure may overstate the per-image cost
 
@@ -48,9 +50,9 @@ class Measure:
     def core_s_per_image(self) -> float:
         return self.work_s * self.cores / self.images
 
-    @property
-    def fixed_s(self) -> float:
-        return max(self.duration_s - self.work_s, 0.0)
+
+def _measure(stage: str, source: Path, images: int, work_s: float, duration_s: float, cores: int) -> Measure:
+    return Measure(stage, source, images, work_s, max(duration_s - work_s, 0.0), cores)
 
 
 def parse_duration(text: str) -> float:
@@ -79,18 +81,20 @@ def measures(data_root: Path, models_root: Path) -> list[Measure]:
     path = data_root / "ingest" / "_manifest.json"
     if (doc := _read(path)) and doc["counts"]["files_seen"]:
         t, n = doc["timings"], doc["counts"]["files_seen"]
-        found.append(Measure("ingest", path, n, t["decode_and_write_s"], t["duration_s"], _spark_cores(doc)))
+        found.append(_measure("ingest", path, n, t["decode_and_write_s"], t["duration_s"], _spark_cores(doc)))
     path = data_root / "features" / "_manifest.json"
     if (doc := _read(path)) and doc["counts"]["rows"]:
         t = doc["timings"]
         work = t["extract_s"] + t["transform_and_write_s"]
-        found.append(Measure("features", path, doc["counts"]["rows"], work, t["duration_s"], _spark_cores(doc)))
+        found.append(_measure("features", path, doc["counts"]["rows"], work, t["duration_s"], _spark_cores(doc)))
     for name in ("cnn", "autoencoder"):
         path = models_root / name / "card.json"
         if (card := _read(path)) and card.get("training", {}).get("train_rows"):
             fit = card["training"]
             rows = fit["train_rows"] * fit["epochs"]  # an image seen once per epoch
-            found.append(Measure(f"train@{name}", path, rows, fit["fit_s"], card["training_s"], int(fit["world_size"])))
+            found.append(
+                _measure(f"train@{name}", path, rows, fit["fit_s"], card["training_s"], int(fit["world_size"]))
+            )
     # Scoring keeps every run: with runs of several sizes, a line through (images, seconds) splits
     # the per-image cost from the per-run cost (model load, torch import on each worker), which a
     # single small run would count as per-image work.
@@ -112,19 +116,17 @@ def measures(data_root: Path, models_root: Path) -> list[Measure]:
                 data_root / "predictions" / f"({len(runs)} runs, up to {sizes[biggest]} images)",
                 sizes[biggest],
                 per_image * sizes[biggest],
-                runs[biggest]["timings"]["duration_s"] - work[biggest] + start + per_image * sizes[biggest],
+                runs[biggest]["timings"]["duration_s"] - work[biggest] + start,  # around the work + per run
                 cores,
                 caveat,
             )
         )
-    return [m if m.caveat or m.images >= SMALL_RUN else _small(m) for m in found]
+    return [
+        m if m.caveat or m.images >= SMALL_RUN else replace(m, caveat=f"only {m.images} images measured") for m in found
+    ]
 
 
 SMALL_RUN = 1000  # below this many images, start-up inside the timed work weighs on the figure
-
-
-def _small(m: Measure) -> Measure:
-    return Measure(m.stage, m.source, m.images, m.work_s, m.duration_s, m.cores, f"only {m.images} images measured")
 
 
 def _line(x: list[int], y: list[float]) -> tuple[float | None, float]:
@@ -132,16 +134,16 @@ def _line(x: list[int], y: list[float]) -> tuple[float | None, float]:
     the points do not rise."""
     if len(set(x)) < 2:
         return None, 0.0
-    mx, my = sum(x) / len(x), sum(y) / len(y)
-    slope = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / sum((a - mx) ** 2 for a in x)
+    slope, intercept = np.polyfit(x, y, 1)
     if slope <= 0:
         return None, 0.0
-    return slope, max(my - slope * mx, 0.0)
+    return float(slope), max(float(intercept), 0.0)
 
 
 @dataclass(frozen=True)
 class Need:
     stage: str
+    fixed_s: float
     hours: float  # how long the target would take on one core (plus the fixed cost)
     cores: int | None  # None: the fixed cost alone exceeds the deadline
     executors: int | None
@@ -153,9 +155,9 @@ def plan(found: list[Measure], images: int, deadline_s: float, cores_per_executo
     def need(stage: str, core_s: float, fixed: float) -> Need:
         one_core_h = (images * core_s + fixed) / 3600
         if deadline_s <= fixed:
-            return Need(stage, one_core_h, None, None)
+            return Need(stage, fixed, one_core_h, None, None)
         cores = max(1, math.ceil(images * core_s / (deadline_s - fixed)))
-        return Need(stage, one_core_h, cores, math.ceil(cores / cores_per_executor))
+        return Need(stage, fixed, one_core_h, cores, math.ceil(cores / cores_per_executor))
 
     needs = [need(m.stage, m.core_s_per_image, m.fixed_s) for m in found]
     needs.append(need("pipeline", sum(m.core_s_per_image for m in found), sum(m.fixed_s for m in found)))
@@ -172,10 +174,9 @@ def report(found: list[Measure], needs: list[Need], images: int, deadline_s: flo
     for m, n in zip([*found, None], needs, strict=True):
         measured = f"{m.images:,}" if m else ""
         rate = f"{1 / m.core_s_per_image:,.1f}" if m else ""
-        fixed = f"{m.fixed_s:.0f}" if m else f"{sum(x.fixed_s for x in found):.0f}"
         cores = str(n.cores) if n.cores is not None else "never"
         executors = str(n.executors) if n.executors is not None else "-"
-        lines.append(f"{n.stage:<18}{measured:>12}{rate:>15}{fixed:>9}{n.hours:>10.2f}{cores:>8}{executors:>11}")
+        lines.append(f"{n.stage:<18}{measured:>12}{rate:>15}{n.fixed_s:>9.0f}{n.hours:>10.2f}{cores:>8}{executors:>11}")
     caveats = [f"  {m.stage}: {m.caveat}" for m in found if m.caveat]
     if caveats:
         lines += ["", "Overstated (start-up counted as per-image work; measure a bigger run):", *caveats]
