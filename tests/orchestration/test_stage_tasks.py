@@ -37,7 +37,10 @@ def test_package_holds_the_code_and_its_version(tmp_path: Path) -> None:
     assert out.stdout.strip() == f"0.1.0+{info['git_commit'][:12]}{'-dirty' if info['dirty'] else ''}"
 
 
-SUBMIT = """
+# The ingest stage task run as an Airflow worker runs it (spark-submit of the packaged jobs); its
+# outcome printed: STAGE-OK, or FAIL-NO-RETRY and the reason (AirflowFailException: no retries).
+RUN_INGEST_TASK = """
+import json
 import sys
 from pathlib import Path
 from airflow.sdk.exceptions import AirflowFailException
@@ -48,46 +51,35 @@ task = stages.stage_task(
     "ingest",
     stages.dvc_commands()["ingest"],
     py_files=str(package.build(root / "dist")),
-    overrides=[f"data.root={root / 'data'}", f"ingest.source={root / 'no-such-folder'}"],
+    overrides=[f"data.root={root / 'data'}", *json.loads(sys.argv[2])],
 )
 try:
     task.execute(context={})
 except AirflowFailException as exc:
     print("FAIL-NO-RETRY:", exc)
+else:
+    print("STAGE-OK")
 """
+
+
+def _run_ingest_task(env: dict[str, str], root: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", RUN_INGEST_TASK, str(root), json.dumps(overrides)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
 def test_a_stage_rejecting_its_input_fails_without_retry(airflow_env: dict[str, str], tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", SUBMIT, str(tmp_path)], env=airflow_env, capture_output=True, text=True, timeout=300
-    )
+    out = _run_ingest_task(airflow_env, tmp_path, f"ingest.source={tmp_path / 'no-such-folder'}")
     assert "FAIL-NO-RETRY: stage ingest stopped: unusable input or parameters (exit code 2)" in out.stdout, (
         out.stdout[-2000:] + out.stderr[-3000:]
     )
     # The stage's one-line reason reaches the task log.
     assert "no-such-folder' is not a directory, s3:// prefix or manifest .csv" in out.stdout + out.stderr
-
-
-SUBMIT_S3 = """
-import sys
-from pathlib import Path
-from image_platform import package, stages
-
-root = Path(sys.argv[1])
-stages.stage_task(
-    "ingest",
-    stages.dvc_commands()["ingest"],
-    py_files=str(package.build(root / "dist")),
-    overrides=[
-        f"data.root={root / 'data'}",
-        "ingest.source=s3://task-log-images/incoming",
-        "gate.raw.min_per_class=5",
-        "gate.raw.split_tolerance=0.3",
-    ],
-).execute(context={})
-print("STAGE-OK")
-"""
 
 
 @pytest.mark.slow
@@ -101,8 +93,12 @@ def test_s3_credentials_never_reach_the_task_log(airflow_env: dict[str, str], s3
         for i in range(8):
             client.put_object(Bucket="task-log-images", Key=f"incoming/{label}/{i}.png", Body=class_image(label, i))
     env = {**airflow_env, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
-    out = subprocess.run(
-        [sys.executable, "-c", SUBMIT_S3, str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
+    out = _run_ingest_task(
+        env,
+        tmp_path,
+        "ingest.source=s3://task-log-images/incoming",
+        "gate.raw.min_per_class=5",
+        "gate.raw.split_tolerance=0.3",
     )
     log = out.stdout + out.stderr
     assert "STAGE-OK" in out.stdout, log[-4000:]
