@@ -1,0 +1,235 @@
+"""The pipeline on a real Spark standalone cluster started from the installed pyspark: a master and
+two workers (one core each) on 127.0.0.1, ports chosen free, every process stopped afterwards even
+when a test fails. The packaged jobs are spark-submitted to ``spark://127.0.0.1:<port>`` exactly
+as Airflow's Spark connection would, and their results are compared with the same stages on
+``local[2]``; the cnn trains with TorchDistributor on the executors (one rank per worker); and a
+worker killed while ingest runs costs nothing but time (Spark re-runs its tasks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import requests
+from image_platform import package, versioning
+
+from tests.factories import REPO, SMALL_MODELS, class_image, free_port, write_class_tree
+from tests.processes import kill_group, stop_group, wait_for
+
+# The module fixture runs the pipeline twice (cluster, local): ~10 minutes on 2 cores.
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(2400)]
+
+BIN = Path(sys.executable).parent
+STAGES = [  # dvc.yaml's commands, minus the backbone (classical features need none)
+    ("ingest",),
+    ("features",),
+    ("train", "--set", "train.model=mllib"),
+    ("train", "--set", "train.model=cnn"),
+    ("evaluate",),
+    ("score",),
+]
+PARAMS = (
+    "spark.shuffle_partitions=2",
+    "spark.executor_memory=1g",
+    "spark.driver_memory=2g",
+    "gate.raw.min_per_class=5",
+    "gate.raw.split_tolerance=0.2",
+    "gate.model.min_accuracy=0.8",
+    "gate.model.min_macro_f1=0.8",
+    "features.kind=classical",
+    "evaluate.models=[mllib, cnn]",
+    "evaluate.int8=false",
+    "score.inbox=inbox",
+    "train.num_processes=2",
+    *SMALL_MODELS,
+)
+
+
+@dataclass
+class Cluster:
+    url: str  # spark://127.0.0.1:<port>
+    ui: str  # the master's web UI (its /json/ view)
+    root: Path
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, name: str, *args: str) -> None:
+        log = (self.root / f"{name}.log").open("w")
+        env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+        self.procs[name] = subprocess.Popen(
+            [str(BIN / "spark-class"), *args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def status(self) -> dict:
+        try:
+            return requests.get(f"{self.ui}/json/", timeout=5).json()
+        except (requests.RequestException, ValueError):
+            return {}
+
+    def alive_workers(self) -> int:
+        return sum(w["state"] == "ALIVE" for w in self.status().get("workers", []))
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a worker with its group (its executor JVM and Python workers)."""
+        kill_group(self.procs[name])
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            stop_group(proc)
+
+
+def _start_worker(cluster: Cluster, name: str) -> None:
+    work = cluster.root / name
+    work.mkdir(exist_ok=True)
+    cluster.start(
+        name,
+        "org.apache.spark.deploy.worker.Worker",
+        cluster.url,
+        "--host", "127.0.0.1",
+        "--port", str(free_port()),
+        "--webui-port", str(free_port()),
+        "--cores", "1",
+        "--memory", "2g",
+        "--work-dir", str(work),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("spark-cluster")
+    port, ui = free_port(), free_port()
+    cluster = Cluster(f"spark://127.0.0.1:{port}", f"http://127.0.0.1:{ui}", root)
+    try:
+        cluster.start(
+            "master",
+            "org.apache.spark.deploy.master.Master",
+            "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui),
+        )  # fmt: skip
+        wait_for("the master", lambda: cluster.status().get("status") == "ALIVE", 120, root / "master.log", every=1)
+        for name in ("worker-1", "worker-2"):
+            _start_worker(cluster, name)
+        wait_for("two workers", lambda: cluster.alive_workers() == 2, 120, root / "master.log", every=1)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return package.build(tmp_path_factory.mktemp("dist"))
+
+
+def _workspace(root: Path, per_class: int = 30) -> Path:
+    root.mkdir(parents=True)
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    versioning.record_params(root, PARAMS)
+    write_class_tree(root / "src", 3, per_class)
+    (root / "inbox").mkdir()
+    for label in range(3):
+        for i in range(300, 304):
+            (root / "inbox" / f"new_{label}_{i}.png").write_bytes(class_image(label, i))
+    return root
+
+
+def _submit(master: str, zip_path: Path, ws: Path, stage: tuple[str, ...], *extra: str) -> subprocess.Popen:
+    """spark-submit of one stage of the packaged jobs, from the workspace (as the stage task does)."""
+    cmd = [
+        str(BIN / "spark-submit"),
+        "--master", master,
+        "--py-files", str(zip_path),
+        "--conf", f"spark.pyspark.python={sys.executable}",
+        str(REPO / "spark_jobs" / "__main__.py"),
+        *stage,
+        "--set", f"ingest.source={ws / 'src'}",
+        *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "IMAGE_PLATFORM_WORKDIR": str(ws)}
+    env["SPARK_LOCAL_IP"] = "127.0.0.1"  # the driver on loopback, as the cluster
+    name = "-".join(word.split("=")[-1] for word in stage if not word.startswith("--"))  # train-cnn
+    log = (ws / f"{name}.log").open("w")
+    return subprocess.Popen(cmd, cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _pipeline(master: str, zip_path: Path, ws: Path) -> None:
+    for stage in STAGES:
+        proc = _submit(master, zip_path, ws, stage)
+        code = proc.wait(900)
+        logs = sorted(ws.glob("*.log"), key=lambda p: p.stat().st_mtime)
+        assert code == 0, f"{stage} on {master} exited {code}:\n{logs[-1].read_text()[-5000:]}"
+
+
+def _splits(ws: Path) -> dict[str, str]:
+    table = pq.read_table(ws / "data" / "ingest" / "images.parquet", columns=["image_id", "split"])
+    return dict(zip(table["image_id"].to_pylist(), table["split"].to_pylist(), strict=True))
+
+
+@pytest.fixture(scope="module")
+def runs(cluster: Cluster, packaged: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same stages and params on the cluster and on local[2]."""
+    root = tmp_path_factory.mktemp("runs")
+    done = {"cluster": _workspace(root / "cluster"), "local": _workspace(root / "local")}
+    _pipeline(cluster.url, packaged, done["cluster"])
+    _pipeline("local[2]", packaged, done["local"])
+    return done
+
+
+def test_the_pipeline_on_the_cluster_matches_local(runs: dict[str, Path]) -> None:
+    on, off = runs["cluster"], runs["local"]
+    manifest = json.loads((on / "data" / "ingest" / "_manifest.json").read_text())
+    assert manifest["spark"]["master"].startswith("spark://127.0.0.1:")  # it really ran there
+    local = json.loads((off / "data" / "ingest" / "_manifest.json").read_text())
+    assert manifest["counts"] == local["counts"]
+    assert _splits(on) == _splits(off)  # the same split assignment, image by image
+    for stage in ("features", "ingest"):
+        c = json.loads((on / "data" / stage / "_manifest.json").read_text())["counts"]
+        l_ = json.loads((off / "data" / stage / "_manifest.json").read_text())["counts"]
+        assert c["rows"] == l_["rows"], stage
+    metrics = {k: json.loads((ws / "reports" / "metrics.json").read_text())["models"] for k, ws in runs.items()}
+    for model in ("mllib", "cnn"):
+        assert metrics["cluster"][model]["accuracy"] == pytest.approx(metrics["local"][model]["accuracy"], abs=0.05)
+    scored = {
+        k: json.loads(next((ws / "data" / "predictions").glob("run_date=*/run_id=*/_manifest.json")).read_text())
+        for k, ws in runs.items()
+    }
+    assert scored["cluster"]["counts"]["scored"] == scored["local"]["counts"]["scored"] == 12
+
+
+def test_the_cnn_trained_one_rank_per_worker(cluster: Cluster, runs: dict[str, Path]) -> None:
+    training = json.loads((runs["cluster"] / "models" / "cnn" / "card.json").read_text())["training"]
+    assert training["local_mode"] is False
+    assert training["world_size"] == 2
+    workers = {Path(r["workdir"]).relative_to(cluster.root).parts[0] for r in training["ranks"]}
+    assert workers == {"worker-1", "worker-2"}
+
+
+def test_killing_a_worker_during_ingest_loses_nothing(cluster: Cluster, packaged: Path, tmp_path: Path) -> None:
+    ws = _workspace(tmp_path / "ws", per_class=400)
+    # Small tasks so that the lost worker's share is re-run elsewhere while the job goes on.
+    proc = _submit(cluster.url, packaged, ws, ("ingest",), "--set", "spark.files_max_partition_bytes=65536")
+    try:
+        # The executors are decoding once the first task outputs appear in the staging folder.
+        decoding = lambda: proc.poll() is not None or any((ws / "data").glob(".staging/**/part-*"))  # noqa: E731
+        wait_for("ingest's first task outputs", decoding, 300, ws / "ingest.log", every=0.5)
+        assert proc.poll() is None, (
+            f"ingest ended before a worker was killed:\n{(ws / 'ingest.log').read_text()[-3000:]}"
+        )
+        cluster.kill("worker-2")
+        code = proc.wait(900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _start_worker(cluster, "worker-2")  # for tests that run after this one
+    log = (ws / "ingest.log").read_text()
+    assert code == 0, log[-5000:]
+    assert "lost" in log.lower()  # Spark noticed the executor and re-ran its tasks
+    table = pq.read_table(ws / "data" / "ingest" / "images.parquet", columns=["image_id", "source_uri"])
+    assert table.num_rows == 1200
+    assert len(set(table["image_id"].to_pylist())) == 1200  # every image exactly once
+    assert len(set(table["source_uri"].to_pylist())) == 1200
