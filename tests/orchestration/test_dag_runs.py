@@ -70,7 +70,14 @@ def airflow_server(airflow_db: dict[str, str], tmp_path_factory: pytest.TempPath
         wait_for("the API server and scheduler", healthy, 240, log)
         banner = re.search(r"Log in as:\s+(\S+) / (\S+)", log.read_text())
         assert banner, log.read_text()[-3000:]
-        yield {"url": url, "user": banner.group(1), "password": banner.group(2), "workspace": ws, "log": log}
+        yield {
+            "url": url,
+            "user": banner.group(1),
+            "password": banner.group(2),
+            "workspace": ws,
+            "log": log,
+            "stop": lambda: stop_group(proc),
+        }
     finally:
         stop_group(proc)
 
@@ -107,6 +114,10 @@ def trained(airflow_server: dict) -> dict:
     run = wait_for(f"run {run_id}", finished, 900, log, every=5)
     tasks = api.get(f"{url}/api/v2/dags/{TRAINING}/dagRuns/{run_id}/taskInstances", timeout=10).json()
     events = api.get(f"{url}/api/v2/assets/events", params={"source_dag_id": TRAINING}, timeout=10).json()
+    # Stopped now, not at the module's end: the other tests' ``dag.test()`` runs share its metadata
+    # DB, and a live scheduler takes their queued tasks and runs them itself (with the server's
+    # workspace and log), which ``dag.test()`` then only sees as "failed".
+    airflow_server["stop"]()
     return {
         "workspace": ws,
         "conf": conf,
