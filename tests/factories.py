@@ -78,6 +78,19 @@ def write_class_tree(root: Path, classes: int, per_class: int, size: int = 24) -
     return written
 
 
+def write_inbox(folder: Path, start: int, count: int, classes: int = 3) -> dict[str, str]:
+    """A scoring inbox: ``count`` new images per class (indices from ``start``, so content a model
+    trained on :func:`write_class_tree` never saw), flat in ``folder``; returns {file name: label}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for label in range(classes):
+        for i in range(start, start + count):
+            name = f"new_{label}_{i:03d}.png"
+            (folder / name).write_bytes(class_image(label, i))
+            truth[name] = str(label)
+    return truth
+
+
 def with_overrides(cfg: Config, *overrides: str) -> Config:
     """``cfg`` with ``--set``-style overrides applied and validated."""
     return validate(apply_overrides(cfg.model_dump(mode="json"), list(overrides)))

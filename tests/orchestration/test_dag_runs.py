@@ -27,7 +27,7 @@ import pytest
 import requests
 import yaml
 
-from tests.factories import REPO, class_image, free_port
+from tests.factories import REPO, free_port, write_inbox
 from tests.orchestration.airflow_setup import BIN, make_workspace
 from tests.processes import stop_group, wait_for
 
@@ -191,10 +191,7 @@ def _dag_test(env: dict[str, str], workspace: Path, dag_id: str, conf: dict) -> 
 
 def test_batch_scoring_scores_new_images_exactly_once(airflow_db: dict[str, str], trained: dict) -> None:
     ws = trained["workspace"]
-    (ws / "inbox").mkdir()
-    for label in range(3):
-        for i in range(200, 205):
-            (ws / "inbox" / f"new_{label}_{i}.png").write_bytes(class_image(label, i))
+    write_inbox(ws / "inbox", 200, 5)
     first = _dag_test(airflow_db, ws, "image_batch_scoring", {})
     assert first["state"] == "success", first["log"][-6000:]
     assert set(first["tasks"].values()) == {"success"}, first["tasks"]

@@ -11,7 +11,7 @@ import pytest
 from spark_jobs import features, gate, images, score, scoring, train
 from spark_jobs.config import Config, ConfigError
 from tests.conftest import INGESTED_CLASSES
-from tests.factories import SMALL_MODELS, class_image, link_ingest, with_overrides
+from tests.factories import SMALL_MODELS, class_image, link_ingest, with_overrides, write_inbox
 
 pytestmark = pytest.mark.spark
 
@@ -28,19 +28,6 @@ def trained(spark, ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     for kind in ("mllib", "cnn", "autoencoder"):
         train.run(with_overrides(cfg, f"train.model={kind}"), spark)
     return cfg
-
-
-def _inbox(folder: Path, start: int, count: int) -> dict[str, str]:
-    """``count`` new images per class (indices from ``start``: content the model never saw),
-    flat in ``folder``; returns {file name: true label}."""
-    folder.mkdir(parents=True, exist_ok=True)
-    truth = {}
-    for label in range(INGESTED_CLASSES):
-        for i in range(start, start + count):
-            name = f"new_{label}_{i:03d}.png"
-            (folder / name).write_bytes(class_image(label, i))
-            truth[name] = str(label)
-    return truth
 
 
 def _config(trained: Config, tmp_path: Path, kind: str, *overrides: str) -> Config:
@@ -72,7 +59,7 @@ def _rows(spark, cfg: Config) -> list:
 
 
 def test_cnn_scores_each_new_image_exactly_once(spark, trained: Config, tmp_path: Path) -> None:
-    truth = _inbox(tmp_path / "inbox", 100, 4)
+    truth = write_inbox(tmp_path / "inbox", 100, 4)
     (tmp_path / "inbox" / "zz_copy.png").write_bytes((tmp_path / "inbox" / "new_0_100.png").read_bytes())
     (tmp_path / "inbox" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     cfg = _config(trained, tmp_path, "cnn", "score.top_k=2", "gate.predictions.max_low_confidence=1.0")
@@ -114,7 +101,7 @@ def test_cnn_scores_each_new_image_exactly_once(spark, trained: Config, tmp_path
     assert len(spark.read.parquet(str(Path(cfg.data.root) / score.QUARANTINE)).collect()) == len(quarantine)
 
     # New arrivals: only they are scored.
-    more = _inbox(tmp_path / "inbox", 200, 2)
+    more = write_inbox(tmp_path / "inbox", 200, 2)
     score.run(cfg, spark)
     rows = _rows(spark, cfg)
     assert len(rows) == len(truth) + len(more)
@@ -123,7 +110,7 @@ def test_cnn_scores_each_new_image_exactly_once(spark, trained: Config, tmp_path
 
 
 def test_a_run_killed_before_publishing_leaves_nothing_visible(spark, trained, tmp_path, monkeypatch) -> None:
-    truth = _inbox(tmp_path / "inbox", 300, 3)
+    truth = write_inbox(tmp_path / "inbox", 300, 3)
     cfg = _config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0")
     real_publish = score.publish
 
@@ -145,7 +132,7 @@ def test_a_run_killed_before_publishing_leaves_nothing_visible(spark, trained, t
 
 
 def test_mllib_model_scores_with_its_saved_transform(spark, trained: Config, tmp_path: Path) -> None:
-    truth = _inbox(tmp_path / "inbox", 100, 4)
+    truth = write_inbox(tmp_path / "inbox", 100, 4)
     cfg = _config(trained, tmp_path, "mllib", "gate.predictions.max_low_confidence=1.0")
     score.run(cfg, spark)
     rows = _rows(spark, cfg)
@@ -157,7 +144,7 @@ def test_mllib_model_scores_with_its_saved_transform(spark, trained: Config, tmp
 
 
 def test_autoencoder_flags_with_its_threshold(spark, trained: Config, tmp_path: Path) -> None:
-    _inbox(tmp_path / "inbox", 100, 3)
+    write_inbox(tmp_path / "inbox", 100, 3)
     cfg = _config(trained, tmp_path, "autoencoder")
     threshold = train.read_card(Path(cfg.score.model))["threshold"]
     score.run(cfg, spark)
@@ -170,7 +157,7 @@ def test_autoencoder_flags_with_its_threshold(spark, trained: Config, tmp_path: 
 
 
 def test_a_failing_batch_is_not_published(spark, trained: Config, tmp_path: Path) -> None:
-    _inbox(tmp_path / "inbox", 100, 2)
+    write_inbox(tmp_path / "inbox", 100, 2)
     # Every prediction counts as low-confidence, and at most 10 % may be.
     cfg = _config(trained, tmp_path, "cnn", "score.low_confidence=1.0", "gate.predictions.max_low_confidence=0.1")
     with pytest.raises(gate.GateFailed) as failure:
@@ -211,7 +198,7 @@ def test_class_columns_sort_and_cut_top_k() -> None:
 
 
 def test_int8_copy_of_the_cnn_scores_like_fp32(spark, trained: Config, tmp_path: Path) -> None:
-    _inbox(tmp_path / "inbox", 100, 4)
+    write_inbox(tmp_path / "inbox", 100, 4)
     fp32 = _config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0")
     score.run(fp32, spark)
     int8 = _config(
@@ -233,14 +220,14 @@ def test_int8_copy_of_the_cnn_scores_like_fp32(spark, trained: Config, tmp_path:
 
 
 def test_int8_is_for_cnn_models_only(spark, trained: Config, tmp_path: Path) -> None:
-    _inbox(tmp_path / "inbox", 100, 1)
+    write_inbox(tmp_path / "inbox", 100, 1)
     with pytest.raises(ConfigError, match="cnn"):
         score.run(_config(trained, tmp_path, "mllib", "score.quantize=int8"), spark)
 
 
 @pytest.mark.parametrize(("confidence", "deciders"), [(0.0, {"mllib"}), (1.0, {"cnn"})])
 def test_cascade_sends_only_unsure_images_to_the_cnn(spark, trained, tmp_path, confidence, deciders) -> None:
-    truth = _inbox(tmp_path / "inbox", 100, 3)
+    truth = write_inbox(tmp_path / "inbox", 100, 3)
     cfg = _cascade(trained, tmp_path, confidence)
     score.run(cfg, spark)
     rows = _rows(spark, cfg)
@@ -253,7 +240,7 @@ def test_cascade_sends_only_unsure_images_to_the_cnn(spark, trained, tmp_path, c
 
 
 def test_cascade_mixes_models_by_confidence(spark, trained: Config, tmp_path: Path) -> None:
-    _inbox(tmp_path / "inbox", 100, 4)
+    write_inbox(tmp_path / "inbox", 100, 4)
     light = _config(
         trained, tmp_path, "mllib", f"data.root={tmp_path / 'light'}", "gate.predictions.max_low_confidence=1.0"
     )
@@ -275,7 +262,7 @@ def test_cnn_scores_an_s3_inbox_incrementally(spark, trained: Config, tmp_path: 
 
     client = boto3.client("s3")
     client.create_bucket(Bucket="inbox")
-    truth = _inbox(tmp_path / "local", 100, 4)
+    truth = write_inbox(tmp_path / "local", 100, 4)
     for name in truth:
         client.put_object(Bucket="inbox", Key=f"incoming/{name}", Body=(tmp_path / "local" / name).read_bytes())
     client.put_object(Bucket="inbox", Key="incoming/broken.png", Body=b"not an image at all")
