@@ -7,30 +7,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import boto3
 import pytest
 from image_platform import versioning
 
-from tests.factories import REPO, SMALL_MODELS, write_class_tree
+from tests.orchestration.airflow_setup import BIN, git, make_workspace
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
-BIN = Path(sys.executable).parent
 OUTPUTS = ("data/ingest", "data/features", "models/backbone", "models/mllib")
-
-
-def _git(repo: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", *args],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-    )
 
 
 def _files(root: Path) -> dict[str, str]:
@@ -48,24 +36,7 @@ def test_push_to_s3_and_pull_into_a_fresh_clone(s3_server: str, tmp_path: Path, 
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     boto3.client("s3").create_bucket(Bucket="dvc-remote")
     ws = tmp_path / "ws"
-    ws.mkdir()
-    for name in ("dvc.yaml", ".dvcignore", "params.yaml"):
-        shutil.copy(REPO / name, ws / name)
-    shutil.copytree(REPO / "spark_jobs", ws / "spark_jobs", ignore=shutil.ignore_patterns("__pycache__"))
-    versioning.record_params(
-        ws,
-        [
-            f"ingest.source={ws / 'src'}",
-            "spark.master=local[2]",
-            "gate.raw.min_per_class=5",
-            "gate.raw.split_tolerance=0.2",
-            "backbone.epochs=1",
-            *SMALL_MODELS,
-        ],
-    )
-    write_class_tree(ws / "src", 3, 30)
-    _git(ws, "init", "-q")
-    versioning.dvc(ws, "init", "-q")
+    make_workspace(ws, 30, f"ingest.source={ws / 'src'}", "backbone.epochs=1", scm=True)
     versioning.dvc(ws, "remote", "add", "--default", "s3store", "s3://dvc-remote/image-platform")
     versioning.dvc(ws, "remote", "modify", "s3store", "endpointurl", s3_server)
     versioning.dvc(ws, "repro", "train@mllib")
@@ -73,11 +44,11 @@ def test_push_to_s3_and_pull_into_a_fresh_clone(s3_server: str, tmp_path: Path, 
     assert pushed == {"stages": ["ingest", "backbone", "features", "train@mllib"], "pushed": True, "remote": "s3store"}
     objects = boto3.client("s3").list_objects_v2(Bucket="dvc-remote", Prefix="image-platform/")
     assert objects["KeyCount"] > 0
-    _git(ws, "add", "-A")  # DVC wrote .gitignore files for its outputs: git keeps what it should
-    _git(ws, "commit", "-q", "-m", "pipeline outputs")
+    git(ws, "add", "-A")  # DVC wrote .gitignore files for its outputs: git keeps what it should
+    git(ws, "commit", "-q", "-m", "pipeline outputs")
 
     clone = tmp_path / "clone"
-    _git(tmp_path, "clone", "-q", str(ws), str(clone))
+    git(tmp_path, "clone", "-q", str(ws), str(clone))
     assert not (clone / "data" / "ingest").exists()
     versioning.dvc(clone, "pull", "--with-deps", "train@mllib")  # what this workspace ran
     produced = _files(ws)

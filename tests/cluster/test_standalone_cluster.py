@@ -1,15 +1,15 @@
 """The pipeline on a real Spark standalone cluster started from the installed pyspark: a master and
 two workers (one core each) on 127.0.0.1, ports chosen free, every process stopped afterwards even
-when a test fails. The packaged jobs are spark-submitted to ``spark://127.0.0.1:<port>`` exactly
-as Airflow's Spark connection would, and their results are compared with the same stages on
-``local[2]``; the cnn trains with TorchDistributor on the executors (one rank per worker); and a
-worker killed while ingest runs costs nothing but time (Spark re-runs its tasks)."""
+when a test fails. Each stage runs as its Airflow task runs (``stages.stage_task``: spark-submit of
+the packaged jobs through the ``spark_default`` connection, here ``spark://127.0.0.1:<port>``),
+and the results are compared with the same stage tasks on ``local[2]``; the cnn trains with
+TorchDistributor on the executors (one rank per worker); and a worker killed while ingest runs
+costs nothing but time (Spark re-runs its tasks)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,37 +19,24 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import requests
-from image_platform import package, versioning
+from image_platform import package
 
-from tests.factories import REPO, SMALL_MODELS, class_image, free_port, write_class_tree
+from tests.factories import free_port, write_inbox
+from tests.orchestration.airflow_setup import airflow_environment, make_workspace, start_stage
 from tests.processes import kill_group, stop_group, wait_for
 
 # The module fixture runs the pipeline twice (cluster, local): ~10 minutes on 2 cores.
 pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(2400)]
 
 BIN = Path(sys.executable).parent
-STAGES = [  # dvc.yaml's commands, minus the backbone (classical features need none)
-    ("ingest",),
-    ("features",),
-    ("train", "--set", "train.model=mllib"),
-    ("train", "--set", "train.model=cnn"),
-    ("evaluate",),
-    ("score",),
-]
-PARAMS = (
-    "spark.shuffle_partitions=2",
+STAGES = ["ingest", "features", "train@mllib", "train@cnn", "evaluate", "score"]  # no backbone: classical features
+PARAMS = (  # on top of the orchestration tests' workspace params
     "spark.executor_memory=1g",
     "spark.driver_memory=2g",
-    "gate.raw.min_per_class=5",
-    "gate.raw.split_tolerance=0.2",
-    "gate.model.min_accuracy=0.8",
-    "gate.model.min_macro_f1=0.8",
     "features.kind=classical",
     "evaluate.models=[mllib, cnn]",
     "evaluate.int8=false",
-    "score.inbox=inbox",
     "train.num_processes=2",
-    *SMALL_MODELS,
 )
 
 
@@ -127,42 +114,30 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _workspace(root: Path, per_class: int = 30) -> Path:
-    root.mkdir(parents=True)
-    shutil.copy(REPO / "params.yaml", root / "params.yaml")
-    versioning.record_params(root, PARAMS)
-    write_class_tree(root / "src", 3, per_class)
-    (root / "inbox").mkdir()
-    for label in range(3):
-        for i in range(300, 304):
-            (root / "inbox" / f"new_{label}_{i}.png").write_bytes(class_image(label, i))
+    make_workspace(root, per_class, *PARAMS)
+    write_inbox(root / "inbox", 300, 4)
     return root
 
 
-def _submit(master: str, zip_path: Path, ws: Path, stage: tuple[str, ...], *extra: str) -> subprocess.Popen:
-    """spark-submit of one stage of the packaged jobs, from the workspace (as the stage task does)."""
-    cmd = [
-        str(BIN / "spark-submit"),
-        "--master", master,
-        "--py-files", str(zip_path),
-        "--conf", f"spark.pyspark.python={sys.executable}",
-        str(REPO / "spark_jobs" / "__main__.py"),
-        *stage,
-        "--set", f"ingest.source={ws / 'src'}",
-        *extra,
-    ]  # fmt: skip
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "IMAGE_PLATFORM_WORKDIR": str(ws)}
+def _start(master: str, zip_path: Path, ws: Path, stage: str, *overrides: str) -> subprocess.Popen:
+    """The stage task of ``stage`` (spark-submit through the ``spark_default`` connection, here
+    ``master``), run from the workspace; its log in ``ws/<stage>.log``."""
+    home = ws.parent / "airflow-home"
+    home.mkdir(exist_ok=True)
+    env = airflow_environment(home)
+    env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps({"conn_type": "spark", "host": master})
+    env["IMAGE_PLATFORM_WORKSPACE"] = str(ws)
     env["SPARK_LOCAL_IP"] = "127.0.0.1"  # the driver on loopback, as the cluster
-    name = "-".join(word.split("=")[-1] for word in stage if not word.startswith("--"))  # train-cnn
-    log = (ws / f"{name}.log").open("w")
-    return subprocess.Popen(cmd, cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log = ws / f"{stage.replace('@', '-')}.log"
+    return start_stage(env, stage, zip_path, f"ingest.source={ws / 'src'}", *overrides, log=log)
 
 
 def _pipeline(master: str, zip_path: Path, ws: Path) -> None:
     for stage in STAGES:
-        proc = _submit(master, zip_path, ws, stage)
-        code = proc.wait(900)
-        logs = sorted(ws.glob("*.log"), key=lambda p: p.stat().st_mtime)
-        assert code == 0, f"{stage} on {master} exited {code}:\n{logs[-1].read_text()[-5000:]}"
+        code = _start(master, zip_path, ws, stage).wait(900)
+        log = (ws / f"{stage.replace('@', '-')}.log").read_text()
+        assert code == 0, f"{stage} on {master} exited {code}:\n{log[-5000:]}"
+        assert "STAGE-OK" in log, log[-5000:]
 
 
 def _splits(ws: Path) -> dict[str, str]:
@@ -212,7 +187,7 @@ def test_the_cnn_trained_one_rank_per_worker(cluster: Cluster, runs: dict[str, P
 def test_killing_a_worker_during_ingest_loses_nothing(cluster: Cluster, packaged: Path, tmp_path: Path) -> None:
     ws = _workspace(tmp_path / "ws", per_class=400)
     # Small tasks so that the lost worker's share is re-run elsewhere while the job goes on.
-    proc = _submit(cluster.url, packaged, ws, ("ingest",), "--set", "spark.files_max_partition_bytes=65536")
+    proc = _start(cluster.url, packaged, ws, "ingest", "spark.files_max_partition_bytes=65536")
     try:
         # The executors are decoding once the first task outputs appear in the staging folder.
         decoding = lambda: proc.poll() is not None or any((ws / "data").glob(".staging/**/part-*"))  # noqa: E731
@@ -224,10 +199,11 @@ def test_killing_a_worker_during_ingest_loses_nothing(cluster: Cluster, packaged
         code = proc.wait(900)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            kill_group(proc)
         _start_worker(cluster, "worker-2")  # for tests that run after this one
     log = (ws / "ingest.log").read_text()
     assert code == 0, log[-5000:]
+    assert "STAGE-OK" in log, log[-5000:]
     assert "lost" in log.lower()  # Spark noticed the executor and re-ran its tasks
     table = pq.read_table(ws / "data" / "ingest" / "images.parquet", columns=["image_id", "source_uri"])
     assert table.num_rows == 1200

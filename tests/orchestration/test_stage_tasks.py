@@ -15,6 +15,7 @@ import pytest
 from image_platform import package
 
 from tests.factories import class_image
+from tests.orchestration.airflow_setup import run_stage
 
 
 def test_package_holds_the_code_and_its_version(tmp_path: Path) -> None:
@@ -37,44 +38,15 @@ def test_package_holds_the_code_and_its_version(tmp_path: Path) -> None:
     assert out.stdout.strip() == f"0.1.0+{info['git_commit'][:12]}{'-dirty' if info['dirty'] else ''}"
 
 
-# The ingest stage task run as an Airflow worker runs it (spark-submit of the packaged jobs); its
-# outcome printed: STAGE-OK, or FAIL-NO-RETRY and the reason (AirflowFailException: no retries).
-RUN_INGEST_TASK = """
-import json
-import sys
-from pathlib import Path
-from airflow.sdk.exceptions import AirflowFailException
-from image_platform import package, stages
-
-root = Path(sys.argv[1])
-task = stages.stage_task(
-    "ingest",
-    stages.dvc_commands()["ingest"],
-    py_files=str(package.build(root / "dist")),
-    overrides=[f"data.root={root / 'data'}", *json.loads(sys.argv[2])],
-)
-try:
-    task.execute(context={})
-except AirflowFailException as exc:
-    print("FAIL-NO-RETRY:", exc)
-else:
-    print("STAGE-OK")
-"""
-
-
-def _run_ingest_task(env: dict[str, str], root: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", RUN_INGEST_TASK, str(root), json.dumps(overrides)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def _run_ingest_task(env: dict[str, str], root: Path, *overrides: str, timeout: float) -> subprocess.CompletedProcess:
+    """The ingest stage task, as an Airflow worker runs it, writing under ``root/data``."""
+    zip_path = package.build(root / "dist")
+    return run_stage(env, "ingest", zip_path, f"data.root={root / 'data'}", *overrides, timeout=timeout)
 
 
 @pytest.mark.slow
 def test_a_stage_rejecting_its_input_fails_without_retry(airflow_env: dict[str, str], tmp_path: Path) -> None:
-    out = _run_ingest_task(airflow_env, tmp_path, f"ingest.source={tmp_path / 'no-such-folder'}")
+    out = _run_ingest_task(airflow_env, tmp_path, f"ingest.source={tmp_path / 'no-such-folder'}", timeout=300)
     assert "FAIL-NO-RETRY: stage ingest stopped: unusable input or parameters (exit code 2)" in out.stdout, (
         out.stdout[-2000:] + out.stderr[-3000:]
     )
@@ -99,6 +71,7 @@ def test_s3_credentials_never_reach_the_task_log(airflow_env: dict[str, str], s3
         "ingest.source=s3://task-log-images/incoming",
         "gate.raw.min_per_class=5",
         "gate.raw.split_tolerance=0.3",
+        timeout=600,
     )
     log = out.stdout + out.stderr
     assert "STAGE-OK" in out.stdout, log[-4000:]
