@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             t1 = time.perf_counter()
             published = ingest.run(cfg, spark)
             job_runs.append(time.perf_counter() - t1)
-            decode_runs.append(manifest.read(published)["timings"]["decode_and_write_s"])
+            decode_runs.append(manifest.read(published)["timings"]["work_s"])
         job_s, decode_write_s = statistics.median(job_runs), statistics.median(decode_runs)
         log.info(
             "spark job: %.1f s (decode+write %.1f s), %.0f images/s", job_s, decode_write_s, files / decode_write_s

@@ -15,18 +15,15 @@ distributed training lives in ``train``) and writes, under ``backbone.output``:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from spark_jobs import images, manifest, models
+from spark_jobs import images, manifest, models, runner
 from spark_jobs.config import BackboneConfig, Config
 from spark_jobs.jobs import run_stage
 from spark_jobs.store import SourceError
@@ -100,48 +97,44 @@ def accuracy(model: nn.Module, x: Any, y: Any) -> float | None:
 def run(cfg: Config, _spark: object = None) -> Path:
     import torch
 
-    started, t0 = manifest.now(), time.perf_counter()
-    bcfg, ingest_dir = cfg.backbone, published(cfg.data.root, "ingest")
-    pixels, labels = read_split(ingest_dir / "images.parquet", "train", bcfg.max_images)
-    if not labels:
-        raise SourceError(f"no train images in {ingest_dir}: run ingest first")
-    classes = sorted(set(labels))
-    index = {c: i for i, c in enumerate(classes)}
-    x, y = models.to_tensor(pixels), torch.tensor([index[v] for v in labels])
-    val_pixels, val_labels = read_split(ingest_dir / "images.parquet", "val", bcfg.max_images)
-    known = [i for i, v in enumerate(val_labels) if v in index]
-    val_x = models.to_tensor(val_pixels[known]) if known else models.to_tensor(pixels[:0])
-    val_y = torch.tensor([index[val_labels[i]] for i in known], dtype=torch.long)
-
-    torch.manual_seed(bcfg.seed)
-    model, losses = fit(models.small_cnn(bcfg.width), x, y, len(classes), bcfg)
-    backbone = model[0]
-    out = Path(bcfg.output)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    models.export_backbone(backbone, tmp / EXPORTED, int(pixels.shape[1]))
-    torch.save(backbone.state_dict(), tmp / STATE_DICT)
-    card = {
-        "architecture": bcfg.architecture,
-        "width": bcfg.width,
-        "embedding_dim": 4 * bcfg.width,
-        "image_size": int(pixels.shape[1]),
-        "input": "float RGB NCHW in [0, 1] (features.cnn.mean 0, std 1)",
-        "classes": classes,
-        "train_images": len(labels),
-        "epoch_losses": [round(v, 5) for v in losses],
-        "train_accuracy": accuracy(model, x, y),
-        "val_accuracy": accuracy(model, val_x, val_y),
-        "params": cfg.section("backbone")["backbone"],
-        "data_manifest_sha256": manifest.file_hash(ingest_dir / manifest.MANIFEST),
-        "job_version": manifest.job_version(),
-        "started_at": started,
-        "training_s": round(time.perf_counter() - t0, 3),
-    }
-    (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    bcfg = cfg.backbone
+    with runner.StageRun(STAGE, cfg.data.root, None, Path(bcfg.output)) as run:
+        with run.phase("read"):
+            ingest_dir = published(cfg.data.root, "ingest")
+            pixels, labels = read_split(ingest_dir / "images.parquet", "train", bcfg.max_images)
+            if not labels:
+                raise SourceError(f"no train images in {ingest_dir}: run ingest first")
+            val_pixels, val_labels = read_split(ingest_dir / "images.parquet", "val", bcfg.max_images)
+        with run.phase("work"):
+            classes = sorted(set(labels))
+            index = {c: i for i, c in enumerate(classes)}
+            x, y = models.to_tensor(pixels), torch.tensor([index[v] for v in labels])
+            known = [i for i, v in enumerate(val_labels) if v in index]
+            val_x = models.to_tensor(val_pixels[known]) if known else models.to_tensor(pixels[:0])
+            val_y = torch.tensor([index[val_labels[i]] for i in known], dtype=torch.long)
+            torch.manual_seed(bcfg.seed)
+            model, losses = fit(models.small_cnn(bcfg.width), x, y, len(classes), bcfg)
+            backbone = model[0]
+            models.export_backbone(backbone, run.staging / EXPORTED, int(pixels.shape[1]))
+            torch.save(backbone.state_dict(), run.staging / STATE_DICT)
+            train_accuracy, val_accuracy = accuracy(model, x, y), accuracy(model, val_x, val_y)
+        card = {
+            "architecture": bcfg.architecture,
+            "width": bcfg.width,
+            "embedding_dim": 4 * bcfg.width,
+            "image_size": int(pixels.shape[1]),
+            "input": "float RGB NCHW in [0, 1] (features.cnn.mean 0, std 1)",
+            "classes": classes,
+            "train_images": len(labels),
+            "epoch_losses": [round(v, 5) for v in losses],
+            "train_accuracy": train_accuracy,
+            "val_accuracy": val_accuracy,
+            "params": cfg.section("backbone")["backbone"],
+            "data_manifest_sha256": manifest.file_hash(ingest_dir / manifest.MANIFEST),
+            "job_version": manifest.job_version(),
+            "run_id": run.run_id,
+        }
+        out = run.finish(None, card, name=CARD)
     log.info(
         "backbone %s: %d train images, %d epochs, val accuracy of its head %s -> %s",
         bcfg.architecture,

@@ -30,13 +30,13 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spark_jobs import gate, inference, manifest, metrics
+import pandas as pd
+
+from spark_jobs import gate, inference, manifest, metrics, runner
 from spark_jobs.config import Config, ModelGateConfig
 from spark_jobs.jobs import run_stage
 from spark_jobs.store import SourceError
@@ -91,49 +91,41 @@ def torch_predictions(
     return test.mapInArrow(lambda it: inference.predict_batches(it, predictor), inference.predicted_schema(predictor))
 
 
-def confusion_matrix(predictions: DataFrame, classes: list[str]) -> np.ndarray:
-    """Counted by Spark: one ``groupBy`` of (actual, predicted) pairs; test rows whose label the
-    model does not know count as wrong in an extra "unknown" row (index ``len(classes)``)."""
-    from pyspark.sql import functions as F
+def collect(predictions: DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A model's test predictions on the driver (one Spark job; the test split's labels and
+    predictions only, a few numbers an image: every metric and plot is computed from them)."""
+    return predictions.select(*columns).toPandas()
 
+
+def confusion_matrix(predictions: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """Counts of (actual, predicted) pairs; test rows whose label the model does not know count
+    as wrong in an extra "unknown" row (index ``len(classes)``)."""
     index = {c: i for i, c in enumerate(classes)}
-    rows = predictions.groupBy("label", "prediction").agg(F.count("*").alias("n")).collect()
     unknown = len(classes)
-    counts = [(index.get(r["label"], unknown), r["prediction"], r["n"]) for r in rows]
+    pairs = predictions.groupby(["label", "prediction"], dropna=False).size()
+    counts = [(index.get(label, unknown), int(p), int(n)) for (label, p), n in pairs.items()]
     matrix = metrics.confusion(counts, len(classes) + 1)
     return matrix if matrix[unknown].sum() else matrix[:unknown, :unknown]
 
 
-def classifier_metrics(predictions: DataFrame, classes: list[str]) -> tuple[dict[str, Any], np.ndarray]:
+def classifier_metrics(predictions: pd.DataFrame, classes: list[str]) -> tuple[dict[str, Any], np.ndarray]:
     matrix = confusion_matrix(predictions, classes)
     labels = [*classes, "(unknown)"] if len(matrix) > len(classes) else classes
     return metrics.report(matrix, labels), matrix
 
 
-def anomaly_metrics(scored: DataFrame, card: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[float, int]]]:
+def anomaly_metrics(scored: pd.DataFrame, card: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[float, int]]]:
     """AUROC of normal vs held-out class, share flagged at the card's threshold; and the
     ``(score, is_anomaly)`` pairs for the ROC plot."""
-    from pyspark.ml.evaluation import BinaryClassificationEvaluator
-    from pyspark.sql import functions as F
+    from sklearn.metrics import roc_auc_score
 
     holdout = card.get("exclude_classes") or []
-    labelled = scored.withColumn("is_anomaly", F.col("label").isin(holdout).cast("double")).cache()
-    try:
-        threshold = card["threshold"]
-        row = labelled.agg(
-            F.count("*").alias("n"),
-            F.sum("is_anomaly").alias("anomalies"),
-            F.sum(((F.col("score") > threshold) & (F.col("is_anomaly") == 0)).cast("int")).alias("false_alarms"),
-            F.sum(((F.col("score") > threshold) & (F.col("is_anomaly") == 1)).cast("int")).alias("caught"),
-        ).first()
-        n, anomalies = row["n"], int(row["anomalies"] or 0)
-        auroc = None
-        if 0 < anomalies < n:
-            evaluator = BinaryClassificationEvaluator(rawPredictionCol="score", labelCol="is_anomaly")
-            auroc = float(evaluator.setMetricName("areaUnderROC").evaluate(labelled))
-        pairs = [(r["score"], int(r["is_anomaly"])) for r in labelled.select("score", "is_anomaly").collect()]
-    finally:
-        labelled.unpersist()
+    is_anomaly = scored["label"].isin(holdout).to_numpy()
+    score = scored["score"].to_numpy(dtype=float)
+    threshold = card["threshold"]
+    n, anomalies = len(scored), int(is_anomaly.sum())
+    flagged = score > threshold
+    auroc = float(roc_auc_score(is_anomaly, score)) if 0 < anomalies < n else None
     normal = n - anomalies
     return {
         "auroc": auroc,
@@ -141,20 +133,22 @@ def anomaly_metrics(scored: DataFrame, card: dict[str, Any]) -> tuple[dict[str, 
         "threshold": threshold,
         "test_rows": n,
         "anomalies": anomalies,
-        "false_alarm_rate": (row["false_alarms"] or 0) / normal if normal else None,
-        "detection_rate": (row["caught"] or 0) / anomalies if anomalies else None,
-    }, pairs
+        "false_alarm_rate": int((flagged & ~is_anomaly).sum()) / normal if normal else None,
+        "detection_rate": int((flagged & is_anomaly).sum()) / anomalies if anomalies else None,
+    }, list(zip(score.tolist(), is_anomaly.astype(int).tolist(), strict=True))
 
 
-def write_classifier_plots(reports: Path, kind: str, predictions: DataFrame, result: dict, classes: list[str]) -> None:
+def write_classifier_plots(
+    reports: Path, kind: str, predictions: pd.DataFrame, result: dict, classes: list[str]
+) -> None:
     """``plots/<kind>/confusion.csv`` (actual, predicted per test row) and ``classes.csv``."""
     folder = reports / "plots" / kind
     folder.mkdir(parents=True, exist_ok=True)
-    rows = predictions.select("label", "prediction").orderBy("label", "prediction").collect()
+    rows = predictions[["label", "prediction"]].sort_values(["label", "prediction"], kind="stable")
     with (folder / "confusion.csv").open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["actual", "predicted"])
-        out.writerows([r["label"], classes[r["prediction"]]] for r in rows)
+        out.writerows([label, classes[p]] for label, p in rows.itertuples(index=False))
     with (folder / "classes.csv").open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["class", "precision", "recall", "f1", "support"])
@@ -238,19 +232,6 @@ def read_champion(cfg: Config, task: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _copy_model(source: Path, target: Path) -> None:
-    """Replace ``target`` by a copy of ``source`` (copied beside it, then two renames)."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def promote(cfg: Config, task: str, kind: str, card: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     """Make a candidate its task's champion; returns the ``promotion.json`` written with it."""
     previous = read_champion(cfg, task)
@@ -266,37 +247,33 @@ def promote(cfg: Config, task: str, kind: str, card: dict[str, Any], result: dic
         "replaced": previous["version"] if previous else None,
         "job_version": manifest.job_version(),
     }
-    _copy_model(model_dir(cfg, kind), target)
-    (target / PROMOTION).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    # Staged beside the champions' folder, not inside it (it is a DVC output).
+    runner.copy_dir(model_dir(cfg, kind), target, target.parent.parent / runner.STAGING, {PROMOTION: record})
     return record
 
 
 def reject(cfg: Config, kind: str, card: dict[str, Any], result: dict[str, Any], summary: str) -> Path:
     """Keep a failed challenger, with its metrics and gate summary, under ``evaluate.rejected``."""
     target = Path(cfg.evaluate.rejected) / card["version"]
-    _copy_model(model_dir(cfg, kind), target)
-    (target / "metrics.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (target / "gate_summary.txt").write_text(summary + "\n")
-    return target
+    extra = {"metrics.json": result, "gate_summary.txt": summary + "\n"}
+    return runner.copy_dir(model_dir(cfg, kind), target, target.parent.parent / runner.STAGING, extra)
 
 
 def evaluate_model(
-    spark: SparkSession, cfg: Config, kind: str, reports: Path
-) -> tuple[dict[str, Any], dict[str, Any], DataFrame]:
-    """``(card, metrics, cached test predictions)`` of one candidate; writes its plots and picture.
-    The caller unpersists the predictions."""
+    spark: SparkSession, cfg: Config, kind: str, card: dict[str, Any], reports: Path
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """``(metrics, test predictions on the driver)`` of one candidate; writes its plots and picture."""
     folder = model_dir(cfg, kind)
-    card = read_card(folder)
-    if card["kind"] != kind:
-        raise SourceError(f"{folder} holds a {card['kind']} model, not {kind}")
     if kind == "mllib":
-        predictions = mllib_predictions(spark, cfg, folder, card).cache()
+        frame = mllib_predictions(spark, cfg, folder, card)
     else:
-        predictions = torch_predictions(spark, cfg, folder, card).cache()
+        frame = torch_predictions(spark, cfg, folder, card)
     if card["task"] == "anomaly":
+        predictions = collect(frame, ("image_id", "label", "score"))
         result, pairs = anomaly_metrics(predictions, card)
         write_roc(reports, kind, pairs)
     else:
+        predictions = collect(frame, ("image_id", "label", "prediction", "probability"))
         result, matrix = classifier_metrics(predictions, card["classes"])
         write_classifier_plots(reports, kind, predictions, result, card["classes"])
         labels = list(result["per_class"])
@@ -304,30 +281,23 @@ def evaluate_model(
         confusion_png(reports / "figures" / f"confusion_{kind}.png", matrix, labels, title)
     if kind == "cnn" and cfg.evaluate.int8:
         result["int8"] = int8_metrics(spark, cfg, folder, card, result)
-    return card, {"version": card["version"], "task": card["task"], **result}, predictions
+    return {"version": card["version"], "task": card["task"], **result}, predictions
 
 
-def cascade_metrics(light: DataFrame, heavy: DataFrame, classes: list[str], confidence: float) -> dict[str, Any]:
+def cascade_metrics(light: pd.DataFrame, heavy: pd.DataFrame, classes: list[str], confidence: float) -> dict[str, Any]:
     """The ``score.cascade`` on the test split: the mllib prediction where its probability reaches
     ``confidence``, the cnn's elsewhere; accuracy, macro-F1 and the share that reached the cnn."""
-    from pyspark.sql import functions as F
-
-    joined = light.select(
-        "image_id", "label", F.col("prediction").alias("_light"), F.col("probability").alias("_p")
-    ).join(heavy.select("image_id", F.col("prediction").alias("_heavy")), "image_id")
-    unsure = F.col("_p") < F.lit(confidence)
-    decided = joined.select(
-        "label",
-        F.when(unsure, F.col("_heavy")).otherwise(F.col("_light")).alias("prediction"),
-        unsure.cast("int").alias("_to_heavy"),
+    joined = light.merge(heavy[["image_id", "prediction"]], on="image_id", suffixes=("_light", "_heavy"))
+    unsure = joined["probability"] < confidence
+    decided = pd.DataFrame(
+        {"label": joined["label"], "prediction": joined["prediction_heavy"].where(unsure, joined["prediction_light"])}
     )
     result, _ = classifier_metrics(decided, classes)
-    share = decided.agg(F.avg("_to_heavy")).first()[0]
     return {
         "confidence": confidence,
         "accuracy": result["accuracy"],
         "macro_f1": result["macro_f1"],
-        "heavy_fraction": round(float(share), 6) if share is not None else None,
+        "heavy_fraction": round(float(unsure.mean()), 6) if len(unsure) else None,
         "test_rows": result["test_rows"],
     }
 
@@ -339,7 +309,8 @@ def int8_metrics(
     if "calibration" not in card["files"]:
         log.warning("%s has no calibration images (trained before INT8 support): no INT8 figures", card["version"])
         return None
-    result, _ = classifier_metrics(torch_predictions(spark, cfg, folder, card, "int8"), card["classes"])
+    frame = torch_predictions(spark, cfg, folder, card, "int8")
+    result, _ = classifier_metrics(collect(frame, ("label", "prediction")), card["classes"])
     return {
         "accuracy": result["accuracy"],
         "macro_f1": result["macro_f1"],
@@ -347,28 +318,12 @@ def int8_metrics(
     }
 
 
-def run(cfg: Config, spark: SparkSession) -> Path:
-    """Evaluate every candidate, gate them, promote the champions, write the reports; returns the reports folder."""
-    t0 = time.perf_counter()
-    reports = Path(cfg.evaluate.reports)
-    staging = reports.with_name(f".{reports.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    cards, results, predictions = {}, {}, {}
-    try:
-        for kind in cfg.evaluate.models:
-            cards[kind], results[kind], predictions[kind] = evaluate_model(spark, cfg, kind, staging)
-        cascade = None
-        if {"mllib", "cnn"} <= set(results) and cards["mllib"]["classes"] == cards["cnn"]["classes"]:
-            confidence = cfg.score.cascade.confidence
-            cascade = cascade_metrics(predictions["mllib"], predictions["cnn"], cards["cnn"]["classes"], confidence)
-    finally:
-        for frame in predictions.values():
-            frame.unpersist()
-
-    champions = {task: read_champion(cfg, task) for task in set(TASKS.values())}
-    challengers = {task: challenger(results, task) for task in set(TASKS.values())}
-    rows, batches = [], []
+def gate_table(
+    results: dict[str, dict[str, Any]], champions: dict[str, Any], challengers: dict[str, Any]
+) -> pd.DataFrame:
+    """One row per candidate: its figures and, for its task's challenger, the regression vs the
+    champion (null otherwise, and when there is no champion yet: GX skips nulls)."""
+    rows = []
     for kind, result in results.items():
         task = result["task"]
         champion = champions[task]
@@ -378,51 +333,73 @@ def run(cfg: Config, spark: SparkSession) -> Path:
         result["challenger"] = challengers[task] == kind
         # Only the run's best model of a task challenges the champion; the others are judged on
         # the absolute thresholds alone (they are reported, and not promoted).
-        regression = gap if result["challenger"] else None
-        metrics_row = [result.get(k) for k in ("accuracy", "macro_f1", "auroc", "threshold")]
-        rows.append((kind, *metrics_row, regression))
-        batches.append((kind, gate_expectations(task, cfg.gate.model, bool(result.get("holdout_classes")))))
-    schema = "model string, accuracy double, macro_f1 double, auroc double, threshold double, regression double"
-    table = spark.createDataFrame(rows, schema)
-    checks = [gate.Batch(kind, table.where(table.model == kind), expectations) for kind, expectations in batches]
-    gate_result = gate.validate(STAGE, checks, Path(cfg.data.root) / "gates" / STAGE)
-    failed = {c["batch"] for c in gate_result.failures}
+        rows.append(
+            {
+                "model": kind,
+                **{k: result.get(k) for k in ("accuracy", "macro_f1", "auroc", "threshold")},
+                "regression": gap if result["challenger"] else None,
+            }
+        )
+    return pd.DataFrame(rows).astype(
+        {c: "float64" for c in ("accuracy", "macro_f1", "auroc", "threshold", "regression")}
+    )
 
-    promoted: dict[str, dict[str, Any]] = {}
-    for task, kind in challengers.items():
-        if kind is not None and kind not in failed:
-            promoted[task] = promote(cfg, task, kind, cards[kind], results[kind])
-    rejected = {}
-    for kind, result in results.items():
-        result["gate"] = "failed" if kind in failed else "passed"
-        result["promoted"] = promoted.get(result["task"], {}).get("version") == result["version"]
-        if kind in failed:
-            lines = [
-                line
-                for line in gate_result.summary().splitlines()
-                if kind in line.split(":")[0] or line.startswith("gate")
+
+def run(cfg: Config, spark: SparkSession) -> Path:
+    """Evaluate every candidate, gate them, promote the champions, write the reports; returns the reports folder."""
+    root = Path(cfg.data.root)
+    with runner.StageRun(STAGE, root, spark, Path(cfg.evaluate.reports)) as run:
+        with run.phase("read"):
+            cards = {kind: read_card(model_dir(cfg, kind)) for kind in cfg.evaluate.models}
+            for kind, card in cards.items():
+                if card["kind"] != kind:
+                    raise SourceError(f"{model_dir(cfg, kind)} holds a {card['kind']} model, not {kind}")
+            champions = {task: read_champion(cfg, task) for task in set(TASKS.values())}
+        results, predictions = {}, {}
+        with run.phase("work"):
+            for kind, card in cards.items():
+                results[kind], predictions[kind] = evaluate_model(spark, cfg, kind, card, run.staging)
+            cascade = None
+            if {"mllib", "cnn"} <= set(results) and cards["mllib"]["classes"] == cards["cnn"]["classes"]:
+                confidence = cfg.score.cascade.confidence
+                cascade = cascade_metrics(predictions["mllib"], predictions["cnn"], cards["cnn"]["classes"], confidence)
+        with run.phase("gate"):
+            challengers = {task: challenger(results, task) for task in set(TASKS.values())}
+            table = gate_table(results, champions, challengers)
+            checks = [
+                gate.Batch(
+                    kind,
+                    table[table["model"] == kind].reset_index(drop=True),
+                    gate_expectations(result["task"], cfg.gate.model, bool(result.get("holdout_classes"))),
+                )
+                for kind, result in results.items()
             ]
-            rejected[kind] = reject(cfg, kind, cards[kind], result, "\n".join(lines))
-
-    classifier = read_champion(cfg, "classifier")
-    anomaly = read_champion(cfg, "anomaly")
-    doc = {
-        "accuracy": classifier["metrics"]["accuracy"] if classifier else None,
-        "macro_f1": classifier["metrics"]["macro_f1"] if classifier else None,
-        "champion": {"kind": classifier["kind"], "version": classifier["version"]} if classifier else None,
-        "anomaly_champion": (
-            {"kind": anomaly["kind"], "version": anomaly["version"], "auroc": anomaly["metrics"].get("auroc")}
-            if anomaly
-            else None
-        ),
-        "models": results,
-        "cascade": cascade,
-        "gate": gate_result.for_manifest(),
-        "evaluate_s": round(time.perf_counter() - t0, 3),
-    }
-    (staging / METRICS).write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    shutil.rmtree(reports, ignore_errors=True)
-    staging.rename(reports)
+            gate_result = run.validate(checks)
+        failed = {c["batch"] for c in gate_result.failures}
+        with run.phase("publish"):
+            promoted: dict[str, dict[str, Any]] = {}
+            for task, kind in challengers.items():
+                if kind is not None and kind not in failed:
+                    promoted[task] = promote(cfg, task, kind, cards[kind], results[kind])
+            rejected = {}
+            for kind, result in results.items():
+                result["gate"] = "failed" if kind in failed else "passed"
+                result["promoted"] = promoted.get(result["task"], {}).get("version") == result["version"]
+                if kind in failed:
+                    lines = [
+                        line
+                        for line in gate_result.summary().splitlines()
+                        if kind in line.split(":")[0] or line.startswith("gate")
+                    ]
+                    rejected[kind] = reject(cfg, kind, cards[kind], result, "\n".join(lines))
+            # In the order evaluate.models lists the candidates (what dvc metrics show lists).
+            manifest.write(run.staging, metrics_document(cfg, results, cascade, gate_result), METRICS, sort_keys=False)
+        inputs = {
+            kind: {"folder": str(model_dir(cfg, kind)), "version": card["version"]} for kind, card in cards.items()
+        }
+        counts = {kind: {"test_rows": r.get("test_rows")} for kind, r in results.items()}
+        params = cfg.section("evaluate", "gate.model", "data")
+        reports = run.finish(gate_result, run.manifest(params, inputs, counts, gate_result), blocking=False)
     for kind, result in results.items():
         figure = result.get("accuracy") if result["task"] == "classifier" else result.get("auroc")
         log.info(
@@ -446,13 +423,35 @@ def run(cfg: Config, spark: SparkSession) -> Path:
     return reports
 
 
+def metrics_document(
+    cfg: Config, results: dict[str, dict[str, Any]], cascade: dict[str, Any] | None, gate_result: gate.GateResult
+) -> dict[str, Any]:
+    """``metrics.json``: the champions' headline figures (after this run's promotions) and every
+    candidate's figures."""
+    classifier = read_champion(cfg, "classifier")
+    anomaly = read_champion(cfg, "anomaly")
+    return {
+        "accuracy": classifier["metrics"]["accuracy"] if classifier else None,
+        "macro_f1": classifier["metrics"]["macro_f1"] if classifier else None,
+        "champion": {"kind": classifier["kind"], "version": classifier["version"]} if classifier else None,
+        "anomaly_champion": (
+            {"kind": anomaly["kind"], "version": anomaly["version"], "auroc": anomaly["metrics"].get("auroc")}
+            if anomaly
+            else None
+        ),
+        "models": results,
+        "cascade": cascade,
+        "gate": gate_result.for_manifest(),
+    }
+
+
 def _precheck(cfg: Config) -> None:
     for kind in cfg.evaluate.models:
         read_card(model_dir(cfg, kind))
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck)
+    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck, preload=runner.GATE)
 
 
 if __name__ == "__main__":

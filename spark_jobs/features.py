@@ -36,11 +36,18 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from spark_jobs import extractors, gate, images, manifest, session, store, suites, tiles
+from spark_jobs import extractors, images, manifest, runner, session, store, suites, tiles
 from spark_jobs.config import Config, ConfigError, IngestConfig, TilesConfig
 from spark_jobs.jobs import run_stage
 from spark_jobs.store import SourceError
-from spark_jobs.tables import FEATURE_COLUMNS, published, read_features, read_images
+from spark_jobs.tables import (
+    FEATURE_COLUMNS,
+    class_totals,
+    published,
+    read_features,
+    read_images,
+    split_class_counts,
+)
 
 if TYPE_CHECKING:
     from pyspark.ml import PipelineModel
@@ -181,8 +188,6 @@ def fit_transform(raw: DataFrame, k: int) -> PipelineModel:
     from pyspark.sql import functions as F
 
     train = raw.where(F.col("split") == "train").select(array_to_vector("raw").alias("raw_vector"))
-    if train.limit(1).count() == 0:
-        raise SourceError("no train rows to fit the scaler and PCA on: check ingest.split (train fraction)")
     pipeline = Pipeline(
         stages=[
             StandardScaler(inputCol="raw_vector", outputCol="scaled", withMean=True, withStd=True),
@@ -202,19 +207,18 @@ def apply_transform(model: PipelineModel, raw: DataFrame) -> DataFrame:
     return out.drop("raw", "raw_vector", "scaled", "pca")
 
 
-def expected_rows(image_table: DataFrame, tiles_cfg: TilesConfig) -> tuple[int, dict[str, int]]:
-    """``(ingested images, feature rows each class must have)``: per class its images, times each
-    image's tile count when tiling."""
+def expected_rows(image_table: DataFrame, per_class: dict[str, int], tiles_cfg: TilesConfig) -> dict[str, int]:
+    """The feature rows each class must have: its ingested images (``per_class``, from the ingest
+    manifest), times each image's tile count when tiling (one small Spark job over the sizes)."""
     from pyspark.sql import functions as F
 
     if not tiles_cfg.enabled:
-        per_class = suites.value_counts(image_table, "label")
-        return sum(per_class.values()), per_class
+        return dict(per_class)
     sizes = image_table.groupBy("label", "orig_width", "orig_height").agg(F.count("*").alias("n")).collect()
     out: dict[str, int] = {}
     for r in sizes:
         out[r["label"]] = out.get(r["label"], 0) + r["n"] * tiles.count(r["orig_width"], r["orig_height"], tiles_cfg)
-    return sum(r["n"] for r in sizes), out
+    return out
 
 
 def raise_on_problems(raw: DataFrame) -> None:
@@ -250,93 +254,91 @@ def run(cfg: Config, spark: SparkSession) -> Path:
     """Extract features of ``<data.root>/ingest`` into ``<data.root>/features``; returns the folder."""
     from pyspark.sql import functions as F
 
-    started, t0 = manifest.now(), time.perf_counter()
-    ingest_dir = published(cfg.data.root, "ingest")
-    ingest_cfg = ingested_with(ingest_dir)
-    if ingest_cfg.image_size != cfg.ingest.image_size:
-        log.warning(
-            "ingest.image_size is %d in params but the published ingest table is %dpx: using %d",
-            cfg.ingest.image_size,
-            ingest_cfg.image_size,
-            ingest_cfg.image_size,
-        )
-    extractor = open_extractor(cfg, ingest_cfg)
-    image_table = read_images(spark, ingest_dir)
-    images_in, expected = expected_rows(image_table, cfg.features.tiles)
-    out = gate.StagedOutput(cfg.data.root, STAGE)
-    spec: dict[str, Any] = extractor.describe()
-    try:
-        prepared_at = time.perf_counter()
-        split_bytes = session.one_task_per_file(ingest_dir / "images.parquet")
-        with session.sql_conf(spark, "spark.sql.files.maxPartitionBytes", split_bytes):
-            extract(image_table, extractor, ingest_cfg, cfg).write.parquet(out.path(_RAW))
-        extracted_at = time.perf_counter()
-        raw = spark.read.parquet(out.path(_RAW))
-        raise_on_problems(raw)
-        if cfg.features.kind == "classical":
-            model = fit_transform(raw, cfg.features.classical.pca_k)
-            model.save(out.path(TRANSFORM))
-            reduced = apply_transform(model, raw)
-            spec |= {"transform": TRANSFORM, "dim": cfg.features.classical.pca_k}
-            spec["pca_explained_variance"] = [round(float(v), 6) for v in model.stages[-1].explainedVariance]
-        else:
-            reduced = raw.withColumnRenamed("raw", "features")
-            spec["dim"] = extractor.dim
-        spec["tiles"] = cfg.features.tiles.model_dump() if cfg.features.tiles.enabled else None
-        final = reduced.withColumn("feature_kind", F.lit(extractor.kind)).select(*FEATURE_COLUMNS)
-        final.write.parquet(out.path(TABLE))
-        (out.staging / EXTRACTOR).write_text(json.dumps(spec, indent=2, default=str) + "\n")
-    except BaseException:
-        out.discard()
-        raise
-    written_at = time.perf_counter()
-
-    profile = suites.feature_profile(read_features(spark, out.staging)).cache()
-    try:
-        by_class = suites.value_counts(profile, "label")
-        by_split = suites.value_counts(profile, "split")
-        batches = suites.feature_batches(
-            spark, profile, by_class, expected, spec["dim"], extractor.kind, cfg.gate.features
-        )
-        result = gate.validate(STAGE, batches, out.report_dir)
-    finally:
-        profile.unpersist()
-    shutil.rmtree(out.path(_RAW))
-    rows = sum(by_class.values())
-    counts = {
-        "images": images_in,
-        "rows": rows,
-        "rows_expected": sum(expected.values()),
-        "rows_by_class": by_class,
-        "rows_by_split": by_split,
-        "dim": spec["dim"],
-    }
-    timings = {
-        "started_at": started,
-        "finished_at": manifest.now(),
-        "duration_s": round(time.perf_counter() - t0, 3),
-        "prepare_s": round(prepared_at - t0, 3),  # load/check the extractor, count the expected rows
-        "extract_s": round(extracted_at - prepared_at, 3),  # the pixel pass: read, extract, write vectors
-        "transform_and_write_s": round(written_at - extracted_at, 3),
-        "rows_per_s_extract": round(rows / max(extracted_at - prepared_at, 1e-9), 1),
-    }
-    doc = manifest.build(
-        STAGE,
-        cfg.section("features", "gate.features", "data"),
-        inputs={
+    root = Path(cfg.data.root)
+    with runner.StageRun(STAGE, root, spark, root / STAGE) as run:
+        with run.phase("read"):
+            ingest_dir = published(root, "ingest")
+            ingest_cfg = ingested_with(ingest_dir)
+            if ingest_cfg.image_size != cfg.ingest.image_size:
+                log.warning(
+                    "ingest.image_size is %d in params but the published ingest table is %dpx: using %d",
+                    cfg.ingest.image_size,
+                    ingest_cfg.image_size,
+                    ingest_cfg.image_size,
+                )
+            ingested = split_class_counts(ingest_dir)
+            if cfg.features.kind == "classical" and not ingested.get("train"):
+                raise SourceError("no train rows to fit the scaler and PCA on: check ingest.split (train fraction)")
+            per_class = class_totals(ingested)
+            images_in = sum(per_class.values())
+            extractor = open_extractor(cfg, ingest_cfg)
+            image_table = read_images(spark, ingest_dir)
+            expected = expected_rows(image_table, per_class, cfg.features.tiles)
+        spec: dict[str, Any] = extractor.describe()
+        with run.phase("work"):
+            extract_start = time.perf_counter()
+            split_bytes = session.one_task_per_file(ingest_dir / "images.parquet")
+            vectors = extract(image_table, extractor, ingest_cfg, cfg)
+            staged_raw = cfg.features.kind == "classical" or cfg.features.tiles.enabled
+            with session.sql_conf(spark, "spark.sql.files.maxPartitionBytes", split_bytes):
+                if staged_raw:  # read twice (PCA fit and transform) or checked for problems first
+                    vectors.write.parquet(run.path(_RAW))
+                else:  # cnn embeddings need nothing more: one pass straight to the table
+                    with_kind = vectors.withColumnRenamed("raw", "features").withColumn(
+                        "feature_kind", F.lit(extractor.kind)
+                    )
+                    with_kind.select(*FEATURE_COLUMNS).write.parquet(run.path(TABLE))
+            run.extra["extract_s"] = round(time.perf_counter() - extract_start, 3)  # the pixel pass
+            if staged_raw:
+                raw = spark.read.schema(RAW_SCHEMA).parquet(run.path(_RAW))
+                if cfg.features.tiles.enabled:
+                    raise_on_problems(raw)
+                if cfg.features.kind == "classical":
+                    model = fit_transform(raw, cfg.features.classical.pca_k)
+                    model.save(run.path(TRANSFORM))
+                    reduced = apply_transform(model, raw)
+                    spec["pca_explained_variance"] = [round(float(v), 6) for v in model.stages[-1].explainedVariance]
+                else:
+                    reduced = raw.withColumnRenamed("raw", "features")
+                final = reduced.withColumn("feature_kind", F.lit(extractor.kind)).select(*FEATURE_COLUMNS)
+                final.write.parquet(run.path(TABLE))
+                shutil.rmtree(run.path(_RAW))
+            if cfg.features.kind == "classical":
+                spec |= {"transform": TRANSFORM, "dim": cfg.features.classical.pca_k}
+            else:
+                spec["dim"] = extractor.dim
+            spec["tiles"] = cfg.features.tiles.model_dump() if cfg.features.tiles.enabled else None
+            (run.staging / EXTRACTOR).write_text(json.dumps(spec, indent=2, default=str) + "\n")
+        with run.phase("gate"):
+            stats = suites.feature_stats(
+                read_features(spark, run.staging), sorted(expected), spec["dim"], extractor.kind
+            )
+            result = run.validate(
+                suites.feature_batches(stats, expected, spec["dim"], extractor.kind, cfg.gate.features)
+            )
+        by_class, by_split = stats.by(0), stats.by(1)
+        rows = sum(by_class.values())
+        counts = {
+            "images": images_in,
+            "rows": rows,
+            "rows_expected": sum(expected.values()),
+            "rows_by_class": by_class,
+            "rows_by_split": by_split,
+            "rows_by_split_class": stats.nested(1, 0),
+            "dim": spec["dim"],
+        }
+        run.extra["rows_per_s_extract"] = round(rows / max(run.extra["extract_s"], 1e-9), 1)
+        inputs = {
             "ingest": {
                 "path": store.local_uri(ingest_dir),
                 "manifest_sha256": manifest.file_hash(ingest_dir / manifest.MANIFEST),
                 "settings": ingest_cfg.model_dump(mode="json"),
             },
             "extractor": spec,
-        },
-        counts=counts,
-        gate=result.for_manifest(),
-        timings=timings,
-        spark=session.spark_metrics(spark),
-    )
-    folder = out.finish(result, doc)
+        }
+        folder = run.finish(
+            result, run.manifest(cfg.section("features", "gate.features", "data"), inputs, counts, result)
+        )
     log.info("%d images -> %d %s feature rows of dim %d", images_in, rows, extractor.kind, spec["dim"])
     return folder
 
@@ -348,7 +350,11 @@ def _precheck(cfg: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck)
+    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck, preload=_preload)
+
+
+def _preload(cfg: Config) -> tuple[str, ...]:
+    return (runner.TORCH if cfg.features.kind == "cnn" else ()) + runner.GATE
 
 
 if __name__ == "__main__":

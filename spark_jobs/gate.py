@@ -1,36 +1,22 @@
-"""Gates: a stage writes to staging, validates what it wrote with Great Expectations, then either
-publishes it (atomic rename + ``_manifest.json``) or sets it aside with a readable report and
-exits with :data:`EXIT_GATE_FAILED`, so ``dvc repro`` and Airflow both stop there.
-
-Layout under ``data.root``::
-
-    <stage>/                      published output (+ _manifest.json, _validation.json)
-    .staging/<stage>-<run_id>/    being written
-    rejected/<stage>-<run_id>/    output that failed its gate, kept for inspection
-    gates/<stage>/                last validation: summary.txt, validation.json, docs/index.html
+"""Gates: Great Expectations validating what a stage wrote (the statistics :mod:`spark_jobs.suites`
+computes from it in one Spark pass), with a readable report; on failure the stage publishes
+nothing and exits with :data:`EXIT_GATE_FAILED`, so ``dvc repro`` and Airflow both stop there
+(:mod:`spark_jobs.runner` stages, validates and publishes).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spark_jobs import manifest as manifests
-
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
-
-log = logging.getLogger(__name__)
+    import pandas as pd
 
 EXIT_GATE_FAILED = 3
-VALIDATION = "_validation.json"
 _DOCS_SITE = "gates"
 
 
@@ -47,10 +33,10 @@ class GateFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class Batch:
-    """One table to validate and the expectations it must meet."""
+    """One small table (statistics of a stage's output) and the expectations it must meet."""
 
     name: str
-    frame: DataFrame
+    frame: pd.DataFrame
     expectations: Sequence[Any]
 
 
@@ -128,7 +114,7 @@ def validate(stage: str, batches: Sequence[Batch], report_dir: Path) -> GateResu
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         },
     )
-    source = context.data_sources.add_spark(name=f"{stage}_output")
+    source = context.data_sources.add_pandas(name=f"{stage}_output")
     result = GateResult(stage=stage, success=True)
     for batch in batches:
         asset = source.add_dataframe_asset(name=batch.name)
@@ -158,49 +144,3 @@ def validate(stage: str, batches: Sequence[Batch], report_dir: Path) -> GateResu
     index = docs_dir / "index.html"
     result.docs = index if index.exists() else None
     return result
-
-
-class StagedOutput:
-    """An output folder that becomes visible only when its gate passes."""
-
-    def __init__(self, root: str | Path, stage: str) -> None:
-        root = Path(root)
-        self.stage = stage
-        self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
-        self.final = root / stage
-        self.staging = root / ".staging" / f"{stage}-{self.run_id}"
-        self.rejected = root / "rejected" / f"{stage}-{self.run_id}"
-        self.report_dir = root / "gates" / stage
-        self.staging.mkdir(parents=True)
-
-    def path(self, name: str) -> str:
-        """Where to write table ``name`` while staging."""
-        return str(self.staging / name)
-
-    def finish(self, result: GateResult, manifest: dict[str, Any]) -> Path:
-        """Publish on success; otherwise set the output aside and raise :class:`GateFailed`."""
-        (self.staging / VALIDATION).write_text(json.dumps(result.raw, indent=2, default=str) + "\n")
-        manifests.write(self.staging, manifest)
-        if not result.success:
-            self.rejected.parent.mkdir(parents=True, exist_ok=True)
-            self.staging.rename(self.rejected)
-            report = result.docs or self.report_dir / "summary.txt"
-            raise GateFailed(self.stage, report, self.rejected, result.summary())
-        self._promote()
-        log.info("%s", result.summary())
-        log.info("published %s", self.final)
-        return self.final
-
-    def _promote(self) -> None:
-        # Two renames on one filesystem: readers see the old or the new folder, never a mix.
-        old = self.final.with_name(f".{self.final.name}.old-{self.run_id}")
-        if self.final.exists():
-            self.final.rename(old)
-        self.staging.rename(self.final)
-        if old.exists():
-            shutil.rmtree(old)
-
-    def discard(self) -> None:
-        """Remove the staging folder after a crash (a failed gate keeps its output instead)."""
-        if self.staging.exists():
-            shutil.rmtree(self.staging, ignore_errors=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from spark_jobs import gate, images, manifest, session, store, suites
+from spark_jobs import images, runner, store, suites
 from spark_jobs.config import Config, IngestConfig, SparkConfig
 from spark_jobs.jobs import run_stage
 from spark_jobs.tables import DECODED_FIELDS, DECODED_SCHEMA, read_images, read_quarantine
@@ -160,13 +159,18 @@ def settle_tables(spark: SparkSession, staging: Path) -> tuple[Path, Path]:
     return tables[0], tables[1]
 
 
-def duplicate_fates(images_table: DataFrame) -> DataFrame:
-    """``(source_uri, reason, detail, file)`` of each copy that must leave the image table: every
-    copy of content carrying different labels (``label_conflict``), else all but the smallest URI
-    (``duplicate``); ``file`` is the Parquet file holding it. Never reads pixels."""
+def duplicate_fates(spark: SparkSession, images_dir: Path) -> DataFrame:
+    """``(source_uri, reason, detail, file)`` of each copy that must leave the image table
+    ``images_dir``: every copy of content carrying different labels (``label_conflict``), else
+    all but the smallest URI (``duplicate``); ``file`` is the Parquet file holding it. Never
+    reads pixels."""
     from pyspark.sql import functions as F
 
-    rows = images_table.select("image_id", "label", "source_uri", F.input_file_name().alias("file"))
+    rows = (
+        spark.read.schema(DECODED_SCHEMA)
+        .parquet(str(images_dir))
+        .select("image_id", "label", "source_uri", F.input_file_name().alias("file"))
+    )
     groups = (
         rows.groupBy("image_id")
         .agg(
@@ -202,7 +206,7 @@ def move_to_quarantine(spark: SparkSession, images_dir: Path, quarantine_dir: Pa
             "source_uri string, _reason string, _detail string",
         )
     )
-    affected = spark.read.parquet(*files)
+    affected = spark.read.schema(DECODED_SCHEMA).parquet(*files)
     rewrite = images_dir.with_name("_rewrite")
     affected.join(moving, "source_uri", "left_anti").select(*DECODED_FIELDS).write.parquet(str(rewrite))
     moved = affected.join(moving, "source_uri").withColumns(
@@ -240,79 +244,55 @@ def discovered_classes(files: list[store.SourceFile], extensions: tuple[str, ...
 
 def run(cfg: Config, spark: SparkSession) -> Path:
     """Ingest ``cfg.ingest.source`` under ``cfg.data.root``; returns the published folder."""
-    started, t0 = manifest.now(), time.perf_counter()
-    kind, files = store.list_source(cfg.ingest.source)
-    source = describe(cfg.ingest.source, kind, files)
-    files_seen, classes = len(files), discovered_classes(files, cfg.ingest.extensions)
-    log.info("listed %d files (%d bytes) in %s", files_seen, source["bytes"], source["uri"])
-    out = gate.StagedOutput(cfg.data.root, STAGE)
-    try:
-        chunks = plan_chunks(spark, files, cfg.spark)
-        decoded = decode(spark, chunks, cfg.ingest, cfg.spark.arrow_max_records_per_batch)
-        write_decoded(decoded, out.path("_decoded"))
-        images_dir, quarantine_dir = settle_tables(spark, out.staging)
-        fates = duplicate_fates(spark.read.parquet(str(images_dir))).collect()
-        move_to_quarantine(spark, images_dir, quarantine_dir, fates)
-        decoded_at = time.perf_counter()
-    except BaseException:
-        out.discard()
-        raise
-    log.info(
-        "decoded and wrote %d files in %.1f s; %d duplicate copies moved to quarantine",
-        files_seen,
-        decoded_at - t0,
-        len(fates),
-    )
-
-    # The gate and the counts read the staged table many times: cache it without its pixels.
-    profile = suites.image_profile(read_images(spark, out.staging)).cache()
-    quarantine = read_quarantine(spark, out.staging)
-    try:
-        reasons = suites.value_counts(quarantine, "reason")
-        per_class, per_split = suites.value_counts(profile, "label"), suites.value_counts(profile, "split")
-        quarantined = sum(reasons.values())
-        batches = suites.raw_batches(
-            spark,
-            profile,
-            classes,
-            per_class,
-            per_split,
+    root = Path(cfg.data.root)
+    with runner.StageRun(STAGE, root, spark, root / STAGE) as run:
+        with run.phase("read"):
+            kind, files = store.list_source(cfg.ingest.source)
+            source = describe(cfg.ingest.source, kind, files)
+            files_seen, classes = len(files), discovered_classes(files, cfg.ingest.extensions)
+        log.info("listed %d files (%d bytes) in %s", files_seen, source["bytes"], source["uri"])
+        with run.phase("work"):
+            chunks = plan_chunks(spark, files, cfg.spark)
+            decoded = decode(spark, chunks, cfg.ingest, cfg.spark.arrow_max_records_per_batch)
+            write_decoded(decoded, run.path("_decoded"))
+            images_dir, quarantine_dir = settle_tables(spark, run.staging)
+            fates = duplicate_fates(spark, images_dir).collect()
+            move_to_quarantine(spark, images_dir, quarantine_dir, fates)
+        log.info(
+            "decoded and wrote %d files in %.1f s; %d duplicate copies moved to quarantine",
             files_seen,
-            quarantined,
-            cfg.ingest.image_size,
-            cfg.ingest.split.fractions(),
-            cfg.gate.raw,
+            run.seconds["work"],
+            len(fates),
         )
-        result = gate.validate(STAGE, batches, out.report_dir)
-    finally:
-        profile.unpersist()
-    rows = sum(per_class.values())
-    counts = {
-        "files_seen": files_seen,
-        "rows": rows,
-        "quarantined": quarantined,
-        "quarantine_by_reason": reasons,
-        "classes": classes,
-        "rows_by_class": per_class,
-        "rows_by_split": per_split,
-    }
-    timings = {
-        "started_at": started,
-        "finished_at": manifest.now(),
-        "duration_s": round(time.perf_counter() - t0, 3),
-        "decode_and_write_s": round(decoded_at - t0, 3),
-        "images_per_s": round(files_seen / max(decoded_at - t0, 1e-9), 1),
-    }
-    doc = manifest.build(
-        STAGE,
-        cfg.section("ingest", "gate.raw", "data"),
-        inputs={"source": source},
-        counts=counts,
-        gate=result.for_manifest(),
-        timings=timings,
-        spark=session.spark_metrics(spark),
-    )
-    published = out.finish(result, doc)
+        with run.phase("gate"):
+            stats = suites.image_stats(read_images(spark, run.staging), classes, cfg.ingest.image_size)
+            reasons = suites.table_stats(read_quarantine(spark, run.staging), ["reason"], {}).by(0)
+            quarantined = sum(reasons.values())
+            batches = suites.raw_batches(
+                stats,
+                classes,
+                files_seen,
+                quarantined,
+                cfg.ingest.image_size,
+                cfg.ingest.split.fractions(),
+                cfg.gate.raw,
+            )
+            result = run.validate(batches)
+        per_class, per_split = stats.by(0), stats.by(1)
+        rows = sum(per_class.values())
+        counts = {
+            "files_seen": files_seen,
+            "rows": rows,
+            "quarantined": quarantined,
+            "quarantine_by_reason": reasons,
+            "classes": classes,
+            "rows_by_class": per_class,
+            "rows_by_split": per_split,
+            "rows_by_split_class": stats.nested(1, 0),
+        }
+        run.extra["images_per_s"] = round(files_seen / max(run.seconds["work"], 1e-9), 1)
+        doc = run.manifest(cfg.section("ingest", "gate.raw", "data"), {"source": source}, counts, result)
+        published = run.finish(result, doc)
     log.info("%d files seen: %d images, %d quarantined %s", files_seen, rows, quarantined, reasons)
     return published
 
@@ -322,7 +302,7 @@ def _precheck(cfg: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck)
+    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck, preload=runner.GATE)
 
 
 if __name__ == "__main__":

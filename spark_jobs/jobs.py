@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from spark_jobs import runner
 from spark_jobs.config import Config, ConfigError, arg_parser, load_config
 from spark_jobs.gate import EXIT_GATE_FAILED, GateFailed
 from spark_jobs.store import SourceError, unavailable_reason
@@ -35,8 +37,13 @@ def run_stage(
     description: str,
     precheck: Callable[[Config], object] | None = None,
     needs_spark: bool = True,
+    preload: Sequence[str] | Callable[[Config], Sequence[str]] = (),
 ) -> int:
-    """Run one stage from its command line; returns the process exit code."""
+    """Run one stage from its command line; returns the process exit code. ``preload``: the heavy
+    modules the stage will need (torch, Great Expectations for its gate; or a function of the
+    config naming them), in the order it needs them, imported in the background while the JVM
+    starts."""
+    started = runner.process_started()
     setup_logging()
     args = arg_parser(stage, description).parse_args(argv)
     try:
@@ -50,10 +57,17 @@ def run_stage(
     spark = None
     try:
         if needs_spark:
+            import pyspark.sql  # noqa: F401  (before the preload thread, which imports parts of it too)
+
+        modules = preload(cfg) if callable(preload) else preload
+        if modules:
+            runner.preload(modules)
+        if needs_spark:
             from spark_jobs.session import build_session
 
             spark = build_session(cfg.spark)
-        body(cfg, spark)
+        with runner.launched(started, time.time()):
+            body(cfg, spark)
         return EXIT_OK
     except GateFailed as exc:
         log.error("%s", exc)
@@ -70,4 +84,7 @@ def run_stage(
         return EXIT_STORE_UNAVAILABLE
     finally:
         if spark is not None:
+            from spark_jobs.session import remove_own_event_logs
+
             spark.stop()
+            remove_own_event_logs()

@@ -62,10 +62,12 @@ def build(
     gate: dict[str, Any],
     timings: dict[str, Any],
     spark: dict[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
     """The manifest document of one stage run."""
     return {
         "stage": stage,
+        "run_id": run_id,
         "job_version": job_version(),
         "params": params,
         "params_hash": params_hash(params),
@@ -77,10 +79,14 @@ def build(
     }
 
 
-def write(folder: Path, manifest: dict[str, Any]) -> Path:
-    path = folder / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+def write_json(path: Path, doc: Any, sort_keys: bool = True) -> Path:
+    """``doc`` as indented JSON at ``path`` (manifests, cards, metrics, validation results)."""
+    path.write_text(json.dumps(doc, indent=2, sort_keys=sort_keys, default=str) + "\n")
     return path
+
+
+def write(folder: Path, manifest: dict[str, Any], name: str = MANIFEST, sort_keys: bool = True) -> Path:
+    return write_json(folder / name, manifest, sort_keys)
 
 
 def read(folder: Path) -> dict[str, Any]:

@@ -12,7 +12,6 @@ scans, ink dark on white, upscaled to ``sample.image_size``) and
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from spark_jobs import manifest
+from spark_jobs import runner
 from spark_jobs.config import Config, SampleConfig
 from spark_jobs.images import RESAMPLE
 from spark_jobs.jobs import run_stage
@@ -83,36 +82,24 @@ def write_inbox(folder: Path, cfg: SampleConfig, every: int = 15) -> int:
 
 
 def write_sample(target: Path, cfg: SampleConfig) -> dict[str, int]:
-    """Write the sample tree to ``target`` (replacing it) and return per-folder counts."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Write the sample tree into the empty folder ``target`` and return per-folder counts."""
     counts: dict[str, int] = {}
     for label, index, image in digit_images(cfg):
-        folder = tmp / "digits" / label
+        folder = target / "digits" / label
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f"{label}_{index:04d}.png", optimize=True)
         counts[f"digits/{label}"] = counts.get(f"digits/{label}", 0) + 1
-    counts["photos"] = write_photos(tmp / "photos")
-    counts["inbox"] = write_inbox(tmp / "inbox", cfg)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    counts["photos"] = write_photos(target / "photos")
+    counts["inbox"] = write_inbox(target / "inbox", cfg)
     return counts
 
 
 def run(cfg: Config, _spark: object = None) -> Path:
-    started = manifest.now()
-    target = Path(cfg.data.root) / STAGE
-    counts = write_sample(target, cfg.sample)
-    params = cfg.section("sample")
-    doc = manifest.build(
-        STAGE,
-        params,
-        inputs={"source": "sklearn.datasets.load_digits + load_sample_images"},
-        counts=counts,
-        gate={"success": True, "expectations": 0, "failed": []},
-        timings={"started_at": started, "finished_at": manifest.now()},
-    )
-    manifest.write(target, doc)
+    with runner.StageRun(STAGE, cfg.data.root, None, Path(cfg.data.root) / STAGE) as run:
+        with run.phase("work"):
+            counts = write_sample(run.staging, cfg.sample)
+        inputs = {"source": "sklearn.datasets.load_digits + load_sample_images"}
+        target = run.finish(None, run.manifest(cfg.section("sample"), inputs, counts, None))
     log.info(
         "wrote %d digit images and %d photos under %s",
         sum(v for k, v in counts.items() if k.startswith("digits")),

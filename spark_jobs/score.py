@@ -43,15 +43,14 @@ import json
 import logging
 import shutil
 import sys
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from spark_jobs import features, gate, inference, ingest, manifest, scoring, session, store, suites
+from spark_jobs import features, inference, ingest, manifest, runner, scoring, store, suites
 from spark_jobs import images as images_lib
 from spark_jobs.config import ClassicalConfig, Config, ConfigError, IngestConfig
 from spark_jobs.jobs import run_stage
@@ -66,20 +65,14 @@ log = logging.getLogger(__name__)
 STAGE = "score"
 PREDICTIONS = "predictions"
 QUARANTINE = "score_quarantine"
-PREDICTION_COLUMNS = (
-    "image_id",
-    "source_uri",
-    "predicted_label",
-    "probability",
-    "top_k",
-    "anomaly_score",
-    "is_anomaly",
-    "model_version",
-    "model_kind",
-    "decided_by",
-    "job_version",
-    "scored_at",
+# One row per image scored by one model version (classifier or anomaly columns, the others null).
+PREDICTION_SCHEMA = (
+    "image_id string, source_uri string, predicted_label string, probability float, "
+    "top_k array<struct<label:string,probability:float>>, anomaly_score double, is_anomaly boolean, "
+    "model_version string, model_kind string, decided_by string, job_version string, scored_at timestamp"
 )
+PREDICTION_COLUMNS = tuple(f.split()[0] for f in PREDICTION_SCHEMA.split(", "))
+QUARANTINE_SCHEMA = pa.schema([(c, pa.int64() if c == "size_bytes" else pa.string()) for c in QUARANTINE_COLUMNS])
 
 
 def model_folder(cfg: Config) -> Path:
@@ -105,16 +98,34 @@ def read_predictions(spark: SparkSession, folder: Path) -> DataFrame | None:
     return spark.read.option("basePath", str(folder)).parquet(*[str(p) for p in committed_runs(folder)])
 
 
-def scored_ids(spark: SparkSession, folder: Path, version: str) -> scoring.IdSet:
-    """``image_id`` of every image the model ``version`` has already scored (read from the
-    published predictions' ``image_id`` and ``model_version`` columns only)."""
-    from pyspark.sql import functions as F
+def _published_rows(folder: Path, columns: list[str], where: Any = None) -> pa.Table | None:
+    """Columns of every published run of a predictions or quarantine table, read on the driver
+    (pyarrow: a few short columns, no Spark job); None before the first run."""
+    import pyarrow.dataset as ds
 
-    table = read_predictions(spark, folder)
+    if not committed_runs(folder):
+        return None
+    dataset = ds.dataset(str(folder), format="parquet", partitioning="hive")  # skips _manifest.json
+    return dataset.to_table(columns=columns, filter=where)
+
+
+def scored_ids(folder: Path, version: str) -> scoring.IdSet:
+    """``image_id`` of every image the model ``version`` has already scored (the published
+    predictions' ``image_id`` and ``model_version`` columns only)."""
+    import pyarrow.dataset as ds
+
+    table = _published_rows(folder, ["image_id"], ds.field("model_version") == version)
+    return scoring.IdSet([] if table is None else table.column("image_id").to_pylist())
+
+
+def recorded_quarantine(folder: Path) -> set[tuple[str, str]]:
+    """``(source_uri, image_id)`` of every file an earlier run quarantined (with content)."""
+    table = _published_rows(folder, ["source_uri", "image_id"])
     if table is None:
-        return scoring.IdSet([])
-    ids = table.where(F.col("model_version") == version).select("image_id").distinct()
-    return scoring.IdSet(ids.toArrow().column("image_id").to_pylist())
+        return set()
+    return {
+        (u, i) for u, i in zip(*(table.column(c).to_pylist() for c in ("source_uri", "image_id")), strict=True) if i
+    }
 
 
 def classical_extractor(folder: Path) -> Any:
@@ -212,7 +223,7 @@ def cascade_predictions(
     folder: Path,
     card: dict[str, Any],
     cfg: Config,
-    out: gate.StagedOutput,
+    run: runner.StageRun,
 ) -> DataFrame:
     """The light model (mllib) on every scanned image; the heavy one (cnn) only on the images it
     predicts with probability below ``score.cascade.confidence``, fetched and decoded again in a
@@ -222,7 +233,7 @@ def cascade_predictions(
     from pyspark.sql import functions as F
 
     confidence = F.lit(cfg.score.cascade.confidence)
-    work = out.path("_light")
+    work = run.path("_light")
     mllib_predictions(usable, light_folder, light, cfg.score.top_k).write.parquet(work)  # computed once
     light_rows = spark.read.parquet(work)
     sure = predicted(light_rows.where(F.col("probability") >= confidence), "mllib")
@@ -253,153 +264,129 @@ def cascade_parts(cfg: Config, card: dict[str, Any]) -> tuple[Path, dict[str, An
     return light_folder, light
 
 
-def new_quarantine(spark: SparkSession, staged: DataFrame, folder: Path) -> DataFrame:
-    """The staged quarantine rows not already recorded by an earlier run (same file, same content):
-    a bad file left in the inbox is reported once, not at every scheduled run."""
-    if not committed_runs(folder):
-        return staged
-    earlier = spark.read.option("basePath", str(folder)).parquet(*[str(p) for p in committed_runs(folder)])
-    seen = earlier.where(earlier.image_id.isNotNull()).select("source_uri", "image_id").distinct()
-    return staged.join(seen, ["source_uri", "image_id"], "left_anti")
+def write_quarantine(rows: list[dict[str, Any]], folder: Path) -> Path:
+    """The quarantine rows of a run as one Parquet file (``QUARANTINE_COLUMNS``)."""
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True)
+    table = pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA)
+    pq.write_table(table, folder / "part-00000-quarantine.parquet", compression="zstd")
+    return folder
 
 
 def _clean_stale_staging(root: Path) -> None:
     """Staging folders of score runs that were killed: never visible, never needed again."""
-    for stale in (root / ".staging").glob(f"{STAGE}-*"):
+    for stale in (root / runner.STAGING).glob(f"{STAGE}-*"):
         log.info("removing the staging folder of an unfinished run: %s", stale)
         shutil.rmtree(stale, ignore_errors=True)
-
-
-def publish(staging: Path, table: Path, run_date: str, run_id: str) -> Path:
-    """Make a staged run visible: one rename into ``table/run_date=.../run_id=...``."""
-    target = table / f"run_date={run_date}" / f"run_id={run_id}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(target)
-    return target
 
 
 def run(cfg: Config, spark: SparkSession) -> Path | None:
     """Score the inbox's new images; returns the published run folder (None when nothing was new)."""
     from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
 
-    started, t0 = datetime.now(UTC), time.perf_counter()
     root = Path(cfg.data.root)
-    folder = model_folder(cfg)
-    card = read_card(folder)
-    if cfg.score.quantize == "int8" and card["kind"] != "cnn":
-        raise ConfigError(f"score.quantize=int8 applies to cnn models; {folder} holds a {card['kind']} model")
-    ingest_cfg = IngestConfig.model_validate(card["ingest_settings"])
-    kind, files = store.list_source(cfg.score.inbox)
     _clean_stale_staging(root)
-    for table in (predictions_dir(cfg), root / QUARANTINE):
-        table.mkdir(parents=True, exist_ok=True)  # DVC outputs exist even before anything is in them
-    out = gate.StagedOutput(root, STAGE)
-    run_date, run_id = started.strftime("%Y-%m-%d"), out.run_id
-    # Skipping is per model version: an INT8 copy, and a cascade (both versions and the cut),
-    # each count as a model of their own.
-    version, model_kind, job_version = card["version"], card["kind"], manifest.job_version_label()
-    if cfg.score.quantize == "int8":
-        version = f"{version}-int8"
-    if cfg.score.cascade.enabled:
-        light_folder, light = cascade_parts(cfg, card)
-        version = f"cascade-{light['version']}+{version}@{cfg.score.cascade.confidence}"
-        model_kind = "cascade"
-    try:
-        done = scored_ids(spark, predictions_dir(cfg), version)
-        if cfg.score.cascade.enabled:
-            head: scoring.Head = scoring.Descriptors(classical_extractor(light_folder))
-        elif card["kind"] == "mllib":
-            head = scoring.Descriptors(classical_extractor(folder))
-        else:
-            head = torch_head(folder, card, cfg)
-        # One pass over the files, written once (no pixels: ids, reasons and the model's outputs),
-        # usable rows under _table=scored and the rest under _table=quarantine.
-        scan_dir = out.staging / "_scan"
-        side = F.when(F.col("reason").isNull(), F.lit("scored")).otherwise(F.lit("quarantine"))
-        scanned = scan(spark, files, cfg, ingest_cfg, done, head).withColumn("_table", side)
-        scanned.write.partitionBy("_table").parquet(str(scan_dir))
-        if (scan_dir / "_table=scored").exists():
-            usable = spark.read.parquet(str(scan_dir / "_table=scored"))
+    with runner.StageRun(STAGE, root, spark, root / PREDICTIONS, name=STAGE) as run:
+        with run.phase("read"):
+            folder = model_folder(cfg)
+            card = read_card(folder)
+            if cfg.score.quantize == "int8" and card["kind"] != "cnn":
+                raise ConfigError(f"score.quantize=int8 applies to cnn models; {folder} holds a {card['kind']} model")
+            ingest_cfg = IngestConfig.model_validate(card["ingest_settings"])
+            kind, files = store.list_source(cfg.score.inbox)
+            # Skipping is per model version: an INT8 copy, and a cascade (both versions and the cut),
+            # each count as a model of their own.
+            version, model_kind, job_version = card["version"], card["kind"], manifest.job_version_label()
+            if cfg.score.quantize == "int8":
+                version = f"{version}-int8"
             if cfg.score.cascade.enabled:
-                decided = cascade_predictions(spark, usable, files, light_folder, light, folder, card, cfg, out)
+                light_folder, light = cascade_parts(cfg, card)
+                version = f"cascade-{light['version']}+{version}@{cfg.score.cascade.confidence}"
+                model_kind = "cascade"
+            done = scored_ids(predictions_dir(cfg), version)
+            recorded = recorded_quarantine(root / QUARANTINE)
+            started = datetime.fromisoformat(run.timings()["started_at"])
+        for table in (predictions_dir(cfg), root / QUARANTINE):
+            table.mkdir(parents=True, exist_ok=True)  # DVC outputs exist even before anything is in them
+        with run.phase("work"):
+            if cfg.score.cascade.enabled:
+                head: scoring.Head = scoring.Descriptors(classical_extractor(light_folder))
             elif card["kind"] == "mllib":
-                decided = predicted(mllib_predictions(usable, folder, card, cfg.score.top_k), "mllib")
+                head = scoring.Descriptors(classical_extractor(folder))
             else:
-                decided = predicted(usable, _decider(card, cfg))
-            stamped = decided.withColumns(
-                {
-                    "model_version": F.lit(version),
-                    "model_kind": F.lit(model_kind),
-                    "job_version": F.lit(job_version),
-                    "scored_at": F.lit(started).cast("timestamp"),
-                }
-            ).select(*PREDICTION_COLUMNS)
-            stamped.write.parquet(out.path(PREDICTIONS))
-        seen_bad = 0
-        if (scan_dir / "_table=quarantine").exists():
-            bad = spark.read.parquet(str(scan_dir / "_table=quarantine")).select(*QUARANTINE_COLUMNS)
-            seen_bad = bad.count()
-            new_quarantine(spark, bad, root / QUARANTINE).write.parquet(out.path(QUARANTINE))
-        scored_at = time.perf_counter()
-    except BaseException:
-        out.discard()
-        raise
-
-    reasons = suites.value_counts(spark.read.parquet(out.path(QUARANTINE)), "reason") if seen_bad else {}
-    labels = list(scoring.ANOMALY_LABELS) if card["task"] == "anomaly" else list(card["classes"])
-    per_label: dict[str, int] = {}
-    result = gate.GateResult(STAGE, True)
-    if Path(out.path(PREDICTIONS)).exists():
-        profile = suites.prediction_profile(spark.read.parquet(out.path(PREDICTIONS)), cfg.score.low_confidence)
-        profile = profile.cache()
-        try:
-            per_label = suites.value_counts(profile, "predicted_label")
-            batches = suites.prediction_batches(
-                spark, profile, labels, per_label, card.get("class_counts"), card["task"], cfg.gate.predictions
-            )
-            result = gate.validate(STAGE, batches, out.report_dir)
-        finally:
-            profile.unpersist()
-    rows = sum(per_label.values())
-    skipped = len(files) - rows - seen_bad
-    counts = {
-        "files_seen": len(files),
-        "scored": rows,
-        "already_scored": skipped,
-        "unusable": seen_bad,
-        "quarantined": sum(reasons.values()),
-        "quarantine_by_reason": reasons,
-        "predicted_by_label": per_label,
-    }
-    doc = manifest.build(
-        STAGE,
-        cfg.section("score", "gate.predictions", "data"),
-        inputs={
+                head = torch_head(folder, card, cfg)
+            # One pass over the files, written once (no pixels: ids, reasons and the model's outputs),
+            # usable rows under _table=scored and the rest under _table=quarantine.
+            scan_dir = run.staging / "_scan"
+            side = F.when(F.col("reason").isNull(), F.lit("scored")).otherwise(F.lit("quarantine"))
+            scanned = scan(spark, files, cfg, ingest_cfg, done, head).withColumn("_table", side)
+            scanned.write.partitionBy("_table").parquet(str(scan_dir))
+            scan_schema = from_arrow_schema(pa.schema([*scoring.SCAN_FIELDS, *head.outputs()]))
+            if (scan_dir / "_table=scored").exists():
+                usable = spark.read.schema(scan_schema).parquet(str(scan_dir / "_table=scored"))
+                if cfg.score.cascade.enabled:
+                    decided = cascade_predictions(spark, usable, files, light_folder, light, folder, card, cfg, run)
+                elif card["kind"] == "mllib":
+                    decided = predicted(mllib_predictions(usable, folder, card, cfg.score.top_k), "mllib")
+                else:
+                    decided = predicted(usable, _decider(card, cfg))
+                stamped = decided.withColumns(
+                    {
+                        "model_version": F.lit(version),
+                        "model_kind": F.lit(model_kind),
+                        "job_version": F.lit(job_version),
+                        "scored_at": F.lit(started).cast("timestamp"),
+                    }
+                ).select(*PREDICTION_COLUMNS)
+                stamped.write.parquet(run.path(PREDICTIONS))
+            bad = []  # unusable files of this batch: few, short rows, handled on the driver
+            if (scan_dir / "_table=quarantine").exists():
+                scanned_bad = spark.read.schema(scan_schema).parquet(str(scan_dir / "_table=quarantine"))
+                bad = scanned_bad.select(*QUARANTINE_COLUMNS).toArrow().to_pylist()
+            new_bad = [r for r in bad if (r["source_uri"], r["image_id"]) not in recorded]
+            if new_bad:
+                write_quarantine(new_bad, Path(run.path(QUARANTINE)))
+        labels = list(scoring.ANOMALY_LABELS) if card["task"] == "anomaly" else list(card["classes"])
+        per_label: dict[str, int] = {}
+        result = None
+        with run.phase("gate"):
+            if Path(run.path(PREDICTIONS)).exists():
+                predictions = spark.read.schema(PREDICTION_SCHEMA).parquet(run.path(PREDICTIONS))
+                tolerance = cfg.gate.predictions.probability_tolerance
+                stats = suites.prediction_stats(predictions, labels, card["task"], cfg.score.low_confidence, tolerance)
+                per_label = stats.by(0)
+                trained = card.get("class_counts")
+                batches = suites.prediction_batches(
+                    stats, labels, trained, card["task"], cfg.score.low_confidence, cfg.gate.predictions
+                )
+                result = run.validate(batches)
+        seen_bad = len(bad)
+        reasons: dict[str, int] = {}
+        for r in new_bad:
+            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+        rows = sum(per_label.values())
+        skipped = len(files) - rows - seen_bad
+        counts = {
+            "files_seen": len(files),
+            "scored": rows,
+            "already_scored": skipped,
+            "unusable": seen_bad,
+            "quarantined": sum(reasons.values()),
+            "quarantine_by_reason": reasons,
+            "predicted_by_label": per_label,
+        }
+        run.extra["images_per_s"] = round(len(files) / max(run.seconds.get("work", 0.0), 1e-9), 1)
+        inputs = {
             "inbox": ingest.describe(cfg.score.inbox, kind, files),
             "model": {"folder": str(folder), "version": version, "kind": model_kind},
-        },
-        counts=counts,
-        gate=result.for_manifest(),
-        timings={
-            "started_at": started.isoformat(timespec="seconds"),
-            "finished_at": manifest.now(),
-            "duration_s": round(time.perf_counter() - t0, 3),
-            "decode_and_score_s": round(scored_at - t0, 3),
-            "images_per_s": round(len(files) / max(scored_at - t0, 1e-9), 1),
-        },
-        spark=session.spark_metrics(spark),
-    )
-    if not result.success:
-        out.finish(result, doc)  # raises GateFailed, keeps the batch under rejected/
-    # Predictions first: a kill between the two renames loses no quarantine record (the next run,
-    # finding the bad files unrecorded, reports them).
-    published = None
-    if rows:
-        manifest.write(out.staging / PREDICTIONS, doc)
-        published = publish(out.staging / PREDICTIONS, predictions_dir(cfg), run_date, run_id)
-    if reasons:
-        publish(Path(out.path(QUARANTINE)), root / QUARANTINE, run_date, run_id)
-    out.discard()
+        }
+        doc = run.manifest(cfg.section("score", "gate.predictions", "data"), inputs, counts, result)
+        # Predictions first: a kill between the two renames loses no quarantine record (the next
+        # run, finding the bad files unrecorded, reports them).
+        parts = [(PREDICTIONS, predictions_dir(cfg)), (QUARANTINE, root / QUARANTINE)]
+        published, _ = run.finish_append(result, doc, parts, started.strftime("%Y-%m-%d"))
     log.info(
         "%d files seen: %d scored by %s, %d already scored, %d unusable (%d newly quarantined %s) -> %s",
         len(files),
@@ -420,7 +407,7 @@ def _precheck(cfg: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck)
+    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck, preload=runner.GATE)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
+import shutil
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from spark_jobs import store
 from spark_jobs.config import SparkConfig
 
 if TYPE_CHECKING:
@@ -41,9 +45,37 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
         "spark.python.worker.reuse": "true",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.session.timeZone": "UTC",
+        # The event log is where each manifest's task metrics come from (spark.ui is off); it
+        # goes to a folder of the process's own unless spark.eventLog.dir is set (then it stays).
+        "spark.eventLog.enabled": "true",
+        "spark.eventLog.compress": "false",
+        "spark.eventLog.rolling.enabled": "false",
     }
     conf.update(cfg.conf)
     return conf
+
+
+_own_event_dirs: list[str] = []
+
+
+def _own_event_log_dir() -> str:
+    """A folder for this process's event log (removed by :func:`remove_own_event_logs`)."""
+    folder = tempfile.mkdtemp(prefix="spark-events-")
+    if not _own_event_dirs:
+        atexit.register(remove_own_event_logs)
+    _own_event_dirs.append(folder)
+    return Path(folder).as_uri()
+
+
+def remove_own_event_logs() -> None:
+    """Delete the event logs this process made for itself, once Spark has stopped (a running
+    context still writes to its log, up to its last event)."""
+    from pyspark import SparkContext
+
+    if SparkContext._active_spark_context is not None:
+        return
+    while _own_event_dirs:
+        shutil.rmtree(_own_event_dirs.pop(), ignore_errors=True)
 
 
 def launched_by_spark_submit() -> bool:
@@ -56,6 +88,8 @@ def build_session(cfg: SparkConfig) -> SparkSession:
     from pyspark.sql import SparkSession
 
     conf = spark_conf(cfg)
+    if conf["spark.eventLog.enabled"] == "true" and "spark.eventLog.dir" not in conf:
+        conf["spark.eventLog.dir"] = _own_event_log_dir()
     # Python workers must run the venv's interpreter, or they cannot import pandas/pyarrow.
     os.environ["PYSPARK_PYTHON"] = conf["spark.pyspark.python"]
     builder = SparkSession.builder.appName(cfg.app_name)
@@ -80,11 +114,13 @@ def align_working_directory(spark: SparkSession) -> None:
     local.setWorkingDirectory(jvm.org.apache.hadoop.fs.Path(Path.cwd().as_uri()))
 
 
-def spark_metrics(spark: SparkSession) -> dict[str, object]:
-    """What Spark did in this application: version, master, jobs, stages, tasks and failures."""
+def spark_metrics(spark: SparkSession, group: str, events_from: int = 0) -> dict[str, Any]:
+    """What Spark did for the jobs of job group ``group``: version, master, jobs, stages, tasks,
+    failed tasks, and their task metrics summed per Spark stage and in total
+    (:func:`task_metrics`, read from the event log from byte ``events_from`` on)."""
     sc = spark.sparkContext
     tracker = sc.statusTracker()
-    jobs = tracker.getJobIdsForGroup(None)
+    jobs = tracker.getJobIdsForGroup(group)
     stages = tasks = failed_tasks = 0
     for job_id in jobs:
         info = tracker.getJobInfo(job_id)
@@ -103,7 +139,120 @@ def spark_metrics(spark: SparkSession) -> dict[str, object]:
         "stages": stages,
         "tasks": tasks,
         "failed_tasks": failed_tasks,
+        "task_metrics": task_metrics(spark, group, events_from),
     }
+
+
+# The seed's monitoring list, as the event log names them (``Task Metrics`` of each task end):
+# our name -> (path in the event's JSON, scale). CPU times are nanoseconds there, the rest ms/bytes.
+_TASK_METRICS: dict[str, tuple[tuple[str, ...], float]] = {
+    "executor_run_time_ms": (("Executor Run Time",), 1.0),
+    "executor_cpu_time_ms": (("Executor CPU Time",), 1e-6),
+    "jvm_gc_time_ms": (("JVM GC Time",), 1.0),
+    "executor_deserialize_time_ms": (("Executor Deserialize Time",), 1.0),
+    "result_serialization_time_ms": (("Result Serialization Time",), 1.0),
+    "shuffle_read_bytes": (("Shuffle Read Metrics", "Remote Bytes Read"), 1.0),
+    "shuffle_local_read_bytes": (("Shuffle Read Metrics", "Local Bytes Read"), 1.0),
+    "shuffle_write_bytes": (("Shuffle Write Metrics", "Shuffle Bytes Written"), 1.0),
+    "memory_bytes_spilled": (("Memory Bytes Spilled",), 1.0),
+    "disk_bytes_spilled": (("Disk Bytes Spilled",), 1.0),
+    "input_bytes": (("Input Metrics", "Bytes Read"), 1.0),
+    "output_bytes": (("Output Metrics", "Bytes Written"), 1.0),
+}
+PEAK = "peak_execution_memory_bytes"  # a peak: the largest task's, not a sum
+
+
+def event_log_path(spark: SparkSession) -> Path | None:
+    """The event log file this application is writing (None when event logging is off, or
+    rolling or compressed: then there is no one plain file to read)."""
+    conf = spark.sparkContext.getConf()
+    if conf.get("spark.eventLog.enabled", "false").lower() != "true":
+        return None
+    folder = store.local_path(conf.get("spark.eventLog.dir", "/tmp/spark-events"))
+    app = spark.sparkContext.applicationId
+    for name in (f"{app}.inprogress", app):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def event_log_size(spark: SparkSession) -> int:
+    """How far the event log is written now: a run's events all come after it."""
+    path = event_log_path(spark)
+    return path.stat().st_size if path else 0
+
+
+def _drain_listeners(spark: SparkSession) -> None:
+    """Wait until Spark's listeners (the event log among them) have handled every event posted
+    so far: the log is flushed at each job end."""
+    with contextlib.suppress(Exception):
+        spark.sparkContext._jsc.sc().listenerBus().waitUntilEmpty()
+
+
+def task_metrics(spark: SparkSession, group: str, events_from: int = 0) -> dict[str, Any]:
+    """Spark's own task metrics (the event log's ``SparkListenerTaskEnd`` events) of the jobs of
+    ``group``, summed per Spark stage and in total; ``{}`` when there is no event log."""
+    _drain_listeners(spark)
+    path = event_log_path(spark)
+    if path is None:
+        return {}
+    with path.open("rb") as f:
+        f.seek(events_from)
+        if events_from:
+            f.readline()  # the rest of a line flushed before the run started
+        return summarise_events(f, group)
+
+
+def summarise_events(lines: Iterable[bytes], group: str) -> dict[str, Any]:
+    """:func:`task_metrics` from the lines of an event log."""
+    import json
+
+    wanted = (
+        b'{"Event":"SparkListenerJobStart"',
+        b'{"Event":"SparkListenerTaskEnd"',
+        b'{"Event":"SparkListenerStageCompleted"',
+    )
+    ours: set[int] = set()
+    sums: dict[tuple[int, int], dict[str, float]] = {}
+    names: dict[tuple[int, int], str] = {}
+    for line in lines:
+        if not line.startswith(wanted):
+            continue
+        event = json.loads(line)
+        kind = event["Event"]
+        if kind == "SparkListenerJobStart":
+            if (event.get("Properties") or {}).get("spark.jobGroup.id") == group:
+                ours.update(event.get("Stage IDs", ()))
+        elif kind == "SparkListenerStageCompleted":
+            info = event["Stage Info"]
+            names[(info["Stage ID"], info["Stage Attempt ID"])] = info.get("Stage Name", "")
+        elif event["Stage ID"] in ours and event.get("Task Metrics"):
+            key = (event["Stage ID"], event["Stage Attempt ID"])
+            stage = sums.setdefault(key, dict.fromkeys([*_TASK_METRICS, PEAK, "tasks"], 0.0))
+            _add_task(stage, event["Task Metrics"])
+    stages = [
+        {"stage_id": s, "attempt": a, "name": names.get((s, a), ""), **_rounded(m)}
+        for (s, a), m in sorted(sums.items())
+    ]
+    total = dict.fromkeys([*_TASK_METRICS, PEAK, "tasks"], 0)
+    for stage in stages:  # the total of the stages as listed (rounded to whole ms and bytes)
+        for key in total:
+            total[key] = max(total[key], stage[key]) if key == PEAK else total[key] + stage[key]
+    return {"total": total, "stages": stages}
+
+
+def _add_task(stage: dict[str, float], metrics: dict[str, Any]) -> None:
+    for key, (path, scale) in _TASK_METRICS.items():
+        node: Any = metrics
+        for part in path:
+            node = node.get(part, 0) if isinstance(node, dict) else 0
+        stage[key] += float(node or 0) * scale
+    stage[PEAK] = max(stage[PEAK], float(metrics.get("Peak Execution Memory", 0) or 0))
+    stage["tasks"] += 1
+
+
+def _rounded(metrics: dict[str, float]) -> dict[str, int]:
+    return {k: round(v) for k, v in metrics.items()}
 
 
 @contextlib.contextmanager

@@ -1,11 +1,12 @@
 """How big a Spark cluster a target needs, from what a real run measured.
 
-Every stage's manifest (or model card) records how many images it processed, how long its
-data-proportional work took, its whole duration and how many cores it ran on. From them:
+Every stage's manifest (or model card) records how many images it processed, its phase
+``timings`` (``work_s``: the data-proportional work; ``total_s``: the whole run since its process
+started) and how many cores it ran on. From them:
 
 - ``core_s_per_image`` = work seconds x cores / images (the per-core throughput, inverted);
-- ``fixed_s`` = duration - work seconds (JVM and torch start-up, planning, the final write's
-  commit: what does not shrink with more cores);
+- ``fixed_s`` = total - work seconds (JVM and torch start-up, reading inputs, the gate, the
+  publish: what does not shrink with more cores);
 
 and for a target of ``images`` within ``deadline`` seconds, the seed's formula
 ``cores = images x per-image time / (deadline x per-core throughput)`` with the fixed cost taken
@@ -81,20 +82,19 @@ def measures(data_root: Path, models_root: Path) -> list[Measure]:
     path = data_root / "ingest" / "_manifest.json"
     if (doc := _read(path)) and doc["counts"]["files_seen"]:
         t, n = doc["timings"], doc["counts"]["files_seen"]
-        found.append(_measure("ingest", path, n, t["decode_and_write_s"], t["duration_s"], _spark_cores(doc)))
+        found.append(_measure("ingest", path, n, t["work_s"], t["total_s"], _spark_cores(doc)))
     path = data_root / "features" / "_manifest.json"
     if (doc := _read(path)) and doc["counts"]["rows"]:
         t = doc["timings"]
-        work = t["extract_s"] + t["transform_and_write_s"]
-        found.append(_measure("features", path, doc["counts"]["rows"], work, t["duration_s"], _spark_cores(doc)))
+        found.append(_measure("features", path, doc["counts"]["rows"], t["work_s"], t["total_s"], _spark_cores(doc)))
     for name in ("cnn", "autoencoder"):
         path = models_root / name / "card.json"
         if (card := _read(path)) and card.get("training", {}).get("train_rows"):
             fit = card["training"]
             rows = fit["train_rows"] * fit["epochs"]  # an image seen once per epoch
-            found.append(
-                _measure(f"train@{name}", path, rows, fit["fit_s"], card["training_s"], int(fit["world_size"]))
-            )
+            # The ranks' own loop is the per-image work; starting them is part of the fixed cost.
+            total = card["timings"]["total_s"]
+            found.append(_measure(f"train@{name}", path, rows, fit["fit_s"], total, int(fit["world_size"])))
     # Scoring keeps every run: with runs of several sizes, a line through (images, seconds) splits
     # the per-image cost from the per-run cost (model load, torch import on each worker), which a
     # single small run would count as per-image work.
@@ -102,7 +102,7 @@ def measures(data_root: Path, models_root: Path) -> list[Measure]:
     runs = [d for d in runs if d and d["counts"]["scored"] + d["counts"]["unusable"] > 0]
     if runs:
         sizes = [d["counts"]["scored"] + d["counts"]["unusable"] for d in runs]
-        work = [d["timings"]["decode_and_score_s"] for d in runs]
+        work = [d["timings"]["work_s"] for d in runs]
         biggest = max(range(len(runs)), key=sizes.__getitem__)
         cores = _spark_cores(runs[biggest])
         per_image, start = _line(sizes, work)
@@ -116,7 +116,7 @@ def measures(data_root: Path, models_root: Path) -> list[Measure]:
                 data_root / "predictions" / f"({len(runs)} runs, up to {sizes[biggest]} images)",
                 sizes[biggest],
                 per_image * sizes[biggest],
-                runs[biggest]["timings"]["duration_s"] - work[biggest] + start,  # around the work + per run
+                runs[biggest]["timings"]["total_s"] - work[biggest] + start,  # around the work + per run
                 cores,
                 caveat,
             )

@@ -1,13 +1,23 @@
 """Great Expectations suites, one per stage, thresholds from params (DESIGN.md #4).
 
-Row-level rules run on the stage's table itself; rules about the whole dataset (per-class
-counts, split fractions, quarantine ratio, accounting) run on small summary tables derived from
-it, so every rule is a stock GX expectation with its observed value in the Data Docs.
+A gate computes its statistics in one Spark pass over what the stage wrote (one aggregation
+job: how many rows break each row rule, plus the per-class counts) and GX validates that small
+result: every rule is a stock GX expectation on a summary table, with its observed value in the
+Data Docs. The batches of a suite:
+
+- row rules (``images``, ``features``, ``predictions``): one row holding ``rows`` and, per rule,
+  the rows that break it (``null_<column>``, ``repeated_<key>``, ``<column>_not_in_set``, ...),
+  each expected to be 0 (or a share below its threshold);
+- dataset rules (``classes``, ``summary``, ``class_drift``): per-class counts, split fractions,
+  quarantine ratio and accounting, drift of the predicted classes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import pandas as pd
 
 from spark_jobs.config import FeaturesGateConfig, PredictionsGateConfig, RawGateConfig
 from spark_jobs.gate import Batch
@@ -15,34 +25,127 @@ from spark_jobs.images import SPLITS
 from spark_jobs.tables import IMAGE_COLUMNS
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame
+
+ROWS = "rows"
 
 
-def image_profile(images: DataFrame) -> DataFrame:
-    """The image table without its pixels plus ``pixel_bytes``: all the row rules need, small
-    enough to cache while GX runs its queries."""
+@dataclass(frozen=True)
+class Stats:
+    """One Spark pass over a table: rule-breaking row counts over the whole table (``totals``,
+    with ``rows``) and the row count of each group (``groups``: e.g. ``{("cat", "train"): 40}``)."""
+
+    totals: dict[str, int]
+    groups: dict[tuple[Any, ...], int]
+
+    def by(self, position: int) -> dict[Any, int]:
+        """Row counts per value of one grouping column (its position in the grouping)."""
+        out: dict[Any, int] = {}
+        for key, n in self.groups.items():
+            out[key[position]] = out.get(key[position], 0) + n
+        return out
+
+    def nested(self, outer: int, inner: int) -> dict[Any, dict[Any, int]]:
+        """Row counts per value of one grouping column, then of another (e.g. per split, per class)."""
+        out: dict[Any, dict[Any, int]] = {}
+        for key, n in self.groups.items():
+            by = out.setdefault(key[outer], {})
+            by[key[inner]] = by.get(key[inner], 0) + n
+        return out
+
+    def row(self, *names: str) -> pd.DataFrame:
+        """The named totals as a one-row table (what the row rules validate)."""
+        return pd.DataFrame([{n: self.totals[n] for n in names}])
+
+
+def _broken(condition: Column) -> Column:
+    """How many rows ``condition`` holds for (null counts as not broken: null rules catch it)."""
     from pyspark.sql import functions as F
 
-    light = [c for c in IMAGE_COLUMNS if c != "pixels"]
-    return images.select(*light, F.length("pixels").alias("pixel_bytes"))
+    return F.sum(F.when(condition, 1).otherwise(0))
 
 
-def raw_image_expectations(classes: list[str], image_size: int) -> list[Any]:
+def table_stats(
+    frame: DataFrame, groups: list[str], rules: dict[str, Column], keys: dict[str, list[str]] | None = None
+) -> Stats:
+    """One aggregation job over ``frame``: per rule the rows it holds for, per key (a list of
+    columns) the rows repeating an earlier row's key (``repeated_<name>``), and per group of
+    ``groups`` the row count."""
+    from pyspark.sql import functions as F
+
+    aggregates = [F.count(F.lit(1)).alias(ROWS)]
+    aggregates += [_broken(condition).alias(name) for name, condition in rules.items()]
+    for name, columns in (keys or {}).items():  # count_distinct skips keys with a null part
+        keyed = F.count(F.when(_all_present(columns), 1))
+        aggregates.append((keyed - F.count_distinct(*[F.col(c) for c in columns])).alias(f"repeated_{name}"))
+    level = F.grouping_id().alias("_level")
+    result = frame.groupingSets([groups, []], *groups).agg(*aggregates, level).collect()
+    totals: dict[str, int] = {}
+    counts: dict[tuple[Any, ...], int] = {}
+    for r in result:
+        if r["_level"]:
+            totals = {k: int(v or 0) for k, v in r.asDict().items() if k not in (*groups, "_level")}
+        else:
+            counts[tuple(r[g] for g in groups)] = int(r[ROWS])
+    if not totals:  # an empty table: no row at all, not even the grand total
+        totals = {a: 0 for a in [ROWS, *rules, *(f"repeated_{k}" for k in keys or {})]}
+    return Stats(totals, counts)
+
+
+def _all_present(columns: list[str]) -> Column:
+    from pyspark.sql import functions as F
+
+    condition = F.lit(True)
+    for c in columns:
+        condition = condition & F.col(c).isNotNull()
+    return condition
+
+
+def _nulls(columns: list[str] | tuple[str, ...]) -> dict[str, Column]:
+    from pyspark.sql import functions as F
+
+    return {f"null_{c}": F.col(c).isNull() for c in columns}
+
+
+def _zero(names: list[str]) -> list[Any]:
     import great_expectations.expectations as gxe
 
+    return [gxe.ExpectColumnValuesToBeBetween(column=n, min_value=0, max_value=0) for n in names]
+
+
+# ---- raw data (ingest) --------------------------------------------------------------------
+
+_IMAGE_REQUIRED = [*(c for c in IMAGE_COLUMNS if c != "pixels"), "pixel_bytes"]
+
+
+def image_rules(classes: list[str], image_size: int) -> dict[str, Column]:
+    """Row rules of the image table (its ``pixel_bytes`` is the length of its ``pixels``)."""
+    from pyspark.sql import functions as F
+
     pixel_bytes = image_size * image_size * 3
-    required = [c for c in IMAGE_COLUMNS if c != "pixels"] + ["pixel_bytes"]
-    return [
-        gxe.ExpectTableRowCountToBeBetween(min_value=1),
-        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in required),
-        gxe.ExpectColumnValuesToBeUnique(column="image_id"),
-        gxe.ExpectColumnValueLengthsToEqual(column="image_id", value=64),
-        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=classes),
-        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
-        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=image_size, max_value=image_size),
-        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=image_size, max_value=image_size),
-        gxe.ExpectColumnValuesToBeBetween(column="pixel_bytes", min_value=pixel_bytes, max_value=pixel_bytes),
-    ]
+    return {
+        **_nulls(_IMAGE_REQUIRED),
+        "image_id_not_64_chars": F.length("image_id") != 64,
+        "label_not_in_classes": ~F.col("label").isin(classes),
+        "split_not_in_splits": ~F.col("split").isin(list(SPLITS)),
+        "height_not_image_size": F.col("height") != image_size,
+        "width_not_image_size": F.col("width") != image_size,
+        "pixel_bytes_not_hxwx3": F.col("pixel_bytes") != pixel_bytes,
+    }
+
+
+def image_stats(images: DataFrame, classes: list[str], image_size: int) -> Stats:
+    """The raw suite's one pass over the staged image table: row rules, per (label, split) counts."""
+    from pyspark.sql import functions as F
+
+    light = images.select(*(c for c in IMAGE_COLUMNS if c != "pixels"), F.length("pixels").alias("pixel_bytes"))
+    return table_stats(light, ["label", "split"], image_rules(classes, image_size), {"image_id": ["image_id"]})
+
+
+def raw_image_expectations(rules: list[str]) -> list[Any]:
+    import great_expectations.expectations as gxe
+
+    return [gxe.ExpectColumnValuesToBeBetween(column=ROWS, min_value=1), *_zero([*rules, "repeated_image_id"])]
 
 
 def raw_class_expectations(classes: list[str], min_per_class: int) -> list[Any]:
@@ -82,13 +185,17 @@ def value_counts(frame: DataFrame, column: str) -> dict[str | None, int]:
     return {r[column]: r["n"] for r in frame.groupBy(column).agg(F.count("*").alias("n")).collect()}
 
 
-def class_counts(spark: SparkSession, per_class: dict[str | None, int], classes: list[str]) -> DataFrame:
+def _label_order(labels: set[Any]) -> list[Any]:
+    return sorted(labels, key=lambda v: (v is None, v or ""))
+
+
+def class_counts(per_class: dict[str | None, int], classes: list[str]) -> pd.DataFrame:
     """One row per class, discovered or found, with its image count (0 for a class that lost every image)."""
-    labels = sorted(set(classes) | set(per_class), key=lambda v: (v is None, v or ""))
-    return spark.createDataFrame([(c, per_class.get(c, 0)) for c in labels], "label string, images long")
+    labels = _label_order(set(classes) | set(per_class))
+    return pd.DataFrame({"label": labels, "images": [per_class.get(c, 0) for c in labels]})
 
 
-def raw_summary(spark: SparkSession, per_split: dict[str | None, int], files_seen: int, quarantined: int) -> DataFrame:
+def raw_summary(per_split: dict[str | None, int], files_seen: int, quarantined: int) -> pd.DataFrame:
     """One row: accounting of files seen vs rows + quarantine, quarantine ratio, split fractions."""
     rows = sum(per_split.values())
     record = {
@@ -99,106 +206,95 @@ def raw_summary(spark: SparkSession, per_split: dict[str | None, int], files_see
         "quarantine_ratio": quarantined / files_seen if files_seen else 1.0,
         **{f"{s}_fraction": per_split.get(s, 0) / rows if rows else 0.0 for s in SPLITS},
     }
-    return spark.createDataFrame([record])
+    return pd.DataFrame([record])
 
 
 def raw_batches(
-    spark: SparkSession,
-    profile: DataFrame,
+    stats: Stats,
     classes: list[str],
-    per_class: dict[str | None, int],
-    per_split: dict[str | None, int],
     files_seen: int,
     quarantined: int,
     image_size: int,
     fractions: dict[str, float],
     gate: RawGateConfig,
 ) -> list[Batch]:
-    """The raw-data suite as batches for :func:`spark_jobs.gate.validate`: row rules over the
-    :func:`image_profile` of the staged image table, dataset rules over its counts
-    (:func:`value_counts` of ``label`` and ``split``)."""
+    """The raw-data suite as batches for :func:`spark_jobs.gate.validate`, from the
+    :func:`image_stats` of the staged image table."""
+    rules = list(image_rules(classes, image_size))
     return [
-        Batch("images", profile, raw_image_expectations(classes, image_size)),
-        Batch("classes", class_counts(spark, per_class, classes), raw_class_expectations(classes, gate.min_per_class)),
-        Batch(
-            "summary", raw_summary(spark, per_split, files_seen, quarantined), raw_summary_expectations(fractions, gate)
-        ),
+        Batch("images", stats.row(ROWS, *rules, "repeated_image_id"), raw_image_expectations(rules)),
+        Batch("classes", class_counts(stats.by(0), classes), raw_class_expectations(classes, gate.min_per_class)),
+        Batch("summary", raw_summary(stats.by(1), files_seen, quarantined), raw_summary_expectations(fractions, gate)),
     ]
 
 
-def feature_profile(features: DataFrame) -> DataFrame:
-    """The feature table reduced to what the features suite checks: per row the vector's length
-    (``dim``), how many of its values are NaN or infinite (``non_finite``) and ``all_zero``."""
+# ---- features -------------------------------------------------------------------------------
+
+_FEATURE_REQUIRED = ["image_id", "label", "split", "tile_x", "tile_y", "feature_kind", "features"]
+
+
+def feature_rules(classes: list[str], dim: int, kind: str) -> dict[str, Column]:
+    """Row rules of the feature table."""
     from pyspark.sql import functions as F
 
     vector = F.col("features")
     bad = F.filter(vector, lambda x: F.isnan(x) | (F.abs(x) == F.lit(float("inf"))))
-    return features.select(
-        "image_id",
-        "label",
-        "split",
-        "tile_x",
-        "tile_y",
-        "feature_kind",
-        F.size(vector).alias("dim"),
-        F.size(bad).alias("non_finite"),
-        F.forall(vector, lambda x: x == 0).alias("all_zero"),
-    )
+    return {
+        **_nulls(_FEATURE_REQUIRED),
+        "label_not_in_classes": ~F.col("label").isin(classes),
+        "split_not_in_splits": ~F.col("split").isin(list(SPLITS)),
+        "feature_kind_not_expected": F.col("feature_kind") != kind,
+        "dim_not_expected": F.size(vector) != dim,
+        "non_finite_vectors": F.size(bad) > 0,
+        "all_zero_vectors": F.forall(vector, lambda x: x == 0),
+    }
 
 
-def feature_row_expectations(
-    classes: list[str], dim: int, kind: str, expected_rows: int, gate: FeaturesGateConfig
-) -> list[Any]:
+def feature_stats(features: DataFrame, classes: list[str], dim: int, kind: str) -> Stats:
+    """The features suite's one pass: row rules, per (label, split) counts."""
+    keys = {"image_tile": ["image_id", "tile_x", "tile_y"]}
+    return table_stats(features, ["label", "split"], feature_rules(classes, dim, kind), keys)
+
+
+def feature_row_expectations(rules: list[str], expected_rows: int, gate: FeaturesGateConfig) -> list[Any]:
     import great_expectations.expectations as gxe
 
+    strict = [r for r in rules if r != "all_zero_vectors"]
     return [
-        gxe.ExpectTableRowCountToEqual(value=expected_rows),
-        *(
-            gxe.ExpectColumnValuesToNotBeNull(column=c)
-            for c in ("image_id", "label", "split", "tile_x", "tile_y", "feature_kind", "dim", "non_finite")
-        ),
-        gxe.ExpectCompoundColumnsToBeUnique(column_list=["image_id", "tile_x", "tile_y"]),
-        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=classes),
-        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
-        gxe.ExpectColumnValuesToBeInSet(column="feature_kind", value_set=[kind]),
-        gxe.ExpectColumnValuesToBeBetween(column="dim", min_value=dim, max_value=dim),
-        gxe.ExpectColumnValuesToBeBetween(column="non_finite", min_value=0, max_value=0),
-        gxe.ExpectColumnValuesToBeInSet(
-            column="all_zero", value_set=[False], mostly=round(1.0 - gate.max_zero_fraction, 6)
-        ),
+        gxe.ExpectColumnValuesToBeBetween(column=ROWS, min_value=expected_rows, max_value=expected_rows),
+        *_zero([*strict, "repeated_image_tile"]),
+        gxe.ExpectColumnValuesToBeBetween(column="all_zero_share", min_value=0.0, max_value=gate.max_zero_fraction),
     ]
 
 
-def feature_class_counts(
-    spark: SparkSession, rows_by_class: dict[str | None, int], expected_by_class: dict[str, int]
-) -> DataFrame:
+def feature_class_counts(rows_by_class: dict[str | None, int], expected_by_class: dict[str, int]) -> pd.DataFrame:
     """One row per class: feature rows found and expected (ingested images, times tiles)."""
-    labels = sorted(set(rows_by_class) | set(expected_by_class), key=lambda v: (v is None, v or ""))
-    return spark.createDataFrame(
-        [(c, rows_by_class.get(c, 0), expected_by_class.get(c, 0)) for c in labels],
-        "label string, rows long, expected_rows long",
+    labels = _label_order(set(rows_by_class) | set(expected_by_class))
+    return pd.DataFrame(
+        {
+            "label": labels,
+            "rows": [rows_by_class.get(c, 0) for c in labels],
+            "expected_rows": [expected_by_class.get(c, 0) for c in labels],
+        }
     )
 
 
 def feature_batches(
-    spark: SparkSession,
-    profile: DataFrame,
-    rows_by_class: dict[str | None, int],
-    expected_by_class: dict[str, int],
-    dim: int,
-    kind: str,
-    gate: FeaturesGateConfig,
+    stats: Stats, expected_by_class: dict[str, int], dim: int, kind: str, gate: FeaturesGateConfig
 ) -> list[Batch]:
-    """The features suite: row rules over :func:`feature_profile`, and per-class counts found vs
+    """The features suite: row rules from :func:`feature_stats`, and per-class counts found vs
     expected (the ingested count per class, times the tiles of each image when tiling)."""
     import great_expectations.expectations as gxe
 
     classes = sorted(expected_by_class)
+    rules = list(feature_rules(classes, dim, kind))
+    row = stats.row(ROWS, *rules, "repeated_image_tile")
+    row["all_zero_share"] = row["all_zero_vectors"] / row[ROWS] if stats.totals[ROWS] else 0.0
     return [
-        Batch("features", profile, feature_row_expectations(classes, dim, kind, sum(expected_by_class.values()), gate)),
+        Batch("features", row, feature_row_expectations(rules, sum(expected_by_class.values()), gate)),
         Batch(
             "classes",
-            feature_class_counts(spark, rows_by_class, expected_by_class),
+            feature_class_counts(stats.by(0), expected_by_class),
             [
                 gxe.ExpectColumnDistinctValuesToEqualSet(column="label", value_set=classes),
                 gxe.ExpectColumnPairValuesToBeEqual(column_A="rows", column_B="expected_rows"),
@@ -207,79 +303,85 @@ def feature_batches(
     ]
 
 
-def prediction_profile(predictions: DataFrame, low_confidence: float) -> DataFrame:
-    """The staged predictions plus what the row rules read: the sum of the top-k probabilities
-    and whether the prediction is low-confidence (1/0; null for anomaly models)."""
+# ---- predictions (score) --------------------------------------------------------------------
+
+_PREDICTION_REQUIRED = ["image_id", "source_uri", "predicted_label", "model_version", "job_version", "scored_at"]
+
+
+def prediction_rules(labels: list[str], task: str, low_confidence: float, tolerance: float) -> dict[str, Column]:
+    """Row rules of a batch of predictions (classifier or anomaly columns)."""
     from pyspark.sql import functions as F
 
+    rules = {**_nulls(_PREDICTION_REQUIRED), "predicted_label_not_in_set": ~F.col("predicted_label").isin(labels)}
+    if task == "anomaly":
+        return {**rules, **_nulls(["anomaly_score"])}
     top_sum = F.aggregate(F.col("top_k"), F.lit(0.0).cast("double"), lambda acc, x: acc + x["probability"])
-    return predictions.withColumns(
-        {
-            "top_k_sum": top_sum,
-            "top_k_size": F.size("top_k"),
-            "low_confidence": (F.col("probability") < F.lit(low_confidence)).cast("int"),
-        }
-    ).drop("top_k")
+    probability = F.col("probability")
+    return {
+        **rules,
+        **_nulls(["probability"]),
+        "probability_out_of_range": (probability < 0.0) | (probability > 1.0),
+        "top_k_sum_out_of_range": (top_sum < 0.0) | (top_sum > 1.0 + tolerance),
+        "top_k_empty": F.size("top_k") < 1,
+        "low_confidence": probability < F.lit(low_confidence),
+    }
 
 
-def prediction_expectations(labels: list[str], task: str, gate: PredictionsGateConfig) -> list[Any]:
+def prediction_stats(
+    predictions: DataFrame, labels: list[str], task: str, low_confidence: float, tolerance: float
+) -> Stats:
+    """The predictions suite's one pass: row rules, per predicted label counts."""
+    rules = prediction_rules(labels, task, low_confidence, tolerance)
+    return table_stats(predictions, ["predicted_label"], rules, {"prediction": ["image_id", "model_version"]})
+
+
+def prediction_expectations(rules: list[str], gate: PredictionsGateConfig) -> list[Any]:
     import great_expectations.expectations as gxe
 
-    checks: list[Any] = [
-        *(
-            gxe.ExpectColumnValuesToNotBeNull(column=c)
-            for c in ("image_id", "source_uri", "predicted_label", "model_version", "job_version", "scored_at")
-        ),
-        gxe.ExpectCompoundColumnsToBeUnique(column_list=["image_id", "model_version"]),
-        gxe.ExpectColumnValuesToBeInSet(column="predicted_label", value_set=labels),
-    ]
-    if task == "anomaly":
-        return [*checks, gxe.ExpectColumnValuesToNotBeNull(column="anomaly_score")]
-    return [
-        *checks,
-        gxe.ExpectColumnValuesToNotBeNull(column="probability"),
-        gxe.ExpectColumnValuesToBeBetween(column="probability", min_value=0.0, max_value=1.0),
-        gxe.ExpectColumnValuesToBeBetween(
-            column="top_k_sum", min_value=0.0, max_value=1.0 + gate.probability_tolerance
-        ),
-        gxe.ExpectColumnValuesToBeBetween(column="top_k_size", min_value=1),
-        gxe.ExpectColumnMeanToBeBetween(column="low_confidence", min_value=0.0, max_value=gate.max_low_confidence),
-    ]
+    checks = _zero([*(r for r in rules if r != "low_confidence"), "repeated_prediction"])
+    if "low_confidence" in rules:
+        share = gxe.ExpectColumnValuesToBeBetween(
+            column="low_confidence_share", min_value=0.0, max_value=gate.max_low_confidence
+        )
+        checks.append(share)
+    return checks
 
 
-def class_drift(
-    spark: SparkSession, per_label: dict[str | None, int], trained: dict[str, int], labels: list[str]
-) -> DataFrame:
+def class_drift(per_label: dict[str | None, int], trained: dict[str, int], labels: list[str]) -> pd.DataFrame:
     """One row per class: its share of the batch's predictions, of the training data, and the gap."""
     rows, total = sum(per_label.values()), sum(trained.values())
-    records = [
-        (
-            c,
-            per_label.get(c, 0) / rows,
-            trained.get(c, 0) / total,
-            abs(per_label.get(c, 0) / rows - trained.get(c, 0) / total),
-        )
-        for c in labels
-    ]
-    return spark.createDataFrame(records, "label string, batch_share double, train_share double, gap double")
+    batch = [per_label.get(c, 0) / rows for c in labels]
+    train = [trained.get(c, 0) / total for c in labels]
+    return pd.DataFrame(
+        {
+            "label": labels,
+            "batch_share": batch,
+            "train_share": train,
+            "gap": [abs(b - t) for b, t in zip(batch, train, strict=True)],
+        }
+    )
 
 
 def prediction_batches(
-    spark: SparkSession,
-    profile: DataFrame,
+    stats: Stats,
     labels: list[str],
-    per_label: dict[str | None, int],
     trained: dict[str, int] | None,
     task: str,
+    low_confidence: float,
     gate: PredictionsGateConfig,
 ) -> list[Batch]:
-    """The predictions suite: row rules over :func:`prediction_profile`, and the drift alarm over
+    """The predictions suite: row rules from :func:`prediction_stats`, and the drift alarm over
     the per-class shares when ``gate.max_class_drift`` is set and the batch is big enough."""
     import great_expectations.expectations as gxe
 
-    batches = [Batch("predictions", profile, prediction_expectations(labels, task, gate))]
+    rules = list(prediction_rules(labels, task, low_confidence, gate.probability_tolerance))
+    row = stats.row(ROWS, *rules, "repeated_prediction")
+    if "low_confidence" in rules:
+        row["low_confidence_share"] = row["low_confidence"] / row[ROWS] if stats.totals[ROWS] else 0.0
+    batches = [Batch("predictions", row, prediction_expectations(rules, gate))]
+    per_label = stats.by(0)
     rows = sum(per_label.values())
     if gate.max_class_drift is not None and task == "classifier" and trained and rows >= gate.min_rows_for_drift:
         drift = [gxe.ExpectColumnValuesToBeBetween(column="gap", min_value=0.0, max_value=gate.max_class_drift)]
-        batches.append(Batch("class_drift", class_drift(spark, per_label, trained, labels), drift))
+        batches.append(Batch("class_drift", class_drift(per_label, trained, labels), drift))
     return batches

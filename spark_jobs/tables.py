@@ -36,13 +36,14 @@ QUARANTINE_COLUMNS = ("source_uri", "reason", "detail", "image_id", "label", "si
 
 
 def read_images(spark: SparkSession, folder: Path) -> DataFrame:
-    """The image table of an ingest output folder, with its documented columns."""
-    return spark.read.parquet(str(folder / "images.parquet")).select(*IMAGE_COLUMNS)
+    """The image table of an ingest output folder, with its documented columns (the schema is
+    known: no Spark job to infer it)."""
+    return spark.read.schema(DECODED_SCHEMA).parquet(str(folder / "images.parquet")).select(*IMAGE_COLUMNS)
 
 
 def read_quarantine(spark: SparkSession, folder: Path) -> DataFrame:
     """The quarantine table of an ingest output folder, with its documented columns."""
-    return spark.read.parquet(str(folder / "quarantine.parquet")).select(*QUARANTINE_COLUMNS)
+    return spark.read.schema(DECODED_SCHEMA).parquet(str(folder / "quarantine.parquet")).select(*QUARANTINE_COLUMNS)
 
 
 # features/features.parquet: one row per image (or per tile of an image, when tiling): the feature
@@ -57,7 +58,28 @@ FEATURE_COLUMNS = tuple(f.split()[0] for f in FEATURE_SCHEMA.split(", "))
 
 def read_features(spark: SparkSession, folder: Path) -> DataFrame:
     """The feature table of a features output folder, with its documented columns."""
-    return spark.read.parquet(str(folder / "features.parquet")).select(*FEATURE_COLUMNS)
+    return spark.read.schema(FEATURE_SCHEMA).parquet(str(folder / "features.parquet")).select(*FEATURE_COLUMNS)
+
+
+def split_class_counts(folder: Path) -> dict[str, dict[str, int]]:
+    """Rows per split and class of a published ingest or features table, as its gate counted
+    them (``counts.rows_by_split_class`` of its manifest): no Spark job to count them again."""
+    from spark_jobs.manifest import read
+    from spark_jobs.store import SourceError
+
+    counts = read(folder)["counts"]
+    if "rows_by_split_class" not in counts:
+        raise SourceError(f"{folder} was published by an older version of this stage: run it again")
+    return counts["rows_by_split_class"]
+
+
+def class_totals(by_split: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Rows per class over every split, from :func:`split_class_counts`."""
+    out: dict[str, int] = {}
+    for by_class in by_split.values():
+        for label, n in by_class.items():
+            out[label] = out.get(label, 0) + n
+    return out
 
 
 def published(root: str | Path, stage: str) -> Path:

@@ -27,18 +27,17 @@ import json
 import logging
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from spark_jobs import manifest, suites, training
+from spark_jobs import manifest, runner, training
 from spark_jobs.config import Config, ConfigError, IngestConfig, params_hash
 from spark_jobs.features import EXTRACTOR, TRANSFORM, ingested_with
 from spark_jobs.jobs import run_stage
 from spark_jobs.store import SourceError
-from spark_jobs.tables import published, read_features, read_images
+from spark_jobs.tables import published, read_features, split_class_counts
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -127,21 +126,21 @@ def mllib_classifier(folder: Path) -> Any:
     return loader.load(str(folder / CLASSIFIER))
 
 
-def _train_counts(table: DataFrame) -> dict[str, int]:
-    from pyspark.sql import functions as F
+def train_input(cfg: Config, kind: str) -> tuple[Path, dict[str, int]]:
+    """``(the published table the model trains on, its train rows per class)``: the features
+    table for ``mllib``, the ingested images otherwise; counts from the table's manifest."""
+    folder = published(cfg.data.root, "features" if kind == "mllib" else "ingest")
+    counts = split_class_counts(folder).get("train") or {}
+    if not counts:
+        raise SourceError(f"no train rows in {folder}: check ingest.split")
+    return folder, counts
 
-    return suites.value_counts(table.where(F.col("split") == "train"), "label")
 
-
-def train_mllib(cfg: Config, spark: SparkSession, folder: Path) -> dict[str, Any]:
+def train_mllib(cfg: Config, spark: SparkSession, folder: Path, features_dir: Path, counts: dict[str, int]) -> dict:
     """Fit the MLlib classifier on the features table; write it (and the features transform) into ``folder``."""
     from pyspark.sql import functions as F
 
-    features_dir = published(cfg.data.root, "features")
     table = read_features(spark, features_dir)
-    counts = _train_counts(table)
-    if not counts:
-        raise SourceError(f"no train rows in {features_dir}: check ingest.split")
     classes = sorted(counts)
     weights = training.class_weights(counts, classes, cfg.train.class_weighting, cfg.train.skew_ratio)
     train = mllib_input(table.where(F.col("split") == "train"), classes, weights)
@@ -202,14 +201,12 @@ def checkpoint_dir(cfg: Config, spec: dict[str, Any]) -> Path:
     return Path(cfg.data.root).absolute() / ".checkpoints" / f"{spec['kind']}-{params_hash(spec)[:16]}"
 
 
-def train_torch(cfg: Config, spark: SparkSession, folder: Path, kind: str) -> dict[str, Any]:
+def train_torch(
+    cfg: Config, spark: SparkSession, folder: Path, kind: str, ingest_dir: Path, counts: dict[str, int]
+) -> dict[str, Any]:
     """Train ``cnn`` or ``autoencoder`` with TorchDistributor; rank 0 writes ``folder/model.pt``."""
     from pyspark.ml.torch.distributor import TorchDistributor
 
-    ingest_dir = published(cfg.data.root, "ingest")
-    counts = _train_counts(read_images(spark, ingest_dir))
-    if not counts:
-        raise SourceError(f"no train images in {ingest_dir}: check ingest.split")
     classes = sorted(counts)
     holdout = cfg.train.autoencoder.holdout_class
     if kind == "autoencoder" and holdout is not None and holdout not in counts:
@@ -277,45 +274,42 @@ def used_params(cfg: Config, kind: str) -> dict[str, Any]:
 
 def run(cfg: Config, spark: SparkSession) -> Path:
     """Train ``train.model`` into ``<train.output>/<model>/``; returns the folder."""
-    started, t0 = manifest.now(), time.perf_counter()
     kind = cfg.train.model
-    ingest_cfg, ingest_sha = ingest_of(cfg, kind)
-    out = model_dir(cfg, kind)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        details = train_mllib(cfg, spark, tmp) if kind == "mllib" else train_torch(cfg, spark, tmp, kind)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    params = used_params(cfg, kind)
-    data = {"ingest_manifest_sha256": ingest_sha, **details.pop("data", {})}
-    stamp = started.replace(":", "").replace("-", "").replace("+0000", "Z")
-    card = {
-        "kind": kind,
-        "task": TASKS[kind],
-        "version": f"{kind}-{stamp}-{params_hash(data | params)[:8]}",
-        "classes": details.pop("classes"),
-        "image_size": ingest_cfg.image_size,
-        "input": "float RGB NCHW in [0, 1]" if kind != "mllib" else "features table rows (features.parquet)",
-        "ingest_settings": ingest_cfg.model_dump(mode="json"),
-        **details,
-        "params": params,
-        "data": data,
-        "job_version": manifest.job_version(),
-        "started_at": started,
-        "training_s": round(time.perf_counter() - t0, 3),
-    }
-    (tmp / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with runner.StageRun(STAGE, cfg.data.root, spark, model_dir(cfg, kind)) as run:
+        with run.phase("read"):
+            ingest_cfg, ingest_sha = ingest_of(cfg, kind)
+            source, counts = train_input(cfg, kind)
+        with run.phase("work"):
+            if kind == "mllib":
+                details = train_mllib(cfg, spark, run.staging, source, counts)
+            else:
+                details = train_torch(cfg, spark, run.staging, kind, source, counts)
+        params = used_params(cfg, kind)
+        data = {"ingest_manifest_sha256": ingest_sha, **details.pop("data", {})}
+        started = run.timings()["started_at"]
+        stamp = started.replace(":", "").replace("-", "").replace("+0000", "Z")
+        card = {
+            "kind": kind,
+            "task": TASKS[kind],
+            "version": f"{kind}-{stamp}-{params_hash(data | params)[:8]}",
+            "classes": details.pop("classes"),
+            "image_size": ingest_cfg.image_size,
+            "input": "float RGB NCHW in [0, 1]" if kind != "mllib" else "features table rows (features.parquet)",
+            "ingest_settings": ingest_cfg.model_dump(mode="json"),
+            **details,
+            "params": params,
+            "data": data,
+            "job_version": manifest.job_version(),
+            "run_id": run.run_id,
+            "spark": run.spark_metrics(),
+        }
+        out = run.finish(None, card, name=CARD)
     history = card.get("training", {})
     log.info(
         "trained %s %s in %.1f s (val %s, best epoch %s) -> %s",
         kind,
         card["version"],
-        card["training_s"],
+        card["timings"]["work_s"],
         card.get("val_accuracy", history.get("best_val")),
         history.get("best_epoch"),
         out,

@@ -110,10 +110,16 @@ def test_pca_is_fitted_on_the_train_split_only(spark) -> None:
     assert not np.allclose(train_mean, base_mean)  # the same row in train does move the fit
 
 
-def test_no_train_split_is_a_clear_error(spark) -> None:
-    raw = spark.createDataFrame([("a", "test", [1.0, 2.0])], "image_id string, split string, raw array<float>")
+def test_no_train_split_is_a_clear_error(spark, ingested: Path, tmp_path: Path) -> None:
+    # An ingest table without a train split (as its manifest counts it): nothing to fit PCA on.
+    folder = tmp_path / "data" / "ingest"
+    folder.mkdir(parents=True)
+    (folder / "images.parquet").symlink_to(ingested / "images.parquet", target_is_directory=True)
+    doc = manifest.read(ingested)
+    doc["counts"]["rows_by_split_class"].pop("train")
+    manifest.write(folder, doc)
     with pytest.raises(SourceError, match="no train rows to fit the scaler and PCA"):
-        features.fit_transform(raw, 1)
+        features.run(make_config(tmp_path), spark)
 
 
 def test_cnn_embeddings_end_to_end(spark, ingested: Path, tmp_path: Path) -> None:
@@ -144,7 +150,7 @@ def test_nan_features_stop_the_gate(spark, ingested: Path, tmp_path: Path) -> No
     assert not (root / "features").exists()  # nothing published
     assert failed.value.rejected.exists()
     summary = (root / "gates" / "features" / "summary.txt").read_text()
-    assert "FAILED features: expect_column_values_to_be_between {'column': 'non_finite'" in summary
+    assert "FAILED features: expect_column_values_to_be_between {'column': 'non_finite_vectors'" in summary
     assert (root / "gates" / "features" / "docs" / "index.html").exists()
 
 

@@ -168,7 +168,23 @@ def test_manifest_accounts_for_every_file(source_tree, published: Path) -> None:
     assert doc["params"]["ingest"]["image_size"] == 16
     assert len(doc["params_hash"]) == 64
     assert doc["spark"]["tasks"] > 0
-    assert doc["timings"]["duration_s"] > 0
+    timings = doc["timings"]
+    phases = [timings[f"{p}_s"] for p in ("read", "work", "gate", "publish")]
+    assert all(t >= 0 for t in phases)
+    assert timings["work_s"] > 0
+    assert timings["gate_s"] > 0
+    assert timings["total_s"] >= sum(phases)
+    assert timings["startup_s"] is None  # run in a process that had its session already
+    # Spark's own task metrics of this run's jobs (from the event log), per stage and in total.
+    metrics = doc["spark"]["task_metrics"]
+    assert metrics["total"]["tasks"] == sum(s["tasks"] for s in metrics["stages"]) > 0
+    for key in ("executor_run_time_ms", "executor_cpu_time_ms", "executor_deserialize_time_ms", "output_bytes"):
+        assert metrics["total"][key] > 0, key
+        assert metrics["total"][key] == sum(s[key] for s in metrics["stages"]), key
+    assert metrics["total"]["shuffle_write_bytes"] > 0  # the duplicate check and the gate's pass shuffle
+    assert metrics["total"]["peak_execution_memory_bytes"] == max(
+        s["peak_execution_memory_bytes"] for s in metrics["stages"]
+    )
     assert json.loads((published / "_validation.json").read_text())  # the GX result travels with the data
     assert not any((published.parent / ".staging").iterdir())
 
@@ -272,3 +288,7 @@ def test_spark_submit_runs_the_job_and_its_master_wins(tmp_path: Path) -> None:
     doc = manifest.read(tmp_path / "out" / "ingest")
     assert doc["spark"]["master"] == "local[1]"
     assert doc["counts"]["rows"] == 50
+    timings = doc["timings"]  # from the start of the JVM spark-submit launched, to the final rename
+    assert 0 < timings["startup_s"] < timings["total_s"]
+    assert timings["total_s"] >= timings["startup_s"] + timings["work_s"] + timings["gate_s"]
+    assert doc["spark"]["task_metrics"]["total"]["executor_run_time_ms"] > 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spark_jobs import features, gate, images, score, scoring, train
+from spark_jobs import features, gate, images, runner, score, scoring, train
 from spark_jobs.config import Config, ConfigError
 from tests.conftest import INGESTED_CLASSES
 from tests.factories import SMALL_MODELS, class_image, link_ingest, with_overrides, write_inbox
@@ -112,18 +112,20 @@ def test_cnn_scores_each_new_image_exactly_once(spark, trained: Config, tmp_path
 def test_a_run_killed_before_publishing_leaves_nothing_visible(spark, trained, tmp_path, monkeypatch) -> None:
     truth = write_inbox(tmp_path / "inbox", 300, 3)
     cfg = _config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0")
-    real_publish = score.publish
+    real_publish = runner.StageRun.finish_append
 
     def killed(*args: object) -> Path:
         raise KeyboardInterrupt("killed while publishing")
 
-    monkeypatch.setattr(score, "publish", killed)
+    monkeypatch.setattr(runner.StageRun, "finish_append", killed)
     with pytest.raises(KeyboardInterrupt):
         score.run(cfg, spark)
-    assert _rows(spark, cfg) == []  # the written batch is staged, not visible
-    assert list((Path(cfg.data.root) / ".staging").glob("score-*"))
+    assert _rows(spark, cfg) == []  # the written batch was staged, never visible
+    # A SIGKILL leaves its staging folder behind (an interrupt is cleaned up): the next run removes it.
+    stale = Path(cfg.data.root) / ".staging" / "score-20260101T000000Z-deadbeef"
+    (stale / "predictions").mkdir(parents=True)
 
-    monkeypatch.setattr(score, "publish", real_publish)
+    monkeypatch.setattr(runner.StageRun, "finish_append", real_publish)
     score.run(cfg, spark)
     rows = _rows(spark, cfg)
     assert len(rows) == len(truth)

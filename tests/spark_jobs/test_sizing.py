@@ -19,14 +19,14 @@ def _write(path: Path, doc: dict) -> None:
 
 
 def _run(root: Path, stage: str, images: int, work: float, duration: float, cores: int = 2) -> None:
-    timings = {"duration_s": duration}
+    timings = {"total_s": duration, "work_s": work}
     spark = {"spark": {"default_parallelism": cores}}
     if stage == "ingest":
-        doc = {"counts": {"files_seen": images}, "timings": {**timings, "decode_and_write_s": work}, **spark}
+        doc = {"counts": {"files_seen": images}, "timings": timings, **spark}
         _write(root / "data" / "ingest" / "_manifest.json", doc)
     else:
         counts = {"scored": images, "unusable": 0}
-        doc = {"counts": counts, "timings": {**timings, "decode_and_score_s": work}, **spark}
+        doc = {"counts": counts, "timings": timings, **spark}
         _write(root / "data" / "predictions" / "run_date=d" / f"run_id={images}" / "_manifest.json", doc)
 
 

@@ -1,4 +1,5 @@
-"""The raw-data gate: a good table passes, and each broken expectation stops it."""
+"""The gates' suites: statistics of a table in one Spark pass, validated by GX; a good table
+passes, and each broken expectation stops it."""
 
 from __future__ import annotations
 
@@ -49,13 +50,10 @@ SCHEMA = (
 
 
 def _validate(spark, tmp_path: Path, rows: list[dict], files_seen: int | None = None, quarantined: int = 0):
-    frame = suites.image_profile(spark.createDataFrame(rows, SCHEMA))
+    stats = suites.image_stats(spark.createDataFrame(rows, SCHEMA), CLASSES, SIZE)
     seen = len(rows) + quarantined if files_seen is None else files_seen
     config = RawGateConfig(min_per_class=20, max_quarantine_ratio=0.1, split_tolerance=0.15)
-    per_class, per_split = suites.value_counts(frame, "label"), suites.value_counts(frame, "split")
-    batches = suites.raw_batches(
-        spark, frame, CLASSES, per_class, per_split, seen, quarantined, SIZE, FRACTIONS, config
-    )
+    batches = suites.raw_batches(stats, CLASSES, seen, quarantined, SIZE, FRACTIONS, config)
     return gate.validate("ingest", batches, tmp_path / "report")
 
 
@@ -124,14 +122,14 @@ def _skewed_split(rows: list[dict]) -> list[dict]:
 @pytest.mark.parametrize(
     ("breaker", "expected"),
     [
-        (_null_label, ("images", "expect_column_values_to_not_be_null", "label")),
-        (_duplicate_id, ("images", "expect_column_values_to_be_unique", "image_id")),
-        (_unknown_label, ("images", "expect_column_values_to_be_in_set", "label")),
-        (_bad_split, ("images", "expect_column_values_to_be_in_set", "split")),
-        (_wrong_size, ("images", "expect_column_values_to_be_between", "height")),
-        (_short_id, ("images", "expect_column_value_lengths_to_equal", "image_id")),
-        (_short_pixels, ("images", "expect_column_values_to_be_between", "pixel_bytes")),
-        (_no_pixels, ("images", "expect_column_values_to_not_be_null", "pixel_bytes")),
+        (_null_label, ("images", "expect_column_values_to_be_between", "null_label")),
+        (_duplicate_id, ("images", "expect_column_values_to_be_between", "repeated_image_id")),
+        (_unknown_label, ("images", "expect_column_values_to_be_between", "label_not_in_classes")),
+        (_bad_split, ("images", "expect_column_values_to_be_between", "split_not_in_splits")),
+        (_wrong_size, ("images", "expect_column_values_to_be_between", "height_not_image_size")),
+        (_short_id, ("images", "expect_column_values_to_be_between", "image_id_not_64_chars")),
+        (_short_pixels, ("images", "expect_column_values_to_be_between", "pixel_bytes_not_hxwx3")),
+        (_no_pixels, ("images", "expect_column_values_to_be_between", "null_pixel_bytes")),
         (_small_class, ("classes", "expect_column_values_to_be_between", "images")),
         (_skewed_split, ("summary", "expect_column_values_to_be_between", "train_fraction")),
     ],
@@ -185,11 +183,9 @@ def _feature_rows(per_class: int = 50) -> list[dict]:
 
 
 def _validate_features(spark, tmp_path: Path, rows: list[dict], expected: dict[str, int] | None = None):
-    profile = suites.feature_profile(spark.createDataFrame(rows, FEATURE_SCHEMA_SMALL))
     expected = expected or dict.fromkeys(CLASSES, 50)
-    batches = suites.feature_batches(
-        spark, profile, suites.value_counts(profile, "label"), expected, DIM, "classical", FeaturesGateConfig()
-    )
+    stats = suites.feature_stats(spark.createDataFrame(rows, FEATURE_SCHEMA_SMALL), CLASSES, DIM, "classical")
+    batches = suites.feature_batches(stats, expected, DIM, "classical", FeaturesGateConfig())
     return gate.validate("features", batches, tmp_path / "report")
 
 
@@ -235,15 +231,15 @@ def _other_kind(rows: list[dict]) -> list[dict]:
 @pytest.mark.parametrize(
     ("breaker", "expected"),
     [
-        (_nan, ("features", "expect_column_values_to_be_between", "non_finite")),
-        (_inf, ("features", "expect_column_values_to_be_between", "non_finite")),
-        (_short_vector, ("features", "expect_column_values_to_be_between", "dim")),
-        (_zeros, ("features", "expect_column_values_to_be_in_set", "all_zero")),
-        (_lost_row, ("features", "expect_table_row_count_to_equal", "")),
+        (_nan, ("features", "expect_column_values_to_be_between", "non_finite_vectors")),
+        (_inf, ("features", "expect_column_values_to_be_between", "non_finite_vectors")),
+        (_short_vector, ("features", "expect_column_values_to_be_between", "dim_not_expected")),
+        (_zeros, ("features", "expect_column_values_to_be_between", "all_zero_share")),
+        (_lost_row, ("features", "expect_column_values_to_be_between", "rows")),
         (_lost_row, ("classes", "expect_column_pair_values_to_be_equal", "")),
-        (_duplicate_tile, ("features", "expect_compound_columns_to_be_unique", "")),
+        (_duplicate_tile, ("features", "expect_column_values_to_be_between", "repeated_image_tile")),
         (_duplicate_tile, ("classes", "expect_column_pair_values_to_be_equal", "")),
-        (_other_kind, ("features", "expect_column_values_to_be_in_set", "feature_kind")),
+        (_other_kind, ("features", "expect_column_values_to_be_between", "feature_kind_not_expected")),
     ],
 )
 def test_each_broken_feature_rule_stops_the_gate(spark, tmp_path: Path, breaker, expected) -> None:

@@ -61,7 +61,9 @@ def test_mllib_model_is_saved_with_its_transform_and_card(spark, mllib_workspace
     assert card["data"]["features_manifest_sha256"]
     assert card["data"]["ingest_manifest_sha256"]
     assert card["job_version"]
-    assert card["training_s"] > 0
+    assert card["timings"]["work_s"] > 0
+    assert card["timings"]["total_s"] >= card["timings"]["read_s"] + card["timings"]["work_s"]
+    assert card["spark"]["task_metrics"]["total"]["executor_run_time_ms"] > 0  # the fit's Spark jobs
     assert card["version"].startswith("mllib-")
     # MLlib's own format, and the features stage's transform it needs to score new images
     assert (folder / "classifier" / "metadata").is_dir()
