@@ -1,6 +1,7 @@
 # The project image: Airflow 3 (api-server, scheduler, dag-processor, triggerer) and the Spark
 # master and workers all run it, so the driver, the executors' Python workers and the DAGs use
-# the same locked environment (requirements.lock) and Java 17.
+# the same locked environment (requirements-deploy.lock: the project's pins plus the deployment's
+# Postgres provider, without the test tools) and Java 17.
 FROM python:3.11-slim-bookworm
 
 RUN apt-get update \
@@ -19,9 +20,9 @@ ENV PATH="$VIRTUAL_ENV/bin:$PATH" \
 WORKDIR $PROJECT
 # Dependencies first (a layer that changes only with the lock). The lock pins the CPU build of
 # torch (+cpu), which lives on PyTorch's own index.
-COPY requirements.lock constraints.txt ./
+COPY requirements-deploy.lock constraints.txt ./
 RUN python -m venv "$VIRTUAL_ENV" \
- && pip install --no-deps --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.lock
+ && pip install --no-deps --extra-index-url https://download.pytorch.org/whl/cpu -r requirements-deploy.lock
 COPY pyproject.toml README.md ./
 COPY spark_jobs ./spark_jobs
 RUN pip install --no-deps --no-build-isolation -e .

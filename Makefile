@@ -44,9 +44,10 @@ bench: venv ## Ingest, features and scoring throughput benchmarks (writes bench/
 	$(BIN)/python bench/features_throughput.py
 	$(BIN)/python bench/score_throughput.py
 
-lock: ## Re-resolve requirements.lock from pyproject.toml (slow: ~10 min)
+lock: ## Re-resolve requirements.lock (.venv: the project + dev) and requirements-deploy.lock (the image: the project + deploy) from pyproject.toml (slow: ~10 min)
 	$(PYTHON) -m venv .lockenv && .lockenv/bin/pip install --quiet pip-tools
-	.lockenv/bin/pip-compile --extra dev --extra deploy --strip-extras --allow-unsafe --no-emit-index-url -c constraints.txt -o requirements.lock pyproject.toml
+	.lockenv/bin/pip-compile --extra dev --strip-extras --allow-unsafe --no-emit-index-url -c constraints.txt -o requirements.lock pyproject.toml
+	.lockenv/bin/pip-compile --extra deploy --strip-extras --allow-unsafe --no-emit-index-url -c constraints.txt -c requirements.lock -o requirements-deploy.lock pyproject.toml
 
 clean: ## Remove the venv and pipeline outputs
 	rm -rf $(VENV) .lockenv data .pytest_cache .airflow dist

@@ -87,3 +87,28 @@ def ingested(spark, tmp_path_factory: pytest.TempPathFactory):
     write_class_tree(root / "src", INGESTED_CLASSES, INGESTED_PER_CLASS)
     cfg = make_config(root, f"ingest.source={root / 'src'}", "gate.raw.min_per_class=5", "gate.raw.split_tolerance=0.2")
     return ingest.run(cfg, spark)
+
+
+@pytest.fixture(scope="session")
+def airflow_db(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of an Airflow process of these tests (a scratch AIRFLOW_HOME: see
+    tests/orchestration/airflow_setup.py; the S3 server's AWS settings included) with its SQLite
+    metadata DB migrated and the ``dvc`` pool (size 1), once per session."""
+    import subprocess
+
+    from tests.orchestration.airflow_setup import BIN, airflow_environment
+
+    env = airflow_environment(tmp_path_factory.mktemp("airflow-home"))
+    for cmd in (["db", "migrate"], ["pools", "set", "dvc", "1", "DVC commands, one at a time"]):
+        subprocess.run([str(BIN / "airflow"), *cmd], env=env, capture_output=True, check=True, timeout=600)
+    return env
+
+
+@pytest.fixture(scope="session")
+def trained_pipeline(s3_server: str, airflow_db: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The one trained pipeline of the session: the training DAG triggered through Airflow's REST
+    API on a scratch workspace (tests/orchestration/training_run.py). Tests that need trained
+    models, a versioned workspace or a champion read it; only the scoring DAG tests add to it."""
+    from tests.orchestration.training_run import train
+
+    return train(tmp_path_factory.mktemp("trained"), airflow_db, s3_server)

@@ -1,7 +1,8 @@
-"""DVC with an S3 remote (dvc-s3) on the S3 server on loopback: a workspace under git produces a
-dataset and a model with ``dvc repro``, pushes them to ``s3://`` with ``endpointurl`` configured,
-and a fresh ``git clone`` pulls them back byte-identical. Credentials come from the standard AWS
-environment only: none is written into the repository's files."""
+"""DVC with an S3 remote (dvc-s3) on the S3 server on loopback: the session's training run
+(``trained_pipeline``: the training DAG, in a workspace under git whose DVC remote is
+``s3://dvc-remote/...`` with ``endpointurl`` configured) pushed its datasets and models from its
+``version`` task; a fresh ``git clone`` pulls them back byte-identical. Credentials come from the
+standard AWS environment only: none is written into the repository's files."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import boto3
 import pytest
 from image_platform import versioning
 
-from tests.orchestration.airflow_setup import BIN, git, make_workspace
+from tests.orchestration.airflow_setup import git
+from tests.orchestration.training_run import REMOTE_BUCKET
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
@@ -31,18 +33,15 @@ def _files(root: Path) -> dict[str, str]:
     }
 
 
-def test_push_to_s3_and_pull_into_a_fresh_clone(s3_server: str, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
+def test_push_to_s3_and_pull_into_a_fresh_clone(trained_pipeline: dict, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", trained_pipeline["env"]["PATH"])
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
-    boto3.client("s3").create_bucket(Bucket="dvc-remote")
-    ws = tmp_path / "ws"
-    make_workspace(ws, 30, f"ingest.source={ws / 'src'}", "backbone.epochs=1", scm=True)
-    versioning.dvc(ws, "remote", "add", "--default", "s3store", "s3://dvc-remote/image-platform")
-    versioning.dvc(ws, "remote", "modify", "s3store", "endpointurl", s3_server)
-    versioning.dvc(ws, "repro", "train@mllib")
-    pushed = versioning.version_outputs(ws, ["ingest", "backbone", "features", "train@mllib"])
-    assert pushed == {"stages": ["ingest", "backbone", "features", "train@mllib"], "pushed": True, "remote": "s3store"}
-    objects = boto3.client("s3").list_objects_v2(Bucket="dvc-remote", Prefix="image-platform/")
+    ws = trained_pipeline["workspace"]
+    pushed = trained_pipeline["version"]
+    assert pushed["pushed"] is True, pushed
+    assert pushed["remote"] == "s3store"
+    assert set(pushed["stages"]) >= {"ingest", "backbone", "features", "train@mllib"}
+    objects = boto3.client("s3").list_objects_v2(Bucket=REMOTE_BUCKET, Prefix="image-platform/")
     assert objects["KeyCount"] > 0
     git(ws, "add", "-A")  # DVC wrote .gitignore files for its outputs: git keeps what it should
     git(ws, "commit", "-q", "-m", "pipeline outputs")
@@ -50,7 +49,7 @@ def test_push_to_s3_and_pull_into_a_fresh_clone(s3_server: str, tmp_path: Path, 
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(ws), str(clone))
     assert not (clone / "data" / "ingest").exists()
-    versioning.dvc(clone, "pull", "--with-deps", "train@mllib")  # what this workspace ran
+    versioning.dvc(clone, "pull", "--with-deps", "train@mllib")  # what the mllib model needs
     produced = _files(ws)
     assert any(p.startswith("models/mllib/") for p in produced)
     assert _files(clone) == produced  # byte-identical

@@ -164,11 +164,9 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
     card = json.loads((workspace / "models" / "mllib" / "card.json").read_text())
     assert card["arch"]["dim"] == 24
 
+    # An ingest parameter: DVC's own status says ingest would run again (its params changed), the
+    # sample would not; that each stage honours its params is tested with the stage itself.
     params["ingest"]["image_size"] = 16
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
-    fourth = _dvc(workspace, "repro", "features")  # the upstream part only: training again is covered above
-    assert "Stage 'sample' didn't change, skipping" in fourth
-    assert "Running stage 'ingest'" in fourth
-    done = yaml.safe_load((workspace / "data" / "ingest" / "_manifest.json").read_text())
-    assert done["params"]["ingest"]["image_size"] == 16
-    assert done["counts"]["rows"] == 1797
+    status = json.loads(_dvc(workspace, "status", "--json"))
+    assert status == {"ingest": [{"changed deps": {"params.yaml": {"ingest": "modified"}}}]}

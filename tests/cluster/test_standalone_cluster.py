@@ -2,7 +2,8 @@
 two workers (one core each) on 127.0.0.1, ports chosen free, every process stopped afterwards even
 when a test fails. Each stage runs as its Airflow task runs (``stages.stage_task``: spark-submit of
 the packaged jobs through the ``spark_default`` connection, here ``spark://127.0.0.1:<port>``),
-and the results are compared with the same stage tasks on ``local[2]``; the cnn trains with
+and the results are compared with the session's training run on ``local[2]`` (``trained_pipeline``:
+the same stage tasks, params and images, run by the training DAG); the cnn trains with
 TorchDistributor on the executors (one rank per worker); and a worker killed while ingest runs
 costs nothing but time (Spark re-runs its tasks)."""
 
@@ -22,15 +23,16 @@ import requests
 from image_platform import package
 
 from tests.factories import free_port, write_inbox
+from tests.orchestration import training_run
 from tests.orchestration.airflow_setup import airflow_environment, make_workspace, start_stage
 from tests.processes import kill_group, stop_group, wait_for
 
-# The module fixture runs the pipeline twice (cluster, local): ~10 minutes on 2 cores.
+# The module fixture runs the pipeline once on the cluster (local[2]: the shared training run).
 pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(2400)]
 
 BIN = Path(sys.executable).parent
 STAGES = ["ingest", "features", "train@mllib", "train@cnn", "evaluate", "score"]  # no backbone: classical features
-PARAMS = (  # on top of the orchestration tests' workspace params
+PARAMS = (  # on top of the orchestration tests' workspace params (the rest as the shared training run)
     "spark.executor_memory=1g",
     "spark.driver_memory=2g",
     "features.kind=classical",
@@ -113,8 +115,8 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return package.build(tmp_path_factory.mktemp("dist"))
 
 
-def _workspace(root: Path, per_class: int = 30) -> Path:
-    make_workspace(root, per_class, *PARAMS)
+def _workspace(root: Path, per_class: int = training_run.PER_CLASS) -> Path:
+    make_workspace(root, per_class, *PARAMS, *training_run.PARAMS)
     write_inbox(root / "inbox", 300, 4)
     return root
 
@@ -146,13 +148,13 @@ def _splits(ws: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def runs(cluster: Cluster, packaged: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The same stages and params on the cluster and on local[2]."""
-    root = tmp_path_factory.mktemp("runs")
-    done = {"cluster": _workspace(root / "cluster"), "local": _workspace(root / "local")}
-    _pipeline(cluster.url, packaged, done["cluster"])
-    _pipeline("local[2]", packaged, done["local"])
-    return done
+def runs(
+    cluster: Cluster, packaged: Path, trained_pipeline: dict, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """The stages on the cluster, and the same stages, params and images on local[2]."""
+    ws = _workspace(tmp_path_factory.mktemp("runs") / "cluster")
+    _pipeline(cluster.url, packaged, ws)
+    return {"cluster": ws, "local": trained_pipeline["workspace"]}
 
 
 def test_the_pipeline_on_the_cluster_matches_local(runs: dict[str, Path]) -> None:
@@ -169,11 +171,8 @@ def test_the_pipeline_on_the_cluster_matches_local(runs: dict[str, Path]) -> Non
     metrics = {k: json.loads((ws / "reports" / "metrics.json").read_text())["models"] for k, ws in runs.items()}
     for model in ("mllib", "cnn"):
         assert metrics["cluster"][model]["accuracy"] == pytest.approx(metrics["local"][model]["accuracy"], abs=0.05)
-    scored = {
-        k: json.loads(next((ws / "data" / "predictions").glob("run_date=*/run_id=*/_manifest.json")).read_text())
-        for k, ws in runs.items()
-    }
-    assert scored["cluster"]["counts"]["scored"] == scored["local"]["counts"]["scored"] == 12
+    scored = json.loads(next((on / "data" / "predictions").glob("run_date=*/run_id=*/_manifest.json")).read_text())
+    assert scored["counts"]["scored"] == 12  # the inbox's new images, each once
 
 
 def test_the_cnn_trained_one_rank_per_worker(cluster: Cluster, runs: dict[str, Path]) -> None:

@@ -1,135 +1,35 @@
 """The DAGs run for real, against scratch workspaces shaped like a user's clone (3 classes x 30
 images, small models), spark-submitting the packaged jobs through ``spark_default`` (``local[2]``).
 
-- Training as a user runs it: ``scripts/airflow-local.sh`` (``make airflow``: ``airflow standalone``
-  with the API server, scheduler, DAG processor and triggerer; LocalExecutor, SQLite) on a free
-  port of 127.0.0.1; log in with the credentials it prints, unpause ``image_training_pipeline``,
-  trigger it through the REST API with the body the UI's trigger form posts, wait for success.
-  The server is stopped (its whole process group) as soon as the run is over.
+- Training as a user runs it: the session's shared run (``trained_pipeline``, see
+  tests/orchestration/training_run.py): ``make airflow``'s server, the REST trigger the UI's form
+  posts, the run's task states, products and DVC versioning.
 - Batch scoring of an inbox with the champion that run produced, by ``dag.test()``, twice (the
   second run finds nothing new), and a gate failure (``dag.test()`` of the training DAG) that
-  stops the run at ingest.
-
-One training run serves every assertion on the pipeline's products: each run costs ~5 minutes
-here (8 spark-submits, each ~25 s of JVM and torch start-up), and the group should stay short."""
+  stops the run at ingest."""
 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
-from tests.factories import REPO, free_port, write_inbox
+from tests.factories import REPO, write_inbox
 from tests.orchestration.airflow_setup import BIN, make_workspace
-from tests.processes import stop_group, wait_for
+from tests.orchestration.training_run import TRAINING
 
 pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).parent
-TRAINING = "image_training_pipeline"
 TRAINING_STAGES = {"ingest", "backbone", "features", "train@mllib", "train@cnn", "train@autoencoder", "evaluate"}
 
 
-@pytest.fixture(scope="module")
-def airflow_server(airflow_db: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """``scripts/airflow-local.sh`` on a free port, with a scratch workspace; stopped afterwards."""
-    ws = make_workspace(tmp_path_factory.mktemp("trained") / "ws", 30)
-    log = ws.parent / "airflow.log"
-    port = free_port()
-    env = {**airflow_db, "AIRFLOW_PORT": str(port), "IMAGE_PLATFORM_WORKSPACE": str(ws)}
-    env.pop("PYTHONPATH")  # as a user starts it: Airflow itself puts plugins/ on sys.path
-    # The components' log servers on free ports too: never collide with an Airflow already running.
-    env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(free_port())
-    env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] = str(free_port())
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            ["bash", str(REPO / "scripts" / "airflow-local.sh")],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            health = requests.get(f"{url}/api/v2/monitor/health", timeout=5).json()
-        except (requests.RequestException, ValueError):
-            return False
-        return all(health.get(c, {}).get("status") == "healthy" for c in ("metadatabase", "scheduler"))
-
-    try:
-        wait_for("the API server and scheduler", healthy, 240, log)
-        banner = re.search(r"Log in as:\s+(\S+) / (\S+)", log.read_text())
-        assert banner, log.read_text()[-3000:]
-        yield {
-            "url": url,
-            "user": banner.group(1),
-            "password": banner.group(2),
-            "workspace": ws,
-            "log": log,
-            "stop": lambda: stop_group(proc),
-        }
-    finally:
-        stop_group(proc)
-
-
-@pytest.fixture(scope="module")
-def trained(airflow_server: dict) -> dict:
-    """``image_training_pipeline`` triggered with Params through the REST API, as the UI does,
-    and waited for: the run, its task states and the champion Asset's events, as the API reports
-    them."""
-    url, ws, log = airflow_server["url"], airflow_server["workspace"], airflow_server["log"]
-    login = requests.post(
-        f"{url}/auth/token",
-        json={"username": airflow_server["user"], "password": airflow_server["password"]},
-        timeout=10,
-    )
-    assert login.status_code in (200, 201), login.text
-    api = requests.Session()
-    api.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
-    # Once the DAG processor has parsed it: it starts paused (Airflow's default), so unpause it.
-    wait_for(TRAINING, lambda: api.get(f"{url}/api/v2/dags/{TRAINING}", timeout=10).ok, 180, log)
-    assert api.patch(f"{url}/api/v2/dags/{TRAINING}", json={"is_paused": False}, timeout=10).ok
-    # What the trigger form posts: the Params as conf, no logical date.
-    conf = {"source": str(ws / "src"), "epochs": 15, "seed": 1}
-    body = {"conf": conf, "logical_date": None, "data_interval_start": None, "data_interval_end": None}
-    triggered = api.post(f"{url}/api/v2/dags/{TRAINING}/dagRuns", json=body, timeout=10)
-    assert triggered.status_code == 200, triggered.text
-    run_id = triggered.json()["dag_run_id"]
-    started = time.monotonic()
-
-    def finished() -> dict | None:
-        run = api.get(f"{url}/api/v2/dags/{TRAINING}/dagRuns/{run_id}", timeout=10).json()
-        return run if run["state"] in ("success", "failed") else None
-
-    run = wait_for(f"run {run_id}", finished, 900, log, every=5)
-    tasks = api.get(f"{url}/api/v2/dags/{TRAINING}/dagRuns/{run_id}/taskInstances", timeout=10).json()
-    events = api.get(f"{url}/api/v2/assets/events", params={"source_dag_id": TRAINING}, timeout=10).json()
-    # Stopped now, not at the module's end: the other tests' ``dag.test()`` runs share its metadata
-    # DB, and a live scheduler takes their queued tasks and runs them itself (with the server's
-    # workspace and log), which ``dag.test()`` then only sees as "failed".
-    airflow_server["stop"]()
-    return {
-        "workspace": ws,
-        "conf": conf,
-        "run": run,
-        "seconds": time.monotonic() - started,
-        "states": {t["task_id"]: t["state"] for t in tasks["task_instances"]},
-        "events": events["asset_events"],
-        "log": log,
-    }
-
-
-def test_training_triggered_with_params_through_the_rest_api(trained: dict) -> None:
+def test_training_triggered_with_params_through_the_rest_api(trained_pipeline: dict) -> None:
+    trained = trained_pipeline
     run, states = trained["run"], trained["states"]
     assert run["state"] == "success", (states, trained["log"].read_text()[-6000:])
     assert len(states) == 9, states  # build_package, the 7 stages, version
@@ -140,8 +40,8 @@ def test_training_triggered_with_params_through_the_rest_api(trained: dict) -> N
     ]
 
 
-def test_training_produced_and_versioned_the_models(trained: dict) -> None:
-    ws = trained["workspace"]
+def test_training_produced_and_versioned_the_models(trained_pipeline: dict) -> None:
+    ws = trained_pipeline["workspace"]
     # The stages ran the packaged code with the trigger's Params.
     ingest = json.loads((ws / "data" / "ingest" / "_manifest.json").read_text())
     assert ingest["counts"]["rows"] == 90
@@ -189,8 +89,8 @@ def _dag_test(env: dict[str, str], workspace: Path, dag_id: str, conf: dict) -> 
     return {**json.loads(out.read_text()), "log": log}
 
 
-def test_batch_scoring_scores_new_images_exactly_once(airflow_db: dict[str, str], trained: dict) -> None:
-    ws = trained["workspace"]
+def test_batch_scoring_scores_new_images_exactly_once(airflow_db: dict[str, str], trained_pipeline: dict) -> None:
+    ws = trained_pipeline["workspace"]
     write_inbox(ws / "inbox", 200, 5)
     first = _dag_test(airflow_db, ws, "image_batch_scoring", {})
     assert first["state"] == "success", first["log"][-6000:]

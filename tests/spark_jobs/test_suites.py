@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from spark_jobs import gate, suites
-from spark_jobs.config import FeaturesGateConfig, RawGateConfig
+from spark_jobs.config import FeaturesGateConfig, PredictionsGateConfig, RawGateConfig
 from spark_jobs.images import assign_split
 
 pytestmark = pytest.mark.spark
@@ -252,3 +252,117 @@ def test_one_zero_vector_in_a_hundred_is_tolerated(spark, tmp_path: Path) -> Non
     rows = _feature_rows()
     rows[0]["features"] = [0.0] * DIM
     assert _validate_features(spark, tmp_path, rows).success
+
+
+# ---- predictions suite ----
+
+PREDICTION_SCHEMA = (
+    "image_id string, source_uri string, predicted_label string, probability float, "
+    "top_k array<struct<label:string,probability:float>>, model_version string, job_version string, "
+    "scored_at timestamp"
+)
+
+
+def _prediction_rows(n: int = 20) -> list[dict]:
+    from datetime import UTC, datetime
+
+    return [
+        {
+            "image_id": f"{i:064d}",
+            "source_uri": f"file:///inbox/{i}.png",
+            "predicted_label": CLASSES[i % 2],
+            "probability": 0.9,
+            "top_k": [{"label": CLASSES[i % 2], "probability": 0.9}, {"label": CLASSES[1 - i % 2], "probability": 0.1}],
+            "model_version": "cnn-1",
+            "job_version": "0.1.0+abc",
+            "scored_at": datetime(2026, 12, 2, tzinfo=UTC),
+        }
+        for i in range(n)
+    ]
+
+
+def _validate_predictions(spark, tmp_path: Path, rows: list[dict]):
+    gate_cfg = PredictionsGateConfig(max_low_confidence=0.2)
+    frame = spark.createDataFrame(rows, PREDICTION_SCHEMA)
+    stats = suites.prediction_stats(frame, CLASSES, "classifier", 0.5, gate_cfg.probability_tolerance)
+    batches = suites.prediction_batches(stats, CLASSES, None, "classifier", 0.5, gate_cfg)
+    return gate.validate("score", batches, tmp_path / "report")
+
+
+def test_good_predictions_pass(spark, tmp_path: Path) -> None:
+    result = _validate_predictions(spark, tmp_path, _prediction_rows())
+    assert result.success, result.summary()
+
+
+def _no_version(rows: list[dict]) -> list[dict]:
+    rows[0]["model_version"] = None
+    return rows
+
+
+def _scored_twice(rows: list[dict]) -> list[dict]:
+    return [*rows, dict(rows[0])]
+
+
+def _unknown_class(rows: list[dict]) -> list[dict]:
+    rows[0]["predicted_label"] = "cow"
+    return rows
+
+
+def _probability_above_one(rows: list[dict]) -> list[dict]:
+    rows[0]["probability"] = 1.5
+    return rows
+
+
+def _top_k_over_one(rows: list[dict]) -> list[dict]:
+    rows[0]["top_k"] = [{"label": "cat", "probability": 0.9}, {"label": "dog", "probability": 0.5}]
+    return rows
+
+
+def _no_top_k(rows: list[dict]) -> list[dict]:
+    rows[0]["top_k"] = []
+    return rows
+
+
+def _unsure(rows: list[dict]) -> list[dict]:
+    for r in rows[:5]:  # 5 of 20 below 0.5 > 20 %
+        r["probability"] = 0.3
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("breaker", "column"),
+    [
+        (_no_version, "null_model_version"),
+        (_scored_twice, "repeated_prediction"),
+        (_unknown_class, "predicted_label_not_in_set"),
+        (_probability_above_one, "probability_out_of_range"),
+        (_top_k_over_one, "top_k_sum_out_of_range"),
+        (_no_top_k, "top_k_empty"),
+        (_unsure, "low_confidence_share"),
+    ],
+)
+def test_each_broken_prediction_rule_stops_the_gate(spark, tmp_path: Path, breaker, column) -> None:
+    result = _validate_predictions(spark, tmp_path, breaker(_prediction_rows()))
+    assert not result.success
+    assert ("predictions", "expect_column_values_to_be_between", column) in _failed(result), result.summary()
+
+
+def test_class_drift_stops_a_big_enough_batch(spark, tmp_path: Path) -> None:
+    gate_cfg = PredictionsGateConfig(max_class_drift=0.2, min_rows_for_drift=10)
+    trained = {"cat": 50, "dog": 50}
+    rows = _prediction_rows()
+    for r in rows:  # every image predicted "cat": its share 1.0 against 0.5 in training
+        r["predicted_label"] = r["top_k"][0]["label"] = "cat"
+    frame = spark.createDataFrame(rows, PREDICTION_SCHEMA)
+
+    def verdict(frame, min_rows: int) -> gate.GateResult:
+        stats = suites.prediction_stats(frame, CLASSES, "classifier", 0.5, gate_cfg.probability_tolerance)
+        config = gate_cfg.model_copy(update={"min_rows_for_drift": min_rows})
+        return gate.validate(
+            "score", suites.prediction_batches(stats, CLASSES, trained, "classifier", 0.5, config), tmp_path
+        )
+
+    assert ("class_drift", "expect_column_values_to_be_between", "gap") in _failed(verdict(frame, 10))
+    assert verdict(frame, 21).success  # a batch too small to judge its drift
+    balanced = spark.createDataFrame(_prediction_rows(), PREDICTION_SCHEMA)
+    assert verdict(balanced, 10).success

@@ -1,0 +1,126 @@
+"""The one trained pipeline the slow tests share (``trained_pipeline`` in tests/conftest.py): the
+training DAG run as a user runs it, on a scratch workspace shaped like a user's clone (under git,
+3 classes x 30 images, small models, a DVC remote on the loopback S3 server).
+
+``scripts/airflow-local.sh`` (``make airflow``: ``airflow standalone`` with the API server,
+scheduler, DAG processor and triggerer; LocalExecutor, SQLite) on a free port of 127.0.0.1; log in
+with the credentials it prints, unpause ``image_training_pipeline``, trigger it through the REST
+API with the body the UI's trigger form posts, wait for it, and stop the server (its whole process
+group) as soon as the run is over. Its products then serve: the REST run's own assertions, the
+scoring DAG runs, the Spark cluster's comparison with ``local[2]``, and DVC's push to S3 and pull
+into a fresh clone. One run costs ~4 minutes here (7 spark-submits); the tests must stay short."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import requests
+from image_platform import versioning
+
+from tests.factories import REPO, free_port
+from tests.orchestration.airflow_setup import make_workspace
+from tests.processes import stop_group, wait_for
+
+TRAINING = "image_training_pipeline"
+PER_CLASS = 30
+REMOTE_BUCKET = "dvc-remote"
+REMOTE = f"s3://{REMOTE_BUCKET}/image-platform"
+
+
+# What the trigger form sets besides the source folder (non-default: they must reach the stages),
+# and the same as --set overrides, for a workspace that must match the run (the cluster's).
+EPOCHS, SEED = 15, 1
+PARAMS = (f"train.seed={SEED}", f"train.cnn.epochs={EPOCHS}", f"train.autoencoder.epochs={EPOCHS}")
+
+
+def conf(ws: Path) -> dict[str, Any]:
+    """The trigger form's Params for the shared run."""
+    return {"source": str(ws / "src"), "epochs": EPOCHS, "seed": SEED}
+
+
+def _server(env: dict[str, str], ws: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**env, "AIRFLOW_PORT": str(port), "IMAGE_PLATFORM_WORKSPACE": str(ws)}
+    env.pop("PYTHONPATH")  # as a user starts it: Airflow itself puts plugins/ on sys.path
+    # The components' log servers on free ports too: never collide with an Airflow already running.
+    env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(free_port())
+    env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] = str(free_port())
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            ["bash", str(REPO / "scripts" / "airflow-local.sh")],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def train(root: Path, env: dict[str, str], s3_endpoint: str) -> dict[str, Any]:
+    """The training DAG run through the REST API on a fresh workspace under ``root``: the run, its
+    task states, the champion Asset's events and the version task's result, as the API reports them."""
+    ws = make_workspace(root / "ws", PER_CLASS, scm=True)
+    boto3.client("s3").create_bucket(Bucket=REMOTE_BUCKET)
+    versioning.dvc(ws, "remote", "add", "--default", "s3store", REMOTE)
+    versioning.dvc(ws, "remote", "modify", "s3store", "endpointurl", s3_endpoint)
+    log = root / "airflow.log"
+    proc, url = _server(env, ws, log)
+    try:
+
+        def healthy() -> bool:
+            try:
+                health = requests.get(f"{url}/api/v2/monitor/health", timeout=5).json()
+            except (requests.RequestException, ValueError):
+                return False
+            return all(health.get(c, {}).get("status") == "healthy" for c in ("metadatabase", "scheduler"))
+
+        wait_for("the API server and scheduler", healthy, 240, log)
+        banner = re.search(r"Log in as:\s+(\S+) / (\S+)", log.read_text())
+        assert banner, log.read_text()[-3000:]
+        login = requests.post(
+            f"{url}/auth/token", json={"username": banner.group(1), "password": banner.group(2)}, timeout=10
+        )
+        assert login.status_code in (200, 201), login.text
+        api = requests.Session()
+        api.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
+        # Once the DAG processor has parsed it: it starts paused (Airflow's default), so unpause it.
+        wait_for(TRAINING, lambda: api.get(f"{url}/api/v2/dags/{TRAINING}", timeout=10).ok, 180, log)
+        assert api.patch(f"{url}/api/v2/dags/{TRAINING}", json={"is_paused": False}, timeout=10).ok
+        # What the trigger form posts: the Params as conf, no logical date.
+        params = conf(ws)
+        body = {"conf": params, "logical_date": None, "data_interval_start": None, "data_interval_end": None}
+        triggered = api.post(f"{url}/api/v2/dags/{TRAINING}/dagRuns", json=body, timeout=10)
+        assert triggered.status_code == 200, triggered.text
+        run_id = triggered.json()["dag_run_id"]
+        started = time.monotonic()
+
+        def finished() -> dict | None:
+            run = api.get(f"{url}/api/v2/dags/{TRAINING}/dagRuns/{run_id}", timeout=10).json()
+            return run if run["state"] in ("success", "failed") else None
+
+        run = wait_for(f"run {run_id}", finished, 900, log, every=5)
+        where = f"{url}/api/v2/dags/{TRAINING}/dagRuns/{run_id}/taskInstances"
+        tasks = api.get(where, timeout=10).json()
+        version = api.get(f"{where}/version/xcomEntries/return_value", timeout=10)
+        events = api.get(f"{url}/api/v2/assets/events", params={"source_dag_id": TRAINING}, timeout=10).json()
+    finally:
+        # Stopped now: the other tests' ``dag.test()`` runs share its metadata DB, and a live
+        # scheduler takes their queued tasks and runs them itself, which ``dag.test()`` then only
+        # sees as "failed".
+        stop_group(proc)
+    return {
+        "workspace": ws,
+        "conf": params,
+        "run": run,
+        "seconds": time.monotonic() - started,
+        "states": {t["task_id"]: t["state"] for t in tasks["task_instances"]},
+        "version": version.json().get("value") if version.ok else None,
+        "events": events["asset_events"],
+        "log": log,
+        "env": env,
+    }
