@@ -25,7 +25,8 @@ RUN python -m venv "$VIRTUAL_ENV" \
  && pip install --no-deps --extra-index-url https://download.pytorch.org/whl/cpu -r requirements-deploy.lock
 COPY pyproject.toml README.md ./
 COPY spark_jobs ./spark_jobs
-RUN pip install --no-deps --no-build-isolation -e .
+RUN pip install --no-deps --no-build-isolation -e . \
+ && python -m spark_jobs.jvm
 COPY dags ./dags
 COPY plugins ./plugins
 COPY dvc.yaml params.yaml .dvcignore ./

@@ -23,6 +23,8 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --no-deps -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	@# The Spark driver's class-data archive: every stage's JVM then starts ~1.7x faster (spark_jobs/jvm.py).
+	$(BIN)/python -m spark_jobs.jvm || echo "warning: no class-data archive: Spark drivers start the usual (slower) way" >&2
 	touch $(STAMP)
 
 venv: java $(STAMP) ## Create .venv from the lock file

@@ -47,6 +47,7 @@ class SparkConfig(_Section):
     files_max_partition_bytes: int = Field(64 * 2**20, ge=2**16)
     files_open_cost_bytes: int = Field(16 * 2**10, ge=0)
     log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
+    driver_java_options: str = "-XX:TieredStopAtLevel=1"
     conf: dict[str, str] = Field(default_factory=dict)
 
 

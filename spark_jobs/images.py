@@ -11,13 +11,14 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from spark_jobs.config import IngestConfig, ResizeConfig
+from spark_jobs.tables import DECODED_FIELDS
 
 # Why a file was quarantined. A short fixed vocabulary, so the gate and people can count them.
 EMPTY: Final = "empty"
@@ -258,6 +259,41 @@ def decode(data: bytes, cfg: IngestConfig) -> Decoded:
         orig_format=orig_format,
         orig_mode=orig_mode,
     )
+
+
+def decode_record(
+    uri: str, label: str | None, data: bytes | Exception, cfg: IngestConfig, labelled: bool = True
+) -> dict[str, Any]:
+    """One decoded row: pixels and split for a usable image, otherwise ``reason`` and ``detail``.
+    With ``labelled`` false (scoring) an image needs no class folder and gets no split."""
+    row: dict[str, Any] = dict.fromkeys(DECODED_FIELDS)
+    row.update(source_uri=uri, label=label)
+    if isinstance(data, Exception):
+        return {**row, "reason": FETCH_FAILED, "detail": str(data), "size_bytes": 0}
+    row.update(image_id=image_id(data), size_bytes=len(data))
+    if not has_extension(uri, cfg.extensions):
+        return {**row, "reason": UNSUPPORTED_EXTENSION, "detail": f"extension not in {list(cfg.extensions)}"}
+    try:
+        decoded = decode(data, cfg)
+    except Rejected as exc:
+        return {**row, "reason": exc.reason, "detail": exc.detail[:500]}
+    if label is None and labelled:
+        return {
+            **row,
+            "reason": UNLABELLED,
+            "detail": "file is directly under the source root, not in a class folder",
+        }
+    row.update(
+        split=assign_split(row["image_id"], cfg.split.fractions(), cfg.split.seed) if labelled else None,
+        orig_width=decoded.orig_width,
+        orig_height=decoded.orig_height,
+        orig_format=decoded.orig_format,
+        orig_mode=decoded.orig_mode,
+        height=decoded.height,
+        width=decoded.width,
+        pixels=decoded.pixels,
+    )
+    return row
 
 
 def decode_full(data: bytes, cfg: IngestConfig) -> np.ndarray:

@@ -43,46 +43,11 @@ STAGE = "ingest"
 _TABLE = "_table"
 
 
-def decode_record(
-    uri: str, label: str | None, data: bytes | Exception, cfg: IngestConfig, labelled: bool = True
-) -> dict[str, Any]:
-    """One decoded row: pixels and split for a usable image, otherwise ``reason`` and ``detail``.
-    With ``labelled`` false (scoring) an image needs no class folder and gets no split."""
-    row: dict[str, Any] = dict.fromkeys(DECODED_FIELDS)
-    row.update(source_uri=uri, label=label)
-    if isinstance(data, Exception):
-        return {**row, "reason": images.FETCH_FAILED, "detail": str(data), "size_bytes": 0}
-    row.update(image_id=images.image_id(data), size_bytes=len(data))
-    if not images.has_extension(uri, cfg.extensions):
-        return {**row, "reason": images.UNSUPPORTED_EXTENSION, "detail": f"extension not in {list(cfg.extensions)}"}
-    try:
-        decoded = images.decode(data, cfg)
-    except images.Rejected as exc:
-        return {**row, "reason": exc.reason, "detail": exc.detail[:500]}
-    if label is None and labelled:
-        return {
-            **row,
-            "reason": images.UNLABELLED,
-            "detail": "file is directly under the source root, not in a class folder",
-        }
-    row.update(
-        split=images.assign_split(row["image_id"], cfg.split.fractions(), cfg.split.seed) if labelled else None,
-        orig_width=decoded.orig_width,
-        orig_height=decoded.orig_height,
-        orig_format=decoded.orig_format,
-        orig_mode=decoded.orig_mode,
-        height=decoded.height,
-        width=decoded.width,
-        pixels=decoded.pixels,
-    )
-    return row
-
-
 def decode_frame(entries: list[tuple[str, str | None]], cfg: IngestConfig) -> pd.DataFrame:
     """Decode one batch of ``(source_uri, label)``: the bytes are fetched here, on the executor."""
     uris = [uri for uri, _ in entries]
     contents = store.fetch_many(uris, cfg.fetch_threads)
-    records = [decode_record(u, lab, c, cfg) for (u, lab), c in zip(entries, contents, strict=True)]
+    records = [images.decode_record(u, lab, c, cfg) for (u, lab), c in zip(entries, contents, strict=True)]
     return pd.DataFrame.from_records(records, columns=DECODED_FIELDS)
 
 

@@ -22,6 +22,8 @@ EXIT_STORE_UNAVAILABLE = 4  # the object store could not be reached: retry later
 
 log = logging.getLogger("spark_jobs")
 
+Modules = Sequence[str] | Callable[[Config], Sequence[str]]
+
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -37,12 +39,14 @@ def run_stage(
     description: str,
     precheck: Callable[[Config], object] | None = None,
     needs_spark: bool = True,
-    preload: Sequence[str] | Callable[[Config], Sequence[str]] = (),
+    preload: Modules = (),
+    worker_preload: Modules = (),
 ) -> int:
     """Run one stage from its command line; returns the process exit code. ``preload``: the heavy
-    modules the stage will need (torch, Great Expectations for its gate; or a function of the
-    config naming them), in the order it needs them, imported in the background while the JVM
-    starts."""
+    modules the driver will need (torch, Great Expectations for its gate), in the order it needs
+    them, imported in the background while the JVM starts; ``worker_preload``: those the stage's
+    Python tasks import, loaded once per executor before its workers fork (each a list, or a
+    function of the config giving one)."""
     started = runner.process_started()
     setup_logging()
     args = arg_parser(stage, description).parse_args(argv)
@@ -65,7 +69,7 @@ def run_stage(
         if needs_spark:
             from spark_jobs.session import build_session
 
-            spark = build_session(cfg.spark)
+            spark = build_session(cfg.spark, worker_preload(cfg) if callable(worker_preload) else worker_preload)
         with runner.launched(started, time.time()):
             body(cfg, spark)
         return EXIT_OK

@@ -407,7 +407,15 @@ def _precheck(cfg: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck, preload=runner.GATE)
+    return run_stage(
+        STAGE, argv, run, description=__doc__, precheck=_precheck, preload=runner.GATE, worker_preload=_worker_preload
+    )
+
+
+def _worker_preload(cfg: Config) -> tuple[str, ...]:
+    """What the scanning tasks import: the model's framework (torch) first when it is a torch one."""
+    kind = read_card(model_folder(cfg))["kind"]
+    return (*(runner.TORCH if kind != "mllib" or cfg.score.cascade.enabled else ()), "spark_jobs.scoring")
 
 
 if __name__ == "__main__":

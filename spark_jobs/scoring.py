@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from spark_jobs import images, inference, ingest, store
+from spark_jobs import images, inference, store
 from spark_jobs.config import IngestConfig
 
 ANOMALY_LABELS = ("normal", "anomaly")
@@ -163,7 +163,7 @@ def scan_batch(entries: list[tuple[str, str | None]], cfg: IngestConfig, done: I
     for (uri, label), data in zip(entries, contents, strict=True):
         if isinstance(data, bytes) and images.image_id(data) in done:
             continue
-        record = ingest.decode_record(uri, label, data, cfg, labelled=False)
+        record = images.decode_record(uri, label, data, cfg, labelled=False)
         (bad if record["reason"] else good).append(record)
     schema = pa.schema([*SCAN_FIELDS, *head.outputs()])
     rows = good + bad

@@ -68,9 +68,10 @@ def _broken(condition: Column) -> Column:
 def table_stats(
     frame: DataFrame, groups: list[str], rules: dict[str, Column], keys: dict[str, list[str]] | None = None
 ) -> Stats:
-    """One aggregation job over ``frame``: per rule the rows it holds for, per key (a list of
-    columns) the rows repeating an earlier row's key (``repeated_<name>``), and per group of
-    ``groups`` the row count."""
+    """One Spark job over ``frame``: per rule the rows it holds for, per key (a list of columns)
+    the rows repeating an earlier row's key (``repeated_<name>``), and per group of ``groups``
+    the row count. (The grand totals and the group counts are two aggregations of one query,
+    cheaper here than grouping sets, which Spark expands row by row for the distinct counts.)"""
     from pyspark.sql import functions as F
 
     aggregates = [F.count(F.lit(1)).alias(ROWS)]
@@ -78,18 +79,19 @@ def table_stats(
     for name, columns in (keys or {}).items():  # count_distinct skips keys with a null part
         keyed = F.count(F.when(_all_present(columns), 1))
         aggregates.append((keyed - F.count_distinct(*[F.col(c) for c in columns])).alias(f"repeated_{name}"))
-    level = F.grouping_id().alias("_level")
-    result = frame.groupingSets([groups, []], *groups).agg(*aggregates, level).collect()
-    totals: dict[str, int] = {}
-    counts: dict[tuple[Any, ...], int] = {}
-    for r in result:
-        if r["_level"]:
-            totals = {k: int(v or 0) for k, v in r.asDict().items() if k not in (*groups, "_level")}
-        else:
-            counts[tuple(r[g] for g in groups)] = int(r[ROWS])
-    if not totals:  # an empty table: no row at all, not even the grand total
-        totals = {a: 0 for a in [ROWS, *rules, *(f"repeated_{k}" for k in keys or {})]}
-    return Stats(totals, counts)
+    names = [ROWS, *rules, *(f"repeated_{k}" for k in keys or {})]
+    nothing = [F.lit(None).cast(frame.schema[g].dataType).alias(g) for g in groups]
+    totals = frame.agg(*aggregates).select(F.lit(True).alias("_total"), *nothing, *names)
+    counts = frame.groupBy(*groups).agg(F.count(F.lit(1)).alias(ROWS))
+    counts = counts.select(
+        F.lit(False).alias("_total"), *groups, ROWS, *[F.lit(None).cast("long").alias(n) for n in names[1:]]
+    )
+    result = totals.unionByName(counts).collect()
+    total = next(r for r in result if r["_total"])  # a global aggregation has its row even when empty
+    return Stats(
+        {n: int(total[n] or 0) for n in names},
+        {tuple(r[g] for g in groups): int(r[ROWS]) for r in result if not r["_total"]},
+    )
 
 
 def _all_present(columns: list[str]) -> Column:

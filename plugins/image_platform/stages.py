@@ -131,6 +131,7 @@ class StageSubmitOperator(SparkSubmitOperator):
         self.stage = stage
 
     def execute(self, context: Any) -> None:
+        self.conf = {**(self.conf or {}), **driver_conf(self.application_args or [])}
         try:
             super().execute(context)
         except AirflowException as exc:
@@ -142,6 +143,27 @@ class StageSubmitOperator(SparkSubmitOperator):
                     "its reason, and the gate report path when a gate failed, are in the log above"
                 ) from exc
             raise
+
+
+def driver_conf(args: Sequence[str]) -> dict[str, str]:
+    """The driver JVM's options for a stage's spark-submit line, from the workspace's params and the
+    stage's ``--set`` overrides (``args``): under spark-submit the JVM starts before the stage reads
+    its params, so they must be on that line. Empty when the params cannot be read: the stage itself
+    then says why, in one line (exit code 2)."""
+    from spark_jobs.config import ConfigError, load_config
+    from spark_jobs.session import DRIVER_JAVA, driver_java_options
+
+    overrides, words = [], iter(args)
+    for word in words:  # in command-line order, as the stage applies them
+        if word.startswith("--set="):
+            overrides.append(word.removeprefix("--set="))
+        elif word == "--set":
+            overrides.append(next(words, ""))
+    try:
+        options = driver_java_options(load_config(workspace() / "params.yaml", overrides).spark)
+    except ConfigError:
+        return {}
+    return {DRIVER_JAVA: options} if options else {}
 
 
 def package_task() -> XComArg:

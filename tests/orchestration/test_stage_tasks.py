@@ -12,8 +12,9 @@ from pathlib import Path
 
 import boto3
 import pytest
-from image_platform import package
+from image_platform import package, stages
 
+from spark_jobs.session import DRIVER_JAVA
 from tests.factories import class_image
 from tests.orchestration.airflow_setup import run_stage
 
@@ -36,6 +37,17 @@ def test_package_holds_the_code_and_its_version(tmp_path: Path) -> None:
         [sys.executable, "-I", "-c", code, str(built)], cwd=tmp_path, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == f"0.1.0+{info['git_commit'][:12]}{'-dirty' if info['dirty'] else ''}"
+
+
+def test_the_stage_task_puts_the_driver_options_on_the_submit_line(tmp_path: Path, monkeypatch) -> None:
+    """The JVM starts before the stage reads its params: their driver options, with the stage's
+    own overrides applied in order, go on the spark-submit line."""
+    (tmp_path / "params.yaml").write_text("spark:\n  driver_java_options: -Dfrom=params\n")
+    monkeypatch.setenv(stages.WORKSPACE_ENV, str(tmp_path))
+    args = ["train", "--set", "train.model=cnn", "--set=spark.driver_java_options=-Dfrom=override"]
+    assert stages.driver_conf(args)[DRIVER_JAVA].endswith("-Dfrom=override")
+    assert stages.driver_conf(["ingest"])[DRIVER_JAVA].endswith("-Dfrom=params")
+    assert stages.driver_conf(["ingest", "--set=ingest.image_size=2"]) == {}  # the stage says why, exit 2
 
 
 def _run_ingest_task(env: dict[str, str], root: Path, *overrides: str, timeout: float) -> subprocess.CompletedProcess:

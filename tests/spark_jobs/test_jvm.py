@@ -1,0 +1,35 @@
+"""The driver JVM's options: the class-data archive when it is built, params' options after it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spark_jobs import jvm
+from spark_jobs.config import SparkConfig
+from spark_jobs.session import DRIVER_JAVA, driver_java_options, spark_conf
+
+
+def test_no_archive_no_option(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(jvm, "archive_path", lambda: tmp_path / "missing.jsa")
+    assert jvm.java_options() == ""
+    assert jvm.with_archive("-Xss4m") == "-Xss4m"
+    assert driver_java_options(SparkConfig(driver_java_options="")) == ""
+    assert DRIVER_JAVA not in spark_conf(SparkConfig(driver_java_options=""))
+
+
+def test_the_archive_comes_first_then_params_then_conf(tmp_path: Path, monkeypatch) -> None:
+    archive = tmp_path / "spark-driver-x.jsa"
+    archive.write_bytes(b"archive")
+    monkeypatch.setattr(jvm, "archive_path", lambda: archive)
+    cfg = SparkConfig(driver_java_options="-XX:TieredStopAtLevel=1", conf={DRIVER_JAVA: "-Dmine=1"})
+    options = spark_conf(cfg)[DRIVER_JAVA].split()
+    assert options[0] == f"-XX:SharedArchiveFile={archive}"
+    assert options[-2:] == ["-XX:TieredStopAtLevel=1", "-Dmine=1"]
+
+
+def test_the_archive_is_keyed_by_java_and_the_jars() -> None:
+    key = jvm.archive_key()
+    assert key is not None  # Java is installed here
+    assert len(key) == 16
+    assert jvm.archive_path().name == f"spark-driver-{key}.jsa"
+    assert jvm.archive_key() == key  # the same runtime, the same key
