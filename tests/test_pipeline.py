@@ -101,8 +101,8 @@ def _dvc(workspace: Path, *args: str) -> str:
 @pytest.mark.slow
 def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
     """A fresh workspace: ``dvc repro`` runs sample -> ingest -> features -> train (3 models) ->
-    evaluate with the default params, reaches the quality bars, and then reruns only what a
-    params change touches."""
+    evaluate with the default params and reaches the quality bars; a second run does nothing, and
+    after a params change DVC's status names only the stages whose params changed."""
     workspace = tmp_path / "ws"
     workspace.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
@@ -152,21 +152,15 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
     assert "Running stage" not in second
     assert "Data and pipelines are up to date" in second
 
+    # Params changes: DVC's own status names exactly the stages whose params changed (features for
+    # its PCA size, ingest for its image size), not the sample or the models; that each stage
+    # honours its params is tested with the stage itself (test_features, test_train_evaluate: the
+    # vectors' and the mllib card's dim follow pca_k).
     params["features"]["classical"]["pca_k"] = 24
-    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
-    third = _dvc(workspace, "repro")
-    for stage in ("sample", "ingest", "backbone", "train@cnn", "train@autoencoder", "score"):
-        assert f"Stage '{stage}' didn't change, skipping" in third
-    for stage in ("features", "train@mllib", "evaluate"):
-        assert f"Running stage '{stage}'" in third
-    redone = yaml.safe_load((workspace / "data" / "features" / "_manifest.json").read_text())
-    assert redone["counts"]["dim"] == 24
-    card = json.loads((workspace / "models" / "mllib" / "card.json").read_text())
-    assert card["arch"]["dim"] == 24
-
-    # An ingest parameter: DVC's own status says ingest would run again (its params changed), the
-    # sample would not; that each stage honours its params is tested with the stage itself.
     params["ingest"]["image_size"] = 16
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
     status = json.loads(_dvc(workspace, "status", "--json"))
-    assert status == {"ingest": [{"changed deps": {"params.yaml": {"ingest": "modified"}}}]}
+    assert status == {
+        "ingest": [{"changed deps": {"params.yaml": {"ingest": "modified"}}}],
+        "features": [{"changed deps": {"params.yaml": {"features": "modified"}}}],
+    }
