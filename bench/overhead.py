@@ -60,14 +60,23 @@ STAGES = {
 }
 
 
-def environment() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYSPARK_PYTHON": sys.executable}
+def environment(cwd: Path) -> dict[str, str]:
+    """This venv's tools; the workspace's own ``spark_jobs`` ahead of the venv's editable install
+    (driver and Python workers alike), so ``--repo`` measures that checkout's code."""
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PYSPARK_PYTHON": sys.executable,
+        "PYTHONPATH": str(cwd),
+    }
 
 
 def timed(cmd: list[str] | str, cwd: Path) -> float:
     """Wall seconds of one cold process (it must succeed)."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=environment(), shell=isinstance(cmd, str), capture_output=True, text=True)
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=environment(cwd), shell=isinstance(cmd, str), capture_output=True, text=True
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
@@ -189,6 +198,12 @@ def score_many(ws: Path, images: int, repeat: int, trivial: float) -> dict[str, 
     }
 
 
+def cpu_capability() -> str:
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
@@ -214,7 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": "python bench/overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "code": {"repo": str(repo), "commit": commit.strip()},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            # The float path torch's kernels take: the autoencoder's AUROC depends on it (bench/README.md).
+            "torch_cpu_capability": cpu_capability(),
+        },
         "trivial_spark_s": round(trivial, 2),
         "trivial_spark_runs_s": [round(t, 2) for t in trivial_runs],
         "dvc_repro": {"wall_s": round(repro, 1), "vs_trivial": round(repro / trivial, 2), "quality": reached},
