@@ -23,7 +23,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	@# Bytecode by compileall on every core (40 s here) instead of pip's one file at a time (~95 s).
 	@# It must be written now: with PYTHONDONTWRITEBYTECODE set, every process would recompile what
-	@# it imports. A few packages ship files that are not Python 3: reported, ignored (as pip does).
+	@# it imports. A few packages ship files that are not Python 3: their errors are discarded (as pip does).
 	$(BIN)/pip install --quiet --no-deps --no-compile -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps --no-compile --no-build-isolation -e .
 	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
