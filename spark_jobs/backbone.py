@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +24,7 @@ import numpy as np
 
 from spark_jobs import images, manifest, models, runner
 from spark_jobs.config import BackboneConfig, Config
-from spark_jobs.jobs import run_stage
+from spark_jobs.jobs import exit_process, run_stage
 from spark_jobs.store import SourceError
 from spark_jobs.tables import published
 
@@ -155,4 +154,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

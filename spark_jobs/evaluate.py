@@ -30,7 +30,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +37,7 @@ import pandas as pd
 
 from spark_jobs import gate, inference, manifest, metrics, runner
 from spark_jobs.config import Config, ModelGateConfig
-from spark_jobs.jobs import run_stage
+from spark_jobs.jobs import exit_process, run_stage
 from spark_jobs.store import SourceError
 from spark_jobs.tables import published, read_features, read_images
 from spark_jobs.train import TASKS, mllib_classify, model_dir, read_card
@@ -455,4 +454,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

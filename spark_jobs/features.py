@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +37,7 @@ import pyarrow as pa
 
 from spark_jobs import extractors, images, manifest, runner, session, store, suites, tiles
 from spark_jobs.config import Config, ConfigError, IngestConfig, TilesConfig
-from spark_jobs.jobs import run_stage
+from spark_jobs.jobs import exit_process, run_stage
 from spark_jobs.store import SourceError
 from spark_jobs.tables import (
     FEATURE_COLUMNS,
@@ -358,4 +357,4 @@ def _preload(cfg: Config) -> tuple[str, ...]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

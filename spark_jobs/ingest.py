@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,7 @@ import pyarrow.parquet as pq
 
 from spark_jobs import images, runner, store, suites
 from spark_jobs.config import Config, IngestConfig, SparkConfig
-from spark_jobs.jobs import run_stage
+from spark_jobs.jobs import exit_process, run_stage
 from spark_jobs.tables import DECODED_FIELDS, DECODED_SCHEMA, read_images, read_quarantine
 
 if TYPE_CHECKING:
@@ -271,4 +270,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

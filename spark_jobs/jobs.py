@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from spark_jobs import runner
 from spark_jobs.config import Config, ConfigError, arg_parser, load_config
@@ -23,6 +27,23 @@ EXIT_STORE_UNAVAILABLE = 4  # the object store could not be reached: retry later
 log = logging.getLogger("spark_jobs")
 
 Modules = Sequence[str] | Callable[[Config], Sequence[str]]
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a stage's process with ``code`` once its work is done, without the interpreter's
+    teardown: the exit handlers run (logging flushed, temporary files and event logs removed),
+    threads that must finish are joined and the standard streams flushed, then the process ends.
+    Freeing the ~2,800 modules a stage has loaded (torch, Great Expectations, pandas) one by one
+    takes ~1.2 s here, for nothing: the system reclaims a process's memory at once. The JVM
+    exits on its own when its stdin, this process's pipe, closes."""
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe: nothing left to say
+            stream.flush()
+    os._exit(code)
 
 
 def setup_logging() -> None:
@@ -88,7 +109,7 @@ def run_stage(
         return EXIT_STORE_UNAVAILABLE
     finally:
         if spark is not None:
-            from spark_jobs.session import remove_own_event_logs
+            from spark_jobs.session import remove_own_event_logs, stop_session
 
-            spark.stop()
+            stop_session(spark)
             remove_own_event_logs()

@@ -12,7 +12,6 @@ scans, ink dark on white, upscaled to ``sample.image_size``) and
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from PIL import Image
 from spark_jobs import runner
 from spark_jobs.config import Config, SampleConfig
 from spark_jobs.images import RESAMPLE
-from spark_jobs.jobs import run_stage
+from spark_jobs.jobs import exit_process, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -114,4 +113,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

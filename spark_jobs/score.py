@@ -42,7 +42,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -53,7 +52,7 @@ import pyarrow as pa
 from spark_jobs import features, inference, ingest, manifest, runner, scoring, store, suites
 from spark_jobs import images as images_lib
 from spark_jobs.config import ClassicalConfig, Config, ConfigError, IngestConfig
-from spark_jobs.jobs import run_stage
+from spark_jobs.jobs import exit_process, run_stage
 from spark_jobs.tables import QUARANTINE_COLUMNS
 from spark_jobs.train import mllib_classify, read_card
 
@@ -413,10 +412,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _worker_preload(cfg: Config) -> tuple[str, ...]:
-    """What the scanning tasks import: the model's framework (torch) first when it is a torch one."""
+    """What the scanning tasks import: the model's framework (torch) first when it is a torch one,
+    the scan's code and the module of the task planner its function refers to."""
     kind = read_card(model_folder(cfg))["kind"]
-    return (*(runner.TORCH if kind != "mllib" or cfg.score.cascade.enabled else ()), "spark_jobs.scoring")
+    torch = runner.TORCH if kind != "mllib" or cfg.score.cascade.enabled else ()
+    return (*torch, "spark_jobs.scoring", "spark_jobs.ingest")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

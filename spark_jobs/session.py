@@ -123,6 +123,20 @@ def build_session(cfg: SparkConfig, worker_preload: Sequence[str] = ()) -> Spark
     return spark
 
 
+def stop_session(spark: SparkSession) -> None:
+    """Stop the session as ``spark.stop()`` does, without waiting for the driver's accumulator
+    server to notice: its loop looks for a shutdown request every 0.5 s, and ``spark.stop()``
+    waits for that (~0.6 s of every stage's end here). The server closes in the background; no
+    task can send it updates once the context has stopped."""
+    import threading
+
+    sc = spark.sparkContext
+    server, sc._accumulatorServer = getattr(sc, "_accumulatorServer", None), None
+    spark.stop()
+    if server is not None:
+        threading.Thread(target=server.shutdown, name="accumulator-server-shutdown", daemon=True).start()
+
+
 def align_working_directory(spark: SparkSession) -> None:
     """Relative paths (``data/...``) mean the same folder to Python and to Spark: the local file
     system's working directory is set to this process's. Under ``spark-submit`` the JVM starts

@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,7 @@ import numpy as np
 from spark_jobs import manifest, runner, training
 from spark_jobs.config import Config, ConfigError, IngestConfig, params_hash
 from spark_jobs.features import EXTRACTOR, TRANSFORM, ingested_with
-from spark_jobs.jobs import run_stage
+from spark_jobs.jobs import exit_process, run_stage
 from spark_jobs.store import SourceError
 from spark_jobs.tables import published, read_features, split_class_counts
 
@@ -326,4 +325,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

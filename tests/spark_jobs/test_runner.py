@@ -201,3 +201,20 @@ def test_task_metrics_sum_the_run_s_stages_only() -> None:
     assert total["peak_execution_memory_bytes"] == 30  # a peak is the largest, not a sum
     assert [(s["stage_id"], s["name"], s["tasks"]) for s in metrics["stages"]] == [(0, "decode", 2), (1, "", 1)]
     assert summarise_events(lines, "nobody") == {"total": {k: 0 for k in total}, "stages": []}
+
+
+def test_exit_process_runs_the_exit_handlers_joins_threads_and_keeps_the_code(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import atexit, threading, time\n"
+        "from spark_jobs.jobs import exit_process\n"
+        "atexit.register(lambda: print('handler ran', flush=True))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+        "print('buffered', end='')\n"
+        "exit_process(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "bufferedthread done\nhandler ran\n"
