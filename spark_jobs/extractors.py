@@ -64,6 +64,20 @@ class Classical:
         return {"kind": self.kind, "image_size": self.image_size, "descriptor_dim": self.dim, **self.cfg.model_dump()}
 
 
+def backbone_uri(cfg: CnnConfig) -> str:
+    """``features.cnn.backbone`` as a URI (a local path becomes ``file://``)."""
+    uri = cfg.backbone
+    return uri if uri.startswith(("s3://", "file:")) else store.local_uri(uri)
+
+
+def check_backbone(cfg: CnnConfig) -> None:
+    """Refuse an exported backbone whose archive could carry code (:func:`models.inspect_program`),
+    before Spark or torch start; loading it later checks again."""
+    uri = backbone_uri(cfg)
+    if models.backbone_format(uri) == "exported":
+        models.inspect_program(models.read_backbone_bytes(uri), f"backbone {cfg.backbone}")
+
+
 @dataclass(frozen=True)
 class Cnn:
     """Embeddings of a backbone file; ``uri`` is absolute (``file://`` or ``s3://``) and ``sha256``
@@ -84,9 +98,7 @@ class Cnn:
         returns finite-length vectors; :class:`spark_jobs.models.BackboneError` says why not."""
         import torch
 
-        uri = cfg.backbone
-        if not uri.startswith(("s3://", "file:")):
-            uri = store.local_uri(uri)
+        uri = backbone_uri(cfg)
         data = models.read_backbone_bytes(uri)
         module = models.module_from_bytes(data, uri, cfg.architecture)
         try:

@@ -346,6 +346,8 @@ def _precheck(cfg: Config) -> None:
     ingest_cfg = ingested_with(published(cfg.data.root, "ingest"))
     if cfg.features.kind == "classical":
         open_extractor(cfg, ingest_cfg)  # settings that cannot describe the ingested images: exit 2 now
+    else:
+        extractors.check_backbone(cfg.features.cnn)  # a backbone archive that could carry code: exit 2 now
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,20 @@ Formats, chosen by extension:
 - ``.pt`` / ``.pth``: a state dict loaded with ``weights_only=True`` plus an architecture name
   from :data:`ARCHITECTURES`, which rebuilds the module from the tensor shapes.
 
+Every model, backbone, checkpoint and calibration file is read by the loaders here
+(:func:`load_tensors`, :func:`load_program`, :func:`load_array`), none of which reaches an
+unrestricted unpickler:
+
+- torch files (``.pt``/``.pth``, checkpoints) go through ``torch.load(weights_only=True)``, torch's
+  restricted unpickler: tensors, containers and plain values only;
+- a ``torch.export`` archive is inspected before ``torch.export.load`` sees it
+  (:func:`inspect_program`): every entry must be of a kind that archive loader reads without
+  pickle: the graph (JSON), weights and tensor constants stored as raw bytes, the example inputs
+  (``weights_only=True`` must accept them, or torch would retry them with a full unpickler) and
+  extra text files. An archive with a pickled weight or constant (``use_pickle``), a custom or
+  opaque object, compiled AOTInductor code, a legacy-format entry or anything unknown is refused;
+- calibration images are ``.npy`` arrays read with ``allow_pickle=False``.
+
 A backbone maps a float batch ``(N, 3, H, W)`` to embeddings ``(N, D)``.
 """
 
@@ -122,12 +136,109 @@ def build(architecture: str, spec: dict[str, Any]) -> nn.Module:
     raise BackboneError(f"unknown model architecture {architecture!r}")
 
 
-def load_weights(module: nn.Module, data: bytes, what: str) -> nn.Module:
-    """``module`` with the state dict in ``data`` (``weights_only=True``: no pickled code runs), in eval mode."""
+def load_tensors(source: bytes | Path) -> Any:
+    """A torch file's content (a state dict, a checkpoint) through torch's restricted unpickler
+    (``weights_only=True``): tensors, containers and plain values; anything else raises
+    ``pickle.UnpicklingError``. The one way this project reads a torch file."""
     import torch
 
+    return torch.load(
+        io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu", weights_only=True
+    )
+
+
+def load_array(data: bytes) -> Any:
+    """An ``.npy`` array, never a pickled object (``allow_pickle=False``)."""
+    import numpy as np
+
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+# The layout of a torch.export archive (torch/export/pt2_archive/constants.py; tests/spark_jobs/
+# test_models.py checks these against the installed torch): names below the archive's top folder.
+PT2_VERSION_PATH = "archive_version"
+PT2_VERSION_VALUE = "0"
+PT2_WEIGHTS_DIR = "data/weights/"
+PT2_CONSTANTS_DIR = "data/constants/"
+PT2_SAMPLE_INPUTS_DIR = "data/sample_inputs/"
+PT2_TENSOR_CONSTANT_PREFIX = "tensor_"
+# What torch.export.load reads without pickle, given the checks of inspect_program on the configs.
+_PT2_FILES = ("archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id")
+_PT2_FOLDERS = ("models/", PT2_WEIGHTS_DIR, PT2_CONSTANTS_DIR, PT2_SAMPLE_INPUTS_DIR, "extra/")
+
+
+def inspect_program(data: bytes, what: str) -> dict[str, bytes]:
+    """Refuse (:class:`BackboneError`, one line) a ``torch.export`` archive that ``torch.export.load``
+    would not read as data alone: one with an entry it unpickles (a weight or tensor constant
+    marked ``use_pickle``, a custom or opaque object, a weights or constants file in the legacy
+    pickled format, the pre-2.8 zip layout) or runs (AOTInductor code), or an entry of a kind
+    this check does not know. Needs no torch (a stage checks a backbone before Spark starts).
+    Returns the example-input entries, which :func:`load_program` checks with torch."""
+    import json
+    import zipfile
+
+    def refuse(reason: str) -> BackboneError:
+        return BackboneError(f"{what} is refused: {reason}")
+
     try:
-        module.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        names = archive.namelist()
+        roots = {n.split("/", 1)[0] for n in names}
+        if len(roots) != 1 or any("/" not in n for n in names):
+            raise refuse("not a torch.export archive (its entries are not under one top folder)")
+        root = roots.pop() + "/"
+        entries = {n[len(root) :]: n for n in names if not n.endswith("/")}
+        version = archive.read(entries[PT2_VERSION_PATH]) if PT2_VERSION_PATH in entries else b""
+        if version.decode(errors="replace").strip() != PT2_VERSION_VALUE:
+            raise refuse("not a torch.export archive in this torch's format (save it with torch.export.save)")
+        for name in entries:
+            if name not in _PT2_FILES and not name.startswith(_PT2_FOLDERS):
+                raise refuse(f"it holds {name!r}, which is not part of a plain exported program")
+            if name.startswith((PT2_WEIGHTS_DIR, PT2_CONSTANTS_DIR)) and name.endswith(".pt"):
+                raise refuse(f"{name!r} is in the legacy pickled format (save it again with torch.export.save)")
+        configs = [n for n in entries if n.startswith((PT2_WEIGHTS_DIR, PT2_CONSTANTS_DIR)) and n.endswith(".json")]
+        for name in configs:
+            try:
+                payloads = list(json.loads(archive.read(entries[name]))["config"].items())
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise refuse(f"{name!r} is not a payload config ({exc})") from None
+            for fqn, meta in payloads:
+                if not isinstance(meta, dict) or meta.get("use_pickle") is not False or not meta.get("tensor_meta"):
+                    raise refuse(f"{fqn!r} is stored as a pickled object, not as tensor data")
+                path = str(meta.get("path_name", ""))
+                if name.startswith(PT2_CONSTANTS_DIR) and not path.startswith(PT2_TENSOR_CONSTANT_PREFIX):
+                    raise refuse(f"constant {fqn!r} is a custom or opaque object ({path!r}), not a tensor")
+        return {n: archive.read(entries[n]) for n in entries if n.startswith(PT2_SAMPLE_INPUTS_DIR)}
+    except BackboneError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
+        raise refuse(f"not a readable torch.export archive ({type(exc).__name__}: {exc})") from None
+
+
+def load_program(data: bytes, what: str) -> nn.Module:
+    """The module of a ``torch.export`` archive that :func:`inspect_program` accepts and whose
+    example inputs torch's restricted unpickler reads (torch would otherwise retry them with a
+    full one)."""
+    import torch
+
+    for name, inputs in inspect_program(data, what).items():
+        try:
+            load_tensors(inputs)
+        except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise BackboneError(
+                f"{what} is refused: its example inputs {name!r} are not plain data ({reason})"
+            ) from None
+    try:
+        return torch.export.load(io.BytesIO(data)).module()
+    except Exception as exc:
+        raise BackboneError(f"{what} is not a loadable torch.export program: {exc}") from None
+
+
+def load_weights(module: nn.Module, data: bytes, what: str) -> nn.Module:
+    """``module`` with the state dict in ``data`` (:func:`load_tensors`: no pickled code runs), in eval mode."""
+    try:
+        module.load_state_dict(load_tensors(data))
     except Exception as exc:
         raise BackboneError(f"{what} does not load as a {type(module).__name__} state dict: {exc}") from None
     return module.eval()
@@ -141,8 +252,6 @@ def cached_model(
     ``calibration`` (an ``.npy`` of uint8 NHWC images) its static INT8 copy (:func:`quantized_int8`)."""
     import json
 
-    import numpy as np
-
     data = read_backbone_bytes(weights)
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
@@ -150,7 +259,10 @@ def cached_model(
     model = load_weights(build(architecture, json.loads(spec_json)), data, f"model weights {weights}")
     if calibration is None:
         return model
-    images = np.load(io.BytesIO(read_backbone_bytes(calibration)), allow_pickle=False)
+    try:
+        images = load_array(read_backbone_bytes(calibration))
+    except ValueError as exc:
+        raise BackboneError(f"calibration images {calibration} are not a plain .npy array: {exc}") from None
     return quantized_int8(model, to_tensor(images))
 
 
@@ -206,19 +318,14 @@ def read_backbone_bytes(uri: str) -> bytes:
 
 def module_from_bytes(data: bytes, uri: str, architecture: str | None) -> nn.Module:
     """The backbone in eval mode, from the file's bytes."""
-    import torch
-
     if backbone_format(uri) == "exported":
-        try:
-            return torch.export.load(io.BytesIO(data)).module()
-        except Exception as exc:
-            raise BackboneError(f"backbone {uri} is not a loadable torch.export program: {exc}") from None
+        return load_program(data, f"backbone {uri}")
     if architecture not in ARCHITECTURES:
         raise BackboneError(
             f"backbone {uri} is a state dict: set features.cnn.architecture to one of {sorted(ARCHITECTURES)}"
         )
     try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        state = load_tensors(data)
         module = ARCHITECTURES[architecture](state)
         module.load_state_dict(state)
     except Exception as exc:

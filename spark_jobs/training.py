@@ -107,9 +107,7 @@ def _save(obj: dict[str, Any], path: Path) -> None:
 
 
 def _load(path: Path) -> dict[str, Any] | None:
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+    return models.load_tensors(path) if path.exists() else None
 
 
 class _Task:

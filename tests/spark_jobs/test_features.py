@@ -239,6 +239,27 @@ def test_classical_settings_that_do_not_fit_the_ingested_images_stop_before_spar
     assert "a 32px image holds no HOG block" in caplog.text
 
 
+def test_a_backbone_archive_carrying_code_stops_the_stage_before_it_runs(
+    ingested: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.spark_jobs.test_models import crafted_pt2
+
+    crafted = crafted_pt2(tmp_path, tmp_path / "ran")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "ingest").symlink_to(ingested, target_is_directory=True)
+    argv = ["--params", str(REPO / "params.yaml"), "--set", f"data.root={tmp_path / 'data'}"]
+    argv += ["--set", "features.kind=cnn", "--set", f"features.cnn.backbone={crafted}"]
+    caplog.set_level("ERROR")
+    assert features.main(argv) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert "\n" not in errors[0]
+    assert f"backbone {crafted} is refused" in errors[0]
+    assert "pickled object" in errors[0]
+    assert not (tmp_path / "ran").exists()
+    assert not (tmp_path / "data" / "features").exists()
+
+
 def test_features_before_ingest_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     code = features.main(["--params", str(REPO / "params.yaml"), "--set", f"data.root={tmp_path}"])
     assert code == 2

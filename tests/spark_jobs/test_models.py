@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def test_cached_backbone_refuses_changed_bytes(tmp_path: Path) -> None:
     ("name", "content", "architecture", "message"),
     [
         ("b.onnx", b"x", None, "unknown format"),
-        ("b.pt2", b"not a zip", None, "not a loadable torch.export program"),
+        ("b.pt2", b"not a zip", None, "not a readable torch.export archive"),
         ("b.pt", b"", None, "set features.cnn.architecture"),
         ("b.pt", b"garbage", "small_cnn", "does not load as a small_cnn state dict"),
         ("missing.pt2", None, None, "cannot be read"),
@@ -128,3 +129,174 @@ def test_int8_copy_agrees_with_the_float_model() -> None:
     assert (full.argmax(1) == small.argmax(1)).float().mean() >= 0.9
     assert torch.allclose(full, small, atol=0.1)
     assert any(".quantized" in type(m).__module__ for m in quantized.modules())  # int8 kernels
+
+
+# ---- model files cannot carry code ------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickled, creates ``marker``: what a crafted model file would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _rewrite(archive: Path, out: Path, change) -> Path:
+    """A copy of the zip ``archive`` with ``change(name, data)`` applied to each entry (name below
+    the top folder) returning new bytes, or None to drop it; extra entries from ``change.extra``."""
+    import zipfile
+
+    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(out, "w") as dst:
+        root = src.namelist()[0].split("/", 1)[0] + "/"
+        for info in src.infolist():
+            data = change(info.filename[len(root) :], src.read(info))
+            if data is not None:
+                dst.writestr(info.filename, data)
+        for name, data in getattr(change, "extra", {}).items():
+            dst.writestr(root + name, data)
+    return out
+
+
+def _pickled_bytes(marker: Path) -> bytes:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"x": _Payload(marker)}, buffer)
+    return buffer.getvalue()
+
+
+def crafted_pt2(folder: Path, marker: Path) -> Path:
+    """A torch.export archive of a small backbone whose first weight is marked ``use_pickle`` and
+    holds a pickle that creates ``marker`` when unpickled."""
+    import json
+
+    plain = models.export_backbone(models.small_cnn(width=4), folder / "plain.pt2", 32)
+    target: dict[str, str] = {}
+
+    def change(name: str, data: bytes) -> bytes:
+        if name.startswith(models.PT2_WEIGHTS_DIR) and name.endswith("config.json"):
+            config = json.loads(data)
+            first = next(iter(config["config"]))
+            config["config"][first]["use_pickle"] = True
+            target["path"] = models.PT2_WEIGHTS_DIR + config["config"][first]["path_name"]
+            return json.dumps(config).encode()
+        return data
+
+    staged = _rewrite(plain, folder / "staged.pt2", change)
+    return _rewrite(staged, folder / "crafted.pt2", lambda n, d: _pickled_bytes(marker) if n == target["path"] else d)
+
+
+def test_the_archive_layout_is_the_installed_torch_s() -> None:
+    from torch.export.pt2_archive import constants
+
+    assert constants.ARCHIVE_VERSION_PATH == models.PT2_VERSION_PATH
+    assert str(constants.ARCHIVE_VERSION_VALUE) == models.PT2_VERSION_VALUE
+    assert constants.WEIGHTS_DIR == models.PT2_WEIGHTS_DIR
+    assert constants.CONSTANTS_DIR == models.PT2_CONSTANTS_DIR
+    assert constants.SAMPLE_INPUTS_FILENAME_FORMAT.startswith(models.PT2_SAMPLE_INPUTS_DIR)
+    assert constants.TENSOR_CONSTANT_FILENAME_PREFIX == models.PT2_TENSOR_CONSTANT_PREFIX
+
+
+def test_a_pt2_with_a_pickled_weight_is_refused_before_it_runs(tmp_path: Path) -> None:
+    import torch
+
+    crafted = crafted_pt2(tmp_path, tmp_path / "ran")
+    # The threat is real: torch's own loader runs the payload.
+    with contextlib.suppress(Exception):  # the payload runs while torch reads the weights
+        torch.export.load(crafted)
+    assert (tmp_path / "ran").exists()
+    (tmp_path / "ran").unlink()
+    with pytest.raises(models.BackboneError, match=r"is refused: .* is stored as a pickled object"):
+        models.module_from_bytes(crafted.read_bytes(), str(crafted), None)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_pt2_whose_example_inputs_need_a_full_unpickler_is_refused(tmp_path: Path) -> None:
+    """torch retries example inputs that ``weights_only=True`` refuses with a full unpickler."""
+    plain = models.export_backbone(models.small_cnn(width=4), tmp_path / "plain.pt2", 32)
+
+    def swap(name: str, data: bytes) -> bytes:
+        return _pickled_bytes(tmp_path / "ran") if name.startswith(models.PT2_SAMPLE_INPUTS_DIR) else data
+
+    crafted = _rewrite(plain, tmp_path / "inputs.pt2", swap)
+    with pytest.raises(models.BackboneError, match=r"example inputs .* are not plain data"):
+        models.module_from_bytes(crafted.read_bytes(), str(crafted), None)
+    assert not (tmp_path / "ran").exists()
+
+
+def _with_extra(name: str, data: bytes):
+    def keep(_: str, d: bytes) -> bytes:
+        return d
+
+    keep.extra = {name: data}  # type: ignore[attr-defined]
+    return keep
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("data/aotinductor/model/model.so", "not part of a plain exported program"),
+        ("data/weights/model.pt", "legacy pickled format"),
+        ("serialized_exported_program.json", "not part of a plain exported program"),
+    ],
+)
+def test_a_pt2_with_code_or_legacy_pickles_is_refused(tmp_path: Path, entry: str, message: str) -> None:
+    plain = models.export_backbone(models.small_cnn(width=4), tmp_path / "plain.pt2", 32)
+    crafted = _rewrite(plain, tmp_path / "extra.pt2", _with_extra(entry, b"\x00"))
+    with pytest.raises(models.BackboneError, match=message):
+        models.module_from_bytes(crafted.read_bytes(), str(crafted), None)
+
+
+def test_a_custom_object_constant_is_refused(tmp_path: Path) -> None:
+    import json
+
+    plain = models.export_backbone(models.small_cnn(width=4), tmp_path / "plain.pt2", 32)
+    meta = {"path_name": "custom_obj_0", "is_param": False, "use_pickle": False, "tensor_meta": {"x": 1}}
+
+    def change(name: str, data: bytes) -> bytes:
+        if name.startswith(models.PT2_CONSTANTS_DIR) and name.endswith("config.json"):
+            config = json.loads(data)
+            config["config"]["obj"] = meta
+            return json.dumps(config).encode()
+        return data
+
+    crafted = _rewrite(plain, tmp_path / "custom.pt2", change)
+    with pytest.raises(models.BackboneError, match="custom or opaque object"):
+        models.module_from_bytes(crafted.read_bytes(), str(crafted), None)
+
+
+def _model_file_reads(source: Path) -> list[tuple[str, dict[str, object]]]:
+    """The calls in ``source`` that read a model file or a pickle: ``torch.load``,
+    ``torch.export.load``, ``np.load``/``numpy.load``, ``pickle.load(s)``, ``load_pt2``, with their
+    constant keyword arguments."""
+    import ast
+
+    wanted = {"torch.load", "torch.export.load", "np.load", "numpy.load", "pickle.load", "pickle.loads", "load_pt2"}
+    found = []
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Call):
+            name = ast.unparse(node.func)
+            if name in wanted or name.endswith(".load_pt2"):
+                keywords = {k.arg: k.value.value for k in node.keywords if isinstance(k.value, ast.Constant)}
+                found.append((name, keywords))
+    return found
+
+
+def test_no_module_but_the_loader_reads_a_model_file() -> None:
+    """Every torch file, export archive and array is read by spark_jobs/models.py's loaders, with
+    the restricted torch unpickler and without numpy's pickles."""
+    package = Path(models.__file__).parent
+    for source in sorted(package.glob("*.py")):
+        reads = _model_file_reads(source)
+        if source.name == "models.py":
+            assert sorted(name for name, _ in reads) == ["np.load", "torch.export.load", "torch.load"], reads
+            keywords = dict(reads)
+            assert keywords["torch.load"].get("weights_only") is True
+            assert keywords["np.load"].get("allow_pickle") is False
+        else:
+            assert not reads, f"{source.name} reads a model file itself: {reads}"
