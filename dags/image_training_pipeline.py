@@ -43,7 +43,7 @@ with DAG(
             "logistic_regression", enum=["logistic_regression", "random_forest"], description="The classical model"
         ),
         "epochs": Param(12, type="integer", minimum=1, maximum=500, description="Epochs of the cnn and autoencoder"),
-        "seed": Param(0, type="integer", minimum=0, description="Training seed"),
+        "seed": Param(0, type="integer", minimum=0, maximum=2**32 - 1, description="Training seed"),
     },
 ) as dag:
     built = stages.package_task()

@@ -9,16 +9,40 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS = "params.yaml"
 
 Byte = Annotated[int, Field(ge=0, le=255)]
 RGB = tuple[Byte, Byte, Byte]
+# A seed every consumer accepts, including the ones derived from it: numpy and MLlib take up to
+# 2**32 - 1 and 2**63 - 1, and training seeds its generators with seed * 1_000_003 + epoch * 1009 + rank.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+
+def _named_source(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is empty; name a folder or an s3:// prefix (an empty path would mean the working directory)")
+    return value
+
+
+# A folder or object-store prefix to read from.
+SourcePath = Annotated[str, AfterValidator(_named_source)]
+
+
+def _usable_root(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is empty; name the folder the stages write under (e.g. data)")
+    if os.path.normpath(os.path.abspath(os.path.expanduser(value))) == os.path.abspath(os.sep):
+        raise ValueError("is the file system's root; the stages would write their folders there")
+    return value
 
 
 class ConfigError(ValueError):
@@ -30,7 +54,7 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    root: str = "data"
+    root: Annotated[str, AfterValidator(_usable_root)] = "data"
 
 
 class SparkConfig(_Section):
@@ -78,7 +102,7 @@ class SplitConfig(_Section):
     train: float = Field(0.7, ge=0.0, le=1.0)
     val: float = Field(0.15, ge=0.0, le=1.0)
     test: float = Field(0.15, ge=0.0, le=1.0)
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
@@ -92,7 +116,7 @@ class SplitConfig(_Section):
 
 
 class IngestConfig(_Section):
-    source: str = "data/sample/digits"
+    source: SourcePath = "data/sample/digits"
     image_size: int = Field(32, ge=8, le=4096)
     extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")
     min_side: int = Field(8, ge=1)
@@ -189,7 +213,7 @@ class BackboneConfig(_Section):
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(0.003, gt=0.0)
     max_images: int = Field(20000, ge=1)
-    seed: int = 0
+    seed: Seed = 0
     output: str = "models/backbone"
 
 
@@ -235,7 +259,7 @@ class AutoencoderConfig(_Section):
 class TrainConfig(_Section):
     model: ModelKind = "mllib"
     output: str = "models"
-    seed: int = 0
+    seed: Seed = 0
     class_weighting: Literal["none", "balanced", "auto"] = "auto"
     skew_ratio: float = Field(1.5, ge=1.0)
     num_processes: int = Field(2, ge=1, le=1024)
@@ -277,7 +301,7 @@ class CascadeConfig(_Section):
 
 
 class ScoreConfig(_Section):
-    inbox: str = "data/sample/inbox"
+    inbox: SourcePath = "data/sample/inbox"
     model: str | None = None
     task: Literal["classifier", "anomaly"] = "classifier"
     top_k: int = Field(3, ge=1)
@@ -351,20 +375,57 @@ def params_hash(params: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def _parse_override(text: str) -> tuple[list[str], Any]:
+def _leaf_type(path: list[str]) -> Any:
+    """The declared type of the parameter at ``path`` (None for an unknown key)."""
+    model: Any = Config
+    annotation: Any = None
+    for part in path:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        model = annotation
+    return annotation
+
+
+def _is_text(annotation: Any) -> tuple[bool, bool]:
+    """(a string parameter, one that may be null): its value is taken verbatim."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    optional = typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1
+    leaf = args[0] if optional else annotation
+    literal = typing.get_origin(leaf) is Literal and all(isinstance(v, str) for v in typing.get_args(leaf))
+    return leaf is str or literal, optional
+
+
+def parse_value(key: str, raw: str) -> Any:
+    """The value of ``--set key=raw``, read by the parameter's type: a string parameter takes the
+    text verbatim (``#``, ``:`` and quotes in a path are kept; ``null`` clears one that may be null),
+    any other is parsed as YAML (numbers, booleans, lists, mappings)."""
+    text, optional = _is_text(_leaf_type(key.split(".")))
+    if text:
+        return None if optional and raw.strip() in ("null", "~") else raw
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc.problem})") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``section.key=value`` as the key and its typed value (:func:`parse_value`)."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. ingest.image_size=64")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc.problem})") from exc
+    return key, parse_value(key, raw)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    key, value = parse_override(text)
     return key.split("."), value
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """A copy of ``tree`` with each ``a.b.c=value`` override applied (value parsed as YAML)."""
+    """A copy of ``tree`` with each ``a.b.c=value`` override applied (:func:`parse_value`)."""
     result = json.loads(json.dumps(tree))
     for text in overrides:
         path, value = _parse_override(text)
@@ -384,7 +445,7 @@ def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
         return f"unknown parameter {key}"
-    return f"parameter {key}: {error['msg']} (got {error.get('input')!r})"
+    return f"parameter {key}: {str(error['msg']).removeprefix('Value error, ')} (got {error.get('input')!r})"
 
 
 def validate(tree: dict[str, Any]) -> Config:
@@ -399,11 +460,18 @@ def load_config(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None =
     """Config from a params file with ``--set`` style overrides applied."""
     path = Path(path)
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"params file {path} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"params file {path} is a directory, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"params file {path} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"params file {path} cannot be read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"params file {path} is not valid YAML: {exc}") from None
+        problem = " ".join(str(exc).split())
+        raise ConfigError(f"params file {path} is not valid YAML: {problem}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"params file {path}: expected a mapping of sections at the top level")
     return validate(apply_overrides(tree, overrides or []))

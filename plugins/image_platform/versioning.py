@@ -41,9 +41,12 @@ def dvc(repo: Path, *args: str, timeout: float = 1800) -> str:
 
 
 def record_params(repo: Path, overrides: Sequence[str]) -> dict[str, Any]:
-    """Write ``key.path=value`` overrides (values parsed as YAML) into ``repo/params.yaml``, keeping
-    its comments and layout; the file is replaced in one rename. Returns the changed values."""
+    """Write ``key.path=value`` overrides into ``repo/params.yaml``, each value read as the stages
+    read it (:func:`spark_jobs.config.parse_value`: by the parameter's type), keeping the file's
+    comments and layout; the file is replaced in one rename. Returns the changed values."""
     from ruamel.yaml import YAML
+
+    from spark_jobs.config import parse_override
 
     yaml = YAML()  # round-trip: comments and key order survive
     yaml.preserve_quotes = True
@@ -51,19 +54,18 @@ def record_params(repo: Path, overrides: Sequence[str]) -> dict[str, Any]:
     tree = yaml.load(path.read_text())
     changed = {}
     for override in overrides:
-        key, _, text = override.partition("=")
-        *parents, leaf = key.strip().split(".")
+        key, value = parse_override(override)
+        *parents, leaf = key.split(".")
         node = tree
         for part in parents:
             if part not in node:
-                raise ValueError(f"params.yaml has no section {key.strip()!r} (override {override!r})")
+                raise ValueError(f"params.yaml has no section {key!r} (override {override!r})")
             node = node[part]
         if leaf not in node:
-            raise ValueError(f"params.yaml has no parameter {key.strip()!r} (override {override!r})")
-        value = YAML(typ="safe").load(text) if text.strip() else None
+            raise ValueError(f"params.yaml has no parameter {key!r} (override {override!r})")
         if node.get(leaf) != value:
             node[leaf] = value
-            changed[key.strip()] = value
+            changed[key] = value
     if changed:
         partial = path.with_name(f".{path.name}.tmp")
         with partial.open("w") as out:

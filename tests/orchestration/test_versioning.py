@@ -74,6 +74,9 @@ def test_record_params_keeps_comments_and_types(tmp_path: Path) -> None:
         "ingest": {"source": "s3://bucket/raw", "image_size": 64},
         "train": {"cnn": {"epochs": 12}},
     }
+    # A path is recorded as the stages read it: verbatim, `#` and all.
+    versioning.record_params(tmp_path, ["ingest.source=/data/photos #2"])
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["ingest"]["source"] == "/data/photos #2"
     with pytest.raises(ValueError, match=r"params\.yaml has no section 'nope\.key'"):
         versioning.record_params(tmp_path, ["nope.key=1"])
     with pytest.raises(ValueError, match=r"params\.yaml has no parameter 'ingest\.nope'"):

@@ -46,6 +46,30 @@ def test_overrides_are_parsed_as_yaml_values() -> None:
     assert cfg.data.root == "/tmp/x"
 
 
+def test_override_values_are_read_by_the_parameter_s_type() -> None:
+    cfg = load_config(
+        REPO / "params.yaml",
+        [
+            "ingest.source=/data/photos #2",
+            "score.inbox=s3://bucket/in: 'today'",
+            "data.root=2026",
+            "score.model=null",
+            "spark.python=~/venv/bin/python # 3.11",
+            "ingest.image_size=64",
+            "train.local_mode=true",
+            "evaluate.models=[cnn, mllib]",
+        ],
+    )
+    assert cfg.ingest.source == "/data/photos #2"
+    assert cfg.score.inbox == "s3://bucket/in: 'today'"
+    assert cfg.data.root == "2026"
+    assert cfg.score.model is None
+    assert cfg.spark.python == "~/venv/bin/python # 3.11"
+    assert cfg.ingest.image_size == 64
+    assert cfg.train.local_mode is True
+    assert cfg.evaluate.models == ("cnn", "mllib")
+
+
 def test_overrides_do_not_touch_the_input_tree() -> None:
     tree = {"ingest": {"image_size": 32}}
     assert apply_overrides(tree, ["ingest.image_size=8"]) == {"ingest": {"image_size": 8}}
@@ -59,7 +83,14 @@ def test_overrides_do_not_touch_the_input_tree() -> None:
         ("ingest.image_size=big", "parameter ingest.image_size: Input should be a valid integer"),
         ("ingest.image_size=2", "parameter ingest.image_size: Input should be greater than or equal to 8"),
         ("ingest.resize.policy=squash", "parameter ingest.resize.policy: Input should be 'pad', 'crop' or 'stretch'"),
-        ("ingest.split.train=0.9", "parameter ingest.split: Value error, train + val + test must be 1.0"),
+        ("ingest.split.train=0.9", "parameter ingest.split: train + val + test must be 1.0"),
+        ("ingest.source=", "parameter ingest.source: is empty; name a folder or an s3:// prefix"),
+        ("ingest.source=  ", "parameter ingest.source: is empty"),
+        ("score.inbox=", "parameter score.inbox: is empty"),
+        ("data.root=/", "parameter data.root: is the file system's root"),
+        ("data.root=/tmp/..", "parameter data.root: is the file system's root"),
+        ("train.seed=1000000000000000000000000000000", "parameter train.seed: Input should be less than or equal to"),
+        ("ingest.split.seed=-1", "parameter ingest.split.seed: Input should be greater than or equal to 0"),
         ("gate.raw.max_quarantine_ratio=1.5", "parameter gate.raw.max_quarantine_ratio"),
         ("nosuchsection.key=1", "unknown parameter nosuchsection"),
         ("features.kind=sift", "parameter features.kind: Input should be 'classical' or 'cnn'"),
@@ -83,6 +114,26 @@ def test_malformed_override() -> None:
 def test_missing_params_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "is a directory, not a file"),
+        (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "is not UTF-8 text"),
+        (b"ingest: [unclosed\n", "is not valid YAML"),
+        (b"- a list\n", "expected a mapping of sections"),
+    ],
+)
+def test_an_unusable_params_file_is_one_line(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "params.yaml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert "\n" not in str(info.value)
 
 
 def test_spark_settings_come_from_params() -> None:
