@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -57,8 +58,22 @@ class DataConfig(_Section):
     root: Annotated[str, AfterValidator(_usable_root)] = "data"
 
 
+# The master URLs Spark 4 accepts (docs: "Master URLs"): local mode, a standalone cluster (one or
+# more masters), YARN, Kubernetes.
+MASTER_URL = (
+    r"local(\[(\*|[1-9]\d*)(,[1-9]\d*)?\])?|local-cluster\[[1-9]\d*,[1-9]\d*,[1-9]\d*\]"
+    r"|spark://[^\s/:,]+:\d+(,[^\s/:,]+:\d+)*|yarn|k8s://\S+"
+)
+
+
+def _master_url(value: str) -> str:
+    if not re.fullmatch(MASTER_URL, value):
+        raise ValueError("is not a Spark master URL: local, local[N], local[*], spark://host:port, yarn or k8s://...")
+    return value
+
+
 class SparkConfig(_Section):
-    master: str = "local[*]"
+    master: Annotated[str, AfterValidator(_master_url)] = "local[*]"
     app_name: str = "image-platform"
     driver_memory: str = Field("4g", pattern=r"^\d+[kmgt]?$")
     executor_memory: str = Field("2g", pattern=r"^\d+[kmgt]?$")

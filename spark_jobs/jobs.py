@@ -6,10 +6,12 @@ import atexit
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from spark_jobs import runner
@@ -46,6 +48,23 @@ def exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
+def check_local_paths(cfg: Config, needs_spark: bool = True) -> None:
+    """:class:`ConfigError` for local paths a run would otherwise fail on with a traceback, before
+    Spark starts: a ``data.root`` below a file, and for a local master a ``spark.python`` that is
+    not an executable (on a cluster the interpreter is the executors', which need not exist here)."""
+    root = Path(cfg.data.root).expanduser()
+    for folder in (root, *root.absolute().parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(f"data.root {cfg.data.root}: {folder} is a file, not a folder")
+            break
+    python = cfg.spark.python
+    if needs_spark and python is not None and cfg.spark.master.startswith("local"):
+        found = shutil.which(os.path.expanduser(python))
+        if found is None:
+            raise ConfigError(f"spark.python {python}: no executable interpreter there")
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("py4j", "botocore", "urllib3", "great_expectations"):
@@ -73,6 +92,7 @@ def run_stage(
     args = arg_parser(stage, description).parse_args(argv)
     try:
         cfg = load_config(args.params, args.overrides)
+        check_local_paths(cfg, needs_spark)
         if precheck is not None:
             precheck(cfg)  # input errors surface before Spark starts
     except (ConfigError, SourceError) as exc:

@@ -88,6 +88,8 @@ def test_overrides_do_not_touch_the_input_tree() -> None:
         ("ingest.source=  ", "parameter ingest.source: is empty"),
         ("score.inbox=", "parameter score.inbox: is empty"),
         ("data.root=/", "parameter data.root: is the file system's root"),
+        ("spark.master=lokal[2]", "parameter spark.master: is not a Spark master URL"),
+        ("spark.master=spark://host", "parameter spark.master: is not a Spark master URL"),
         ("data.root=/tmp/..", "parameter data.root: is the file system's root"),
         ("train.seed=1000000000000000000000000000000", "parameter train.seed: Input should be less than or equal to"),
         ("ingest.split.seed=-1", "parameter ingest.split.seed: Input should be greater than or equal to 0"),
@@ -209,3 +211,24 @@ def test_train_settings_from_the_command_line() -> None:
         load_config(REPO / "params.yaml", ["train.num_processes=4", "train.cnn.batch_size=2"])
     with pytest.raises(ConfigError, match=r"evaluate\.models"):
         load_config(REPO / "params.yaml", ["evaluate.models=[cnn,cnn]"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.root={tmp}/a-file/data", "a-file is a file, not a folder"),
+        ("spark.python={tmp}/no-such-python", "no-such-python: no executable interpreter there"),
+        ("spark.python={tmp}/a-file", "a-file: no executable interpreter there"),
+    ],
+)
+def test_unusable_local_paths_stop_a_stage_before_spark(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, override: str, message: str
+) -> None:
+    from spark_jobs import ingest
+
+    (tmp_path / "a-file").write_text("not a folder")
+    argv = ["--params", str(REPO / "params.yaml"), "--set", f"data.root={tmp_path / 'data'}"]
+    assert ingest.main([*argv, "--set", override.format(tmp=tmp_path)]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert message in errors[0]
