@@ -227,6 +227,8 @@ def fetch_many(uris: list[str], threads: int) -> list[bytes | FetchError]:
 def _resolve_entry(root: str, entry: str) -> str:
     """URI of a manifest entry relative to ``root``; :class:`SourceError` if it escapes the root."""
     rel = entry.strip().replace("\\", "/")
+    if "\x00" in rel:
+        raise SourceError(f"manifest path {entry!r} contains a NUL byte")
     normal = posixpath.normpath(rel)
     if not rel or rel.startswith("/") or "://" in rel or normal == ".." or normal.startswith("../"):
         raise SourceError(f"manifest path {entry!r} escapes the source root {root}: paths must be relative, inside it")
@@ -239,22 +241,55 @@ def _resolve_entry(root: str, entry: str) -> str:
 
 
 def read_manifest(uri: str) -> list[SourceFile]:
-    """Entries of a ``path,label`` manifest CSV; paths are relative to the CSV's folder."""
+    """Entries of a ``path,label`` manifest CSV; paths are relative to the CSV's folder. A path
+    listed more than once is one entry (two different labels for it are an error); any problem
+    is a :class:`SourceError` naming the line."""
     try:
-        text = fetch(uri).decode("utf-8-sig")
+        data = fetch(uri)
     except FetchError as exc:
         raise SourceError(f"cannot read manifest {uri}: {exc}") from exc
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or "path" not in reader.fieldnames:
-        raise SourceError(f"manifest {uri}: expected a header with columns path,label; got {reader.fieldnames}")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SourceError(f"manifest {uri} line {line}: not UTF-8 text (byte {exc.start})") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise SourceError(f"manifest {uri} line 1: not a CSV header ({exc})") from None
+    if header is None or "path" not in header:
+        raise SourceError(f"manifest {uri}: expected a header with columns path,label; got {header}")
     root = posixpath.dirname(uri) if is_s3(uri) else str(local_path(uri).resolve().parent)
-    files = []
-    for line, row in enumerate(reader, start=2):
+    files: list[SourceFile] = []
+    first: dict[str, tuple[int, str | None]] = {}  # target -> (line, label) where it was first listed
+    while True:
+        line = reader.line_num + 1  # where the next row starts (a quoted field may span lines)
         try:
-            target = _resolve_entry(root, row.get("path") or "")
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise SourceError(f"manifest {uri} line {line}: not a CSV row ({exc})") from None
+        if not fields:  # a blank line
+            continue
+        row = dict(zip(header, fields, strict=False))
+        path = row.get("path")
+        try:
+            target = _resolve_entry(root, path if isinstance(path, str) else "")
         except SourceError as exc:
             raise SourceError(f"manifest {uri} line {line}: {exc}") from None
-        label = (row.get("label") or "").strip() or None
+        label = row.get("label")
+        label = (label.strip() if isinstance(label, str) else "") or None
+        if target in first:
+            seen_line, seen_label = first[target]
+            if seen_label != label:
+                raise SourceError(
+                    f"manifest {uri} line {line}: {path!r} is listed again with label {label!r} "
+                    f"(line {seen_line}: {seen_label!r})"
+                )
+            continue
+        first[target] = (line, label)
         size = 0 if is_s3(target) else _size_or_zero(local_path(target))
         files.append(SourceFile(target, label, size))
     return files

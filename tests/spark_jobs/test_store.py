@@ -116,3 +116,27 @@ def test_plan_partitions_packs_by_bytes_in_whole_waves() -> None:
     # Never more partitions than files, and nothing for nothing.
     assert store.plan_partitions([10, 10, 10], max_bytes=1, open_cost=0, cores=8) == [1, 1, 1]
     assert store.plan_partitions([], max_bytes=1000, open_cost=0, cores=2) == []
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"path,label\nimgs/a.png,cat\nimgs/\x00b.png,dog\n", "line 3: manifest path .* contains a NUL byte"),
+        (b"path,label\nimgs/a.png,cat\nimgs/b.png,d\xe9j\xe0\n", "line 3: not UTF-8 text"),
+        (b'path,label\nimgs/a.png,cat\n"imgs/b.png\n', "line 3: not a CSV row"),
+        (b"path,label\nimgs/a.png,cat\n\nimgs/a.png,dog\n", "line 4: 'imgs/a.png' is listed again with label 'dog'"),
+    ],
+)
+def test_manifest_problems_name_the_line(tmp_path: Path, content: bytes, message: str) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(content)
+    with pytest.raises(store.SourceError, match=message) as info:
+        store.read_manifest(str(manifest))
+    assert "\n" not in str(info.value)
+
+
+def test_a_path_listed_twice_is_one_entry(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\nimgs/a.png,cat\n./imgs/a.png,cat\nimgs/b.png,dog\n")
+    files = store.read_manifest(str(manifest))
+    assert [(Path(store.local_path(f.uri)).name, f.label) for f in files] == [("a.png", "cat"), ("b.png", "dog")]
