@@ -32,7 +32,12 @@ export IMAGE_PLATFORM_WORKSPACE="${IMAGE_PLATFORM_WORKSPACE:-$REPO}"
 export DVC_NO_ANALYTICS=1
 
 command -v airflow >/dev/null || { echo "error: airflow not found in $BIN: run 'make venv' first" >&2; exit 1; }
+# AIRFLOW_HOME holds the metadata DB, the logs and the admin password: the user's alone. Every
+# file Airflow creates from here on is 0600 (folders 0700), the password file included from its
+# first byte; a home made earlier is closed too.
+umask 077
 mkdir -p "$AIRFLOW_HOME"
+chmod -R go-rwx "$AIRFLOW_HOME"
 airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 \
   || { echo "error: 'airflow db migrate' failed, see $AIRFLOW_HOME/db-migrate.log" >&2; exit 1; }
 airflow pools set dvc 1 "DVC commands, one at a time" >/dev/null
@@ -41,7 +46,6 @@ airflow pools set dvc 1 "DVC commands, one at a time" >/dev/null
 PASSWORDS="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
 if [[ ! -s "$PASSWORDS" ]]; then
   python -c 'import json, secrets, sys; print(json.dumps({"admin": secrets.token_urlsafe(12)}))' >"$PASSWORDS"
-  chmod 600 "$PASSWORDS"
 fi
 PASSWORD="$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["admin"])' "$PASSWORDS")"
 cat <<BANNER

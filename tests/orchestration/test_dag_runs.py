@@ -40,6 +40,15 @@ def test_training_triggered_with_params_through_the_rest_api(trained_pipeline: d
     ]
 
 
+def test_the_airflow_home_is_private(trained_pipeline: dict) -> None:
+    """scripts/airflow-local.sh closes AIRFLOW_HOME to other users: the metadata DB and the
+    admin password file are 0600, the folder 0700 (the DB existed before the script ran)."""
+    home = Path(trained_pipeline["env"]["AIRFLOW_HOME"])
+    assert home.stat().st_mode & 0o777 == 0o700
+    for name in ("airflow.db", "simple_auth_manager_passwords.json.generated"):
+        assert (home / name).stat().st_mode & 0o777 == 0o600, name
+
+
 def test_training_produced_and_versioned_the_models(trained_pipeline: dict) -> None:
     ws = trained_pipeline["workspace"]
     # The stages ran the packaged code with the trigger's Params.
