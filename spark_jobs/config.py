@@ -136,6 +136,7 @@ class IngestConfig(_Section):
     extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")
     min_side: int = Field(8, ge=1)
     max_image_pixels: int = Field(89_478_485, ge=1)
+    max_file_bytes: int = Field(512 * 2**20, ge=1)
     alpha_background: RGB = (255, 255, 255)
     fetch_threads: int = Field(8, ge=1, le=256)
     resize: ResizeConfig = ResizeConfig()

@@ -107,13 +107,13 @@ def image_tiles(data: bytes, cfg: IngestConfig, tiles_cfg: TilesConfig) -> Itera
         yield tile, block
 
 
-def _fetched(frame: pd.DataFrame, threads: int) -> Iterator[tuple[Any, bytes | Exception]]:
+def _fetched(frame: pd.DataFrame, threads: int, max_bytes: int) -> Iterator[tuple[Any, bytes | Exception]]:
     """``(row, bytes or error)`` for each row, fetching ``threads`` sources at a time: full-size
     originals are large, so never a whole Arrow batch of them in memory at once."""
     rows = list(frame.itertuples(index=False))
     for start in range(0, len(rows), threads):
         group = rows[start : start + threads]
-        yield from zip(group, store.fetch_many([r.source_uri for r in group], threads), strict=True)
+        yield from zip(group, store.fetch_many([r.source_uri for r in group], threads, max_bytes), strict=True)
 
 
 def tile_frames(
@@ -140,7 +140,7 @@ def tile_frames(
         return out
 
     for frame in frames:
-        for row, data in _fetched(frame, cfg.fetch_threads):
+        for row, data in _fetched(frame, cfg.fetch_threads, cfg.max_file_bytes):
             keys = {k: getattr(row, k) for k in _KEYS}
             problem = None
             if isinstance(data, Exception):

@@ -7,9 +7,11 @@ configured policy. Consumers scale to floats themselves; uint8 is lossless and 4
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -31,6 +33,8 @@ TOO_SMALL: Final = "too_small"
 UNSUPPORTED_MODE: Final = "unsupported_mode"
 UNLABELLED: Final = "unlabelled"
 FETCH_FAILED: Final = "fetch_failed"
+NOT_A_FILE: Final = "not_a_file"
+TOO_LARGE: Final = "too_large"
 LABEL_CONFLICT: Final = "label_conflict"
 DUPLICATE: Final = "duplicate"
 REASONS: Final = (
@@ -44,6 +48,8 @@ REASONS: Final = (
     UNSUPPORTED_MODE,
     UNLABELLED,
     FETCH_FAILED,
+    NOT_A_FILE,
+    TOO_LARGE,
     LABEL_CONFLICT,
     DUPLICATE,
 )
@@ -211,7 +217,9 @@ def _sniff(data: bytes) -> str:
     head = data[:64].lstrip().lower()
     if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<svg")):
         return "markup (HTML/XML/SVG), not a raster image"
-    return f"unknown format, first bytes {data[:8].hex()}"
+    # Never the bytes themselves: a quarantine row must not copy a file's content (a link named
+    # x.png to a secret would otherwise leak its first bytes into the report).
+    return f"unknown format ({len(data)} bytes)"
 
 
 def _load(im: Image.Image) -> None:
@@ -246,10 +254,26 @@ def _prepared(data: bytes, cfg: IngestConfig, full_resolution: bool) -> tuple[tu
     return opened, preprocess(im, p.denoise, p.median_size, p.contrast)
 
 
+@contextlib.contextmanager
+def _any_failure_rejected() -> Iterator[None]:
+    """Pillow raises far more than ``OSError`` on malformed files (``TypeError``, ``IndexError``,
+    ``SyntaxError``, ``struct.error``, ...): whatever a file makes the decoder raise is the file's
+    fault, an ``unreadable`` :class:`Rejected` naming the exception type, never a failed job."""
+    try:
+        yield
+    except Rejected:
+        raise
+    except Exception as exc:
+        kind = type(exc)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        raise Rejected(UNREADABLE, f"{name}: {exc}"[:500]) from None
+
+
 def decode(data: bytes, cfg: IngestConfig) -> Decoded:
     """Normalised pixels of one encoded image, or :class:`Rejected` saying why not."""
-    (orig_format, orig_mode, orig_width, orig_height), im = _prepared(data, cfg, full_resolution=False)
-    pixels = np.asarray(resize(im, cfg.image_size, cfg.resize), dtype=np.uint8)
+    with _any_failure_rejected():
+        (orig_format, orig_mode, orig_width, orig_height), im = _prepared(data, cfg, full_resolution=False)
+        pixels = np.asarray(resize(im, cfg.image_size, cfg.resize), dtype=np.uint8)
     return Decoded(
         pixels=pixels.tobytes(),
         height=pixels.shape[0],
@@ -269,7 +293,7 @@ def decode_record(
     row: dict[str, Any] = dict.fromkeys(DECODED_FIELDS)
     row.update(source_uri=uri, label=label)
     if isinstance(data, Exception):
-        return {**row, "reason": FETCH_FAILED, "detail": str(data), "size_bytes": 0}
+        return {**row, "reason": getattr(data, "reason", FETCH_FAILED), "detail": str(data), "size_bytes": 0}
     row.update(image_id=image_id(data), size_bytes=len(data))
     if not has_extension(uri, cfg.extensions):
         return {**row, "reason": UNSUPPORTED_EXTENSION, "detail": f"extension not in {list(cfg.extensions)}"}
@@ -299,8 +323,9 @@ def decode_record(
 def decode_full(data: bytes, cfg: IngestConfig) -> np.ndarray:
     """The full-resolution HWC uint8 RGB array of an image, prepared exactly as :func:`decode`
     prepares it (orientation, RGB conversion, preprocessing) but not resized: what tiles cut."""
-    _, im = _prepared(data, cfg, full_resolution=True)
-    return np.asarray(im, dtype=np.uint8)
+    with _any_failure_rejected():
+        _, im = _prepared(data, cfg, full_resolution=True)
+        return np.asarray(im, dtype=np.uint8)
 
 
 def _oriented_size(im: Image.Image) -> tuple[int, int]:

@@ -45,7 +45,7 @@ _TABLE = "_table"
 def decode_frame(entries: list[tuple[str, str | None]], cfg: IngestConfig) -> pd.DataFrame:
     """Decode one batch of ``(source_uri, label)``: the bytes are fetched here, on the executor."""
     uris = [uri for uri, _ in entries]
-    contents = store.fetch_many(uris, cfg.fetch_threads)
+    contents = store.fetch_many(uris, cfg.fetch_threads, cfg.max_file_bytes)
     records = [images.decode_record(u, lab, c, cfg) for (u, lab), c in zip(entries, contents, strict=True)]
     return pd.DataFrame.from_records(records, columns=DECODED_FIELDS)
 

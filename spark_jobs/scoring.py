@@ -158,7 +158,7 @@ def scan_batch(entries: list[tuple[str, str | None]], cfg: IngestConfig, done: I
     """Fetch, skip, decode and run ``head`` on one slice of ``(source_uri, label)``, all in this
     Python worker: a row per file whose content is not in ``done``, with :data:`SCAN_FIELDS` and the
     head's outputs (null for unusable files, which carry ``reason`` and ``detail``)."""
-    contents = store.fetch_many([uri for uri, _ in entries], cfg.fetch_threads)
+    contents = store.fetch_many([uri for uri, _ in entries], cfg.fetch_threads, cfg.max_file_bytes)
     good, bad = [], []
     for (uri, label), data in zip(entries, contents, strict=True):
         if isinstance(data, bytes) and images.image_id(data) in done:

@@ -14,6 +14,7 @@ import math
 import os
 import posixpath
 import re
+import stat
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +28,14 @@ class SourceError(ValueError):
 
 
 class FetchError(OSError):
-    """One object that could not be fetched; the file is quarantined, the job goes on."""
+    """One object that could not be fetched; the file is quarantined (as ``reason``), the job goes on."""
+
+    def __init__(self, message: str, reason: str = "fetch_failed") -> None:
+        super().__init__(message)
+        self.reason = reason  # a quarantine reason of spark_jobs.images: fetch_failed, not_a_file, too_large
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class StoreUnavailable(RuntimeError):
@@ -188,32 +196,79 @@ def plan_partitions(sizes: list[int], max_bytes: int, open_cost: int, cores: int
     return [n for n in plan if n]
 
 
-def fetch(uri: str) -> bytes:
-    """The bytes of one local file or S3 object; :class:`FetchError` when it cannot be read."""
+def _too_large(size: int, max_bytes: int) -> FetchError:
+    return FetchError(f"{size} bytes > ingest.max_file_bytes {max_bytes}", reason="too_large")
+
+
+def _not_a_file(mode: int) -> FetchError:
+    kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+    kinds |= {stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
+    kind = kinds.get(stat.S_IFMT(mode), "not a regular file")
+    return FetchError(f"{kind}, not a regular file: not read", reason="not_a_file")
+
+
+def _read_local(path: Path, max_bytes: int | None) -> bytes:
+    """A regular file's bytes, at most ``max_bytes``. A FIFO, device or socket (or a link to one)
+    is refused without being opened for reading: a read of one may never end (``/dev/zero``) or
+    never start (a FIFO nobody writes)."""
+    try:
+        before = os.stat(path)  # follows links: a link to a device is a device
+        if not stat.S_ISREG(before.st_mode):
+            raise _not_a_file(before.st_mode)
+        if max_bytes is not None and before.st_size > max_bytes:
+            raise _too_large(before.st_size, max_bytes)
+        # O_NONBLOCK: should the name have become a FIFO since the stat, opening it cannot hang.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FetchError:
+        raise
+    except OSError as exc:
+        raise FetchError(f"{type(exc).__name__}: {exc.strerror or exc}") from exc
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            raise _not_a_file(opened.st_mode)
+        limit = -1 if max_bytes is None else max_bytes + 1  # one byte over the cap tells it was larger
+        with os.fdopen(fd, "rb", closefd=False) as stream:
+            data = stream.read(limit)
+    except FetchError:
+        raise
+    except OSError as exc:
+        raise FetchError(f"{type(exc).__name__}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise _too_large(len(data), max_bytes)  # it grew since the stat
+    return data
+
+
+def fetch(uri: str, max_bytes: int | None = None) -> bytes:
+    """The bytes of one local file or S3 object (at most ``max_bytes``); :class:`FetchError` when
+    it cannot be read (``reason`` says why: ``fetch_failed``, ``not_a_file``, ``too_large``)."""
     if is_s3(uri):
         from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = split_s3(uri)
         try:
-            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+            obj = s3_client().get_object(Bucket=bucket, Key=key)
+            if max_bytes is not None and obj.get("ContentLength", 0) > max_bytes:
+                obj["Body"].close()
+                raise _too_large(obj["ContentLength"], max_bytes)
+            return obj["Body"].read()
         except ClientError as exc:
             raise FetchError(f"{exc.response['Error'].get('Code', 'error')}: {exc}") from exc
         except BotoCoreError as exc:  # endpoint unreachable, connection dropped, no credentials
             raise StoreUnavailable(
                 f"cannot read bucket {bucket} at {s3_endpoint()} (after botocore's retries): {exc}"
             ) from None
-    try:
-        return local_path(uri).read_bytes()
-    except OSError as exc:
-        raise FetchError(f"{type(exc).__name__}: {exc.strerror or exc}") from exc
+    return _read_local(local_path(uri), max_bytes)
 
 
-def fetch_many(uris: list[str], threads: int) -> list[bytes | FetchError]:
+def fetch_many(uris: list[str], threads: int, max_bytes: int | None = None) -> list[bytes | FetchError]:
     """Bytes (or the error) for each URI, fetched concurrently: object stores are latency-bound."""
 
     def one(uri: str) -> bytes | FetchError:
         try:
-            return fetch(uri)
+            return fetch(uri, max_bytes)
         except FetchError as exc:
             return exc
 

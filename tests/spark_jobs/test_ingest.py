@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from PIL import Image
 from spark_jobs import images, ingest, manifest, tables
 from spark_jobs.gate import GateFailed
 from tests.factories import REPO, class_image, encode, make_config, png_bytes, write_class_tree
+from tests.spark_jobs.test_decode_fuzz import pillow_crasher
 
 pytestmark = pytest.mark.spark
 
@@ -65,6 +67,7 @@ def _bad_files() -> dict[str, tuple[bytes, str]]:
         "1/bomb.png": (png_bytes(np.zeros((400, 400), dtype=np.uint8), mode="L"), images.DECOMPRESSION_BOMB),
         "1/tiny.png": (png_bytes(np.zeros((4, 4, 3), dtype=np.uint8)), images.TOO_SMALL),
         "2/notes.txt": (b"labelling notes", images.UNSUPPORTED_EXTENSION),
+        "2/crashes-pillow.gif": (pillow_crasher(), images.UNREADABLE),
         "loose.png": (class_image(0, 999), images.UNLABELLED),
     }
 
@@ -81,6 +84,10 @@ def source_tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
     for rel, (data, reason) in _bad_files().items():
         (root / rel).write_bytes(data)
         expected[rel] = reason
+    # Names of images with no regular file behind them: a read would hang or never end.
+    os.mkfifo(root / "0" / "fifo.png")
+    (root / "1" / "zero.png").symlink_to("/dev/zero")
+    expected["0/fifo.png"] = expected["1/zero.png"] = images.NOT_A_FILE
     # Same bytes, same label: one copy is kept (smallest URI), the other is a duplicate.
     shutil.copy(root / "0" / "img_001.png", root / "0" / "zz_copy.png")
     expected["0/zz_copy.png"] = images.DUPLICATE
@@ -132,6 +139,8 @@ def test_quarantine_rows_explain_themselves(spark, published: Path) -> None:
     assert q[images.LABEL_CONFLICT]["detail"] == "same content carries labels 1,2"
     assert "markup" in q[images.NOT_AN_IMAGE]["detail"] or "unknown format" in q[images.NOT_AN_IMAGE]["detail"]
     assert q[images.EMPTY]["size_bytes"] == 0
+    # A file Pillow fails on with more than an OSError: quarantined, the exception's type named.
+    assert re.match(r"[\w.]+(Error|error): ", q[images.UNREADABLE]["detail"]), q[images.UNREADABLE]["detail"]
     assert set(q) <= set(images.REASONS)
 
 

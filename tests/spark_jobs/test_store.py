@@ -140,3 +140,58 @@ def test_a_path_listed_twice_is_one_entry(tmp_path: Path) -> None:
     manifest.write_text("path,label\nimgs/a.png,cat\n./imgs/a.png,cat\nimgs/b.png,dog\n")
     files = store.read_manifest(str(manifest))
     assert [(Path(store.local_path(f.uri)).name, f.label) for f in files] == [("a.png", "cat"), ("b.png", "dog")]
+
+
+# ---- only regular files, bounded ---------------------------------------------------------------
+
+
+def _special_files(tmp_path: Path) -> dict[str, Path]:
+    """Names an image could have, behind which no regular file is: a FIFO nobody writes to, a link
+    to /dev/zero (endless), a link to the FIFO, a socket, a folder."""
+    import os
+    import socket
+
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    (tmp_path / "z.png").symlink_to("/dev/zero")
+    (tmp_path / "via-link.png").symlink_to(fifo)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "s.png"))
+    (tmp_path / "d.png").mkdir()
+    return {name: tmp_path / name for name in ("x.png", "z.png", "via-link.png", "s.png", "d.png")}
+
+
+def test_fifos_devices_sockets_and_links_to_them_are_not_read(tmp_path: Path) -> None:
+    for name, path in _special_files(tmp_path).items():
+        with pytest.raises(store.FetchError, match="not a regular file: not read") as info:
+            store.fetch(path.as_uri())
+        assert info.value.reason == "not_a_file", name
+
+
+def test_reads_are_capped(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    path.write_bytes(b"\0" * 100)
+    with pytest.raises(store.FetchError, match=r"100 bytes > ingest.max_file_bytes 99") as info:
+        store.fetch(path.as_uri(), max_bytes=99)
+    assert info.value.reason == "too_large"
+    assert store.fetch(path.as_uri(), max_bytes=100) == b"\0" * 100
+
+
+def test_a_quarantine_detail_never_holds_the_file_s_content(tmp_path: Path) -> None:
+    """A link named like an image to a secret is read (a regular file) and quarantined, but none of
+    its bytes reach the quarantine row."""
+    from spark_jobs import images
+    from spark_jobs.config import IngestConfig
+
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (tmp_path / "cls").mkdir()
+    (tmp_path / "cls" / "passwd.png").symlink_to(secret)
+    uri = (tmp_path / "cls" / "passwd.png").as_uri()
+    row = images.decode_record(uri, "cls", store.fetch(uri), IngestConfig())
+    assert row["reason"] == images.NOT_AN_IMAGE
+    assert "root" not in row["detail"]
+    assert secret.read_bytes()[:8].hex() not in row["detail"]
+    fifo = _special_files(tmp_path)["x.png"].as_uri()
+    fifo_row = images.decode_record(fifo, "cls", store.fetch_many([fifo], 1)[0], IngestConfig())
+    assert fifo_row["reason"] == images.NOT_A_FILE
