@@ -97,7 +97,7 @@ def run(cfg: Config, _spark: object = None) -> Path:
     import torch
 
     bcfg = cfg.backbone
-    with runner.StageRun(STAGE, cfg.data.root, None, Path(bcfg.output)) as run:
+    with runner.StageRun(STAGE, cfg.data.root, None, Path(bcfg.output), lock_wait=cfg.data.lock_wait_s) as run:
         with run.phase("read"):
             ingest_dir = published(cfg.data.root, "ingest")
             pixels, labels = read_split(ingest_dir / "images.parquet", "train", bcfg.max_images)

@@ -56,6 +56,7 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     root: Annotated[str, AfterValidator(_usable_root)] = "data"
+    lock_wait_s: float = Field(600.0, ge=0.0)
 
 
 # The master URLs Spark 4 accepts (docs: "Master URLs"): local mode, a standalone cluster (one or

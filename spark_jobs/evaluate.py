@@ -347,7 +347,7 @@ def gate_table(
 def run(cfg: Config, spark: SparkSession) -> Path:
     """Evaluate every candidate, gate them, promote the champions, write the reports; returns the reports folder."""
     root = Path(cfg.data.root)
-    with runner.StageRun(STAGE, root, spark, Path(cfg.evaluate.reports)) as run:
+    with runner.StageRun(STAGE, root, spark, Path(cfg.evaluate.reports), lock_wait=cfg.data.lock_wait_s) as run:
         with run.phase("read"):
             cards = {kind: read_card(model_dir(cfg, kind)) for kind in cfg.evaluate.models}
             for kind, card in cards.items():

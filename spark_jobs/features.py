@@ -254,7 +254,7 @@ def run(cfg: Config, spark: SparkSession) -> Path:
     from pyspark.sql import functions as F
 
     root = Path(cfg.data.root)
-    with runner.StageRun(STAGE, root, spark, root / STAGE) as run:
+    with runner.StageRun(STAGE, root, spark, root / STAGE, lock_wait=cfg.data.lock_wait_s) as run:
         with run.phase("read"):
             ingest_dir = published(root, "ingest")
             ingest_cfg = ingested_with(ingest_dir)

@@ -209,7 +209,7 @@ def discovered_classes(files: list[store.SourceFile], extensions: tuple[str, ...
 def run(cfg: Config, spark: SparkSession) -> Path:
     """Ingest ``cfg.ingest.source`` under ``cfg.data.root``; returns the published folder."""
     root = Path(cfg.data.root)
-    with runner.StageRun(STAGE, root, spark, root / STAGE) as run:
+    with runner.StageRun(STAGE, root, spark, root / STAGE, lock_wait=cfg.data.lock_wait_s) as run:
         with run.phase("read"):
             kind, files = store.list_source(cfg.ingest.source)
             source = describe(cfg.ingest.source, kind, files)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2  # params or source that cannot be used: fix the input, do not retry
 EXIT_STORE_UNAVAILABLE = 4  # the object store could not be reached: retry later
+EXIT_BUSY = 5  # another run of the stage holds its output (runner.OutputBusy): retry later
 
 log = logging.getLogger("spark_jobs")
 
@@ -117,6 +118,9 @@ def run_stage(
     except GateFailed as exc:
         log.error("%s", exc)
         return EXIT_GATE_FAILED
+    except runner.OutputBusy as exc:
+        log.error("%s: %s", stage, exc)
+        return EXIT_BUSY
     except (ConfigError, SourceError) as exc:  # inputs found unusable once the job could look at them
         for line in str(exc).splitlines():
             log.error("%s: %s", stage, line)

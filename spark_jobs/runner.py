@@ -33,6 +33,7 @@ import errno
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -55,6 +56,7 @@ GATE = ("great_expectations",)  # what a stage with a gate preloads (see :func:`
 TORCH = ("torch",)
 VALIDATION = "_validation.json"
 STAGING = ".staging"
+LOCKS = ".locks"  # beside the outputs: one lock file per output (StageRun)
 
 
 @dataclass(frozen=True)
@@ -188,8 +190,17 @@ def copy_dir(source: Path, target: Path, staging_root: Path, extra: dict[str, An
 # ---- the run --------------------------------------------------------------------------------
 
 
+class OutputBusy(RuntimeError):
+    """Another run of the stage holds its output's lock; this one waited and gave up."""
+
+
 class StageRun:
-    """One run of a stage: its staging folder, phase clock, gate, manifest and publish.
+    """One run of a stage: its output's lock, staging folder, phase clock, gate, manifest and publish.
+
+    A run holds an exclusive lock (``fcntl.flock``) on ``<target's folder>/.locks/<name>.lock``
+    from start to end: one run at a time per output. A second run waits up to ``lock_wait``
+    seconds, then raises :class:`OutputBusy`. Holding the lock, a run removes the staging folders
+    earlier runs of the output left (killed runs: none of them can be alive).
 
     ``target`` is the folder the run publishes (replaced as a whole by :meth:`finish`), and its
     staging folder is ``<target's folder>/.staging/<name or target's name>-<run_id>``; a stage
@@ -198,14 +209,24 @@ class StageRun:
     ``root`` is ``data.root``: where rejected outputs and gate reports go."""
 
     def __init__(
-        self, stage: str, root: str | Path, spark: SparkSession | None, target: Path, name: str | None = None
+        self,
+        stage: str,
+        root: str | Path,
+        spark: SparkSession | None,
+        target: Path,
+        name: str | None = None,
+        lock_wait: float = 600.0,
     ) -> None:
         self.stage = stage
         self.spark = spark
         self.root = Path(root)
         self.target = Path(target)
         self.run_id = new_run_id()
-        self.staging = self.target.parent / STAGING / f"{name or self.target.name}-{self.run_id}"
+        self._name = name or self.target.name
+        self.staging = self.target.parent / STAGING / f"{self._name}-{self.run_id}"
+        self.lock_file = self.target.parent / LOCKS / f"{self._name}.lock"
+        self._lock_wait = lock_wait
+        self._lock_fd: int | None = None
         self.rejected = self.root / "rejected" / f"{stage}-{self.run_id}"
         self.report_dir = self.root / "gates" / stage
         self.seconds: dict[str, float] = {}
@@ -219,7 +240,15 @@ class StageRun:
 
     # context: staging exists inside, and is gone after (published, rejected or discarded)
     def __enter__(self) -> StageRun:
-        self.staging.mkdir(parents=True)
+        self._lock()
+        try:
+            for stale in self.staging.parent.glob(f"{self._name}-*"):
+                log.info("removing the staging folder of a run that did not finish: %s", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            self.staging.mkdir(parents=True)
+        except BaseException:
+            self._unlock()
+            raise
         if self.spark is not None:
             from spark_jobs.session import event_log_size
 
@@ -228,11 +257,43 @@ class StageRun:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.spark is not None:
-            self.spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
-            self.spark.sparkContext.setLocalProperty("spark.job.description", None)
-        if self.staging.exists():
-            shutil.rmtree(self.staging, ignore_errors=True)
+        try:
+            if self.spark is not None:
+                self.spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+                self.spark.sparkContext.setLocalProperty("spark.job.description", None)
+            if self.staging.exists():
+                shutil.rmtree(self.staging, ignore_errors=True)
+        finally:
+            self._unlock()
+
+    def _lock(self) -> None:
+        """Take the output's lock, waiting up to ``lock_wait`` seconds for another run to end."""
+        import fcntl
+
+        self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        deadline = time.monotonic() + self._lock_wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    os.close(fd)
+                    raise OutputBusy(
+                        f"{self.target} is being written by another {self.stage} run ({holder}); "
+                        f"waited {self._lock_wait:g} s (data.lock_wait_s): try again later"
+                    ) from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"run {self.run_id}, pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def path(self, name: str) -> str:
         """Where to write table ``name`` while staging."""

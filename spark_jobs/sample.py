@@ -94,7 +94,8 @@ def write_sample(target: Path, cfg: SampleConfig) -> dict[str, int]:
 
 
 def run(cfg: Config, _spark: object = None) -> Path:
-    with runner.StageRun(STAGE, cfg.data.root, None, Path(cfg.data.root) / STAGE) as run:
+    target = Path(cfg.data.root) / STAGE
+    with runner.StageRun(STAGE, cfg.data.root, None, target, lock_wait=cfg.data.lock_wait_s) as run:
         with run.phase("work"):
             counts = write_sample(run.staging, cfg.sample)
         inputs = {"source": "sklearn.datasets.load_digits + load_sample_images"}

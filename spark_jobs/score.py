@@ -25,8 +25,9 @@ to the tasks (32 bytes each), which skip those files before decoding them: a rer
 inbox adds nothing. Copies of one image in a batch give one prediction (the others are quarantined as
 duplicates of the smallest URI). A run writes under ``<data.root>/.staging/`` and becomes visible
 by one directory rename after the predictions gate passes: a run killed before that leaves nothing
-visible (and the next run scores the batch), a run killed after it is complete. Staging folders of
-killed runs are removed by the next run.
+visible (and the next run scores the batch), a run killed after it is complete. One run at a time
+per ``data.root`` (the stage runner's lock on the predictions table: a second run waits, then
+scores only what the first left); staging folders of killed runs are removed by the next run.
 
 **Gate** (``gate.predictions``): labels in the model's class set, probabilities in [0, 1], top-k
 probabilities summing to at most 1 + ε, one row per ``image_id``, at most ``max_low_confidence``
@@ -41,7 +42,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -273,21 +273,13 @@ def write_quarantine(rows: list[dict[str, Any]], folder: Path) -> Path:
     return folder
 
 
-def _clean_stale_staging(root: Path) -> None:
-    """Staging folders of score runs that were killed: never visible, never needed again."""
-    for stale in (root / runner.STAGING).glob(f"{STAGE}-*"):
-        log.info("removing the staging folder of an unfinished run: %s", stale)
-        shutil.rmtree(stale, ignore_errors=True)
-
-
 def run(cfg: Config, spark: SparkSession) -> Path | None:
     """Score the inbox's new images; returns the published run folder (None when nothing was new)."""
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
     root = Path(cfg.data.root)
-    _clean_stale_staging(root)
-    with runner.StageRun(STAGE, root, spark, root / PREDICTIONS, name=STAGE) as run:
+    with runner.StageRun(STAGE, root, spark, root / PREDICTIONS, name=STAGE, lock_wait=cfg.data.lock_wait_s) as run:
         with run.phase("read"):
             folder = model_folder(cfg)
             card = read_card(folder)

@@ -274,7 +274,7 @@ def used_params(cfg: Config, kind: str) -> dict[str, Any]:
 def run(cfg: Config, spark: SparkSession) -> Path:
     """Train ``train.model`` into ``<train.output>/<model>/``; returns the folder."""
     kind = cfg.train.model
-    with runner.StageRun(STAGE, cfg.data.root, spark, model_dir(cfg, kind)) as run:
+    with runner.StageRun(STAGE, cfg.data.root, spark, model_dir(cfg, kind), lock_wait=cfg.data.lock_wait_s) as run:
         with run.phase("read"):
             ingest_cfg, ingest_sha = ingest_of(cfg, kind)
             source, counts = train_input(cfg, kind)

@@ -218,3 +218,24 @@ def test_exit_process_runs_the_exit_handlers_joins_threads_and_keeps_the_code(tm
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, done.stderr
     assert done.stdout == "bufferedthread done\nhandler ran\n"
+
+
+def test_one_run_at_a_time_per_output_and_dead_staging_is_cleaned(tmp_path: Path) -> None:
+    target = tmp_path / "data" / "ingest"
+    dead = target.parent / runner.STAGING / "ingest-20260101T000000Z-deadbeef"
+    dead.mkdir(parents=True)  # what a killed run leaves
+    first = runner.StageRun("ingest", tmp_path / "data", None, target, lock_wait=5)
+    with first:
+        assert not dead.exists()
+        assert first.staging.is_dir()
+        second = runner.StageRun("ingest", tmp_path / "data", None, target, lock_wait=0.5)
+        started = time.monotonic()
+        with pytest.raises(runner.OutputBusy, match=rf"{target} is being written by another ingest run \(run "):
+            second.__enter__()
+        assert 0.5 <= time.monotonic() - started < 5
+        assert first.staging.is_dir()  # the waiting run touched nothing
+        other = runner.StageRun("features", tmp_path / "data", None, tmp_path / "data" / "features", lock_wait=0)
+        with other:  # another output: not blocked
+            pass
+    with runner.StageRun("ingest", tmp_path / "data", None, target, lock_wait=0) as third:
+        assert third.staging.is_dir()

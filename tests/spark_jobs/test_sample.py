@@ -48,3 +48,20 @@ def test_sample_is_reproducible(tmp_path: Path) -> None:
     a = sorted((tmp_path / "a" / "digits").rglob("*.png"))
     b = sorted((tmp_path / "b" / "digits").rglob("*.png"))
     assert [p.read_bytes() for p in a[:50]] == [p.read_bytes() for p in b[:50]]
+
+
+def test_a_stage_whose_output_is_busy_exits_5(tmp_path: Path, caplog) -> None:
+    """Another run holds the output's lock: the stage waits data.lock_wait_s, then one line, exit 5
+    (Airflow retries it; 2 and 3 are final)."""
+    from spark_jobs import runner
+    from tests.factories import REPO
+
+    root = tmp_path / "data"
+    argv = ["--params", str(REPO / "params.yaml"), "--set", f"data.root={root}", "--set", "data.lock_wait_s=0.3"]
+    with runner.StageRun("sample", root, None, root / "sample"):
+        assert sample.main(argv) == 5
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    assert f"{root / 'sample'} is being written by another sample run" in errors[0]
+    assert not (root / "sample").exists()
+    assert sample.main(argv) == 0  # free again

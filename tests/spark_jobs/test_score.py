@@ -109,6 +109,26 @@ def test_cnn_scores_each_new_image_exactly_once(spark, trained: Config, tmp_path
     assert len(score.committed_runs(score.predictions_dir(cfg))) == 2
 
 
+def test_two_runs_at_once_score_each_image_once(spark, trained: Config, tmp_path: Path) -> None:
+    """Started together on one inbox and data.root: the second waits for the first's lock, then
+    finds every image scored. One prediction per image, neither run touched the other's staging."""
+    import threading
+
+    truth = write_inbox(tmp_path / "inbox", 400, 3)
+    cfg = _config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0")
+    results: list[object] = []
+    runs = [threading.Thread(target=lambda: results.append(score.run(cfg, spark))) for _ in range(2)]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join(timeout=600)
+    assert len(results) == 2
+    assert sorted(r is None for r in results) == [False, True]  # one published, one found nothing new
+    rows = _rows(spark, cfg)
+    assert len(rows) == len(truth)
+    assert len({r["image_id"] for r in rows}) == len(rows)
+
+
 def test_a_run_killed_before_publishing_leaves_nothing_visible(spark, trained, tmp_path, monkeypatch) -> None:
     truth = write_inbox(tmp_path / "inbox", 300, 3)
     cfg = _config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0")
