@@ -66,6 +66,53 @@ def check_local_paths(cfg: Config, needs_spark: bool = True) -> None:
             raise ConfigError(f"spark.python {python}: no executable interpreter there")
 
 
+def written_folders(stage: str, cfg: Config) -> list[Path]:
+    """Every folder ``stage`` writes into or deletes inside: its outputs, with their staging and
+    lock folders beside them, its gate report and the rejected outputs (``sample`` writes the
+    bundled sample, which is a source by design: not listed)."""
+    root = Path(cfg.data.root)
+    targets = {
+        "ingest": [root / "ingest"],
+        "features": [root / "features"],
+        "score": [root / "predictions", root / "score_quarantine"],
+        "backbone": [Path(cfg.backbone.output)],
+        "train": [Path(cfg.train.output) / kind for kind in ("mllib", "cnn", "autoencoder")],
+        "evaluate": [Path(cfg.evaluate.reports)],
+    }.get(stage, [])
+    folders = list(targets)
+    if stage == "evaluate":  # promoted and rejected models are copied in through their parent's staging
+        for kept in (Path(cfg.evaluate.champion), Path(cfg.evaluate.rejected)):
+            folders += [kept, kept.parent / runner.STAGING]
+    for target in targets:
+        folders += [target.parent / runner.STAGING, target.parent / runner.LOCKS]
+    return [*folders, root / "gates" / stage, root / "rejected", root / ".checkpoints"]
+
+
+def check_sources_untouched(stage: str, cfg: Config) -> None:
+    """:class:`ConfigError` when a folder ``stage`` writes (:func:`written_folders`) would be, lie
+    inside or contain ``ingest.source`` or ``score.inbox`` (a local folder, or a manifest CSV's
+    folder): no stage may write into, or delete anything inside, a user's input."""
+    from spark_jobs.store import is_manifest, is_s3
+
+    def real(path: str | Path) -> Path:
+        return Path(os.path.abspath(os.path.expanduser(path))).resolve()
+
+    sources = []
+    for key, uri in (("ingest.source", cfg.ingest.source), ("score.inbox", cfg.score.inbox)):
+        if is_s3(uri):
+            continue
+        local = uri.removeprefix("file://")
+        sources.append((key, real(Path(local).parent if is_manifest(local) else local)))
+    for folder in written_folders(stage, cfg):
+        out = real(folder)
+        for key, source in sources:
+            if out == source or out.is_relative_to(source) or source.is_relative_to(out):
+                raise ConfigError(
+                    f"{stage} would write to {folder}, which overlaps {key} {source}: inputs are never written; "
+                    "point data.root (or the stage's output) elsewhere"
+                )
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("py4j", "botocore", "urllib3", "great_expectations"):
@@ -94,6 +141,7 @@ def run_stage(
     try:
         cfg = load_config(args.params, args.overrides)
         check_local_paths(cfg, needs_spark)
+        check_sources_untouched(stage, cfg)
         if precheck is not None:
             precheck(cfg)  # input errors surface before Spark starts
     except (ConfigError, SourceError) as exc:

@@ -232,3 +232,42 @@ def test_unusable_local_paths_stop_a_stage_before_spark(
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1, errors
     assert message in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("stage", "overrides", "folder"),
+    [
+        ("ingest", ["data.root={src}"], "{src}/ingest"),  # a class folder named "ingest" would be replaced
+        ("ingest", ["data.root={src}/0"], "{src}/0/ingest"),
+        ("ingest", ["ingest.source={tmp}/data/ingest"], "{tmp}/data/ingest"),
+        ("ingest", ["ingest.source={tmp}/data"], "{tmp}/data/ingest"),
+        ("score", ["score.inbox={tmp}/data/predictions/incoming"], "{tmp}/data/predictions"),
+        ("train", ["train.output={src}"], "{src}/mllib"),
+        ("evaluate", ["evaluate.champion={src}/champion"], "{src}/champion"),
+    ],
+)
+def test_a_stage_never_writes_into_a_source(tmp_path: Path, caplog, stage: str, overrides, folder: str) -> None:
+    """Refused before Spark starts, and nothing in the source changes."""
+    import importlib
+
+    src = tmp_path / "src"
+    (src / "ingest").mkdir(parents=True)
+    (src / "ingest" / "a.png").write_bytes(b"an image of the class 'ingest'")
+    values = {"src": src, "tmp": tmp_path}
+    argv = ["--params", str(REPO / "params.yaml"), "--set", f"data.root={tmp_path / 'data'}"]
+    argv += ["--set", f"ingest.source={src}", "--set", f"score.inbox={tmp_path / 'inbox'}"]
+    for override in overrides:
+        argv += ["--set", override.format(**values)]
+    assert importlib.import_module(f"spark_jobs.{stage}").main(argv) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert f"{stage} would write to {folder.format(**values)}, which overlaps" in errors[0]
+    assert (src / "ingest" / "a.png").read_bytes() == b"an image of the class 'ingest'"
+
+
+def test_the_bundled_layout_overlaps_no_output() -> None:
+    from spark_jobs.jobs import check_sources_untouched
+
+    cfg = load_config(REPO / "params.yaml")
+    for stage in ("ingest", "backbone", "features", "train", "evaluate", "score"):
+        check_sources_untouched(stage, cfg)
