@@ -208,6 +208,7 @@ class TilesConfig(_Section):
     size: int = Field(128, ge=8, le=16384)
     overlap: float = Field(0.1, ge=0.0, lt=1.0)
     edge: Literal["shift", "pad"] = "shift"
+    max_per_image: int = Field(4096, ge=1)
 
     @property
     def stride(self) -> int:

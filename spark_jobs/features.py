@@ -98,7 +98,7 @@ def image_tiles(data: bytes, cfg: IngestConfig, tiles_cfg: TilesConfig) -> Itera
     from PIL import Image
 
     full = images.decode_full(data, cfg)
-    for tile in tiles.grid(full.shape[1], full.shape[0], tiles_cfg):
+    for tile in tiles.checked_grid(full.shape[1], full.shape[0], tiles_cfg):
         block = tiles.cut(full, tile, tiles_cfg.size, tuple(cfg.resize.fill))
         if tiles_cfg.size != cfg.image_size:
             block = np.asarray(
@@ -157,6 +157,8 @@ def tile_frames(
                         blocks.append(block)
                 except images.Rejected as exc:
                     problem = f"the source no longer decodes: {exc}"
+                except tiles.TooManyTiles as exc:
+                    problem = str(exc)
             if problem is not None:
                 no_box = dict.fromkeys(("box_x0", "box_y0", "box_x1", "box_y1"))
                 records.append({**keys, "tile_x": -1, "tile_y": -1, **no_box, "raw": None, "problem": problem})

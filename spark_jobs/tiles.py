@@ -52,6 +52,22 @@ def starts(length: int, size: int, stride: int, edge: str) -> list[int]:
     return origins
 
 
+class TooManyTiles(ValueError):
+    """An image that would be cut into more than ``features.tiles.max_per_image`` blocks."""
+
+
+def checked_grid(width: int, height: int, cfg: TilesConfig) -> list[Tile]:
+    """:func:`grid`, or :class:`TooManyTiles` when it would hold more than ``cfg.max_per_image``
+    blocks (counted first: ``size=8, overlap=0.99`` on a 9000 x 9000 image would be 80 million)."""
+    n = count(width, height, cfg)
+    if n > cfg.max_per_image:
+        raise TooManyTiles(
+            f"{width}x{height} cut into {cfg.size}px tiles overlapping {cfg.overlap:g} makes {n} tiles "
+            f"> features.tiles.max_per_image {cfg.max_per_image}"
+        )
+    return grid(width, height, cfg)
+
+
 def grid(width: int, height: int, cfg: TilesConfig) -> list[Tile]:
     """Every block of a ``width`` x ``height`` image, row by row."""
     xs = starts(width, cfg.size, cfg.stride, cfg.edge)
