@@ -144,10 +144,15 @@ def list_s3(uri: str) -> Iterator[SourceFile]:
 
 def list_directory(root: str) -> Iterator[SourceFile]:
     """Every file below a local folder (hidden and zero-byte ones too: they must be accounted
-    for, which Spark's binaryFile source does not do), labelled by its parent folder."""
+    for, which Spark's binaryFile source does not do), labelled by its parent folder. A folder
+    that cannot be listed is a :class:`SourceError` naming it, never a silent gap."""
     base = local_path(root).absolute()
     seen = {base.resolve()}
-    for folder, dirs, names in os.walk(base, followlinks=True):
+
+    def unlistable(exc: OSError) -> None:  # os.walk would skip the folder silently
+        raise SourceError(f"cannot list folder {exc.filename} of {root}: {exc.strerror or exc}")
+
+    for folder, dirs, names in os.walk(base, followlinks=True, onerror=unlistable):
         # Follow linked folders (a class folder is often a link), but never round a cycle.
         real = [(d, (Path(folder) / d).resolve()) for d in sorted(dirs)]
         dirs[:] = [d for d, r in real if r not in seen]

@@ -195,3 +195,24 @@ def test_a_quarantine_detail_never_holds_the_file_s_content(tmp_path: Path) -> N
     fifo = _special_files(tmp_path)["x.png"].as_uri()
     fifo_row = images.decode_record(fifo, "cls", store.fetch_many([fifo], 1)[0], IngestConfig())
     assert fifo_row["reason"] == images.NOT_A_FILE
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error_naming_it(tmp_path: Path, monkeypatch) -> None:
+    """os.walk skips a folder it cannot list unless told otherwise. (These tests run as root, for
+    whom permissions never stop a listing, so the refusal is simulated at os.scandir.)"""
+    import os
+
+    root = tmp_path / "src"
+    (root / "cat").mkdir(parents=True)
+    (root / "dog").mkdir()
+    (root / "cat" / "a.png").write_bytes(b"x")
+    real_scandir = os.scandir
+
+    def scandir(path=None):
+        if str(path).endswith("dog"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(store.SourceError, match=r"cannot list folder .*/src/dog of .*: Permission denied"):
+        list(store.list_directory(str(root)))
