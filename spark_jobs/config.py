@@ -361,6 +361,20 @@ class GateConfig(_Section):
     predictions: PredictionsGateConfig = PredictionsGateConfig()
 
 
+# Parameters that change how fast or how patiently a stage runs, never what it writes: dvc.yaml
+# lists none of them (changing one re-runs nothing) and manifests do not record them.
+SPEED_ONLY = (
+    "data.lock_wait_s",
+    "ingest.fetch_threads",
+    "features.batch_size",
+    "features.cnn.threads",
+    "evaluate.batch_size",
+    "evaluate.threads",
+    "score.batch_size",
+    "score.threads",
+)
+
+
 class Config(_Section):
     """The whole params.yaml, validated."""
 
@@ -376,8 +390,15 @@ class Config(_Section):
     gate: GateConfig = GateConfig()
 
     def section(self, *names: str) -> dict[str, Any]:
-        """The named top-level sections (``gate.raw`` style paths allowed) as plain data."""
+        """The named top-level sections (``gate.raw`` style paths allowed) as plain data, without
+        the :data:`SPEED_ONLY` parameters: what a manifest records as the params that shaped it."""
         dumped = self.model_dump(mode="json")
+        for key in SPEED_ONLY:
+            *parents, leaf = key.split(".")
+            node = dumped
+            for part in parents:
+                node = node[part]
+            node.pop(leaf, None)
         out: dict[str, Any] = {}
         for name in names:
             node: Any = dumped

@@ -55,6 +55,46 @@ def test_every_stage_param_exists() -> None:
                 node = node[part]
 
 
+def _leaves(tree: dict, prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        out |= _leaves(value, path + ".") if isinstance(value, dict) and value else {path}
+    return out
+
+
+# The sections each stage's manifest records (spark_jobs/<stage>.py: run.manifest(cfg.section(...))).
+MANIFEST_SECTIONS = {
+    "ingest": ("ingest", "gate.raw", "data"),
+    "features": ("features", "gate.features", "data"),
+    "evaluate": ("evaluate", "gate.model", "data"),
+    "score": ("score", "gate.predictions", "data"),
+}
+
+
+def test_no_stage_lists_a_speed_only_param() -> None:
+    from spark_jobs.config import SPEED_ONLY
+
+    for name, (_, stage) in _expanded().items():
+        for key in stage.get("params", []):
+            hit = [s for s in SPEED_ONLY if s == key or s.startswith(key + ".")]
+            assert not hit, f"stage {name} lists {key}, which holds speed-only {hit}: changing them would re-run it"
+
+
+@pytest.mark.parametrize("stage", sorted(MANIFEST_SECTIONS))
+def test_a_manifest_records_exactly_the_params_dvc_tracks(stage: str) -> None:
+    cfg = load_config(REPO / "params.yaml")
+    recorded: set[str] = set()
+    for section, tree in cfg.section(*MANIFEST_SECTIONS[stage]).items():
+        recorded |= _leaves(tree, section + ".") if isinstance(tree, dict) else {section}
+    tops = {section.split(".")[0] for section in MANIFEST_SECTIONS[stage]}
+    tracked = [k for k in _expanded()[stage][1]["params"] if k.split(".")[0] in tops]
+    uncovered = [leaf for leaf in recorded if not any(leaf == k or leaf.startswith(k + ".") for k in tracked)]
+    assert not uncovered, f"{stage}'s manifest records {uncovered}, which dvc.yaml does not track"
+    unrecorded = [k for k in tracked if not any(leaf == k or leaf.startswith(k + ".") for leaf in recorded)]
+    assert not unrecorded, f"dvc.yaml tracks {unrecorded} for {stage}, which its manifest does not record"
+
+
 def test_stage_code_deps_exist() -> None:
     for _, stage in _expanded().values():
         for dep in stage["deps"]:
@@ -156,11 +196,18 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
     # its PCA size, ingest for its image size), not the sample or the models; that each stage
     # honours its params is tested with the stage itself (test_features, test_train_evaluate: the
     # vectors' and the mllib card's dim follow pca_k).
+    # Speed-only knobs re-run nothing.
+    params["ingest"]["fetch_threads"] = 3
+    params["features"]["cnn"]["threads"] = 2
+    params["score"]["batch_size"] = 7
+    params["data"]["lock_wait_s"] = 5
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    assert json.loads(_dvc(workspace, "status", "--json")) == {}
     params["features"]["classical"]["pca_k"] = 24
     params["ingest"]["image_size"] = 16
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
     status = json.loads(_dvc(workspace, "status", "--json"))
     assert status == {
-        "ingest": [{"changed deps": {"params.yaml": {"ingest": "modified"}}}],
-        "features": [{"changed deps": {"params.yaml": {"features": "modified"}}}],
+        "ingest": [{"changed deps": {"params.yaml": {"ingest.image_size": "modified"}}}],
+        "features": [{"changed deps": {"params.yaml": {"features.classical": "modified"}}}],
     }
