@@ -1,30 +1,40 @@
 """image_training_pipeline: dvc.yaml's pipeline from ingest to evaluate (ingest -> backbone ->
 features -> train@mllib/cnn/autoencoder -> evaluate, the same stages, commands and dependencies
-as ``dvc repro``), triggered from the UI or the REST API with Params, each a ``--set`` override of
-params.yaml. Orchestration only: every stage is a spark-submit of the packaged ``spark_jobs``; the
-last task records the Params in params.yaml, versions the outputs with DVC (one DVC command at a
-time, in the ``dvc`` pool) and updates the champion-model Asset (see ``plugins/image_platform``)."""
+as ``dvc repro``), triggered from the UI or the REST API with Params. Every Param starts empty,
+meaning "as in params.yaml": a run with the form untouched is exactly ``dvc repro``; a Param the
+run sets becomes a ``--set`` override of its params.yaml key for every stage. Orchestration only:
+every stage is a spark-submit of the packaged ``spark_jobs``; the last task records the Params the
+run set in params.yaml, versions the outputs with DVC (one DVC command at a time, in the ``dvc``
+pool) and updates the champion-model Asset (see ``plugins/image_platform``)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Param, get_current_context, task
 from image_platform import stages, versioning
 from image_platform.assets import CHAMPION
 
 # dvc.yaml stages that are not part of training: the bundled sample and batch scoring.
 NOT_TRAINING = {"sample", "score"}
-# Every Param as a --set override of params.yaml, given to every stage (each reads its sections).
-OVERRIDES = [
-    "ingest.source={{ params.source }}",
-    "ingest.image_size={{ params.image_size }}",
-    "features.kind={{ params.feature_kind }}",
-    "train.seed={{ params.seed }}",
-    "train.mllib.classifier={{ params.mllib_classifier }}",
-    "train.cnn.epochs={{ params.epochs }}",
-    "train.autoencoder.epochs={{ params.epochs }}",
-]
+# Each Param and the params.yaml key it overrides when a run sets it (empty: params.yaml's value).
+PARAM_KEYS = {
+    "source": "ingest.source",
+    "image_size": "ingest.image_size",
+    "feature_kind": "features.kind",
+    "mllib_classifier": "train.mllib.classifier",
+    "cnn_epochs": "train.cnn.epochs",
+    "autoencoder_epochs": "train.autoencoder.epochs",
+    "seed": "train.seed",
+}
+AS_IN_PARAMS = "Empty: as in params.yaml"
+
+
+def _param(kind: str, description: str, choices: list[str] | None = None, **bounds: int) -> Param:
+    """An optional Param: null (empty in the form) unless the run sets it."""
+    schema: dict[str, object] = {"enum": [None, *choices]} if choices else {}
+    return Param(None, type=["null", kind], description=f"{description}. {AS_IN_PARAMS}", **schema, **bounds)
+
 
 with DAG(
     dag_id="image_training_pipeline",
@@ -36,14 +46,17 @@ with DAG(
     tags=["image-platform", "training"],
     default_args={"retry_delay": timedelta(minutes=1)},
     params={
-        "source": Param("data/sample/digits", type="string", description="Folder, s3://bucket/prefix or manifest CSV"),
-        "image_size": Param(32, type="integer", minimum=8, maximum=1024, description="Side of the square images"),
-        "feature_kind": Param("classical", enum=["classical", "cnn"], description="Features of the mllib model"),
-        "mllib_classifier": Param(
-            "logistic_regression", enum=["logistic_regression", "random_forest"], description="The classical model"
+        "source": _param("string", "ingest.source: a folder, s3://bucket/prefix or manifest CSV", minLength=1),
+        "image_size": _param("integer", "ingest.image_size: side of the square images", minimum=8, maximum=1024),
+        "feature_kind": _param("string", "features.kind: features of the mllib model", ["classical", "cnn"]),
+        "mllib_classifier": _param(
+            "string", "train.mllib.classifier: the classical model", ["logistic_regression", "random_forest"]
         ),
-        "epochs": Param(12, type="integer", minimum=1, maximum=500, description="Epochs of the cnn and autoencoder"),
-        "seed": Param(0, type="integer", minimum=0, maximum=2**32 - 1, description="Training seed"),
+        "cnn_epochs": _param("integer", "train.cnn.epochs: epochs of the cnn", minimum=1, maximum=500),
+        "autoencoder_epochs": _param(
+            "integer", "train.autoencoder.epochs: epochs of the autoencoder", minimum=1, maximum=500
+        ),
+        "seed": _param("integer", "train.seed: the training seed", minimum=0, maximum=2**32 - 1),
     },
 ) as dag:
     built = stages.package_task()
@@ -55,17 +68,18 @@ with DAG(
         tasks[name] = stages.stage_task(
             stages.task_id(name),
             commands[name],
-            overrides=OVERRIDES,
+            param_keys=PARAM_KEYS,
         )
         upstream = [tasks[n] for n in sorted(needs) if n in tasks]
         (upstream or [built]) >> tasks[name]
 
     @task(pool=versioning.POOL, outlets=[CHAMPION], retries=2)
-    def version(overrides: list[str]) -> dict:
-        """The run's Params into params.yaml, then its outputs into the DVC cache (and remote)
-        and dvc.lock."""
+    def version() -> dict:
+        """The Params this run set into params.yaml (none: the file is left as it is), then its
+        outputs into the DVC cache (and remote) and dvc.lock."""
+        overrides = stages.param_overrides(PARAM_KEYS, get_current_context()["params"])
         changed = versioning.record_params(stages.workspace(), overrides)
         return {**versioning.version_outputs(stages.workspace(), list(tasks)), "params_changed": changed}
 
     sinks = [t for name, t in tasks.items() if not any(name in graph[other] for other in tasks)]
-    sinks >> version(OVERRIDES)
+    sinks >> version()

@@ -12,11 +12,12 @@ unreachable) is retried.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,16 +123,39 @@ def application_args(command: StageCommand, overrides: Sequence[str] = ()) -> li
     return [command.stage, *command.args, *[f"--set={o}" for o in overrides]]
 
 
+def param_overrides(param_keys: Mapping[str, str], params: Mapping[str, Any]) -> list[str]:
+    """A DAG run's Params as ``key=value`` overrides of params.yaml (``param_keys``: each Param's
+    params.yaml key). A Param left empty (null, the form's default) overrides nothing: the stage
+    reads params.yaml, exactly as ``dvc repro`` does. Values are written as
+    :func:`spark_jobs.config.parse_value` reads them back (strings verbatim)."""
+    overrides = []
+    for name, key in param_keys.items():
+        value = params.get(name)
+        if value is None:
+            continue
+        # true/false, [..] and {..} as JSON, which YAML reads; numbers and strings as they are.
+        text = json.dumps(value) if isinstance(value, bool | list | dict) else str(value)
+        overrides.append(f"{key}={text}")
+    return overrides
+
+
 class StageSubmitOperator(SparkSubmitOperator):
     """``SparkSubmitOperator`` for one pipeline stage: a stage's own verdict (exit code 2 or 3)
-    fails the task at once, without retries; other failures keep the configured retries."""
+    fails the task at once, without retries; other failures keep the configured retries. The Params
+    the run set (``param_keys``: DAG Param -> params.yaml key) follow the stage's arguments as
+    ``--set`` overrides; Params left empty add nothing (:func:`param_overrides`)."""
 
-    def __init__(self, *, stage: str, **kwargs: Any) -> None:
+    def __init__(self, *, stage: str, param_keys: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.stage = stage
+        self.param_keys = dict(param_keys or {})
 
     def execute(self, context: Any) -> None:
-        self.conf = {**(self.conf or {}), **driver_conf(self.application_args or [])}
+        chosen = param_overrides(self.param_keys, context["params"])
+        if chosen:
+            self.log.info("this run's Params override params.yaml: %s", ", ".join(chosen))
+        self.application_args = [*(self.application_args or []), *(f"--set={o}" for o in chosen)]
+        self.conf = {**(self.conf or {}), **driver_conf(self.application_args)}
         try:
             super().execute(context)
         except AirflowException as exc:
@@ -183,13 +207,15 @@ def stage_task(
     *,
     py_files: str = PACKAGED,
     overrides: Sequence[str] = (),
+    param_keys: Mapping[str, str] | None = None,
     workdir: Path | None = None,
     python: str | None = None,
     retries: int = 2,
     **kwargs: Any,
 ) -> StageSubmitOperator:
     """The spark-submit task of one dvc.yaml stage, run from ``workdir`` (default
-    :func:`workspace`; relative paths in params.yaml resolve as they do for ``dvc repro``).
+    :func:`workspace`; relative paths in params.yaml resolve as they do for ``dvc repro``), with
+    fixed ``overrides`` and the run's Params named in ``param_keys`` (see :class:`StageSubmitOperator`).
     ``python`` is the executors' interpreter: default ``$PYSPARK_PYTHON``, else the interpreter
     running Airflow (the project's environment)."""
     python = python or os.environ.get("PYSPARK_PYTHON") or sys.executable
@@ -198,6 +224,7 @@ def stage_task(
     return StageSubmitOperator(
         task_id=task_id,
         stage=command.name,
+        param_keys=param_keys,
         application=str(REPO / LAUNCHER),
         py_files=py_files,
         application_args=application_args(command, overrides),

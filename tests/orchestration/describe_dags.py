@@ -27,6 +27,7 @@ def describe(dags_folder: str) -> dict:
             "catchup": dag.catchup,
             "max_active_runs": dag.max_active_runs,
             "params": {k: dag.params.get_param(k).schema for k in dag.params},
+            "param_defaults": {k: dag.params.get_param(k).value for k in dag.params},
             "tasks": {
                 t.task_id: {
                     "type": type(t).__name__,
@@ -34,6 +35,7 @@ def describe(dags_folder: str) -> dict:
                     "retries": t.retries,
                     "application": getattr(t, "application", None),
                     "application_args": getattr(t, "application_args", None),
+                    "param_keys": getattr(t, "param_keys", None),
                     "py_files": getattr(t, "py_files", None),
                     "conn_id": getattr(t, "_conn_id", None),
                     "outlets": [getattr(o, "name", str(o)) for o in t.outlets],

@@ -6,17 +6,21 @@ images, small models), spark-submitting the packaged jobs through ``spark_defaul
   posts, the run's task states, products and DVC versioning.
 - Batch scoring of an inbox with the champion that run produced, by ``dag.test()``, twice (the
   second run finds nothing new), and a gate failure (``dag.test()`` of the training DAG) that
-  stops the run at ingest."""
+  stops the run at ingest.
+- The training DAG with the form untouched (``dag.test()`` with an empty conf) submits exactly
+  ``dvc repro``'s commands and leaves params.yaml as it was."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from image_platform import stages
 
 from tests.factories import REPO, write_inbox
 from tests.orchestration.airflow_setup import BIN, make_workspace
@@ -50,7 +54,7 @@ def test_the_airflow_home_is_private(trained_pipeline: dict) -> None:
 
 
 def test_training_produced_and_versioned_the_models(trained_pipeline: dict) -> None:
-    ws = trained_pipeline["workspace"]
+    ws, version = trained_pipeline["workspace"], trained_pipeline["version"]
     # The stages ran the packaged code with the trigger's Params.
     ingest = json.loads((ws / "data" / "ingest" / "_manifest.json").read_text())
     assert ingest["counts"]["rows"] == 90
@@ -60,8 +64,11 @@ def test_training_produced_and_versioned_the_models(trained_pipeline: dict) -> N
     for output in ("data/features", "models/cnn"):
         manifest = ws / output / ("card.json" if output.startswith("models") else "_manifest.json")
         assert json.loads(manifest.read_text())["job_version"]["content_sha256_16"] == packaged, output
-    card = json.loads((ws / "models" / "cnn" / "card.json").read_text())
-    assert card["training"]["epochs"] == 15  # the epochs Param reached the cnn
+    # The autoencoder_epochs Param reached the autoencoder (params.yaml says 6); the cnn's Param
+    # was left empty, so its 15 epochs are params.yaml's own.
+    for model, epochs in (("autoencoder", 15), ("cnn", 15)):
+        card = json.loads((ws / "models" / model / "card.json").read_text())
+        assert card["training"]["epochs"] == epochs, model
     metrics = json.loads((ws / "reports" / "metrics.json").read_text())
     assert set(metrics["models"]) == {"mllib", "cnn", "autoencoder"}
     assert metrics["models"]["cnn"]["accuracy"] >= 0.8  # the workspace's model gate
@@ -71,7 +78,12 @@ def test_training_produced_and_versioned_the_models(trained_pipeline: dict) -> N
     text = (ws / "params.yaml").read_text()
     params = yaml.safe_load(text)
     assert params["ingest"]["source"] == str(ws / "src")
-    assert (params["train"]["cnn"]["epochs"], params["train"]["seed"]) == (15, 1)
+    assert (params["train"]["autoencoder"]["epochs"], params["train"]["seed"]) == (15, 1)
+    assert version["params_changed"] == {
+        "ingest.source": str(ws / "src"),
+        "train.autoencoder.epochs": 15,
+        "train.seed": 1,
+    }  # only the Params the run set
     assert "# Stable interface" in text
     lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
     assert set(lock) >= TRAINING_STAGES
@@ -130,3 +142,46 @@ def test_a_gate_failure_stops_the_run_at_its_stage(airflow_db: dict[str, str], t
     assert any("stage ingest stopped: its gate failed" in line for line in problems), problems
     assert any(f"gate 'ingest' failed: nothing published. Report: {ws}/data/gates/ingest" in p for p in problems)
     assert not (ws / "data" / "ingest").exists()
+
+
+def _recording_spark_submit(folder: Path, record: Path) -> Path:
+    """A ``spark-submit`` that appends its command line to ``record`` (one JSON list per line) and
+    succeeds: the stages' real runs are the shared run's, so this test costs no second training."""
+    folder.mkdir()
+    stub = folder / "spark-submit"
+    stub.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"with open({str(record)!r}, 'a') as out:\n    out.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
+    stub.chmod(0o755)
+    return folder
+
+
+def test_a_run_with_the_form_untouched_is_dvc_repro(
+    airflow_db: dict[str, str], trained_pipeline: dict, tmp_path: Path
+) -> None:
+    """An empty conf overrides nothing. On the shared trained workspace, whose params.yaml holds
+    values the Params' old defaults would have overwritten (15 epochs each, seed 1, its own
+    source), every stage is submitted with exactly its dvc.yaml arguments (no ``--set``), and the
+    version task commits the outputs and leaves params.yaml byte-identical. (The same workspace,
+    not a copy: the champion Asset is the workspace's, and this Airflow DB already knows it.)"""
+    ws = trained_pipeline["workspace"]
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    assert (params["train"]["cnn"]["epochs"], params["train"]["autoencoder"]["epochs"]) == (15, 15)
+    before = (ws / "params.yaml").read_bytes()
+    record = tmp_path / "submitted.jsonl"
+    stub = _recording_spark_submit(tmp_path / "bin", record)
+    env = {**airflow_db, "PATH": f"{stub}{os.pathsep}{airflow_db['PATH']}"}
+    run = _dag_test(env, ws, TRAINING, {})
+    assert run["state"] == "success", run["log"][-6000:]
+    assert set(run["tasks"].values()) == {"success"}, run["tasks"]
+    launcher = str(REPO / stages.LAUNCHER)
+    submitted = [json.loads(line) for line in record.read_text().splitlines()]
+    args = sorted(argv[argv.index(launcher) + 1 :] for argv in submitted)
+    dvc = stages.dvc_commands()
+    assert args == sorted([dvc[name].stage, *dvc[name].args] for name in TRAINING_STAGES)
+    assert (ws / "params.yaml").read_bytes() == before
+    status = subprocess.run(
+        [str(BIN / "dvc"), "status", *TRAINING_STAGES], cwd=ws, capture_output=True, text=True, check=True
+    )
+    assert "up to date" in status.stdout, status.stdout

@@ -75,28 +75,31 @@ def test_training_dag_is_dvc_yaml_from_ingest_to_evaluate(parsed: dict) -> None:
         assert task["application"] == str(REPO / stages.LAUNCHER)
         assert task["py_files"] == "{{ ti.xcom_pull(task_ids='build_package') }}"
         assert task["retries"] > 0
-        # Every Param reaches every stage as a --set override of params.yaml.
-        overrides = [a for a in args if a.startswith("--set=")]
-        for param in dag["params"]:
-            assert any(f"{{{{ params.{param} }}}}" in o for o in overrides), (name, param)
+        # Every Param can reach every stage, as a --set override when a run sets it, and none is
+        # on the command line beforehand: a run with the form untouched is `dvc repro`.
+        assert set(task["param_keys"]) == set(dag["params"]), name
+        assert args == [dvc[name].stage, *dvc[name].args], name
     assert tasks["build_package"]["downstream"] == ["ingest"]
     assert tasks["evaluate"]["downstream"] == ["version"]
     assert tasks["version"]["pool"] == "dvc"  # DVC commands one at a time
     assert tasks["version"]["outlets"] == ["image_platform_champion_model"]
 
 
-def test_every_override_names_a_params_yaml_key(parsed: dict) -> None:
-    """A typo in a DAG's override would fail every run: each key must exist in params.yaml."""
+def test_params_default_to_params_yaml_and_each_names_a_key(parsed: dict) -> None:
+    """Every Param starts empty (null: "as in params.yaml"), so no default ever overrides the file,
+    and each names a params.yaml key (a typo would fail every run that sets it)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for dag in parsed["dags"].values():
-        for task in dag["tasks"].values():
-            for arg in task["application_args"] or []:
-                if not arg.startswith("--set="):
-                    continue
-                node = params
-                for part in arg.removeprefix("--set=").split("=", 1)[0].split("."):
-                    assert part in node, arg
-                    node = node[part]
+    dag = parsed["dags"]["image_training_pipeline"]
+    assert set(dag["param_defaults"].values()) == {None}, dag["param_defaults"]
+    assert all("null" in schema["type"] for schema in dag["params"].values()), dag["params"]
+    keys = dag["tasks"]["ingest"]["param_keys"]
+    assert keys["cnn_epochs"] == "train.cnn.epochs"
+    assert keys["autoencoder_epochs"] == "train.autoencoder.epochs"  # separate: 30 in params.yaml, not the cnn's
+    for key in keys.values():
+        node = params
+        for part in key.split("."):
+            assert part in node, key
+            node = node[part]
 
 
 def test_scoring_dag_is_scheduled_and_follows_the_champion(parsed: dict) -> None:

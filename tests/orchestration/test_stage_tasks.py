@@ -14,6 +14,7 @@ import boto3
 import pytest
 from image_platform import package, stages
 
+from spark_jobs.config import parse_override
 from spark_jobs.session import DRIVER_JAVA
 from tests.factories import class_image
 from tests.orchestration.airflow_setup import run_stage
@@ -48,6 +49,28 @@ def test_the_stage_task_puts_the_driver_options_on_the_submit_line(tmp_path: Pat
     assert stages.driver_conf(args)[DRIVER_JAVA].endswith("-Dfrom=override")
     assert stages.driver_conf(["ingest"])[DRIVER_JAVA].endswith("-Dfrom=params")
     assert stages.driver_conf(["ingest", "--set=ingest.image_size=2"]) == {}  # the stage says why, exit 2
+
+
+def test_params_left_empty_override_nothing_and_set_ones_read_back_as_given() -> None:
+    """A run's Params as overrides: the empty ones (null) add nothing; the others are written so
+    the stages' parser reads back exactly the value the form held (a path verbatim, `#` and all)."""
+    keys = {
+        "source": "ingest.source",
+        "size": "ingest.image_size",
+        "epochs": "train.cnn.epochs",
+        "tiles": "features.tiles.enabled",
+        "exts": "ingest.extensions",
+    }
+    assert stages.param_overrides(keys, dict.fromkeys(keys)) == []
+    given = {"source": "/data/photos #2: 'raw'", "size": 64, "epochs": None, "tiles": False, "exts": [".png", ".jpg"]}
+    overrides = stages.param_overrides(keys, given)
+    assert [o.split("=", 1)[0] for o in overrides] == [
+        "ingest.source",
+        "ingest.image_size",
+        "features.tiles.enabled",
+        "ingest.extensions",
+    ]
+    assert [parse_override(o)[1] for o in overrides] == ["/data/photos #2: 'raw'", 64, False, [".png", ".jpg"]]
 
 
 def _run_ingest_task(env: dict[str, str], root: Path, *overrides: str, timeout: float) -> subprocess.CompletedProcess:

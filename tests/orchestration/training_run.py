@@ -32,15 +32,16 @@ REMOTE_BUCKET = "dvc-remote"
 REMOTE = f"s3://{REMOTE_BUCKET}/image-platform"
 
 
-# What the trigger form sets besides the source folder (non-default: they must reach the stages),
-# and the same as --set overrides, for a workspace that must match the run (the cluster's).
-EPOCHS, SEED = 15, 1
-PARAMS = (f"train.seed={SEED}", f"train.cnn.epochs={EPOCHS}", f"train.autoencoder.epochs={EPOCHS}")
+# What the trigger form sets besides the source folder (non-default: they must reach the stages;
+# the other Params stay empty, so params.yaml's values hold, the cnn's 15 epochs among them), and
+# the same as --set overrides, for a workspace that must match the run (the cluster's).
+AUTOENCODER_EPOCHS, SEED = 15, 1
+PARAMS = (f"train.seed={SEED}", f"train.autoencoder.epochs={AUTOENCODER_EPOCHS}")
 
 
 def conf(ws: Path) -> dict[str, Any]:
     """The trigger form's Params for the shared run."""
-    return {"source": str(ws / "src"), "epochs": EPOCHS, "seed": SEED}
+    return {"source": str(ws / "src"), "autoencoder_epochs": AUTOENCODER_EPOCHS, "seed": SEED}
 
 
 def _server(env: dict[str, str], ws: Path, log: Path) -> tuple[subprocess.Popen, str]:
