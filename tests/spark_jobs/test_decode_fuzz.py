@@ -108,16 +108,17 @@ def test_mutated_files_decode_or_are_rejected() -> None:
     assert len([r for r in outcomes if r != "decoded"]) >= 3, outcomes
 
 
-def pillow_crasher(kind: str = "gif-animated") -> bytes:
+def pillow_crasher(kind: str = "gif-animated", full_resolution: bool = False) -> bytes:
     """The first mutant of seed ``kind`` on which the decoder's Pillow steps (open, first frame,
-    load, orientation, RGB) raise something other than :class:`images.Rejected` before the
-    decoder's catch-all turns it into one: a file that used to end a job. Deterministic (seeded)."""
+    load, orientation, RGB; at full resolution as tiles decode, or reduced as ingest and scoring
+    do) raise something other than :class:`images.Rejected` before the decoder's catch-all turns
+    it into one: a file that used to end a job. Deterministic (seeded)."""
     rng = random.Random(20261203)
     data = seeds()[kind]
     for _ in range(20_000):
         mutant = mutate(data, rng)
         try:
-            images._prepared(mutant, CFG, full_resolution=False)
+            images._prepared(mutant, CFG, full_resolution=full_resolution)
         except images.Rejected:
             continue
         except Exception:

@@ -6,16 +6,19 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from spark_jobs import extractors, features, images, ingest, manifest, models, tiles
-from spark_jobs.config import CnnConfig, ConfigError
+from spark_jobs.config import CnnConfig, ConfigError, IngestConfig, TilesConfig
 from spark_jobs.gate import GateFailed
 from spark_jobs.store import SourceError
 from spark_jobs.tables import FEATURE_COLUMNS, read_features, read_images
 from tests.conftest import INGESTED_CLASSES, INGESTED_PER_CLASS
 from tests.factories import REPO, link_ingest, make_config, photo_tree
+from tests.spark_jobs.test_decode_fuzz import pillow_crasher
 
 pytestmark = pytest.mark.spark
 
@@ -195,6 +198,43 @@ def test_tiles_of_the_bundled_photos(spark, photos: Path, tmp_path: Path) -> Non
     assert doc["counts"]["images"] == 2
     assert doc["counts"]["rows_expected"] == 48
     assert doc["inputs"]["extractor"]["tiles"]["size"] == 128
+
+
+def test_a_source_that_crashes_pillow_is_one_problem_row_when_tiled(tmp_path: Path) -> None:
+    """Tiles decode each source again, at full resolution, inside the task: a file that makes
+    Pillow raise is one problem row naming the exception (the stage then stops with one line
+    naming the files: ``raise_on_problems``), never an exception that kills the task."""
+    good, crasher = tmp_path / "good.png", tmp_path / "crashes-pillow.gif"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(good)
+    crasher.write_bytes(pillow_crasher(full_resolution=True))
+    try:  # what Pillow raises on it, outside the decoder's catch-all
+        images._prepared(crasher.read_bytes(), IngestConfig(), full_resolution=True)
+    except images.Rejected:
+        pytest.fail("pillow_crasher returned a file the decoder's own checks reject")
+    except Exception as exc:
+        raised = type(exc).__name__
+    else:
+        pytest.fail("pillow_crasher returned a file Pillow decodes")
+    frame = pd.DataFrame(
+        {
+            "image_id": [images.image_id(p.read_bytes()) for p in (good, crasher)],
+            "source_uri": [good.as_uri(), crasher.as_uri()],
+            "label": ["a", "b"],
+            "split": ["train", "train"],
+        }
+    )
+    tiles_cfg = TilesConfig(enabled=True, size=128, overlap=0.1)
+    out = pd.concat(
+        features.tile_frames(
+            iter([frame]), lambda blocks: np.zeros((len(blocks), 3), np.float32), IngestConfig(), tiles_cfg, 4
+        )
+    )
+    by_file = dict(tuple(out.groupby("source_uri")))
+    assert len(by_file[good.as_uri()]) == tiles.count(300, 200, tiles_cfg)
+    assert by_file[good.as_uri()]["problem"].isna().all()
+    (problem,) = by_file[crasher.as_uri()]["problem"]
+    assert problem.startswith(f"the source no longer decodes: {images.UNREADABLE}: ")
+    assert raised in problem
 
 
 @pytest.mark.parametrize("edge", ["shift", "pad"])

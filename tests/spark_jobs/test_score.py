@@ -12,6 +12,7 @@ from spark_jobs import features, gate, images, runner, score, scoring, train
 from spark_jobs.config import Config, ConfigError
 from tests.conftest import INGESTED_CLASSES
 from tests.factories import SMALL_MODELS, class_image, link_ingest, with_overrides, write_inbox
+from tests.spark_jobs.test_decode_fuzz import pillow_crasher
 
 pytestmark = pytest.mark.spark
 
@@ -62,6 +63,7 @@ def test_cnn_scores_each_new_image_exactly_once(spark, trained: Config, tmp_path
     truth = write_inbox(tmp_path / "inbox", 100, 4)
     (tmp_path / "inbox" / "zz_copy.png").write_bytes((tmp_path / "inbox" / "new_0_100.png").read_bytes())
     (tmp_path / "inbox" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "inbox" / "crashes-pillow.gif").write_bytes(pillow_crasher())  # made Pillow raise TypeError & co
     cfg = _config(trained, tmp_path, "cnn", "score.top_k=2", "gate.predictions.max_low_confidence=1.0")
     card = train.read_card(Path(cfg.score.model))
 
@@ -90,7 +92,8 @@ def test_cnn_scores_each_new_image_exactly_once(spark, trained: Config, tmp_path
     reasons = {Path(r["source_uri"]).name: r["reason"] for r in quarantine}
     assert reasons["zz_copy.png"] == images.DUPLICATE  # the copy with the larger URI
     assert reasons["broken.png"] in {images.NOT_AN_IMAGE, images.TRUNCATED, images.UNREADABLE}
-    assert len(reasons) == 2
+    assert reasons["crashes-pillow.gif"] == images.UNREADABLE
+    assert len(reasons) == 3
     manifest = score.manifest.read(first)
     assert manifest["counts"]["scored"] == len(truth)
     assert manifest["gate"]["success"]
