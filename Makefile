@@ -45,10 +45,28 @@ test: venv ## Run the test suite
 lint: venv ## Lint and check formatting
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: venv ## Ingest, features and scoring throughput benchmarks (writes bench/results/; scoring needs `make run` first)
+BENCH_VENV ?= .bench-venv
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): bench/requirements.lock
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --no-deps -r bench/requirements.lock
+	touch $(BENCH_STAMP)
+
+bench-venv: $(BENCH_STAMP) ## The peer engines' venv (Daft, Ray Data) for bench/peers.py, apart from .venv
+
+bench: venv bench-venv ## Throughput benchmarks, peers included (writes bench/results/; needs `make run` first)
 	$(BIN)/python bench/ingest_throughput.py
 	$(BIN)/python bench/features_throughput.py
 	$(BIN)/python bench/score_throughput.py
+	$(BIN)/python bench/peers.py --bench-python $(BENCH_VENV)/bin/python
+
+bench-lock: ## Re-resolve bench/requirements.lock (what the project's code uses pinned as in requirements.lock)
+	$(PYTHON) -m venv .lockenv && .lockenv/bin/pip install --quiet pip-tools
+	grep -E '^(pillow|numpy|pandas|pydantic|pyyaml|torch)==' requirements.lock > .lockenv/bench-constraints.txt
+	rm -f bench/requirements.lock
+	.lockenv/bin/pip-compile --quiet --strip-extras --allow-unsafe --no-emit-index-url \
+		-c .lockenv/bench-constraints.txt -o bench/requirements.lock bench/requirements.in
 
 lock: ## Re-resolve requirements.lock (.venv: the project + dev) and requirements-deploy.lock (the image: the project + deploy) from pyproject.toml (slow: ~10 min)
 	$(PYTHON) -m venv .lockenv && .lockenv/bin/pip install --quiet pip-tools
@@ -56,6 +74,6 @@ lock: ## Re-resolve requirements.lock (.venv: the project + dev) and requirement
 	.lockenv/bin/pip-compile --extra deploy --strip-extras --allow-unsafe --no-emit-index-url -c constraints.txt -c requirements.lock -o requirements-deploy.lock pyproject.toml
 
 clean: ## Remove the venv and pipeline outputs
-	rm -rf $(VENV) .lockenv data .pytest_cache .airflow dist
+	rm -rf $(VENV) $(BENCH_VENV) .lockenv data .pytest_cache .airflow dist
 
-.PHONY: help java venv run airflow test lint bench lock clean
+.PHONY: help java venv run airflow test lint bench bench-venv bench-lock lock clean

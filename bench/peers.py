@@ -1,0 +1,324 @@
+"""Scoring throughput against the engines users choose among: the project's score stage, a plain
+single-process loop, bare Spark, Daft and Ray Data, on the same generated JPEGs with the same
+trained cnn, each engine in a process of its own, measured one after the other in one run.
+
+- ``work``: the engine's own timed section: list, read, decode, model, write the predictions to
+  Parquet. For the project it is its manifest's ``read`` + ``work`` phases (its gate apart).
+- ``wall``: the whole process, interpreter and JVM start-up included; peak RSS is the summed RSS
+  of the process tree (driver, JVM, Python workers, Ray's workers), sampled every 50 ms.
+
+The engines:
+
+- ``project``: ``python -m spark_jobs.score`` (cold, as the scheduler runs it).
+- ``plain``: one Python process: the project's decode (``spark_jobs.images.decode``), torch on
+  every core, batches of ``--batch-size``, one pyarrow write.
+- ``spark``: bare Spark 4: ``binaryFile`` + ``mapInPandas``, the project's decode, the model loaded
+  once per Python worker, default settings.
+- ``daft``: Daft's native runner: ``from_glob_path`` -> ``download`` -> ``decode`` -> ``resize`` ->
+  a batch class UDF holding the model.
+- ``ray``: Ray Data: ``read_binary_files`` + an actor pool ``map_batches`` (the project's decode).
+
+Daft and Ray Data run in the benchmark's own venv (``make bench-venv``: ``.bench-venv`` from
+bench/requirements.lock, never the project's), given by ``--bench-python``; without it they are
+skipped and the result says so.
+
+    python bench/peers.py [--images 16000] [--source-size 256] [--batch-size 256]
+        [--engines project,plain,spark,daft,ray] [--bench-python .bench-venv/bin/python]
+        [--model models/champion/classifier]
+
+Writes ``bench/results/peers_<N>x<source>px.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "bench" / "work"
+RESULTS = REPO / "bench" / "results"
+ENGINES = ("project", "plain", "spark", "daft", "ray")
+PEER_VENV = {"daft", "ray"}  # engines that run in the benchmark's venv
+
+
+# -- the engines, each run as ``peers.py --child <engine>`` in a process of its own ------------------
+
+
+def _model(model_dir: Path) -> tuple[Any, Any]:
+    """The cnn (through the project's safe loader) and the ingest settings it was trained with."""
+    from spark_jobs import train
+    from spark_jobs.config import IngestConfig
+    from spark_jobs.inference import TorchModel
+
+    card = train.read_card(model_dir)
+    return TorchModel.from_card(model_dir, card).load(), IngestConfig.model_validate(card["ingest_settings"])
+
+
+def _decoded(data: bytes, cfg: Any) -> Any:
+    import numpy as np
+
+    from spark_jobs import images
+
+    d = images.decode(data, cfg)
+    return np.frombuffer(d.pixels, dtype=np.uint8).reshape(d.height, d.width, 3)
+
+
+def _classify(net: Any, pixels: Any) -> tuple[list[int], list[float]]:
+    import torch
+
+    from spark_jobs import models
+
+    with torch.inference_mode():
+        probability, label = torch.softmax(net(models.to_tensor(pixels)), dim=1).max(1)
+    return label.tolist(), probability.tolist()
+
+
+def child_plain(folder: Path, model_dir: Path, batch: int, out: Path) -> int:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    net, cfg = _model(model_dir)
+    files = sorted(str(p) for p in folder.rglob("*.jpg"))
+    labels, probabilities = [], []
+    for start in range(0, len(files), batch):
+        pixels = np.stack([_decoded(Path(f).read_bytes(), cfg) for f in files[start : start + batch]])
+        label, probability = _classify(net, pixels)
+        labels += label
+        probabilities += probability
+    pq.write_table(pa.table({"path": files, "label": labels, "probability": probabilities}), out / "part-0.parquet")
+    return len(files)
+
+
+def child_spark(folder: Path, model_dir: Path, batch: int, out: Path) -> int:
+    import numpy as np
+    import pandas as pd
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.master("local[*]").appName("bare-spark").getOrCreate()
+    loaded: dict[str, Any] = {}
+
+    def predict(frames: Any) -> Any:
+        import torch
+
+        torch.set_num_threads(1)
+        if "net" not in loaded:  # once per Python worker
+            loaded["net"], loaded["cfg"] = _model(model_dir)
+        for frame in frames:
+            for start in range(0, len(frame), batch):
+                part = frame.iloc[start : start + batch]
+                pixels = np.stack([_decoded(bytes(c), loaded["cfg"]) for c in part["content"]])
+                label, probability = _classify(loaded["net"], pixels)
+                yield pd.DataFrame({"path": part["path"].values, "label": label, "probability": probability})
+
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").option("pathGlobFilter", "*.jpg")
+    predicted = files.load(str(folder)).select("path", "content")
+    predicted.mapInPandas(predict, "path string, label long, probability double").write.parquet(str(out / "spark"))
+    rows = spark.read.parquet(str(out / "spark")).count()
+    spark.stop()
+    return rows
+
+
+def child_daft(folder: Path, model_dir: Path, batch: int, out: Path) -> int:
+    import daft
+    import numpy as np
+    from daft import col
+    from daft.functions import decode_image, download, resize
+
+    _, cfg = _model(model_dir)
+    side = cfg.image_size
+
+    @daft.cls
+    class Classify:
+        def __init__(self) -> None:
+            import torch
+
+            torch.set_num_threads(1)
+            self.net, _ = _model(model_dir)
+
+        @daft.method.batch(return_dtype=daft.DataType.int64(), batch_size=batch)
+        def __call__(self, pixels: daft.Series) -> Any:
+            stacked = np.stack([np.asarray(p, dtype=np.uint8) for p in pixels.to_pylist()])
+            return _classify(self.net, stacked)[0]
+
+    frame = daft.from_glob_path(str(folder / "**" / "*.jpg"))
+    frame = frame.with_column("image", resize(decode_image(download(col("path")), mode="RGB"), side, side))
+    frame = frame.with_column("label", Classify()(col("image"))).select("path", "label")
+    frame.write_parquet(str(out / "daft"))
+    return daft.read_parquet(str(out / "daft")).count_rows()
+
+
+def child_ray(folder: Path, model_dir: Path, batch: int, out: Path) -> int:
+    import numpy as np
+    import ray
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+
+    class Classify:
+        def __init__(self) -> None:
+            import torch
+
+            torch.set_num_threads(1)
+            self.net, self.cfg = _model(model_dir)
+
+        def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
+            pixels = np.stack([_decoded(bytes(b), self.cfg) for b in rows["bytes"]])
+            label, probability = _classify(self.net, pixels)
+            return {"path": rows["path"], "label": np.array(label), "probability": np.array(probability)}
+
+    # One actor per core, each holding the model; their CPU shares leave room for the read tasks
+    # (an actor per full CPU takes every CPU and the reads never run).
+    cpus = os.cpu_count() or 1
+    files = ray.data.read_binary_files(
+        str(folder), include_paths=True, file_extensions=["jpg"], ray_remote_args={"num_cpus": 0.25}
+    )
+    predicted = files.map_batches(
+        Classify, batch_size=batch, concurrency=cpus, num_cpus=(cpus - 0.25) / cpus, batch_format="numpy"
+    )
+    predicted.write_parquet(str(out / "ray"))
+    rows = ray.data.read_parquet(str(out / "ray")).count()
+    ray.shutdown()
+    return rows
+
+
+CHILDREN = {"plain": child_plain, "spark": child_spark, "daft": child_daft, "ray": child_ray}
+
+
+def run_child(engine: str, folder: Path, model_dir: Path, batch: int, out: Path) -> None:
+    """In the child: time the engine's work and print it as one JSON line."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    started = time.perf_counter()
+    rows = CHILDREN[engine](folder, model_dir, batch, out)
+    print(json.dumps({"work_s": time.perf_counter() - started, "rows": rows}), flush=True)
+
+
+# -- the parent: each engine in its own process, wall and peak memory measured from outside --------
+
+
+def measured(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, str]:
+    """``(wall seconds, peak MiB of the process tree, stdout)`` of a command."""
+    import psutil
+
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak, done = 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        root = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                tree = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = proc.communicate()
+    wall = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (exit {proc.returncode}):\n{stderr[-3000:]}")
+    return wall, peak / 2**20, stdout
+
+
+def run_engine(engine: str, folder: Path, model_dir: Path, batch: int, python: str) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYSPARK_PYTHON": sys.executable}
+    out = WORK / f"peers-{engine}"
+    if engine == "project":
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [
+            sys.executable, "-m", "spark_jobs.score", f"--set=data.root={out}", f"--set=score.inbox={folder}",
+            f"--set=score.model={model_dir}", f"--set=score.batch_size={batch}",
+            "--set=gate.predictions.max_low_confidence=1.0",
+        ]  # fmt: skip
+        wall, peak, _ = measured(cmd, env, REPO)
+        (published,) = (out / "predictions").glob("run_date=*/run_id=*")
+        doc = json.loads((published / "_manifest.json").read_text())
+        timings = doc["timings"]
+        work, rows = timings["read_s"] + timings["work_s"], doc["counts"]["scored"]
+        extra = {"gate_s": timings["gate_s"], "startup_s": timings["startup_s"]}
+    else:
+        cmd = [python, __file__, "--child", engine, str(folder), str(model_dir), str(batch), str(out)]
+        wall, peak, stdout = measured(cmd, env, WORK)
+        reported = json.loads(stdout.strip().splitlines()[-1])
+        work, rows, extra = reported["work_s"], reported["rows"], {}
+    shutil.rmtree(out, ignore_errors=True)
+    return {"work_s": round(work, 2), "wall_s": round(wall, 2), "rows": rows, "peak_rss_mib": round(peak, 1), **extra}
+
+
+def table(results: dict[str, dict[str, Any]], images: int) -> dict[str, dict[str, Any]]:
+    """Images/s and ratios to the plain loop for each engine that ran."""
+    plain = results.get("plain")
+    for figures in results.values():
+        if "work_s" not in figures:
+            continue
+        figures["work_img_s"] = round(images / figures["work_s"], 1)
+        figures["wall_img_s"] = round(images / figures["wall_s"], 1)
+        if plain and "work_s" in plain:
+            figures["work_vs_plain"] = round(plain["work_s"] / figures["work_s"], 2)
+            figures["wall_vs_plain"] = round(plain["wall_s"] / figures["wall_s"], 2)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=16000)
+    parser.add_argument("--source-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--bench-python", default=str(REPO / ".bench-venv" / "bin" / "python"))
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "champion" / "classifier")
+    args = parser.parse_args(argv)
+    sys.path[:0] = [str(REPO), str(REPO / "bench")]
+    from ingest_throughput import make_inputs
+
+    folder = WORK / f"peers_jpegs_{args.images}"
+    count, size = make_inputs(folder, args.images, args.source_size)
+    model_dir = args.model.resolve()
+    results: dict[str, dict[str, Any]] = {}
+    for engine in args.engines.split(","):
+        python = args.bench_python if engine in PEER_VENV else sys.executable
+        if not Path(python).exists():
+            results[engine] = {"skipped": f"{python} not found: make bench-venv"}
+            continue
+        results[engine] = run_engine(engine, folder, model_dir, args.batch_size, python)
+        print(engine, json.dumps(results[engine]), flush=True)
+    doc = {
+        "benchmark": "peers",
+        "images": count,
+        "bytes": size,
+        "source_size": args.source_size,
+        "batch_size": args.batch_size,
+        "model": str(model_dir),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "engines": table(results, count),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = RESULTS / f"peers_{count}x{args.source_size}px.json"
+    name.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        sys.path.insert(0, str(REPO))
+        run_child(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5]), Path(sys.argv[6]))
+    else:
+        sys.exit(main())
