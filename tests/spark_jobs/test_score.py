@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spark_jobs import features, gate, images, runner, score, scoring, train
-from spark_jobs.config import Config, ConfigError
+from spark_jobs import features, gate, images, inference, models, runner, score, scoring, train
+from spark_jobs.config import Config, ConfigError, IngestConfig
 from tests.conftest import INGESTED_CLASSES
 from tests.factories import SMALL_MODELS, class_image, link_ingest, with_overrides, write_inbox
 from tests.spark_jobs.test_decode_fuzz import pillow_crasher
@@ -54,6 +54,23 @@ def _cascade(trained: Config, tmp_path: Path, confidence: float) -> Config:
     )
 
 
+def _plain_loop(folder: Path, files: list[Path]) -> dict[str, tuple[str, float]]:
+    """``{file name: (label, probability)}`` of a cnn over ``files``, in one process: each file
+    decoded by ``images.decode`` with the model's ingest settings, one batch through the model."""
+    import torch
+
+    card = train.read_card(folder)
+    ingest_cfg = IngestConfig.model_validate(card["ingest_settings"])
+    decoded = [images.decode(f.read_bytes(), ingest_cfg) for f in files]
+    pixels = np.stack([np.frombuffer(d.pixels, np.uint8).reshape(d.height, d.width, 3) for d in decoded])
+    with torch.inference_mode():
+        net = inference.TorchModel.from_card(folder, card).load()
+        probability, index = torch.softmax(net(models.to_tensor(pixels)), dim=1).max(1)
+    return {
+        f.name: (card["classes"][i], p) for f, i, p in zip(files, index.tolist(), probability.tolist(), strict=True)
+    }
+
+
 def _rows(spark, cfg: Config) -> list:
     table = score.read_predictions(spark, score.predictions_dir(cfg))
     return [] if table is None else table.collect()
@@ -78,6 +95,12 @@ def test_cnn_scores_each_new_image_exactly_once(spark, trained: Config, tmp_path
     assert set(by_name) == set(truth)
     correct = sum(by_name[n]["predicted_label"] == label for n, label in truth.items())
     assert correct / len(truth) > 0.8  # 3 classes: chance is 1/3
+    # The job's rows are a plain loop's over the same files (the project's decode and model, no
+    # Spark): same labels, same probabilities, no row lost or given another file's prediction.
+    expected = _plain_loop(Path(cfg.score.model), [tmp_path / "inbox" / n for n in sorted(truth)])
+    for name, (label, probability) in expected.items():
+        assert by_name[name]["predicted_label"] == label, name
+        assert by_name[name]["probability"] == pytest.approx(probability, abs=1e-5), name
     for r in rows:
         assert r["model_version"] == card["version"]
         assert r["model_kind"] == "cnn"
