@@ -35,9 +35,7 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -48,6 +46,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from ingest_throughput import WORK, make_inputs, write_result  # noqa: E402
+from peers import measured  # noqa: E402
 
 from spark_jobs import images, manifest, models, score, train  # noqa: E402
 from spark_jobs.config import Config, IngestConfig, load_config  # noqa: E402
@@ -151,31 +150,8 @@ def throughput(spark, cfg: Config, folder: Path, model: TorchModel, ingest_cfg: 
 
 def peak_run(cmd: list[str], env: dict) -> tuple[float, float]:
     """``(seconds, peak MiB)`` of a command, the RSS of its whole process tree summed."""
-    import psutil
-
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak, done = 0, threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        root = psutil.Process(proc.pid)
-        while not done.is_set():
-            try:
-                tree = [root, *root.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, err = proc.communicate()
-    done.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd} failed: {err.decode()[-2000:]}")
-    return time.perf_counter() - start, peak / 2**20
+    wall, peak, _ = measured(cmd, env, REPO)
+    return wall, peak
 
 
 def scaling(folder_n: Path, folder_4n: Path, model_dir: Path, batch: int) -> dict:
