@@ -151,7 +151,7 @@ class StageSubmitOperator(SparkSubmitOperator):
         self.param_keys = dict(param_keys or {})
 
     def execute(self, context: Any) -> None:
-        chosen = param_overrides(self.param_keys, context["params"])
+        chosen = param_overrides(self.param_keys, context.get("params") or {})
         if chosen:
             self.log.info("this run's Params override params.yaml: %s", ", ".join(chosen))
         self.application_args = [*(self.application_args or []), *(f"--set={o}" for o in chosen)]
