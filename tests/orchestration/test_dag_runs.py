@@ -99,7 +99,14 @@ def _dag_test(env: dict[str, str], workspace: Path, dag_id: str, conf: dict) -> 
     out.unlink(missing_ok=True)
     proc = subprocess.run(
         [sys.executable, str(HERE / "run_dag.py"), str(REPO / "dags"), dag_id, json.dumps(conf), str(out)],
-        env={**env, "IMAGE_PLATFORM_WORKSPACE": str(workspace)},
+        # Each run re-serializes the DAG as parsed for its workspace (the champion Asset's URI is
+        # the workspace's): Airflow otherwise keeps a serialized DAG younger than 30 s, and a run
+        # right after another one's would use that run's Assets.
+        env={
+            **env,
+            "IMAGE_PLATFORM_WORKSPACE": str(workspace),
+            "AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL": "0",
+        },
         capture_output=True,
         text=True,
         timeout=900,
