@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     cnn_cfg = load_config(REPO / "params.yaml", [*common, "features.kind=cnn", f"features.cnn.backbone={backbone}"])
     classical_cfg = load_config(REPO / "params.yaml", common)
 
-    spark = build_session(cnn_cfg.spark)
+    spark = build_session(cnn_cfg.spark, features.worker_preload(cnn_cfg))  # as the stage's own session
     try:
         if not (root / "ingest" / manifest.MANIFEST).exists():
             ingest.run(classical_cfg, spark)

@@ -353,11 +353,19 @@ def _precheck(cfg: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck, preload=_preload)
+    return run_stage(
+        STAGE, argv, run, description=__doc__, precheck=_precheck, preload=_preload, worker_preload=worker_preload
+    )
 
 
 def _preload(cfg: Config) -> tuple[str, ...]:
     return (runner.TORCH if cfg.features.kind == "cnn" else ()) + runner.GATE
+
+
+def worker_preload(cfg: Config) -> tuple[str, ...]:
+    """What the extracting tasks import (forked from :mod:`spark_jobs.daemon`, which also keeps
+    the memory a worker frees): torch for a cnn backbone, then this module."""
+    return (*(runner.TORCH if cfg.features.kind == "cnn" else ()), "spark_jobs.features")
 
 
 if __name__ == "__main__":
