@@ -148,16 +148,11 @@ def scan(
     ingest_cfg: IngestConfig,
     done: scoring.IdSet,
     head: scoring.Head,
-    *,
-    mark_copies: bool = True,
 ) -> DataFrame:
     """One Python pass over the listed files: fetched, checked against ``done``, decoded with the
     model's ingest settings and run through ``head`` in the same task (no decoded pixels leave the
-    worker). Files are cut into tasks by bytes (:func:`ingest.plan_chunks`); with ``mark_copies``,
-    copies of one content in the batch are marked ``duplicate`` but the smallest ``source_uri`` (a
-    shuffle; not needed when the files are already known to be unique)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
+    worker). Files are cut into tasks by bytes (:func:`ingest.plan_chunks`). Copies of one content
+    are not marked here (:func:`copies`)."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
     ids, listing = ingest.chunk_tasks(spark, ingest.plan_chunks(spark, files, cfg.spark))
@@ -170,18 +165,26 @@ def scan(
                 yield scoring.scan_batch(part, ingest_cfg, known.value, head)
 
     schema = from_arrow_schema(pa.schema([*scoring.SCAN_FIELDS, *head.outputs()]))
-    scanned = ids.mapInArrow(run_tasks, schema)
-    if not mark_copies:
-        return scanned
-    copies = Window.partitionBy("image_id", F.col("reason").isNull()).orderBy("source_uri")
-    copy = F.col("reason").isNull() & (F.row_number().over(copies) > 1)
-    first = F.first("source_uri").over(copies.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing))
-    return scanned.withColumns(
-        {
-            "reason": F.when(copy, F.lit(images_lib.DUPLICATE)).otherwise(F.col("reason")),
-            "detail": F.when(copy, F.concat(F.lit("same content as "), first)).otherwise(F.col("detail")),
-        }
-    )
+    return ids.mapInArrow(run_tasks, schema)
+
+
+def copies(usable: DataFrame) -> list[dict[str, Any]]:
+    """Quarantine rows (:data:`QUARANTINE_COLUMNS`) of the usable files whose content another file
+    of the batch also has, but the one with the smallest URI, which is scored. One aggregation of
+    the ids (a few bytes a row, combined before its shuffle); the rows of repeated contents, rare,
+    are then read on the driver."""
+    from pyspark.sql import functions as F
+
+    counted = usable.groupBy("image_id").agg(F.count("*").alias("n"), F.min("source_uri").alias("first"))
+    first = {r["image_id"]: r["first"] for r in counted.where(F.col("n") > 1).collect()}
+    if not first:
+        return []
+    repeated = usable.where(F.col("image_id").isin(list(first))).select(*QUARANTINE_COLUMNS).toArrow().to_pylist()
+    return [
+        r | {"reason": images_lib.DUPLICATE, "detail": f"same content as {first[r['image_id']]}"}
+        for r in repeated
+        if r["source_uri"] != first[r["image_id"]]
+    ]
 
 
 def mllib_predictions(usable: DataFrame, folder: Path, card: dict[str, Any], k: int) -> DataFrame:
@@ -240,8 +243,8 @@ def cascade_predictions(
     heavy_files = [f for f in files if f.uri in unsure]
     ingest_cfg = IngestConfig.model_validate(card["ingest_settings"])
     head = torch_head(folder, card, cfg)
-    # The first pass already marked copies: these files are unique.
-    rescanned = scan(spark, heavy_files, cfg, ingest_cfg, scoring.IdSet([]), head, mark_copies=False)
+    # The first pass already left copies out: these files are unique.
+    rescanned = scan(spark, heavy_files, cfg, ingest_cfg, scoring.IdSet([]), head)
     return sure.unionByName(predicted(rescanned.where(F.col("reason").isNull()), _decider(card, cfg)))
 
 
@@ -275,8 +278,8 @@ def write_quarantine(rows: list[dict[str, Any]], folder: Path) -> Path:
 
 def run(cfg: Config, spark: SparkSession) -> Path | None:
     """Score the inbox's new images; returns the published run folder (None when nothing was new)."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
-    from pyspark.sql.pandas.types import from_arrow_schema
 
     root = Path(cfg.data.root)
     with runner.StageRun(STAGE, root, spark, root / PREDICTIONS, name=STAGE, lock_wait=cfg.data.lock_wait_s) as run:
@@ -308,34 +311,36 @@ def run(cfg: Config, spark: SparkSession) -> Path | None:
                 head = scoring.Descriptors(classical_extractor(folder))
             else:
                 head = torch_head(folder, card, cfg)
-            # One pass over the files, written once (no pixels: ids, reasons and the model's outputs),
-            # usable rows under _table=scored and the rest under _table=quarantine.
-            scan_dir = run.staging / "_scan"
-            side = F.when(F.col("reason").isNull(), F.lit("scored")).otherwise(F.lit("quarantine"))
-            scanned = scan(spark, files, cfg, ingest_cfg, done, head).withColumn("_table", side)
-            scanned.write.partitionBy("_table").parquet(str(scan_dir))
-            scan_schema = from_arrow_schema(pa.schema([*scoring.SCAN_FIELDS, *head.outputs()]))
-            if (scan_dir / "_table=scored").exists():
-                usable = spark.read.schema(scan_schema).parquet(str(scan_dir / "_table=scored"))
-                if cfg.score.cascade.enabled:
-                    decided = cascade_predictions(spark, usable, files, light_folder, light, folder, card, cfg, run)
-                elif card["kind"] == "mllib":
-                    decided = predicted(mllib_predictions(usable, folder, card, cfg.score.top_k), "mllib")
-                else:
-                    decided = predicted(usable, _decider(card, cfg))
-                stamped = decided.withColumns(
-                    {
-                        "model_version": F.lit(version),
-                        "model_kind": F.lit(model_kind),
-                        "job_version": F.lit(job_version),
-                        "scored_at": F.lit(started).cast("timestamp"),
-                    }
-                ).select(*PREDICTION_COLUMNS)
-                stamped.write.parquet(run.path(PREDICTIONS))
-            bad = []  # unusable files of this batch: few, short rows, handled on the driver
-            if (scan_dir / "_table=quarantine").exists():
-                scanned_bad = spark.read.schema(scan_schema).parquet(str(scan_dir / "_table=quarantine"))
-                bad = scanned_bad.select(*QUARANTINE_COLUMNS).toArrow().to_pylist()
+            # One pass over the files, kept in memory (no pixels: ids, reasons and the model's
+            # outputs, a few hundred bytes a file): copies, predictions and quarantine rows are all
+            # read from it, and the predictions are written once.
+            scanned = scan(spark, files, cfg, ingest_cfg, done, head).persist(StorageLevel.MEMORY_AND_DISK)
+            try:
+                usable = scanned.where(F.col("reason").isNull())
+                duplicates = copies(usable)
+                if duplicates:
+                    usable = usable.where(~F.col("source_uri").isin([r["source_uri"] for r in duplicates]))
+                if not usable.isEmpty():
+                    if cfg.score.cascade.enabled:
+                        decided = cascade_predictions(spark, usable, files, light_folder, light, folder, card, cfg, run)
+                    elif card["kind"] == "mllib":
+                        decided = predicted(mllib_predictions(usable, folder, card, cfg.score.top_k), "mllib")
+                    else:
+                        decided = predicted(usable, _decider(card, cfg))
+                    stamped = decided.withColumns(
+                        {
+                            "model_version": F.lit(version),
+                            "model_kind": F.lit(model_kind),
+                            "job_version": F.lit(job_version),
+                            "scored_at": F.lit(started).cast("timestamp"),
+                        }
+                    ).select(*PREDICTION_COLUMNS)
+                    stamped.write.parquet(run.path(PREDICTIONS))
+                # Unusable files of this batch: few, short rows, handled on the driver.
+                unusable = scanned.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS)
+                bad = unusable.toArrow().to_pylist() + duplicates
+            finally:
+                scanned.unpersist()
             new_bad = [r for r in bad if (r["source_uri"], r["image_id"]) not in recorded]
             if new_bad:
                 write_quarantine(new_bad, Path(run.path(QUARANTINE)))
