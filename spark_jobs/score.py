@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -168,21 +169,29 @@ def scan(
     return ids.mapInArrow(run_tasks, schema)
 
 
-def copies(usable: DataFrame) -> list[dict[str, Any]]:
-    """Quarantine rows (:data:`QUARANTINE_COLUMNS`) of the usable files whose content another file
-    of the batch also has, but the one with the smallest URI, which is scored. One aggregation of
-    the ids (a few bytes a row, combined before its shuffle); the rows of repeated contents, rare,
-    are then read on the driver."""
+def copies(written: Path, usable: DataFrame) -> tuple[int, list[dict[str, Any]]]:
+    """The number of rows ``written`` (a Parquet folder of predictions), and quarantine rows
+    (:data:`QUARANTINE_COLUMNS`) for its files whose content another file of the batch also has,
+    but the one with the smallest URI, which stays scored. Only the two id columns are read, on the
+    driver (as :func:`scored_ids` reads them); the repeated contents' rows, rare, come from
+    ``usable`` (the scanned rows the predictions were made of)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
     from pyspark.sql import functions as F
 
-    counted = usable.groupBy("image_id").agg(F.count("*").alias("n"), F.min("source_uri").alias("first"))
-    first = {r["image_id"]: r["first"] for r in counted.where(F.col("n") > 1).collect()}
+    parts = sorted(str(p) for p in written.glob("part-*"))
+    if not parts:
+        return 0, []
+    ids = ds.dataset(parts, format="parquet").to_table(columns=["image_id", "source_uri"])
+    per_id = ids.group_by("image_id").aggregate([("source_uri", "count"), ("source_uri", "min")])
+    repeated = per_id.filter(pc.greater(per_id["source_uri_count"], 1))
+    first = dict(zip(repeated["image_id"].to_pylist(), repeated["source_uri_min"].to_pylist(), strict=True))
     if not first:
-        return []
-    repeated = usable.where(F.col("image_id").isin(list(first))).select(*QUARANTINE_COLUMNS).toArrow().to_pylist()
-    return [
+        return ids.num_rows, []
+    rows = usable.where(F.col("image_id").isin(list(first))).select(*QUARANTINE_COLUMNS).toArrow().to_pylist()
+    return ids.num_rows, [
         r | {"reason": images_lib.DUPLICATE, "detail": f"same content as {first[r['image_id']]}"}
-        for r in repeated
+        for r in rows
         if r["source_uri"] != first[r["image_id"]]
     ]
 
@@ -312,35 +321,41 @@ def run(cfg: Config, spark: SparkSession) -> Path | None:
             else:
                 head = torch_head(folder, card, cfg)
             # One pass over the files, kept in memory (no pixels: ids, reasons and the model's
-            # outputs, a few hundred bytes a file): copies, predictions and quarantine rows are all
-            # read from it, and the predictions are written once.
+            # outputs, a few hundred bytes a file). Its one job also writes the predictions, so the
+            # write overlaps the decoding and the model; copies of one content are found after it,
+            # from the kept pass, and (rarely there) filtered out of the written rows.
             scanned = scan(spark, files, cfg, ingest_cfg, done, head).persist(StorageLevel.MEMORY_AND_DISK)
             try:
                 usable = scanned.where(F.col("reason").isNull())
-                duplicates = copies(usable)
+                if cfg.score.cascade.enabled:
+                    decided = cascade_predictions(spark, usable, files, light_folder, light, folder, card, cfg, run)
+                elif card["kind"] == "mllib":
+                    decided = predicted(mllib_predictions(usable, folder, card, cfg.score.top_k), "mllib")
+                else:
+                    decided = predicted(usable, _decider(card, cfg))
+                stamped = decided.withColumns(
+                    {
+                        "model_version": F.lit(version),
+                        "model_kind": F.lit(model_kind),
+                        "job_version": F.lit(job_version),
+                        "scored_at": F.lit(started).cast("timestamp"),
+                    }
+                ).select(*PREDICTION_COLUMNS)
+                written = run.staging / "_written"
+                stamped.write.parquet(str(written))
+                rows, duplicates = copies(written, usable)
                 if duplicates:
-                    usable = usable.where(~F.col("source_uri").isin([r["source_uri"] for r in duplicates]))
-                if not usable.isEmpty():
-                    if cfg.score.cascade.enabled:
-                        decided = cascade_predictions(spark, usable, files, light_folder, light, folder, card, cfg, run)
-                    elif card["kind"] == "mllib":
-                        decided = predicted(mllib_predictions(usable, folder, card, cfg.score.top_k), "mllib")
-                    else:
-                        decided = predicted(usable, _decider(card, cfg))
-                    stamped = decided.withColumns(
-                        {
-                            "model_version": F.lit(version),
-                            "model_kind": F.lit(model_kind),
-                            "job_version": F.lit(job_version),
-                            "scored_at": F.lit(started).cast("timestamp"),
-                        }
-                    ).select(*PREDICTION_COLUMNS)
-                    stamped.write.parquet(run.path(PREDICTIONS))
+                    copy_uris = [r["source_uri"] for r in duplicates]
+                    kept = spark.read.schema(PREDICTION_SCHEMA).parquet(str(written))
+                    kept.where(~F.col("source_uri").isin(copy_uris)).write.parquet(run.path(PREDICTIONS))
+                elif rows:
+                    written.rename(run.path(PREDICTIONS))
                 # Unusable files of this batch: few, short rows, handled on the driver.
                 unusable = scanned.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS)
                 bad = unusable.toArrow().to_pylist() + duplicates
             finally:
                 scanned.unpersist()
+            shutil.rmtree(written, ignore_errors=True)  # when it was not renamed
             new_bad = [r for r in bad if (r["source_uri"], r["image_id"]) not in recorded]
             if new_bad:
                 write_quarantine(new_bad, Path(run.path(QUARANTINE)))
