@@ -154,11 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
 
-    single_s = statistics.median(single_process(folder, cfg, WORK / "single") for _ in range(args.repeat))
+    single_runs = [single_process(folder, cfg, WORK / "single") for _ in range(args.repeat)]
+    single_s = statistics.median(single_runs)
     log.info("single process: %.1f s, %.0f images/s", single_s, files / single_s)
 
     t0 = time.perf_counter()
-    spark = build_session(cfg.spark)
+    spark = build_session(cfg.spark, ingest.WORKER_PRELOAD)  # as the stage's own session
     spark.range(1).count()
     session_s = time.perf_counter() - t0
     try:
@@ -189,7 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         "session_start_s": round(session_s, 2),
         "repeat": args.repeat,
         "spark_runs_decode_and_write_s": [round(x, 2) for x in decode_runs],
-        "single_process": {"seconds": round(single_s, 2), "images_per_s": round(files / single_s, 1)},
+        "single_process": {
+            "seconds": round(single_s, 2),
+            "runs_s": [round(x, 2) for x in single_runs],
+            "images_per_s": round(files / single_s, 1),
+        },
         "spark_job": {
             "seconds_decode_and_write": round(decode_write_s, 2),
             "images_per_s": round(files / decode_write_s, 1),

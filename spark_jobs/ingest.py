@@ -266,7 +266,14 @@ def _precheck(cfg: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck, preload=runner.GATE)
+    return run_stage(
+        STAGE, argv, run, description=__doc__, precheck=_precheck, preload=runner.GATE, worker_preload=WORKER_PRELOAD
+    )
+
+
+# What the decoding tasks import, once per executor in the worker daemon (which also keeps the
+# memory a worker frees), instead of in every forked worker.
+WORKER_PRELOAD = ("spark_jobs.ingest",)
 
 
 if __name__ == "__main__":
