@@ -22,11 +22,14 @@ Daft and Ray Data run in the benchmark's own venv (``make bench-venv``: ``.bench
 bench/requirements.lock, never the project's), given by ``--bench-python``; without it they are
 skipped and the result says so.
 
-    python bench/peers.py [--images 16000] [--source-size 256] [--batch-size 256]
+    python bench/peers.py [--images 16000 [64000 ...]] [--source-size 256] [--batch-size 256]
         [--engines project,plain,spark,daft,ray] [--bench-python .bench-venv/bin/python]
         [--model models/champion/classifier]
 
-Writes ``bench/results/peers_<N>x<source>px.json``.
+Writes ``bench/results/peers_<N>x<source>px.json`` for each size and, for the whole run,
+``peers_run_<N1>_<N2>...x<source>px.json``: every size's table and the project's figures against the
+throughput targets (:data:`TARGETS`: work and wall ratios, scaling from the smallest to the
+largest size), all from this one run.
 """
 
 from __future__ import annotations
@@ -276,9 +279,43 @@ def table(results: dict[str, dict[str, Any]], images: int) -> dict[str, dict[str
     return results
 
 
+# The throughput issue's targets for the project's score stage on this kind of machine: (figure,
+# bound, "min" or "max"), each read from the sizes measured in the same run.
+TARGETS = {
+    "work_vs_plain_at_smallest": (1.3, "min"),
+    "wall_vs_plain_at_largest": (1.0, "min"),
+    "wall_vs_daft_at_largest": (1.0, "min"),
+    "work_ratio_smallest_to_largest": (4.2, "max"),
+    "peak_rss_ratio_smallest_to_largest": (1.2, "max"),
+}
+
+
+def targets(runs: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The project's figures against :data:`TARGETS`, from the smallest and largest size of this
+    run (a figure whose engines did not run is left out)."""
+    small, large = min(runs), max(runs)
+    project_s, project_l = runs[small].get("project", {}), runs[large].get("project", {})
+    figures: dict[str, float] = {}
+    if "work_vs_plain" in project_s:
+        figures["work_vs_plain_at_smallest"] = project_s["work_vs_plain"]
+    if "wall_vs_plain" in project_l:
+        figures["wall_vs_plain_at_largest"] = project_l["wall_vs_plain"]
+    daft = runs[large].get("daft", {})
+    if "wall_s" in project_l and "wall_s" in daft:
+        figures["wall_vs_daft_at_largest"] = round(daft["wall_s"] / project_l["wall_s"], 2)
+    if small != large and "work_s" in project_s and "work_s" in project_l:
+        figures["work_ratio_smallest_to_largest"] = round(project_l["work_s"] / project_s["work_s"], 2)
+        figures["peak_rss_ratio_smallest_to_largest"] = round(project_l["peak_rss_mib"] / project_s["peak_rss_mib"], 2)
+    return {
+        name: {"measured": value, "bound": TARGETS[name][0], "kind": TARGETS[name][1],
+               "met": value >= TARGETS[name][0] if TARGETS[name][1] == "min" else value <= TARGETS[name][0]}
+        for name, value in figures.items()
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=16000)
+    parser.add_argument("--images", type=int, nargs="+", default=[16000], help="one or more input sizes")
     parser.add_argument("--source-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--engines", default=",".join(ENGINES))
@@ -288,31 +325,44 @@ def main(argv: list[str] | None = None) -> int:
     sys.path[:0] = [str(REPO), str(REPO / "bench")]
     from ingest_throughput import make_inputs
 
-    folder = WORK / f"peers_jpegs_{args.images}"
-    count, size = make_inputs(folder, args.images, args.source_size)
     model_dir = args.model.resolve()
-    results: dict[str, dict[str, Any]] = {}
-    for engine in args.engines.split(","):
-        python = args.bench_python if engine in PEER_VENV else sys.executable
-        if not Path(python).exists():
-            results[engine] = {"skipped": f"{python} not found: make bench-venv"}
-            continue
-        results[engine] = run_engine(engine, folder, model_dir, args.batch_size, python)
-        print(engine, json.dumps(results[engine]), flush=True)
-    doc = {
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    runs: dict[int, dict[str, dict[str, Any]]] = {}
+    for images in args.images:
+        folder = WORK / f"peers_jpegs_{images}"
+        count, size = make_inputs(folder, images, args.source_size)
+        results: dict[str, dict[str, Any]] = {}
+        for engine in args.engines.split(","):
+            python = args.bench_python if engine in PEER_VENV else sys.executable
+            if not Path(python).exists():
+                results[engine] = {"skipped": f"{python} not found: make bench-venv"}
+                continue
+            results[engine] = run_engine(engine, folder, model_dir, args.batch_size, python)
+            print(images, engine, json.dumps(results[engine]), flush=True)
+        runs[count] = table(results, count)
+        doc = {
+            "benchmark": "peers",
+            "images": count,
+            "bytes": size,
+            "source_size": args.source_size,
+            "batch_size": args.batch_size,
+            "model": str(model_dir),
+            "machine": machine,
+            "engines": runs[count],
+        }
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"peers_{count}x{args.source_size}px.json").write_text(json.dumps(doc, indent=2) + "\n")
+    summary = {
         "benchmark": "peers",
-        "images": count,
-        "bytes": size,
-        "source_size": args.source_size,
-        "batch_size": args.batch_size,
-        "model": str(model_dir),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "engines": table(results, count),
+        "command": "python bench/peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "sizes": sorted(runs),
+        "machine": machine,
+        "engines": {str(n): runs[n] for n in sorted(runs)},
+        "targets": targets(runs),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = RESULTS / f"peers_{count}x{args.source_size}px.json"
-    name.write_text(json.dumps(doc, indent=2) + "\n")
-    print(json.dumps(doc, indent=2))
+    name = RESULTS / ("peers_run_" + "_".join(str(n) for n in sorted(runs)) + f"x{args.source_size}px.json")
+    name.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary["targets"], indent=2))
     return 0
 
 

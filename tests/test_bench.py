@@ -1,0 +1,39 @@
+"""The peer benchmark's verdict on the throughput targets (a pure function of its measured runs)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location("peers", Path(__file__).resolve().parents[1] / "bench" / "peers.py")
+assert _spec
+assert _spec.loader
+peers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(peers)
+
+
+def _engine(work: float, wall: float, rss: float) -> dict:
+    return {"work_s": work, "wall_s": wall, "peak_rss_mib": rss}
+
+
+def test_targets_are_read_from_the_smallest_and_largest_size_of_one_run():
+    runs = {
+        16000: peers.table({"project": _engine(12.0, 20.0, 2000), "plain": _engine(16.0, 17.0, 400)}, 16000),
+        64000: peers.table(
+            {"project": _engine(50.0, 58.0, 2500), "plain": _engine(60.0, 61.0, 450), "daft": _engine(55, 57, 700)},
+            64000,
+        ),
+    }
+    verdict = peers.targets(runs)
+    assert verdict["work_vs_plain_at_smallest"] == {"measured": 1.33, "bound": 1.3, "kind": "min", "met": True}
+    assert verdict["wall_vs_plain_at_largest"]["measured"] == 1.05
+    assert verdict["wall_vs_plain_at_largest"]["met"]
+    assert verdict["wall_vs_daft_at_largest"] == {"measured": 0.98, "bound": 1.0, "kind": "min", "met": False}
+    assert verdict["work_ratio_smallest_to_largest"] == {"measured": 4.17, "bound": 4.2, "kind": "max", "met": True}
+    assert verdict["peak_rss_ratio_smallest_to_largest"]["measured"] == 1.25
+    assert not verdict["peak_rss_ratio_smallest_to_largest"]["met"]
+
+
+def test_a_figure_whose_engines_did_not_run_is_left_out():
+    runs = {16000: peers.table({"project": _engine(12.0, 20.0, 2000), "daft": {"skipped": "no venv"}}, 16000)}
+    assert peers.targets(runs) == {}
