@@ -67,12 +67,10 @@ def _model(model_dir: Path) -> tuple[Any, Any]:
 
 
 def _decoded(data: bytes, cfg: Any) -> Any:
-    import numpy as np
-
     from spark_jobs import images
 
     d = images.decode(data, cfg)
-    return np.frombuffer(d.pixels, dtype=np.uint8).reshape(d.height, d.width, 3)
+    return images.pixels_to_array(d.pixels, d.height, d.width)
 
 
 def _classify(net: Any, pixels: Any) -> tuple[list[int], list[float]]:

@@ -59,7 +59,7 @@ log = logging.getLogger("bench")
 def decoded_array(data: bytes, cfg: IngestConfig) -> np.ndarray:
     """One file decoded with the model's ingest settings, as ``(H, W, 3)`` uint8."""
     d = images.decode(data, cfg)
-    return np.frombuffer(d.pixels, dtype=np.uint8).reshape(d.height, d.width, 3)
+    return images.pixels_to_array(d.pixels, d.height, d.width)
 
 
 def plain_loop(files: list[Path], model: TorchModel, ingest_cfg: IngestConfig, batch_size: int) -> float:

@@ -62,7 +62,7 @@ def _plain_loop(folder: Path, files: list[Path]) -> dict[str, tuple[str, float]]
     card = train.read_card(folder)
     ingest_cfg = IngestConfig.model_validate(card["ingest_settings"])
     decoded = [images.decode(f.read_bytes(), ingest_cfg) for f in files]
-    pixels = np.stack([np.frombuffer(d.pixels, np.uint8).reshape(d.height, d.width, 3) for d in decoded])
+    pixels = np.stack([images.pixels_to_array(d.pixels, d.height, d.width) for d in decoded])
     with torch.inference_mode():
         net = inference.TorchModel.from_card(folder, card).load()
         probability, index = torch.softmax(net(models.to_tensor(pixels)), dim=1).max(1)
