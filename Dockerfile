@@ -26,7 +26,7 @@ RUN python -m venv "$VIRTUAL_ENV" \
 COPY pyproject.toml README.md ./
 COPY spark_jobs ./spark_jobs
 RUN pip install --no-deps --no-build-isolation -e . \
- && python -m spark_jobs.jvm
+ && python -m spark_jobs.core.jvm
 COPY dags ./dags
 COPY plugins ./plugins
 COPY dvc.yaml params.yaml .dvcignore ./

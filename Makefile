@@ -27,8 +27,8 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-compile -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps --no-compile --no-build-isolation -e .
 	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
-	@# The Spark driver's class-data archive: every stage's JVM then starts ~1.7x faster (spark_jobs/jvm.py).
-	$(BIN)/python -m spark_jobs.jvm || echo "warning: no class-data archive: Spark drivers start the usual (slower) way" >&2
+	@# The Spark driver's class-data archive: every stage's JVM then starts ~1.7x faster (spark_jobs/core/jvm.py).
+	$(BIN)/python -m spark_jobs.core.jvm || echo "warning: no class-data archive: Spark drivers start the usual (slower) way" >&2
 	touch $(STAMP)
 
 venv: java $(STAMP) ## Create .venv from the lock file

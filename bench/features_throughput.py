@@ -39,9 +39,12 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from ingest_throughput import WORK, make_inputs, write_result  # noqa: E402
 
-from spark_jobs import extractors, features, images, ingest, manifest, models  # noqa: E402
-from spark_jobs.config import Config, load_config  # noqa: E402
-from spark_jobs.session import build_session  # noqa: E402
+from spark_jobs import features, ingest  # noqa: E402
+from spark_jobs.core import manifest  # noqa: E402
+from spark_jobs.core.config import Config, load_config  # noqa: E402
+from spark_jobs.core.session import build_session  # noqa: E402
+from spark_jobs.imaging import images  # noqa: E402
+from spark_jobs.ml import extractors, models  # noqa: E402
 
 log = logging.getLogger("bench")
 

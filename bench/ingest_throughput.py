@@ -5,7 +5,7 @@ All three decode the same JPEG files with the same settings and write Parquet (m
 
 - ``spark_job``: ``spark_jobs.ingest.run`` (listing, Arrow-batched decode, duplicate check,
   both tables written; the GX gate is timed separately);
-- ``single_process``: one Python process, ``spark_jobs.images.decode`` on each file, one
+- ``single_process``: one Python process, ``spark_jobs.imaging.images.decode`` on each file, one
   pyarrow Parquet write of the same columns;
 - ``naive_udf``: the seed document's way: Spark ``binaryFile`` + a row-at-a-time ``udf``
   returning the normalised pixels as nested lists of floats.
@@ -39,9 +39,11 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spark_jobs import images, ingest, manifest, tables  # noqa: E402
-from spark_jobs.config import Config, load_config  # noqa: E402
-from spark_jobs.session import build_session  # noqa: E402
+from spark_jobs import ingest  # noqa: E402
+from spark_jobs.core import manifest, tables  # noqa: E402
+from spark_jobs.core.config import Config, load_config  # noqa: E402
+from spark_jobs.core.session import build_session  # noqa: E402
+from spark_jobs.imaging import images  # noqa: E402
 
 WORK = REPO / "bench" / "work"
 RESULTS = REPO / "bench" / "results"

@@ -10,7 +10,7 @@ trained cnn, each engine in a process of its own, measured one after the other i
 The engines:
 
 - ``project``: ``python -m spark_jobs.score`` (cold, as the scheduler runs it).
-- ``plain``: one Python process: the project's decode (``spark_jobs.images.decode``), torch on
+- ``plain``: one Python process: the project's decode (``spark_jobs.imaging.images.decode``), torch on
   every core, batches of ``--batch-size``, one pyarrow write.
 - ``spark``: bare Spark 4: ``binaryFile`` + ``mapInPandas``, the project's decode, the model loaded
   once per Python worker, default settings.
@@ -58,16 +58,16 @@ PEER_VENV = {"daft", "ray"}  # engines that run in the benchmark's venv
 
 def _model(model_dir: Path) -> tuple[Any, Any]:
     """The cnn (through the project's safe loader) and the ingest settings it was trained with."""
-    from spark_jobs import train
-    from spark_jobs.config import IngestConfig
-    from spark_jobs.inference import TorchModel
+    from spark_jobs.core.config import IngestConfig
+    from spark_jobs.ml import cards
+    from spark_jobs.ml.inference import TorchModel
 
-    card = train.read_card(model_dir)
+    card = cards.read_card(model_dir)
     return TorchModel.from_card(model_dir, card).load(), IngestConfig.model_validate(card["ingest_settings"])
 
 
 def _decoded(data: bytes, cfg: Any) -> Any:
-    from spark_jobs import images
+    from spark_jobs.imaging import images
 
     d = images.decode(data, cfg)
     return images.pixels_to_array(d.pixels, d.height, d.width)
@@ -76,7 +76,7 @@ def _decoded(data: bytes, cfg: Any) -> Any:
 def _classify(net: Any, pixels: Any) -> tuple[list[int], list[float]]:
     import torch
 
-    from spark_jobs import models
+    from spark_jobs.ml import models
 
     with torch.inference_mode():
         probability, label = torch.softmax(net(models.to_tensor(pixels)), dim=1).max(1)

@@ -11,7 +11,7 @@ here, weigh less on the larger batch):
   scheduled deployment has its Python workers up); the figure is its decode + score + write part
   (``timings.work_s`` of the run manifest: scan, score and write), the gate is reported apart;
 - ``plain_loop``: one Python process reads each file, decodes it with
-  ``spark_jobs.images.decode`` (same settings), and runs the model on batches of the same size
+  ``spark_jobs.imaging.images.decode`` (same settings), and runs the model on batches of the same size
   with torch's default threads;
 - ``row_udf``: the seed document's way: ``binaryFile`` + a Python ``udf`` that decodes one image
   and runs the model on it (the model loaded once per worker, as the kindest version of it).
@@ -48,10 +48,13 @@ sys.path.insert(0, str(REPO / "bench"))
 from ingest_throughput import WORK, make_inputs, write_result  # noqa: E402
 from peers import measured  # noqa: E402
 
-from spark_jobs import images, manifest, models, score, train  # noqa: E402
-from spark_jobs.config import Config, IngestConfig, load_config  # noqa: E402
-from spark_jobs.inference import TorchModel  # noqa: E402
-from spark_jobs.session import build_session  # noqa: E402
+from spark_jobs import score  # noqa: E402
+from spark_jobs.core import manifest  # noqa: E402
+from spark_jobs.core.config import Config, IngestConfig, load_config  # noqa: E402
+from spark_jobs.core.session import build_session  # noqa: E402
+from spark_jobs.imaging import images  # noqa: E402
+from spark_jobs.ml import cards, models  # noqa: E402
+from spark_jobs.ml.inference import TorchModel  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    card = train.read_card(args.model)
+    card = cards.read_card(args.model)
     ingest_cfg = IngestConfig.model_validate(card["ingest_settings"])
     folder, big = WORK / "score_images", WORK / "score_images_4n"
     count, total_bytes = make_inputs(folder, args.images, args.source_size)

@@ -33,6 +33,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from spark_jobs.jobs import exit_process
+    from spark_jobs.core.jobs import exit_process
 
     exit_process(main())

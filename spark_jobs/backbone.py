@@ -1,7 +1,7 @@
 """Backbone: the project's own small CNN backbone, for ``features.kind: cnn`` without downloads.
 
 Pretrained weights cannot be fetched here (DESIGN.md #8), so this stage trains
-:func:`spark_jobs.models.small_cnn` plus a linear head for ``backbone.epochs`` on the ingested
+:func:`spark_jobs.ml.models.small_cnn` plus a linear head for ``backbone.epochs`` on the ingested
 train split (at most ``backbone.max_images``, read in this one process: it is a bootstrap, the
 distributed training lives in ``train``) and writes, under ``backbone.output``:
 
@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from spark_jobs import images, manifest, models, runner
-from spark_jobs.config import BackboneConfig, Config
-from spark_jobs.jobs import exit_process, run_stage
-from spark_jobs.store import SourceError
-from spark_jobs.tables import published
+from spark_jobs.core import manifest, runner
+from spark_jobs.core.config import BackboneConfig, Config
+from spark_jobs.core.jobs import exit_process, run_stage
+from spark_jobs.core.store import SourceError
+from spark_jobs.core.tables import published
+from spark_jobs.imaging import images
+from spark_jobs.ml import models
 
 if TYPE_CHECKING:
     from torch import nn

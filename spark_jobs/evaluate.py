@@ -35,12 +35,15 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from spark_jobs import gate, inference, manifest, metrics, runner
-from spark_jobs.config import Config, ModelGateConfig
-from spark_jobs.jobs import exit_process, run_stage
-from spark_jobs.store import SourceError
-from spark_jobs.tables import published, read_features, read_images
-from spark_jobs.train import TASKS, mllib_classify, model_dir, read_card
+from spark_jobs.core import manifest, runner
+from spark_jobs.core.config import Config, ModelGateConfig
+from spark_jobs.core.jobs import exit_process, run_stage
+from spark_jobs.core.store import SourceError
+from spark_jobs.core.tables import published, read_features, read_images
+from spark_jobs.ml import inference, metrics
+from spark_jobs.ml.cards import TASKS, model_dir, read_card
+from spark_jobs.ml.mllib import mllib_classify
+from spark_jobs.quality import gate
 
 if TYPE_CHECKING:
     import numpy as np

@@ -1,6 +1,6 @@
 """Features: the ingested image table -> a gated table of one fixed-length vector per image or tile.
 
-``features.kind`` picks the extractor (:mod:`spark_jobs.extractors`), run on the executors in
+``features.kind`` picks the extractor (:mod:`spark_jobs.ml.extractors`), run on the executors in
 Arrow-batched ``mapInPandas`` functions:
 
 - ``classical``: HOG + colour histogram, then an MLlib ``StandardScaler`` + ``PCA`` pipeline fitted
@@ -11,7 +11,7 @@ Arrow-batched ``mapInPandas`` functions:
 
 With ``features.tiles.enabled`` every image is re-read from its ``source_uri`` at full
 resolution (its sha256 must still be its ``image_id``), cut into overlapping blocks
-(:mod:`spark_jobs.tiles`), each block resized to ``ingest.image_size`` and given its own row.
+(:mod:`spark_jobs.imaging.tiles`), each block resized to ``ingest.image_size`` and given its own row.
 
 Outputs under ``<data.root>/features/``: ``features.parquet`` (``FEATURE_COLUMNS``),
 ``extractor.json`` (everything needed to recompute a vector), ``transform/`` (classical only),
@@ -35,29 +35,32 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from spark_jobs import extractors, images, manifest, runner, session, store, suites, tiles
-from spark_jobs.config import Config, ConfigError, IngestConfig, TilesConfig
-from spark_jobs.jobs import exit_process, run_stage
-from spark_jobs.store import SourceError
-from spark_jobs.tables import (
+from spark_jobs.core import manifest, runner, session, store
+from spark_jobs.core.config import Config, ConfigError, IngestConfig, TilesConfig
+from spark_jobs.core.jobs import exit_process, run_stage
+from spark_jobs.core.store import SourceError
+from spark_jobs.core.tables import (
     FEATURE_COLUMNS,
     class_totals,
+    ingested_with,
     published,
     read_features,
     read_images,
     split_class_counts,
 )
+from spark_jobs.imaging import images, tiles
+from spark_jobs.ml import extractors
+from spark_jobs.ml.extractors import EXTRACTOR
+from spark_jobs.ml.mllib import TRANSFORM, apply_transform, fit_transform
+from spark_jobs.quality import suites
 
 if TYPE_CHECKING:
-    from pyspark.ml import PipelineModel
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
 STAGE = "features"
 TABLE = "features.parquet"
-TRANSFORM = "transform"
-EXTRACTOR = "extractor.json"
 _RAW = "raw.parquet"  # staging only; deleted before publishing (a leading "_" makes Spark warn)
 
 # What the extractor pass writes: feature rows with the un-reduced vector in ``raw``, plus one row
@@ -181,33 +184,6 @@ def extract(
     return image_table.select(*columns).mapInArrow(lambda it: whole_image_batches(it, extractor), RAW_SCHEMA)
 
 
-def fit_transform(raw: DataFrame, k: int) -> PipelineModel:
-    """StandardScaler + PCA(k) on the ``raw`` vectors of the train split only."""
-    from pyspark.ml import Pipeline
-    from pyspark.ml.feature import PCA, StandardScaler
-    from pyspark.ml.functions import array_to_vector
-    from pyspark.sql import functions as F
-
-    train = raw.where(F.col("split") == "train").select(array_to_vector("raw").alias("raw_vector"))
-    pipeline = Pipeline(
-        stages=[
-            StandardScaler(inputCol="raw_vector", outputCol="scaled", withMean=True, withStd=True),
-            PCA(k=k, inputCol="scaled", outputCol="pca"),
-        ]
-    )
-    return pipeline.fit(train)
-
-
-def apply_transform(model: PipelineModel, raw: DataFrame) -> DataFrame:
-    """``raw`` with its ``raw`` descriptors replaced by the fitted transform's output, as a float
-    array in ``features``: the same call at features time and at scoring time."""
-    from pyspark.ml.functions import array_to_vector, vector_to_array
-
-    with_vector = raw.withColumn("raw_vector", array_to_vector("raw"))
-    out = model.transform(with_vector).withColumn("features", vector_to_array("pca", "float32"))
-    return out.drop("raw", "raw_vector", "scaled", "pca")
-
-
 def expected_rows(image_table: DataFrame, per_class: dict[str, int], tiles_cfg: TilesConfig) -> dict[str, int]:
     """The feature rows each class must have: its ingested images (``per_class``, from the ingest
     manifest), times each image's tile count when tiling (one small Spark job over the sizes)."""
@@ -231,12 +207,6 @@ def raise_on_problems(raw: DataFrame) -> None:
     if first:
         listed = "; ".join(f"{r['source_uri']}: {r['problem']}" for r in first)
         raise SourceError(f"{bad.count()} ingested images cannot be tiled (re-run ingest). First: {listed}")
-
-
-def ingested_with(ingest_dir: Path) -> IngestConfig:
-    """The ingest settings the published table was made with (from its manifest), so features
-    never assume an image size or a decode setting the table does not have."""
-    return IngestConfig.model_validate(manifest.read(ingest_dir)["params"]["ingest"])
 
 
 def open_extractor(cfg: Config, ingest_cfg: IngestConfig) -> extractors.Extractor:
@@ -363,7 +333,7 @@ def _preload(cfg: Config) -> tuple[str, ...]:
 
 
 def worker_preload(cfg: Config) -> tuple[str, ...]:
-    """What the extracting tasks import (forked from :mod:`spark_jobs.daemon`, which also keeps
+    """What the extracting tasks import (forked from :mod:`spark_jobs.core.daemon`, which also keeps
     the memory a worker frees): torch for a cnn backbone, then this module."""
     return (*(runner.TORCH if cfg.features.kind == "cnn" else ()), "spark_jobs.features")
 

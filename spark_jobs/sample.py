@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from spark_jobs import runner
-from spark_jobs.config import Config, SampleConfig
-from spark_jobs.images import RESAMPLE
-from spark_jobs.jobs import exit_process, run_stage
+from spark_jobs.core import runner
+from spark_jobs.core.config import Config, SampleConfig
+from spark_jobs.core.jobs import exit_process, run_stage
+from spark_jobs.imaging.images import RESAMPLE
 
 log = logging.getLogger(__name__)
 

@@ -50,12 +50,16 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from spark_jobs import features, inference, ingest, manifest, runner, scoring, store, suites
-from spark_jobs import images as images_lib
-from spark_jobs.config import ClassicalConfig, Config, ConfigError, IngestConfig
-from spark_jobs.jobs import exit_process, run_stage
-from spark_jobs.tables import QUARANTINE_COLUMNS
-from spark_jobs.train import mllib_classify, read_card
+from spark_jobs.core import manifest, runner, store
+from spark_jobs.core.config import ClassicalConfig, Config, ConfigError, IngestConfig
+from spark_jobs.core.jobs import exit_process, run_stage
+from spark_jobs.core.tables import QUARANTINE_COLUMNS
+from spark_jobs.imaging import images as images_lib
+from spark_jobs.imaging import partitions
+from spark_jobs.ml import extractors, inference, mllib, scoring
+from spark_jobs.ml.cards import read_card
+from spark_jobs.ml.mllib import mllib_classify
+from spark_jobs.quality import suites
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -130,9 +134,8 @@ def recorded_quarantine(folder: Path) -> set[tuple[str, str]]:
 
 def classical_extractor(folder: Path) -> Any:
     """The descriptor extractor an ``mllib`` model's features were made with (its ``extractor.json``)."""
-    from spark_jobs import extractors
 
-    spec = json.loads((folder / features.EXTRACTOR).read_text())
+    spec = json.loads((folder / extractors.EXTRACTOR).read_text())
     if spec.get("kind") != "classical":
         raise ConfigError(
             f"{folder}: scoring an mllib model trained on {spec.get('kind')} features is not supported; "
@@ -152,17 +155,17 @@ def scan(
 ) -> DataFrame:
     """One Python pass over the listed files: fetched, checked against ``done``, decoded with the
     model's ingest settings and run through ``head`` in the same task (no decoded pixels leave the
-    worker). Files are cut into tasks by bytes (:func:`ingest.plan_chunks`). Copies of one content
+    worker). Files are cut into tasks by bytes (:func:`partitions.plan_chunks`). Copies of one content
     are not marked here (:func:`copies`)."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    ids, listing = ingest.chunk_tasks(spark, ingest.plan_chunks(spark, files, cfg.spark))
+    ids, listing = partitions.chunk_tasks(spark, partitions.plan_chunks(spark, files, cfg.spark))
     known = spark.sparkContext.broadcast(done)
     rows = cfg.spark.arrow_max_records_per_batch
 
     def run_tasks(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            for part in ingest.chunk_slices(batch.column("id").to_pylist(), listing, rows):
+            for part in partitions.chunk_slices(batch.column("id").to_pylist(), listing, rows):
                 yield scoring.scan_batch(part, ingest_cfg, known.value, head)
 
     schema = from_arrow_schema(pa.schema([*scoring.SCAN_FIELDS, *head.outputs()]))
@@ -202,7 +205,7 @@ def mllib_predictions(usable: DataFrame, folder: Path, card: dict[str, Any], k: 
     from pyspark.ml import PipelineModel
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    table = features.apply_transform(PipelineModel.load(str(folder / features.TRANSFORM)), usable)
+    table = mllib.apply_transform(PipelineModel.load(str(folder / mllib.TRANSFORM)), usable)
     classes = tuple(card["classes"])
     classified = mllib_classify(folder, table, list(classes), ("image_id", "source_uri"))
     schema = from_arrow_schema(scoring.PREDICTED_ROW)
@@ -390,7 +393,7 @@ def run(cfg: Config, spark: SparkSession) -> Path | None:
         }
         run.extra["images_per_s"] = round(len(files) / max(run.seconds.get("work", 0.0), 1e-9), 1)
         inputs = {
-            "inbox": ingest.describe(cfg.score.inbox, kind, files),
+            "inbox": partitions.describe(cfg.score.inbox, kind, files),
             "model": {"folder": str(folder), "version": version, "kind": model_kind},
         }
         doc = run.manifest(cfg.section("score", "gate.predictions", "data"), inputs, counts, result)
@@ -428,7 +431,7 @@ def _worker_preload(cfg: Config) -> tuple[str, ...]:
     the scan's code and the module of the task planner its function refers to."""
     kind = read_card(model_folder(cfg))["kind"]
     torch = runner.TORCH if kind != "mllib" or cfg.score.cascade.enabled else ()
-    return (*torch, "spark_jobs.scoring", "spark_jobs.ingest")
+    return (*torch, "spark_jobs.ml.scoring", "spark_jobs.ingest")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
   forest) on the published features table's train split, rows weighted by class when classes are
   skewed (``train.class_weighting``). Saved in MLlib's format in ``classifier/``, next to a copy
   of the features stage's ``transform/`` and ``extractor.json`` it needs to score new images.
-- ``cnn``: the project's CNN (:func:`spark_jobs.models.classifier`) trained from the ingested
+- ``cnn``: the project's CNN (:func:`spark_jobs.ml.models.classifier`) trained from the ingested
   pixels by ``TorchDistributor`` (``train.num_processes`` ranks, DDP on gloo), each rank reading
   its own shard of the Parquet table; class-weighted loss for skewed classes; the epoch with the
   best val accuracy is kept. Checkpoints every ``train.checkpoint_every`` epochs under
@@ -31,98 +31,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from spark_jobs import manifest, runner, training
-from spark_jobs.config import Config, ConfigError, IngestConfig, params_hash
-from spark_jobs.features import EXTRACTOR, TRANSFORM, ingested_with
-from spark_jobs.jobs import exit_process, run_stage
-from spark_jobs.store import SourceError
-from spark_jobs.tables import published, read_features, split_class_counts
+from spark_jobs.core import manifest, runner
+from spark_jobs.core.config import Config, ConfigError, IngestConfig, params_hash
+from spark_jobs.core.jobs import exit_process, run_stage
+from spark_jobs.core.store import SourceError
+from spark_jobs.core.tables import ingested_with, published, read_features, split_class_counts
+from spark_jobs.ml import training
+from spark_jobs.ml.cards import ARCHITECTURES, CALIBRATION, CARD, TASKS, WEIGHTS, model_dir
+from spark_jobs.ml.extractors import EXTRACTOR
+from spark_jobs.ml.mllib import CLASSIFIER, TRANSFORM, mllib_estimator, mllib_input
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
 STAGE = "train"
-CARD = "card.json"
-WEIGHTS = "model.pt"
-CLASSIFIER = "classifier"
-CALIBRATION = "calibration.npy"
 CALIBRATION_IMAGES = 256
-TASKS = {"mllib": "classifier", "cnn": "classifier", "autoencoder": "anomaly"}
-ARCHITECTURES = {"cnn": "small_cnn_classifier", "autoencoder": "conv_autoencoder"}
-
-
-def model_dir(cfg: Config, kind: str) -> Path:
-    return Path(cfg.train.output) / kind
-
-
-def read_card(folder: Path) -> dict[str, Any]:
-    """A model folder's card; :class:`SourceError` when there is no trained model there."""
-    path = folder / CARD
-    if not path.exists():
-        raise SourceError(f"no trained model at {folder} (no {CARD}): run `python -m spark_jobs.train` first")
-    return json.loads(path.read_text())
-
-
-def mllib_input(table: DataFrame, classes: list[str], weights: list[float] | None = None) -> DataFrame:
-    """``table`` plus what MLlib estimators read: ``features_vector`` (a Vector), ``label_index``
-    (the label's position in ``classes`` as a double, null for an unknown label) and, with
-    ``weights``, a per-row ``weight`` of its class."""
-    from pyspark.ml.functions import array_to_vector
-    from pyspark.sql import functions as F
-
-    index = F.create_map(*[x for i, c in enumerate(classes) for x in (F.lit(c), F.lit(float(i)))])
-    out = table.withColumn("features_vector", array_to_vector("features")).withColumn(
-        "label_index", index[F.col("label")]
-    )
-    if weights is not None:
-        by_class = F.create_map(*[x for c, w in zip(classes, weights, strict=True) for x in (F.lit(c), F.lit(w))])
-        out = out.withColumn("weight", by_class[F.col("label")])
-    return out
-
-
-def mllib_classify(folder: Path, table: DataFrame, classes: list[str], keep: tuple[str, ...]) -> DataFrame:
-    """The MLlib classifier of the model ``folder`` on a table with ``features``: its ``keep``
-    columns, then ``prediction`` (class index), ``probability`` (of that class) and
-    ``probabilities`` (of every class, float arrays)."""
-    from pyspark.ml.functions import vector_to_array
-    from pyspark.sql import functions as F
-
-    scored = mllib_classifier(folder).transform(mllib_input(table, classes))
-    probabilities = vector_to_array("probability", "float32")
-    return scored.select(
-        *keep,
-        F.col("prediction").cast("int").alias("prediction"),
-        F.array_max(probabilities).alias("probability"),
-        probabilities.alias("probabilities"),
-    )
-
-
-def mllib_estimator(cfg: Config, weighted: bool) -> Any:
-    """The configured MLlib classifier, reading ``features_vector``/``label_index`` (and ``weight``)."""
-    from pyspark.ml.classification import LogisticRegression, RandomForestClassifier
-
-    m = cfg.train.mllib
-    common: dict[str, Any] = {"featuresCol": "features_vector", "labelCol": "label_index"}
-    if weighted:
-        common["weightCol"] = "weight"
-    if m.classifier == "random_forest":
-        return RandomForestClassifier(numTrees=m.num_trees, maxDepth=m.max_depth, seed=cfg.train.seed, **common)
-    return LogisticRegression(
-        maxIter=m.max_iter, regParam=m.reg_param, elasticNetParam=m.elastic_net_param, family="multinomial", **common
-    )
-
-
-def mllib_classifier(folder: Path) -> Any:
-    """The MLlib classifier saved in a ``mllib`` model folder."""
-    from pyspark.ml.classification import LogisticRegressionModel, RandomForestClassificationModel
-
-    card = read_card(folder)
-    loader = (
-        RandomForestClassificationModel if card["arch"]["classifier"] == "random_forest" else LogisticRegressionModel
-    )
-    return loader.load(str(folder / CLASSIFIER))
 
 
 def train_input(cfg: Config, kind: str) -> tuple[Path, dict[str, int]]:
@@ -165,7 +90,7 @@ def train_mllib(cfg: Config, spark: SparkSession, folder: Path, features_dir: Pa
 
 
 def torch_spec(cfg: Config, kind: str, classes: list[str], weights: list[float] | None, ingest_dir: Path) -> dict:
-    """The plain spec :func:`spark_jobs.training.fit` runs from (no checkpoint or output paths yet)."""
+    """The plain spec :func:`spark_jobs.ml.training.fit` runs from (no checkpoint or output paths yet)."""
     t = cfg.train
     ingest_size = ingested_with(ingest_dir).image_size
     hp = (t.cnn if kind == "cnn" else t.autoencoder).model_dump()

@@ -46,7 +46,7 @@ _AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "A
 @pytest.fixture(scope="session")
 def spark(s3_server: str, tmp_path_factory: pytest.TempPathFactory):
     """One local[2] session for all Spark tests, built by the same code the jobs use."""
-    from spark_jobs.session import build_session
+    from spark_jobs.core.session import build_session
 
     cfg = make_config(tmp_path_factory.mktemp("spark"))
     session = build_session(cfg.spark)
@@ -59,7 +59,7 @@ def spark(s3_server: str, tmp_path_factory: pytest.TempPathFactory):
 def unreachable_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """AWS settings pointing at a loopback port nobody listens on (one attempt, no retries);
     the per-process S3 client is rebuilt before and after."""
-    from spark_jobs import store
+    from spark_jobs.core import store
 
     endpoint = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from spark_jobs.config import Config, apply_overrides, load_config, validate
+from spark_jobs.core.config import Config, apply_overrides, load_config, validate
 
 REPO = Path(__file__).resolve().parents[1]
 

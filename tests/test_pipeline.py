@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spark_jobs.config import load_config
+from spark_jobs.core.config import load_config
 from tests.factories import REPO
 
 
@@ -73,7 +73,7 @@ MANIFEST_SECTIONS = {
 
 
 def test_no_stage_lists_a_speed_only_param() -> None:
-    from spark_jobs.config import SPEED_ONLY
+    from spark_jobs.core.config import SPEED_ONLY
 
     for name, (_, stage) in _expanded().items():
         for key in stage.get("params", []):

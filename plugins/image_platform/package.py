@@ -1,8 +1,8 @@
 """The ``spark_jobs`` artifact a DAG run submits: a ``--py-files`` zip built from the working tree,
 so a cluster runs exactly the code that was tested, stamped with its version.
 
-The zip holds ``spark_jobs/*.py`` and ``spark_jobs/_build_info.json`` (git commit, dirty flag, the
-content hash), which :func:`spark_jobs.manifest.job_version` reads, so every manifest a packaged
+The zip holds every ``spark_jobs/**/*.py`` (the stages and the library's sub-packages) and
+``spark_jobs/_build_info.json`` (git commit, dirty flag, the content hash), which :func:`spark_jobs.core.manifest.job_version` reads, so every manifest a packaged
 run writes names the code it ran. Builds are named by content (``spark_jobs-<version>-<hash>.zip``):
 building the same tree twice gives the same file.
 """
@@ -28,16 +28,16 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def sources(repo: Path = REPO) -> list[Path]:
-    """The package's files (Python sources only: no caches, no local data)."""
-    return sorted((repo / "spark_jobs").glob("*.py"))
+    """The package's files, sub-packages included (Python sources only: no caches, no local data)."""
+    return sorted((repo / "spark_jobs").rglob("*.py"))
 
 
 def build(out_dir: Path, repo: Path = REPO) -> Path:
     """Zip ``repo``'s ``spark_jobs`` into ``out_dir``; returns the zip (reused when it exists)."""
     files = sources(repo)
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in files:  # by path relative to the repo: core/x.py and ml/x.py are different files
+        digest.update(path.relative_to(repo).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     content = digest.hexdigest()[:16]
     commit = _git(repo, "rev-parse", "HEAD").strip() or "unknown"
     dirty = bool(_git(repo, "status", "--porcelain", "--", "spark_jobs").strip())
@@ -50,7 +50,7 @@ def build(out_dir: Path, repo: Path = REPO) -> Path:
     partial = target.with_suffix(".zip.tmp")
     with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path in files:
-            archive.writestr(zipfile.ZipInfo(f"spark_jobs/{path.name}", _FIXED_TIME), path.read_bytes())
+            archive.writestr(zipfile.ZipInfo(path.relative_to(repo).as_posix(), _FIXED_TIME), path.read_bytes())
         archive.writestr(zipfile.ZipInfo(f"spark_jobs/{BUILD_INFO}", _FIXED_TIME), json.dumps(info, sort_keys=True))
     partial.rename(target)
     return target

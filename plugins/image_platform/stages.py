@@ -35,7 +35,7 @@ LAUNCHER = "spark_jobs/__main__.py"
 PACKAGE_TASK = "build_package"
 # The artifact a stage submits: what this run's build_package task built.
 PACKAGED = f"{{{{ ti.xcom_pull(task_ids='{PACKAGE_TASK}') }}}}"
-# Exit codes of spark_jobs.jobs.run_stage that no retry can change.
+# Exit codes of spark_jobs.core.jobs.run_stage that no retry can change.
 FINAL_EXIT_CODES = {2: "unusable input or parameters", 3: "its gate failed (nothing was published)"}
 
 
@@ -127,7 +127,7 @@ def param_overrides(param_keys: Mapping[str, str], params: Mapping[str, Any]) ->
     """A DAG run's Params as ``key=value`` overrides of params.yaml (``param_keys``: each Param's
     params.yaml key). A Param left empty (null, the form's default) overrides nothing: the stage
     reads params.yaml, exactly as ``dvc repro`` does. Values are written as
-    :func:`spark_jobs.config.parse_value` reads them back (strings verbatim)."""
+    :func:`spark_jobs.core.config.parse_value` reads them back (strings verbatim)."""
     overrides = []
     for name, key in param_keys.items():
         value = params.get(name)
@@ -174,8 +174,8 @@ def driver_conf(args: Sequence[str]) -> dict[str, str]:
     stage's ``--set`` overrides (``args``): under spark-submit the JVM starts before the stage reads
     its params, so they must be on that line. Empty when the params cannot be read: the stage itself
     then says why, in one line (exit code 2)."""
-    from spark_jobs.config import ConfigError, load_config
-    from spark_jobs.session import DRIVER_JAVA, driver_java_options
+    from spark_jobs.core.config import ConfigError, load_config
+    from spark_jobs.core.session import DRIVER_JAVA, driver_java_options
 
     overrides, words = [], iter(args)
     for word in words:  # in command-line order, as the stage applies them

@@ -42,11 +42,11 @@ def dvc(repo: Path, *args: str, timeout: float = 1800) -> str:
 
 def record_params(repo: Path, overrides: Sequence[str]) -> dict[str, Any]:
     """Write ``key.path=value`` overrides into ``repo/params.yaml``, each value read as the stages
-    read it (:func:`spark_jobs.config.parse_value`: by the parameter's type), keeping the file's
+    read it (:func:`spark_jobs.core.config.parse_value`: by the parameter's type), keeping the file's
     comments and layout; the file is replaced in one rename. Returns the changed values."""
     from ruamel.yaml import YAML
 
-    from spark_jobs.config import parse_override
+    from spark_jobs.core.config import parse_override
 
     yaml = YAML()  # round-trip: comments and key order survive
     yaml.preserve_quotes = True

@@ -14,8 +14,8 @@ import boto3
 import pytest
 from image_platform import package, stages
 
-from spark_jobs.config import parse_override
-from spark_jobs.session import DRIVER_JAVA
+from spark_jobs.core.config import parse_override
+from spark_jobs.core.session import DRIVER_JAVA
 from tests.factories import class_image
 from tests.orchestration.airflow_setup import run_stage
 
@@ -26,12 +26,13 @@ def test_package_holds_the_code_and_its_version(tmp_path: Path) -> None:
     with zipfile.ZipFile(built) as archive:
         names = set(archive.namelist())
         info = json.loads(archive.read(f"spark_jobs/{package.BUILD_INFO}"))
-    assert {f"spark_jobs/{p.name}" for p in package.sources()} <= names
+    assert {p.relative_to(package.REPO).as_posix() for p in package.sources()} <= names
+    assert "spark_jobs/ml/models.py" in names  # the library's sub-packages too
     assert all(n.endswith(".py") for n in names - {f"spark_jobs/{package.BUILD_INFO}"})
     assert info["content_sha256_16"] in built.name
     # Imported from the zip alone (as executors do), the code reports the stamped version.
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import spark_jobs.manifest as m; "
+        "import sys; sys.path.insert(0, sys.argv[1]); import spark_jobs.core.manifest as m; "
         "assert m.__file__.startswith(sys.argv[1]), m.__file__; print(m.job_version_label())"
     )
     out = subprocess.run(

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from spark_jobs import backbone, extractors, manifest, models
-from spark_jobs.config import CnnConfig
-from spark_jobs.store import SourceError
+from spark_jobs import backbone
+from spark_jobs.core import manifest
+from spark_jobs.core.config import CnnConfig
+from spark_jobs.core.store import SourceError
+from spark_jobs.ml import extractors, models
 from tests.factories import link_ingest
 
 pytestmark = pytest.mark.spark  # uses the shared ingest output

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spark_jobs.config import ConfigError, apply_overrides, load_config
-from spark_jobs.session import master_url, spark_conf
+from spark_jobs.core.config import ConfigError, apply_overrides, load_config
+from spark_jobs.core.session import master_url, spark_conf
 from tests.factories import REPO
 
 
@@ -266,7 +266,7 @@ def test_a_stage_never_writes_into_a_source(tmp_path: Path, caplog, stage: str, 
 
 
 def test_the_bundled_layout_overlaps_no_output() -> None:
-    from spark_jobs.jobs import check_sources_untouched
+    from spark_jobs.core.jobs import check_sources_untouched
 
     cfg = load_config(REPO / "params.yaml")
     for stage in ("ingest", "backbone", "features", "train", "evaluate", "score"):

@@ -1,5 +1,5 @@
 """The Python worker daemon's memory setting, checked in a fresh interpreter through glibc's own
-accounting (``mallinfo2``): after :func:`spark_jobs.daemon.keep_freed_memory`, a batch-sized
+accounting (``mallinfo2``): after :func:`spark_jobs.core.daemon.keep_freed_memory`, a batch-sized
 buffer comes from the heap and stays there when freed, instead of being mapped for each batch and
 unmapped after it (the kernel then zeroes fresh pages for every forward pass)."""
 
@@ -14,7 +14,7 @@ PROBE = """
 import ctypes, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from spark_jobs.daemon import keep_freed_memory
+from spark_jobs.core.daemon import keep_freed_memory
 class Info(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]

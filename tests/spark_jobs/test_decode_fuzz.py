@@ -1,5 +1,5 @@
 """A seeded mutation fuzz of the decoder: whatever bytes a file holds, decoding it gives an image or
-a :class:`spark_jobs.images.Rejected`, never another exception (a job would fail on one file)."""
+a :class:`spark_jobs.imaging.images.Rejected`, never another exception (a job would fail on one file)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from spark_jobs import images
-from spark_jobs.config import IngestConfig
+from spark_jobs.core.config import IngestConfig
+from spark_jobs.imaging import images
 
 pytestmark = pytest.mark.filterwarnings("ignore")  # Pillow warns about many of the mutants
 

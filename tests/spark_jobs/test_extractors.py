@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spark_jobs import extractors, models
-from spark_jobs.config import ClassicalConfig, CnnConfig
+from spark_jobs.core.config import ClassicalConfig, CnnConfig
+from spark_jobs.ml import extractors, models
 
 
 def _digits(n: int = 12, size: int = 32) -> np.ndarray:
@@ -150,7 +150,7 @@ def test_the_backbone_is_loaded_once_per_process(backbone_files) -> None:
 
 
 def test_the_session_reuses_python_workers() -> None:
-    from spark_jobs.config import SparkConfig
-    from spark_jobs.session import spark_conf
+    from spark_jobs.core.config import SparkConfig
+    from spark_jobs.core.session import spark_conf
 
     assert spark_conf(SparkConfig())["spark.python.worker.reuse"] == "true"

@@ -11,11 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from spark_jobs import extractors, features, images, ingest, manifest, models, tiles
-from spark_jobs.config import CnnConfig, ConfigError, IngestConfig, TilesConfig
-from spark_jobs.gate import GateFailed
-from spark_jobs.store import SourceError
-from spark_jobs.tables import FEATURE_COLUMNS, read_features, read_images
+from spark_jobs import features, ingest
+from spark_jobs.core import manifest, tables
+from spark_jobs.core.config import CnnConfig, ConfigError, IngestConfig, TilesConfig
+from spark_jobs.core.store import SourceError
+from spark_jobs.core.tables import FEATURE_COLUMNS, read_features, read_images
+from spark_jobs.imaging import images, tiles
+from spark_jobs.ml import extractors, mllib, models
+from spark_jobs.quality.gate import GateFailed
 from tests.conftest import INGESTED_CLASSES, INGESTED_PER_CLASS
 from tests.factories import REPO, link_ingest, make_config, photo_tree
 from tests.spark_jobs.test_decode_fuzz import pillow_crasher
@@ -66,7 +69,7 @@ def test_classical_features_end_to_end(spark, ingested: Path, tmp_path: Path) ->
     assert doc["counts"]["dim"] == 8
     assert doc["counts"]["rows_by_class"] == {str(c): INGESTED_PER_CLASS for c in range(INGESTED_CLASSES)}
     assert doc["inputs"]["ingest"]["manifest_sha256"] == manifest.file_hash(ingested / manifest.MANIFEST)
-    spec = json.loads((published / features.EXTRACTOR).read_text())
+    spec = json.loads((published / extractors.EXTRACTOR).read_text())
     assert spec["kind"] == "classical"
     assert spec["descriptor_dim"] == 372
     assert len(spec["pca_explained_variance"]) == 8
@@ -80,11 +83,11 @@ def test_the_saved_transform_reproduces_the_features(spark, ingested: Path, tmp_
 
     cfg = link_ingest(ingested, tmp_path, "features.classical.pca_k=8")
     published = features.run(cfg, spark)
-    model = PipelineModel.load(str(published / features.TRANSFORM))
+    model = PipelineModel.load(str(published / mllib.TRANSFORM))
     image_table = read_images(spark, ingested).limit(10)
-    ingest_cfg = features.ingested_with(ingested)
+    ingest_cfg = tables.ingested_with(ingested)
     raw = features.extract(image_table, features.open_extractor(cfg, ingest_cfg), ingest_cfg, cfg)
-    again = {r["image_id"]: r["features"] for r in features.apply_transform(model, raw).collect()}
+    again = {r["image_id"]: r["features"] for r in mllib.apply_transform(model, raw).collect()}
     stored = {r["image_id"]: r["features"] for r in read_features(spark, published).collect()}
     assert len(again) == 10
     for image_id, vector in again.items():
@@ -100,7 +103,7 @@ def test_pca_is_fitted_on_the_train_split_only(spark) -> None:
     schema = "image_id string, split string, raw array<float>"
 
     def fitted(extra: list) -> tuple[np.ndarray, np.ndarray]:
-        model = features.fit_transform(spark.createDataFrame(rows + extra, schema), 3)
+        model = mllib.fit_transform(spark.createDataFrame(rows + extra, schema), 3)
         scaler, pca = model.stages
         return np.array(scaler.mean.toArray()), pca.pc.toArray()
 
@@ -310,7 +313,7 @@ def test_features_follow_the_image_size_of_the_ingested_table(spark, ingested: P
     """params say 64px, the published table is 32px: the table wins (and a bad pca_k is one clear error)."""
     cfg = link_ingest(ingested, tmp_path, "ingest.image_size=64", "features.classical.pca_k=8")
     folder = features.run(cfg, spark)
-    spec = json.loads((folder / features.EXTRACTOR).read_text())
+    spec = json.loads((folder / extractors.EXTRACTOR).read_text())
     assert spec["image_size"] == 32
     assert spec["descriptor_dim"] == 372
     assert manifest.read(folder)["inputs"]["ingest"]["settings"]["image_size"] == 32

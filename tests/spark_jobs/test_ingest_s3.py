@@ -8,7 +8,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from spark_jobs import images, ingest, manifest, store
+from spark_jobs import ingest
+from spark_jobs.core import manifest, store
+from spark_jobs.imaging import images
 from tests.factories import class_image, make_config
 
 pytestmark = [pytest.mark.spark, pytest.mark.s3]
@@ -94,7 +96,8 @@ def test_an_unreachable_store_while_fetching_is_not_one_file_s_problem(unreachab
     failure = RuntimeError(
         "An error occurred while calling o123.parquet.\n: org.apache.spark.SparkException: Job aborted ...\n"
         "Traceback (most recent call last):\n  File ...\n"
-        f"spark_jobs.store.StoreUnavailable: cannot read bucket b at {unreachable_s3} (after botocore's retries): x\n"
+        "spark_jobs.core.store.StoreUnavailable: "
+        f"cannot read bucket b at {unreachable_s3} (after botocore's retries): x\n"
         "\tat org.apache.spark.api.python.BasePythonRunner...\n"
     )
     reason = store.unavailable_reason(failure)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spark_jobs import jvm
-from spark_jobs.config import SparkConfig
-from spark_jobs.session import DRIVER_JAVA, driver_java_options, spark_conf
+from spark_jobs.core import jvm
+from spark_jobs.core.config import SparkConfig
+from spark_jobs.core.session import DRIVER_JAVA, driver_java_options, spark_conf
 
 
 def test_no_archive_no_option(tmp_path: Path, monkeypatch) -> None:

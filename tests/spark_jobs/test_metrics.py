@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from spark_jobs import metrics
+from spark_jobs.ml import metrics
 
 
 def _counts(actual: list[int], predicted: list[int]) -> list[tuple[int, int, int]]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs import extractors, models
-from spark_jobs.config import CnnConfig
+from spark_jobs.core.config import CnnConfig
+from spark_jobs.ml import extractors, models
 
 
 def test_small_cnn_embeds_any_side() -> None:
@@ -288,7 +288,7 @@ def _model_file_reads(source: Path) -> list[tuple[str, dict[str, object]]]:
 
 
 def test_no_module_but_the_loader_reads_a_model_file() -> None:
-    """Every torch file, export archive and array is read by spark_jobs/models.py's loaders, with
+    """Every torch file, export archive and array is read by spark_jobs/ml/models.py's loaders, with
     the restricted torch unpickler and without numpy's pickles."""
     package = Path(models.__file__).parent
     for source in sorted(package.glob("*.py")):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs import manifest, runner
-from spark_jobs.gate import GateFailed, GateResult
-from spark_jobs.session import summarise_events
+from spark_jobs.core import manifest, runner
+from spark_jobs.core.session import summarise_events
+from spark_jobs.quality.gate import GateFailed, GateResult
 
 
 def _folder(path: Path, text: str) -> Path:
@@ -209,7 +209,7 @@ def test_exit_process_runs_the_exit_handlers_joins_threads_and_keeps_the_code(tm
 
     script = (
         "import atexit, threading, time\n"
-        "from spark_jobs.jobs import exit_process\n"
+        "from spark_jobs.core.jobs import exit_process\n"
         "atexit.register(lambda: print('handler ran', flush=True))\n"
         "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
         "print('buffered', end='')\n"

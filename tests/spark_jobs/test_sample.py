@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from spark_jobs import manifest, sample
+from spark_jobs import sample
+from spark_jobs.core import manifest
 from tests.factories import make_config
 
 
@@ -53,7 +54,7 @@ def test_sample_is_reproducible(tmp_path: Path) -> None:
 def test_a_stage_whose_output_is_busy_exits_5(tmp_path: Path, caplog) -> None:
     """Another run holds the output's lock: the stage waits data.lock_wait_s, then one line, exit 5
     (Airflow retries it; 2 and 3 are final)."""
-    from spark_jobs import runner
+    from spark_jobs.core import runner
     from tests.factories import REPO
 
     root = tmp_path / "data"

@@ -8,8 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spark_jobs import features, gate, images, inference, models, runner, score, scoring, train
-from spark_jobs.config import Config, ConfigError, IngestConfig
+from spark_jobs import features, score, train
+from spark_jobs.core import runner
+from spark_jobs.core.config import Config, ConfigError, IngestConfig
+from spark_jobs.imaging import images
+from spark_jobs.ml import cards, inference, models, scoring
+from spark_jobs.quality import gate
 from tests.conftest import INGESTED_CLASSES
 from tests.factories import SMALL_MODELS, class_image, link_ingest, with_overrides, write_inbox
 from tests.spark_jobs.test_decode_fuzz import pillow_crasher
@@ -59,7 +63,7 @@ def _plain_loop(folder: Path, files: list[Path]) -> dict[str, tuple[str, float]]
     decoded by ``images.decode`` with the model's ingest settings, one batch through the model."""
     import torch
 
-    card = train.read_card(folder)
+    card = cards.read_card(folder)
     ingest_cfg = IngestConfig.model_validate(card["ingest_settings"])
     decoded = [images.decode(f.read_bytes(), ingest_cfg) for f in files]
     pixels = np.stack([images.pixels_to_array(d.pixels, d.height, d.width) for d in decoded])
@@ -82,7 +86,7 @@ def test_cnn_scores_each_new_image_exactly_once(spark, trained: Config, tmp_path
     (tmp_path / "inbox" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp_path / "inbox" / "crashes-pillow.gif").write_bytes(pillow_crasher())  # made Pillow raise TypeError & co
     cfg = _config(trained, tmp_path, "cnn", "score.top_k=2", "gate.predictions.max_low_confidence=1.0")
-    card = train.read_card(Path(cfg.score.model))
+    card = cards.read_card(Path(cfg.score.model))
 
     first = score.run(cfg, spark)
     assert first is not None
@@ -194,7 +198,7 @@ def test_mllib_model_scores_with_its_saved_transform(spark, trained: Config, tmp
 def test_autoencoder_flags_with_its_threshold(spark, trained: Config, tmp_path: Path) -> None:
     write_inbox(tmp_path / "inbox", 100, 3)
     cfg = _config(trained, tmp_path, "autoencoder")
-    threshold = train.read_card(Path(cfg.score.model))["threshold"]
+    threshold = cards.read_card(Path(cfg.score.model))["threshold"]
     score.run(cfg, spark)
     rows = _rows(spark, cfg)
     assert len(rows) == 3 * INGESTED_CLASSES

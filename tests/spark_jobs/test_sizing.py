@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs import sizing
+from spark_jobs.core import sizing
 from tests.factories import REPO
 
 

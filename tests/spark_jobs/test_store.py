@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs import store
+from spark_jobs.core import store
 
 
 @pytest.mark.parametrize(
@@ -180,8 +180,8 @@ def test_reads_are_capped(tmp_path: Path) -> None:
 def test_a_quarantine_detail_never_holds_the_file_s_content(tmp_path: Path) -> None:
     """A link named like an image to a secret is read (a regular file) and quarantined, but none of
     its bytes reach the quarantine row."""
-    from spark_jobs import images
-    from spark_jobs.config import IngestConfig
+    from spark_jobs.core.config import IngestConfig
+    from spark_jobs.imaging import images
 
     secret = tmp_path / "passwd"
     secret.write_text("root:x:0:0:root:/root:/bin/bash\n")

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spark_jobs import gate, suites
-from spark_jobs.config import FeaturesGateConfig, PredictionsGateConfig, RawGateConfig
-from spark_jobs.images import assign_split
+from spark_jobs.core.config import FeaturesGateConfig, PredictionsGateConfig, RawGateConfig
+from spark_jobs.imaging.images import assign_split
+from spark_jobs.quality import gate, suites
 
 pytestmark = pytest.mark.spark
 

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from spark_jobs import tiles
-from spark_jobs.config import TilesConfig
+from spark_jobs.core.config import TilesConfig
+from spark_jobs.imaging import tiles
 
 CASES = [(640, 427), (128, 128), (129, 300), (50, 20), (1000, 115)]
 
@@ -100,8 +100,9 @@ def test_too_many_tiles_is_one_clear_problem_of_the_image(tmp_path) -> None:
     import numpy as np
     import pandas as pd
 
-    from spark_jobs import features, images
-    from spark_jobs.config import IngestConfig
+    from spark_jobs import features
+    from spark_jobs.core.config import IngestConfig
+    from spark_jobs.imaging import images
     from tests.factories import png_bytes
 
     data = png_bytes(np.zeros((64, 64, 3), dtype=np.uint8))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from spark_jobs import models, training
+from spark_jobs.ml import models, training
 
 pytestmark = pytest.mark.spark  # the ingested fixture builds its table with Spark
 

@@ -4,7 +4,7 @@ Here it cuts a cold Spark start to about half (a trivial local session: 16.6 s -
 
 ``make venv`` (and the project image) builds it once for the installed Java and pyspark:
 
-    python -m spark_jobs.jvm
+    python -m spark_jobs.core.jvm
 
 It runs a representative Spark session (SQL, Parquet, a shuffle, Arrow-batched Python functions,
 an MLlib fit, the event log) in a JVM started with ``-XX:ArchiveClassesAtExit``, which writes the

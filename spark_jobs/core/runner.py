@@ -43,8 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spark_jobs import manifest as manifests
-from spark_jobs.gate import Batch, GateFailed, GateResult, validate
+from spark_jobs.core import manifest as manifests
+from spark_jobs.quality.gate import Batch, GateFailed, GateResult, validate
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -250,7 +250,7 @@ class StageRun:
             self._unlock()
             raise
         if self.spark is not None:
-            from spark_jobs.session import event_log_size
+            from spark_jobs.core.session import event_log_size
 
             self._events_offset = event_log_size(self.spark)
             self.spark.sparkContext.setJobGroup(self._group, f"{self.stage} run {self.run_id}")
@@ -333,7 +333,7 @@ class StageRun:
         stage that runs no Spark)."""
         if self.spark is None:
             return {}
-        from spark_jobs.session import spark_metrics
+        from spark_jobs.core.session import spark_metrics
 
         return spark_metrics(self.spark, self._group, self._events_offset)
 

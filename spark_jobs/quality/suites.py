@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from spark_jobs.config import FeaturesGateConfig, PredictionsGateConfig, RawGateConfig
-from spark_jobs.gate import Batch
-from spark_jobs.images import SPLITS
-from spark_jobs.tables import IMAGE_COLUMNS
+from spark_jobs.core.config import FeaturesGateConfig, PredictionsGateConfig, RawGateConfig
+from spark_jobs.core.tables import IMAGE_COLUMNS
+from spark_jobs.imaging.images import SPLITS
+from spark_jobs.quality.gate import Batch
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -220,7 +220,7 @@ def raw_batches(
     fractions: dict[str, float],
     gate: RawGateConfig,
 ) -> list[Batch]:
-    """The raw-data suite as batches for :func:`spark_jobs.gate.validate`, from the
+    """The raw-data suite as batches for :func:`spark_jobs.quality.gate.validate`, from the
     :func:`image_stats` of the staged image table."""
     rules = list(image_rules(classes, image_size))
     return [

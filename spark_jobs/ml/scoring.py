@@ -15,8 +15,10 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from spark_jobs import images, inference, store
-from spark_jobs.config import IngestConfig
+from spark_jobs.core import store
+from spark_jobs.core.config import IngestConfig
+from spark_jobs.imaging import images
+from spark_jobs.ml import inference
 
 ANOMALY_LABELS = ("normal", "anomaly")
 # What a scan yields for every file it did not skip, before the model's outputs.

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spark_jobs import jvm, store
-from spark_jobs.config import SparkConfig
+from spark_jobs.core import jvm, store
+from spark_jobs.core.config import SparkConfig
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -59,7 +59,7 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
 
 
 def driver_java_options(cfg: SparkConfig) -> str:
-    """The driver JVM's options: the class-data archive `make venv` built (spark_jobs/jvm.py), if
+    """The driver JVM's options: the class-data archive `make venv` built (spark_jobs/core/jvm.py), if
     any, then ``spark.driver_java_options``, then those of ``spark.conf``. They apply where the
     JVM starts: here for ``python -m``, and on the spark-submit line of a stage task."""
     return jvm.with_archive(" ".join(o for o in (cfg.driver_java_options, cfg.conf.get(DRIVER_JAVA)) if o))
@@ -99,14 +99,14 @@ def launched_by_spark_submit() -> bool:
 def build_session(cfg: SparkConfig, worker_preload: Sequence[str] = ()) -> SparkSession:
     """A session from params (or the running one, with the same runtime settings applied).
     ``worker_preload``: modules the Python workers' daemon imports before it forks them (see
-    :mod:`spark_jobs.daemon`)."""
+    :mod:`spark_jobs.core.daemon`)."""
     from pyspark.sql import SparkSession
 
-    from spark_jobs.daemon import PRELOAD_ENV
+    from spark_jobs.core.daemon import PRELOAD_ENV
 
     conf = spark_conf(cfg)
     if worker_preload:
-        conf.setdefault("spark.python.daemon.module", "spark_jobs.daemon")
+        conf.setdefault("spark.python.daemon.module", "spark_jobs.core.daemon")
         conf[f"spark.executorEnv.{PRELOAD_ENV}"] = ",".join(worker_preload)
     if conf["spark.eventLog.enabled"] == "true" and "spark.eventLog.dir" not in conf:
         conf["spark.eventLog.dir"] = _own_event_log_dir()

@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from spark_jobs.config import IngestConfig, ResizeConfig
-from spark_jobs.tables import DECODED_FIELDS
+from spark_jobs.core.config import IngestConfig, ResizeConfig
+from spark_jobs.core.tables import DECODED_FIELDS
 
 # Why a file was quarantined. A short fixed vocabulary, so the gate and people can count them.
 EMPTY: Final = "empty"

@@ -5,7 +5,7 @@ float32 vectors ``(N, D)``. They run inside Arrow-batched pandas functions on th
   per-channel colour histogram (``color_bins`` bins over 0..255, each channel summing to 1).
   ``D = hog_orientations x cells_per_block^2 x (S // pixels_per_cell - cells_per_block + 1)^2
   + 3 x color_bins``: 372 for the defaults at ``S = 32``.
-- :class:`Cnn`: the embedding of a torch backbone (:mod:`spark_jobs.models`), pixels scaled to
+- :class:`Cnn`: the embedding of a torch backbone (:mod:`spark_jobs.ml.models`), pixels scaled to
   [0, 1] then normalised with ``mean``/``std``, run in inference mode in batches of
   ``batch_size`` with ``threads`` intra-op threads; the module is loaded once per Python worker.
 """
@@ -17,8 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spark_jobs import models, store
-from spark_jobs.config import ClassicalConfig, CnnConfig
+from spark_jobs.core import store
+from spark_jobs.core.config import ClassicalConfig, CnnConfig
+from spark_jobs.ml import models
+
+EXTRACTOR = "extractor.json"  # the extractor's spec, beside a features table and an mllib model
 
 
 def hog_color(pixels: np.ndarray, cfg: ClassicalConfig) -> np.ndarray:
@@ -95,7 +98,7 @@ class Cnn:
     @classmethod
     def open(cls, cfg: CnnConfig, batch_size: int, image_size: int) -> Cnn:
         """Load the backbone once on the driver: check it reads, accepts ``image_size`` inputs and
-        returns finite-length vectors; :class:`spark_jobs.models.BackboneError` says why not."""
+        returns finite-length vectors; :class:`spark_jobs.ml.models.BackboneError` says why not."""
         import torch
 
         uri = backbone_uri(cfg)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spark_jobs.config import TilesConfig
+from spark_jobs.core.config import TilesConfig
 
 
 @dataclass(frozen=True)

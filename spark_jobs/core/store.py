@@ -32,7 +32,7 @@ class FetchError(OSError):
 
     def __init__(self, message: str, reason: str = "fetch_failed") -> None:
         super().__init__(message)
-        self.reason = reason  # a quarantine reason of spark_jobs.images: fetch_failed, not_a_file, too_large
+        self.reason = reason  # a quarantine reason of spark_jobs.imaging.images: fetch_failed, not_a_file, too_large
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""

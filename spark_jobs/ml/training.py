@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from spark_jobs import images, models
+from spark_jobs.imaging import images
+from spark_jobs.ml import models
 
 if TYPE_CHECKING:
     from torch import Tensor, nn

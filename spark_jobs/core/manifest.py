@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from spark_jobs import __version__
-from spark_jobs.config import params_hash
+from spark_jobs.core.config import params_hash
 
 MANIFEST = "_manifest.json"
 _BUILD_INFO = "_build_info.json"  # written into the --py-files zip by plugins/image_platform/package.py

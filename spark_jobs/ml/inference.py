@@ -1,7 +1,7 @@
 """Running a trained torch model over the image table on the executors, in Arrow batches.
 
 The model is described by a small picklable :class:`TorchModel` (weights URI, sha256,
-architecture); each Python worker loads it once (:func:`spark_jobs.models.cached_model`) and runs
+architecture); each Python worker loads it once (:func:`spark_jobs.ml.models.cached_model`) and runs
 it on batches of ``batch_size`` images with ``threads`` torch threads.
 """
 
@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from spark_jobs import images, models
-from spark_jobs.config import ConfigError
+from spark_jobs.core.config import ConfigError
+from spark_jobs.imaging import images
+from spark_jobs.ml import models
 
 if TYPE_CHECKING:
     from pyspark.sql.types import StructType

@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from spark_jobs import runner
-from spark_jobs.config import Config, ConfigError, arg_parser, load_config
-from spark_jobs.gate import EXIT_GATE_FAILED, GateFailed
-from spark_jobs.store import SourceError, unavailable_reason
+from spark_jobs.core import runner
+from spark_jobs.core.config import Config, ConfigError, arg_parser, load_config
+from spark_jobs.core.store import SourceError, unavailable_reason
+from spark_jobs.quality.gate import EXIT_GATE_FAILED, GateFailed
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -92,7 +92,7 @@ def check_sources_untouched(stage: str, cfg: Config) -> None:
     """:class:`ConfigError` when a folder ``stage`` writes (:func:`written_folders`) would be, lie
     inside or contain ``ingest.source`` or ``score.inbox`` (a local folder, or a manifest CSV's
     folder): no stage may write into, or delete anything inside, a user's input."""
-    from spark_jobs.store import is_manifest, is_s3
+    from spark_jobs.core.store import is_manifest, is_s3
 
     def real(path: str | Path) -> Path:
         return Path(os.path.abspath(os.path.expanduser(path))).resolve()
@@ -157,7 +157,7 @@ def run_stage(
         if modules:
             runner.preload(modules)
         if needs_spark:
-            from spark_jobs.session import build_session
+            from spark_jobs.core.session import build_session
 
             spark = build_session(cfg.spark, worker_preload(cfg) if callable(worker_preload) else worker_preload)
         with runner.launched(started, time.time()):
@@ -181,7 +181,7 @@ def run_stage(
         return EXIT_STORE_UNAVAILABLE
     finally:
         if spark is not None:
-            from spark_jobs.session import remove_own_event_logs, stop_session
+            from spark_jobs.core.session import remove_own_event_logs, stop_session
 
             stop_session(spark)
             remove_own_event_logs()

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spark_jobs import store
+from spark_jobs.core import store
 
 if TYPE_CHECKING:
     from torch import Tensor, nn

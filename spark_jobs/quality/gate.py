@@ -1,7 +1,7 @@
-"""Gates: Great Expectations validating what a stage wrote (the statistics :mod:`spark_jobs.suites`
+"""Gates: Great Expectations validating what a stage wrote (the statistics :mod:`spark_jobs.quality.suites`
 computes from it in one Spark pass), with a readable report; on failure the stage publishes
 nothing and exits with :data:`EXIT_GATE_FAILED`, so ``dvc repro`` and Airflow both stop there
-(:mod:`spark_jobs.runner` stages, validates and publishes).
+(:mod:`spark_jobs.core.runner` stages, validates and publishes).
 """
 
 from __future__ import annotations

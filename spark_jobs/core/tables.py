@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from spark_jobs.core import manifest
+from spark_jobs.core.config import IngestConfig
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -64,8 +67,8 @@ def read_features(spark: SparkSession, folder: Path) -> DataFrame:
 def split_class_counts(folder: Path) -> dict[str, dict[str, int]]:
     """Rows per split and class of a published ingest or features table, as its gate counted
     them (``counts.rows_by_split_class`` of its manifest): no Spark job to count them again."""
-    from spark_jobs.manifest import read
-    from spark_jobs.store import SourceError
+    from spark_jobs.core.manifest import read
+    from spark_jobs.core.store import SourceError
 
     counts = read(folder)["counts"]
     if "rows_by_split_class" not in counts:
@@ -85,10 +88,16 @@ def class_totals(by_split: dict[str, dict[str, int]]) -> dict[str, int]:
 def published(root: str | Path, stage: str) -> Path:
     """The published output folder of ``stage`` under ``data.root``; :class:`SourceError` when
     that stage has not run (or its gate never passed) there."""
-    from spark_jobs.manifest import MANIFEST
-    from spark_jobs.store import SourceError
+    from spark_jobs.core.manifest import MANIFEST
+    from spark_jobs.core.store import SourceError
 
     folder = Path(root) / stage
     if not (folder / MANIFEST).exists():
         raise SourceError(f"no published {stage} output at {folder}: run `python -m spark_jobs.{stage}` first")
     return folder
+
+
+def ingested_with(ingest_dir: Path) -> IngestConfig:
+    """The ingest settings the published table was made with (from its manifest), so later stages
+    never assume an image size or a decode setting the table does not have."""
+    return IngestConfig.model_validate(manifest.read(ingest_dir)["params"]["ingest"])
