@@ -1,12 +1,16 @@
 """image_batch_scoring: score what arrived in the inbox since the last run with the champion model,
 every hour (cron from the ``IMAGE_SCORING_CRON`` environment variable) and whenever the training
 pipeline updates the champion. Incremental by the score stage's exactly-once logic: images the
-champion already scored are skipped. Orchestration only."""
+champion already scored are skipped. Orchestration only.
+
+The cron string is the one thing read from the environment while parsing: a schedule must be known
+then, and an Airflow Variable would query the database on every parse. Each scoring run's
+``image_platform_predictions`` event says in its ``extra`` where the predictions were appended."""
 
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, task
 from image_platform import stages, versioning
@@ -19,10 +23,11 @@ with DAG(
         timetable=CronTriggerTimetable(os.environ.get("IMAGE_SCORING_CRON", "@hourly"), timezone="UTC"),
         assets=CHAMPION,
     ),
-    start_date=datetime(2026, 1, 1),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     tags=["image-platform", "scoring"],
+    doc_md=__doc__,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
 ) as dag:
     score = stages.stage_task("score", stages.dvc_commands()["score"], outlets=[PREDICTIONS])

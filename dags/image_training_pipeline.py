@@ -5,15 +5,16 @@ meaning "as in params.yaml": a run with the form untouched is exactly ``dvc repr
 run sets becomes a ``--set`` override of its params.yaml key for every stage. Orchestration only:
 every stage is a spark-submit of the packaged ``spark_jobs``; the last task records the Params the
 run set in params.yaml, versions the outputs with DVC (one DVC command at a time, in the ``dvc``
-pool) and updates the champion-model Asset (see ``plugins/image_platform``)."""
+pool) and updates the champion-model Asset (see ``plugins/image_platform``), its event's ``extra``
+naming the champion's folder and version."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Param, get_current_context, task
 from image_platform import stages, versioning
-from image_platform.assets import CHAMPION
+from image_platform.assets import CHAMPION, champion_extra
 
 # dvc.yaml stages that are not part of training: the bundled sample and batch scoring.
 NOT_TRAINING = {"sample", "score"}
@@ -40,10 +41,11 @@ with DAG(
     dag_id="image_training_pipeline",
     description="dvc.yaml's pipeline from ingest to evaluate; the model gate promotes the champion",
     schedule=None,
-    start_date=datetime(2026, 1, 1),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     tags=["image-platform", "training"],
+    doc_md=__doc__,
     default_args={"retry_delay": timedelta(minutes=1)},
     params={
         "source": _param("string", "ingest.source: a folder, s3://bucket/prefix or manifest CSV", minLength=1),
@@ -79,6 +81,7 @@ with DAG(
         outputs into the DVC cache (and remote) and dvc.lock."""
         overrides = stages.param_overrides(PARAM_KEYS, get_current_context()["params"])
         changed = versioning.record_params(stages.workspace(), overrides)
+        get_current_context()["outlet_events"][CHAMPION].extra = champion_extra(stages.workspace())
         return {**versioning.version_outputs(stages.workspace(), list(tasks)), "params_changed": changed}
 
     sinks = [t for name, t in tasks.items() if not any(name in graph[other] for other in tasks)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +111,27 @@ def photo_tree(root: Path) -> Path:
 
     write_photos(root)
     return root
+
+
+def dvc_view(root: Path = REPO) -> dict[str, dict]:
+    """The pipeline as DVC itself reads ``root``'s dvc.yaml (its Python API: ``foreach`` expanded,
+    ``${...}`` interpolated): ``{stage: {"cmd", "deps", "params", "outs", "needs"}}``, the reference
+    the DAG and config tests compare against (independent of the plugin's own reading)."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+    with Repo(str(root)) as repo, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"_NoneStep\.value will soon raise", category=DeprecationWarning)
+        graph = repo.index.graph
+        return {
+            s.name: {
+                "cmd": s.cmd,
+                "deps": [d.def_path for d in s.deps if not isinstance(d, ParamsDependency)],
+                "params": [k for d in s.deps if isinstance(d, ParamsDependency) for k in d.params],
+                "outs": [o.def_path for o in s.outs],
+                "needs": {n.name for n in graph.successors(s)},
+            }
+            for s in repo.index.stages
+            if isinstance(s, PipelineStage)
+        }

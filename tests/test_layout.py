@@ -10,9 +10,7 @@ from tests.factories import REPO
 from tests.test_dvc_deps import import_closure, imported_modules
 
 STAGE_FILES = {f"spark_jobs/{s}.py" for s in STAGES}
-LIBRARY = sorted(
-    str(p.relative_to(REPO)) for p in (REPO / "spark_jobs").glob("*/*.py") if p.name != "__init__.py"
-)
+LIBRARY = sorted(str(p.relative_to(REPO)) for p in (REPO / "spark_jobs").glob("*/*.py") if p.name != "__init__.py")
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -33,4 +31,5 @@ def test_the_library_is_in_named_sub_packages() -> None:
     assert top == {"__init__.py", "__main__.py"} | {f"{s}.py" for s in STAGES}
     for package in ("core", "imaging", "ml", "quality"):
         doc = (REPO / "spark_jobs" / package / "__init__.py").read_text()
-        assert doc.startswith('"""') and len(doc.strip().splitlines()) == 2, package
+        assert doc.startswith('"""'), package
+        assert len(doc.strip().splitlines()) == 2, package

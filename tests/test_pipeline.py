@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from spark_jobs.core.config import load_config
-from tests.factories import REPO
+from tests.factories import REPO, dvc_view
 
 
 def _stages() -> dict:
@@ -21,19 +21,9 @@ def _stages() -> dict:
 
 
 def _expanded() -> dict[str, tuple[str, dict]]:
-    """``{stage name as DVC shows it: (module, definition)}`` with ``foreach`` stages expanded
-    (``train@cnn``), ``${key}`` and ``${item.*}`` filled in."""
-    out = {}
-    for name, stage in _stages().items():
-        if "foreach" not in stage:
-            out[name] = (name, stage)
-            continue
-        for key, item in stage["foreach"].items():
-            text = yaml.safe_dump(stage["do"]).replace("${key}", key)
-            for field, value in item.items():
-                text = text.replace(f"${{item.{field}}}", str(value))
-            out[f"{name}@{key}"] = (name, yaml.safe_load(text))
-    return out
+    """``{stage name as DVC shows it: (module, definition)}`` as DVC reads dvc.yaml (``foreach``
+    stages expanded as ``train@cnn``, every ``${...}`` filled in from params.yaml)."""
+    return {name: (name.partition("@")[0], stage) for name, stage in dvc_view().items()}
 
 
 def test_every_stage_is_a_module_with_a_params_section() -> None:
@@ -111,10 +101,10 @@ def test_train_stages_are_the_evaluated_models() -> None:
         _, stage = stages[f"train@{kind}"]
         assert stage["cmd"] == f"python -m spark_jobs.train --set train.model={kind}"
         assert f"train.{kind}" in stage["params"]
-        assert stage["outs"] == [f"${{train.output}}/{kind}"]
-        assert f"${{train.output}}/{kind}" in stages["evaluate"][1]["deps"]
-    assert "${data.root}/features" in stages["train@mllib"][1]["deps"]
-    assert "${data.root}/ingest" in stages["train@cnn"][1]["deps"]
+        assert stage["outs"] == [f"{params.train.output}/{kind}"]
+        assert f"{params.train.output}/{kind}" in stages["evaluate"][1]["deps"]
+    assert f"{params.data.root}/features" in stages["train@mllib"][1]["deps"]
+    assert f"{params.data.root}/ingest" in stages["train@cnn"][1]["deps"]
 
 
 def test_features_depend_on_ingest_output_and_the_backbone_file() -> None:

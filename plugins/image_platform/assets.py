@@ -1,12 +1,44 @@
-"""The Airflow Assets the DAGs produce and consume."""
+"""The Airflow Assets the DAGs produce and consume: stable names, not file paths. Where a run's
+products actually are (``data.root``, ``evaluate.champion``, as that run's params.yaml says) and
+which versions it made go in each asset event's ``extra``, resolved when the task runs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from airflow.sdk import Asset
 
-from image_platform.stages import workspace
-
 # Updated when a training run ends with a champion; image_batch_scoring runs on its updates.
-CHAMPION = Asset(name="image_platform_champion_model", uri=f"file://{workspace() / 'models' / 'champion'}")
+CHAMPION = Asset(name="image_platform_champion_model", uri="image-platform://champion")
 # Updated by every scoring run.
-PREDICTIONS = Asset(name="image_platform_predictions", uri=f"file://{workspace() / 'data' / 'predictions'}")
+PREDICTIONS = Asset(name="image_platform_predictions", uri="image-platform://predictions")
+
+
+def champion_extra(workspace: Path) -> dict[str, Any]:
+    """The champion a training run left in ``workspace``: its folder and the promoted model."""
+    from spark_jobs.core.config import load_config
+    from spark_jobs.ml import cards
+
+    cfg = load_config(workspace / "params.yaml")
+    folder = (workspace / cfg.evaluate.champion).resolve()
+    extra: dict[str, Any] = {"workspace": str(workspace), "path": str(folder)}
+    for task in sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
+        card = cards.read_card(folder / task)
+        extra[task] = {"kind": card["kind"], "version": card["version"]}
+    return extra
+
+
+def predictions_extra(workspace: Path) -> dict[str, Any]:
+    """Where a scoring run in ``workspace`` appended its predictions."""
+    from spark_jobs.core.config import load_config
+
+    cfg = load_config(workspace / "params.yaml")
+    return {"workspace": str(workspace), "path": str((workspace / cfg.data.root / "predictions").resolve())}
+
+
+def event_extra(asset: object, workspace: Path) -> dict[str, Any] | None:
+    """The ``extra`` of an event of one of the project's assets produced in ``workspace``."""
+    extras = {CHAMPION.name: champion_extra, PREDICTIONS.name: predictions_extra}
+    made = extras.get(getattr(asset, "name", ""))
+    return made(workspace) if made else None

@@ -2,8 +2,9 @@
 so a cluster runs exactly the code that was tested, stamped with its version.
 
 The zip holds every ``spark_jobs/**/*.py`` (the stages and the library's sub-packages) and
-``spark_jobs/_build_info.json`` (git commit, dirty flag, the content hash), which :func:`spark_jobs.core.manifest.job_version` reads, so every manifest a packaged
-run writes names the code it ran. Builds are named by content (``spark_jobs-<version>-<hash>.zip``):
+``spark_jobs/_build_info.json`` (git commit, dirty flag, the content hash), which
+:func:`spark_jobs.core.manifest.job_version` reads, so every manifest a packaged run writes names
+the code it ran. Builds are named by content (``spark_jobs-<version>-<hash>.zip``):
 building the same tree twice gives the same file.
 """
 

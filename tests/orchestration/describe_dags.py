@@ -1,21 +1,57 @@
 """Parse the DAGs folder as Airflow's DAG processor does and write what a test needs to know as
 JSON into the file named by the second argument (Airflow logs to stdout): import errors, warnings
-raised while parsing, parse time per file, and each DAG's schedule, Params and tasks. Run in a
-subprocess with AIRFLOW_HOME set to a scratch folder."""
+raised while parsing, parse time per file, the database queries and connections parsing made (as
+Airflow's own example-DAG tests check: none of either), and each DAG's schedule, Params and tasks.
+Run in a subprocess with AIRFLOW_HOME set to a scratch folder."""
 
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk import BaseHook
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+
+@contextmanager
+def watched() -> Iterator[dict[str, list[str]]]:
+    """Records every SQL statement any engine runs, every socket connection and every Airflow
+    connection looked up while the block runs (they still happen: this only watches)."""
+    seen: dict[str, list[str]] = {"queries": [], "sockets": [], "connections": []}
+
+    def on_query(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen["queries"].append(statement)
+
+    real_connect, real_lookup = socket.socket.connect, BaseHook.get_connection
+
+    def connect(sock: socket.socket, address: Any) -> Any:
+        seen["sockets"].append(repr(address))
+        return real_connect(sock, address)
+
+    def lookup(conn_id: str) -> Any:
+        seen["connections"].append(conn_id)
+        return real_lookup(conn_id)
+
+    event.listen(Engine, "before_cursor_execute", on_query)
+    socket.socket.connect, BaseHook.get_connection = connect, staticmethod(lookup)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", on_query)
+        socket.socket.connect, BaseHook.get_connection = real_connect, staticmethod(real_lookup)
 
 
 def describe(dags_folder: str) -> dict:
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, watched() as seen:
         warnings.simplefilter("always")
         started = time.perf_counter()
         bag = DagBag(dag_folder=dags_folder)
@@ -24,6 +60,9 @@ def describe(dags_folder: str) -> dict:
     for dag_id, dag in bag.dags.items():
         dags[dag_id] = {
             "schedule": repr(dag.timetable),
+            "start_date": dag.start_date.isoformat() if dag.start_date else None,
+            "start_date_tz": str(dag.start_date.tzinfo) if dag.start_date else None,
+            "doc_md": dag.doc_md,
             "catchup": dag.catchup,
             "max_active_runs": dag.max_active_runs,
             "params": {k: dag.params.get_param(k).schema for k in dag.params},
@@ -49,6 +88,7 @@ def describe(dags_folder: str) -> dict:
         "warnings": [f"{w.category.__name__}: {w.message} ({w.filename})" for w in caught],
         "parse_seconds": {s.file: s.duration.total_seconds() for s in bag.dagbag_stats},
         "total_seconds": elapsed,
+        "parse_io": seen,
         "dags": dags,
     }
 

@@ -40,8 +40,17 @@ def test_training_triggered_with_params_through_the_rest_api(trained_pipeline: d
     assert set(states.values()) == {"success"}, states
     assert run["conf"] == trained["conf"]
     assert [(e["source_run_id"], e["uri"]) for e in trained["events"]] == [
-        (run["dag_run_id"], f"file://{trained['workspace']}/models/champion")
+        (run["dag_run_id"], "image-platform://champion")
     ]
+    # The asset is a stable name; where this run's champion is, and which model, is in the event.
+    extra = trained["events"][0]["extra"]
+    assert extra["path"] == f"{trained['workspace']}/models/champion"
+    assert (
+        extra["classifier"]["version"]
+        == json.loads((trained["workspace"] / "models" / "champion" / "classifier" / "card.json").read_text())[
+            "version"
+        ]
+    )
 
 
 def test_the_airflow_home_is_private(trained_pipeline: dict) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import yaml
 from image_platform import stages
 
-from tests.factories import REPO
+from tests.factories import REPO, dvc_view
 
 HERE = Path(__file__).parent
 
@@ -32,12 +33,68 @@ def parsed(airflow_env: dict[str, str]) -> dict:
     return json.loads(result.read_text())
 
 
+def _submitted(cmd: str) -> list[str]:
+    """What a DAG's spark-submit must pass the launcher for a dvc.yaml command
+    (``python -m spark_jobs.train --set train.model=cnn`` -> ``train --set train.model=cnn``)."""
+    words = shlex.split(cmd)
+    assert words[:2] == ["python", "-m"], cmd
+    assert words[2].startswith("spark_jobs."), cmd
+    return [words[2].removeprefix("spark_jobs."), *words[3:]]
+
+
 def test_dags_load_cleanly_and_fast(parsed: dict) -> None:
     assert parsed["import_errors"] == {}
     assert parsed["warnings"] == []
     assert set(parsed["dags"]) == {"image_training_pipeline", "image_batch_scoring"}
     assert set(parsed["parse_seconds"]) == {"image_training_pipeline.py", "image_batch_scoring.py"}
     assert all(seconds < 2.0 for seconds in parsed["parse_seconds"].values()), parsed["parse_seconds"]
+
+
+def test_parsing_queries_no_database_and_opens_no_connection(parsed: dict) -> None:
+    """Airflow's own test of its example DAGs: building the DAGs reads no state (no Variable, no
+    Connection, no metadata-DB query, no socket) (STYLE.md #15)."""
+    assert parsed["parse_io"] == {"queries": [], "sockets": [], "connections": []}
+
+
+BAD_DAG = """
+from datetime import UTC, datetime
+
+from airflow.models import Variable
+from airflow.sdk import DAG, BaseHook
+
+Variable.get("cron", default_var="@daily")
+try:
+    BaseHook.get_connection("spark_default")
+except Exception:
+    pass
+
+with DAG(dag_id="reads_state_at_parse_time", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC)):
+    pass
+"""
+
+
+def test_the_parse_watch_sees_a_variable_and_a_connection(airflow_env: dict[str, str], tmp_path: Path) -> None:
+    """The check above can fail: a DAG file reading a Variable and a Connection at parse time is caught."""
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "dags" / "bad.py").write_text(BAD_DAG)
+    result = tmp_path / "dags.json"
+    subprocess.run(
+        [sys.executable, str(HERE / "describe_dags.py"), str(tmp_path / "dags"), str(result)],
+        env=airflow_env,
+        capture_output=True,
+        timeout=300,
+        check=True,
+    )
+    seen = json.loads(result.read_text())["parse_io"]
+    assert any("FROM variable" in q for q in seen["queries"]), seen
+    assert seen["connections"] == ["spark_default"]
+
+
+def test_dags_are_documented_and_tz_aware(parsed: dict) -> None:
+    for dag_id, dag in parsed["dags"].items():
+        assert dag["start_date_tz"] == "UTC", dag_id
+        assert dag["doc_md"], dag_id
+        assert dag_id in dag["doc_md"].splitlines()[0], dag_id  # the module docstring, shown in the UI
 
 
 def test_dag_files_import_nothing_heavy() -> None:
@@ -60,14 +117,15 @@ def test_training_dag_is_dvc_yaml_from_ingest_to_evaluate(parsed: dict) -> None:
     dag = parsed["dags"]["image_training_pipeline"]
     assert dag["schedule"].startswith("<airflow.sdk.definitions.timetables.simple.NullTimetable")
     tasks = dag["tasks"]
-    graph = {n: needs for n, needs in stages.pipeline_graph().items() if n not in ("sample", "score")}
+    view = dvc_view()  # DVC's own reading of dvc.yaml
+    graph = {n: stage["needs"] for n, stage in view.items() if n not in ("sample", "score")}
     assert set(graph) == {"ingest", "backbone", "features", "train@mllib", "train@cnn", "train@autoencoder", "evaluate"}
     assert set(tasks) == {"build_package", "version", *(stages.task_id(n) for n in graph)}
-    dvc = stages.dvc_commands()
+    dvc = {n: _submitted(stage["cmd"]) for n, stage in view.items()}
     for name, needs in graph.items():
         task = tasks[stages.task_id(name)]
         args = task["application_args"]
-        assert args[: 1 + len(dvc[name].args)] == [dvc[name].stage, *dvc[name].args], name
+        assert args[: len(dvc[name])] == dvc[name], name
         for upstream in needs & set(graph):
             assert stages.task_id(name) in tasks[stages.task_id(upstream)]["downstream"], (upstream, name)
         assert task["type"] == "StageSubmitOperator"
@@ -78,7 +136,7 @@ def test_training_dag_is_dvc_yaml_from_ingest_to_evaluate(parsed: dict) -> None:
         # Every Param can reach every stage, as a --set override when a run sets it, and none is
         # on the command line beforehand: a run with the form untouched is `dvc repro`.
         assert set(task["param_keys"]) == set(dag["params"]), name
-        assert args == [dvc[name].stage, *dvc[name].args], name
+        assert args == dvc[name], name
     assert tasks["build_package"]["downstream"] == ["ingest"]
     assert tasks["evaluate"]["downstream"] == ["version"]
     assert tasks["version"]["pool"] == "dvc"  # DVC commands one at a time
@@ -110,7 +168,7 @@ def test_scoring_dag_is_scheduled_and_follows_the_champion(parsed: dict) -> None
     assert dag["catchup"] is False
     assert dag["max_active_runs"] == 1
     score = dag["tasks"]["score"]
-    assert score["application_args"][: 1 + len(stages.dvc_commands()["score"].args)] == ["score"]
+    assert score["application_args"] == _submitted(dvc_view()["score"]["cmd"]) == ["score"]
     assert score["outlets"] == ["image_platform_predictions"]
     assert score["downstream"] == ["version"]
     assert dag["tasks"]["version"]["pool"] == "dvc"
