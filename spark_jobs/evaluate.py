@@ -99,21 +99,13 @@ def collect(predictions: DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
     return predictions.select(*columns).toPandas()
 
 
-def confusion_matrix(predictions: pd.DataFrame, classes: list[str]) -> np.ndarray:
-    """Counts of (actual, predicted) pairs; test rows whose label the model does not know count
-    as wrong in an extra "unknown" row (index ``len(classes)``)."""
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = len(classes)
-    pairs = predictions.groupby(["label", "prediction"], dropna=False).size()
-    counts = [(index.get(label, unknown), int(p), int(n)) for (label, p), n in pairs.items()]
-    matrix = metrics.confusion(counts, len(classes) + 1)
-    return matrix if matrix[unknown].sum() else matrix[:unknown, :unknown]
-
-
 def classifier_metrics(predictions: pd.DataFrame, classes: list[str]) -> tuple[dict[str, Any], np.ndarray]:
-    matrix = confusion_matrix(predictions, classes)
-    labels = [*classes, "(unknown)"] if len(matrix) > len(classes) else classes
-    return metrics.report(matrix, labels), matrix
+    """The classification report (:func:`metrics.report`) and confusion matrix of collected
+    ``label``/``prediction`` rows; labels the model does not know count as wrong, in an extra
+    ``(unknown)`` row."""
+    actual, labels = metrics.encoded(predictions["label"].tolist(), classes)
+    predicted = predictions["prediction"].to_numpy(dtype=np.int64)
+    return metrics.report(actual, predicted, labels), metrics.confusion(actual, predicted, len(labels))
 
 
 def anomaly_metrics(scored: pd.DataFrame, card: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[float, int]]]:

@@ -12,20 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-BUILD_INFO = "_build_info.json"
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # zip entries carry no build time: same tree, same bytes
-
-
-def _git(repo: Path, *args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 def sources(repo: Path = REPO) -> list[Path]:
@@ -35,19 +26,19 @@ def sources(repo: Path = REPO) -> list[Path]:
 
 def build(out_dir: Path, repo: Path = REPO) -> Path:
     """Zip ``repo``'s ``spark_jobs`` into ``out_dir``; returns the zip (reused when it exists)."""
+    from spark_jobs.core.manifest import BUILD_INFO, git_stamp  # the stages' own stamp
+
     files = sources(repo)
     digest = hashlib.sha256()
     for path in files:  # by path relative to the repo: core/x.py and ml/x.py are different files
         digest.update(path.relative_to(repo).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     content = digest.hexdigest()[:16]
-    commit = _git(repo, "rev-parse", "HEAD").strip() or "unknown"
-    dirty = bool(_git(repo, "status", "--porcelain", "--", "spark_jobs").strip())
     version = _version(repo)
     target = out_dir / f"spark_jobs-{version}-{content}.zip"
     if target.exists():
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
-    info = {"git_commit": commit, "dirty": dirty, "content_sha256_16": content}
+    info = {**git_stamp(repo / "spark_jobs"), "content_sha256_16": content}
     partial = target.with_suffix(".zip.tmp")
     with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path in files:

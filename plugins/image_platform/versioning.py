@@ -42,11 +42,11 @@ def dvc(repo: Path, *args: str, timeout: float = 1800) -> str:
 
 def record_params(repo: Path, overrides: Sequence[str]) -> dict[str, Any]:
     """Write ``key.path=value`` overrides into ``repo/params.yaml``, each value read as the stages
-    read it (:func:`spark_jobs.core.config.parse_value`: by the parameter's type), keeping the file's
+    read it (:func:`spark_jobs.core.config.set_override`, the stages' own parser), keeping the file's
     comments and layout; the file is replaced in one rename. Returns the changed values."""
     from ruamel.yaml import YAML
 
-    from spark_jobs.core.config import parse_override
+    from spark_jobs.core.config import set_override
 
     yaml = YAML()  # round-trip: comments and key order survive
     yaml.preserve_quotes = True
@@ -54,17 +54,8 @@ def record_params(repo: Path, overrides: Sequence[str]) -> dict[str, Any]:
     tree = yaml.load(path.read_text())
     changed = {}
     for override in overrides:
-        key, value = parse_override(override)
-        *parents, leaf = key.split(".")
-        node = tree
-        for part in parents:
-            if part not in node:
-                raise ValueError(f"params.yaml has no section {key!r} (override {override!r})")
-            node = node[part]
-        if leaf not in node:
-            raise ValueError(f"params.yaml has no parameter {key!r} (override {override!r})")
-        if node.get(leaf) != value:
-            node[leaf] = value
+        key, value, differs = set_override(tree, override, existing="params.yaml")
+        if differs:
             changed[key] = value
     if changed:
         partial = path.with_name(f".{path.name}.tmp")

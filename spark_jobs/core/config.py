@@ -13,6 +13,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -458,23 +459,34 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, parse_value(key, raw)
 
 
-def _parse_override(text: str) -> tuple[list[str], Any]:
+def set_override(tree: MutableMapping[str, Any], text: str, existing: str | None = None) -> tuple[str, Any, bool]:
+    """Apply one ``--set a.b.c=value`` override to ``tree`` in place (any mapping: a plain dict, or
+    ruamel's round-trip map of a params file whose comments must survive); ``(key, typed value,
+    whether the tree changed)``. Missing sections are created, unless ``existing`` names the file
+    whose keys the override must already exist in (then its absence is a :class:`ConfigError`)."""
     key, value = parse_override(text)
-    return key.split("."), value
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        if existing is not None and part not in node:
+            raise ConfigError(f"{existing} has no section {key!r} (override {text!r})")
+        child = node.setdefault(part, {})
+        if not isinstance(child, MutableMapping):
+            raise ConfigError(f"--set {key}: {part} is a value, not a section")
+        node = child
+    if existing is not None and leaf not in node:
+        raise ConfigError(f"{existing} has no parameter {key!r} (override {text!r})")
+    changed = leaf not in node or node[leaf] != value
+    if changed:
+        node[leaf] = value
+    return key, value, changed
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """A copy of ``tree`` with each ``a.b.c=value`` override applied (:func:`parse_value`)."""
+    """A copy of ``tree`` with each ``a.b.c=value`` override applied (:func:`set_override`)."""
     result = json.loads(json.dumps(tree))
     for text in overrides:
-        path, value = _parse_override(text)
-        node = result
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {'.'.join(path)}: {part} is a value, not a section")
-            node = child
-        node[path[-1]] = value
+        set_override(result, text)
     return result
 
 

@@ -15,28 +15,33 @@ from spark_jobs import __version__
 from spark_jobs.core.config import params_hash
 
 MANIFEST = "_manifest.json"
-_BUILD_INFO = "_build_info.json"  # written into the --py-files zip by plugins/image_platform/package.py
+BUILD_INFO = "_build_info.json"  # written into the --py-files zip by plugins/image_platform/package.py
+
+
+def git_stamp(folder: Path) -> dict[str, Any]:
+    """``{"git_commit", "dirty"}`` of the code under ``folder``: the one version stamp, used for a
+    stage's manifest and for the ``--py-files`` build (``plugins/image_platform/package.py``)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--", "."], cwd=folder, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "unknown", False
+    return {"git_commit": commit or "unknown", "dirty": dirty}
 
 
 @functools.cache
 def job_version() -> dict[str, Any]:
     """Package version and git commit of the running code (from a build stamp when packaged)."""
-    stamp = importlib.resources.files("spark_jobs").joinpath(_BUILD_INFO)  # also inside a zip
+    stamp = importlib.resources.files("spark_jobs").joinpath(BUILD_INFO)  # also inside a zip
     if stamp.is_file():
         return {"package": __version__, **json.loads(stamp.read_text())}
-    here = Path(__file__).parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--", "."], cwd=here, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "unknown", False
-    return {"package": __version__, "git_commit": commit, "dirty": dirty}
+    return {"package": __version__, **git_stamp(Path(__file__).resolve().parents[1])}  # the whole package
 
 
 def job_version_label(version: dict[str, Any] | None = None) -> str:

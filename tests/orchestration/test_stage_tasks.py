@@ -15,6 +15,7 @@ import pytest
 from image_platform import package, stages
 
 from spark_jobs.core.config import parse_override
+from spark_jobs.core.manifest import BUILD_INFO
 from spark_jobs.core.session import DRIVER_JAVA
 from tests.factories import class_image
 from tests.orchestration.airflow_setup import run_stage
@@ -25,10 +26,10 @@ def test_package_holds_the_code_and_its_version(tmp_path: Path) -> None:
     assert package.build(tmp_path) == built  # same tree, same artifact
     with zipfile.ZipFile(built) as archive:
         names = set(archive.namelist())
-        info = json.loads(archive.read(f"spark_jobs/{package.BUILD_INFO}"))
+        info = json.loads(archive.read(f"spark_jobs/{BUILD_INFO}"))
     assert {p.relative_to(package.REPO).as_posix() for p in package.sources()} <= names
     assert "spark_jobs/ml/models.py" in names  # the library's sub-packages too
-    assert all(n.endswith(".py") for n in names - {f"spark_jobs/{package.BUILD_INFO}"})
+    assert all(n.endswith(".py") for n in names - {f"spark_jobs/{BUILD_INFO}"})
     assert info["content_sha256_16"] in built.name
     # Imported from the zip alone (as executors do), the code reports the stamped version.
     code = (
