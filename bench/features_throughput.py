@@ -90,7 +90,7 @@ def spark_runs(spark, cfg: Config, repeat: int) -> dict[str, float]:
         t0 = time.perf_counter()
         folder = features.run(cfg, spark)
         total.append(time.perf_counter() - t0)
-        doc = manifest.read(folder)
+        doc = manifest.read_json(folder)
         extract.append(doc["timings"]["extract_s"])
         rows = doc["counts"]["rows"]
     return {

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("single process: %.1f s, %.0f images/s", single_s, files / single_s)
 
     t0 = time.perf_counter()
-    spark = build_session(cfg.spark, ingest.WORKER_PRELOAD)  # as the stage's own session
+    spark = build_session(cfg.spark, ingest.worker_preload(cfg))  # as the stage's own session
     spark.range(1).count()
     session_s = time.perf_counter() - t0
     try:
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             t1 = time.perf_counter()
             published = ingest.run(cfg, spark)
             job_runs.append(time.perf_counter() - t1)
-            decode_runs.append(manifest.read(published)["timings"]["work_s"])
+            decode_runs.append(manifest.read_json(published)["timings"]["work_s"])
         job_s, decode_write_s = statistics.median(job_runs), statistics.median(decode_runs)
         log.info(
             "spark job: %.1f s (decode+write %.1f s), %.0f images/s", job_s, decode_write_s, files / decode_write_s

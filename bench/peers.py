@@ -58,12 +58,11 @@ PEER_VENV = {"daft", "ray"}  # engines that run in the benchmark's venv
 
 def _model(model_dir: Path) -> tuple[Any, Any]:
     """The cnn (through the project's safe loader) and the ingest settings it was trained with."""
-    from spark_jobs.core.config import IngestConfig
     from spark_jobs.ml import cards
     from spark_jobs.ml.inference import TorchModel
 
     card = cards.read_card(model_dir)
-    return TorchModel.from_card(model_dir, card).load(), IngestConfig.model_validate(card["ingest_settings"])
+    return TorchModel.from_card(model_dir, card).load(), card.ingest_settings
 
 
 def _decoded(data: bytes, cfg: Any) -> Any:

@@ -111,7 +111,8 @@ def spark_runs(spark, cfg: Config, repeat: int) -> dict:
         t0 = time.perf_counter()
         published = score.run(run_cfg, spark)
         total = time.perf_counter() - t0
-        return {**manifest.read(published)["timings"], "wall_s": total, "rows": manifest.read(published)["counts"]}
+        doc = manifest.read_json(published)
+        return {**doc["timings"], "wall_s": total, "rows": doc["counts"]}
 
     once("warm")
     runs = [once(str(i)) for i in range(repeat)]
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     card = cards.read_card(args.model)
-    ingest_cfg = IngestConfig.model_validate(card["ingest_settings"])
+    ingest_cfg = card.ingest_settings
     folder, big = WORK / "score_images", WORK / "score_images_4n"
     count, total_bytes = make_inputs(folder, args.images, args.source_size)
     make_inputs(big, 4 * args.images, args.source_size)

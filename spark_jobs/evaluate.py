@@ -33,6 +33,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from spark_jobs.core import manifest, runner
@@ -41,51 +42,49 @@ from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError
 from spark_jobs.core.tables import published, read_features, read_images
 from spark_jobs.ml import inference, metrics
-from spark_jobs.ml.cards import TASKS, model_dir, read_card
+from spark_jobs.ml.cards import CARD, PROMOTION, TASKS, ModelCard, Promotion, model_dir, read_card, read_promotion
 from spark_jobs.ml.mllib import mllib_classify
 from spark_jobs.quality import gate
 
 if TYPE_CHECKING:
-    import numpy as np
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
 METRICS = "metrics.json"
-PROMOTION = "promotion.json"
 
 
-def mllib_predictions(spark: SparkSession, cfg: Config, folder: Path, card: dict[str, Any]) -> DataFrame:
+def mllib_predictions(spark: SparkSession, cfg: Config, folder: Path, card: ModelCard) -> DataFrame:
     """``image_id, label, prediction (class index), probability, probabilities`` for the features
     table's test rows."""
     from pyspark.sql import functions as F
 
     features_dir = published(cfg.data.root, "features")
-    trained_on = card["data"].get("features_manifest_sha256")
+    trained_on = card.data.features_manifest_sha256
     if trained_on != manifest.file_hash(features_dir / manifest.MANIFEST):
         extractor = json.loads((features_dir / "extractor.json").read_text())
-        if extractor.get("dim") != card["arch"].get("dim") or extractor.get("kind") != card.get("feature_kind"):
+        if extractor.get("dim") != card.feature_dim or extractor.get("kind") != card.feature_kind:
             raise SourceError(
-                f"model {card['version']} was trained on {card.get('feature_kind')} features of dim "
-                f"{card['arch'].get('dim')}; {features_dir} now holds {extractor.get('kind')} features of dim "
+                f"model {card.version} was trained on {card.feature_kind} features of dim "
+                f"{card.feature_dim}; {features_dir} now holds {extractor.get('kind')} features of dim "
                 f"{extractor.get('dim')}: retrain it (python -m spark_jobs.train --set train.model=mllib)"
             )
-        log.warning("model %s was trained on another features table than %s", card["version"], features_dir)
+        log.warning("model %s was trained on another features table than %s", card.version, features_dir)
     test = read_features(spark, features_dir).where(F.col("split") == "test")
-    return mllib_classify(folder, test, card["classes"], ("image_id", "label"))
+    return mllib_classify(folder, test, card.classes, ("image_id", "label"))
 
 
 def torch_predictions(
-    spark: SparkSession, cfg: Config, folder: Path, card: dict[str, Any], quantize: str = "none"
+    spark: SparkSession, cfg: Config, folder: Path, card: ModelCard, quantize: str = "none"
 ) -> DataFrame:
     """``image_id, label`` and the model's outputs (:class:`inference.Predictor`) for each image of
     the test split; ``quantize="int8"``: of the cnn's static INT8 copy."""
     from pyspark.sql import functions as F
 
     ingest_dir = published(cfg.data.root, "ingest")
-    if card["data"]["ingest_manifest_sha256"] != manifest.file_hash(ingest_dir / manifest.MANIFEST):
-        log.warning("model %s was trained on another ingest table than %s", card["version"], ingest_dir)
+    if card.data.ingest_manifest_sha256 != manifest.file_hash(ingest_dir / manifest.MANIFEST):
+        log.warning("model %s was trained on another ingest table than %s", card.version, ingest_dir)
     test = read_images(spark, ingest_dir).where(F.col("split") == "test")
     test = test.select("image_id", "label", "height", "width", "pixels")
     model = inference.TorchModel.from_card(folder, card, quantize)
@@ -108,15 +107,15 @@ def classifier_metrics(predictions: pd.DataFrame, classes: list[str]) -> tuple[d
     return metrics.report(actual, predicted, labels), metrics.confusion(actual, predicted, len(labels))
 
 
-def anomaly_metrics(scored: pd.DataFrame, card: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[float, int]]]:
+def anomaly_metrics(scored: pd.DataFrame, card: ModelCard) -> tuple[dict[str, Any], list[tuple[float, int]]]:
     """AUROC of normal vs held-out class, share flagged at the card's threshold; and the
     ``(score, is_anomaly)`` pairs for the ROC plot."""
     from sklearn.metrics import roc_auc_score
 
-    holdout = card.get("exclude_classes") or []
+    holdout = card.exclude_classes or []
     is_anomaly = scored["label"].isin(holdout).to_numpy()
     score = scored["score"].to_numpy(dtype=float)
-    threshold = card["threshold"]
+    threshold = card.threshold
     n, anomalies = len(scored), int(is_anomaly.sum())
     flagged = score > threshold
     auroc = float(roc_auc_score(is_anomaly, score)) if 0 < anomalies < n else None
@@ -221,40 +220,39 @@ def challenger(results: dict[str, dict[str, Any]], task: str) -> str | None:
     return max(kinds, key=lambda k: (headline(task, results[k]) or 0.0, results[k].get("macro_f1") or 0.0))
 
 
-def read_champion(cfg: Config, task: str) -> dict[str, Any] | None:
-    path = Path(cfg.evaluate.champion) / task / PROMOTION
-    return json.loads(path.read_text()) if path.exists() else None
+def read_champion(cfg: Config, task: str) -> Promotion | None:
+    return read_promotion(Path(cfg.evaluate.champion) / task)
 
 
-def promote(cfg: Config, task: str, kind: str, card: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+def promote(cfg: Config, task: str, kind: str, card: ModelCard, result: dict[str, Any]) -> Promotion:
     """Make a candidate its task's champion; returns the ``promotion.json`` written with it."""
     previous = read_champion(cfg, task)
     target = Path(cfg.evaluate.champion) / task
-    if previous and previous["version"] == card["version"] and (target / "card.json").exists():
+    if previous and previous.version == card.version and (target / CARD).exists():
         return previous  # already the champion: left as it is, so what depends on it does not rerun
-    record = {
-        "task": task,
-        "kind": kind,
-        "version": card["version"],
-        "metrics": {k: v for k, v in result.items() if k != "per_class"},
-        "promoted_at": manifest.now(),
-        "replaced": previous["version"] if previous else None,
-        "job_version": manifest.job_version(),
-    }
+    record = Promotion(
+        task=task,
+        kind=kind,
+        version=card.version,
+        metrics={k: v for k, v in result.items() if k != "per_class"},
+        promoted_at=manifest.now(),
+        replaced=previous.version if previous else None,
+        job_version=manifest.job_version(),
+    )
     # Staged beside the champions' folder, not inside it (it is a DVC output).
     runner.copy_dir(model_dir(cfg, kind), target, target.parent.parent / runner.STAGING, {PROMOTION: record})
     return record
 
 
-def reject(cfg: Config, kind: str, card: dict[str, Any], result: dict[str, Any], summary: str) -> Path:
+def reject(cfg: Config, kind: str, card: ModelCard, result: dict[str, Any], summary: str) -> Path:
     """Keep a failed challenger, with its metrics and gate summary, under ``evaluate.rejected``."""
-    target = Path(cfg.evaluate.rejected) / card["version"]
+    target = Path(cfg.evaluate.rejected) / card.version
     extra = {"metrics.json": result, "gate_summary.txt": summary + "\n"}
     return runner.copy_dir(model_dir(cfg, kind), target, target.parent.parent / runner.STAGING, extra)
 
 
 def evaluate_model(
-    spark: SparkSession, cfg: Config, kind: str, card: dict[str, Any], reports: Path
+    spark: SparkSession, cfg: Config, kind: str, card: ModelCard, reports: Path
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """``(metrics, test predictions on the driver)`` of one candidate; writes its plots and picture."""
     folder = model_dir(cfg, kind)
@@ -262,20 +260,20 @@ def evaluate_model(
         frame = mllib_predictions(spark, cfg, folder, card)
     else:
         frame = torch_predictions(spark, cfg, folder, card)
-    if card["task"] == "anomaly":
+    if card.task == "anomaly":
         predictions = collect(frame, ("image_id", "label", "score"))
         result, pairs = anomaly_metrics(predictions, card)
         write_roc(reports, kind, pairs)
     else:
         predictions = collect(frame, ("image_id", "label", "prediction", "probability"))
-        result, matrix = classifier_metrics(predictions, card["classes"])
-        write_classifier_plots(reports, kind, predictions, result, card["classes"])
+        result, matrix = classifier_metrics(predictions, card.classes)
+        write_classifier_plots(reports, kind, predictions, result, card.classes)
         labels = list(result["per_class"])
-        title = f"{kind} {card['version']}: accuracy {result['accuracy']:.4f} on {result['test_rows']} test images"
+        title = f"{kind} {card.version}: accuracy {result['accuracy']:.4f} on {result['test_rows']} test images"
         confusion_png(reports / "figures" / f"confusion_{kind}.png", matrix, labels, title)
     if kind == "cnn" and cfg.evaluate.int8:
         result["int8"] = int8_metrics(spark, cfg, folder, card, result)
-    return {"version": card["version"], "task": card["task"], **result}, predictions
+    return {"version": card.version, "task": card.task, **result}, predictions
 
 
 def cascade_metrics(light: pd.DataFrame, heavy: pd.DataFrame, classes: list[str], confidence: float) -> dict[str, Any]:
@@ -297,14 +295,14 @@ def cascade_metrics(light: pd.DataFrame, heavy: pd.DataFrame, classes: list[str]
 
 
 def int8_metrics(
-    spark: SparkSession, cfg: Config, folder: Path, card: dict[str, Any], fp32: dict[str, Any]
+    spark: SparkSession, cfg: Config, folder: Path, card: ModelCard, fp32: dict[str, Any]
 ) -> dict[str, Any] | None:
     """Accuracy and macro-F1 of the cnn's INT8 copy on the test split, and its accuracy cost."""
-    if "calibration" not in card["files"]:
-        log.warning("%s has no calibration images (trained before INT8 support): no INT8 figures", card["version"])
+    if card.files.calibration is None:
+        log.warning("%s has no calibration images (trained before INT8 support): no INT8 figures", card.version)
         return None
     frame = torch_predictions(spark, cfg, folder, card, "int8")
-    result, _ = classifier_metrics(collect(frame, ("label", "prediction")), card["classes"])
+    result, _ = classifier_metrics(collect(frame, ("label", "prediction")), card.classes)
     return {
         "accuracy": result["accuracy"],
         "macro_f1": result["macro_f1"],
@@ -313,7 +311,7 @@ def int8_metrics(
 
 
 def gate_table(
-    results: dict[str, dict[str, Any]], champions: dict[str, Any], challengers: dict[str, Any]
+    results: dict[str, dict[str, Any]], champions: dict[str, Promotion | None], challengers: dict[str, Any]
 ) -> pd.DataFrame:
     """One row per candidate: its figures and, for its task's challenger, the regression vs the
     champion (null otherwise, and when there is no champion yet: GX skips nulls)."""
@@ -321,9 +319,9 @@ def gate_table(
     for kind, result in results.items():
         task = result["task"]
         champion = champions[task]
-        value, best = headline(task, result), headline(task, (champion or {}).get("metrics", {}))
+        value, best = headline(task, result), headline(task, champion.metrics if champion else {})
         gap = None if champion is None or value is None or best is None else round(best - value, 6)
-        result["vs_champion"] = {"version": champion["version"], "gap": gap} if champion else None
+        result["vs_champion"] = {"version": champion.version, "gap": gap} if champion else None
         result["challenger"] = challengers[task] == kind
         # Only the run's best model of a task challenges the champion; the others are judged on
         # the absolute thresholds alone (they are reported, and not promoted).
@@ -339,6 +337,33 @@ def gate_table(
     )
 
 
+def settle(
+    cfg: Config,
+    cards: dict[str, ModelCard],
+    results: dict[str, dict[str, Any]],
+    challengers: dict[str, str | None],
+    gate_result: gate.GateResult,
+) -> dict[str, Path]:
+    """Promote each task's challenger that passed its gate, keep every failed model aside with
+    its gate summary, and mark each result ``gate`` passed/failed and ``promoted``; returns where
+    the failed ones were kept."""
+    failed = {c["batch"] for c in gate_result.failures}
+    promoted: dict[str, Promotion] = {}
+    for task, kind in challengers.items():
+        if kind is not None and kind not in failed:
+            promoted[task] = promote(cfg, task, kind, cards[kind], results[kind])
+    rejected = {}
+    for kind, result in results.items():
+        result["gate"] = "failed" if kind in failed else "passed"
+        winner = promoted.get(result["task"])
+        result["promoted"] = winner is not None and winner.version == result["version"]
+        if kind in failed:
+            summary = gate_result.summary().splitlines()
+            lines = [line for line in summary if kind in line.split(":")[0] or line.startswith("gate")]
+            rejected[kind] = reject(cfg, kind, cards[kind], result, "\n".join(lines))
+    return rejected
+
+
 def run(cfg: Config, spark: SparkSession) -> Path:
     """Evaluate every candidate, gate them, promote the champions, write the reports; returns the reports folder."""
     root = Path(cfg.data.root)
@@ -346,17 +371,17 @@ def run(cfg: Config, spark: SparkSession) -> Path:
         with run.phase("read"):
             cards = {kind: read_card(model_dir(cfg, kind)) for kind in cfg.evaluate.models}
             for kind, card in cards.items():
-                if card["kind"] != kind:
-                    raise SourceError(f"{model_dir(cfg, kind)} holds a {card['kind']} model, not {kind}")
+                if card.kind != kind:
+                    raise SourceError(f"{model_dir(cfg, kind)} holds a {card.kind} model, not {kind}")
             champions = {task: read_champion(cfg, task) for task in set(TASKS.values())}
         results, predictions = {}, {}
         with run.phase("work"):
             for kind, card in cards.items():
                 results[kind], predictions[kind] = evaluate_model(spark, cfg, kind, card, run.staging)
             cascade = None
-            if {"mllib", "cnn"} <= set(results) and cards["mllib"]["classes"] == cards["cnn"]["classes"]:
+            if {"mllib", "cnn"} <= set(results) and cards["mllib"].classes == cards["cnn"].classes:
                 confidence = cfg.score.cascade.confidence
-                cascade = cascade_metrics(predictions["mllib"], predictions["cnn"], cards["cnn"]["classes"], confidence)
+                cascade = cascade_metrics(predictions["mllib"], predictions["cnn"], cards["cnn"].classes, confidence)
         with run.phase("gate"):
             challengers = {task: challenger(results, task) for task in set(TASKS.values())}
             table = gate_table(results, champions, challengers)
@@ -371,26 +396,10 @@ def run(cfg: Config, spark: SparkSession) -> Path:
             gate_result = run.validate(checks)
         failed = {c["batch"] for c in gate_result.failures}
         with run.phase("publish"):
-            promoted: dict[str, dict[str, Any]] = {}
-            for task, kind in challengers.items():
-                if kind is not None and kind not in failed:
-                    promoted[task] = promote(cfg, task, kind, cards[kind], results[kind])
-            rejected = {}
-            for kind, result in results.items():
-                result["gate"] = "failed" if kind in failed else "passed"
-                result["promoted"] = promoted.get(result["task"], {}).get("version") == result["version"]
-                if kind in failed:
-                    lines = [
-                        line
-                        for line in gate_result.summary().splitlines()
-                        if kind in line.split(":")[0] or line.startswith("gate")
-                    ]
-                    rejected[kind] = reject(cfg, kind, cards[kind], result, "\n".join(lines))
+            rejected = settle(cfg, cards, results, challengers, gate_result)
             # In the order evaluate.models lists the candidates (what dvc metrics show lists).
             manifest.write(run.staging, metrics_document(cfg, results, cascade, gate_result), METRICS, sort_keys=False)
-        inputs = {
-            kind: {"folder": str(model_dir(cfg, kind)), "version": card["version"]} for kind, card in cards.items()
-        }
+        inputs = {kind: {"folder": str(model_dir(cfg, kind)), "version": card.version} for kind, card in cards.items()}
         counts = {kind: {"test_rows": r.get("test_rows")} for kind, r in results.items()}
         params = cfg.section("evaluate", "gate.model", "data")
         reports = run.finish(gate_result, run.manifest(params, inputs, counts, gate_result), blocking=False)
@@ -425,13 +434,11 @@ def metrics_document(
     classifier = read_champion(cfg, "classifier")
     anomaly = read_champion(cfg, "anomaly")
     return {
-        "accuracy": classifier["metrics"]["accuracy"] if classifier else None,
-        "macro_f1": classifier["metrics"]["macro_f1"] if classifier else None,
-        "champion": {"kind": classifier["kind"], "version": classifier["version"]} if classifier else None,
+        "accuracy": classifier.figure("accuracy") if classifier else None,
+        "macro_f1": classifier.figure("macro_f1") if classifier else None,
+        "champion": {"kind": classifier.kind, "version": classifier.version} if classifier else None,
         "anomaly_champion": (
-            {"kind": anomaly["kind"], "version": anomaly["version"], "auroc": anomaly["metrics"].get("auroc")}
-            if anomaly
-            else None
+            {"kind": anomaly.kind, "version": anomaly.version, "auroc": anomaly.figure("auroc")} if anomaly else None
         ),
         "models": results,
         "cascade": cascade,

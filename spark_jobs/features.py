@@ -221,10 +221,57 @@ def open_extractor(cfg: Config, ingest_cfg: IngestConfig) -> extractors.Extracto
     return extractors.Classical(cfg.features.classical, size)
 
 
-def run(cfg: Config, spark: SparkSession) -> Path:
-    """Extract features of ``<data.root>/ingest`` into ``<data.root>/features``; returns the folder."""
+def write_table(
+    spark: SparkSession,
+    image_table: DataFrame,
+    extractor: extractors.Extractor,
+    ingest_cfg: IngestConfig,
+    ingest_dir: Path,
+    cfg: Config,
+    run: runner.StageRun,
+) -> dict[str, Any]:
+    """Extract every image's (or tile's) vector into the run's staged ``features.parquet`` (fitting
+    and applying the scaler + PCA for classical features) and write ``extractor.json`` beside it;
+    returns that spec."""
     from pyspark.sql import functions as F
 
+    spec: dict[str, Any] = extractor.describe()
+    extract_start = time.perf_counter()
+    split_bytes = session.one_task_per_file(ingest_dir / "images.parquet")
+    vectors = extract(image_table, extractor, ingest_cfg, cfg)
+    staged_raw = cfg.features.kind == "classical" or cfg.features.tiles.enabled
+    with session.sql_conf(spark, "spark.sql.files.maxPartitionBytes", split_bytes):
+        if staged_raw:  # read twice (PCA fit and transform) or checked for problems first
+            vectors.write.parquet(run.path(_RAW))
+        else:  # cnn embeddings need nothing more: one pass straight to the table
+            with_kind = vectors.withColumnRenamed("raw", "features").withColumn("feature_kind", F.lit(extractor.kind))
+            with_kind.select(*FEATURE_COLUMNS).write.parquet(run.path(TABLE))
+    run.extra["extract_s"] = round(time.perf_counter() - extract_start, 3)  # the pixel pass
+    if staged_raw:
+        raw = spark.read.schema(RAW_SCHEMA).parquet(run.path(_RAW))
+        if cfg.features.tiles.enabled:
+            raise_on_problems(raw)
+        if cfg.features.kind == "classical":
+            model = fit_transform(raw, cfg.features.classical.pca_k)
+            model.save(run.path(TRANSFORM))
+            reduced = apply_transform(model, raw)
+            spec["pca_explained_variance"] = [round(float(v), 6) for v in model.stages[-1].explainedVariance]
+        else:
+            reduced = raw.withColumnRenamed("raw", "features")
+        final = reduced.withColumn("feature_kind", F.lit(extractor.kind)).select(*FEATURE_COLUMNS)
+        final.write.parquet(run.path(TABLE))
+        shutil.rmtree(run.path(_RAW))
+    if cfg.features.kind == "classical":
+        spec |= {"transform": TRANSFORM, "dim": cfg.features.classical.pca_k}
+    else:
+        spec["dim"] = extractor.dim
+    spec["tiles"] = cfg.features.tiles.model_dump() if cfg.features.tiles.enabled else None
+    (run.staging / EXTRACTOR).write_text(json.dumps(spec, indent=2, default=str) + "\n")
+    return spec
+
+
+def run(cfg: Config, spark: SparkSession) -> Path:
+    """Extract features of ``<data.root>/ingest`` into ``<data.root>/features``; returns the folder."""
     root = Path(cfg.data.root)
     with runner.StageRun(STAGE, root, spark, root / STAGE, lock_wait=cfg.data.lock_wait_s) as run:
         with run.phase("read"):
@@ -245,41 +292,8 @@ def run(cfg: Config, spark: SparkSession) -> Path:
             extractor = open_extractor(cfg, ingest_cfg)
             image_table = read_images(spark, ingest_dir)
             expected = expected_rows(image_table, per_class, cfg.features.tiles)
-        spec: dict[str, Any] = extractor.describe()
         with run.phase("work"):
-            extract_start = time.perf_counter()
-            split_bytes = session.one_task_per_file(ingest_dir / "images.parquet")
-            vectors = extract(image_table, extractor, ingest_cfg, cfg)
-            staged_raw = cfg.features.kind == "classical" or cfg.features.tiles.enabled
-            with session.sql_conf(spark, "spark.sql.files.maxPartitionBytes", split_bytes):
-                if staged_raw:  # read twice (PCA fit and transform) or checked for problems first
-                    vectors.write.parquet(run.path(_RAW))
-                else:  # cnn embeddings need nothing more: one pass straight to the table
-                    with_kind = vectors.withColumnRenamed("raw", "features").withColumn(
-                        "feature_kind", F.lit(extractor.kind)
-                    )
-                    with_kind.select(*FEATURE_COLUMNS).write.parquet(run.path(TABLE))
-            run.extra["extract_s"] = round(time.perf_counter() - extract_start, 3)  # the pixel pass
-            if staged_raw:
-                raw = spark.read.schema(RAW_SCHEMA).parquet(run.path(_RAW))
-                if cfg.features.tiles.enabled:
-                    raise_on_problems(raw)
-                if cfg.features.kind == "classical":
-                    model = fit_transform(raw, cfg.features.classical.pca_k)
-                    model.save(run.path(TRANSFORM))
-                    reduced = apply_transform(model, raw)
-                    spec["pca_explained_variance"] = [round(float(v), 6) for v in model.stages[-1].explainedVariance]
-                else:
-                    reduced = raw.withColumnRenamed("raw", "features")
-                final = reduced.withColumn("feature_kind", F.lit(extractor.kind)).select(*FEATURE_COLUMNS)
-                final.write.parquet(run.path(TABLE))
-                shutil.rmtree(run.path(_RAW))
-            if cfg.features.kind == "classical":
-                spec |= {"transform": TRANSFORM, "dim": cfg.features.classical.pca_k}
-            else:
-                spec["dim"] = extractor.dim
-            spec["tiles"] = cfg.features.tiles.model_dump() if cfg.features.tiles.enabled else None
-            (run.staging / EXTRACTOR).write_text(json.dumps(spec, indent=2, default=str) + "\n")
+            spec = write_table(spark, image_table, extractor, ingest_cfg, ingest_dir, cfg, run)
         with run.phase("gate"):
             stats = suites.feature_stats(
                 read_features(spark, run.staging), sorted(expected), spec["dim"], extractor.kind

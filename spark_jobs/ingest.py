@@ -207,13 +207,14 @@ def _precheck(cfg: Config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return run_stage(
-        STAGE, argv, run, description=__doc__, precheck=_precheck, preload=runner.GATE, worker_preload=WORKER_PRELOAD
+        STAGE, argv, run, description=__doc__, precheck=_precheck, preload=runner.GATE, worker_preload=worker_preload
     )
 
 
-# What the decoding tasks import, once per executor in the worker daemon (which also keeps the
-# memory a worker frees), instead of in every forked worker.
-WORKER_PRELOAD = ("spark_jobs.imaging.partitions",)
+def worker_preload(_cfg: Config) -> tuple[str, ...]:
+    """What the decoding tasks import, once per executor in the worker daemon (which also keeps
+    the memory a worker frees), instead of in every forked worker."""
+    return ("spark_jobs.imaging.partitions",)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,12 +58,14 @@ from spark_jobs.core.tables import QUARANTINE_COLUMNS
 from spark_jobs.imaging import images as images_lib
 from spark_jobs.imaging import partitions
 from spark_jobs.ml import extractors, inference, mllib, scoring
-from spark_jobs.ml.cards import read_card
+from spark_jobs.ml.cards import ModelCard, read_card
 from spark_jobs.ml.mllib import mllib_classify
 from spark_jobs.quality import suites
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+    from spark_jobs.quality.gate import GateResult
 
 log = logging.getLogger(__name__)
 
@@ -199,26 +202,26 @@ def copies(written: Path, usable: DataFrame) -> tuple[int, list[dict[str, Any]]]
     ]
 
 
-def mllib_predictions(usable: DataFrame, folder: Path, card: dict[str, Any], k: int) -> DataFrame:
+def mllib_predictions(usable: DataFrame, folder: Path, card: ModelCard, k: int) -> DataFrame:
     """:data:`scoring.PREDICTED_ROW` rows of an mllib model: scanned ``raw``
     descriptors through its saved scaler + PCA, then its classifier."""
     from pyspark.ml import PipelineModel
     from pyspark.sql.pandas.types import from_arrow_schema
 
     table = mllib.apply_transform(PipelineModel.load(str(folder / mllib.TRANSFORM)), usable)
-    classes = tuple(card["classes"])
+    classes = tuple(card.classes)
     classified = mllib_classify(folder, table, list(classes), ("image_id", "source_uri"))
     schema = from_arrow_schema(scoring.PREDICTED_ROW)
     rows = classified.select("image_id", "source_uri", "probabilities")
     return rows.mapInArrow(lambda it: scoring.top_k_batches(it, classes, k), schema)
 
 
-def torch_head(folder: Path, card: dict[str, Any], cfg: Config) -> scoring.TorchHead:
+def torch_head(folder: Path, card: ModelCard, cfg: Config) -> scoring.TorchHead:
     """The cnn or autoencoder of ``folder`` (its INT8 copy with ``score.quantize: int8``), run in
     forward passes of ``score.batch_size`` with ``score.threads`` torch threads per task."""
     model = inference.TorchModel.from_card(folder, card, cfg.score.quantize)
     predictor = inference.Predictor(model, cfg.score.batch_size, cfg.score.threads)
-    return scoring.TorchHead(predictor, tuple(card.get("classes") or ()), cfg.score.top_k, card.get("threshold"))
+    return scoring.TorchHead(predictor, tuple(card.classes or ()), cfg.score.top_k, card.threshold)
 
 
 def predicted(rows: DataFrame, decided_by: str) -> DataFrame:
@@ -233,9 +236,9 @@ def cascade_predictions(
     usable: DataFrame,
     files: list[store.SourceFile],
     light_folder: Path,
-    light: dict[str, Any],
+    light: ModelCard,
     folder: Path,
-    card: dict[str, Any],
+    card: ModelCard,
     cfg: Config,
     run: runner.StageRun,
 ) -> DataFrame:
@@ -253,27 +256,27 @@ def cascade_predictions(
     sure = predicted(light_rows.where(F.col("probability") >= confidence), "mllib")
     unsure = set(light_rows.where(F.col("probability") < confidence).select("source_uri").toArrow()[0].to_pylist())
     heavy_files = [f for f in files if f.uri in unsure]
-    ingest_cfg = IngestConfig.model_validate(card["ingest_settings"])
+    ingest_cfg = card.ingest_settings
     head = torch_head(folder, card, cfg)
     # The first pass already left copies out: these files are unique.
     rescanned = scan(spark, heavy_files, cfg, ingest_cfg, scoring.IdSet([]), head)
     return sure.unionByName(predicted(rescanned.where(F.col("reason").isNull()), _decider(card, cfg)))
 
 
-def _decider(card: dict[str, Any], cfg: Config) -> str:
-    return card["kind"] + ("-int8" if cfg.score.quantize == "int8" else "")
+def _decider(card: ModelCard, cfg: Config) -> str:
+    return card.kind + ("-int8" if cfg.score.quantize == "int8" else "")
 
 
-def cascade_parts(cfg: Config, card: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+def cascade_parts(cfg: Config, card: ModelCard) -> tuple[Path, ModelCard]:
     """The light model of the cascade, checked against the heavy one."""
     light_folder = Path(cfg.score.cascade.light)
     light = read_card(light_folder)
-    if light["kind"] != "mllib" or card["kind"] != "cnn":
+    if light.kind != "mllib" or card.kind != "cnn":
         raise ConfigError(
-            f"score.cascade needs an mllib light model and a cnn heavy one; got {light['kind']} "
-            f"({light_folder}) and {card['kind']}"
+            f"score.cascade needs an mllib light model and a cnn heavy one; got {light.kind} "
+            f"({light_folder}) and {card.kind}"
         )
-    if light["classes"] != card["classes"]:
+    if light.classes != card.classes:
         raise ConfigError(f"score.cascade: {light_folder} and the heavy model were trained on different classes")
     return light_folder, light
 
@@ -288,6 +291,122 @@ def write_quarantine(rows: list[dict[str, Any]], folder: Path) -> Path:
     return folder
 
 
+@dataclass(frozen=True)
+class Scorer:
+    """The model a run scores with, and the version its predictions are recorded under: an INT8
+    copy and a cascade (both versions and the cut) each count as a model of their own, so the
+    exactly-once skipping is per version."""
+
+    folder: Path
+    card: ModelCard
+    version: str
+    kind: str  # model_kind of the rows: the card's kind, or "cascade"
+    light_folder: Path | None = None
+    light: ModelCard | None = None
+
+    def head(self, cfg: Config) -> scoring.Head:
+        """What the scan computes from each decoded image: the model's outputs, or descriptors
+        for an MLlib model (the cascade's light one first)."""
+        if self.light_folder is not None:
+            return scoring.Descriptors(classical_extractor(self.light_folder))
+        if self.card.kind == "mllib":
+            return scoring.Descriptors(classical_extractor(self.folder))
+        return torch_head(self.folder, self.card, cfg)
+
+    def labels(self) -> list[str]:
+        return list(scoring.ANOMALY_LABELS) if self.card.task == "anomaly" else list(self.card.classes)
+
+
+def scorer(cfg: Config) -> Scorer:
+    folder = model_folder(cfg)
+    card = read_card(folder)
+    if cfg.score.quantize == "int8" and card.kind != "cnn":
+        raise ConfigError(f"score.quantize=int8 applies to cnn models; {folder} holds a {card.kind} model")
+    version = f"{card.version}-int8" if cfg.score.quantize == "int8" else card.version
+    if not cfg.score.cascade.enabled:
+        return Scorer(folder, card, version, card.kind)
+    light_folder, light = cascade_parts(cfg, card)
+    version = f"cascade-{light.version}+{version}@{cfg.score.cascade.confidence}"
+    return Scorer(folder, card, version, "cascade", light_folder, light)
+
+
+def decide(
+    spark: SparkSession,
+    usable: DataFrame,
+    files: list[store.SourceFile],
+    model: Scorer,
+    cfg: Config,
+    run: runner.StageRun,
+) -> DataFrame:
+    """The prediction rows of the scan's usable rows, by the model (or the cascade)."""
+    if model.light_folder is not None and model.light is not None:
+        return cascade_predictions(
+            spark, usable, files, model.light_folder, model.light, model.folder, model.card, cfg, run
+        )
+    if model.card.kind == "mllib":
+        return predicted(mllib_predictions(usable, model.folder, model.card, cfg.score.top_k), "mllib")
+    return predicted(usable, _decider(model.card, cfg))
+
+
+def write_predictions(
+    spark: SparkSession, decided: DataFrame, usable: DataFrame, model: Scorer, started: datetime, run: runner.StageRun
+) -> list[dict[str, Any]]:
+    """Stamp the decided rows with the model and code versions, write them into the run's staged
+    ``predictions`` (one job, overlapping the scan); returns the copies of one content left out."""
+    from pyspark.sql import functions as F
+
+    stamped = decided.withColumns(
+        {
+            "model_version": F.lit(model.version),
+            "model_kind": F.lit(model.kind),
+            "job_version": F.lit(manifest.job_version_label()),
+            "scored_at": F.lit(started).cast("timestamp"),
+        }
+    ).select(*PREDICTION_COLUMNS)
+    written = run.staging / "_written"
+    stamped.write.parquet(str(written))
+    rows, duplicates = copies(written, usable)
+    if duplicates:
+        copy_uris = [r["source_uri"] for r in duplicates]
+        kept = spark.read.schema(PREDICTION_SCHEMA).parquet(str(written))
+        kept.where(~F.col("source_uri").isin(copy_uris)).write.parquet(run.path(PREDICTIONS))
+    elif rows:
+        written.rename(run.path(PREDICTIONS))
+    shutil.rmtree(written, ignore_errors=True)  # when it was not renamed
+    return duplicates
+
+
+def gate(
+    spark: SparkSession, model: Scorer, cfg: Config, run: runner.StageRun
+) -> tuple[GateResult | None, dict[str, int]]:
+    """``(the predictions gate's result, rows per predicted label)`` of the staged predictions
+    (``(None, {})``: nothing new was scored)."""
+    if not Path(run.path(PREDICTIONS)).exists():
+        return None, {}
+    predictions = spark.read.schema(PREDICTION_SCHEMA).parquet(run.path(PREDICTIONS))
+    low, task, labels = cfg.score.low_confidence, model.card.task, model.labels()
+    stats = suites.prediction_stats(predictions, labels, task, low, cfg.gate.predictions.probability_tolerance)
+    trained = model.card.class_counts
+    return run.validate(suites.prediction_batches(stats, labels, trained, task, low, cfg.gate.predictions)), stats.by(0)
+
+
+def tally(files: int, per_label: dict[str, int], bad: int, new_bad: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's counts: every file seen is scored, already scored or unusable."""
+    reasons: dict[str, int] = {}
+    for r in new_bad:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    rows = sum(per_label.values())
+    return {
+        "files_seen": files,
+        "scored": rows,
+        "already_scored": files - rows - bad,
+        "unusable": bad,
+        "quarantined": sum(reasons.values()),
+        "quarantine_by_reason": reasons,
+        "predicted_by_label": per_label,
+    }
+
+
 def run(cfg: Config, spark: SparkSession) -> Path | None:
     """Score the inbox's new images; returns the published run folder (None when nothing was new)."""
     from pyspark import StorageLevel
@@ -296,105 +415,40 @@ def run(cfg: Config, spark: SparkSession) -> Path | None:
     root = Path(cfg.data.root)
     with runner.StageRun(STAGE, root, spark, root / PREDICTIONS, name=STAGE, lock_wait=cfg.data.lock_wait_s) as run:
         with run.phase("read"):
-            folder = model_folder(cfg)
-            card = read_card(folder)
-            if cfg.score.quantize == "int8" and card["kind"] != "cnn":
-                raise ConfigError(f"score.quantize=int8 applies to cnn models; {folder} holds a {card['kind']} model")
-            ingest_cfg = IngestConfig.model_validate(card["ingest_settings"])
+            model = scorer(cfg)
             kind, files = store.list_source(cfg.score.inbox)
-            # Skipping is per model version: an INT8 copy, and a cascade (both versions and the cut),
-            # each count as a model of their own.
-            version, model_kind, job_version = card["version"], card["kind"], manifest.job_version_label()
-            if cfg.score.quantize == "int8":
-                version = f"{version}-int8"
-            if cfg.score.cascade.enabled:
-                light_folder, light = cascade_parts(cfg, card)
-                version = f"cascade-{light['version']}+{version}@{cfg.score.cascade.confidence}"
-                model_kind = "cascade"
-            done = scored_ids(predictions_dir(cfg), version)
+            done = scored_ids(predictions_dir(cfg), model.version)
             recorded = recorded_quarantine(root / QUARANTINE)
             started = datetime.fromisoformat(run.timings()["started_at"])
         for table in (predictions_dir(cfg), root / QUARANTINE):
             table.mkdir(parents=True, exist_ok=True)  # DVC outputs exist even before anything is in them
         with run.phase("work"):
-            if cfg.score.cascade.enabled:
-                head: scoring.Head = scoring.Descriptors(classical_extractor(light_folder))
-            elif card["kind"] == "mllib":
-                head = scoring.Descriptors(classical_extractor(folder))
-            else:
-                head = torch_head(folder, card, cfg)
             # One pass over the files, kept in memory (no pixels: ids, reasons and the model's
             # outputs, a few hundred bytes a file). Its one job also writes the predictions, so the
             # write overlaps the decoding and the model; copies of one content are found after it,
             # from the kept pass, and (rarely there) filtered out of the written rows.
-            scanned = scan(spark, files, cfg, ingest_cfg, done, head).persist(StorageLevel.MEMORY_AND_DISK)
+            head = model.head(cfg)
+            scanned = scan(spark, files, cfg, model.card.ingest_settings, done, head)
+            scanned = scanned.persist(StorageLevel.MEMORY_AND_DISK)
             try:
                 usable = scanned.where(F.col("reason").isNull())
-                if cfg.score.cascade.enabled:
-                    decided = cascade_predictions(spark, usable, files, light_folder, light, folder, card, cfg, run)
-                elif card["kind"] == "mllib":
-                    decided = predicted(mllib_predictions(usable, folder, card, cfg.score.top_k), "mllib")
-                else:
-                    decided = predicted(usable, _decider(card, cfg))
-                stamped = decided.withColumns(
-                    {
-                        "model_version": F.lit(version),
-                        "model_kind": F.lit(model_kind),
-                        "job_version": F.lit(job_version),
-                        "scored_at": F.lit(started).cast("timestamp"),
-                    }
-                ).select(*PREDICTION_COLUMNS)
-                written = run.staging / "_written"
-                stamped.write.parquet(str(written))
-                rows, duplicates = copies(written, usable)
-                if duplicates:
-                    copy_uris = [r["source_uri"] for r in duplicates]
-                    kept = spark.read.schema(PREDICTION_SCHEMA).parquet(str(written))
-                    kept.where(~F.col("source_uri").isin(copy_uris)).write.parquet(run.path(PREDICTIONS))
-                elif rows:
-                    written.rename(run.path(PREDICTIONS))
+                decided = decide(spark, usable, files, model, cfg, run)
+                duplicates = write_predictions(spark, decided, usable, model, started, run)
                 # Unusable files of this batch: few, short rows, handled on the driver.
                 unusable = scanned.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS)
                 bad = unusable.toArrow().to_pylist() + duplicates
             finally:
                 scanned.unpersist()
-            shutil.rmtree(written, ignore_errors=True)  # when it was not renamed
             new_bad = [r for r in bad if (r["source_uri"], r["image_id"]) not in recorded]
             if new_bad:
                 write_quarantine(new_bad, Path(run.path(QUARANTINE)))
-        labels = list(scoring.ANOMALY_LABELS) if card["task"] == "anomaly" else list(card["classes"])
-        per_label: dict[str, int] = {}
-        result = None
         with run.phase("gate"):
-            if Path(run.path(PREDICTIONS)).exists():
-                predictions = spark.read.schema(PREDICTION_SCHEMA).parquet(run.path(PREDICTIONS))
-                tolerance = cfg.gate.predictions.probability_tolerance
-                stats = suites.prediction_stats(predictions, labels, card["task"], cfg.score.low_confidence, tolerance)
-                per_label = stats.by(0)
-                trained = card.get("class_counts")
-                batches = suites.prediction_batches(
-                    stats, labels, trained, card["task"], cfg.score.low_confidence, cfg.gate.predictions
-                )
-                result = run.validate(batches)
-        seen_bad = len(bad)
-        reasons: dict[str, int] = {}
-        for r in new_bad:
-            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-        rows = sum(per_label.values())
-        skipped = len(files) - rows - seen_bad
-        counts = {
-            "files_seen": len(files),
-            "scored": rows,
-            "already_scored": skipped,
-            "unusable": seen_bad,
-            "quarantined": sum(reasons.values()),
-            "quarantine_by_reason": reasons,
-            "predicted_by_label": per_label,
-        }
+            result, per_label = gate(spark, model, cfg, run)
+        counts = tally(len(files), per_label, len(bad), new_bad)
         run.extra["images_per_s"] = round(len(files) / max(run.seconds.get("work", 0.0), 1e-9), 1)
         inputs = {
             "inbox": partitions.describe(cfg.score.inbox, kind, files),
-            "model": {"folder": str(folder), "version": version, "kind": model_kind},
+            "model": {"folder": str(model.folder), "version": model.version, "kind": model.kind},
         }
         doc = run.manifest(cfg.section("score", "gate.predictions", "data"), inputs, counts, result)
         # Predictions first: a kill between the two renames loses no quarantine record (the next
@@ -404,12 +458,12 @@ def run(cfg: Config, spark: SparkSession) -> Path | None:
     log.info(
         "%d files seen: %d scored by %s, %d already scored, %d unusable (%d newly quarantined %s) -> %s",
         len(files),
-        rows,
-        version,
-        skipped,
-        seen_bad,
-        sum(reasons.values()),
-        reasons,
+        counts["scored"],
+        model.version,
+        counts["already_scored"],
+        counts["unusable"],
+        counts["quarantined"],
+        counts["quarantine_by_reason"],
         published or "nothing new to publish",
     )
     return published
@@ -422,16 +476,16 @@ def _precheck(cfg: Config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return run_stage(
-        STAGE, argv, run, description=__doc__, precheck=_precheck, preload=runner.GATE, worker_preload=_worker_preload
+        STAGE, argv, run, description=__doc__, precheck=_precheck, preload=runner.GATE, worker_preload=worker_preload
     )
 
 
-def _worker_preload(cfg: Config) -> tuple[str, ...]:
+def worker_preload(cfg: Config) -> tuple[str, ...]:
     """What the scanning tasks import: the model's framework (torch) first when it is a torch one,
     the scan's code and the module of the task planner its function refers to."""
-    kind = read_card(model_folder(cfg))["kind"]
+    kind = read_card(model_folder(cfg)).kind
     torch = runner.TORCH if kind != "mllib" or cfg.score.cascade.enabled else ()
-    return (*torch, "spark_jobs.ml.scoring", "spark_jobs.ingest")
+    return (*torch, "spark_jobs.ml.scoring", "spark_jobs.imaging.partitions")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,18 @@ from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError
 from spark_jobs.core.tables import ingested_with, published, read_features, split_class_counts
 from spark_jobs.ml import training
-from spark_jobs.ml.cards import ARCHITECTURES, CALIBRATION, CARD, TASKS, WEIGHTS, model_dir
+from spark_jobs.ml.cards import (
+    ARCHITECTURES,
+    CALIBRATION,
+    CARD,
+    TASKS,
+    WEIGHTS,
+    CardData,
+    ModelCard,
+    ModelFiles,
+    TrainingRecord,
+    model_dir,
+)
 from spark_jobs.ml.extractors import EXTRACTOR
 from spark_jobs.ml.mllib import CLASSIFIER, TRANSFORM, mllib_estimator, mllib_input
 
@@ -85,7 +96,7 @@ def train_mllib(cfg: Config, spark: SparkSession, folder: Path, features_dir: Pa
         "feature_kind": extractor.get("kind"),
         "val_accuracy": (row[1] / row["n"]) if row["n"] else None,
         "data": {"features_manifest_sha256": manifest.file_hash(features_dir / manifest.MANIFEST)},
-        "files": {"classifier": CLASSIFIER, "transform": TRANSFORM, "extractor": EXTRACTOR},
+        "files": ModelFiles(classifier=CLASSIFIER, transform=TRANSFORM, extractor=EXTRACTOR),
     }
 
 
@@ -120,11 +131,6 @@ def torch_spec(cfg: Config, kind: str, classes: list[str], weights: list[float] 
     }
 
 
-def checkpoint_dir(cfg: Config, spec: dict[str, Any]) -> Path:
-    """Where a run with this spec keeps its checkpoints: the same params and data, the same folder."""
-    return Path(cfg.data.root).absolute() / ".checkpoints" / f"{spec['kind']}-{params_hash(spec)[:16]}"
-
-
 def train_torch(
     cfg: Config, spark: SparkSession, folder: Path, kind: str, ingest_dir: Path, counts: dict[str, int]
 ) -> dict[str, Any]:
@@ -139,7 +145,7 @@ def train_torch(
     if kind == "cnn":
         weights = training.class_weights(counts, classes, cfg.train.class_weighting, cfg.train.skew_ratio)
     spec = torch_spec(cfg, kind, classes, weights, ingest_dir)
-    checkpoints = checkpoint_dir(cfg, spec)
+    checkpoints = training.checkpoint_dir(cfg.data.root, spec)
     spec |= {"checkpoint_dir": str(checkpoints), "output": str((folder / WEIGHTS).absolute())}
     if (checkpoints / training.STATE).exists():
         log.info("%s: resuming from the checkpoint in %s", kind, checkpoints)
@@ -150,12 +156,12 @@ def train_torch(
     result = distributor.run(training.fit, spec) | {"local_mode": local}
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the next run with these params starts afresh
     weights_file = folder / WEIGHTS
-    files = {"weights": WEIGHTS}
+    calibration = None
     if kind == "cnn":  # what an INT8 copy calibrates its activation ranges on (score.quantize)
         ids = training.shard_ids(spec["images"], "train", 0, 1, [], pad=False)[:CALIBRATION_IMAGES]
         pixels, _ = training.read_rows(spec["images"], ids)
         np.save(folder / CALIBRATION, np.ascontiguousarray(pixels), allow_pickle=False)
-        files["calibration"] = CALIBRATION
+        calibration = CALIBRATION
     details: dict[str, Any] = {
         "classes": classes,
         "class_counts": counts,
@@ -164,9 +170,9 @@ def train_torch(
         "arch": spec["arch"],
         "feature_kind": "pixels",
         "exclude_classes": spec["exclude_classes"],
-        "files": files,
+        "files": ModelFiles(weights=WEIGHTS, calibration=calibration),
         "weights_sha256": hashlib.sha256(weights_file.read_bytes()).hexdigest(),
-        "training": result,
+        "training": TrainingRecord(**result),
     }
     if kind == "autoencoder":
         details["threshold"] = result["threshold"]
@@ -178,8 +184,8 @@ def ingest_of(cfg: Config, kind: str) -> tuple[IngestConfig, str]:
     """The settings and manifest hash of the ingest table the model's input came from: the
     mllib model reads only the features table (whose manifest records its ingest input)."""
     if kind == "mllib":
-        ingest = manifest.read(published(cfg.data.root, "features"))["inputs"]["ingest"]
-        return IngestConfig.model_validate(ingest["settings"]), ingest["manifest_sha256"]
+        features = manifest.read(published(cfg.data.root, "features"))
+        return features.ingest_settings(), features.ingest_manifest_sha256()
     ingest_dir = published(cfg.data.root, "ingest")
     return ingested_with(ingest_dir), manifest.file_hash(ingest_dir / manifest.MANIFEST)
 
@@ -212,30 +218,28 @@ def run(cfg: Config, spark: SparkSession) -> Path:
         data = {"ingest_manifest_sha256": ingest_sha, **details.pop("data", {})}
         started = run.timings()["started_at"]
         stamp = started.replace(":", "").replace("-", "").replace("+0000", "Z")
-        card = {
-            "kind": kind,
-            "task": TASKS[kind],
-            "version": f"{kind}-{stamp}-{params_hash(data | params)[:8]}",
-            "classes": details.pop("classes"),
-            "image_size": ingest_cfg.image_size,
-            "input": "float RGB NCHW in [0, 1]" if kind != "mllib" else "features table rows (features.parquet)",
-            "ingest_settings": ingest_cfg.model_dump(mode="json"),
+        card = ModelCard(
+            kind=kind,
+            task=TASKS[kind],
+            version=f"{kind}-{stamp}-{params_hash(data | params)[:8]}",
+            image_size=ingest_cfg.image_size,
+            input="float RGB NCHW in [0, 1]" if kind != "mllib" else "features table rows (features.parquet)",
+            ingest_settings=ingest_cfg,
             **details,
-            "params": params,
-            "data": data,
-            "job_version": manifest.job_version(),
-            "run_id": run.run_id,
-            "spark": run.spark_metrics(),
-        }
+            params=params,
+            data=CardData(**data),
+            job_version=manifest.job_version(),
+            run_id=run.run_id,
+            spark=run.spark_metrics(),
+        )
         out = run.finish(None, card, name=CARD)
-    history = card.get("training", {})
     log.info(
         "trained %s %s in %.1f s (val %s, best epoch %s) -> %s",
         kind,
-        card["version"],
-        card["timings"]["work_s"],
-        card.get("val_accuracy", history.get("best_val")),
-        history.get("best_epoch"),
+        card.version,
+        run.seconds.get("work", 0.0),
+        card.headline_val,
+        card.training.best_epoch if card.training else None,
         out,
     )
     return out

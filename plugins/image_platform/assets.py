@@ -25,7 +25,7 @@ def champion_extra(workspace: Path) -> dict[str, Any]:
     extra: dict[str, Any] = {"workspace": str(workspace), "path": str(folder)}
     for task in sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
         card = cards.read_card(folder / task)
-        extra[task] = {"kind": card["kind"], "version": card["version"]}
+        extra[task] = {"kind": card.kind, "version": card.version}
     return extra
 
 

@@ -1,4 +1,9 @@
-"""``_manifest.json``: what made an output folder (stage, code, params, inputs, counts, gate, timings)."""
+"""``_manifest.json``: what made an output folder (stage, code, params, inputs, counts, gate, timings).
+
+The manifest is a frozen, typed :class:`Manifest`, written and read here only (DESIGN.md #5,
+STYLE.md #13): other modules use its fields and accessors, never its JSON keys. The typed parts
+every record shares (:class:`Record`, :class:`JobVersion`, :class:`Timings`) live here too.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,99 @@ import json
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from spark_jobs import __version__
-from spark_jobs.core.config import params_hash
+from spark_jobs.core.config import IngestConfig, params_hash
 
 MANIFEST = "_manifest.json"
 BUILD_INFO = "_build_info.json"  # written into the --py-files zip by plugins/image_platform/package.py
+
+
+class RecordError(ValueError):
+    """A record on disk that this version cannot read (older, or edited); the message says which and why."""
+
+
+class Record(BaseModel):
+    """A typed JSON record: frozen, unknown keys refused (a renamed key fails where it is written)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+R = TypeVar("R", bound=Record)
+
+
+class JobVersion(Record):
+    """The code that made a record: package version, git commit, and the build's content hash when packaged."""
+
+    package: str
+    git_commit: str
+    dirty: bool
+    content_sha256_16: str | None = None
+
+    def label(self) -> str:
+        """One short string for table columns: ``0.1.0+15d8cfdd3027[-dirty]``."""
+        return f"{self.package}+{self.git_commit[:12]}{'-dirty' if self.dirty else ''}"
+
+
+class Timings(Record):
+    """The stage runner's phase clock (seconds); stages add their own measures beside them."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    started_at: str
+    finished_at: str
+    startup_s: float | None = None
+    read_s: float = 0.0
+    work_s: float = 0.0
+    gate_s: float = 0.0
+    publish_s: float = 0.0
+    total_s: float = 0.0
+
+
+class GateSummary(Record):
+    success: bool
+    expectations: int
+    failed: list[str] = Field(default_factory=list)
+
+
+class Manifest(Record):
+    """``_manifest.json`` of one published output folder."""
+
+    stage: str
+    run_id: str | None = None
+    job_version: JobVersion
+    params: dict[str, Any]
+    params_hash: str
+    inputs: dict[str, Any]
+    counts: dict[str, Any]  # the stage's own tallies (rows, files_seen, rows_by_split_class, ...)
+    gate: GateSummary
+    timings: Timings | None = None  # set by the runner at publish time
+    spark: dict[str, Any] = Field(default_factory=dict)
+
+    def count(self, *names: str) -> int:
+        """The sum of the named integer counts (absent ones count 0)."""
+        return sum(int(self.counts.get(n) or 0) for n in names)
+
+    def rows_by_split_class(self) -> dict[str, dict[str, int]] | None:
+        """Rows per split and class as the stage's gate counted them (None: an older manifest)."""
+        return self.counts.get("rows_by_split_class")
+
+    def ingest_settings(self) -> IngestConfig:
+        """The ingest settings an ingest table was made with (its own params), or those of the
+        ingest table a features table was made from (its input)."""
+        if self.stage == "ingest":
+            return IngestConfig.model_validate(self.params["ingest"])
+        return IngestConfig.model_validate(self.inputs["ingest"]["settings"])
+
+    def ingest_manifest_sha256(self) -> str:
+        """The hash of the ingest manifest a features table was made from."""
+        return str(self.inputs["ingest"]["manifest_sha256"])
+
+    def spark_cores(self) -> int:
+        return int(self.spark.get("default_parallelism") or 1)
 
 
 def git_stamp(folder: Path) -> dict[str, Any]:
@@ -36,19 +127,17 @@ def git_stamp(folder: Path) -> dict[str, Any]:
 
 
 @functools.cache
-def job_version() -> dict[str, Any]:
+def job_version() -> JobVersion:
     """Package version and git commit of the running code (from a build stamp when packaged)."""
     stamp = importlib.resources.files("spark_jobs").joinpath(BUILD_INFO)  # also inside a zip
     if stamp.is_file():
-        return {"package": __version__, **json.loads(stamp.read_text())}
-    return {"package": __version__, **git_stamp(Path(__file__).resolve().parents[1])}  # the whole package
+        return JobVersion(package=__version__, **json.loads(stamp.read_text()))
+    return JobVersion(package=__version__, **git_stamp(Path(__file__).resolve().parents[1]))  # the whole package
 
 
-def job_version_label(version: dict[str, Any] | None = None) -> str:
+def job_version_label() -> str:
     """:func:`job_version` as one short string for table columns: ``0.1.0+15d8cfdd3027[-dirty]``."""
-    v = version or job_version()
-    commit = str(v.get("git_commit", "unknown"))[:12]
-    return f"{v.get('package')}+{commit}{'-dirty' if v.get('dirty') else ''}"
+    return job_version().label()
 
 
 def now() -> str:
@@ -65,34 +154,54 @@ def build(
     inputs: dict[str, Any],
     counts: dict[str, Any],
     gate: dict[str, Any],
-    timings: dict[str, Any],
     spark: dict[str, Any] | None = None,
     run_id: str | None = None,
-) -> dict[str, Any]:
-    """The manifest document of one stage run."""
-    return {
-        "stage": stage,
-        "run_id": run_id,
-        "job_version": job_version(),
-        "params": params,
-        "params_hash": params_hash(params),
-        "inputs": inputs,
-        "counts": counts,
-        "gate": gate,
-        "timings": timings,
-        "spark": spark or {},
-    }
+) -> Manifest:
+    """The manifest of one stage run (its timings are set when it is published)."""
+    return Manifest(
+        stage=stage,
+        run_id=run_id,
+        job_version=job_version(),
+        params=params,
+        params_hash=params_hash(params),
+        inputs=inputs,
+        counts=counts,
+        gate=GateSummary(**gate),
+        spark=spark or {},
+    )
 
 
 def write_json(path: Path, doc: Any, sort_keys: bool = True) -> Path:
-    """``doc`` as indented JSON at ``path`` (manifests, cards, metrics, validation results)."""
+    """``doc`` (a record, or plain JSON data: metrics, validation results) as indented JSON at ``path``."""
+    if isinstance(doc, BaseModel):
+        doc = doc.model_dump(mode="json")
     path.write_text(json.dumps(doc, indent=2, sort_keys=sort_keys, default=str) + "\n")
     return path
 
 
-def write(folder: Path, manifest: dict[str, Any], name: str = MANIFEST, sort_keys: bool = True) -> Path:
-    return write_json(folder / name, manifest, sort_keys)
+def write(folder: Path, doc: Any, name: str = MANIFEST, sort_keys: bool = True) -> Path:
+    return write_json(folder / name, doc, sort_keys)
 
 
-def read(folder: Path) -> dict[str, Any]:
+def read_record(path: Path, kind: type[R], what: str, fix: str) -> R:
+    """``path`` as a ``kind`` record; :class:`RecordError` naming the file, the first problem and
+    ``fix`` when it is not one (written by an older version of the platform, or edited)."""
+    try:
+        return kind.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise RecordError(
+            f"{what} {path} cannot be read by this version ({where}: {first['msg']}; "
+            f"{exc.error_count()} problem(s)), probably written by an older one: {fix}"
+        ) from None
+
+
+def read(folder: Path) -> Manifest:
+    """The typed manifest of a published folder."""
+    return read_record(folder / MANIFEST, Manifest, "manifest", "run its stage again")
+
+
+def read_json(folder: Path) -> dict[str, Any]:
+    """The manifest as plain JSON, for tests and benchmarks that inspect the file itself."""
     return json.loads((folder / MANIFEST).read_text())

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spark_jobs.core import manifest as manifests
+from spark_jobs.core.manifest import R
 from spark_jobs.quality.gate import Batch, GateFailed, GateResult, validate
 
 if TYPE_CHECKING:
@@ -343,29 +344,30 @@ class StageRun:
         inputs: dict[str, Any],
         counts: dict[str, Any],
         result: GateResult | None,
-    ) -> dict[str, Any]:
-        """The ``_manifest.json`` document of this run (call it when the publish phase begins)."""
+    ) -> manifests.Manifest:
+        """The ``_manifest.json`` record of this run (call it when the publish phase begins)."""
         gate = result.for_manifest() if result else {"success": True, "expectations": 0, "failed": []}
-        return manifests.build(
-            self.stage, params, inputs, counts, gate, self.timings(), spark=self.spark_metrics(), run_id=self.run_id
-        )
+        return manifests.build(self.stage, params, inputs, counts, gate, spark=self.spark_metrics(), run_id=self.run_id)
+
+    def _timed(self, doc: R) -> R:
+        """``doc`` with the phase clock up to now in its ``timings``."""
+        return doc.model_copy(update={"timings": manifests.Timings(**self.timings())})
 
     def finish(
-        self, result: GateResult | None, doc: dict[str, Any], name: str = manifests.MANIFEST, blocking: bool = True
+        self, result: GateResult | None, doc: manifests.Record, name: str = manifests.MANIFEST, blocking: bool = True
     ) -> Path:
         """Publish the staging folder as the target with ``doc`` in it when the gate passed
         (``result`` None: a stage without a gate); otherwise keep it under ``rejected/`` and raise
         :class:`GateFailed`. ``blocking`` False: publish whatever the verdict (a report of it)."""
         with self.phase("publish"):
             self._verdict(result, doc, name, blocking)
-            doc["timings"] = self.timings()  # up to the final rename
-            manifests.write(self.staging, doc, name)
+            manifests.write(self.staging, self._timed(doc), name)  # timed up to the final rename
             replace_dir(self.staging, self.target)
         self._published(result, self.target)
         return self.target
 
     def finish_append(
-        self, result: GateResult | None, doc: dict[str, Any], parts: Sequence[tuple[str, Path]], run_date: str
+        self, result: GateResult | None, doc: manifests.Manifest, parts: Sequence[tuple[str, Path]], run_date: str
     ) -> list[Path | None]:
         """Publish each staged sub-folder ``name`` of ``parts`` that exists as a new run of its
         table (``table/run_date=<run_date>/run_id=<run_id>``, one rename to a new name each), in
@@ -379,8 +381,7 @@ class StageRun:
                     out.append(None)
                     continue
                 if i == 0:
-                    doc["timings"] = self.timings()  # up to the first rename
-                    manifests.write(folder, doc)
+                    manifests.write(folder, self._timed(doc))  # timed up to the first rename
                 target = table / f"run_date={run_date}" / f"run_id={self.run_id}"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 folder.rename(target)
@@ -388,13 +389,13 @@ class StageRun:
         self._published(result, *(p for p in out if p))
         return out
 
-    def _verdict(self, result: GateResult | None, doc: dict[str, Any], name: str, blocking: bool) -> None:
+    def _verdict(self, result: GateResult | None, doc: manifests.Record, name: str, blocking: bool) -> None:
         """Keep the validation beside the output; a failed blocking gate rejects the run here."""
         if result is None:
             return
         manifests.write_json(self.staging / VALIDATION, result.raw)
         if blocking and not result.success:
-            manifests.write(self.staging, doc, name)
+            manifests.write(self.staging, self._timed(doc), name)
             self.reject(result)
 
     @staticmethod

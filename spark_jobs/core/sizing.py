@@ -20,17 +20,17 @@ and the pipeline as one (its stages in sequence on one cluster).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from spark_jobs.core.config import DEFAULT_PARAMS, ConfigError, load_config
+from spark_jobs.core.manifest import MANIFEST, Manifest, read_record
+from spark_jobs.ml.cards import CARD, read_card
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -64,47 +64,40 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-
-
-def _spark_cores(doc: dict[str, Any]) -> int:
-    return int(doc.get("spark", {}).get("default_parallelism") or 1)
+def _manifest(path: Path) -> Manifest | None:
+    return read_record(path, Manifest, "manifest", "run its stage again") if path.exists() else None
 
 
 def measures(data_root: Path, models_root: Path) -> list[Measure]:
     """What the last run of each stage under ``data_root`` / ``models_root`` measured (stages
     that have not run, or processed nothing, are left out)."""
     found: list[Measure] = []
-    path = data_root / "ingest" / "_manifest.json"
-    if (doc := _read(path)) and doc["counts"]["files_seen"]:
-        t, n = doc["timings"], doc["counts"]["files_seen"]
-        found.append(_measure("ingest", path, n, t["work_s"], t["total_s"], _spark_cores(doc)))
-    path = data_root / "features" / "_manifest.json"
-    if (doc := _read(path)) and doc["counts"]["rows"]:
-        t = doc["timings"]
-        found.append(_measure("features", path, doc["counts"]["rows"], t["work_s"], t["total_s"], _spark_cores(doc)))
+    path = data_root / "ingest" / MANIFEST
+    if (doc := _manifest(path)) and doc.timings and doc.count("files_seen"):
+        t, n = doc.timings, doc.count("files_seen")
+        found.append(_measure("ingest", path, n, t.work_s, t.total_s, doc.spark_cores()))
+    path = data_root / "features" / MANIFEST
+    if (doc := _manifest(path)) and doc.timings and doc.count("rows"):
+        t = doc.timings
+        found.append(_measure("features", path, doc.count("rows"), t.work_s, t.total_s, doc.spark_cores()))
     for name in ("cnn", "autoencoder"):
-        path = models_root / name / "card.json"
-        if (card := _read(path)) and card.get("training", {}).get("train_rows"):
-            fit = card["training"]
-            rows = fit["train_rows"] * fit["epochs"]  # an image seen once per epoch
+        path = models_root / name / CARD
+        card = read_card(path.parent) if path.exists() else None
+        if card and card.training and card.timings and card.training.train_rows:
+            fit = card.training
+            rows = fit.train_rows * fit.epochs  # an image seen once per epoch
             # The ranks' own loop is the per-image work; starting them is part of the fixed cost.
-            total = card["timings"]["total_s"]
-            found.append(_measure(f"train@{name}", path, rows, fit["fit_s"], total, int(fit["world_size"])))
+            found.append(_measure(f"train@{name}", path, rows, fit.fit_s, card.timings.total_s, fit.world_size))
     # Scoring keeps every run: with runs of several sizes, a line through (images, seconds) splits
     # the per-image cost from the per-run cost (model load, torch import on each worker), which a
     # single small run would count as per-image work.
-    runs = [_read(p) for p in sorted((data_root / "predictions").glob("run_date=*/run_id=*/_manifest.json"))]
-    runs = [d for d in runs if d and d["counts"]["scored"] + d["counts"]["unusable"] > 0]
+    paths = sorted((data_root / "predictions").glob(f"run_date=*/run_id=*/{MANIFEST}"))
+    runs = [d for d in map(_manifest, paths) if d and d.timings and d.count("scored", "unusable") > 0]
     if runs:
-        sizes = [d["counts"]["scored"] + d["counts"]["unusable"] for d in runs]
-        work = [d["timings"]["work_s"] for d in runs]
+        sizes = [d.count("scored", "unusable") for d in runs]
+        work = [d.timings.work_s for d in runs if d.timings]
         biggest = max(range(len(runs)), key=sizes.__getitem__)
-        cores = _spark_cores(runs[biggest])
+        cores = runs[biggest].spark_cores()
         per_image, start = _line(sizes, work)
         caveat = ""
         if per_image is None:  # the biggest run, all of its work counted per image
@@ -116,7 +109,7 @@ def measures(data_root: Path, models_root: Path) -> list[Measure]:
                 data_root / "predictions" / f"({len(runs)} runs, up to {sizes[biggest]} images)",
                 sizes[biggest],
                 per_image * sizes[biggest],
-                runs[biggest]["timings"]["total_s"] - work[biggest] + start,  # around the work + per run
+                (runs[biggest].timings.total_s if runs[biggest].timings else 0.0) - work[biggest] + start,
                 cores,
                 caveat,
             )

@@ -70,10 +70,10 @@ def split_class_counts(folder: Path) -> dict[str, dict[str, int]]:
     from spark_jobs.core.manifest import read
     from spark_jobs.core.store import SourceError
 
-    counts = read(folder)["counts"]
-    if "rows_by_split_class" not in counts:
+    counts = read(folder).rows_by_split_class()
+    if counts is None:
         raise SourceError(f"{folder} was published by an older version of this stage: run it again")
-    return counts["rows_by_split_class"]
+    return counts
 
 
 def class_totals(by_split: dict[str, dict[str, int]]) -> dict[str, int]:
@@ -100,4 +100,4 @@ def published(root: str | Path, stage: str) -> Path:
 def ingested_with(ingest_dir: Path) -> IngestConfig:
     """The ingest settings the published table was made with (from its manifest), so later stages
     never assume an image size or a decode setting the table does not have."""
-    return IngestConfig.model_validate(manifest.read(ingest_dir)["params"]["ingest"])
+    return manifest.read(ingest_dir).ingest_settings()

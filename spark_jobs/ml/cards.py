@@ -1,28 +1,189 @@
-"""Model cards: the ``card.json`` beside every trained model, and where a model of a kind lives."""
+"""Model cards and promotion records (DESIGN.md #8, STYLE.md #13): frozen, typed records written
+and read here only.
+
+- :class:`ModelCard`: ``card.json`` beside every trained model (``mllib``, ``cnn``,
+  ``autoencoder``): classes, the ingest settings it expects, its files, architecture, training
+  history, data and code versions.
+- :class:`BackboneCard`: ``card.json`` beside the backbone stage's exported backbone.
+- :class:`Promotion`: ``promotion.json`` beside a champion: what was promoted, when, over what.
+
+A card written by an older version of the platform that does not fit is refused with one line
+naming the file and what to run again (:class:`spark_jobs.core.manifest.RecordError`).
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from spark_jobs.core.config import Config
+from pydantic import ConfigDict, Field
+
+from spark_jobs.core.config import Config, IngestConfig
+from spark_jobs.core.manifest import JobVersion, Record, RecordError, Timings, read_record, write
 from spark_jobs.core.store import SourceError
 
 CARD = "card.json"
+PROMOTION = "promotion.json"
 WEIGHTS = "model.pt"
 CALIBRATION = "calibration.npy"
 TASKS = {"mllib": "classifier", "cnn": "classifier", "autoencoder": "anomaly"}
 ARCHITECTURES = {"cnn": "small_cnn_classifier", "autoencoder": "conv_autoencoder"}
+
+Kind = Literal["mllib", "cnn", "autoencoder"]
+Task = Literal["classifier", "anomaly"]
+
+
+class TrainingRecord(Record):
+    """What the torch training loop reports (:func:`spark_jobs.ml.training.fit`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    world_size: int
+    epochs: int
+    history: list[dict[str, Any]]
+    best_epoch: int | None
+    best_val: float | None
+    resumed_from_epoch: int | None
+    train_rows: int
+    val_rows: int
+    ranks: list[dict[str, Any]]
+    fit_s: float
+    local_mode: bool | None = None
+    threshold: float | None = None
+    train_score_mean: float | None = None
+
+
+class ModelFiles(Record):
+    """The files of a model folder, by role."""
+
+    weights: str | None = None  # torch state dict
+    calibration: str | None = None  # INT8 calibration images (cnn)
+    classifier: str | None = None  # MLlib model folder
+    transform: str | None = None  # the features' scaler + PCA (classical)
+    extractor: str | None = None  # the features' extractor spec
+
+
+class CardData(Record):
+    ingest_manifest_sha256: str
+    features_manifest_sha256: str | None = None
+
+
+class ModelCard(Record):
+    """``card.json`` of a trained model."""
+
+    kind: Kind
+    task: Task
+    version: str
+    classes: list[str]
+    image_size: int
+    input: str
+    ingest_settings: IngestConfig
+    class_counts: dict[str, int]
+    class_weights: list[float] | None = None
+    arch: dict[str, Any]  # the architecture's arguments (mllib: classifier and feature dim)
+    feature_kind: str | None = None
+    files: ModelFiles
+    params: dict[str, Any]
+    data: CardData
+    job_version: JobVersion
+    run_id: str | None = None
+    spark: dict[str, Any] = Field(default_factory=dict)
+    timings: Timings | None = None
+    # mllib
+    val_accuracy: float | None = None
+    # cnn, autoencoder
+    architecture: str | None = None
+    exclude_classes: list[str] = Field(default_factory=list)
+    weights_sha256: str | None = None
+    training: TrainingRecord | None = None
+    threshold: float | None = None
+    threshold_percentile: float | None = None
+
+    @property
+    def mllib_classifier(self) -> str | None:
+        return self.arch.get("classifier")
+
+    @property
+    def feature_dim(self) -> int | None:
+        return self.arch.get("dim")
+
+    @property
+    def headline_val(self) -> float | None:
+        """Validation accuracy (mllib) or the best epoch's validation figure (torch)."""
+        return self.val_accuracy if self.training is None else self.training.best_val
+
+
+class BackboneCard(Record):
+    """``card.json`` of the backbone stage's backbone."""
+
+    architecture: str
+    width: int
+    embedding_dim: int
+    image_size: int
+    input: str
+    classes: list[str]
+    train_images: int
+    epoch_losses: list[float]
+    train_accuracy: float | None
+    val_accuracy: float | None
+    training: TrainingRecord | None = None
+    params: dict[str, Any]
+    data_manifest_sha256: str
+    job_version: JobVersion
+    run_id: str | None = None
+    timings: Timings | None = None
+
+
+class Promotion(Record):
+    """``promotion.json`` beside a champion."""
+
+    task: Task
+    kind: Kind
+    version: str
+    metrics: dict[str, Any]
+    promoted_at: str
+    replaced: str | None = None
+    job_version: JobVersion
+
+    def figure(self, name: str) -> float | None:
+        """One of the promoted model's metrics (``accuracy``, ``macro_f1``, ``auroc``...)."""
+        value = self.metrics.get(name)
+        return None if value is None else float(value)
 
 
 def model_dir(cfg: Config, kind: str) -> Path:
     return Path(cfg.train.output) / kind
 
 
-def read_card(folder: Path) -> dict[str, Any]:
-    """A model folder's card; :class:`SourceError` when there is no trained model there."""
+def read_card(folder: Path) -> ModelCard:
+    """A model folder's card; :class:`SourceError` when there is no trained model there, or its
+    card is one this version cannot read."""
     path = folder / CARD
     if not path.exists():
         raise SourceError(f"no trained model at {folder} (no {CARD}): run `python -m spark_jobs.train` first")
-    return json.loads(path.read_text())
+    try:
+        return read_record(path, ModelCard, "model card", "retrain it (python -m spark_jobs.train)")
+    except RecordError as exc:
+        raise SourceError(str(exc)) from None
+
+
+def read_backbone_card(folder: Path) -> BackboneCard:
+    try:
+        return read_record(folder / CARD, BackboneCard, "backbone card", "run python -m spark_jobs.backbone again")
+    except RecordError as exc:
+        raise SourceError(str(exc)) from None
+
+
+def read_promotion(folder: Path) -> Promotion | None:
+    """The promotion record of a champion folder (None: no champion there yet)."""
+    path = folder / PROMOTION
+    if not path.exists():
+        return None
+    try:
+        return read_record(path, Promotion, "promotion record", "run python -m spark_jobs.evaluate again")
+    except RecordError as exc:
+        raise SourceError(str(exc)) from None
+
+
+def write_card(folder: Path, card: ModelCard | BackboneCard) -> Path:
+    return write(folder, card, CARD)

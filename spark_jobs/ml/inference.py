@@ -23,6 +23,8 @@ from spark_jobs.ml import models
 if TYPE_CHECKING:
     from pyspark.sql.types import StructType
 
+    from spark_jobs.ml.cards import ModelCard
+
 KEYS = ("image_id", "label")
 
 
@@ -38,22 +40,22 @@ class TorchModel:
     calibration: str | None = None  # set: the static INT8 copy, calibrated on these images
 
     @classmethod
-    def from_card(cls, folder: Path, card: dict[str, Any], quantize: str = "none") -> TorchModel:
+    def from_card(cls, folder: Path, card: ModelCard, quantize: str = "none") -> TorchModel:
         calibration = None
         if quantize == "int8":
-            name = card["files"].get("calibration")
-            if card["kind"] != "cnn" or name is None:
+            name = card.files.calibration
+            if card.kind != "cnn" or name is None:
                 raise ConfigError(
                     f"INT8 scoring needs a cnn model trained with calibration images; {folder} holds a "
-                    f"{card['kind']} model{'' if name else ' without them (retrain it)'}"
+                    f"{card.kind} model{'' if name else ' without them (retrain it)'}"
                 )
             calibration = str((folder / name).absolute())
         return cls(
-            weights=str((folder / card["files"]["weights"]).absolute()),
-            sha256=card["weights_sha256"],
-            architecture=card["architecture"],
-            arch_json=json.dumps(card["arch"], sort_keys=True),
-            task=card["task"],
+            weights=str((folder / str(card.files.weights)).absolute()),
+            sha256=str(card.weights_sha256),
+            architecture=str(card.architecture),
+            arch_json=json.dumps(card.arch, sort_keys=True),
+            task=card.task,
             calibration=calibration,
         )
 

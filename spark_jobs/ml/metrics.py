@@ -46,9 +46,7 @@ def report(actual: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dic
             "test_rows": 0,
             "per_class": {c: dict(zero) for c in classes},
         }
-    precision, recall, f1, support = precision_recall_fscore_support(
-        actual, predicted, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(actual, predicted, labels=labels, zero_division=0)
     macro = precision_recall_fscore_support(actual, predicted, average="macro", zero_division=0)
     return {
         "accuracy": float(accuracy_score(actual, predicted)),

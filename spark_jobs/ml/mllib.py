@@ -99,7 +99,5 @@ def mllib_classifier(folder: Path) -> Any:
     from pyspark.ml.classification import LogisticRegressionModel, RandomForestClassificationModel
 
     card = read_card(folder)
-    loader = (
-        RandomForestClassificationModel if card["arch"]["classifier"] == "random_forest" else LogisticRegressionModel
-    )
+    loader = RandomForestClassificationModel if card.mllib_classifier == "random_forest" else LogisticRegressionModel
     return loader.load(str(folder / CLASSIFIER))

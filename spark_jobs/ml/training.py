@@ -4,6 +4,8 @@
 once per rank (``RANK``/``WORLD_SIZE`` come from torchrun), reads only that rank's shard of the
 ingested Parquet table, trains, keeps the epoch that is best on the val split, and rank 0 writes
 the weights. Everything it needs arrives in one plain ``spec`` dict (picklable, no Spark objects).
+It is the project's one training loop: the ``backbone`` stage calls it in-process (one rank, no
+Spark), ``train`` through TorchDistributor.
 
 Checkpoints (``spec["checkpoint_dir"]``, every ``checkpoint_every`` epochs and after the last):
 ``state.pt`` (model, optimiser, scheduler, epoch, best weights, history; written by rank 0) and
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from spark_jobs.core.config import params_hash
 from spark_jobs.imaging import images
 from spark_jobs.ml import models
 
@@ -34,18 +37,25 @@ if TYPE_CHECKING:
 STATE = "state.pt"
 
 
-def shard_ids(images_path: str, split: str, rank: int, world: int, exclude: list[str], pad: bool) -> list[str]:
-    """This rank's ``image_id``s of one split: every ``world``-th of the sorted ids, starting at
-    ``rank`` (DistributedSampler's layout). With ``pad`` every rank gets the same count (the
-    first ids repeat), as DDP needs the same number of steps on each rank. Only two short string
-    columns of the table are read to decide."""
+def checkpoint_dir(data_root: str, spec: dict[str, Any]) -> Path:
+    """Where a run with this spec keeps its checkpoints: the same params and data, the same folder."""
+    return Path(data_root).absolute() / ".checkpoints" / f"{spec['kind']}-{params_hash(spec)[:16]}"
+
+
+def shard_ids(
+    images_path: str, split: str, rank: int, world: int, exclude: list[str], pad: bool, limit: int | None = None
+) -> list[str]:
+    """This rank's ``image_id``s of one split: every ``world``-th of the sorted ids (the first
+    ``limit`` of them, when given), starting at ``rank`` (DistributedSampler's layout). With
+    ``pad`` every rank gets the same count (the first ids repeat), as DDP needs the same number of
+    steps on each rank. Only two short string columns of the table are read to decide."""
     import pyarrow.dataset as ds
 
     where = ds.field("split") == split
     if exclude:
         where = where & ~ds.field("label").isin(exclude)
     table = ds.dataset(images_path, format="parquet").to_table(columns=["image_id"], filter=where)
-    ids = sorted(table["image_id"].to_pylist())
+    ids = sorted(table["image_id"].to_pylist())[:limit]
     if pad and ids:
         per_rank = math.ceil(len(ids) / world)
         ids = (ids * math.ceil(per_rank * world / len(ids)))[: per_rank * world]
@@ -208,14 +218,13 @@ def fit(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fit(spec: dict[str, Any], rank: int, world: int, torch: Any, nn: Any) -> dict[str, Any]:
-    import torch.distributed as dist
 
     t0 = time.perf_counter()
     hp, task, seed = spec["hp"], _Task(spec), spec["seed"]
-    exclude = spec.get("exclude_classes") or []
-    train_ids = shard_ids(spec["images"], "train", rank, world, exclude, pad=True)
-    own_ids = shard_ids(spec["images"], "train", rank, world, exclude, pad=False)  # without the padding
-    val_ids = shard_ids(spec["images"], "val", rank, world, exclude, pad=False)
+    exclude, limit = spec.get("exclude_classes") or [], spec.get("max_rows")
+    train_ids = shard_ids(spec["images"], "train", rank, world, exclude, pad=True, limit=limit)
+    own_ids = shard_ids(spec["images"], "train", rank, world, exclude, pad=False, limit=limit)  # without the padding
+    val_ids = shard_ids(spec["images"], "val", rank, world, exclude, pad=False, limit=limit)
     if not train_ids:
         raise ValueError("no train images to train on")
     pixels, labels = read_rows(spec["images"], train_ids)
@@ -229,40 +238,19 @@ def _fit(spec: dict[str, Any], rank: int, world: int, torch: Any, nn: Any) -> di
     per_rank = max(hp["batch_size"] // world, 1)
     steps = math.ceil(len(x) / per_rank)
     epochs = hp["epochs"]
-    optimiser = torch.optim.AdamW(net.parameters(), lr=hp["learning_rate"], weight_decay=hp["weight_decay"])
+    optimiser = torch.optim.AdamW(net.parameters(), lr=hp["learning_rate"], weight_decay=hp.get("weight_decay", 0.0))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=hp["learning_rate"], total_steps=max(epochs * steps, 1)
     )
 
     folder = Path(spec["checkpoint_dir"])
     folder.mkdir(parents=True, exist_ok=True)
-    state, start = _load(folder / STATE), 0
-    best_state, best_value, best_epoch, history = copy.deepcopy(net.state_dict()), None, None, []
-    if state is not None:
-        net.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        scheduler.load_state_dict(state["scheduler"])
-        best_state, best_value, best_epoch = state["best_model"], state["best_value"], state["best_epoch"]
-        history, start = list(state["history"]), int(state["epoch"])
-        rng = _load(folder / f"rng-{rank}.pt")
-        if rng is not None:
-            torch.set_rng_state(rng["torch"])
-    resumed_from = start if state is not None else None
+    best_state, best_value, best_epoch, history, start = _restore(folder, rank, net, optimiser, scheduler)
+    resumed_from = start or None  # a checkpoint is written after an epoch: start > 0 when resuming
 
     for epoch in range(start, epochs):
-        model.train()
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
-        order = torch.randperm(len(x), generator=generator)
-        loss_sum = 0.0
-        for s in range(0, len(x), per_rank):
-            idx = order[s : s + per_rank]
-            xb = shifted(x[idx], hp.get("augment_shift", 0), generator)
-            optimiser.zero_grad()
-            loss = task.loss(model, xb, y[idx])
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-            loss_sum += loss.item() * len(idx)
+        loss_sum = _epoch(model, task, x, y, per_rank, hp.get("augment_shift", 0), generator, optimiser, scheduler)
         model.eval()
         val_metric, val_loss = task.val_sums(net, vx, vy, max(per_rank, 256))
         sums = _all_sum([loss_sum, float(len(x)), val_metric, val_loss, float(len(vx))], world)
@@ -279,23 +267,17 @@ def _fit(spec: dict[str, Any], rank: int, world: int, torch: Any, nn: Any) -> di
         if value is not None and task.better(value, best_value):
             best_state, best_value, best_epoch = copy.deepcopy(net.state_dict()), value, epoch + 1
         if (epoch + 1) % spec["checkpoint_every"] == 0 or epoch + 1 == epochs:
-            _save({"torch": torch.get_rng_state()}, folder / f"rng-{rank}.pt")
-            if rank == 0:
-                _save(
-                    {
-                        "model": net.state_dict(),
-                        "optimiser": optimiser.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "epoch": epoch + 1,
-                        "best_model": best_state,
-                        "best_value": best_value,
-                        "best_epoch": best_epoch,
-                        "history": history,
-                    },
-                    folder / STATE,
-                )
-            if world > 1:
-                dist.barrier()
+            state = {
+                "model": net.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "best_model": best_state,
+                "best_value": best_value,
+                "best_epoch": best_epoch,
+                "history": history,
+            }
+            _checkpoint(folder, rank, world, state)
 
     if best_epoch is None:  # no val rows (or no epochs): the last weights
         best_state = copy.deepcopy(net.state_dict())
@@ -316,16 +298,71 @@ def _fit(spec: dict[str, Any], rank: int, world: int, torch: Any, nn: Any) -> di
     if spec["kind"] == "autoencoder":
         first = {v: i for i, v in reversed(list(enumerate(train_ids)))}
         own = x[[first[i] for i in own_ids]] if own_ids else x[:0]
-        with torch.inference_mode():
-            scores = torch.cat([models.reconstruction_error(net, own[s : s + 256]) for s in range(0, len(own), 256)])
-        gathered = _gather(scores.tolist(), world)
-        every = np.concatenate([np.asarray(g, dtype=np.float64) for g in gathered])
-        result["threshold"] = float(np.percentile(every, spec["threshold_percentile"]))
-        result["train_score_mean"] = float(every.mean())
+        result |= _anomaly_threshold(net, own, world, spec["threshold_percentile"])
     if rank == 0:
         _save_weights(net.state_dict(), Path(spec["output"]))
     result["fit_s"] = round(time.perf_counter() - t0, 3)
     return result
+
+
+def _epoch(
+    model: Any, task: _Task, x: Any, y: Any, batch: int, shift: int, generator: Any, optimiser: Any, scheduler: Any
+) -> float:
+    """One pass over this rank's shard in a shuffled order; returns the summed loss."""
+    import torch
+
+    model.train()
+    order = torch.randperm(len(x), generator=generator)
+    loss_sum = 0.0
+    for s in range(0, len(x), batch):
+        idx = order[s : s + batch]
+        optimiser.zero_grad()
+        loss = task.loss(model, shifted(x[idx], shift, generator), y[idx])
+        loss.backward()
+        optimiser.step()
+        scheduler.step()
+        loss_sum += loss.item() * len(idx)
+    return loss_sum
+
+
+def _restore(folder: Path, rank: int, net: Any, optimiser: Any, scheduler: Any) -> tuple[Any, Any, Any, list, int]:
+    """Continue from the folder's checkpoint, if any: ``(best weights, best value, best epoch,
+    history, first epoch to run)``; the model, optimiser, scheduler and RNG are restored in place."""
+    import torch
+
+    state = _load(folder / STATE)
+    if state is None:
+        return copy.deepcopy(net.state_dict()), None, None, [], 0
+    net.load_state_dict(state["model"])
+    optimiser.load_state_dict(state["optimiser"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng = _load(folder / f"rng-{rank}.pt")
+    if rng is not None:
+        torch.set_rng_state(rng["torch"])
+    return state["best_model"], state["best_value"], state["best_epoch"], list(state["history"]), int(state["epoch"])
+
+
+def _checkpoint(folder: Path, rank: int, world: int, state: dict[str, Any]) -> None:
+    """Each rank's RNG state, and (rank 0) the training state; all ranks wait for both."""
+    import torch
+    import torch.distributed as dist
+
+    _save({"torch": torch.get_rng_state()}, folder / f"rng-{rank}.pt")
+    if rank == 0:
+        _save(state, folder / STATE)
+    if world > 1:
+        dist.barrier()
+
+
+def _anomaly_threshold(net: Any, own: Any, world: int, percentile: float) -> dict[str, float]:
+    """The autoencoder's flagging threshold: the ``percentile`` of the reconstruction error over
+    every rank's own train images."""
+    import torch
+
+    with torch.inference_mode():
+        scores = torch.cat([models.reconstruction_error(net, own[s : s + 256]) for s in range(0, len(own), 256)])
+    every = np.concatenate([np.asarray(g, dtype=np.float64) for g in _gather(scores.tolist(), world)])
+    return {"threshold": float(np.percentile(every, percentile)), "train_score_mean": float(every.mean())}
 
 
 def _save_weights(state: dict[str, Any], path: Path) -> None:

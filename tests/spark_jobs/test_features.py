@@ -63,7 +63,7 @@ def test_classical_features_end_to_end(spark, ingested: Path, tmp_path: Path) ->
     variances = train.var(axis=0)
     assert variances[0] >= variances[-1]
 
-    doc = manifest.read(published)
+    doc = manifest.read_json(published)
     assert doc["gate"]["success"]
     assert doc["counts"]["rows"] == ROWS
     assert doc["counts"]["dim"] == 8
@@ -121,7 +121,7 @@ def test_no_train_split_is_a_clear_error(spark, ingested: Path, tmp_path: Path) 
     folder = tmp_path / "data" / "ingest"
     folder.mkdir(parents=True)
     (folder / "images.parquet").symlink_to(ingested / "images.parquet", target_is_directory=True)
-    doc = manifest.read(ingested)
+    doc = manifest.read_json(ingested)
     doc["counts"]["rows_by_split_class"].pop("train")
     manifest.write(folder, doc)
     with pytest.raises(SourceError, match="no train rows to fit the scaler and PCA"):
@@ -142,7 +142,7 @@ def test_cnn_embeddings_end_to_end(spark, ingested: Path, tmp_path: Path) -> Non
     expected = local(_pixels([(r["pixels"], r["height"], r["width"]) for r in pixels]))
     by_id = {r["image_id"]: r["features"] for r in rows}
     np.testing.assert_allclose(np.array([by_id[r["image_id"]] for r in pixels]), expected, atol=1e-5)
-    spec = manifest.read(published)["inputs"]["extractor"]
+    spec = manifest.read_json(published)["inputs"]["extractor"]
     assert spec["backbone_sha256"] == manifest.file_hash(path)
     assert spec["dim"] == 16
 
@@ -197,7 +197,7 @@ def test_tiles_of_the_bundled_photos(spark, photos: Path, tmp_path: Path) -> Non
         )
         assert mine == sorted((t.tile_y, t.tile_x, t.x0, t.y0, t.x1, t.y1) for t in grid)
     assert {len(r["features"]) for r in rows} == {16}
-    doc = manifest.read(published)
+    doc = manifest.read_json(published)
     assert doc["counts"]["images"] == 2
     assert doc["counts"]["rows_expected"] == 48
     assert doc["inputs"]["extractor"]["tiles"]["size"] == 128
@@ -316,7 +316,7 @@ def test_features_follow_the_image_size_of_the_ingested_table(spark, ingested: P
     spec = json.loads((folder / extractors.EXTRACTOR).read_text())
     assert spec["image_size"] == 32
     assert spec["descriptor_dim"] == 372
-    assert manifest.read(folder)["inputs"]["ingest"]["settings"]["image_size"] == 32
+    assert manifest.read_json(folder)["inputs"]["ingest"]["settings"]["image_size"] == 32
     too_big = link_ingest(ingested, tmp_path / "b", "ingest.image_size=64", "features.classical.pca_k=1000")
     with pytest.raises(
         ConfigError, match=r"published ingest table, 32px\): pca_k=1000 exceeds the descriptor length 372"
@@ -335,7 +335,7 @@ def test_cnn_backbone_from_s3(spark, ingested: Path, tmp_path: Path, s3_server: 
     client.put_object(Bucket="models", Key="backbones/b.pt2", Body=path.read_bytes())
     cfg = link_ingest(ingested, tmp_path, "features.kind=cnn", "features.cnn.backbone=s3://models/backbones/b.pt2")
     folder = features.run(cfg, spark)
-    spec = manifest.read(folder)["inputs"]["extractor"]
+    spec = manifest.read_json(folder)["inputs"]["extractor"]
     assert spec["backbone"] == "s3://models/backbones/b.pt2"
     assert spec["backbone_sha256"] == manifest.file_hash(path)
     rows = read_features(spark, folder).collect()

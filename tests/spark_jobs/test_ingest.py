@@ -163,7 +163,7 @@ def test_image_rows_hold_normalised_pixels(spark, source_tree, published: Path) 
 
 def test_manifest_accounts_for_every_file(source_tree, published: Path) -> None:
     _, expected = source_tree
-    doc = manifest.read(published)
+    doc = manifest.read_json(published)
     counts = doc["counts"]
     good = sum(1 for v in expected.values() if v == "ok")
     assert counts["files_seen"] == len(expected)
@@ -219,7 +219,7 @@ def test_manifest_csv_source(spark, source_tree, tmp_path: Path) -> None:
         out = _run(spark, tmp_path, csv_path)
     finally:
         csv_path.unlink()
-    doc = manifest.read(out)
+    doc = manifest.read_json(out)
     assert doc["inputs"]["source"]["kind"] == "manifest"
     assert doc["counts"]["files_seen"] == 3 * PER_CLASS + 2
     assert doc["counts"]["quarantine_by_reason"] == {images.FETCH_FAILED: 1, images.NOT_AN_IMAGE: 1}
@@ -235,7 +235,7 @@ def test_gate_failure_publishes_nothing(spark, source_tree, tmp_path: Path) -> N
     rejected = info.value.rejected
     assert rejected.parent == data / "rejected"
     assert (rejected / "images.parquet").is_dir()
-    assert manifest.read(rejected)["gate"]["success"] is False
+    assert manifest.read_json(rejected)["gate"]["success"] is False
     summary = (data / "gates" / "ingest" / "summary.txt").read_text()
     assert "FAILED summary: expect_column_values_to_be_between" in summary
     assert "quarantine_ratio" in summary
@@ -296,7 +296,7 @@ def test_spark_submit_runs_the_job_and_its_master_wins(tmp_path: Path) -> None:
         env={**os.environ, "PYSPARK_PYTHON": sys.executable},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = manifest.read(tmp_path / "out" / "ingest")
+    doc = manifest.read_json(tmp_path / "out" / "ingest")
     assert doc["spark"]["master"] == "local[1]"
     assert doc["counts"]["rows"] == 50
     timings = doc["timings"]  # from the start of the JVM spark-submit launched, to the final rename

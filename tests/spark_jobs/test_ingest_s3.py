@@ -56,7 +56,7 @@ def test_ingest_from_s3(spark, bucket: str, tmp_path: Path) -> None:
     assert [(q["source_uri"], q["reason"]) for q in quarantine] == [
         (f"s3://{bucket}/incoming/2/broken.png", images.TRUNCATED)
     ]
-    doc = manifest.read(published)
+    doc = manifest.read_json(published)
     assert doc["inputs"]["source"] == {
         "uri": f"s3://{bucket}/incoming",
         "kind": "s3",

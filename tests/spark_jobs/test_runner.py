@@ -100,7 +100,7 @@ def test_finish_publishes_the_staging_folder_with_its_manifest(tmp_path: Path) -
         assert run.finish(_result(True), doc) == target
     assert (target / "table").read_text() == "new"
     assert not (target / "marker").exists()
-    written = manifest.read(target)
+    written = manifest.read_json(target)
     assert written["run_id"] == run.run_id
     assert written["gate"]["success"] is True
     assert written["timings"]["publish_s"] >= 0
@@ -116,7 +116,7 @@ def test_a_failed_gate_publishes_nothing_and_keeps_the_output(tmp_path: Path) ->
             run.finish(_result(False), doc)
     assert (target / "marker").read_text() == "old"
     assert (run.rejected / "table").read_text() == "bad"
-    assert manifest.read(run.rejected)["gate"]["success"] is False
+    assert manifest.read_json(run.rejected)["gate"]["success"] is False
     assert str(run.rejected.absolute()) in str(failure.value)
 
 
@@ -134,7 +134,7 @@ def test_finish_append_publishes_runs_in_order(tmp_path: Path) -> None:
             "2026-12-02",
         )
     assert first == root / "predictions" / "run_date=2026-12-02" / f"run_id={run.run_id}"
-    assert manifest.read(first)["run_id"] == run.run_id  # the first part carries the manifest
+    assert manifest.read_json(first)["run_id"] == run.run_id  # the first part carries the manifest
     assert second is not None
     assert second.parent.parent == root / "q"
     assert not (second / manifest.MANIFEST).exists()
@@ -145,8 +145,9 @@ def test_finish_append_after_a_failed_gate_publishes_no_part(tmp_path: Path) -> 
     root = tmp_path / "data"
     with runner.StageRun("score", root, None, root / "predictions") as run:
         (run.staging / "predictions").mkdir()
+        doc = run.manifest({}, {}, {}, _result(False))
         with pytest.raises(GateFailed):
-            run.finish_append(_result(False), {}, [("predictions", root / "predictions")], "d")
+            run.finish_append(_result(False), doc, [("predictions", root / "predictions")], "d")
     assert not (root / "predictions").exists()
     assert (run.rejected / "predictions").is_dir()
 

@@ -27,7 +27,7 @@ def test_sample_tree(tmp_path: Path) -> None:
     assert photos == ["china/china.jpg", "flower/flower.jpg"]  # one class folder each, for ingest
     with Image.open(target / "photos" / "china" / "china.jpg") as im:
         assert im.size == (640, 427)
-    doc = manifest.read(target)
+    doc = manifest.read_json(target)
     assert doc["counts"]["photos"] == 2
     assert sum(v for k, v in doc["counts"].items() if k.startswith("digits/")) == 1797
 

@@ -10,7 +10,7 @@ import pytest
 
 from spark_jobs import features, score, train
 from spark_jobs.core import runner
-from spark_jobs.core.config import Config, ConfigError, IngestConfig
+from spark_jobs.core.config import Config, ConfigError
 from spark_jobs.imaging import images
 from spark_jobs.ml import cards, inference, models, scoring
 from spark_jobs.quality import gate
@@ -64,15 +64,13 @@ def _plain_loop(folder: Path, files: list[Path]) -> dict[str, tuple[str, float]]
     import torch
 
     card = cards.read_card(folder)
-    ingest_cfg = IngestConfig.model_validate(card["ingest_settings"])
+    ingest_cfg = card.ingest_settings
     decoded = [images.decode(f.read_bytes(), ingest_cfg) for f in files]
     pixels = np.stack([images.pixels_to_array(d.pixels, d.height, d.width) for d in decoded])
     with torch.inference_mode():
         net = inference.TorchModel.from_card(folder, card).load()
         probability, index = torch.softmax(net(models.to_tensor(pixels)), dim=1).max(1)
-    return {
-        f.name: (card["classes"][i], p) for f, i, p in zip(files, index.tolist(), probability.tolist(), strict=True)
-    }
+    return {f.name: (card.classes[i], p) for f, i, p in zip(files, index.tolist(), probability.tolist(), strict=True)}
 
 
 def _rows(spark, cfg: Config) -> list:
@@ -106,7 +104,7 @@ def test_cnn_scores_each_new_image_exactly_once(spark, trained: Config, tmp_path
         assert by_name[name]["predicted_label"] == label, name
         assert by_name[name]["probability"] == pytest.approx(probability, abs=1e-5), name
     for r in rows:
-        assert r["model_version"] == card["version"]
+        assert r["model_version"] == card.version
         assert r["model_kind"] == "cnn"
         assert r["job_version"]
         assert r["scored_at"] is not None
@@ -121,7 +119,7 @@ def test_cnn_scores_each_new_image_exactly_once(spark, trained: Config, tmp_path
     assert reasons["broken.png"] in {images.NOT_AN_IMAGE, images.TRUNCATED, images.UNREADABLE}
     assert reasons["crashes-pillow.gif"] == images.UNREADABLE
     assert len(reasons) == 3
-    manifest = score.manifest.read(first)
+    manifest = score.manifest.read_json(first)
     assert manifest["counts"]["scored"] == len(truth)
     assert manifest["gate"]["success"]
 
@@ -198,7 +196,7 @@ def test_mllib_model_scores_with_its_saved_transform(spark, trained: Config, tmp
 def test_autoencoder_flags_with_its_threshold(spark, trained: Config, tmp_path: Path) -> None:
     write_inbox(tmp_path / "inbox", 100, 3)
     cfg = _config(trained, tmp_path, "autoencoder")
-    threshold = cards.read_card(Path(cfg.score.model))["threshold"]
+    threshold = cards.read_card(Path(cfg.score.model)).threshold
     score.run(cfg, spark)
     rows = _rows(spark, cfg)
     assert len(rows) == 3 * INGESTED_CLASSES
@@ -332,13 +330,13 @@ def test_cnn_scores_an_s3_inbox_incrementally(spark, trained: Config, tmp_path: 
     assert [(q["source_uri"], q["reason"]) for q in quarantine] == [
         ("s3://inbox/incoming/broken.png", images.NOT_AN_IMAGE)
     ]
-    doc = score.manifest.read(first)
+    doc = score.manifest.read_json(first)
     assert doc["inputs"]["inbox"]["endpoint"] == s3_server
     assert "test-secret-not-for-manifests" not in (first / "_manifest.json").read_text()
     # One more object arrives: the next run scores it alone.
     client.put_object(Bucket="inbox", Key="incoming/late.png", Body=class_image(0, 300))
     second = score.run(cfg, spark)
     assert second is not None
-    counts = score.manifest.read(second)["counts"]
+    counts = score.manifest.read_json(second)["counts"]
     assert (counts["scored"], counts["already_scored"], counts["quarantined"]) == (1, len(truth), 0)
     assert [r["source_uri"] for r in spark.read.parquet(str(second)).collect()] == ["s3://inbox/incoming/late.png"]

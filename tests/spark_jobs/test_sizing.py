@@ -3,31 +3,32 @@ from per-image cost across scoring runs, and the command's output and errors."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from spark_jobs.core import sizing
+from spark_jobs.core import manifest, sizing
 from tests.factories import REPO
 
 
-def _write(path: Path, doc: dict) -> None:
+def _write(path: Path, stage: str, counts: dict, timings: dict, spark: dict) -> None:
+    """A stage's manifest as the stage runner writes it, with the given figures."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc))
+    clock = {"started_at": "2026-12-03T00:00:00+00:00", "finished_at": "2026-12-03T00:01:00+00:00", **timings}
+    doc = manifest.build(stage, {}, {}, counts, {"success": True, "expectations": 0}, spark=spark)
+    manifest.write(path.parent, doc.model_copy(update={"timings": manifest.Timings(**clock)}), path.name)
 
 
 def _run(root: Path, stage: str, images: int, work: float, duration: float, cores: int = 2) -> None:
     timings = {"total_s": duration, "work_s": work}
-    spark = {"spark": {"default_parallelism": cores}}
+    spark = {"default_parallelism": cores}
     if stage == "ingest":
-        doc = {"counts": {"files_seen": images}, "timings": timings, **spark}
-        _write(root / "data" / "ingest" / "_manifest.json", doc)
+        _write(root / "data" / "ingest" / "_manifest.json", stage, {"files_seen": images}, timings, spark)
     else:
         counts = {"scored": images, "unusable": 0}
-        doc = {"counts": counts, "timings": timings, **spark}
-        _write(root / "data" / "predictions" / "run_date=d" / f"run_id={images}" / "_manifest.json", doc)
+        path = root / "data" / "predictions" / "run_date=d" / f"run_id={images}" / "_manifest.json"
+        _write(path, stage, counts, timings, spark)
 
 
 @pytest.fixture

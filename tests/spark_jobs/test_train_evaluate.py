@@ -19,12 +19,18 @@ from sklearn import metrics as skm
 
 from spark_jobs import evaluate, features, train
 from spark_jobs.core.config import Config, params_hash
-from spark_jobs.ml import cards, extractors, mllib, models, training
+from spark_jobs.ml import cards, extractors, models, training
+from spark_jobs.ml.mllib import TRANSFORM, mllib_classifier
 from spark_jobs.quality import gate
 from tests.conftest import INGESTED_CLASSES
 from tests.factories import REPO, SMALL_MODELS, link_ingest, with_overrides
 
 pytestmark = pytest.mark.spark
+
+
+def _card_json(folder: Path) -> dict:
+    """A model's card as the JSON on disk (the stages read it typed, through spark_jobs.ml.cards)."""
+    return json.loads((folder / cards.CARD).read_text())
 
 
 def _config(ingested: Path, tmp_path: Path, *overrides: str) -> Config:
@@ -48,7 +54,7 @@ def mllib_workspace(spark, ingested: Path, tmp_path_factory: pytest.TempPathFact
 
 def test_mllib_model_is_saved_with_its_transform_and_card(spark, mllib_workspace) -> None:
     _, folder = mllib_workspace
-    card = cards.read_card(folder)
+    card = _card_json(folder)
     assert card["kind"] == "mllib"
     assert card["task"] == "classifier"
     assert card["classes"] == [str(c) for c in range(INGESTED_CLASSES)]
@@ -69,26 +75,26 @@ def test_mllib_model_is_saved_with_its_transform_and_card(spark, mllib_workspace
     assert card["version"].startswith("mllib-")
     # MLlib's own format, and the features stage's transform it needs to score new images
     assert (folder / "classifier" / "metadata").is_dir()
-    assert (folder / mllib.TRANSFORM).is_dir()
+    assert (folder / TRANSFORM).is_dir()
     assert (folder / extractors.EXTRACTOR).exists()
-    assert mllib.mllib_classifier(folder).numClasses == INGESTED_CLASSES
+    assert mllib_classifier(folder).numClasses == INGESTED_CLASSES
     assert not list(folder.parent.glob(".*.tmp"))
 
 
 def test_class_weighting_reaches_the_mllib_estimator(spark, mllib_workspace, tmp_path: Path) -> None:
     cfg, folder = mllib_workspace
-    counts = cards.read_card(folder)["class_counts"]
+    counts = _card_json(folder)["class_counts"]
     expected = training.class_weights(counts, sorted(counts), "balanced", 1.5)
     weighted = train.run(with_overrides(cfg, "train.class_weighting=balanced", f"train.output={tmp_path}"), spark)
-    card = cards.read_card(weighted)
+    card = _card_json(weighted)
     assert card["class_weights"] == pytest.approx(expected)
     assert card["params"]["class_weighting"] == "balanced"
-    lr = mllib.mllib_classifier(weighted)
+    lr = mllib_classifier(weighted)
     assert lr.getOrDefault("weightCol") == "weight"
-    unweighted = cards.read_card(folder)
+    unweighted = _card_json(folder)
     if max(counts.values()) <= 1.5 * min(counts.values()):  # auto: not skewed enough to weight
         assert unweighted["class_weights"] is None
-        assert not mllib.mllib_classifier(folder).isSet("weightCol")
+        assert not mllib_classifier(folder).isSet("weightCol")
 
 
 def _sklearn_figures(confusion_csv: Path) -> dict:
@@ -136,8 +142,8 @@ def test_evaluate_promotes_a_good_model_with_metrics_equal_to_sklearns(spark, ml
     promotion = json.loads((champion / evaluate.PROMOTION).read_text())
     assert promotion["version"] == mllib["version"]
     assert promotion["kind"] == "mllib"
-    assert cards.read_card(champion)["version"] == mllib["version"]
-    assert mllib.mllib_classifier(champion).numClasses == INGESTED_CLASSES
+    assert _card_json(champion)["version"] == mllib["version"]
+    assert mllib_classifier(champion).numClasses == INGESTED_CLASSES
 
 
 def test_cnn_trains_across_ranks_and_a_zero_epoch_model_is_rejected(spark, mllib_workspace, tmp_path) -> None:
@@ -146,7 +152,7 @@ def test_cnn_trains_across_ranks_and_a_zero_epoch_model_is_rejected(spark, mllib
     cfg = with_overrides(cfg, "train.model=cnn", "train.local_mode=false", f"evaluate.reports={tmp_path / 'reports'}")
     assert cfg.train.num_processes == 2
     folder = train.run(cfg, spark)
-    card = cards.read_card(folder)
+    card = _card_json(folder)
     assert card["kind"] == "cnn"
     assert card["architecture"] == "small_cnn_classifier"
     assert card["training"]["world_size"] == 2
@@ -177,7 +183,7 @@ def test_cnn_trains_across_ranks_and_a_zero_epoch_model_is_rejected(spark, mllib
     champion_before = json.loads((Path(cfg.evaluate.champion) / "classifier" / evaluate.PROMOTION).read_text())
 
     untrained = train.run(with_overrides(cfg, "train.cnn.epochs=0"), spark)
-    assert cards.read_card(untrained)["training"]["history"] == []
+    assert _card_json(untrained)["training"]["history"] == []
     bad = with_overrides(cfg, "evaluate.models=[cnn]", f"evaluate.reports={tmp_path / 'bad'}")
     with pytest.raises(gate.GateFailed) as failure:
         evaluate.run(bad, spark)
@@ -188,7 +194,7 @@ def test_cnn_trains_across_ranks_and_a_zero_epoch_model_is_rejected(spark, mllib
     assert doc["champion"]["version"] == champion_before["version"]
     after = json.loads((Path(cfg.evaluate.champion) / "classifier" / evaluate.PROMOTION).read_text())
     assert after == champion_before
-    kept = Path(cfg.evaluate.rejected) / cards.read_card(untrained)["version"]
+    kept = Path(cfg.evaluate.rejected) / _card_json(untrained)["version"]
     assert (kept / cards.WEIGHTS).exists()
     assert json.loads((kept / "metrics.json").read_text())["gate"] == "failed"
     assert "FAILED cnn" in (kept / "gate_summary.txt").read_text()
@@ -209,7 +215,7 @@ def test_autoencoder_scores_the_held_out_class_as_anomalous(spark, mllib_workspa
         "gate.model.min_auroc=0.0",
     )
     folder = train.run(cfg, spark)
-    card = cards.read_card(folder)
+    card = _card_json(folder)
     assert card["task"] == "anomaly"
     assert card["exclude_classes"] == ["2"]
     assert card["threshold"] > 0
@@ -282,7 +288,7 @@ def test_a_killed_training_run_resumes_from_its_checkpoint(spark, mllib_workspac
     done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming from the checkpoint" in done.stderr
-    card = cards.read_card(tmp_path / "models" / "cnn")
+    card = _card_json(tmp_path / "models" / "cnn")
     assert card["training"]["resumed_from_epoch"] >= killed_at
     assert [h["epoch"] for h in card["training"]["history"]] == list(range(1, epochs + 1))
     assert not state.parent.exists()  # a finished run clears its checkpoints
@@ -293,6 +299,6 @@ def test_checkpoint_folder_follows_the_params(ingested: Path, tmp_path: Path) ->
     spec = train.torch_spec(cfg, "cnn", ["0", "1", "2"], None, ingested)
     same = train.torch_spec(cfg, "cnn", ["0", "1", "2"], None, ingested)
     other = train.torch_spec(with_overrides(cfg, "train.cnn.epochs=7"), "cnn", ["0", "1", "2"], None, ingested)
-    assert train.checkpoint_dir(cfg, spec) == train.checkpoint_dir(cfg, same)
-    assert train.checkpoint_dir(cfg, spec) != train.checkpoint_dir(cfg, other)
+    assert training.checkpoint_dir(cfg.data.root, spec) == training.checkpoint_dir(cfg.data.root, same)
+    assert training.checkpoint_dir(cfg.data.root, spec) != training.checkpoint_dir(cfg.data.root, other)
     assert params_hash(spec) != params_hash(other)
