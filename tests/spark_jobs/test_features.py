@@ -21,7 +21,7 @@ from spark_jobs.ml import extractors, mllib, models
 from spark_jobs.quality.gate import GateFailed
 from tests.conftest import INGESTED_CLASSES, INGESTED_PER_CLASS
 from tests.factories import REPO, link_ingest, make_config, photo_tree
-from tests.spark_jobs.test_decode_fuzz import pillow_crasher
+from tests.spark_jobs.imaging.test_decode_fuzz import pillow_crasher
 
 pytestmark = pytest.mark.spark
 
@@ -285,7 +285,7 @@ def test_classical_settings_that_do_not_fit_the_ingested_images_stop_before_spar
 def test_a_backbone_archive_carrying_code_stops_the_stage_before_it_runs(
     ingested: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from tests.spark_jobs.test_models import crafted_pt2
+    from tests.spark_jobs.ml.test_models import crafted_pt2
 
     crafted = crafted_pt2(tmp_path, tmp_path / "ran")
     (tmp_path / "data").mkdir()

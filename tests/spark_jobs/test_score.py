@@ -16,7 +16,7 @@ from spark_jobs.ml import cards, inference, models, scoring
 from spark_jobs.quality import gate
 from tests.conftest import INGESTED_CLASSES
 from tests.factories import SMALL_MODELS, class_image, link_ingest, with_overrides, write_inbox
-from tests.spark_jobs.test_decode_fuzz import pillow_crasher
+from tests.spark_jobs.imaging.test_decode_fuzz import pillow_crasher
 
 pytestmark = pytest.mark.spark
 
