@@ -37,14 +37,14 @@ import numpy as np
 import pandas as pd
 
 from spark_jobs.core import manifest, runner
-from spark_jobs.core.config import Config, ModelGateConfig
+from spark_jobs.core.config import Config
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError
 from spark_jobs.core.tables import published, read_features, read_images
 from spark_jobs.ml import inference, metrics
 from spark_jobs.ml.cards import CARD, PROMOTION, TASKS, ModelCard, Promotion, model_dir, read_card, read_promotion
 from spark_jobs.ml.mllib import mllib_classify
-from spark_jobs.quality import gate
+from spark_jobs.quality import gate, suites
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -183,28 +183,6 @@ def confusion_png(path: Path, matrix: np.ndarray, labels: list[str], title: str)
     finally:
         plt.close(fig)
     return path
-
-
-def gate_expectations(task: str, limits: ModelGateConfig, has_holdout: bool) -> list[Any]:
-    """The model suite for one candidate's one-row metrics table."""
-    import great_expectations.expectations as gxe
-
-    if task == "anomaly":
-        checks: list[Any] = [gxe.ExpectColumnValuesToNotBeNull(column="threshold")]
-        if has_holdout:
-            checks += [
-                gxe.ExpectColumnValuesToNotBeNull(column="auroc"),
-                gxe.ExpectColumnValuesToBeBetween(column="auroc", min_value=limits.min_auroc, max_value=1.0),
-            ]
-    else:
-        checks = [
-            gxe.ExpectColumnValuesToNotBeNull(column="accuracy"),
-            gxe.ExpectColumnValuesToBeBetween(column="accuracy", min_value=limits.min_accuracy, max_value=1.0),
-            gxe.ExpectColumnValuesToBeBetween(column="macro_f1", min_value=limits.min_macro_f1, max_value=1.0),
-        ]
-    # Null when there is no champion yet: GX skips nulls in column-value expectations.
-    checks.append(gxe.ExpectColumnValuesToBeBetween(column="regression", max_value=limits.max_regression))
-    return checks
 
 
 def headline(task: str, result: dict[str, Any]) -> float | None:
@@ -389,7 +367,7 @@ def run(cfg: Config, spark: SparkSession) -> Path:
                 gate.Batch(
                     kind,
                     table[table["model"] == kind].reset_index(drop=True),
-                    gate_expectations(result["task"], cfg.gate.model, bool(result.get("holdout_classes"))),
+                    suites.model_expectations(result["task"], cfg.gate.model, bool(result.get("holdout_classes"))),
                 )
                 for kind, result in results.items()
             ]

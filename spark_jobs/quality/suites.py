@@ -9,7 +9,10 @@ Data Docs. The batches of a suite:
   the rows that break it (``null_<column>``, ``repeated_<key>``, ``<column>_not_in_set``, ...),
   each expected to be 0 (or a share below its threshold);
 - dataset rules (``classes``, ``summary``, ``class_drift``): per-class counts, split fractions,
-  quarantine ratio and accounting, drift of the predicted classes.
+  quarantine ratio and accounting, drift of the predicted classes;
+- the model gate (``evaluate``, :func:`model_expectations`): each candidate's one-row metrics
+  table against the accuracy, macro-F1 or AUROC floors and the regression allowed against the
+  champion.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from spark_jobs.core.config import FeaturesGateConfig, PredictionsGateConfig, RawGateConfig
+from spark_jobs.core.config import FeaturesGateConfig, ModelGateConfig, PredictionsGateConfig, RawGateConfig
 from spark_jobs.core.tables import IMAGE_COLUMNS
 from spark_jobs.imaging.images import SPLITS
 from spark_jobs.quality.gate import Batch
@@ -387,3 +390,25 @@ def prediction_batches(
         drift = [gxe.ExpectColumnValuesToBeBetween(column="gap", min_value=0.0, max_value=gate.max_class_drift)]
         batches.append(Batch("class_drift", class_drift(per_label, trained, labels), drift))
     return batches
+
+
+def model_expectations(task: str, limits: ModelGateConfig, has_holdout: bool) -> list[Any]:
+    """The model gate's suite for one candidate's one-row metrics table (``evaluate``)."""
+    import great_expectations.expectations as gxe
+
+    if task == "anomaly":
+        checks: list[Any] = [gxe.ExpectColumnValuesToNotBeNull(column="threshold")]
+        if has_holdout:
+            checks += [
+                gxe.ExpectColumnValuesToNotBeNull(column="auroc"),
+                gxe.ExpectColumnValuesToBeBetween(column="auroc", min_value=limits.min_auroc, max_value=1.0),
+            ]
+    else:
+        checks = [
+            gxe.ExpectColumnValuesToNotBeNull(column="accuracy"),
+            gxe.ExpectColumnValuesToBeBetween(column="accuracy", min_value=limits.min_accuracy, max_value=1.0),
+            gxe.ExpectColumnValuesToBeBetween(column="macro_f1", min_value=limits.min_macro_f1, max_value=1.0),
+        ]
+    # Null when there is no champion yet: GX skips nulls in column-value expectations.
+    checks.append(gxe.ExpectColumnValuesToBeBetween(column="regression", max_value=limits.max_regression))
+    return checks

@@ -19,18 +19,21 @@ from tests.factories import REPO, dvc_view
 HERE = Path(__file__).parent
 
 
-@pytest.fixture(scope="module")
-def parsed(airflow_env: dict[str, str]) -> dict:
-    home = Path(airflow_env["AIRFLOW_HOME"])
-    result = home / "dags.json"
+def describe(dags: Path, env: dict[str, str], result: Path) -> dict:
+    """What ``describe_dags.py`` reports of parsing the ``dags`` folder (in a subprocess)."""
     subprocess.run(
-        [sys.executable, str(HERE / "describe_dags.py"), str(REPO / "dags"), str(result)],
-        env=airflow_env,
+        [sys.executable, str(HERE / "describe_dags.py"), str(dags), str(result)],
+        env=env,
         capture_output=True,
         timeout=300,
         check=True,
     )
     return json.loads(result.read_text())
+
+
+@pytest.fixture(scope="module")
+def parsed(airflow_env: dict[str, str]) -> dict:
+    return describe(REPO / "dags", airflow_env, Path(airflow_env["AIRFLOW_HOME"]) / "dags.json")
 
 
 def _submitted(cmd: str) -> list[str]:
@@ -77,15 +80,7 @@ def test_the_parse_watch_sees_a_variable_and_a_connection(airflow_env: dict[str,
     """The check above can fail: a DAG file reading a Variable and a Connection at parse time is caught."""
     (tmp_path / "dags").mkdir()
     (tmp_path / "dags" / "bad.py").write_text(BAD_DAG)
-    result = tmp_path / "dags.json"
-    subprocess.run(
-        [sys.executable, str(HERE / "describe_dags.py"), str(tmp_path / "dags"), str(result)],
-        env=airflow_env,
-        capture_output=True,
-        timeout=300,
-        check=True,
-    )
-    seen = json.loads(result.read_text())["parse_io"]
+    seen = describe(tmp_path / "dags", airflow_env, tmp_path / "dags.json")["parse_io"]
     assert any("FROM variable" in q for q in seen["queries"]), seen
     assert seen["connections"] == ["spark_default"]
 
