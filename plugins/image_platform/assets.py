@@ -10,9 +10,9 @@ from typing import Any
 from airflow.sdk import Asset
 
 # Updated when a training run ends with a champion; image_batch_scoring runs on its updates.
-CHAMPION = Asset(name="image_platform_champion_model", uri="image-platform://champion")
+CHAMPION = Asset(name="image_platform_champion_model", uri="image-platform://champion/")
 # Updated by every scoring run.
-PREDICTIONS = Asset(name="image_platform_predictions", uri="image-platform://predictions")
+PREDICTIONS = Asset(name="image_platform_predictions", uri="image-platform://predictions/")
 
 
 def champion_extra(workspace: Path) -> dict[str, Any]:

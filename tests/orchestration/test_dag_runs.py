@@ -40,7 +40,7 @@ def test_training_triggered_with_params_through_the_rest_api(trained_pipeline: d
     assert set(states.values()) == {"success"}, states
     assert run["conf"] == trained["conf"]
     assert [(e["source_run_id"], e["uri"]) for e in trained["events"]] == [
-        (run["dag_run_id"], "image-platform://champion")
+        (run["dag_run_id"], "image-platform://champion/")
     ]
     # The asset is a stable name; where this run's champion is, and which model, is in the event.
     extra = trained["events"][0]["extra"]
