@@ -20,13 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from spark_jobs import __version__
 from spark_jobs.core.config import IngestConfig, params_hash
+from spark_jobs.core.store import SourceError
 
 MANIFEST = "_manifest.json"
 BUILD_INFO = "_build_info.json"  # written into the --py-files zip by plugins/image_platform/package.py
 
 
-class RecordError(ValueError):
-    """A record on disk that this version cannot read (older, or edited); the message says which and why."""
+class RecordError(SourceError):
+    """A record on disk that this version cannot read (older, or edited); the message says which and
+    why. A :class:`SourceError`: the stage stops with exit code 2 and that one line."""
 
 
 class Record(BaseModel):

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 
 from spark_jobs.core.config import Config, IngestConfig
-from spark_jobs.core.manifest import JobVersion, Record, RecordError, Timings, read_record, write
+from spark_jobs.core.manifest import JobVersion, Record, Timings, read_record, write
 from spark_jobs.core.store import SourceError
 
 CARD = "card.json"
@@ -161,17 +161,11 @@ def read_card(folder: Path) -> ModelCard:
     path = folder / CARD
     if not path.exists():
         raise SourceError(f"no trained model at {folder} (no {CARD}): run `python -m spark_jobs.train` first")
-    try:
-        return read_record(path, ModelCard, "model card", "retrain it (python -m spark_jobs.train)")
-    except RecordError as exc:
-        raise SourceError(str(exc)) from None
+    return read_record(path, ModelCard, "model card", "retrain it (python -m spark_jobs.train)")
 
 
 def read_backbone_card(folder: Path) -> BackboneCard:
-    try:
-        return read_record(folder / CARD, BackboneCard, "backbone card", "run python -m spark_jobs.backbone again")
-    except RecordError as exc:
-        raise SourceError(str(exc)) from None
+    return read_record(folder / CARD, BackboneCard, "backbone card", "run python -m spark_jobs.backbone again")
 
 
 def read_promotion(folder: Path) -> Promotion | None:
@@ -179,10 +173,7 @@ def read_promotion(folder: Path) -> Promotion | None:
     path = folder / PROMOTION
     if not path.exists():
         return None
-    try:
-        return read_record(path, Promotion, "promotion record", "run python -m spark_jobs.evaluate again")
-    except RecordError as exc:
-        raise SourceError(str(exc)) from None
+    return read_record(path, Promotion, "promotion record", "run python -m spark_jobs.evaluate again")
 
 
 def write_card(folder: Path, card: ModelCard | BackboneCard) -> Path:

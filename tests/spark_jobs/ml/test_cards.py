@@ -11,6 +11,7 @@ import pytest
 
 from spark_jobs.core import manifest
 from spark_jobs.core.config import IngestConfig
+from spark_jobs.core.jobs import EXIT_BAD_INPUT, run_stage
 from spark_jobs.core.store import SourceError
 from spark_jobs.ml import cards
 from tests.factories import REPO
@@ -87,6 +88,19 @@ def test_a_manifest_is_read_typed_and_an_old_one_refused(tmp_path: Path) -> None
     (tmp_path / manifest.MANIFEST).write_text(json.dumps(raw))
     with pytest.raises(manifest.RecordError, match=r"params_hash.*run its stage again"):
         manifest.read(tmp_path)
+
+
+def test_a_stage_meeting_an_old_manifest_stops_with_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Exit code 2 and the refusal, never a stack trace (jobs.run_stage maps SourceError)."""
+    ingest = tmp_path / "data" / "ingest"
+    ingest.mkdir(parents=True)
+    (ingest / manifest.MANIFEST).write_text(json.dumps({"stage": "ingest", "counts": {}}))
+    argv = ["--params", str(REPO / "params.yaml"), "--set", f"data.root={tmp_path / 'data'}"]
+    code = run_stage("backbone", argv, lambda cfg, _: manifest.read(ingest), description="", needs_spark=False)
+    assert code == EXIT_BAD_INPUT
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "cannot be read by this version" in line
+    assert "run its stage again" in line
 
 
 RECORD_MODULES = {"spark_jobs/core/manifest.py", "spark_jobs/ml/cards.py"}
