@@ -28,7 +28,7 @@ from spark_jobs.core import manifest, runner
 from spark_jobs.core.config import BackboneConfig, Config
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError
-from spark_jobs.core.tables import published, split_class_counts
+from spark_jobs.core.tables import ingested_with, published, split_class_counts
 from spark_jobs.ml import models, training
 from spark_jobs.ml.cards import CARD, BackboneCard, TrainingRecord
 
@@ -49,7 +49,12 @@ def training_spec(cfg: BackboneConfig, images: Path, classes: list[str], data_sh
         "kind": "cnn",
         "architecture": HEAD,
         "arch": {"width": cfg.width, "classes": len(classes), "dropout": 0.0},
-        "hp": {"batch_size": cfg.batch_size, "epochs": cfg.epochs, "learning_rate": cfg.learning_rate},
+        "hp": {
+            "batch_size": cfg.batch_size,
+            "epochs": cfg.epochs,
+            "learning_rate": cfg.learning_rate,
+            "weight_decay": 0.0,
+        },
         "classes": classes,
         "class_weights": None,
         "exclude_classes": [],
@@ -90,6 +95,7 @@ def run(cfg: Config, _spark: object = None) -> Path:
             if not classes:
                 raise SourceError(f"no train images in {ingest_dir}: run ingest first")
             data_sha = manifest.file_hash(ingest_dir / manifest.MANIFEST)
+            image_size = ingested_with(ingest_dir).image_size
             spec = training_spec(bcfg, ingest_dir / "images.parquet", classes, data_sha)
         with run.phase("work"):
             checkpoints = training.checkpoint_dir(cfg.data.root, spec)
@@ -101,7 +107,6 @@ def run(cfg: Config, _spark: object = None) -> Path:
             weights.unlink()
             model.eval()
             backbone = model[0]
-            image_size = manifest.read(ingest_dir).ingest_settings().image_size
             models.export_backbone(backbone, run.staging / EXPORTED, image_size)
             torch.save(backbone.state_dict(), run.staging / STATE_DICT)
             train_accuracy, val_accuracy = accuracy(model, spec, "train"), accuracy(model, spec, "val")

@@ -112,7 +112,7 @@ def anomaly_metrics(scored: pd.DataFrame, card: ModelCard) -> tuple[dict[str, An
     ``(score, is_anomaly)`` pairs for the ROC plot."""
     from sklearn.metrics import roc_auc_score
 
-    holdout = card.exclude_classes or []
+    holdout = card.exclude_classes
     is_anomaly = scored["label"].isin(holdout).to_numpy()
     score = scored["score"].to_numpy(dtype=float)
     threshold = card.threshold
@@ -372,7 +372,6 @@ def run(cfg: Config, spark: SparkSession) -> Path:
                 for kind, result in results.items()
             ]
             gate_result = run.validate(checks)
-        failed = {c["batch"] for c in gate_result.failures}
         with run.phase("publish"):
             rejected = settle(cfg, cards, results, challengers, gate_result)
             # In the order evaluate.models lists the candidates (what dvc metrics show lists).
@@ -392,8 +391,8 @@ def run(cfg: Config, spark: SparkSession) -> Path:
             result["gate"],
             ", promoted" if result["promoted"] else "",
         )
-    if failed:
-        kinds = ", ".join(sorted(failed))
+    if rejected:  # every model that failed its gate, kept aside
+        kinds = ", ".join(sorted(rejected))
         where = "; ".join(f"{k} -> {p}" for k, p in sorted(rejected.items()))
         raise gate.GateFailed(
             STAGE,

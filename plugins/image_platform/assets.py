@@ -23,9 +23,10 @@ def champion_extra(workspace: Path) -> dict[str, Any]:
     cfg = load_config(workspace / "params.yaml")
     folder = (workspace / cfg.evaluate.champion).resolve()
     extra: dict[str, Any] = {"workspace": str(workspace), "path": str(folder)}
-    for task in sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
-        card = cards.read_card(folder / task)
-        extra[task] = {"kind": card.kind, "version": card.version}
+    for task in sorted(set(cards.TASKS.values())):
+        promoted = cards.read_promotion(folder / task)  # what evaluate promoted there, if anything
+        if promoted is not None:
+            extra[task] = {"kind": promoted.kind, "version": promoted.version}
     return extra
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from spark_jobs.core.config import DEFAULT_PARAMS, ConfigError, load_config
-from spark_jobs.core.manifest import MANIFEST, Manifest, read_record
+from spark_jobs.core.manifest import MANIFEST, Manifest, read
 from spark_jobs.ml.cards import CARD, read_card
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -65,7 +65,7 @@ def parse_duration(text: str) -> float:
 
 
 def _manifest(path: Path) -> Manifest | None:
-    return read_record(path, Manifest, "manifest", "run its stage again") if path.exists() else None
+    return read(path.parent) if path.exists() else None
 
 
 def measures(data_root: Path, models_root: Path) -> list[Measure]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
 from spark_jobs.core.config import Config, IngestConfig
 from spark_jobs.core.manifest import JobVersion, Record, Timings, read_record, write
@@ -35,8 +35,6 @@ Task = Literal["classifier", "anomaly"]
 
 class TrainingRecord(Record):
     """What the torch training loop reports (:func:`spark_jobs.ml.training.fit`)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     world_size: int
     epochs: int

@@ -238,7 +238,7 @@ def _fit(spec: dict[str, Any], rank: int, world: int, torch: Any, nn: Any) -> di
     per_rank = max(hp["batch_size"] // world, 1)
     steps = math.ceil(len(x) / per_rank)
     epochs = hp["epochs"]
-    optimiser = torch.optim.AdamW(net.parameters(), lr=hp["learning_rate"], weight_decay=hp.get("weight_decay", 0.0))
+    optimiser = torch.optim.AdamW(net.parameters(), lr=hp["learning_rate"], weight_decay=hp["weight_decay"])
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=hp["learning_rate"], total_steps=max(epochs * steps, 1)
     )
