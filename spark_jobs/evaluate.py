@@ -6,6 +6,8 @@ For each candidate (``<train.output>/<model>/``):
   macro precision/recall/F1, per-class precision/recall/F1 from a confusion matrix counted by
   Spark; plot data for ``dvc plots`` (``plots/<model>/confusion.csv``, one row per test image,
   and ``plots/<model>/classes.csv``) and ``figures/confusion_<model>.png``;
+- ``tiles_*`` (an image as its tiles' features, :func:`tiles_predictions`): as classifiers, one
+  prediction per test image from its tiles' rows in the features table;
 - the ``autoencoder``: AUROC of its reconstruction error for normal test images vs the held-out
   class (MLlib's ``BinaryClassificationEvaluator``), the share flagged at its threshold, and
   ``plots/autoencoder/roc.csv``.
@@ -18,6 +20,9 @@ the champion: copied with a ``promotion.json`` to ``<evaluate.champion>/classifi
 autoencoder to ``.../anomaly/``), which scoring reads. A failing candidate is copied to
 ``<evaluate.rejected>/<version>/`` with its metrics and gate summary, and the stage exits with the
 gate's code after writing every report.
+
+``evaluate.baselines``: models evaluated and reported the same way (metrics, plots, figure), for
+comparison only: never gated, never promoted (``metrics.json``: ``baselines``).
 
 ``<evaluate.reports>/metrics.json``: top-level ``accuracy`` and ``macro_f1`` are the champion's;
 ``models`` holds every candidate's figures.
@@ -37,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from spark_jobs.core import manifest, runner
-from spark_jobs.core.config import Config
+from spark_jobs.core.config import TILE_KINDS, Config
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError
 from spark_jobs.core.tables import published, read_features, read_images
@@ -55,9 +60,8 @@ STAGE = "evaluate"
 METRICS = "metrics.json"
 
 
-def mllib_predictions(spark: SparkSession, cfg: Config, folder: Path, card: ModelCard) -> DataFrame:
-    """``image_id, label, prediction (class index), probability, probabilities`` for the features
-    table's test rows."""
+def test_features(spark: SparkSession, cfg: Config, card: ModelCard) -> DataFrame:
+    """The features table's test rows, checked to be of the kind and size ``card``'s model reads."""
     from pyspark.sql import functions as F
 
     features_dir = published(cfg.data.root, "features")
@@ -71,8 +75,25 @@ def mllib_predictions(spark: SparkSession, cfg: Config, folder: Path, card: Mode
                 f"{extractor.get('dim')}: retrain it (python -m spark_jobs.train --set train.model=mllib)"
             )
         log.warning("model %s was trained on another features table than %s", card.version, features_dir)
-    test = read_features(spark, features_dir).where(F.col("split") == "test")
-    return mllib_classify(folder, test, card.classes, ("image_id", "label"))
+    return read_features(spark, features_dir).where(F.col("split") == "test")
+
+
+def mllib_predictions(spark: SparkSession, cfg: Config, folder: Path, card: ModelCard) -> DataFrame:
+    """``image_id, label, prediction (class index), probability, probabilities`` for the features
+    table's test rows."""
+    return mllib_classify(folder, test_features(spark, cfg, card), card.classes, ("image_id", "label"))
+
+
+def tiles_predictions(spark: SparkSession, cfg: Config, folder: Path, card: ModelCard) -> DataFrame:
+    """A ``tiles_*`` model's outputs and ``tile_count`` for each test image, from its tiles' rows
+    of the features table: grouped by image (one shuffle), each image's tiles in raster order."""
+    test = test_features(spark, cfg, card).select("image_id", "label", "tile_y", "tile_x", "features")
+    grouped = test.repartition(cfg.spark.shuffle_partitions, "image_id").sortWithinPartitions(
+        "image_id", "tile_y", "tile_x"
+    )
+    model = inference.TorchModel.from_card(folder, card)
+    predictor = inference.Predictor(model, cfg.evaluate.batch_size, cfg.evaluate.threads)
+    return grouped.mapInArrow(lambda it: inference.predict_tiles(it, predictor), inference.tiles_schema(predictor))
 
 
 def torch_predictions(
@@ -236,6 +257,8 @@ def evaluate_model(
     folder = model_dir(cfg, kind)
     if kind == "mllib":
         frame = mllib_predictions(spark, cfg, folder, card)
+    elif kind in TILE_KINDS:
+        frame = tiles_predictions(spark, cfg, folder, card)
     else:
         frame = torch_predictions(spark, cfg, folder, card)
     if card.task == "anomaly":
@@ -347,7 +370,8 @@ def run(cfg: Config, spark: SparkSession) -> Path:
     root = Path(cfg.data.root)
     with runner.StageRun(STAGE, root, spark, Path(cfg.evaluate.reports), lock_wait=cfg.data.lock_wait_s) as run:
         with run.phase("read"):
-            cards = {kind: read_card(model_dir(cfg, kind)) for kind in cfg.evaluate.models}
+            every = (*cfg.evaluate.models, *cfg.evaluate.baselines)
+            cards = {kind: read_card(model_dir(cfg, kind)) for kind in every}
             for kind, card in cards.items():
                 if card.kind != kind:
                     raise SourceError(f"{model_dir(cfg, kind)} holds a {card.kind} model, not {kind}")
@@ -360,6 +384,7 @@ def run(cfg: Config, spark: SparkSession) -> Path:
             if {"mllib", "cnn"} <= set(results) and cards["mllib"].classes == cards["cnn"].classes:
                 confidence = cfg.score.cascade.confidence
                 cascade = cascade_metrics(predictions["mllib"], predictions["cnn"], cards["cnn"].classes, confidence)
+            baselines = {kind: results.pop(kind) | {"baseline": True} for kind in cfg.evaluate.baselines}
         with run.phase("gate"):
             challengers = {task: challenger(results, task) for task in set(TASKS.values())}
             table = gate_table(results, champions, challengers)
@@ -375,9 +400,10 @@ def run(cfg: Config, spark: SparkSession) -> Path:
         with run.phase("publish"):
             rejected = settle(cfg, cards, results, challengers, gate_result)
             # In the order evaluate.models lists the candidates (what dvc metrics show lists).
-            manifest.write(run.staging, metrics_document(cfg, results, cascade, gate_result), METRICS, sort_keys=False)
+            document = metrics_document(cfg, results, baselines, cascade, gate_result)
+            manifest.write(run.staging, document, METRICS, sort_keys=False)
         inputs = {kind: {"folder": str(model_dir(cfg, kind)), "version": card.version} for kind, card in cards.items()}
-        counts = {kind: {"test_rows": r.get("test_rows")} for kind, r in results.items()}
+        counts = {kind: {"test_rows": r.get("test_rows")} for kind, r in (results | baselines).items()}
         params = cfg.section("evaluate", "gate.model", "data")
         reports = run.finish(gate_result, run.manifest(params, inputs, counts, gate_result), blocking=False)
     for kind, result in results.items():
@@ -404,10 +430,14 @@ def run(cfg: Config, spark: SparkSession) -> Path:
 
 
 def metrics_document(
-    cfg: Config, results: dict[str, dict[str, Any]], cascade: dict[str, Any] | None, gate_result: gate.GateResult
+    cfg: Config,
+    results: dict[str, dict[str, Any]],
+    baselines: dict[str, dict[str, Any]],
+    cascade: dict[str, Any] | None,
+    gate_result: gate.GateResult,
 ) -> dict[str, Any]:
-    """``metrics.json``: the champions' headline figures (after this run's promotions) and every
-    candidate's figures."""
+    """``metrics.json``: the champions' headline figures (after this run's promotions), every
+    candidate's figures and, when ``evaluate.baselines`` names any, theirs (not gated)."""
     classifier = read_champion(cfg, "classifier")
     anomaly = read_champion(cfg, "anomaly")
     return {
@@ -418,13 +448,14 @@ def metrics_document(
             {"kind": anomaly.kind, "version": anomaly.version, "auroc": anomaly.figure("auroc")} if anomaly else None
         ),
         "models": results,
+        **({"baselines": baselines} if baselines else {}),
         "cascade": cascade,
         "gate": gate_result.for_manifest(),
     }
 
 
 def _precheck(cfg: Config) -> None:
-    for kind in cfg.evaluate.models:
+    for kind in (*cfg.evaluate.models, *cfg.evaluate.baselines):
         read_card(model_dir(cfg, kind))
 
 

@@ -96,20 +96,6 @@ def whole_image_batches(batches: Iterator[pa.RecordBatch], extractor: extractors
         yield pa.RecordBatch.from_pydict(columns)
 
 
-def image_tiles(data: bytes, cfg: IngestConfig, tiles_cfg: TilesConfig) -> Iterator[tuple[tiles.Tile, np.ndarray]]:
-    """``(tile, pixels)`` for every block of a source file, each resized to ``cfg.image_size``."""
-    from PIL import Image
-
-    full = images.decode_full(data, cfg)
-    for tile in tiles.checked_grid(full.shape[1], full.shape[0], tiles_cfg):
-        block = tiles.cut(full, tile, tiles_cfg.size, tuple(cfg.resize.fill))
-        if tiles_cfg.size != cfg.image_size:
-            block = np.asarray(
-                Image.fromarray(block).resize((cfg.image_size, cfg.image_size), images.RESAMPLE[cfg.resize.resample])
-            )
-        yield tile, block
-
-
 def _fetched(frame: pd.DataFrame, threads: int, max_bytes: int) -> Iterator[tuple[Any, bytes | Exception]]:
     """``(row, bytes or error)`` for each row, fetching ``threads`` sources at a time: full-size
     originals are large, so never a whole Arrow batch of them in memory at once."""
@@ -152,7 +138,7 @@ def tile_frames(
                 problem = "the source file changed since ingest (its sha256 is no longer the image_id)"
             else:
                 try:
-                    for tile, block in image_tiles(data, cfg, tiles_cfg):
+                    for tile, block in tiles.image_tiles(data, cfg, tiles_cfg):
                         box = {"box_x0": tile.x0, "box_y0": tile.y0, "box_x1": tile.x1, "box_y1": tile.y1}
                         records.append(
                             {**keys, "tile_x": tile.tile_x, "tile_y": tile.tile_y, **box, "raw": None, "problem": None}

@@ -1,10 +1,20 @@
 """Sample: the bundled, offline sample images, made from data that ships inside scikit-learn.
 
-Writes ``<data.root>/sample/digits/<class>/<class>_<n>.png`` (the 1,797 8x8 handwritten-digit
-scans, ink dark on white, upscaled to ``sample.image_size``) and
+``sample.kind: digits`` (the default pipeline) writes
+``<data.root>/sample/digits/<class>/<class>_<n>.png`` (the 1,797 8x8 handwritten-digit scans,
+ink dark on white, upscaled to ``sample.image_size``) and
 ``<data.root>/sample/photos/<name>/<name>.jpg`` (the real 640x427 photographs of
 ``sklearn.datasets.load_sample_images``, one class folder each, for tiling) and
 ``<data.root>/sample/inbox/`` (new unlabelled scans and two unusable files, for scoring).
+
+``sample.kind: grids`` (the large-image pipeline, ``grids/``) writes ``sample.grids.images``
+"large images" instead, each a ``side x side`` grid of distinct digit scans of
+``sample.image_size`` pixels, labelled by the order of the digits read row by row:
+``ascending``, ``descending`` or ``mixed`` (the three classes equally often), as
+``<data.root>/sample/grids/<class>/<class>_<n>.png``, plus an inbox of new grids
+(``sample.grids.inbox``, and a truncated file). Any set of digits appears in every class, so what
+the tiles show decides nothing without where they are: an order-blind model (mean pooling) is at
+chance, one that reads the tiles in raster order (``tiles_gru``) can learn it.
 
     python -m spark_jobs.sample [--params params.yaml] [--set sample.image_size=64]
 """
@@ -80,8 +90,66 @@ def write_inbox(folder: Path, cfg: SampleConfig, every: int = 15) -> int:
     return n
 
 
+GRID_CLASSES = ("ascending", "descending", "mixed")
+
+
+def grid_digits(label: str, side: int, rng: np.random.Generator) -> list[int]:
+    """``side * side`` distinct digits in the raster order ``label`` names."""
+    digits = rng.choice(10, side * side, replace=False)
+    if label == "ascending":
+        return sorted(int(d) for d in digits)
+    if label == "descending":
+        return sorted((int(d) for d in digits), reverse=True)
+    while np.all(np.diff(digits) > 0) or np.all(np.diff(digits) < 0):
+        digits = rng.permutation(digits)
+    return [int(d) for d in digits]
+
+
+def grid_label(digits: list[int]) -> str:
+    """The class of a grid from its digits in raster order (what :func:`grid_digits` made)."""
+    steps = np.diff(digits)
+    return "ascending" if np.all(steps > 0) else "descending" if np.all(steps < 0) else "mixed"
+
+
+def grid_images(cfg: SampleConfig, count: int, seed: int) -> Iterator[tuple[str, int, Image.Image]]:
+    """``(label, index, image)`` for ``count`` digit grids, the classes in turn."""
+    scans: dict[int, list[Image.Image]] = {}
+    for label, _index, image in digit_images(cfg):
+        scans.setdefault(int(label), []).append(image)
+    rng = np.random.default_rng(seed)
+    side, size = cfg.grids.side, cfg.image_size
+    for n in range(count):
+        label = GRID_CLASSES[n % len(GRID_CLASSES)]
+        canvas = Image.new("L", (side * size, side * size), 255)
+        for cell, digit in enumerate(grid_digits(label, side, rng)):
+            pool = scans[digit]
+            canvas.paste(pool[int(rng.integers(len(pool)))], ((cell % side) * size, (cell // side) * size))
+        yield label, n, canvas
+
+
+def write_grids(target: Path, cfg: SampleConfig) -> dict[str, int]:
+    """The grids sample: ``target/grids/<class>/`` and an inbox of new grids (another seed)."""
+    counts: dict[str, int] = {}
+    for label, index, image in grid_images(cfg, cfg.grids.images, cfg.grids.seed):
+        folder = target / "grids" / label
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{label}_{index:05d}.png", optimize=True)
+        counts[f"grids/{label}"] = counts.get(f"grids/{label}", 0) + 1
+    inbox = target / "inbox"
+    inbox.mkdir(parents=True)
+    for _label, index, image in grid_images(cfg, cfg.grids.inbox, cfg.grids.seed + 1):
+        image.save(inbox / f"grid_{index:05d}.png", optimize=True)
+    if cfg.grids.inbox:
+        whole = (inbox / f"grid_{0:05d}.png").read_bytes()
+        (inbox / "grid_truncated.png").write_bytes(whole[: len(whole) // 2])
+    counts["inbox"] = cfg.grids.inbox
+    return counts
+
+
 def write_sample(target: Path, cfg: SampleConfig) -> dict[str, int]:
     """Write the sample tree into the empty folder ``target`` and return per-folder counts."""
+    if cfg.kind == "grids":
+        return write_grids(target, cfg)
     counts: dict[str, int] = {}
     for label, index, image in digit_images(cfg):
         folder = target / "digits" / label
@@ -98,12 +166,14 @@ def run(cfg: Config, _spark: object = None) -> Path:
     with runner.StageRun(STAGE, cfg.data.root, None, target, lock_wait=cfg.data.lock_wait_s) as run:
         with run.phase("work"):
             counts = write_sample(run.staging, cfg.sample)
-        inputs = {"source": "sklearn.datasets.load_digits + load_sample_images"}
+        made = "digit grids" if cfg.sample.kind == "grids" else "digit images"
+        inputs = {"source": f"sklearn.datasets.load_digits ({made}) + load_sample_images"}
         target = run.finish(None, run.manifest(cfg.section("sample"), inputs, counts, None))
     log.info(
-        "wrote %d digit images and %d photos under %s",
-        sum(v for k, v in counts.items() if k.startswith("digits")),
-        counts["photos"],
+        "wrote %d %s (and %d photos) under %s",
+        sum(v for k, v in counts.items() if k.startswith(("digits", "grids"))),
+        made,
+        counts.get("photos", 0),
         target,
     )
     return target

@@ -15,7 +15,7 @@
   into predictions in the JVM.
 - Output: ``<data.root>/predictions/run_date=<UTC date>/run_id=<run>/`` Parquet rows with
   ``image_id, source_uri, predicted_label, probability, top_k, anomaly_score, is_anomaly,
-  model_version, model_kind, decided_by, job_version, scored_at``, plus the run's ``_manifest.json``.
+  tile_count, model_version, model_kind, decided_by, job_version, scored_at``, plus the run's ``_manifest.json``.
 - ``score.quantize: int8``: the cnn's static INT8 copy (version ``<version>-int8``).
 - ``score.cascade``: the light mllib model on every image, the heavy cnn only on those it is
   unsure of; ``decided_by`` says which model decided each row.
@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from spark_jobs.core import manifest, runner, store
-from spark_jobs.core.config import ClassicalConfig, Config, ConfigError, IngestConfig
+from spark_jobs.core.config import TILE_KINDS, ClassicalConfig, Config, ConfigError, IngestConfig
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.tables import QUARANTINE_COLUMNS
 from spark_jobs.imaging import images as images_lib
@@ -76,7 +76,8 @@ QUARANTINE = "score_quarantine"
 PREDICTION_SCHEMA = (
     "image_id string, source_uri string, predicted_label string, probability float, "
     "top_k array<struct<label:string,probability:float>>, anomaly_score double, is_anomaly boolean, "
-    "model_version string, model_kind string, decided_by string, job_version string, scored_at timestamp"
+    "tile_count int, model_version string, model_kind string, decided_by string, job_version string, "
+    "scored_at timestamp"
 )
 PREDICTION_COLUMNS = tuple(f.split()[0] for f in PREDICTION_SCHEMA.split(", "))
 QUARANTINE_SCHEMA = pa.schema([(c, pa.int64() if c == "size_bytes" else pa.string()) for c in QUARANTINE_COLUMNS])
@@ -102,7 +103,12 @@ def read_predictions(spark: SparkSession, folder: Path) -> DataFrame | None:
     """Every published prediction (with ``run_date`` and ``run_id``), or None before the first run."""
     if not committed_runs(folder):
         return None
-    return spark.read.option("basePath", str(folder)).parquet(*[str(p) for p in committed_runs(folder)])
+    # mergeSchema: runs written before a column was added (tile_count) read it as null.
+    return (
+        spark.read.option("basePath", str(folder))
+        .option("mergeSchema", "true")
+        .parquet(*[str(p) for p in committed_runs(folder)])
+    )
 
 
 def _published_rows(folder: Path, columns: list[str], where: Any = None) -> pa.Table | None:
@@ -216,6 +222,23 @@ def mllib_predictions(usable: DataFrame, folder: Path, card: ModelCard, k: int) 
     return rows.mapInArrow(lambda it: scoring.top_k_batches(it, classes, k), schema)
 
 
+def tile_head(folder: Path, card: ModelCard, cfg: Config) -> scoring.TileHead:
+    """A ``tiles_*`` model with the extractor its tile features were made with (its
+    ``extractor.json``) and the cut its card records."""
+    spec = json.loads((folder / extractors.EXTRACTOR).read_text())
+    if spec.get("kind") != "cnn" or card.tiles is None:
+        raise ConfigError(
+            f"{folder}: scoring a {card.kind} model needs tile features of a cnn backbone (features.kind=cnn); "
+            f"it was trained on {spec.get('kind')} features. Evaluate reports it; train it on cnn tiles to score"
+        )
+    model = inference.TorchModel.from_card(folder, card)
+    predictor = inference.Predictor(model, cfg.score.batch_size, cfg.score.threads)
+    extractor = extractors.Cnn.from_spec(spec)
+    return scoring.TileHead(
+        predictor, extractor, card.tiles, card.ingest_settings, tuple(card.classes), cfg.score.top_k
+    )
+
+
 def torch_head(folder: Path, card: ModelCard, cfg: Config) -> scoring.TorchHead:
     """The cnn or autoencoder of ``folder`` (its INT8 copy with ``score.quantize: int8``), run in
     forward passes of ``score.batch_size`` with ``score.threads`` torch threads per task."""
@@ -311,6 +334,8 @@ class Scorer:
             return scoring.Descriptors(classical_extractor(self.light_folder))
         if self.card.kind == "mllib":
             return scoring.Descriptors(classical_extractor(self.folder))
+        if self.card.kind in TILE_KINDS:
+            return tile_head(self.folder, self.card, cfg)
         return torch_head(self.folder, self.card, cfg)
 
     def labels(self) -> list[str]:

@@ -31,23 +31,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from spark_jobs.core import manifest, runner
-from spark_jobs.core.config import Config, ConfigError, IngestConfig, params_hash
+from spark_jobs.core import manifest, runner, store
+from spark_jobs.core.config import BACKBONES, TILE_KINDS, Config, ConfigError, IngestConfig, params_hash
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError
 from spark_jobs.core.tables import ingested_with, published, read_features, split_class_counts
-from spark_jobs.ml import training
+from spark_jobs.ml import models, training
 from spark_jobs.ml.cards import (
     ARCHITECTURES,
     CALIBRATION,
     CARD,
     TASKS,
     WEIGHTS,
+    BackboneCard,
     CardData,
+    InitRecord,
     ModelCard,
     ModelFiles,
     TrainingRecord,
     model_dir,
+    read_backbone_card_bytes,
 )
 from spark_jobs.ml.extractors import EXTRACTOR
 from spark_jobs.ml.mllib import CLASSIFIER, TRANSFORM, mllib_estimator, mllib_input
@@ -61,11 +64,18 @@ STAGE = "train"
 CALIBRATION_IMAGES = 256
 
 
+def reads_features(kind: str) -> bool:
+    """Whether a model trains on the features table (``mllib``, ``tiles_*``) or on the ingested pixels."""
+    return kind == "mllib" or kind in TILE_KINDS
+
+
 def train_input(cfg: Config, kind: str) -> tuple[Path, dict[str, int]]:
-    """``(the published table the model trains on, its train rows per class)``: the features
-    table for ``mllib``, the ingested images otherwise; counts from the table's manifest."""
-    folder = published(cfg.data.root, "features" if kind == "mllib" else "ingest")
-    counts = split_class_counts(folder).get("train") or {}
+    """``(the published table the model trains on, its train images per class)``: the features
+    table for ``mllib`` and ``tiles_*``, the ingested images otherwise; counts from the manifests
+    (the ingest table's: a tiles features table has a row per tile, not per image)."""
+    folder = published(cfg.data.root, "features" if reads_features(kind) else "ingest")
+    source = published(cfg.data.root, "ingest") if kind in TILE_KINDS else folder
+    counts = split_class_counts(source).get("train") or {}
     if not counts:
         raise SourceError(f"no train rows in {folder}: check ingest.split")
     return folder, counts
@@ -100,14 +110,107 @@ def train_mllib(cfg: Config, spark: SparkSession, folder: Path, features_dir: Pa
     }
 
 
-def torch_spec(cfg: Config, kind: str, classes: list[str], weights: list[float] | None, ingest_dir: Path) -> dict:
-    """The plain spec :func:`spark_jobs.ml.training.fit` runs from (no checkpoint or output paths yet)."""
+def tiles_extractor(features_dir: Path) -> dict[str, Any]:
+    """The features table's ``extractor.json``, checked to describe tiles (what ``tiles_*`` read)."""
+    spec = json.loads((features_dir / EXTRACTOR).read_text())
+    if not spec.get("tiles"):
+        raise ConfigError(
+            f"the tiles_* models read an image as its tiles, but {features_dir} holds one vector per image: "
+            "run the features stage with features.tiles.enabled=true"
+        )
+    return spec
+
+
+def init_backbone(cfg: Config) -> InitRecord | None:
+    """The backbone ``train.cnn.init`` names (a state dict: path or ``s3://`` URI), described by the
+    backbone card beside it (architecture and width), else by ``train.cnn.init_architecture`` and
+    the dict's shapes; read by the restricted loader and checked to load here, on the driver."""
+    c = cfg.train.cnn
+    if c.init is None:
+        return None
+    uri = c.init if c.init.startswith(("s3://", "file:")) else store.local_uri(c.init)
+    if models.backbone_format(uri) != "state_dict":
+        raise ConfigError(f"train.cnn.init {c.init}: a backbone state dict (.pt/.pth) is needed to fine-tune")
+    data = models.read_backbone_bytes(uri)
+    card_uri = uri.rsplit("/", 1)[0] + "/" + CARD
+    try:
+        card: BackboneCard | None = read_backbone_card_bytes(store.fetch(card_uri), card_uri)
+    except store.FetchError:
+        card = None
+    architecture = card.architecture if card is not None else c.init_architecture
+    if architecture is None:
+        raise ConfigError(
+            f"train.cnn.init {c.init} has no backbone card ({CARD}) beside it: set train.cnn.init_architecture "
+            f"to one of {list(BACKBONES)}"
+        )
+    try:
+        state = models.backbone_state(architecture, models.load_tensors(data))
+        width = models.backbone_width(architecture, state)
+        models.ARCHITECTURES[architecture](state).load_state_dict(state)
+    except models.BackboneError:
+        raise
+    except Exception as exc:
+        raise models.BackboneError(
+            f"train.cnn.init {c.init} does not load as a {architecture} state dict: {exc}"
+        ) from None
+    if card is not None and card.width != width:
+        raise models.BackboneError(
+            f"train.cnn.init {c.init}: its card says width {card.width}, its weights have {width}"
+        )
+    return InitRecord(
+        uri=uri,
+        sha256=hashlib.sha256(data).hexdigest(),
+        architecture=architecture,
+        width=width,
+        card=card_uri if card is not None else None,
+    )
+
+
+def torch_spec(
+    cfg: Config, kind: str, classes: list[str], weights: list[float] | None, source: Path, ingest_dir: Path
+) -> dict:
+    """The plain spec :func:`spark_jobs.ml.training.fit` runs from (no checkpoint or output paths
+    yet); ``source`` is the table the model reads (the ingested images, or the tiles features)."""
     t = cfg.train
     ingest_size = ingested_with(ingest_dir).image_size
+    exclude: list[str] = []
+    data_sha = manifest.file_hash(source / manifest.MANIFEST)
+    if kind in TILE_KINDS:
+        hp = t.tiles.model_dump()
+        arch = {
+            "dim": int(tiles_extractor(source)["dim"]),
+            "classes": len(classes),
+            "aggregate": kind.removeprefix("tiles_"),
+            "hidden": hp["hidden"],
+            "bidirectional": hp["bidirectional"],
+            "dropout": hp["dropout"],
+        }
+        return {
+            "kind": kind,
+            "input": "tiles",
+            "architecture": ARCHITECTURES[kind],
+            "arch": arch,
+            "hp": hp,
+            "classes": classes,
+            "class_weights": weights,
+            "exclude_classes": exclude,
+            "images": str((source / "features.parquet").absolute()),
+            "seed": t.seed,
+            "threads": t.threads,
+            "checkpoint_every": t.checkpoint_every,
+            "world": t.num_processes,
+            "data": data_sha,
+        }
     hp = (t.cnn if kind == "cnn" else t.autoencoder).model_dump()
+    architecture = ARCHITECTURES[kind]
+    init = None
     if kind == "cnn":
         arch = {"width": hp["width"], "classes": len(classes), "dropout": hp["dropout"]}
-        exclude: list[str] = []
+        record = init_backbone(cfg)
+        if record is not None:  # the architecture and width are the backbone's
+            architecture = f"{record.architecture}_classifier"
+            arch["width"] = record.width
+            init = {"uri": record.uri, "sha256": record.sha256, "architecture": record.architecture}
     else:
         if ingest_size % 8:
             raise ConfigError(f"the autoencoder needs image sides that are multiples of 8; ingest made {ingest_size}px")
@@ -115,7 +218,8 @@ def torch_spec(cfg: Config, kind: str, classes: list[str], weights: list[float] 
         exclude = [hp["holdout_class"]] if hp["holdout_class"] is not None else []
     return {
         "kind": kind,
-        "architecture": ARCHITECTURES[kind],
+        "architecture": architecture,
+        "init": init,
         "arch": arch,
         "hp": hp,
         "classes": classes,
@@ -127,14 +231,15 @@ def torch_spec(cfg: Config, kind: str, classes: list[str], weights: list[float] 
         "checkpoint_every": t.checkpoint_every,
         "threshold_percentile": t.autoencoder.threshold_percentile,
         "world": t.num_processes,
-        "data": manifest.file_hash(ingest_dir / manifest.MANIFEST),
+        "data": data_sha,
     }
 
 
 def train_torch(
-    cfg: Config, spark: SparkSession, folder: Path, kind: str, ingest_dir: Path, counts: dict[str, int]
+    cfg: Config, spark: SparkSession, folder: Path, kind: str, source: Path, counts: dict[str, int]
 ) -> dict[str, Any]:
-    """Train ``cnn`` or ``autoencoder`` with TorchDistributor; rank 0 writes ``folder/model.pt``."""
+    """Train ``cnn``, ``autoencoder`` or a ``tiles_*`` model with TorchDistributor; rank 0 writes
+    ``folder/model.pt``. ``source``: the ingested images, or the tiles features table."""
     from pyspark.ml.torch.distributor import TorchDistributor
 
     classes = sorted(counts)
@@ -142,9 +247,10 @@ def train_torch(
     if kind == "autoencoder" and holdout is not None and holdout not in counts:
         raise ConfigError(f"train.autoencoder.holdout_class {holdout!r} is not a class of the data ({classes})")
     weights = None
-    if kind == "cnn":
+    if kind != "autoencoder":
         weights = training.class_weights(counts, classes, cfg.train.class_weighting, cfg.train.skew_ratio)
-    spec = torch_spec(cfg, kind, classes, weights, ingest_dir)
+    ingest_dir = published(cfg.data.root, "ingest")
+    spec = torch_spec(cfg, kind, classes, weights, source, ingest_dir)
     checkpoints = training.checkpoint_dir(cfg.data.root, spec)
     spec |= {"checkpoint_dir": str(checkpoints), "output": str((folder / WEIGHTS).absolute())}
     if (checkpoints / training.STATE).exists():
@@ -174,6 +280,15 @@ def train_torch(
         "weights_sha256": hashlib.sha256(weights_file.read_bytes()).hexdigest(),
         "training": TrainingRecord(**result),
     }
+    if kind == "cnn" and spec["init"] is not None:
+        details["init"] = init_backbone(cfg)
+    if kind in TILE_KINDS:  # the extractor and the cut that scoring repeats on new images
+        extractor = tiles_extractor(source)
+        shutil.copy2(source / EXTRACTOR, folder / EXTRACTOR)
+        details["feature_kind"] = extractor["kind"]
+        details["files"] = ModelFiles(weights=WEIGHTS, extractor=EXTRACTOR)
+        details["tiles"] = extractor["tiles"]
+        details["data"] = {"features_manifest_sha256": spec["data"]}
     if kind == "autoencoder":
         details["threshold"] = result["threshold"]
         details["threshold_percentile"] = cfg.train.autoencoder.threshold_percentile
@@ -183,7 +298,7 @@ def train_torch(
 def ingest_of(cfg: Config, kind: str) -> tuple[IngestConfig, str]:
     """The settings and manifest hash of the ingest table the model's input came from: the
     mllib model reads only the features table (whose manifest records its ingest input)."""
-    if kind == "mllib":
+    if reads_features(kind):
         features = manifest.read(published(cfg.data.root, "features"))
         return features.ingest_settings(), features.ingest_manifest_sha256()
     ingest_dir = published(cfg.data.root, "ingest")
@@ -193,8 +308,9 @@ def ingest_of(cfg: Config, kind: str) -> tuple[IngestConfig, str]:
 def used_params(cfg: Config, kind: str) -> dict[str, Any]:
     """The ``train`` params that shaped this model (not the other models' sections)."""
     section = cfg.section("train")["train"]
-    for other in ("mllib", "cnn", "autoencoder"):
-        if other != kind:
+    own = "tiles" if kind in TILE_KINDS else kind
+    for other in ("mllib", "cnn", "autoencoder", "tiles"):
+        if other != own:
             section.pop(other)
     if kind == "mllib":
         for key in ("num_processes", "local_mode", "threads", "checkpoint_every"):
@@ -246,7 +362,11 @@ def run(cfg: Config, spark: SparkSession) -> Path:
 
 
 def _precheck(cfg: Config) -> None:
-    published(cfg.data.root, "features" if cfg.train.model == "mllib" else "ingest")
+    source = published(cfg.data.root, "features" if reads_features(cfg.train.model) else "ingest")
+    if cfg.train.model in TILE_KINDS:
+        tiles_extractor(source)
+    if cfg.train.model == "cnn":
+        init_backbone(cfg)  # a state dict that does not load: exit 2 before Spark starts
 
 
 def main(argv: list[str] | None = None) -> int:

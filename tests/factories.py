@@ -113,10 +113,11 @@ def photo_tree(root: Path) -> Path:
     return root
 
 
-def dvc_view(root: Path = REPO) -> dict[str, dict]:
-    """The pipeline as DVC itself reads ``root``'s dvc.yaml (its Python API: ``foreach`` expanded,
-    ``${...}`` interpolated): ``{stage: {"cmd", "deps", "params", "outs", "needs"}}``, the reference
-    the DAG and config tests compare against (independent of the plugin's own reading)."""
+def dvc_view(root: Path = REPO, dvcfile: str = "dvc.yaml") -> dict[str, dict]:
+    """The pipeline as DVC itself reads ``root``'s ``dvcfile`` (its Python API: ``foreach``
+    expanded, ``${...}`` interpolated): ``{stage: {"cmd", "deps", "params", "outs", "needs"}}``
+    (``needs``: stages of the same file), the reference the DAG and config tests compare against
+    (independent of the plugin's own reading)."""
     from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
     from dvc.stage import PipelineStage
@@ -130,8 +131,8 @@ def dvc_view(root: Path = REPO) -> dict[str, dict]:
                 "deps": [d.def_path for d in s.deps if not isinstance(d, ParamsDependency)],
                 "params": [k for d in s.deps if isinstance(d, ParamsDependency) for k in d.params],
                 "outs": [o.def_path for o in s.outs],
-                "needs": {n.name for n in graph.successors(s)},
+                "needs": {n.name for n in graph.successors(s) if n.dvcfile.relpath == dvcfile},
             }
             for s in repo.index.stages
-            if isinstance(s, PipelineStage)
+            if isinstance(s, PipelineStage) and s.dvcfile.relpath == dvcfile
         }

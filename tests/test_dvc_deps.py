@@ -44,19 +44,23 @@ def import_closure(path: str) -> set[str]:
     return seen
 
 
-def _stages() -> dict[str, dict]:
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+# Each pipeline file and where spark_jobs/ is from its folder (a stage's wdir).
+DVC_FILES = {"dvc.yaml": "", "grids/dvc.yaml": "../"}
+
+
+def _stages(dvcfile: str) -> dict[str, dict]:
+    stages = yaml.safe_load((REPO / dvcfile).read_text())["stages"]
     return {name: stage.get("do", stage) for name, stage in stages.items()}
 
 
-@pytest.mark.parametrize("stage", sorted(_stages()))
-def test_deps_are_the_import_closure_of_the_stage_s_command(stage: str) -> None:
-    body = _stages()[stage]
+@pytest.mark.parametrize(("dvcfile", "stage"), [(f, s) for f in DVC_FILES for s in sorted(_stages(f))])
+def test_deps_are_the_import_closure_of_the_stage_s_command(dvcfile: str, stage: str) -> None:
+    body, prefix = _stages(dvcfile)[stage], DVC_FILES[dvcfile]
     module = re.search(r"python -m spark_jobs\.(\w+)", body["cmd"]).group(1)
-    listed = {d for d in body["deps"] if d.startswith("spark_jobs/")}
+    listed = {d.removeprefix(prefix) for d in body["deps"] if d.startswith(f"{prefix}spark_jobs/")}
     closure = import_closure(f"spark_jobs/{module}.py")
-    assert not closure - listed, f"{stage}: imports {sorted(closure - listed)} but dvc.yaml does not list them"
-    assert not listed - closure, f"{stage}: dvc.yaml lists {sorted(listed - closure)}, which it does not import"
+    assert not closure - listed, f"{stage}: imports {sorted(closure - listed)} but {dvcfile} does not list them"
+    assert not listed - closure, f"{stage}: {dvcfile} lists {sorted(listed - closure)}, which it does not import"
 
 
 def test_the_closure_follows_imports_inside_functions() -> None:

@@ -20,29 +20,40 @@ def _stages() -> dict:
     return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
-def _expanded() -> dict[str, tuple[str, dict]]:
-    """``{stage name as DVC shows it: (module, definition)}`` as DVC reads dvc.yaml (``foreach``
-    stages expanded as ``train@cnn``, every ``${...}`` filled in from params.yaml)."""
-    return {name: (name.partition("@")[0], stage) for name, stage in dvc_view().items()}
+# Each pipeline: its dvc.yaml, the params file its stages read, and spark_jobs/ from its folder.
+PIPELINES = {"dvc.yaml": ("params.yaml", ""), "grids/dvc.yaml": ("grids/params.yaml", "../")}
 
 
-def test_every_stage_is_a_module_with_a_params_section() -> None:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for name, (module, stage) in _expanded().items():
+def _expanded(dvcfile: str = "dvc.yaml") -> dict[str, tuple[str, dict]]:
+    """``{stage name as DVC shows it: (module, definition)}`` as DVC reads ``dvcfile`` (``foreach``
+    stages expanded as ``train@cnn``, every ``${...}`` filled in from its params.yaml)."""
+    return {name: (name.partition("@")[0], stage) for name, stage in dvc_view(REPO, dvcfile).items()}
+
+
+@pytest.mark.parametrize("dvcfile", sorted(PIPELINES))
+def test_every_stage_is_a_module_with_a_params_section(dvcfile: str) -> None:
+    params_file, prefix = PIPELINES[dvcfile]
+    params = yaml.safe_load((REPO / params_file).read_text())
+    for name, (module, stage) in _expanded(dvcfile).items():
         assert stage["cmd"].split(" --set ")[0] == f"python -m spark_jobs.{module}", name
         assert (REPO / "spark_jobs" / f"{module}.py").exists()
-        assert f"spark_jobs/{module}.py" in stage["deps"]
-        assert module in params, f"params.yaml has no section for stage {module}"
+        assert f"{prefix}spark_jobs/{module}.py" in stage["deps"]
+        assert module in params, f"{params_file} has no section for stage {module}"
 
 
-def test_every_stage_param_exists() -> None:
-    tree = load_config(REPO / "params.yaml").model_dump(mode="json")
-    for name, (_, stage) in _expanded().items():
+@pytest.mark.parametrize("dvcfile", sorted(PIPELINES))
+def test_every_stage_param_exists(dvcfile: str) -> None:
+    params_file, _ = PIPELINES[dvcfile]
+    tree = load_config(REPO / params_file).model_dump(mode="json")
+    raw = yaml.safe_load((REPO / params_file).read_text())
+    for name, (_, stage) in _expanded(dvcfile).items():
         for key in stage.get("params", []):
-            node = tree
+            node, written = tree, raw
             for part in key.split("."):
                 assert part in node, f"stage {name} lists param {key}, which params.yaml does not define"
-                node = node[part]
+                # DVC reads the file itself: a tracked key must be written there, not a default
+                assert part in written, f"stage {name} tracks {key}, which {params_file} does not write"
+                node, written = node[part], written[part]
 
 
 def _leaves(tree: dict, prefix: str = "") -> set[str]:
@@ -62,49 +73,55 @@ MANIFEST_SECTIONS = {
 }
 
 
-def test_no_stage_lists_a_speed_only_param() -> None:
+@pytest.mark.parametrize("dvcfile", sorted(PIPELINES))
+def test_no_stage_lists_a_speed_only_param(dvcfile: str) -> None:
     from spark_jobs.core.config import SPEED_ONLY
 
-    for name, (_, stage) in _expanded().items():
+    for name, (_, stage) in _expanded(dvcfile).items():
         for key in stage.get("params", []):
             hit = [s for s in SPEED_ONLY if s == key or s.startswith(key + ".")]
             assert not hit, f"stage {name} lists {key}, which holds speed-only {hit}: changing them would re-run it"
 
 
-@pytest.mark.parametrize("stage", sorted(MANIFEST_SECTIONS))
-def test_a_manifest_records_exactly_the_params_dvc_tracks(stage: str) -> None:
-    cfg = load_config(REPO / "params.yaml")
+@pytest.mark.parametrize(("dvcfile", "stage"), [(f, s) for f in sorted(PIPELINES) for s in sorted(MANIFEST_SECTIONS)])
+def test_a_manifest_records_exactly_the_params_dvc_tracks(dvcfile: str, stage: str) -> None:
+    cfg = load_config(REPO / PIPELINES[dvcfile][0])
     recorded: set[str] = set()
     for section, tree in cfg.section(*MANIFEST_SECTIONS[stage]).items():
         recorded |= _leaves(tree, section + ".") if isinstance(tree, dict) else {section}
     tops = {section.split(".")[0] for section in MANIFEST_SECTIONS[stage]}
-    tracked = [k for k in _expanded()[stage][1]["params"] if k.split(".")[0] in tops]
+    tracked = [k for k in _expanded(dvcfile)[stage][1]["params"] if k.split(".")[0] in tops]
     uncovered = [leaf for leaf in recorded if not any(leaf == k or leaf.startswith(k + ".") for k in tracked)]
     assert not uncovered, f"{stage}'s manifest records {uncovered}, which dvc.yaml does not track"
     unrecorded = [k for k in tracked if not any(leaf == k or leaf.startswith(k + ".") for leaf in recorded)]
     assert not unrecorded, f"dvc.yaml tracks {unrecorded} for {stage}, which its manifest does not record"
 
 
-def test_stage_code_deps_exist() -> None:
-    for _, stage in _expanded().values():
+@pytest.mark.parametrize("dvcfile", sorted(PIPELINES))
+def test_stage_code_deps_exist(dvcfile: str) -> None:
+    folder = (REPO / dvcfile).parent
+    for _, stage in _expanded(dvcfile).values():
         for dep in stage["deps"]:
-            if dep.startswith("spark_jobs/"):
-                assert (REPO / dep).exists(), dep
+            if "spark_jobs/" in dep:
+                assert (folder / dep).exists(), dep
 
 
-def test_train_stages_are_the_evaluated_models() -> None:
-    stages = _expanded()
-    params = load_config(REPO / "params.yaml")
+@pytest.mark.parametrize("dvcfile", sorted(PIPELINES))
+def test_train_stages_are_the_evaluated_models(dvcfile: str) -> None:
+    from spark_jobs.core.config import TILE_KINDS
+
+    stages = _expanded(dvcfile)
+    params = load_config(REPO / PIPELINES[dvcfile][0])
     trained = {name.split("@")[1] for name in stages if name.startswith("train@")}
-    assert trained == set(params.evaluate.models)
+    assert trained == set(params.evaluate.models) | set(params.evaluate.baselines)
     for kind in trained:
         _, stage = stages[f"train@{kind}"]
         assert stage["cmd"] == f"python -m spark_jobs.train --set train.model={kind}"
-        assert f"train.{kind}" in stage["params"]
+        assert f"train.{'tiles' if kind in TILE_KINDS else kind}" in stage["params"]
         assert stage["outs"] == [f"{params.train.output}/{kind}"]
         assert f"{params.train.output}/{kind}" in stages["evaluate"][1]["deps"]
-    assert f"{params.data.root}/features" in stages["train@mllib"][1]["deps"]
-    assert f"{params.data.root}/ingest" in stages["train@cnn"][1]["deps"]
+        reads = "features" if kind == "mllib" or kind in TILE_KINDS else "ingest"
+        assert f"{params.data.root}/{reads}" in stage["deps"]
 
 
 def test_features_depend_on_ingest_output_and_the_backbone_file() -> None:

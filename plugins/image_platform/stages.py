@@ -68,10 +68,11 @@ class DvcStage:
 
 
 @functools.cache
-def pipeline(root: Path = REPO) -> dict[str, DvcStage]:
-    """Every stage of ``root``'s ``dvc.yaml`` in DVC's order, read by DVC itself (its index and
-    stage graph), so the DAGs run exactly what ``dvc repro`` runs. Reads files only: no lock, no
-    cache, no network (about 0.5 s here, once per parsing process)."""
+def pipeline(root: Path = REPO, dvcfile: str = "dvc.yaml") -> dict[str, DvcStage]:
+    """Every stage of ``root``'s ``dvcfile`` (``dvc.yaml``, or ``grids/dvc.yaml`` of the
+    large-image pipeline) in DVC's order, read by DVC itself (its index and stage graph), so the
+    DAGs run exactly what ``dvc repro`` runs; ``needs`` names stages of the same file. Reads files
+    only: no lock, no cache, no network (about 0.5 s here, once per parsing process)."""
     from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
     from dvc.stage import PipelineStage
@@ -82,7 +83,7 @@ def pipeline(root: Path = REPO) -> dict[str, DvcStage]:
         graph = repo.index.graph
         out = {}
         for stage in repo.index.stages:
-            if not isinstance(stage, PipelineStage):
+            if not isinstance(stage, PipelineStage) or stage.dvcfile.relpath != dvcfile:
                 continue
             params = [key for d in stage.deps if isinstance(d, ParamsDependency) for key in d.params]
             out[stage.name] = DvcStage(
@@ -90,19 +91,23 @@ def pipeline(root: Path = REPO) -> dict[str, DvcStage]:
                 deps=tuple(str(d.def_path) for d in stage.deps if not isinstance(d, ParamsDependency)),
                 params=tuple(params),
                 outs=tuple(str(o.def_path) for o in stage.outs),
-                needs=frozenset(s.name for s in graph.successors(stage) if isinstance(s, PipelineStage)),
+                needs=frozenset(
+                    s.name
+                    for s in graph.successors(stage)
+                    if isinstance(s, PipelineStage) and s.dvcfile.relpath == dvcfile
+                ),
             )
     return out
 
 
-def dvc_commands(root: Path = REPO) -> dict[str, StageCommand]:
-    """Every stage of ``dvc.yaml`` (``foreach`` stages as ``name@key``) and its command."""
-    return {name: stage.command for name, stage in pipeline(root).items()}
+def dvc_commands(root: Path = REPO, dvcfile: str = "dvc.yaml") -> dict[str, StageCommand]:
+    """Every stage of ``dvcfile`` (``foreach`` stages as ``name@key``) and its command."""
+    return {name: stage.command for name, stage in pipeline(root, dvcfile).items()}
 
 
-def pipeline_graph(root: Path = REPO) -> dict[str, set[str]]:
-    """Each stage of ``dvc.yaml`` and the stages it needs, as DVC's graph has them."""
-    return {name: set(stage.needs) for name, stage in pipeline(root).items()}
+def pipeline_graph(root: Path = REPO, dvcfile: str = "dvc.yaml") -> dict[str, set[str]]:
+    """Each stage of ``dvcfile`` and the stages of it that it needs, as DVC's graph has them."""
+    return {name: set(stage.needs) for name, stage in pipeline(root, dvcfile).items()}
 
 
 def _parse(name: str, cmd: str | list[str]) -> StageCommand:

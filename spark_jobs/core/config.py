@@ -92,9 +92,18 @@ class SparkConfig(_Section):
     conf: dict[str, str] = Field(default_factory=dict)
 
 
+class GridsConfig(_Section):
+    images: int = Field(1800, ge=3, le=1_000_000)
+    side: int = Field(2, ge=2, le=3)  # cells per side; the digits of a grid are distinct
+    inbox: int = Field(60, ge=0)
+    seed: Seed = 0
+
+
 class SampleConfig(_Section):
+    kind: Literal["digits", "grids"] = "digits"
     image_size: int = Field(32, ge=8, le=1024)
     resample: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bicubic"
+    grids: GridsConfig = GridsConfig()
 
 
 class ResizeConfig(_Section):
@@ -236,7 +245,10 @@ class BackboneConfig(_Section):
     output: str = "models/backbone"
 
 
-ModelKind = Literal["mllib", "cnn", "autoencoder"]
+ModelKind = Literal["mllib", "cnn", "autoencoder", "tiles_mean", "tiles_gru"]
+# The models that read an image as the sequence of its tiles' feature vectors (features.tiles).
+TILE_KINDS = ("tiles_mean", "tiles_gru")
+BACKBONES = ("small_cnn", "resnet18")
 
 
 class MllibConfig(_Section):
@@ -256,6 +268,20 @@ class CnnTrainConfig(_Section):
     learning_rate: float = Field(0.003, gt=0.0)
     weight_decay: float = Field(0.0001, ge=0.0)
     augment_shift: int = Field(2, ge=0, le=64)
+    init: str | None = None
+    init_architecture: Literal["small_cnn", "resnet18"] | None = None
+    freeze_epochs: int = Field(0, ge=0)
+    backbone_learning_rate: float | None = Field(None, gt=0.0)
+
+
+class TilesTrainConfig(_Section):
+    hidden: int = Field(64, ge=1, le=4096)
+    bidirectional: bool = True
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    epochs: int = Field(30, ge=0)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(0.003, gt=0.0)
+    weight_decay: float = Field(0.0001, ge=0.0)
 
 
 class AutoencoderConfig(_Section):
@@ -288,10 +314,11 @@ class TrainConfig(_Section):
     mllib: MllibConfig = MllibConfig()
     cnn: CnnTrainConfig = CnnTrainConfig()
     autoencoder: AutoencoderConfig = AutoencoderConfig()
+    tiles: TilesTrainConfig = TilesTrainConfig()
 
     @model_validator(mode="after")
     def _batch_splits_over_ranks(self) -> TrainConfig:
-        for name in ("cnn", "autoencoder"):
+        for name in ("cnn", "autoencoder", "tiles"):
             if getattr(self, name).batch_size < self.num_processes:
                 raise ValueError(f"train.{name}.batch_size must be >= train.num_processes (each rank takes a share)")
         return self
@@ -299,6 +326,7 @@ class TrainConfig(_Section):
 
 class EvaluateConfig(_Section):
     models: tuple[ModelKind, ...] = ("mllib", "cnn", "autoencoder")
+    baselines: tuple[ModelKind, ...] = ()
     reports: str = "reports"
     champion: str = "models/champion"
     rejected: str = "models/rejected"
@@ -310,6 +338,10 @@ class EvaluateConfig(_Section):
     def _distinct_models(self) -> EvaluateConfig:
         if not self.models or len(set(self.models)) != len(self.models):
             raise ValueError(f"evaluate.models must list distinct models, got {list(self.models)}")
+        if len(set(self.baselines)) != len(self.baselines) or set(self.baselines) & set(self.models):
+            raise ValueError(
+                f"evaluate.baselines must list distinct models that are not candidates, got {list(self.baselines)}"
+            )
         return self
 
 

@@ -185,11 +185,12 @@ def write(folder: Path, doc: Any, name: str = MANIFEST, sort_keys: bool = True) 
     return write_json(folder / name, doc, sort_keys)
 
 
-def read_record(path: Path, kind: type[R], what: str, fix: str) -> R:
-    """``path`` as a ``kind`` record; :class:`RecordError` naming the file, the first problem and
-    ``fix`` when it is not one (written by an older version of the platform, or edited)."""
+def read_record(path: Path | str, kind: type[R], what: str, fix: str, data: bytes | None = None) -> R:
+    """``path`` (or ``data``, the bytes read from it elsewhere, e.g. an S3 object) as a ``kind``
+    record; :class:`RecordError` naming the file, the first problem and ``fix`` when it is not one
+    (written by an older version of the platform, or edited)."""
     try:
-        return kind.model_validate_json(path.read_bytes())
+        return kind.model_validate_json(Path(path).read_bytes() if data is None else data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"

@@ -11,11 +11,14 @@ padded. Both policies give the same number of blocks: :func:`count`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
-from spark_jobs.core.config import TilesConfig
+from spark_jobs.core.config import IngestConfig, TilesConfig
+from spark_jobs.imaging import images
 
 
 @dataclass(frozen=True)
@@ -87,4 +90,48 @@ def cut(image: np.ndarray, tile: Tile, size: int, fill: tuple[int, int, int]) ->
     out = np.empty((size, size, image.shape[2]), dtype=image.dtype)
     out[...] = np.asarray(fill, dtype=image.dtype)
     out[: block.shape[0], : block.shape[1]] = block
+    return out
+
+
+def image_tiles(data: bytes, cfg: IngestConfig, tiles_cfg: TilesConfig) -> Iterator[tuple[Tile, np.ndarray]]:
+    """``(tile, pixels)`` for every block of a source file, each resized to ``cfg.image_size``."""
+    from PIL import Image
+
+    full = images.decode_full(data, cfg)
+    for tile in checked_grid(full.shape[1], full.shape[0], tiles_cfg):
+        block = cut(full, tile, tiles_cfg.size, tuple(cfg.resize.fill))
+        if tiles_cfg.size != cfg.image_size:
+            block = np.asarray(
+                Image.fromarray(block).resize((cfg.image_size, cfg.image_size), images.RESAMPLE[cfg.resize.resample])
+            )
+        yield tile, block
+
+
+def sequences(table: pa.Table, ids: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Each image of ``ids`` as the sequence of its tiles' vectors, from an Arrow table of tile rows
+    (``image_id``, ``label``, ``tile_y``, ``tile_x``, ``features``) holding every tile of them:
+    ``(sequences (N, T, D + 1) float32, labels)``, the tiles in raster order (``tile_y``, then
+    ``tile_x``), each vector followed by a 1, padded with zeros to the most tiles any of them has
+    (:func:`spark_jobs.ml.models.tile_sequence`'s input)."""
+    table = table.sort_by([("image_id", "ascending"), ("tile_y", "ascending"), ("tile_x", "ascending")])
+    image_ids = np.asarray(table["image_id"].to_pylist(), dtype=object)
+    dim = len(table["features"][0]) if table.num_rows else 0
+    vectors = table["features"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    vectors = vectors.astype(np.float32).reshape(table.num_rows, dim)
+    starts = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1]]) if len(image_ids) else np.zeros(0, int)
+    ends = np.r_[starts[1:], len(image_ids)]
+    where = {image_ids[a]: (a, b) for a, b in zip(starts, ends, strict=True)}
+    labels = table["label"].to_pylist()
+    stacked = padded([vectors[slice(*where[image])] for image in ids], dim)
+    return stacked, [labels[where[i][0]] for i in ids]
+
+
+def padded(per_image: list[np.ndarray], dim: int) -> np.ndarray:
+    """``(N, T, dim + 1)`` float32 from each image's ``(T_i, dim)`` tile vectors in raster order:
+    each vector followed by a 1, zero-padded to the longest ``T_i``."""
+    longest = max((len(v) for v in per_image), default=1)
+    out = np.zeros((len(per_image), max(longest, 1), dim + 1), dtype=np.float32)
+    for i, vectors in enumerate(per_image):
+        out[i, : len(vectors), :dim] = vectors
+        out[i, : len(vectors), dim] = 1.0
     return out

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from spark_jobs.core.config import Config, IngestConfig
+from spark_jobs.core.config import Config, IngestConfig, TilesConfig
 from spark_jobs.core.manifest import JobVersion, Record, Timings, read_record, write
 from spark_jobs.core.store import SourceError
 
@@ -26,10 +26,21 @@ CARD = "card.json"
 PROMOTION = "promotion.json"
 WEIGHTS = "model.pt"
 CALIBRATION = "calibration.npy"
-TASKS = {"mllib": "classifier", "cnn": "classifier", "autoencoder": "anomaly"}
-ARCHITECTURES = {"cnn": "small_cnn_classifier", "autoencoder": "conv_autoencoder"}
+TASKS = {
+    "mllib": "classifier",
+    "cnn": "classifier",
+    "autoencoder": "anomaly",
+    "tiles_mean": "classifier",
+    "tiles_gru": "classifier",
+}
+ARCHITECTURES = {
+    "cnn": "small_cnn_classifier",
+    "autoencoder": "conv_autoencoder",
+    "tiles_mean": "tile_sequence",
+    "tiles_gru": "tile_sequence",
+}
 
-Kind = Literal["mllib", "cnn", "autoencoder"]
+Kind = Literal["mllib", "cnn", "autoencoder", "tiles_mean", "tiles_gru"]
 Task = Literal["classifier", "anomaly"]
 
 
@@ -49,6 +60,16 @@ class TrainingRecord(Record):
     local_mode: bool | None = None
     threshold: float | None = None
     train_score_mean: float | None = None
+
+
+class InitRecord(Record):
+    """The backbone a fine-tuned cnn started from (``train.cnn.init``)."""
+
+    uri: str
+    sha256: str
+    architecture: str
+    width: int
+    card: str | None = None  # the backbone card it was described by, when there was one
 
 
 class ModelFiles(Record):
@@ -96,6 +117,10 @@ class ModelCard(Record):
     training: TrainingRecord | None = None
     threshold: float | None = None
     threshold_percentile: float | None = None
+    # cnn fine-tuned from a backbone
+    init: InitRecord | None = None
+    # tiles_*: how the features table cut the images (features.tiles); scoring cuts them the same way
+    tiles: TilesConfig | None = None
 
     @property
     def mllib_classifier(self) -> str | None:
@@ -164,6 +189,11 @@ def read_card(folder: Path) -> ModelCard:
 
 def read_backbone_card(folder: Path) -> BackboneCard:
     return read_record(folder / CARD, BackboneCard, "backbone card", "run python -m spark_jobs.backbone again")
+
+
+def read_backbone_card_bytes(data: bytes, uri: str) -> BackboneCard:
+    """A backbone card fetched from ``uri`` (a local file or an S3 object)."""
+    return read_record(uri, BackboneCard, "backbone card", "run python -m spark_jobs.backbone again", data=data)
 
 
 def read_promotion(folder: Path) -> Promotion | None:

@@ -118,6 +118,21 @@ class Cnn:
         sha = hashlib.sha256(data).hexdigest()
         return cls(cfg=cfg, uri=uri, sha256=sha, dim=int(out.shape[1]), batch_size=batch_size, image_size=image_size)
 
+    @classmethod
+    def from_spec(cls, spec: dict[str, object]) -> Cnn:
+        """The extractor a features table recorded (:meth:`describe`): the same backbone bytes (its
+        sha256 is checked where it loads), normalisation and batch size."""
+        fields = {k: spec[k] for k in CnnConfig.model_fields if k in spec and k != "backbone"}
+        cfg = CnnConfig.model_validate({**fields, "backbone": spec["backbone"]})
+        return cls(
+            cfg=cfg,
+            uri=str(spec["backbone"]),
+            sha256=str(spec["backbone_sha256"]),
+            dim=int(spec["embedding_dim"]),  # type: ignore[call-overload]
+            batch_size=int(spec["batch_size"]),  # type: ignore[call-overload]
+            image_size=int(spec["image_size"]),  # type: ignore[call-overload]
+        )
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import torch
 

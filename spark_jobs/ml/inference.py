@@ -7,6 +7,7 @@ it on batches of ``batch_size`` images with ``threads`` torch threads.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from spark_jobs.core.config import ConfigError
-from spark_jobs.imaging import images
+from spark_jobs.imaging import images, tiles
 from spark_jobs.ml import models
 
 if TYPE_CHECKING:
@@ -81,9 +82,10 @@ class Predictor:
             [("prediction", pa.int32()), ("probability", pa.float32()), ("probabilities", pa.list_(pa.float32()))]
         )
 
-    def raw(self, pixels: np.ndarray) -> np.ndarray:
+    def raw(self, pixels: np.ndarray, sequences: bool = False) -> np.ndarray:
         """The classifier's ``(N, C)`` softmax probabilities (float32), or the autoencoder's ``(N,)``
-        reconstruction errors (float64)."""
+        reconstruction errors (float64), of ``(N, H, W, 3)`` uint8 pixels, or with ``sequences``
+        of ``(N, T, D + 1)`` float32 tile sequences (:func:`spark_jobs.ml.models.tile_sequence`)."""
         import torch
 
         torch.set_num_threads(self.threads)
@@ -91,15 +93,16 @@ class Predictor:
         parts = []
         with torch.inference_mode():
             for start in range(0, len(pixels), self.batch_size):
-                x = models.to_tensor(pixels[start : start + self.batch_size])
+                chunk = pixels[start : start + self.batch_size]
+                x = torch.from_numpy(np.ascontiguousarray(chunk)) if sequences else models.to_tensor(chunk)
                 if self.model.task == "anomaly":
                     parts.append(models.reconstruction_error(net, x).numpy().astype(np.float64))
                 else:
                     parts.append(torch.softmax(net(x), dim=1).numpy().astype(np.float32))
         return np.concatenate(parts)
 
-    def __call__(self, pixels: np.ndarray) -> dict[str, pa.Array]:
-        out = self.raw(pixels)
+    def __call__(self, pixels: np.ndarray, sequences: bool = False) -> dict[str, pa.Array]:
+        out = self.raw(pixels, sequences)
         if self.model.task == "anomaly":
             return {"score": pa.array(out)}
         return {
@@ -120,6 +123,44 @@ def predict_batches(
         h, w = batch.column("height")[0].as_py(), batch.column("width")[0].as_py()
         outputs = predictor(images.stack_pixels(batch.column("pixels"), h, w))
         yield pa.RecordBatch.from_pydict({**{k: batch.column(k) for k in keys}, **outputs})
+
+
+def predict_tiles(batches: Iterator[pa.RecordBatch], predictor: Predictor) -> Iterator[pa.RecordBatch]:
+    """One row per image (``image_id``, ``label``, the classifier's columns and ``tile_count``)
+    from the tile rows of a features table sorted by ``image_id`` within the partition (an image's
+    tiles may straddle Arrow batches: the last image of a batch waits for the next)."""
+    pending: pa.Table | None = None
+    for batch in itertools.chain(batches, [None]):
+        table = pa.Table.from_batches([batch]) if batch is not None else None
+        if pending is not None:
+            table = pending if table is None else pa.concat_tables([pending, table])
+        if table is None or table.num_rows == 0:
+            continue
+        ids = table.column("image_id").to_pylist()
+        last = ids[-1]
+        if batch is not None:  # keep the last image's rows for the next batch
+            cut = ids.index(last)
+            pending, table = table.slice(cut), table.slice(0, cut)
+            ids = ids[:cut]
+        else:
+            pending = None
+        if not ids:
+            continue
+        order = list(dict.fromkeys(ids))
+        x, labels = tiles.sequences(table, order)
+        outputs = predictor(x, sequences=True)
+        counts = np.asarray(x[:, :, -1].sum(1), dtype=np.int32)
+        yield pa.RecordBatch.from_pydict(
+            {"image_id": order, "label": labels, **outputs, "tile_count": pa.array(counts)}
+        )
+
+
+def tiles_schema(predictor: Predictor) -> StructType:
+    """The rows :func:`predict_tiles` yields."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    keys = [(k, pa.string()) for k in KEYS]
+    return from_arrow_schema(pa.schema([*keys, *predictor.outputs(), ("tile_count", pa.int32())]))
 
 
 def predicted_schema(predictor: Predictor, keys: tuple[str, ...] = KEYS) -> StructType:

@@ -70,11 +70,127 @@ def small_cnn(width: int = 16) -> nn.Module:
     )
 
 
-def classifier(width: int, classes: int, dropout: float = 0.0) -> nn.Module:
-    """The ``cnn`` model: :func:`small_cnn` + dropout + a linear layer to ``classes`` logits."""
+def resnet18(width: int = 64) -> nn.Module:
+    """ResNet-18 (He et al. 2016) without its classification layer, built so that its state dict
+    has torchvision's key names (``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer2.0.downsample.0``...):
+    a ``torchvision.models.resnet18().state_dict()`` saved elsewhere loads into it (its ``fc.*``
+    entries are the old head and are dropped, :func:`backbone_state`). ``width`` is the stem's
+    channels (64 in torchvision); the embedding has ``8 x width`` values."""
     from torch import nn
 
-    return nn.Sequential(small_cnn(width), nn.Dropout(dropout), nn.Linear(4 * width, classes))
+    class BasicBlock(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.relu = nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.downsample = None
+            if stride != 1 or cin != cout:
+                self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x: Tensor) -> Tensor:
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+    class ResNet18(nn.Module):
+        def __init__(self, w: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, w, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(w)
+            self.relu = nn.ReLU(inplace=True)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            self.layer1 = nn.Sequential(BasicBlock(w, w, 1), BasicBlock(w, w, 1))
+            self.layer2 = nn.Sequential(BasicBlock(w, 2 * w, 2), BasicBlock(2 * w, 2 * w, 1))
+            self.layer3 = nn.Sequential(BasicBlock(2 * w, 4 * w, 2), BasicBlock(4 * w, 4 * w, 1))
+            self.layer4 = nn.Sequential(BasicBlock(4 * w, 8 * w, 2), BasicBlock(8 * w, 8 * w, 1))
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Identity()
+
+        def forward(self, x: Tensor) -> Tensor:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(self.avgpool(x).flatten(1))
+
+    return ResNet18(width)
+
+
+# Backbone architecture -> (builder from a width, embedding size per unit of width).
+BACKBONE_WIDTHS: dict[str, tuple[Callable[[int], nn.Module], int]] = {
+    "small_cnn": (small_cnn, 4),
+    "resnet18": (resnet18, 8),
+}
+
+
+def backbone_width(architecture: str, state: dict[str, Any]) -> int:
+    """The width of a backbone architecture's state dict, read from its first layer's shape."""
+    key = {"small_cnn": "0.weight", "resnet18": "conv1.weight"}[architecture]
+    if key not in state:
+        raise BackboneError(f"not a {architecture} state dict: it has no {key!r}")
+    return int(state[key].shape[0])
+
+
+def backbone_state(architecture: str, state: dict[str, Any]) -> dict[str, Any]:
+    """A backbone's state dict without a classification head saved with it (torchvision's ``fc.*``)."""
+    if architecture == "resnet18":
+        return {k: v for k, v in state.items() if not k.startswith("fc.")}
+    return state
+
+
+def classifier(width: int, classes: int, dropout: float = 0.0, backbone: str = "small_cnn") -> nn.Module:
+    """The ``cnn`` model: a backbone (:func:`small_cnn`, or :func:`resnet18` when fine-tuning one)
+    + dropout + a linear layer to ``classes`` logits. The backbone is the first module (``[0]``)."""
+    from torch import nn
+
+    build, per_width = BACKBONE_WIDTHS[backbone]
+    return nn.Sequential(build(width), nn.Dropout(dropout), nn.Linear(per_width * width, classes))
+
+
+def tile_sequence(
+    dim: int, classes: int, aggregate: str, hidden: int, bidirectional: bool = True, dropout: float = 0.0
+) -> nn.Module:
+    """The ``tiles_*`` models: an image as the sequence of its tiles' feature vectors in raster
+    order (row by row), to ``classes`` logits. Input ``(N, T, dim + 1)`` float: each tile's vector
+    and, last, 1 for a tile or 0 for padding (images with fewer than ``T`` tiles are padded at the
+    end). ``aggregate``:
+
+    - ``mean``: each tile through ``Linear(dim, hidden) + ReLU``, averaged over the image's tiles
+      (order-blind: the baseline);
+    - ``gru``: a GRU of ``hidden`` units over the tiles in order (both directions when
+      ``bidirectional``); its last states.
+
+    Then dropout and a linear layer."""
+    import torch
+    from torch import nn
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    class TileSequence(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            if aggregate == "gru":
+                self.rnn = nn.GRU(dim, hidden, batch_first=True, bidirectional=bidirectional)
+                out = hidden * (2 if bidirectional else 1)
+            else:
+                self.tile = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU())
+                out = hidden
+            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(out, classes))
+
+        def forward(self, x: Tensor) -> Tensor:
+            mask, x = x[..., -1], x[..., :-1]
+            lengths = mask.sum(1).clamp(min=1)
+            if aggregate == "gru":
+                packed = pack_padded_sequence(x, lengths.long().cpu(), batch_first=True, enforce_sorted=False)
+                _, last = self.rnn(packed)  # (directions, N, hidden)
+                pooled = torch.cat(list(last), dim=1)
+            else:
+                pooled = (self.tile(x) * mask.unsqueeze(-1)).sum(1) / lengths.unsqueeze(-1)
+            return self.head(pooled)
+
+    if aggregate not in ("mean", "gru"):
+        raise BackboneError(f"unknown tile aggregate {aggregate!r}")
+    return TileSequence()
 
 
 def autoencoder(width: int = 16, latent: int = 16, image_size: int = 32) -> nn.Module:
@@ -131,6 +247,12 @@ def build(architecture: str, spec: dict[str, Any]) -> nn.Module:
     """A trained model's module from its card's ``architecture`` and ``arch`` spec."""
     if architecture == "small_cnn_classifier":
         return classifier(spec["width"], spec["classes"], spec.get("dropout", 0.0))
+    if architecture == "resnet18_classifier":
+        return classifier(spec["width"], spec["classes"], spec.get("dropout", 0.0), backbone="resnet18")
+    if architecture == "tile_sequence":
+        return tile_sequence(
+            spec["dim"], spec["classes"], spec["aggregate"], spec["hidden"], spec["bidirectional"], spec["dropout"]
+        )
     if architecture == "conv_autoencoder":
         return autoencoder(spec["width"], spec["latent"], spec["image_size"])
     raise BackboneError(f"unknown model architecture {architecture!r}")
@@ -284,12 +406,14 @@ def quantized_int8(model: nn.Module, calibration: Tensor, batch: int = 64) -> nn
     return convert_fx(prepared)
 
 
-def _small_cnn_from_state(state: dict[str, Tensor]) -> nn.Module:
-    return small_cnn(width=int(state["0.weight"].shape[0]))
-
-
 # Architecture name -> builder of the module a state dict belongs to (shapes read from the dict).
-ARCHITECTURES: dict[str, Callable[[dict[str, Any]], nn.Module]] = {"small_cnn": _small_cnn_from_state}
+def _backbone_from_state(architecture: str, state: dict[str, Any]) -> nn.Module:
+    return BACKBONE_WIDTHS[architecture][0](backbone_width(architecture, state))
+
+
+ARCHITECTURES: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
+    name: functools.partial(_backbone_from_state, name) for name in BACKBONE_WIDTHS
+}
 
 
 def backbone_format(uri: str) -> str:
@@ -325,7 +449,7 @@ def module_from_bytes(data: bytes, uri: str, architecture: str | None) -> nn.Mod
             f"backbone {uri} is a state dict: set features.cnn.architecture to one of {sorted(ARCHITECTURES)}"
         )
     try:
-        state = load_tensors(data)
+        state = backbone_state(architecture, load_tensors(data))
         module = ARCHITECTURES[architecture](state)
         module.load_state_dict(state)
     except Exception as exc:

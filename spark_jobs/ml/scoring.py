@@ -16,11 +16,12 @@ import numpy as np
 import pyarrow as pa
 
 from spark_jobs.core import store
-from spark_jobs.core.config import IngestConfig
-from spark_jobs.imaging import images
+from spark_jobs.core.config import IngestConfig, TilesConfig
+from spark_jobs.imaging import images, tiles
 from spark_jobs.ml import inference
 
 ANOMALY_LABELS = ("normal", "anomaly")
+TOO_MANY_TILES = "too_many_tiles"  # a quarantine reason: a tiles_* model cannot cut this image
 # What a scan yields for every file it did not skip, before the model's outputs.
 SCAN_FIELDS = pa.schema(
     [
@@ -41,6 +42,7 @@ PREDICTED_FIELDS = pa.schema(
         ("top_k", TOP_K),
         ("anomaly_score", pa.float64()),
         ("is_anomaly", pa.bool_()),
+        ("tile_count", pa.int32()),  # tiles_* models: the tiles the image was cut into
     ]
 )
 # An image's keys and what a model said about it.
@@ -74,6 +76,7 @@ def class_columns(probabilities: np.ndarray, classes: Sequence[str], k: int) -> 
         pa.ListArray.from_arrays(offsets, pairs, type=TOP_K),
         pa.nulls(n, pa.float64()),
         pa.nulls(n, pa.bool_()),
+        pa.nulls(n, pa.int32()),
     ]
 
 
@@ -88,6 +91,7 @@ def anomaly_columns(scores: np.ndarray, threshold: float) -> list[pa.Array]:
         pa.nulls(n, TOP_K),
         pa.array(scores),
         pa.array(flagged),
+        pa.nulls(n, pa.int32()),
     ]
 
 
@@ -121,6 +125,48 @@ class TorchHead:
             columns = anomaly_columns(raw, float(self.threshold))
         else:
             columns = class_columns(raw, self.classes, self.top_k)
+        return dict(zip(PREDICTED_FIELDS.names, columns, strict=True))
+
+
+@dataclass(frozen=True)
+class TileHead:
+    """A ``tiles_*`` model on new images, in the scanning worker: each file decoded at full
+    resolution and cut exactly as the features stage cut the training images (the card's
+    ``tiles`` and ingest settings), every tile resized and embedded by the extractor the model's
+    features were made with, the tiles in raster order through the sequence model. It reads the
+    files' bytes (:attr:`from_source`), not the resized pixels."""
+
+    predictor: inference.Predictor
+    extractor: Any  # spark_jobs.ml.extractors.Cnn
+    tiles_cfg: TilesConfig
+    ingest_cfg: IngestConfig
+    classes: tuple[str, ...]
+    top_k: int
+
+    from_source = True
+
+    def outputs(self) -> pa.Schema:
+        return PREDICTED_FIELDS
+
+    def problem(self, record: dict[str, Any]) -> str | None:
+        """Why a decodable image cannot be cut (too many tiles), or None."""
+        n = tiles.count(record["orig_width"], record["orig_height"], self.tiles_cfg)
+        if n > self.tiles_cfg.max_per_image:
+            return f"{n} tiles > features.tiles.max_per_image {self.tiles_cfg.max_per_image}"
+        return None
+
+    def __call__(self, sources: list[bytes]) -> dict[str, pa.Array]:  # type: ignore[override]
+        blocks, counts = [], []
+        for data in sources:
+            cut = [block for _tile, block in tiles.image_tiles(data, self.ingest_cfg, self.tiles_cfg)]
+            blocks.extend(cut)
+            counts.append(len(cut))
+        vectors = self.extractor(np.stack(blocks))
+        ends = np.cumsum(counts)
+        per_image = [vectors[end - n : end] for n, end in zip(counts, ends, strict=True)]
+        raw = self.predictor.raw(tiles.padded(per_image, vectors.shape[1]), sequences=True)
+        columns = class_columns(raw, self.classes, self.top_k)
+        columns[-1] = pa.array(np.asarray(counts, dtype=np.int32))
         return dict(zip(PREDICTED_FIELDS.names, columns, strict=True))
 
 
@@ -161,18 +207,31 @@ def scan_batch(entries: list[tuple[str, str | None]], cfg: IngestConfig, done: I
     Python worker: a row per file whose content is not in ``done``, with :data:`SCAN_FIELDS` and the
     head's outputs (null for unusable files, which carry ``reason`` and ``detail``)."""
     contents = store.fetch_many([uri for uri, _ in entries], cfg.fetch_threads, cfg.max_file_bytes)
-    good, bad = [], []
+    from_source = getattr(head, "from_source", False)
+    good, bad, sources = [], [], []
     for (uri, label), data in zip(entries, contents, strict=True):
         if isinstance(data, bytes) and images.image_id(data) in done:
             continue
         record = images.decode_record(uri, label, data, cfg, labelled=False)
-        (bad if record["reason"] else good).append(record)
+        if from_source and not record["reason"]:
+            problem = head.problem(record)  # type: ignore[attr-defined]
+            if problem:
+                record |= {"reason": TOO_MANY_TILES, "detail": problem}
+        if record["reason"]:
+            bad.append(record)
+        else:
+            good.append(record)
+            if from_source:
+                sources.append(data)
     schema = pa.schema([*SCAN_FIELDS, *head.outputs()])
     rows = good + bad
     columns = [pa.array([r[f.name] for r in rows], f.type) for f in SCAN_FIELDS]
     if good:
-        h, w = good[0]["height"], good[0]["width"]
-        outputs = head(images.stack_pixels(pa.array([r["pixels"] for r in good], pa.binary()), h, w))
+        if from_source:
+            outputs = head(sources)
+        else:
+            h, w = good[0]["height"], good[0]["width"]
+            outputs = head(images.stack_pixels(pa.array([r["pixels"] for r in good], pa.binary()), h, w))
         columns += [pa.concat_arrays([outputs[f.name], pa.nulls(len(bad), f.type)]) for f in head.outputs()]
     else:
         columns += [pa.nulls(len(bad), f.type) for f in head.outputs()]

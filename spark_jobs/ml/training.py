@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from spark_jobs.core.config import params_hash
-from spark_jobs.imaging import images
+from spark_jobs.imaging import images, tiles
 from spark_jobs.ml import models
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def shard_ids(
     if exclude:
         where = where & ~ds.field("label").isin(exclude)
     table = ds.dataset(images_path, format="parquet").to_table(columns=["image_id"], filter=where)
-    ids = sorted(table["image_id"].to_pylist())[:limit]
+    ids = sorted(set(table["image_id"].to_pylist()))[:limit]  # a tiles table has a row per tile
     if pad and ids:
         per_rank = math.ceil(len(ids) / world)
         ids = (ids * math.ceil(per_rank * world / len(ids)))[: per_rank * world]
@@ -76,6 +76,33 @@ def read_rows(images_path: str, ids: list[str]) -> tuple[np.ndarray, list[str]]:
     table = table.take(take)
     h, w = table["height"][0].as_py(), table["width"][0].as_py()
     return images.stack_pixels(table["pixels"].combine_chunks(), h, w), table["label"].to_pylist()
+
+
+def read_sequences(features_path: str, ids: list[str]) -> tuple[np.ndarray, list[str]]:
+    """``(sequences (N, T, D + 1) float32, labels)`` of ``ids`` (in that order, repeats allowed)
+    from a tiles features table: each image's tile vectors in raster order (``tile_y``, then
+    ``tile_x``), then a 1, padded with zeros to the most tiles any of them has
+    (:func:`spark_jobs.ml.models.tile_sequence`'s input)."""
+    import pyarrow.dataset as ds
+
+    if not ids:
+        return np.zeros((0, 1, 2), dtype=np.float32), []
+    table = ds.dataset(features_path, format="parquet").to_table(
+        columns=["image_id", "label", "tile_y", "tile_x", "features"],
+        filter=ds.field("image_id").isin(sorted(set(ids))),
+    )
+    return tiles.sequences(table, ids)
+
+
+def read_inputs(spec: dict[str, Any], ids: list[str]) -> tuple[Tensor, list[str]]:
+    """The model's input tensor and labels of ``ids``: images (pixels) or tile sequences."""
+    import torch
+
+    if spec.get("input") == "tiles":
+        x, labels = read_sequences(spec["images"], ids)
+        return torch.from_numpy(x), labels
+    pixels, labels = read_rows(spec["images"], ids)
+    return models.to_tensor(pixels), labels
 
 
 def shifted(x: Tensor, shift: int, generator: Any) -> Tensor:
@@ -227,21 +254,25 @@ def _fit(spec: dict[str, Any], rank: int, world: int, torch: Any, nn: Any) -> di
     val_ids = shard_ids(spec["images"], "val", rank, world, exclude, pad=False, limit=limit)
     if not train_ids:
         raise ValueError("no train images to train on")
-    pixels, labels = read_rows(spec["images"], train_ids)
-    x, y = models.to_tensor(pixels), task.targets(labels)
-    val_pixels, val_labels = read_rows(spec["images"], val_ids)
-    vx, vy = (models.to_tensor(val_pixels), task.targets(val_labels)) if val_ids else (x[:0], y[:0])
+    x, labels = read_inputs(spec, train_ids)
+    y = task.targets(labels)
+    vx, val_labels = read_inputs(spec, val_ids)
+    vy = task.targets(val_labels)
+    if not val_ids:
+        vx, vy = x[:0], y[:0]
 
     torch.manual_seed(seed)
     net = build_model(spec)
+    if spec.get("init"):
+        load_init(net, spec["init"])
     model = nn.parallel.DistributedDataParallel(net) if world > 1 else net
     per_rank = max(hp["batch_size"] // world, 1)
     steps = math.ceil(len(x) / per_rank)
     epochs = hp["epochs"]
-    optimiser = torch.optim.AdamW(net.parameters(), lr=hp["learning_rate"], weight_decay=hp["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=hp["learning_rate"], total_steps=max(epochs * steps, 1)
-    )
+    groups, rates = param_groups(net, spec)
+    optimiser = torch.optim.AdamW(groups, lr=hp["learning_rate"], weight_decay=hp["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=rates, total_steps=max(epochs * steps, 1))
+    frozen_epochs = hp.get("freeze_epochs") or 0
 
     folder = Path(spec["checkpoint_dir"])
     folder.mkdir(parents=True, exist_ok=True)
@@ -250,7 +281,10 @@ def _fit(spec: dict[str, Any], rank: int, world: int, torch: Any, nn: Any) -> di
 
     for epoch in range(start, epochs):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
-        loss_sum = _epoch(model, task, x, y, per_rank, hp.get("augment_shift", 0), generator, optimiser, scheduler)
+        frozen = net[0] if epoch < frozen_epochs else None
+        loss_sum = _epoch(
+            model, task, x, y, per_rank, hp.get("augment_shift", 0), generator, optimiser, scheduler, frozen
+        )
         model.eval()
         val_metric, val_loss = task.val_sums(net, vx, vy, max(per_rank, 256))
         sums = _all_sum([loss_sum, float(len(x)), val_metric, val_loss, float(len(vx))], world)
@@ -305,13 +339,52 @@ def _fit(spec: dict[str, Any], rank: int, world: int, torch: Any, nn: Any) -> di
     return result
 
 
+def load_init(net: nn.Module, init: dict[str, Any]) -> None:
+    """Start the model's backbone (``net[0]``) from the state dict ``init["uri"]`` names (read by the
+    restricted loader, its sha256 checked against the one the driver read)."""
+    import hashlib
+
+    data = models.read_backbone_bytes(init["uri"])
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != init["sha256"]:
+        raise models.BackboneError(f"train.cnn.init {init['uri']} changed while the job ran (sha256 {actual})")
+    state = models.backbone_state(init["architecture"], models.load_tensors(data))
+    net[0].load_state_dict(state)
+
+
+def param_groups(net: nn.Module, spec: dict[str, Any]) -> tuple[list[dict[str, Any]], list[float]]:
+    """The optimiser's parameter groups and each one's peak learning rate: for the cnn, its backbone
+    (``net[0]``, at ``hp.backbone_learning_rate`` when set) and its head; one group otherwise."""
+    hp = spec["hp"]
+    if spec["kind"] != "cnn":
+        return [{"params": list(net.parameters())}], [hp["learning_rate"]]
+    backbone = list(net[0].parameters())
+    mine = {id(p) for p in backbone}
+    head = [p for p in net.parameters() if id(p) not in mine]
+    rates = [hp.get("backbone_learning_rate") or hp["learning_rate"], hp["learning_rate"]]
+    return [{"params": backbone}, {"params": head}], rates
+
+
 def _epoch(
-    model: Any, task: _Task, x: Any, y: Any, batch: int, shift: int, generator: Any, optimiser: Any, scheduler: Any
+    model: Any,
+    task: _Task,
+    x: Any,
+    y: Any,
+    batch: int,
+    shift: int,
+    generator: Any,
+    optimiser: Any,
+    scheduler: Any,
+    frozen: Any = None,
 ) -> float:
-    """One pass over this rank's shard in a shuffled order; returns the summed loss."""
+    """One pass over this rank's shard in a shuffled order; returns the summed loss. ``frozen``: a
+    sub-module kept as it is this epoch (its batch-norm statistics too; its gradients are dropped
+    before each step, so the optimiser leaves it and its moments alone)."""
     import torch
 
     model.train()
+    if frozen is not None:
+        frozen.eval()
     order = torch.randperm(len(x), generator=generator)
     loss_sum = 0.0
     for s in range(0, len(x), batch):
@@ -319,6 +392,9 @@ def _epoch(
         optimiser.zero_grad()
         loss = task.loss(model, shifted(x[idx], shift, generator), y[idx])
         loss.backward()
+        if frozen is not None:
+            for p in frozen.parameters():
+                p.grad = None
         optimiser.step()
         scheduler.step()
         loss_sum += loss.item() * len(idx)

@@ -66,3 +66,25 @@ def test_a_stage_whose_output_is_busy_exits_5(tmp_path: Path, caplog) -> None:
     assert f"{root / 'sample'} is being written by another sample run" in errors[0]
     assert not (root / "sample").exists()
     assert sample.main(argv) == 0  # free again
+
+
+def test_grids_are_labelled_by_the_order_of_their_digits(tmp_path: Path) -> None:
+    from spark_jobs.core.config import SampleConfig
+
+    cfg = SampleConfig(kind="grids", grids={"images": 30, "side": 2, "inbox": 4, "seed": 3})
+    counts = sample.write_sample(tmp_path, cfg)
+    assert counts == {"grids/ascending": 10, "grids/descending": 10, "grids/mixed": 10, "inbox": 4}
+    assert len(list((tmp_path / "inbox").glob("grid_*.png"))) == 5  # and one truncated file
+    image = np.asarray(Image.open(next((tmp_path / "grids" / "mixed").glob("*.png"))))
+    assert image.shape == (64, 64)  # 2 x 2 cells of sample.image_size
+    rng = np.random.default_rng(0)
+    seen: dict[tuple[int, ...], set[str]] = {}
+    for n in range(6000):
+        label = sample.GRID_CLASSES[n % 3]
+        digits = sample.grid_digits(label, 2, rng)
+        assert len(set(digits)) == 4
+        assert sample.grid_label(digits) == label
+        seen.setdefault(tuple(sorted(digits)), set()).add(label)
+    # what the tiles show (the set of digits) does not decide the class: where they are does
+    assert len(seen) == 210  # every set of 4 of the 10 digits...
+    assert sum(len(labels) == 3 for labels in seen.values()) > 0.9 * len(seen)  # ...in every class

@@ -296,9 +296,10 @@ def test_a_killed_training_run_resumes_from_its_checkpoint(spark, mllib_workspac
 
 def test_checkpoint_folder_follows_the_params(ingested: Path, tmp_path: Path) -> None:
     cfg = _config(ingested, tmp_path, "train.model=cnn")
-    spec = train.torch_spec(cfg, "cnn", ["0", "1", "2"], None, ingested)
-    same = train.torch_spec(cfg, "cnn", ["0", "1", "2"], None, ingested)
-    other = train.torch_spec(with_overrides(cfg, "train.cnn.epochs=7"), "cnn", ["0", "1", "2"], None, ingested)
+    spec = train.torch_spec(cfg, "cnn", ["0", "1", "2"], None, ingested, ingested)
+    same = train.torch_spec(cfg, "cnn", ["0", "1", "2"], None, ingested, ingested)
+    longer = with_overrides(cfg, "train.cnn.epochs=7")
+    other = train.torch_spec(longer, "cnn", ["0", "1", "2"], None, ingested, ingested)
     assert training.checkpoint_dir(cfg.data.root, spec) == training.checkpoint_dir(cfg.data.root, same)
     assert training.checkpoint_dir(cfg.data.root, spec) != training.checkpoint_dir(cfg.data.root, other)
     assert params_hash(spec) != params_hash(other)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from spark_jobs.core.config import TilesConfig
@@ -115,3 +116,40 @@ def test_too_many_tiles_is_one_clear_problem_of_the_image(tmp_path) -> None:
     assert len(out) == 1
     expected = "64x64 cut into 8px tiles overlapping 0 makes 64 tiles > features.tiles.max_per_image 10"
     assert expected in out.iloc[0]["problem"]
+
+
+def _tile_rows(images: dict[str, tuple[str, list[tuple[int, int, list[float]]]]]) -> pa.Table:
+    rows = [
+        {"image_id": i, "label": label, "tile_y": y, "tile_x": x, "features": v}
+        for i, (label, cells) in images.items()
+        for y, x, v in cells
+    ]
+    return pa.Table.from_pylist(rows[::-1])  # stored in no particular order
+
+
+def test_sequences_are_each_image_s_tiles_in_raster_order_then_padded() -> None:
+    table = _tile_rows(
+        {
+            "a": ("x", [(1, 1, [4.0, 4.0]), (0, 1, [2.0, 2.0]), (1, 0, [3.0, 3.0]), (0, 0, [1.0, 1.0])]),
+            "b": ("y", [(0, 1, [6.0, 6.0]), (0, 0, [5.0, 5.0])]),
+        }
+    )
+    x, labels = tiles.sequences(table, ["b", "a", "b"])
+    assert labels == ["y", "x", "y"]
+    assert x.shape == (3, 4, 3)  # the most tiles any image has; each vector then the mask
+    assert x[1, :, 0].tolist() == [1.0, 2.0, 3.0, 4.0]  # row by row: (0,0) (0,1) (1,0) (1,1)
+    assert x[0, :, 0].tolist() == [5.0, 6.0, 0.0, 0.0]
+    assert x[0, :, -1].tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert np.array_equal(x[0], x[2])
+
+
+def test_a_grid_cut_and_read_back_keeps_each_cell_in_its_place() -> None:
+    """A 2 x 3 grid of flat cells cut into cell-sized tiles comes back in raster order."""
+    cfg = TilesConfig(enabled=True, size=8, overlap=0.0)
+    image = np.zeros((16, 24, 3), dtype=np.uint8)
+    for cell in range(6):
+        y, x = divmod(cell, 3)
+        image[y * 8 : (y + 1) * 8, x * 8 : (x + 1) * 8] = cell * 10
+    cells = [(t.tile_y, t.tile_x, [float(tiles.cut(image, t, 8, (0, 0, 0)).mean())]) for t in tiles.grid(24, 16, cfg)]
+    x, _ = tiles.sequences(_tile_rows({"g": ("l", cells)}), ["g"])
+    assert x[0, :, 0].tolist() == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]

@@ -300,3 +300,66 @@ def test_no_module_but_the_loader_reads_a_model_file() -> None:
             assert keywords["np.load"].get("allow_pickle") is False
         else:
             assert not reads, f"{source.name} reads a model file itself: {reads}"
+
+
+def _sequences(n: int, tiles: int, dim: int, seed: int = 0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.randn(n, tiles, dim, generator=g), torch.ones(n, tiles, 1)], dim=2)
+
+
+@pytest.mark.parametrize("aggregate", ["mean", "gru"])
+def test_padding_after_an_image_s_tiles_changes_nothing(aggregate: str) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    net = models.tile_sequence(8, 3, aggregate, hidden=16, bidirectional=True).eval()
+    x = _sequences(4, 5, 8)
+    padded = torch.cat([x, torch.zeros(4, 3, 9)], dim=1)
+    padded[:, 5:, :-1] = 7.0  # whatever sits in the padding, its mask is 0
+    with torch.inference_mode():
+        assert torch.allclose(net(x), net(padded), atol=1e-5)
+
+
+def test_mean_pooling_is_blind_to_the_tiles_order_and_the_gru_is_not() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    x = _sequences(4, 4, 8)
+    reordered = x[:, [3, 1, 0, 2]]
+    mean = models.tile_sequence(8, 3, "mean", hidden=16).eval()
+    gru = models.tile_sequence(8, 3, "gru", hidden=16).eval()
+    with torch.inference_mode():
+        assert torch.allclose(mean(x), mean(reordered), atol=1e-6)
+        assert not torch.allclose(gru(x), gru(reordered), atol=1e-3)
+
+
+def test_the_resnet18_has_torchvision_s_key_names_and_size() -> None:
+    import torch
+
+    net = models.resnet18()
+    keys = set(net.state_dict())
+    # torchvision.models.resnet18().state_dict() without fc.weight / fc.bias (the head it replaces)
+    assert {"conv1.weight", "bn1.running_var", "bn1.num_batches_tracked", "layer1.0.conv1.weight"} <= keys
+    assert {"layer2.0.downsample.0.weight", "layer4.1.bn2.bias", "layer4.0.downsample.1.running_mean"} <= keys
+    assert "layer1.0.downsample.0.weight" not in keys  # torchvision's first stage has no projection
+    assert len(keys) == 120  # torchvision's 122 entries but the two of fc
+    # 11,689,512 parameters in torchvision's (fc: 512 x 1000 + 1000)
+    assert sum(p.numel() for p in net.parameters()) == 11_689_512 - 513_000
+    with torch.inference_mode():
+        assert net.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 512)
+
+
+def test_a_torchvision_style_state_dict_loads_as_a_backbone_without_its_head(tmp_path: Path) -> None:
+    import torch
+
+    full = models.resnet18(width=8)
+    full.fc = torch.nn.Linear(64, 1000)  # as torchvision saves it: with its ImageNet head
+    path = tmp_path / "resnet18.pth"
+    torch.save(full.state_dict(), path)
+    backbone = models.module_from_bytes(path.read_bytes(), str(path), "resnet18")
+    assert models.backbone_width("resnet18", full.state_dict()) == 8
+    assert torch.equal(backbone.state_dict()["layer3.1.conv2.weight"], full.state_dict()["layer3.1.conv2.weight"])
+    with torch.inference_mode():
+        assert backbone(torch.zeros(1, 3, 32, 32)).shape == (1, 64)
