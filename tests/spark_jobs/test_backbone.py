@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from spark_jobs import backbone
+from spark_jobs import backbone, train
 from spark_jobs.core import manifest
-from spark_jobs.core.config import CnnConfig
+from spark_jobs.core.config import CnnConfig, ConfigError
 from spark_jobs.core.store import SourceError
 from spark_jobs.ml import extractors, models
+from spark_jobs.ml.cards import CARD
 from tests.factories import link_ingest
 
 pytestmark = pytest.mark.spark  # uses the shared ingest output
@@ -51,6 +53,18 @@ def test_backbone_is_trained_exported_and_reproducible(ingested: Path, tmp_path:
     for key in first:
         torch.testing.assert_close(first[key], second[key], rtol=1e-5, atol=1e-6)
     assert models.ARCHITECTURES["small_cnn"](first) is not None
+
+    # fine-tuning from it: the architecture and width come from its card, not from train.cnn.width
+    tuned = link_ingest(ingested, tmp_path / "c", f"train.cnn.init={out / backbone.STATE_DICT}", "train.cnn.width=32")
+    spec = train.torch_spec(tuned, "cnn", ["0", "1", "2"], None, ingested, ingested)
+    assert spec["architecture"] == "small_cnn_classifier"
+    assert spec["arch"]["width"] == 4
+    assert spec["init"]["sha256"] == hashlib.sha256((out / backbone.STATE_DICT).read_bytes()).hexdigest()
+    record = train.init_backbone(tuned)
+    assert (record.architecture, record.width, record.card) == ("small_cnn", 4, (out / CARD).as_uri())
+    exported = link_ingest(ingested, tmp_path / "d", f"train.cnn.init={out / backbone.EXPORTED}")
+    with pytest.raises(ConfigError, match="state dict"):
+        train.init_backbone(exported)
 
 
 def test_backbone_before_ingest_is_a_clear_error(tmp_path: Path) -> None:

@@ -130,3 +130,46 @@ def test_autoencoder_records_a_threshold_of_train_scores(ingested: Path, tmp_pat
     assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
     assert result["threshold"] >= result["train_score_mean"] > 0
     assert np.isfinite(result["threshold"])
+
+
+def test_a_torchvision_resnet18_state_dict_fine_tunes_frozen_first(ingested: Path, tmp_path: Path) -> None:
+    """A ResNet-18 saved as torchvision saves one (with its 1000-class head) starts the cnn: the
+    frozen epoch trains the new head alone, then the backbone moves too."""
+    from spark_jobs import train
+    from tests.factories import link_ingest
+
+    full = models.resnet18(width=8)
+    full.fc = torch.nn.Linear(64, 1000)
+    torch.save(full.state_dict(), tmp_path / "resnet18.pth")
+    cfg = link_ingest(
+        ingested,
+        tmp_path / "ws",
+        f"train.cnn.init={tmp_path / 'resnet18.pth'}",
+        "train.cnn.init_architecture=resnet18",  # no backbone card beside it
+        "train.cnn.freeze_epochs=1",
+        "train.cnn.backbone_learning_rate=0.001",
+        "train.cnn.epochs=1",
+        "train.cnn.batch_size=8",
+    )
+    spec = train.torch_spec(cfg, "cnn", ["0", "1", "2"], None, ingested, ingested)
+    assert (spec["architecture"], spec["arch"]["width"]) == ("resnet18_classifier", 8)
+    place = {"world": 1, "threads": 1, "max_rows": 16}
+
+    def fit(epochs: int) -> dict:
+        run = spec | place | {"hp": spec["hp"] | {"epochs": epochs}}
+        run |= {"checkpoint_dir": str(tmp_path / f"ckpt{epochs}"), "output": str(tmp_path / f"m{epochs}.pt")}
+        result = training.fit(run)
+        assert result["train_rows"] == 16
+        return models.load_tensors(tmp_path / f"m{epochs}.pt")
+
+    start = full.state_dict()
+    frozen = fit(1)
+    backbone_keys = [k for k in start if not k.startswith("fc.")]
+    for key in backbone_keys:  # weights and batch-norm statistics as loaded
+        assert torch.equal(frozen[f"0.{key}"], start[key]), key
+    torch.manual_seed(0)  # as the loop seeds before building: the head it started from
+    head = models.classifier(8, 3, spec["hp"]["dropout"], backbone="resnet18")
+    assert not torch.equal(frozen["2.weight"], head.state_dict()["2.weight"])  # the new head learnt
+    thawed = fit(2)
+    assert not torch.equal(thawed["0.layer1.0.conv1.weight"], start["layer1.0.conv1.weight"])
+    assert not torch.equal(thawed["0.bn1.running_mean"], start["bn1.running_mean"])
