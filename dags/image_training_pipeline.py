@@ -6,15 +6,21 @@ run sets becomes a ``--set`` override of its params.yaml key for every stage. Or
 every stage is a spark-submit of the packaged ``spark_jobs``; the last task records the Params the
 run set in params.yaml, versions the outputs with DVC (one DVC command at a time, in the ``dvc``
 pool) and updates the champion-model Asset (see ``plugins/image_platform``), its event's ``extra``
-naming the champion's folder and version."""
+naming the champion's folder and version.
+
+The ``pipeline`` Param picks the pipeline: empty runs ``dvc.yaml`` (the digits, as above); ``grids``
+runs ``grids/dvc.yaml``, the large-image pipeline (ingest -> features -> train@tiles_mean /
+train@tiles_gru -> evaluate), in its own workspace ``grids/`` (its params.yaml, data, models and
+champion; its asset is the grids champion). A branch task runs the chosen one's tasks and skips the
+other's. The other Params override the chosen workspace's params.yaml the same way."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, Asset, Param, TaskGroup, get_current_context, task
 from image_platform import stages, versioning
-from image_platform.assets import CHAMPION, champion_extra
+from image_platform.assets import CHAMPION, GRIDS_CHAMPION, champion_extra
 
 # dvc.yaml stages that are not part of training: the bundled sample and batch scoring.
 NOT_TRAINING = {"sample", "score"}
@@ -29,6 +35,8 @@ PARAM_KEYS = {
     "seed": "train.seed",
 }
 AS_IN_PARAMS = "Empty: as in params.yaml"
+# Each pipeline's champion asset, updated by its own version task.
+CHAMPIONS = {"digits": CHAMPION, "grids": GRIDS_CHAMPION}
 
 
 def _param(kind: str, description: str, choices: list[str] | None = None, **bounds: int) -> Param:
@@ -59,30 +67,63 @@ with DAG(
             "integer", "train.autoencoder.epochs: epochs of the autoencoder", minimum=1, maximum=500
         ),
         "seed": _param("integer", "train.seed: the training seed", minimum=0, maximum=2**32 - 1),
+        "pipeline": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, *(p for p in stages.PIPELINES if p != "digits")],
+            description="The pipeline to run. Empty: dvc.yaml (the digits); grids: grids/dvc.yaml, the "
+            "large-image pipeline in its own workspace grids/",
+        ),
     },
 ) as dag:
     built = stages.package_task()
-    graph, commands = stages.pipeline_graph(), stages.dvc_commands()
-    tasks = {}
-    for name, needs in graph.items():
-        if name.partition("@")[0] in NOT_TRAINING:
-            continue
-        tasks[name] = stages.stage_task(
-            stages.task_id(name),
-            commands[name],
-            param_keys=PARAM_KEYS,
+
+    def version_task(pipeline: str, names: list[str], champion: Asset) -> object:
+        @task(
+            task_id="version" if pipeline == "digits" else f"version_{pipeline}",
+            pool=versioning.POOL,
+            outlets=[champion],
+            retries=2,
         )
-        upstream = [tasks[n] for n in sorted(needs) if n in tasks]
-        (upstream or [built]) >> tasks[name]
+        def version() -> dict:
+            """The Params this run set into the workspace's params.yaml (none: the file is left as it
+            is), then its outputs into the DVC cache (and remote) and its dvc.lock."""
+            where = stages.workspace(pipeline)
+            overrides = stages.param_overrides(PARAM_KEYS, get_current_context()["params"])
+            changed = versioning.record_params(where, overrides)
+            get_current_context()["outlet_events"][champion].extra = champion_extra(where)
+            return {**versioning.version_outputs(where, names), "params_changed": changed}
 
-    @task(pool=versioning.POOL, outlets=[CHAMPION], retries=2)
-    def version() -> dict:
-        """The Params this run set into params.yaml (none: the file is left as it is), then its
-        outputs into the DVC cache (and remote) and dvc.lock."""
-        overrides = stages.param_overrides(PARAM_KEYS, get_current_context()["params"])
-        changed = versioning.record_params(stages.workspace(), overrides)
-        get_current_context()["outlet_events"][CHAMPION].extra = champion_extra(stages.workspace())
-        return {**versioning.version_outputs(stages.workspace(), list(tasks)), "params_changed": changed}
+        return version()
 
-    sinks = [t for name, t in tasks.items() if not any(name in graph[other] for other in tasks)]
-    sinks >> version()
+    roots: dict[str, list[str]] = {}
+    firsts = []
+    for pipeline, dvcfile in stages.PIPELINES.items():
+        graph, commands = stages.pipeline_graph(dvcfile=dvcfile), stages.dvc_commands(dvcfile=dvcfile)
+        group = TaskGroup(pipeline) if pipeline != "digits" else None
+        tasks = {}
+        for name, needs in graph.items():
+            if name.partition("@")[0] in NOT_TRAINING:
+                continue
+            tasks[name] = stages.stage_task(
+                stages.task_id(name),
+                commands[name],
+                param_keys=PARAM_KEYS,
+                workdir=stages.workspace(pipeline),
+                task_group=group,
+            )
+            upstream = [tasks[n] for n in sorted(needs) if n in tasks]
+            if upstream:
+                upstream >> tasks[name]
+            else:
+                firsts.append(tasks[name])
+                roots.setdefault(pipeline, []).append(tasks[name].task_id)
+        sinks = [t for name, t in tasks.items() if not any(name in graph[other] for other in tasks)]
+        sinks >> version_task(pipeline, list(tasks), CHAMPIONS[pipeline])
+
+    @task.branch
+    def choose_pipeline() -> list[str]:
+        """The first tasks of the pipeline the ``pipeline`` Param names (empty: the digits)."""
+        return roots[get_current_context()["params"].get("pipeline") or "digits"]
+
+    built >> choose_pipeline() >> firsts

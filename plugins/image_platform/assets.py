@@ -11,6 +11,9 @@ from airflow.sdk import Asset
 
 # Updated when a training run ends with a champion; image_batch_scoring runs on its updates.
 CHAMPION = Asset(name="image_platform_champion_model", uri="image-platform://champion/")
+# Updated when a run of the large-image pipeline (grids/) ends with a champion: its own, apart from
+# the digits champion (nothing scores the digits inbox with it).
+GRIDS_CHAMPION = Asset(name="image_platform_grids_champion_model", uri="image-platform://grids/champion/")
 # Updated by every scoring run.
 PREDICTIONS = Asset(name="image_platform_predictions", uri="image-platform://predictions/")
 
@@ -40,6 +43,6 @@ def predictions_extra(workspace: Path) -> dict[str, Any]:
 
 def event_extra(asset: object, workspace: Path) -> dict[str, Any] | None:
     """The ``extra`` of an event of one of the project's assets produced in ``workspace``."""
-    extras = {CHAMPION.name: champion_extra, PREDICTIONS.name: predictions_extra}
+    extras = {CHAMPION.name: champion_extra, GRIDS_CHAMPION.name: champion_extra, PREDICTIONS.name: predictions_extra}
     made = extras.get(getattr(asset, "name", ""))
     return made(workspace) if made else None

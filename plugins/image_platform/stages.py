@@ -32,6 +32,9 @@ from image_platform import assets, package
 
 REPO = Path(__file__).resolve().parents[2]  # the code: spark_jobs/, dvc.yaml
 WORKSPACE_ENV = "IMAGE_PLATFORM_WORKSPACE"
+# The pipelines, each a dvc.yaml whose folder is its workspace (its params.yaml, data/, models/):
+# the digits (the default) and the large-image one in its own workspace (grids/, README).
+PIPELINES = {"digits": "dvc.yaml", "grids": "grids/dvc.yaml"}
 LAUNCHER = "spark_jobs/__main__.py"
 PACKAGE_TASK = "build_package"
 # The artifact a stage submits: what this run's build_package task built.
@@ -49,10 +52,11 @@ class StageCommand:
     args: tuple[str, ...]  # e.g. ("--set", "train.model=cnn")
 
 
-def workspace() -> Path:
-    """Where runs read params.yaml and write data/, models/, reports/ and dist/ (``dvc repro``'s
-    folder): ``$IMAGE_PLATFORM_WORKSPACE``, else the repository itself."""
-    return Path(os.environ.get(WORKSPACE_ENV, REPO)).resolve()
+def workspace(pipeline: str = "digits") -> Path:
+    """Where runs of ``pipeline`` read params.yaml and write data/, models/, reports/ (``dvc
+    repro``'s folder for its dvc.yaml): under ``$IMAGE_PLATFORM_WORKSPACE``, else the repository
+    itself; the digits pipeline's is the root (and holds dist/), the grids one's is ``grids/``."""
+    return (Path(os.environ.get(WORKSPACE_ENV, REPO)) / PIPELINES[pipeline]).parent.resolve()
 
 
 @dataclass(frozen=True)
@@ -150,21 +154,24 @@ class StageSubmitOperator(SparkSubmitOperator):
     the run set (``param_keys``: DAG Param -> params.yaml key) follow the stage's arguments as
     ``--set`` overrides; Params left empty add nothing (:func:`param_overrides`)."""
 
-    def __init__(self, *, stage: str, param_keys: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, stage: str, param_keys: Mapping[str, str] | None = None, workdir: Path | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.stage = stage
         self.param_keys = dict(param_keys or {})
+        self.workdir = workdir or workspace()  # the stage's workspace: its params.yaml
 
     def execute(self, context: Any) -> None:
         chosen = param_overrides(self.param_keys, context.get("params") or {})
         if chosen:
             self.log.info("this run's Params override params.yaml: %s", ", ".join(chosen))
         self.application_args = [*(self.application_args or []), *(f"--set={o}" for o in chosen)]
-        self.conf = {**(self.conf or {}), **driver_conf(self.application_args)}
+        self.conf = {**(self.conf or {}), **driver_conf(self.application_args, self.workdir)}
         try:
             super().execute(context)
             for outlet in self.outlets:  # where this run's products are, in the asset event
-                extra = assets.event_extra(outlet, workspace())
+                extra = assets.event_extra(outlet, self.workdir)
                 if extra is not None:
                     context["outlet_events"][outlet].extra = extra
         except AirflowException as exc:
@@ -178,7 +185,7 @@ class StageSubmitOperator(SparkSubmitOperator):
             raise
 
 
-def driver_conf(args: Sequence[str]) -> dict[str, str]:
+def driver_conf(args: Sequence[str], workdir: Path | None = None) -> dict[str, str]:
     """The driver JVM's options for a stage's spark-submit line, from the workspace's params and the
     stage's ``--set`` overrides (``args``): under spark-submit the JVM starts before the stage reads
     its params, so they must be on that line. Empty when the params cannot be read: the stage itself
@@ -193,7 +200,7 @@ def driver_conf(args: Sequence[str]) -> dict[str, str]:
         elif word == "--set":
             overrides.append(next(words, ""))
     try:
-        options = driver_java_options(load_config(workspace() / "params.yaml", overrides).spark)
+        options = driver_java_options(load_config((workdir or workspace()) / "params.yaml", overrides).spark)
     except ConfigError:
         return {}
     return {DRIVER_JAVA: options} if options else {}
@@ -228,12 +235,14 @@ def stage_task(
     ``python`` is the executors' interpreter: default ``$PYSPARK_PYTHON``, else the interpreter
     running Airflow (the project's environment)."""
     python = python or os.environ.get("PYSPARK_PYTHON") or sys.executable
-    env = {"IMAGE_PLATFORM_WORKDIR": str(workdir or workspace()), "PYSPARK_PYTHON": python}
+    workdir = workdir or workspace()
+    env = {"IMAGE_PLATFORM_WORKDIR": str(workdir), "PYSPARK_PYTHON": python}
     conf = {"spark.pyspark.python": python}
     return StageSubmitOperator(
         task_id=task_id,
         stage=command.name,
         param_keys=param_keys,
+        workdir=workdir,
         application=str(REPO / LAUNCHER),
         py_files=py_files,
         application_args=application_args(command, overrides),

@@ -79,6 +79,7 @@ def describe(dags_folder: str) -> dict:
                     "conn_id": getattr(t, "_conn_id", None),
                     "outlets": [getattr(o, "name", str(o)) for o in t.outlets],
                     "pool": t.pool,
+                    "workdir": (getattr(t, "env_vars", None) or {}).get("IMAGE_PLATFORM_WORKDIR"),
                 }
                 for t in dag.tasks
             },

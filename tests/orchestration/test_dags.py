@@ -107,22 +107,57 @@ def test_dag_files_import_nothing_heavy() -> None:
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_training_dag_is_dvc_yaml_from_ingest_to_evaluate(parsed: dict) -> None:
+TRAINING = {
+    "digits": {"ingest", "backbone", "features", "train@mllib", "train@cnn", "train@autoencoder", "evaluate"},
+    "grids": {"ingest", "features", "train@tiles_mean", "train@tiles_gru", "evaluate"},
+}
+
+
+def test_training_dag_runs_one_pipeline_chosen_by_a_param(parsed: dict) -> None:
+    """A branch after the package picks the digits (dvc.yaml) or grids (grids/dvc.yaml) tasks;
+    each pipeline ends in its own version task and champion asset."""
+    dag = parsed["dags"]["image_training_pipeline"]
+    tasks = dag["tasks"]
+    ids = {
+        pipeline: {("" if pipeline == "digits" else f"{pipeline}.") + stages.task_id(n) for n in names}
+        for pipeline, names in TRAINING.items()
+    }
+    assert set(tasks) == {"build_package", "choose_pipeline", "version", "version_grids", *ids["digits"], *ids["grids"]}
+    assert tasks["build_package"]["downstream"] == ["choose_pipeline"]
+    assert tasks["choose_pipeline"]["type"] == "_BranchPythonDecoratedOperator"
+    assert tasks["choose_pipeline"]["downstream"] == ["grids.ingest", "ingest"]
+    assert dag["params"]["pipeline"]["enum"] == [None, "grids"]
+    assert tasks["grids.evaluate"]["downstream"] == ["version_grids"]
+    assert tasks["version_grids"]["outlets"] == ["image_platform_grids_champion_model"]
+    assert tasks["version_grids"]["pool"] == "dvc"
+    for task_id in ids["grids"]:  # run in the grids workspace: its params.yaml, data and models
+        assert tasks[task_id]["workdir"] == str(REPO / "grids"), task_id
+    for task_id in ids["digits"]:
+        assert tasks[task_id]["workdir"] == str(REPO), task_id
+
+
+@pytest.mark.parametrize("pipeline", sorted(TRAINING))
+def test_training_dag_is_dvc_yaml_from_ingest_to_evaluate(parsed: dict, pipeline: str) -> None:
     """Same stages, same commands, same dependencies as ``dvc repro`` (sample and score aside)."""
     dag = parsed["dags"]["image_training_pipeline"]
     assert dag["schedule"].startswith("<airflow.sdk.definitions.timetables.simple.NullTimetable")
     tasks = dag["tasks"]
-    view = dvc_view()  # DVC's own reading of dvc.yaml
+    view = dvc_view(REPO, stages.PIPELINES[pipeline])  # DVC's own reading of the pipeline's dvc.yaml
     graph = {n: stage["needs"] for n, stage in view.items() if n not in ("sample", "score")}
-    assert set(graph) == {"ingest", "backbone", "features", "train@mllib", "train@cnn", "train@autoencoder", "evaluate"}
-    assert set(tasks) == {"build_package", "version", *(stages.task_id(n) for n in graph)}
+    assert set(graph) == TRAINING[pipeline]
+    prefix = "" if pipeline == "digits" else f"{pipeline}."
+
+    def tid(name: str) -> str:
+        return prefix + stages.task_id(name)
+
     dvc = {n: _submitted(stage["cmd"]) for n, stage in view.items()}
+    params = {k for k in dag["params"] if k != "pipeline"}  # the others override params.yaml keys
     for name, needs in graph.items():
-        task = tasks[stages.task_id(name)]
+        task = tasks[tid(name)]
         args = task["application_args"]
         assert args[: len(dvc[name])] == dvc[name], name
         for upstream in needs & set(graph):
-            assert stages.task_id(name) in tasks[stages.task_id(upstream)]["downstream"], (upstream, name)
+            assert tid(name) in tasks[tid(upstream)]["downstream"], (upstream, name)
         assert task["type"] == "StageSubmitOperator"
         assert task["conn_id"] == "spark_default"
         assert task["application"] == str(REPO / stages.LAUNCHER)
@@ -130,12 +165,13 @@ def test_training_dag_is_dvc_yaml_from_ingest_to_evaluate(parsed: dict) -> None:
         assert task["retries"] > 0
         # Every Param can reach every stage, as a --set override when a run sets it, and none is
         # on the command line beforehand: a run with the form untouched is `dvc repro`.
-        assert set(task["param_keys"]) == set(dag["params"]), name
+        assert set(task["param_keys"]) == params, name
         assert args == dvc[name], name
-    assert tasks["build_package"]["downstream"] == ["ingest"]
-    assert tasks["evaluate"]["downstream"] == ["version"]
-    assert tasks["version"]["pool"] == "dvc"  # DVC commands one at a time
-    assert tasks["version"]["outlets"] == ["image_platform_champion_model"]
+    version = "version" if pipeline == "digits" else f"version_{pipeline}"
+    assert tasks[tid("evaluate")]["downstream"] == [version]
+    assert tasks[version]["pool"] == "dvc"  # DVC commands one at a time
+    champion = {"digits": "image_platform_champion_model", "grids": "image_platform_grids_champion_model"}
+    assert tasks[version]["outlets"] == [champion[pipeline]]
 
 
 def test_params_default_to_params_yaml_and_each_names_a_key(parsed: dict) -> None:
@@ -146,6 +182,7 @@ def test_params_default_to_params_yaml_and_each_names_a_key(parsed: dict) -> Non
     assert set(dag["param_defaults"].values()) == {None}, dag["param_defaults"]
     assert all("null" in schema["type"] for schema in dag["params"].values()), dag["params"]
     keys = dag["tasks"]["ingest"]["param_keys"]
+    assert set(keys) == set(dag["params"]) - {"pipeline"}  # the one Param that is not a params.yaml key
     assert keys["cnn_epochs"] == "train.cnn.epochs"
     assert keys["autoencoder_epochs"] == "train.autoencoder.epochs"  # separate: 30 in params.yaml, not the cnn's
     for key in keys.values():
