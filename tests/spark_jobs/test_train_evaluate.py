@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import signal
@@ -245,9 +246,13 @@ def _descendants(pid: int) -> list:
 @pytest.mark.slow
 def test_a_killed_training_run_resumes_from_its_checkpoint(spark, mllib_workspace, tmp_path: Path) -> None:
     """SIGKILL to the whole job (driver, JVM, Python workers, torch ranks) after its second
-    checkpoint; the same command again resumes there and ends with every epoch."""
+    checkpoint; the same command again resumes there and ends with every epoch. The run fine-tunes
+    a backbone (train.cnn.init, one frozen epoch): the plain cnn's loop with a starting point."""
     cfg, _ = mllib_workspace
     epochs = 8
+    init = tmp_path / "backbone.pt"
+    torch.manual_seed(1)
+    torch.save(models.small_cnn(16).state_dict(), init)
     args = [
         sys.executable,
         "-m",
@@ -257,7 +262,9 @@ def test_a_killed_training_run_resumes_from_its_checkpoint(spark, mllib_workspac
         "--set=spark.master=local[2]",
         "--set=train.model=cnn",
         f"--set=train.cnn.epochs={epochs}",
-        "--set=train.cnn.width=16",
+        f"--set=train.cnn.init={init}",
+        "--set=train.cnn.init_architecture=small_cnn",
+        "--set=train.cnn.freeze_epochs=1",
         f"--set=train.output={tmp_path / 'models'}",
     ]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
@@ -291,6 +298,8 @@ def test_a_killed_training_run_resumes_from_its_checkpoint(spark, mllib_workspac
     card = _card_json(tmp_path / "models" / "cnn")
     assert card["training"]["resumed_from_epoch"] >= killed_at
     assert [h["epoch"] for h in card["training"]["history"]] == list(range(1, epochs + 1))
+    assert card["init"]["sha256"] == hashlib.sha256(init.read_bytes()).hexdigest()
+    assert (card["architecture"], card["arch"]["width"]) == ("small_cnn_classifier", 16)
     assert not state.parent.exists()  # a finished run clears its checkpoints
 
 
