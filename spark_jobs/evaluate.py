@@ -60,7 +60,7 @@ STAGE = "evaluate"
 METRICS = "metrics.json"
 
 
-def test_features(spark: SparkSession, cfg: Config, card: ModelCard) -> DataFrame:
+def features_test_split(spark: SparkSession, cfg: Config, card: ModelCard) -> DataFrame:
     """The features table's test rows, checked to be of the kind and size ``card``'s model reads."""
     from pyspark.sql import functions as F
 
@@ -72,7 +72,7 @@ def test_features(spark: SparkSession, cfg: Config, card: ModelCard) -> DataFram
             raise SourceError(
                 f"model {card.version} was trained on {card.feature_kind} features of dim "
                 f"{card.feature_dim}; {features_dir} now holds {extractor.get('kind')} features of dim "
-                f"{extractor.get('dim')}: retrain it (python -m spark_jobs.train --set train.model=mllib)"
+                f"{extractor.get('dim')}: retrain it (python -m spark_jobs.train --set train.model={card.kind})"
             )
         log.warning("model %s was trained on another features table than %s", card.version, features_dir)
     return read_features(spark, features_dir).where(F.col("split") == "test")
@@ -81,13 +81,13 @@ def test_features(spark: SparkSession, cfg: Config, card: ModelCard) -> DataFram
 def mllib_predictions(spark: SparkSession, cfg: Config, folder: Path, card: ModelCard) -> DataFrame:
     """``image_id, label, prediction (class index), probability, probabilities`` for the features
     table's test rows."""
-    return mllib_classify(folder, test_features(spark, cfg, card), card.classes, ("image_id", "label"))
+    return mllib_classify(folder, features_test_split(spark, cfg, card), card.classes, ("image_id", "label"))
 
 
 def tiles_predictions(spark: SparkSession, cfg: Config, folder: Path, card: ModelCard) -> DataFrame:
     """A ``tiles_*`` model's outputs and ``tile_count`` for each test image, from its tiles' rows
     of the features table: grouped by image (one shuffle), each image's tiles in raster order."""
-    test = test_features(spark, cfg, card).select("image_id", "label", "tile_y", "tile_x", "features")
+    test = features_test_split(spark, cfg, card).select("image_id", "label", "tile_y", "tile_x", "features")
     grouped = test.repartition(cfg.spark.shuffle_partitions, "image_id").sortWithinPartitions(
         "image_id", "tile_y", "tile_x"
     )

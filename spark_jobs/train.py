@@ -62,6 +62,13 @@ log = logging.getLogger(__name__)
 
 STAGE = "train"
 CALIBRATION_IMAGES = 256
+# What a model reads (the card's ``input``), besides the pixels of the cnn and the autoencoder.
+INPUTS = {
+    "mllib": "features table rows (features.parquet)",
+    **dict.fromkeys(
+        TILE_KINDS, "each image's tile vectors in raster order (features.tiles), cut from the full-resolution file"
+    ),
+}
 
 
 def reads_features(kind: str) -> bool:
@@ -210,7 +217,7 @@ def torch_spec(
         if record is not None:  # the architecture and width are the backbone's
             architecture = f"{record.architecture}_classifier"
             arch["width"] = record.width
-            init = {"uri": record.uri, "sha256": record.sha256, "architecture": record.architecture}
+            init = record.model_dump()  # what every rank loads (and checks), and the card records
     else:
         if ingest_size % 8:
             raise ConfigError(f"the autoencoder needs image sides that are multiples of 8; ingest made {ingest_size}px")
@@ -281,7 +288,7 @@ def train_torch(
         "training": TrainingRecord(**result),
     }
     if kind == "cnn" and spec["init"] is not None:
-        details["init"] = init_backbone(cfg)
+        details["init"] = InitRecord(**spec["init"])
     if kind in TILE_KINDS:  # the extractor and the cut that scoring repeats on new images
         extractor = tiles_extractor(source)
         shutil.copy2(source / EXTRACTOR, folder / EXTRACTOR)
@@ -339,7 +346,7 @@ def run(cfg: Config, spark: SparkSession) -> Path:
             task=TASKS[kind],
             version=f"{kind}-{stamp}-{params_hash(data | params)[:8]}",
             image_size=ingest_cfg.image_size,
-            input="float RGB NCHW in [0, 1]" if kind != "mllib" else "features table rows (features.parquet)",
+            input=INPUTS.get(kind, "float RGB NCHW in [0, 1]"),
             ingest_settings=ingest_cfg,
             **details,
             params=params,

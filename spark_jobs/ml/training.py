@@ -2,10 +2,13 @@
 
 :func:`fit` is what ``train`` hands to ``pyspark.ml.torch.distributor.TorchDistributor``: it runs
 once per rank (``RANK``/``WORLD_SIZE`` come from torchrun), reads only that rank's shard of the
-ingested Parquet table, trains, keeps the epoch that is best on the val split, and rank 0 writes
-the weights. Everything it needs arrives in one plain ``spec`` dict (picklable, no Spark objects).
-It is the project's one training loop: the ``backbone`` stage calls it in-process (one rank, no
-Spark), ``train`` through TorchDistributor.
+ingested Parquet table (or, for ``tiles_*`` models, ``spec["input"] == "tiles"``, of a tiles
+features table: each image as its tile vectors in raster order), trains, keeps the epoch that is
+best on the val split, and rank 0 writes the weights. A cnn spec with ``init`` starts its backbone
+(``net[0]``) from that state dict (fine-tuning: ``hp.freeze_epochs`` head-only epochs first, the
+backbone at ``hp.backbone_learning_rate``). Everything it needs arrives in one plain ``spec``
+dict (picklable, no Spark objects). It is the project's one training loop: the ``backbone``
+stage calls it in-process (one rank, no Spark), ``train`` through TorchDistributor.
 
 Checkpoints (``spec["checkpoint_dir"]``, every ``checkpoint_every`` epochs and after the last):
 ``state.pt`` (model, optimiser, scheduler, epoch, best weights, history; written by rank 0) and

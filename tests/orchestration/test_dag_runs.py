@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -163,7 +164,10 @@ def test_a_gate_failure_stops_the_run_at_its_stage(airflow_db: dict[str, str], t
     assert run["state"] == "failed"
     assert run["tasks"]["build_package"] == "success"
     assert run["tasks"]["ingest"] == "failed"  # at once: a gate verdict is not retried
-    downstream = set(run["tasks"]) - {"build_package", "ingest"}
+    grids = {t for t in run["tasks"] if t.startswith("grids.")} | {"version_grids"}
+    assert {run["tasks"][t] for t in grids} == {"skipped"}  # the other pipeline's
+    assert run["tasks"]["choose_pipeline"] == "success"
+    downstream = set(run["tasks"]) - {"build_package", "choose_pipeline", "ingest"} - grids
     assert {run["tasks"][t] for t in downstream} == {"upstream_failed"}
     problems = [line for line in run["log"].splitlines() if "ERROR" in line or "stopped" in line]
     assert any("stage ingest stopped: its gate failed" in line for line in problems), problems
@@ -201,7 +205,9 @@ def test_a_run_with_the_form_untouched_is_dvc_repro(
     env = {**airflow_db, "PATH": f"{stub}{os.pathsep}{airflow_db['PATH']}"}
     run = _dag_test(env, ws, TRAINING, {})
     assert run["state"] == "success", run["log"][-6000:]
-    assert set(run["tasks"].values()) == {"success"}, run["tasks"]
+    grids = {t for t in run["tasks"] if t.startswith("grids.")} | {"version_grids"}
+    assert {state for t, state in run["tasks"].items() if t not in grids} == {"success"}, run["tasks"]
+    assert {run["tasks"][t] for t in grids} == {"skipped"}  # the pipeline Param left empty: the digits
     launcher = str(REPO / stages.LAUNCHER)
     submitted = [json.loads(line) for line in record.read_text().splitlines()]
     args = sorted(argv[argv.index(launcher) + 1 :] for argv in submitted)
@@ -212,3 +218,65 @@ def test_a_run_with_the_form_untouched_is_dvc_repro(
         [str(BIN / "dvc"), "status", *TRAINING_STAGES], cwd=ws, capture_output=True, text=True, check=True
     )
     assert "up to date" in status.stdout, status.stdout
+
+
+def _producing_spark_submit(folder: Path, record: Path, outs: dict[str, list[str]]) -> Path:
+    """A ``spark-submit`` that records its command line and working folder (the task's
+    ``IMAGE_PLATFORM_WORKDIR``) and creates the DVC outputs ``outs`` names for its stage arguments
+    (empty, as placeholders): the DAG's wiring and DVC versioning without Spark's cost."""
+    folder.mkdir()
+    stub = folder / "spark-submit"
+    stub.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\nfrom pathlib import Path\n"
+        f"outs = json.loads({json.dumps(json.dumps(outs))})\n"
+        f"argv = sys.argv[1:]\nwhere = os.environ['IMAGE_PLATFORM_WORKDIR']\n"
+        f"with open({str(record)!r}, 'a') as out:\n    out.write(json.dumps([where, *argv]) + '\\n')\n"
+        "launched = argv[argv.index(" + repr(str(REPO / stages.LAUNCHER)) + ") + 1 :]\n"
+        "for path in outs[' '.join(launched)]:\n"
+        "    target = Path(where) / path\n"
+        "    if target.suffix == '.json':\n"
+        "        target.parent.mkdir(parents=True, exist_ok=True)\n"
+        "        target.write_text('{}')\n"
+        "    else:\n"
+        "        target.mkdir(parents=True, exist_ok=True)\n"
+        "        (target / 'placeholder').write_text(' '.join(launched))\n"
+    )
+    stub.chmod(0o755)
+    return folder
+
+
+def test_the_pipeline_param_runs_the_grids_pipeline_in_its_workspace(
+    airflow_db: dict[str, str], tmp_path: Path
+) -> None:
+    """``{"pipeline": "grids"}``: the branch skips the digits tasks and runs grids/dvc.yaml's, each
+    submitted from the grids workspace with its dvc.yaml arguments; ``version_grids`` commits their
+    outputs to that workspace's dvc.lock. (Spark is a stand-in here; the same operator's real
+    spark-submits run in the shared REST run, and the grids stages themselves in
+    tests/spark_jobs/test_tiles_models.py.)"""
+    ws = make_workspace(tmp_path / "ws", 3, scm=True)
+    (ws / "grids").mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / "grids" / name, ws / "grids" / name)
+    (ws / "grids" / "data" / "sample" / "grids" / "ascending").mkdir(parents=True)  # ingest.source
+    (ws / "grids" / "data" / "sample" / "grids" / "ascending" / "0.png").write_bytes(b"stand-in")
+    (ws / "models" / "backbone").mkdir(parents=True)  # the digits backbone the features read
+    (ws / "models" / "backbone" / "backbone.pt2").write_bytes(b"stand-in")
+    view = stages.pipeline(dvcfile="grids/dvc.yaml")
+    trained = [n for n in view if n.partition("@")[0] not in ("sample", "score")]
+    outs = {" ".join([view[n].command.stage, *view[n].command.args]): list(view[n].outs) for n in trained}
+    record = tmp_path / "submitted.jsonl"
+    stub = _producing_spark_submit(tmp_path / "bin", record, outs)
+    env = {**airflow_db, "PATH": f"{stub}{os.pathsep}{airflow_db['PATH']}"}
+    run = _dag_test(env, ws, TRAINING, {"pipeline": "grids"})
+    assert run["state"] == "success", run["log"][-6000:]
+    ran = {t for t, state in run["tasks"].items() if state == "success"}
+    grid_tasks = {f"grids.{stages.task_id(n)}" for n in trained}
+    assert ran == {"build_package", "choose_pipeline", "version_grids", *grid_tasks}, run["tasks"]
+    assert {state for t, state in run["tasks"].items() if t not in ran} == {"skipped"}, run["tasks"]
+    submitted = [json.loads(line) for line in record.read_text().splitlines()]
+    assert {where for where, *_ in submitted} == {str(ws / "grids")}
+    launcher = str(REPO / stages.LAUNCHER)
+    assert sorted(" ".join(argv[argv.index(launcher) + 1 :]) for _, *argv in submitted) == sorted(outs)
+    lock = yaml.safe_load((ws / "grids" / "dvc.lock").read_text())["stages"]
+    assert set(lock) == set(trained)
+    assert not (ws / "dvc.lock").exists()  # the digits workspace was not touched

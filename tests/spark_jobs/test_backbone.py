@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import boto3
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,7 @@ from spark_jobs.core.config import CnnConfig, ConfigError
 from spark_jobs.core.store import SourceError
 from spark_jobs.ml import extractors, models
 from spark_jobs.ml.cards import CARD
-from tests.factories import link_ingest
+from tests.factories import link_ingest, with_overrides
 
 pytestmark = pytest.mark.spark  # uses the shared ingest output
 
@@ -62,6 +63,14 @@ def test_backbone_is_trained_exported_and_reproducible(ingested: Path, tmp_path:
     assert spec["init"]["sha256"] == hashlib.sha256((out / backbone.STATE_DICT).read_bytes()).hexdigest()
     record = train.init_backbone(tuned)
     assert (record.architecture, record.width, record.card) == ("small_cnn", 4, (out / CARD).as_uri())
+    # the same from an S3 prefix (the loopback server): the card is read beside the weights
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="backbones")
+    for name in (backbone.STATE_DICT, CARD):
+        client.put_object(Bucket="backbones", Key=f"digits/{name}", Body=(out / name).read_bytes())
+    remote = train.init_backbone(with_overrides(tuned, "train.cnn.init=s3://backbones/digits/backbone.pt"))
+    assert (remote.architecture, remote.width, remote.sha256) == ("small_cnn", 4, record.sha256)
+    assert remote.card == "s3://backbones/digits/card.json"
     exported = link_ingest(ingested, tmp_path / "d", f"train.cnn.init={out / backbone.EXPORTED}")
     with pytest.raises(ConfigError, match="state dict"):
         train.init_backbone(exported)

@@ -235,15 +235,17 @@ def test_id_set_holds_exactly_its_ids() -> None:
 
 def test_class_columns_sort_and_cut_top_k() -> None:
     probabilities = np.array([[0.1, 0.6, 0.3], [0.4, 0.2, 0.4]], dtype=np.float32)
-    label, probability, top, anomaly_score, is_anomaly = scoring.class_columns(probabilities, ["a", "b", "c"], 2)
+    label, probability, top, anomaly_score, is_anomaly, tile_count = scoring.class_columns(
+        probabilities, ["a", "b", "c"], 2
+    )
     assert label.to_pylist() == ["b", "a"]  # a tie goes to the first class, as argmax does
     assert probability.to_pylist() == pytest.approx([0.6, 0.4])
     assert [[(t["label"], round(t["probability"], 3)) for t in row] for row in top.to_pylist()] == [
         [("b", 0.6), ("c", 0.3)],
         [("a", 0.4), ("c", 0.4)],
     ]
-    assert anomaly_score.null_count == is_anomaly.null_count == 2
-    _, _, top, _, _ = scoring.class_columns(probabilities, ["a", "b", "c"], 5)
+    assert anomaly_score.null_count == is_anomaly.null_count == tile_count.null_count == 2
+    _, _, top, _, _, _ = scoring.class_columns(probabilities, ["a", "b", "c"], 5)
     assert [len(row) for row in top.to_pylist()] == [3, 3]
 
 
