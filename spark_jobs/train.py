@@ -179,9 +179,8 @@ def torch_spec(
     """The plain spec :func:`spark_jobs.ml.training.fit` runs from (no checkpoint or output paths
     yet); ``source`` is the table the model reads (the ingested images, or the tiles features)."""
     t = cfg.train
-    ingest_size = ingested_with(ingest_dir).image_size
     exclude: list[str] = []
-    data_sha = manifest.file_hash(source / manifest.MANIFEST)
+    architecture, init, table, read = ARCHITECTURES.get(kind), None, "images.parquet", "pixels"
     if kind in TILE_KINDS:
         hp = t.tiles.model_dump()
         arch = {
@@ -192,26 +191,9 @@ def torch_spec(
             "bidirectional": hp["bidirectional"],
             "dropout": hp["dropout"],
         }
-        return {
-            "kind": kind,
-            "input": "tiles",
-            "architecture": ARCHITECTURES[kind],
-            "arch": arch,
-            "hp": hp,
-            "classes": classes,
-            "class_weights": weights,
-            "exclude_classes": exclude,
-            "images": str((source / "features.parquet").absolute()),
-            "seed": t.seed,
-            "threads": t.threads,
-            "checkpoint_every": t.checkpoint_every,
-            "world": t.num_processes,
-            "data": data_sha,
-        }
-    hp = (t.cnn if kind == "cnn" else t.autoencoder).model_dump()
-    architecture = ARCHITECTURES[kind]
-    init = None
-    if kind == "cnn":
+        table, read = "features.parquet", "tiles"
+    elif kind == "cnn":
+        hp = t.cnn.model_dump()
         arch = {"width": hp["width"], "classes": len(classes), "dropout": hp["dropout"]}
         record = init_backbone(cfg)
         if record is not None:  # the architecture and width are the backbone's
@@ -219,12 +201,15 @@ def torch_spec(
             arch["width"] = record.width
             init = record.model_dump()  # what every rank loads (and checks), and the card records
     else:
+        hp = t.autoencoder.model_dump()
+        ingest_size = ingested_with(ingest_dir).image_size
         if ingest_size % 8:
             raise ConfigError(f"the autoencoder needs image sides that are multiples of 8; ingest made {ingest_size}px")
         arch = {"width": hp["width"], "latent": hp["latent"], "image_size": ingest_size}
         exclude = [hp["holdout_class"]] if hp["holdout_class"] is not None else []
     return {
         "kind": kind,
+        "input": read,
         "architecture": architecture,
         "init": init,
         "arch": arch,
@@ -232,13 +217,13 @@ def torch_spec(
         "classes": classes,
         "class_weights": weights,
         "exclude_classes": exclude,
-        "images": str((ingest_dir / "images.parquet").absolute()),
+        "images": str((source / table).absolute()),
         "seed": t.seed,
         "threads": t.threads,
         "checkpoint_every": t.checkpoint_every,
         "threshold_percentile": t.autoencoder.threshold_percentile,
         "world": t.num_processes,
-        "data": data_sha,
+        "data": manifest.file_hash(source / manifest.MANIFEST),
     }
 
 

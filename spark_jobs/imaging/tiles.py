@@ -59,15 +59,23 @@ class TooManyTiles(ValueError):
     """An image that would be cut into more than ``features.tiles.max_per_image`` blocks."""
 
 
-def checked_grid(width: int, height: int, cfg: TilesConfig) -> list[Tile]:
-    """:func:`grid`, or :class:`TooManyTiles` when it would hold more than ``cfg.max_per_image``
-    blocks (counted first: ``size=8, overlap=0.99`` on a 9000 x 9000 image would be 80 million)."""
+def too_many(width: int, height: int, cfg: TilesConfig) -> str | None:
+    """Why a ``width`` x ``height`` image cannot be cut (more than ``cfg.max_per_image`` blocks,
+    counted without cutting: ``size=8, overlap=0.99`` on a 9000 x 9000 image would be 80 million), or None."""
     n = count(width, height, cfg)
     if n > cfg.max_per_image:
-        raise TooManyTiles(
+        return (
             f"{width}x{height} cut into {cfg.size}px tiles overlapping {cfg.overlap:g} makes {n} tiles "
             f"> features.tiles.max_per_image {cfg.max_per_image}"
         )
+    return None
+
+
+def checked_grid(width: int, height: int, cfg: TilesConfig) -> list[Tile]:
+    """:func:`grid`, or :class:`TooManyTiles` when it would hold too many blocks (:func:`too_many`)."""
+    problem = too_many(width, height, cfg)
+    if problem:
+        raise TooManyTiles(problem)
     return grid(width, height, cfg)
 
 

@@ -31,6 +31,7 @@ import functools
 import hashlib
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,16 +118,27 @@ def resnet18(width: int = 64) -> nn.Module:
     return ResNet18(width)
 
 
-# Backbone architecture -> (builder from a width, embedding size per unit of width).
-BACKBONE_WIDTHS: dict[str, tuple[Callable[[int], nn.Module], int]] = {
-    "small_cnn": (small_cnn, 4),
-    "resnet18": (resnet18, 8),
+@dataclass(frozen=True)
+class Backbone:
+    """A backbone architecture: its builder from a width, the embedding size per unit of width,
+    the state-dict entry whose first dimension is the width, and the prefix of a classification
+    head saved with it (dropped when it is loaded as a backbone)."""
+
+    build: Callable[[int], nn.Module]
+    per_width: int
+    width_key: str
+    head_prefix: str | None = None
+
+
+BACKBONES: dict[str, Backbone] = {
+    "small_cnn": Backbone(small_cnn, 4, "0.weight"),
+    "resnet18": Backbone(resnet18, 8, "conv1.weight", head_prefix="fc."),
 }
 
 
 def backbone_width(architecture: str, state: dict[str, Any]) -> int:
     """The width of a backbone architecture's state dict, read from its first layer's shape."""
-    key = {"small_cnn": "0.weight", "resnet18": "conv1.weight"}[architecture]
+    key = BACKBONES[architecture].width_key
     if key not in state:
         raise BackboneError(f"not a {architecture} state dict: it has no {key!r}")
     return int(state[key].shape[0])
@@ -134,9 +146,8 @@ def backbone_width(architecture: str, state: dict[str, Any]) -> int:
 
 def backbone_state(architecture: str, state: dict[str, Any]) -> dict[str, Any]:
     """A backbone's state dict without a classification head saved with it (torchvision's ``fc.*``)."""
-    if architecture == "resnet18":
-        return {k: v for k, v in state.items() if not k.startswith("fc.")}
-    return state
+    prefix = BACKBONES[architecture].head_prefix
+    return state if prefix is None else {k: v for k, v in state.items() if not k.startswith(prefix)}
 
 
 def classifier(width: int, classes: int, dropout: float = 0.0, backbone: str = "small_cnn") -> nn.Module:
@@ -144,8 +155,8 @@ def classifier(width: int, classes: int, dropout: float = 0.0, backbone: str = "
     + dropout + a linear layer to ``classes`` logits. The backbone is the first module (``[0]``)."""
     from torch import nn
 
-    build, per_width = BACKBONE_WIDTHS[backbone]
-    return nn.Sequential(build(width), nn.Dropout(dropout), nn.Linear(per_width * width, classes))
+    spec = BACKBONES[backbone]
+    return nn.Sequential(spec.build(width), nn.Dropout(dropout), nn.Linear(spec.per_width * width, classes))
 
 
 def tile_sequence(
@@ -408,11 +419,11 @@ def quantized_int8(model: nn.Module, calibration: Tensor, batch: int = 64) -> nn
 
 # Architecture name -> builder of the module a state dict belongs to (shapes read from the dict).
 def _backbone_from_state(architecture: str, state: dict[str, Any]) -> nn.Module:
-    return BACKBONE_WIDTHS[architecture][0](backbone_width(architecture, state))
+    return BACKBONES[architecture].build(backbone_width(architecture, state))
 
 
 ARCHITECTURES: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
-    name: functools.partial(_backbone_from_state, name) for name in BACKBONE_WIDTHS
+    name: functools.partial(_backbone_from_state, name) for name in BACKBONES
 }
 
 

@@ -149,11 +149,8 @@ class TileHead:
         return PREDICTED_FIELDS
 
     def problem(self, record: dict[str, Any]) -> str | None:
-        """Why a decodable image cannot be cut (too many tiles), or None."""
-        n = tiles.count(record["orig_width"], record["orig_height"], self.tiles_cfg)
-        if n > self.tiles_cfg.max_per_image:
-            return f"{n} tiles > features.tiles.max_per_image {self.tiles_cfg.max_per_image}"
-        return None
+        """Why a decodable image cannot be cut (too many tiles), or None: the features stage's check."""
+        return tiles.too_many(record["orig_width"], record["orig_height"], self.tiles_cfg)
 
     def __call__(self, sources: list[bytes]) -> dict[str, pa.Array]:  # type: ignore[override]
         blocks, counts = [], []
