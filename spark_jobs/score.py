@@ -42,16 +42,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
-from collections.abc import Iterator
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from spark_jobs.core import manifest, runner, store
+from spark_jobs.core import manifest, runner, store, stream
 from spark_jobs.core.config import TILE_KINDS, ClassicalConfig, Config, ConfigError, IngestConfig
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.tables import QUARANTINE_COLUMNS
@@ -60,9 +64,12 @@ from spark_jobs.imaging import partitions
 from spark_jobs.ml import extractors, inference, mllib, scoring
 from spark_jobs.ml.cards import ModelCard, read_card
 from spark_jobs.ml.mllib import mllib_classify
+from spark_jobs.quality import gate as gate_lib
 from spark_jobs.quality import suites
+from spark_jobs.quality.gate import GateFailed
 
 if TYPE_CHECKING:
+    from pyspark import Broadcast
     from pyspark.sql import DataFrame, SparkSession
 
     from spark_jobs.quality.gate import GateResult
@@ -76,8 +83,8 @@ QUARANTINE = "score_quarantine"
 PREDICTION_SCHEMA = (
     "image_id string, source_uri string, predicted_label string, probability float, "
     "top_k array<struct<label:string,probability:float>>, anomaly_score double, is_anomaly boolean, "
-    "tile_count int, model_version string, model_kind string, decided_by string, job_version string, "
-    "scored_at timestamp"
+    "tile_count int, video_id string, frame_index int, frame_time double, model_version string, "
+    "model_kind string, decided_by string, job_version string, scored_at timestamp"
 )
 PREDICTION_COLUMNS = tuple(f.split()[0] for f in PREDICTION_SCHEMA.split(", "))
 QUARANTINE_SCHEMA = pa.schema([(c, pa.int64() if c == "size_bytes" else pa.string()) for c in QUARANTINE_COLUMNS])
@@ -109,6 +116,15 @@ def read_predictions(spark: SparkSession, folder: Path) -> DataFrame | None:
         .option("mergeSchema", "true")
         .parquet(*[str(p) for p in committed_runs(folder)])
     )
+
+
+def read_stream_predictions(spark: SparkSession, root: Path) -> DataFrame | None:
+    """Every prediction a stream published (with its ``hour`` and ``batch_id``), or None before
+    its first; schemas merged, as :func:`read_predictions`."""
+    table = stream.stream_dir(root) / stream.PREDICTIONS
+    if not any(table.glob("hour=*/part-*.parquet")):
+        return None
+    return spark.read.option("mergeSchema", "true").parquet(str(table))
 
 
 def _published_rows(folder: Path, columns: list[str], where: Any = None) -> pa.Table | None:
@@ -161,21 +177,25 @@ def scan(
     ingest_cfg: IngestConfig,
     done: scoring.IdSet,
     head: scoring.Head,
+    kept: Sequence[Broadcast] = (),
 ) -> DataFrame:
-    """One Python pass over the listed files: fetched, checked against ``done``, decoded with the
-    model's ingest settings and run through ``head`` in the same task (no decoded pixels leave the
-    worker). Files are cut into tasks by bytes (:func:`partitions.plan_chunks`). Copies of one content
-    are not marked here (:func:`copies`)."""
+    """One Python pass over the listed files: fetched, checked against ``done`` (and the id sets
+    of ``kept``, broadcasts a stream keeps across its micro-batches), decoded with the model's
+    ingest settings (video files: their sampled frames) and run through ``head`` in the same task
+    (no decoded pixels leave the worker). Files are cut into tasks by bytes
+    (:func:`partitions.plan_chunks`). Copies of one content are not marked here (:func:`copies`)."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
     ids, listing = partitions.chunk_tasks(spark, partitions.plan_chunks(spark, files, cfg.spark))
-    known = spark.sparkContext.broadcast(done)
+    known = [spark.sparkContext.broadcast(done), *kept]
     rows = cfg.spark.arrow_max_records_per_batch
+    video_cfg = cfg.score.video
 
     def run_tasks(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        seen = scoring.IdUnion([k.value for k in known])
         for batch in batches:
             for part in partitions.chunk_slices(batch.column("id").to_pylist(), listing, rows):
-                yield scoring.scan_batch(part, ingest_cfg, known.value, head)
+                yield scoring.scan_batch(part, ingest_cfg, seen, head, video_cfg)
 
     schema = from_arrow_schema(pa.schema([*scoring.SCAN_FIELDS, *head.outputs()]))
     return ids.mapInArrow(run_tasks, schema)
@@ -187,7 +207,6 @@ def copies(written: Path, usable: DataFrame) -> tuple[int, list[dict[str, Any]]]
     but the one with the smallest URI, which stays scored. Only the two id columns are read, on the
     driver (as :func:`scored_ids` reads them); the repeated contents' rows, rare, come from
     ``usable`` (the scanned rows the predictions were made of)."""
-    import pyarrow.compute as pc
     import pyarrow.dataset as ds
     from pyspark.sql import functions as F
 
@@ -195,9 +214,7 @@ def copies(written: Path, usable: DataFrame) -> tuple[int, list[dict[str, Any]]]
     if not parts:
         return 0, []
     ids = ds.dataset(parts, format="parquet").to_table(columns=["image_id", "source_uri"])
-    per_id = ids.group_by("image_id").aggregate([("source_uri", "count"), ("source_uri", "min")])
-    repeated = per_id.filter(pc.greater(per_id["source_uri_count"], 1))
-    first = dict(zip(repeated["image_id"].to_pylist(), repeated["source_uri_min"].to_pylist(), strict=True))
+    first = first_copies(ids)
     if not first:
         return ids.num_rows, []
     rows = usable.where(F.col("image_id").isin(list(first))).select(*QUARANTINE_COLUMNS).toArrow().to_pylist()
@@ -208,6 +225,16 @@ def copies(written: Path, usable: DataFrame) -> tuple[int, list[dict[str, Any]]]
     ]
 
 
+def first_copies(ids: pa.Table) -> dict[str, str]:
+    """``{image_id: smallest source_uri}`` of the ids more than one row of ``ids`` (``image_id``,
+    ``source_uri``) has: the one copy of each content that stays scored."""
+    import pyarrow.compute as pc
+
+    per_id = ids.group_by("image_id").aggregate([("source_uri", "count"), ("source_uri", "min")])
+    repeated = per_id.filter(pc.greater(per_id["source_uri_count"], 1))
+    return dict(zip(repeated["image_id"].to_pylist(), repeated["source_uri_min"].to_pylist(), strict=True))
+
+
 def mllib_predictions(usable: DataFrame, folder: Path, card: ModelCard, k: int) -> DataFrame:
     """:data:`scoring.PREDICTED_ROW` rows of an mllib model: scanned ``raw``
     descriptors through its saved scaler + PCA, then its classifier."""
@@ -216,9 +243,10 @@ def mllib_predictions(usable: DataFrame, folder: Path, card: ModelCard, k: int) 
 
     table = mllib.apply_transform(PipelineModel.load(str(folder / mllib.TRANSFORM)), usable)
     classes = tuple(card.classes)
-    classified = mllib_classify(folder, table, list(classes), ("image_id", "source_uri"))
+    keys = tuple(scoring.KEY_FIELDS.names)
+    classified = mllib_classify(folder, table, list(classes), keys)
     schema = from_arrow_schema(scoring.PREDICTED_ROW)
-    rows = classified.select("image_id", "source_uri", "probabilities")
+    rows = classified.select(*keys, "probabilities")
     return rows.mapInArrow(lambda it: scoring.top_k_batches(it, classes, k), schema)
 
 
@@ -251,7 +279,7 @@ def predicted(rows: DataFrame, decided_by: str) -> DataFrame:
     """The prediction columns of scanned (or classified) rows, and which model decided them."""
     from pyspark.sql import functions as F
 
-    return rows.select("image_id", "source_uri", *scoring.PREDICTED_FIELDS.names, F.lit(decided_by).alias("decided_by"))
+    return rows.select(*scoring.PREDICTED_ROW.names, F.lit(decided_by).alias("decided_by"))
 
 
 def cascade_predictions(
@@ -380,16 +408,8 @@ def write_predictions(
     ``predictions`` (one job, overlapping the scan); returns the copies of one content left out."""
     from pyspark.sql import functions as F
 
-    stamped = decided.withColumns(
-        {
-            "model_version": F.lit(model.version),
-            "model_kind": F.lit(model.kind),
-            "job_version": F.lit(manifest.job_version_label()),
-            "scored_at": F.lit(started).cast("timestamp"),
-        }
-    ).select(*PREDICTION_COLUMNS)
     written = run.staging / "_written"
-    stamped.write.parquet(str(written))
+    stamped(decided, model, started).write.parquet(str(written))
     rows, duplicates = copies(written, usable)
     if duplicates:
         copy_uris = [r["source_uri"] for r in duplicates]
@@ -439,6 +459,10 @@ def run(cfg: Config, spark: SparkSession) -> Path | None:
 
     root = Path(cfg.data.root)
     with runner.StageRun(STAGE, root, spark, root / PREDICTIONS, name=STAGE, lock_wait=cfg.data.lock_wait_s) as run:
+        holder = runner.lock_holder(stream.inbox_lock(root, cfg.score.inbox))
+        if holder is not None:  # not a failure: the stream scores these files
+            log.info("stream active: %s is scored by a stream (%s); this run scores nothing", cfg.score.inbox, holder)
+            return None
         with run.phase("read"):
             model = scorer(cfg)
             kind, files = store.list_source(cfg.score.inbox)
@@ -494,6 +518,334 @@ def run(cfg: Config, spark: SparkSession) -> Path | None:
     return published
 
 
+# ---- stream mode -------------------------------------------------------------------------------
+
+
+STREAM_STAGE = "score-stream"  # its gate reports and rejected micro-batches
+REBUILD_IDS = 50_000  # ids scored since the lookup was read, before it is read again (and pruned)
+
+
+def batch_lock(root: Path) -> Path:
+    """The lock a batch run of this stage holds (its :class:`runner.StageRun` on ``predictions``)."""
+    return root / runner.LOCKS / f"{STAGE}.lock"
+
+
+def stream_scored_ids(root: Path, version: str, now: float, hours: int) -> list[str]:
+    """``image_id`` of the images ``version`` scored in the stream table's last ``hours`` hours
+    (only those partitions are read: the lookup does not grow with the stream's age)."""
+    import pyarrow.dataset as ds
+
+    table = stream.stream_dir(root) / stream.PREDICTIONS
+    folders = [table / h for h in sorted(stream.recent_hours(now, hours)) if (table / h).is_dir()]
+    files = [str(f) for folder in folders for f in sorted(folder.glob("part-*.parquet"))]
+    if not files:
+        return []
+    got = ds.dataset(files, format="parquet").to_table(
+        columns=["image_id"], filter=ds.field("model_version") == version
+    )
+    return got.column("image_id").to_pylist()
+
+
+class Lookup:
+    """The already-scored lookup of a stream, for one model version: the ids of the batch table and
+    of the stream table's last ``score.stream.dedupe_hours``, broadcast once, plus the ids scored
+    since (broadcast with each micro-batch); read again every :data:`REBUILD_IDS` new ids."""
+
+    def __init__(self, spark: SparkSession, cfg: Config, version: str) -> None:
+        self.spark, self.cfg, self.version = spark, cfg, version
+        self.recent: set[str] = set()
+        self.base: Any = None
+        self.read()
+
+    def read(self) -> None:
+        root = Path(self.cfg.data.root)
+        batch = scored_ids(predictions_dir(self.cfg), self.version)
+        streamed = stream_scored_ids(root, self.version, time.time(), self.cfg.score.stream.dedupe_hours)
+        ids = scoring.IdSet([*(d.hex() for d in batch.digests), *streamed])
+        if self.base is not None:
+            self.base.unpersist()
+        self.base, self.recent = self.spark.sparkContext.broadcast(ids), set()
+
+    def add(self, ids: list[str]) -> None:
+        self.recent.update(ids)
+        if len(self.recent) > REBUILD_IDS:
+            self.read()
+
+    def close(self) -> None:
+        if self.base is not None:
+            self.base.unpersist()
+
+
+@dataclass
+class Folder:
+    """A micro-batch's staging folder, where a cascade keeps its light model's rows."""
+
+    staging: Path
+
+    def path(self, name: str) -> str:
+        return str(self.staging / name)
+
+
+def stamped(decided: DataFrame, model: Scorer, scored_at: datetime, batch: int | None = None) -> DataFrame:
+    """Prediction rows (:data:`PREDICTION_COLUMNS`) stamped with the model and code versions (and
+    a stream's micro-batch)."""
+    from pyspark.sql import functions as F
+
+    rows = decided.withColumns(
+        {
+            "model_version": F.lit(model.version),
+            "model_kind": F.lit(model.kind),
+            "job_version": F.lit(manifest.job_version_label()),
+            "scored_at": F.lit(scored_at).cast("timestamp"),
+        }
+    ).select(*PREDICTION_COLUMNS)
+    return rows if batch is None else rows.withColumn("batch_id", F.lit(batch).cast("long"))
+
+
+def _write_table(table: pa.Table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, compression="zstd")
+
+
+def _stream_gate(
+    table: pa.Table, model: Scorer, cfg: Config, window: stream.RollingWindow, report: Path | None
+) -> GateResult:
+    """The predictions suite on a micro-batch: its row rules on its rows; the low-confidence share
+    and class drift over the rolling window with these rows in it."""
+    low, task, labels = cfg.score.low_confidence, model.card.task, model.labels()
+    stats = suites.prediction_stats_arrow(table, labels, task, low, cfg.gate.predictions.probability_tolerance)
+    names = table.column("predicted_label").to_pylist()
+    probability = table.column("probability").to_pylist()
+    flags = [p is not None and p < low for p in probability]
+    rows, low_rows, per_label = window.with_batch(names, flags)
+    volume = suites.Volume(rows, low_rows, per_label)
+    batches = suites.prediction_batches(
+        stats,
+        labels,
+        model.card.class_counts,
+        task,
+        low,
+        cfg.gate.predictions,
+        volume,
+        cfg.score.stream.min_window_rows,
+    )
+    return gate_lib.validate(STREAM_STAGE, batches, report)
+
+
+def micro_batch(
+    spark: SparkSession,
+    cfg: Config,
+    model: Scorer,
+    head: scoring.Head,
+    planned: stream.Planned,
+    lookup: Lookup,
+    window: stream.RollingWindow,
+) -> tuple[str, dict[str, Any], dict[str, float]]:
+    """Score one planned micro-batch and publish it (or reject it): ``(outcome, counts, seconds
+    per phase)``. Its rows go to ``hour=<planned hour>/part-<batch>.parquet`` of the stream's tables
+    by one rename each (quarantine first, predictions last), so a batch run again after a kill
+    replaces the same files and the predictions' rename is its point of no return."""
+    import pyarrow.compute as pc
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    root = Path(cfg.data.root)
+    folder = stream.stream_dir(root)
+    target = folder / stream.PREDICTIONS / planned.hour / stream.part_name(planned.batch)
+    quarantine_target = folder / stream.QUARANTINE / planned.hour / stream.part_name(planned.batch)
+    seconds: dict[str, float] = {}
+    if target.exists():  # published before a kill cut the commit short
+        import pyarrow.parquet as pq
+
+        return "published", {"files_seen": len(planned.files), "scored": pq.read_metadata(target).num_rows}, seconds
+    staging = folder / runner.STAGING / f"batch-{planned.batch}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    files = planned.source_files()
+    started = time.perf_counter()
+    try:
+        scanned = scan(spark, files, cfg, model.card.ingest_settings, scoring.IdSet(lookup.recent), head, [lookup.base])
+        scanned = scanned.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            usable = scanned.where(F.col("reason").isNull())
+            decided = decide(spark, usable, files, model, cfg, Folder(staging))  # type: ignore[arg-type]
+            table = stamped(decided, model, datetime.now(UTC), planned.batch).toArrow()
+            bad = scanned.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS).toArrow().to_pylist()
+        finally:
+            scanned.unpersist()
+        seconds["score"] = time.perf_counter() - started
+        first = first_copies(table.select(["image_id", "source_uri"]))
+        if first:
+            copy = [
+                r
+                for r in table.select(["image_id", "source_uri"]).to_pylist()
+                if r["source_uri"] != first.get(r["image_id"], r["source_uri"])
+            ]
+            bad += [
+                dict.fromkeys(QUARANTINE_COLUMNS)
+                | r
+                | {"reason": images_lib.DUPLICATE, "detail": f"same content as {first[r['image_id']]}"}
+                for r in copy
+            ]
+            dropped = {r["source_uri"] for r in copy}
+            table = table.filter(pc.invert(pc.is_in(table["source_uri"], pa.array(sorted(dropped)))))
+        counts = {"files_seen": len(files), "scored": table.num_rows, "quarantined": len(bad)}
+        started = time.perf_counter()
+        result = _stream_gate(table, model, cfg, window, None) if table.num_rows else None
+        seconds["gate"] = time.perf_counter() - started
+        started = time.perf_counter()
+        if result is not None and not result.success:
+            rejected = root / "rejected" / f"{STREAM_STAGE}-{planned.batch}-{runner.new_run_id()}"
+            _write_table(table, staging / PREDICTIONS / stream.part_name(planned.batch))
+            manifest.write_json(staging / "files.json", planned)
+            rejected.parent.mkdir(parents=True, exist_ok=True)
+            report = _stream_gate(table, model, cfg, window, staging / "gate")  # Data Docs: only now
+            staging.rename(rejected)
+            log.error("micro-batch %d rejected, kept in %s: %s", planned.batch, rejected, report.summary())
+            return "rejected", counts | {"rejected": str(rejected)}, seconds
+        if bad:
+            _write_table(pa.Table.from_pylist(bad, schema=QUARANTINE_SCHEMA), staging / "q.parquet")
+            quarantine_target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / "q.parquet", quarantine_target)
+        if table.num_rows:
+            _write_table(table, staging / "p.parquet")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / "p.parquet", target)
+            lookup.add(table.column("image_id").to_pylist())
+            names = table.column("predicted_label").to_pylist()
+            window.add(
+                names, [p is not None and p < cfg.score.low_confidence for p in table.column("probability").to_pylist()]
+            )
+        seconds["publish"] = time.perf_counter() - started
+        return "published", counts, seconds
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def stream_run(cfg: Config, spark: SparkSession, on_batch: Any = None) -> int:
+    """Score the inbox in micro-batches until SIGTERM (or, with ``score.stream.available_now``,
+    until it is empty of new files); returns the number of micro-batches run. ``on_batch(batch)``
+    is called after each (tests change the champion there)."""
+    root = Path(cfg.data.root)
+    folder = stream.stream_dir(root)
+    s = cfg.score.stream
+    inbox = cfg.score.inbox
+    holder = f"stream on {inbox}"
+    lock = runner.take_lock(stream.inbox_lock(root, inbox), 0.0, f"a stream already scores {inbox}", holder)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if _main_thread() else None
+    progress = stream.Progress(inbox, s.latency_batches)
+    lookup: Lookup | None = None
+    model: Scorer | None = None
+    state = "failed"
+    try:
+        # A batch run scoring this inbox now finishes first; a later one sees the stream and stops.
+        os.close(runner.take_lock(batch_lock(root), cfg.data.lock_wait_s, "a batch score run holds the inbox", holder))
+        checkpoint = stream.Checkpoint(folder / stream.CHECKPOINT)
+        window = stream.RollingWindow(s.window_rows)
+        progress.write(folder, None, "starting")
+        ran = 0
+        while not stop.is_set():
+            tick = time.monotonic()
+            current = scorer(cfg)
+            if model is None or current.version != model.version:
+                if model is not None:
+                    log.info(
+                        "the champion changed: %s -> %s, from the next micro-batch on", model.version, current.version
+                    )
+                    lookup.close()  # type: ignore[union-attr]
+                model, head = current, current.head(cfg)
+                lookup = Lookup(spark, cfg, model.version)
+            planned = checkpoint.pending
+            if planned is None:
+                _, listing = store.list_source(inbox, allow_empty=True)
+                new = checkpoint.new_files(listing, time.time(), s.retry_rejected_s)
+                progress.backlog = max(len(new) - s.max_files_per_trigger, 0)
+                if not new:
+                    if s.available_now:
+                        break
+                    progress.write(folder, model.version, "running")
+                    stop.wait(max(s.trigger_s - (time.monotonic() - tick), 0.0))
+                    continue
+                planned = checkpoint.plan(new[: s.max_files_per_trigger], time.time(), model.version)
+                if planned.batch % stream.COMPACT_EVERY == 0 and planned.batch:
+                    checkpoint.compact(listing, s.retry_rejected_s, time.time())
+            else:
+                log.info("running micro-batch %d again: a stop cut it short", planned.batch)
+            outcome, counts, seconds = micro_batch(spark, cfg, model, head, planned, lookup, window)  # type: ignore[arg-type]
+            finished = time.time()
+            checkpoint.commit(planned, outcome, counts, finished)
+            ran += 1
+            _count(progress, planned, outcome, counts, seconds, finished, model.version)
+            progress.write(folder, model.version, "running")
+            if on_batch is not None:
+                on_batch(planned.batch)
+            if outcome == "rejected" and s.stop_on_reject:
+                raise GateFailed(
+                    STREAM_STAGE,
+                    Path(counts["rejected"]) / "gate" / "summary.txt",
+                    Path(counts["rejected"]),
+                    "micro-batch rejected",
+                )
+            stop.wait(max(s.trigger_s - (time.monotonic() - tick), 0.0))
+        state = "stopped"
+        log.info("stream stopped after %d micro-batches this run", ran)
+        return ran
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if lookup is not None:
+            lookup.close()
+        progress.write(folder, model.version if model else None, state)
+        os.close(lock)
+
+
+def _count(
+    progress: stream.Progress,
+    planned: stream.Planned,
+    outcome: str,
+    counts: dict[str, Any],
+    seconds: dict[str, float],
+    finished: float,
+    version: str,
+) -> None:
+    c = progress.counts
+    c["batches"] += 1
+    c["files_seen"] += counts["files_seen"]
+    if outcome == "rejected":
+        c["rejected_batches"] += 1
+        c["rejected_files"] += counts["files_seen"]
+        c["failures"] += 1
+        latencies: list[float] = []
+    else:
+        c["scored"] += counts["scored"]
+        c["quarantined"] += counts.get("quarantined", 0)
+        latencies = [finished - f[3] for f in planned.files if f[3]]
+    rounded = {k: round(v, 3) for k, v in seconds.items()}
+    progress.batch({"batch": planned.batch, "outcome": outcome, **counts}, latencies, rounded)
+    log.info(
+        "micro-batch %d %s: %d files, %d scored, %d quarantined by %s in %s",
+        planned.batch,
+        outcome,
+        counts["files_seen"],
+        counts.get("scored", 0),
+        counts.get("quarantined", 0),
+        version,
+        rounded,
+    )
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def job(cfg: Config, spark: SparkSession) -> Path | int | None:
+    """``score.mode``: one batch run, or the stream."""
+    return stream_run(cfg, spark) if cfg.score.mode == "stream" else run(cfg, spark)
+
+
 def _precheck(cfg: Config) -> None:
     read_card(model_folder(cfg))
     store.describe_source(cfg.score.inbox, "score.inbox")
@@ -501,7 +853,7 @@ def _precheck(cfg: Config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return run_stage(
-        STAGE, argv, run, description=__doc__, precheck=_precheck, preload=runner.GATE, worker_preload=worker_preload
+        STAGE, argv, job, description=__doc__, precheck=_precheck, preload=runner.GATE, worker_preload=worker_preload
     )
 
 

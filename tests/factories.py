@@ -66,6 +66,38 @@ def class_image(label: int, index: int, size: int = 24) -> bytes:
     return png_bytes(array)
 
 
+def video_bytes(frames: list[np.ndarray], container: str = "matroska", codec: str = "ffv1", rate: int = 5) -> bytes:
+    """A video of ``frames`` (HWC uint8 RGB, even sides) encoded with PyAV: ``ffv1`` in Matroska
+    in RGB keeps every pixel (so a frame scores as its picture does); ``mpeg4`` in ``mp4`` is lossy."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
+        for array in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        out.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def class_frames(labels: list[int], start: int) -> list[np.ndarray]:
+    """The pictures of :func:`class_image` (``labels`` in turn, indices from ``start``) as arrays."""
+    return [np.asarray(Image.open(io.BytesIO(class_image(label, start + i)))) for i, label in enumerate(labels)]
+
+
+def score_config(trained: Config, tmp_path: Path, kind: str, *overrides: str) -> Config:
+    """Scoring ``tmp_path / "inbox"`` into ``tmp_path / "data"`` with the ``kind`` model of ``trained``."""
+    return with_overrides(
+        trained,
+        f"data.root={tmp_path / 'data'}",
+        f"score.inbox={tmp_path / 'inbox'}",
+        f"score.model={Path(trained.train.output) / kind}",
+        *overrides,
+    )
+
+
 def write_class_tree(root: Path, classes: int, per_class: int, size: int = 24) -> dict[str, str]:
     """``root/<label>/img_<i>.png`` files; returns {file URI: label}."""
     written = {}

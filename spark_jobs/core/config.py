@@ -351,7 +351,37 @@ class CascadeConfig(_Section):
     confidence: float = Field(0.9, ge=0.0, le=1.0)
 
 
+class VideoConfig(_Section):
+    """Video files in an inbox: every ``every_nth`` decoded frame is scored as an image."""
+
+    extensions: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+    every_nth: int = Field(10, ge=1)
+    max_frames: int = Field(1000, ge=1)  # sampled frames per video; a longer one is quarantined
+
+    @model_validator(mode="after")
+    def _dotted_lowercase_extensions(self) -> VideoConfig:
+        bad = [e for e in self.extensions if not e.startswith(".") or e != e.lower()]
+        if bad:
+            raise ValueError(f"extensions must be lower-case and start with '.', got {bad}")
+        return self
+
+
+class StreamConfig(_Section):
+    """``score.mode: stream``: micro-batches over the inbox (spark_jobs.score's docstring)."""
+
+    trigger_s: float = Field(1.0, gt=0.0)  # a micro-batch starts at most this often
+    max_files_per_trigger: int = Field(1000, ge=1)
+    window_rows: int = Field(2000, ge=1)  # the volume checks' rolling window: the last N rows
+    min_window_rows: int = Field(200, ge=1)  # volume checks wait until the window holds this many
+    stop_on_reject: bool = False  # exit with code 3 after a rejected micro-batch
+    retry_rejected_s: float = Field(600.0, ge=0.0)  # a rejected batch's files are retried after this
+    dedupe_hours: int = Field(168, ge=1)  # hours of the stream table the already-scored lookup reads
+    latency_batches: int = Field(100, ge=1)  # the status's latency percentiles: the last N batches
+    available_now: bool = False  # score what is in the inbox, then stop (a backfill; the tests)
+
+
 class ScoreConfig(_Section):
+    mode: Literal["batch", "stream"] = "batch"
     inbox: SourcePath = "data/sample/inbox"
     model: str | None = None
     task: Literal["classifier", "anomaly"] = "classifier"
@@ -361,6 +391,8 @@ class ScoreConfig(_Section):
     threads: int = Field(1, ge=1, le=256)
     low_confidence: float = Field(0.5, ge=0.0, le=1.0)
     cascade: CascadeConfig = CascadeConfig()
+    video: VideoConfig = VideoConfig()
+    stream: StreamConfig = StreamConfig()
 
 
 class PredictionsGateConfig(_Section):

@@ -195,6 +195,54 @@ class OutputBusy(RuntimeError):
     """Another run of the stage holds its output's lock; this one waited and gave up."""
 
 
+def _open_lock(lock_file: Path) -> int:
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(lock_file, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+
+
+def _holder(fd: int) -> str:
+    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+
+
+def take_lock(lock_file: Path, wait: float, busy: str, holder: str) -> int:
+    """An exclusive ``fcntl.flock`` on ``lock_file`` (its descriptor: closing it releases the
+    lock, and so does the process's end, however it ends), waiting up to ``wait`` seconds; then
+    :class:`OutputBusy` saying ``busy`` and who holds it. The file then names ``holder``."""
+    import fcntl
+
+    fd = _open_lock(lock_file)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                held_by = _holder(fd)
+                os.close(fd)
+                raise OutputBusy(f"{busy} ({held_by}); waited {wait:g} s (data.lock_wait_s): try again later") from None
+            time.sleep(0.2)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{holder}, pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+    return fd
+
+
+def lock_holder(lock_file: Path) -> str | None:
+    """Who holds ``lock_file`` now (what the holder wrote in it), or None when nobody does."""
+    import fcntl
+
+    if not lock_file.exists():
+        return None
+    fd = _open_lock(lock_file)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd)
+    finally:
+        os.close(fd)
+    return None
+
+
 class StageRun:
     """One run of a stage: its output's lock, staging folder, phase clock, gate, manifest and publish.
 
@@ -269,27 +317,8 @@ class StageRun:
 
     def _lock(self) -> None:
         """Take the output's lock, waiting up to ``lock_wait`` seconds for another run to end."""
-        import fcntl
-
-        self.lock_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        deadline = time.monotonic() + self._lock_wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                    os.close(fd)
-                    raise OutputBusy(
-                        f"{self.target} is being written by another {self.stage} run ({holder}); "
-                        f"waited {self._lock_wait:g} s (data.lock_wait_s): try again later"
-                    ) from None
-                time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"run {self.run_id}, pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        self._lock_fd = fd
+        busy = f"{self.target} is being written by another {self.stage} run"
+        self._lock_fd = take_lock(self.lock_file, self._lock_wait, busy, f"run {self.run_id}")
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:

@@ -58,11 +58,14 @@ def unavailable_reason(exc: BaseException) -> str | None:
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One file to ingest: where it is, its label (None when unlabelled) and its size."""
+    """One file to ingest: where it is, its label (None when unlabelled), its size and when it
+    arrived (epoch seconds: a local file's last status change, which a rename into the folder is,
+    or its last write if later; an object's ``LastModified``; 0 when unknown)."""
 
     uri: str
     label: str | None
     size: int
+    arrived: float = 0.0
 
 
 def is_s3(uri: str) -> bool:
@@ -132,7 +135,8 @@ def list_s3(uri: str) -> Iterator[SourceFile]:
                 key = obj["Key"]
                 if key.endswith("/"):  # folder marker objects made by consoles
                     continue
-                yield SourceFile(f"s3://{bucket}/{key}", label_of(key[len(prefix) :]), int(obj["Size"]))
+                arrived = obj["LastModified"].timestamp()
+                yield SourceFile(f"s3://{bucket}/{key}", label_of(key[len(prefix) :]), int(obj["Size"]), arrived)
     except ClientError as exc:
         error = exc.response.get("Error", {})
         raise SourceError(
@@ -160,15 +164,17 @@ def list_directory(root: str) -> Iterator[SourceFile]:
         for name in sorted(names):
             path = Path(folder) / name
             try:
-                size = path.stat().st_size
+                st = path.stat()
+                size, arrived = st.st_size, max(st.st_mtime, st.st_ctime)
             except OSError:  # a dangling link: listed, and quarantined when it cannot be read
-                size = 0
+                size, arrived = 0, 0.0
             relative = path.relative_to(base).as_posix()
-            yield SourceFile(path.as_uri(), label_of(relative), size)
+            yield SourceFile(path.as_uri(), label_of(relative), size, arrived)
 
 
-def list_source(uri: str) -> tuple[str, list[SourceFile]]:
-    """The kind of a source (``directory``, ``s3`` or ``manifest``) and every file in it."""
+def list_source(uri: str, allow_empty: bool = False) -> tuple[str, list[SourceFile]]:
+    """The kind of a source (``directory``, ``s3`` or ``manifest``) and every file in it (an
+    empty source is a :class:`SourceError` unless ``allow_empty``: a stream's inbox)."""
     kind = describe_source(uri)
     if kind == "directory":
         files = list(list_directory(uri))
@@ -176,7 +182,7 @@ def list_source(uri: str) -> tuple[str, list[SourceFile]]:
         files = list(list_s3(uri))
     else:
         files = read_manifest(uri)
-    if not files:
+    if not files and not allow_empty:
         raise SourceError(f"no files under ingest.source {uri}")
     return kind, files
 

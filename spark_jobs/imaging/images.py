@@ -248,14 +248,18 @@ def _prepared(data: bytes, cfg: IngestConfig, full_resolution: bool) -> tuple[tu
         # Let libjpeg decode at a reduced DCT scale, never below twice the target side.
         im.draft(im.mode, (2 * cfg.image_size, 2 * cfg.image_size))
     _load(im)
-    im = ImageOps.exif_transpose(im)
+    return opened, _normalised(ImageOps.exif_transpose(im), cfg)
+
+
+def _normalised(im: Image.Image, cfg: IngestConfig) -> Image.Image:
+    """A loaded, upright picture in RGB with the configured preprocessing (not resized)."""
     im = to_rgb(im, tuple(cfg.alpha_background))
     p = cfg.preprocess
-    return opened, preprocess(im, p.denoise, p.median_size, p.contrast)
+    return preprocess(im, p.denoise, p.median_size, p.contrast)
 
 
 @contextlib.contextmanager
-def _any_failure_rejected() -> Iterator[None]:
+def any_failure_rejected() -> Iterator[None]:
     """Pillow raises far more than ``OSError`` on malformed files (``TypeError``, ``IndexError``,
     ``SyntaxError``, ``struct.error``, ...): whatever a file makes the decoder raise is the file's
     fault, an ``unreadable`` :class:`Rejected` naming the exception type, never a failed job."""
@@ -271,9 +275,23 @@ def _any_failure_rejected() -> Iterator[None]:
 
 def decode(data: bytes, cfg: IngestConfig) -> Decoded:
     """Normalised pixels of one encoded image, or :class:`Rejected` saying why not."""
-    with _any_failure_rejected():
-        (orig_format, orig_mode, orig_width, orig_height), im = _prepared(data, cfg, full_resolution=False)
-        pixels = np.asarray(resize(im, cfg.image_size, cfg.resize), dtype=np.uint8)
+    with any_failure_rejected():
+        opened, im = _prepared(data, cfg, full_resolution=False)
+        return _resized(opened, im, cfg)
+
+
+def decode_frame(im: Image.Image, cfg: IngestConfig) -> Decoded:
+    """Normalised pixels of a picture decoded elsewhere (a video frame), prepared as
+    :func:`decode` prepares an image file, or :class:`Rejected` saying why not."""
+    with any_failure_rejected():
+        if min(im.size) < cfg.min_side:
+            raise Rejected(TOO_SMALL, f"{im.width}x{im.height} < min_side {cfg.min_side}")
+        return _resized(("video", im.mode, im.width, im.height), _normalised(im, cfg), cfg)
+
+
+def _resized(opened: tuple[str, str, int, int], im: Image.Image, cfg: IngestConfig) -> Decoded:
+    orig_format, orig_mode, orig_width, orig_height = opened
+    pixels = np.asarray(resize(im, cfg.image_size, cfg.resize), dtype=np.uint8)
     return Decoded(
         pixels=pixels.tobytes(),
         height=pixels.shape[0],
@@ -323,7 +341,7 @@ def decode_record(
 def decode_full(data: bytes, cfg: IngestConfig) -> np.ndarray:
     """The full-resolution HWC uint8 RGB array of an image, prepared exactly as :func:`decode`
     prepares it (orientation, RGB conversion, preprocessing) but not resized: what tiles cut."""
-    with _any_failure_rejected():
+    with any_failure_rejected():
         _, im = _prepared(data, cfg, full_resolution=True)
         return np.asarray(im, dtype=np.uint8)
 

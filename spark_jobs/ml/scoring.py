@@ -16,13 +16,17 @@ import numpy as np
 import pyarrow as pa
 
 from spark_jobs.core import store
-from spark_jobs.core.config import IngestConfig, TilesConfig
-from spark_jobs.imaging import images, tiles
+from spark_jobs.core.config import IngestConfig, TilesConfig, VideoConfig
+from spark_jobs.imaging import images, tiles, video
 from spark_jobs.ml import inference
 
 ANOMALY_LABELS = ("normal", "anomaly")
 TOO_MANY_TILES = "too_many_tiles"  # a quarantine reason: a tiles_* model cannot cut this image
-# What a scan yields for every file it did not skip, before the model's outputs.
+# Where a row of a video comes from (null for an image): the video's content hash, the frame's
+# index among its decoded frames and its time in seconds.
+FRAME_FIELDS = pa.schema([("video_id", pa.string()), ("frame_index", pa.int32()), ("frame_time", pa.float64())])
+# What a scan yields for every file (every sampled frame of a video) it did not skip, before the
+# model's outputs.
 SCAN_FIELDS = pa.schema(
     [
         ("image_id", pa.string()),
@@ -31,6 +35,7 @@ SCAN_FIELDS = pa.schema(
         ("size_bytes", pa.int64()),
         ("reason", pa.string()),
         ("detail", pa.string()),
+        *FRAME_FIELDS,
     ]
 )
 TOP_K = pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float32())]))
@@ -45,8 +50,9 @@ PREDICTED_FIELDS = pa.schema(
         ("tile_count", pa.int32()),  # tiles_* models: the tiles the image was cut into
     ]
 )
-# An image's keys and what a model said about it.
-PREDICTED_ROW = pa.schema([SCAN_FIELDS.field("image_id"), SCAN_FIELDS.field("source_uri"), *PREDICTED_FIELDS])
+# An image's (or frame's) keys and what a model said about it.
+KEY_FIELDS = pa.schema([SCAN_FIELDS.field("image_id"), SCAN_FIELDS.field("source_uri"), *FRAME_FIELDS])
+PREDICTED_ROW = pa.schema([*KEY_FIELDS, *PREDICTED_FIELDS])
 
 
 class Head(Protocol):
@@ -102,7 +108,7 @@ def top_k_batches(batches: Iterator[pa.RecordBatch], classes: Sequence[str], k: 
         if batch.num_rows == 0:
             continue
         probabilities = batch.column("probabilities").flatten().to_numpy().reshape(batch.num_rows, len(classes))
-        columns = [batch.column("image_id"), batch.column("source_uri"), *class_columns(probabilities, classes, k)]
+        columns = [*(batch.column(f.name) for f in KEY_FIELDS), *class_columns(probabilities, classes, k)]
         yield pa.RecordBatch.from_arrays(columns, schema=PREDICTED_ROW)
 
 
@@ -199,14 +205,76 @@ class IdSet:
         return i < len(self.digests) and bool(self.digests[i] == digest)
 
 
-def scan_batch(entries: list[tuple[str, str | None]], cfg: IngestConfig, done: IdSet, head: Head) -> pa.RecordBatch:
+class IdUnion:
+    """Several id sets checked as one (a stream's: the ids read at start, those scored since)."""
+
+    def __init__(self, sets: Sequence[IdSet]) -> None:
+        self.sets = tuple(sets)
+
+    def __contains__(self, image_id: str) -> bool:
+        return any(image_id in s for s in self.sets)
+
+
+Known = IdSet | IdUnion
+
+
+def video_records(
+    uri: str, label: str | None, data: bytes, cfg: IngestConfig, video_cfg: VideoConfig, done: Known
+) -> list[dict[str, Any]]:
+    """Decoded rows of a video's sampled frames that ``done`` does not hold (one row per frame,
+    :data:`FRAME_FIELDS` set), or the video's one quarantine row. A video is scored whole or not
+    at all, so its first frame's id in ``done`` means every frame is: it is not decoded again."""
+    video_id = images.image_id(data)
+    row = {f: None for f in images.DECODED_FIELDS} | {"source_uri": uri, "label": label, "size_bytes": len(data)}
+    if video.frame_id(video_id, 0) in done:
+        return []
+    try:
+        frames = video.sampled_frames(data, video_cfg, cfg.max_image_pixels)
+        rows = []
+        for frame in frames:
+            decoded = images.decode_frame(frame.image, cfg)
+            rows.append(
+                row
+                | {
+                    "image_id": video.frame_id(video_id, frame.index),
+                    "video_id": video_id,
+                    "frame_index": frame.index,
+                    "frame_time": frame.time,
+                    "height": decoded.height,
+                    "width": decoded.width,
+                    "pixels": decoded.pixels,
+                }
+            )
+    except images.Rejected as exc:
+        return [row | {"image_id": video_id, "video_id": video_id, "reason": exc.reason, "detail": exc.detail[:500]}]
+    return [r for r in rows if r["image_id"] not in done]
+
+
+def scan_batch(
+    entries: list[tuple[str, str | None]],
+    cfg: IngestConfig,
+    done: Known,
+    head: Head,
+    video_cfg: VideoConfig | None = None,
+) -> pa.RecordBatch:
     """Fetch, skip, decode and run ``head`` on one slice of ``(source_uri, label)``, all in this
-    Python worker: a row per file whose content is not in ``done``, with :data:`SCAN_FIELDS` and the
-    head's outputs (null for unusable files, which carry ``reason`` and ``detail``)."""
+    Python worker: a row per file whose content is not in ``done`` (per sampled frame of a video,
+    when ``video_cfg`` is given), with :data:`SCAN_FIELDS` and the head's outputs (null for
+    unusable files, which carry ``reason`` and ``detail``)."""
     contents = store.fetch_many([uri for uri, _ in entries], cfg.fetch_threads, cfg.max_file_bytes)
     from_source = getattr(head, "from_source", False)
     good, bad, sources = [], [], []
     for (uri, label), data in zip(entries, contents, strict=True):
+        if video_cfg is not None and isinstance(data, bytes) and video.is_video(uri, video_cfg):
+            if from_source:
+                bad.append(
+                    images.decode_record(uri, label, data, cfg, labelled=False)
+                    | {"reason": images.UNSUPPORTED_EXTENSION, "detail": "a tiles model scores images, not video"}
+                )
+                continue
+            for record in video_records(uri, label, data, cfg, video_cfg, done):
+                (bad if record["reason"] else good).append(record)
+            continue
         if isinstance(data, bytes) and images.image_id(data) in done:
             continue
         record = images.decode_record(uri, label, data, cfg, labelled=False)
@@ -222,7 +290,7 @@ def scan_batch(entries: list[tuple[str, str | None]], cfg: IngestConfig, done: I
                 sources.append(data)
     schema = pa.schema([*SCAN_FIELDS, *head.outputs()])
     rows = good + bad
-    columns = [pa.array([r[f.name] for r in rows], f.type) for f in SCAN_FIELDS]
+    columns = [pa.array([r.get(f.name) for r in rows], f.type) for f in SCAN_FIELDS]
     if good:
         if from_source:
             outputs = head(sources)

@@ -95,24 +95,29 @@ def _checks(batch: str, suite_result: Any) -> list[dict[str, Any]]:
     return checks
 
 
-def validate(stage: str, batches: Sequence[Batch], report_dir: Path) -> GateResult:
-    """Run each batch's expectations with GX, write Data Docs and JSON under ``report_dir``."""
+def validate(stage: str, batches: Sequence[Batch], report_dir: Path | None) -> GateResult:
+    """Run each batch's expectations with GX, write Data Docs and JSON under ``report_dir``
+    (None: write nothing, render no Data Docs: a stream's cheap check of each micro-batch)."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    if report_dir.exists():
-        shutil.rmtree(report_dir)
-    docs_dir = report_dir / "docs"
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    context.add_data_docs_site(
-        site_name=_DOCS_SITE,
-        site_config={
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.absolute())},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        },
-    )
+    if report_dir is not None:
+        if report_dir.exists():
+            shutil.rmtree(report_dir)
+        docs_dir = report_dir / "docs"
+        context.add_data_docs_site(
+            site_name=_DOCS_SITE,
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir.absolute()),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
     source = context.data_sources.add_pandas(name=f"{stage}_output")
     result = GateResult(stage=stage, success=True)
     for batch in batches:
@@ -136,6 +141,8 @@ def validate(stage: str, batches: Sequence[Batch], report_dir: Path) -> GateResu
         result.raw.append(run.describe_dict())
         for suite_result in run.run_results.values():
             result.checks.extend(_checks(batch.name, suite_result))
+    if report_dir is None:
+        return result
     # The Data Docs of every batch's validation, built once (rendering is most of GX's time here).
     context.build_data_docs(site_names=[_DOCS_SITE])
     report_dir.mkdir(parents=True, exist_ok=True)

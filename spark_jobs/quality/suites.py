@@ -20,7 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from spark_jobs.core.config import FeaturesGateConfig, ModelGateConfig, PredictionsGateConfig, RawGateConfig
 from spark_jobs.core.tables import IMAGE_COLUMNS
@@ -317,7 +319,11 @@ def prediction_rules(labels: list[str], task: str, low_confidence: float, tolera
     """Row rules of a batch of predictions (classifier or anomaly columns)."""
     from pyspark.sql import functions as F
 
-    rules = {**_nulls(_PREDICTION_REQUIRED), "predicted_label_not_in_set": ~F.col("predicted_label").isin(labels)}
+    rules = {
+        **_nulls(_PREDICTION_REQUIRED),
+        "predicted_label_not_in_set": ~F.col("predicted_label").isin(labels),
+        "frame_without_index": F.col("video_id").isNotNull() & F.col("frame_index").isNull(),
+    }
     if task == "anomaly":
         return {**rules, **_nulls(["anomaly_score"])}
     top_sum = F.aggregate(F.col("top_k"), F.lit(0.0).cast("double"), lambda acc, x: acc + x["probability"])
@@ -332,18 +338,66 @@ def prediction_rules(labels: list[str], task: str, low_confidence: float, tolera
     }
 
 
+REPEATED_PREDICTIONS = ("repeated_prediction", "repeated_frame")
+FRAME_KEY = ["video_id", "frame_index", "model_version"]
+
+
 def prediction_stats(
     predictions: DataFrame, labels: list[str], task: str, low_confidence: float, tolerance: float
 ) -> Stats:
-    """The predictions suite's one pass: row rules, per predicted label counts."""
+    """The predictions suite's one pass: row rules, per predicted label counts, and the rows
+    repeating a prediction: an image's (``image_id``) or a video frame's (``video_id``,
+    ``frame_index``; null for images, which this key then skips) by the same model version."""
     rules = prediction_rules(labels, task, low_confidence, tolerance)
-    return table_stats(predictions, ["predicted_label"], rules, {"prediction": ["image_id", "model_version"]})
+    keys = {"prediction": ["image_id", "model_version"], "frame": FRAME_KEY}
+    return table_stats(predictions, ["predicted_label"], rules, keys)
+
+
+def prediction_stats_arrow(
+    table: pa.Table, labels: list[str], task: str, low_confidence: float, tolerance: float
+) -> Stats:
+    """:func:`prediction_stats` of a few rows held on the driver (a stream's micro-batch), computed
+    with pyarrow in milliseconds instead of a Spark job: the same rules, names and counts (a test
+    holds the two to each other on rows breaking every rule)."""
+    import pyarrow.compute as pc
+
+    def count(mask: pa.Array) -> int:  # null counts as not broken, as in _broken
+        return int(pc.sum(pc.fill_null(mask, False).cast(pa.int64())).as_py() or 0)
+
+    rules = {f"null_{c}": pc.is_null(table[c]) for c in _PREDICTION_REQUIRED}
+    rules["predicted_label_not_in_set"] = pc.invert(pc.is_in(table["predicted_label"], pa.array(labels, pa.string())))
+    rules["frame_without_index"] = pc.and_(pc.is_valid(table["video_id"]), pc.is_null(table["frame_index"]))
+    if task == "anomaly":
+        rules["null_anomaly_score"] = pc.is_null(table["anomaly_score"])
+    else:
+        probability = table["probability"]
+        top = table["top_k"].combine_chunks()
+        sizes = pc.list_value_length(top)
+        flat = pc.struct_field(pc.list_flatten(top), "probability").cast(pa.float64())
+        parents = pc.list_parent_indices(top)
+        sums = np.bincount(parents.to_numpy(), weights=flat.to_numpy(zero_copy_only=False), minlength=len(top))
+        sums = pa.array(sums, mask=pc.is_null(top).to_numpy(zero_copy_only=False))
+        rules["null_probability"] = pc.is_null(probability)
+        rules["probability_out_of_range"] = pc.or_(pc.less(probability, 0.0), pc.greater(probability, 1.0))
+        rules["top_k_sum_out_of_range"] = pc.or_(pc.less(sums, 0.0), pc.greater(sums, 1.0 + tolerance))
+        rules["top_k_empty"] = pc.less(sizes, 1)
+        rules["low_confidence"] = pc.less(probability, low_confidence)
+    totals = {ROWS: table.num_rows, **{name: count(mask) for name, mask in rules.items()}}
+    for name, columns in {"prediction": ["image_id", "model_version"], "frame": FRAME_KEY}.items():
+        keyed = table.select(columns).drop_null()
+        totals[f"repeated_{name}"] = keyed.num_rows - keyed.group_by(columns).aggregate([]).num_rows
+    per_label = table.group_by("predicted_label").aggregate([([], "count_all")])
+    groups = {
+        (label,): int(n)
+        for label, n in zip(per_label["predicted_label"].to_pylist(), per_label["count_all"].to_pylist(), strict=True)
+    }
+    return Stats(totals, groups)
 
 
 def prediction_expectations(rules: list[str], gate: PredictionsGateConfig) -> list[Any]:
     import great_expectations.expectations as gxe
 
-    checks = _zero([*(r for r in rules if r != "low_confidence"), "repeated_prediction"])
+    checks = _zero([*(r for r in rules if r != "low_confidence"), *REPEATED_PREDICTIONS])
     if "low_confidence" in rules:
         share = gxe.ExpectColumnValuesToBeBetween(
             column="low_confidence_share", min_value=0.0, max_value=gate.max_low_confidence
@@ -367,6 +421,20 @@ def class_drift(per_label: dict[str | None, int], trained: dict[str, int], label
     )
 
 
+@dataclass(frozen=True)
+class Volume:
+    """What the checks that need volume read: rows, low-confidence rows and rows per predicted
+    label, of a batch or of a stream's rolling window of its last rows."""
+
+    rows: int
+    low_confidence: int
+    per_label: dict[Any, int]
+
+    @classmethod
+    def of(cls, stats: Stats) -> Volume:
+        return cls(stats.totals[ROWS], stats.totals.get("low_confidence", 0), stats.by(0))
+
+
 def prediction_batches(
     stats: Stats,
     labels: list[str],
@@ -374,18 +442,24 @@ def prediction_batches(
     task: str,
     low_confidence: float,
     gate: PredictionsGateConfig,
+    volume: Volume | None = None,
+    min_volume_rows: int = 0,
 ) -> list[Batch]:
-    """The predictions suite: row rules from :func:`prediction_stats`, and the drift alarm over
-    the per-class shares when ``gate.max_class_drift`` is set and the batch is big enough."""
+    """The predictions suite: row rules from :func:`prediction_stats`; the low-confidence share
+    and, when ``gate.max_class_drift`` is set, the drift alarm over the per-class shares, both of
+    ``volume`` (the batch itself when None) once it holds ``min_volume_rows`` rows (the drift
+    alarm: ``gate.min_rows_for_drift``)."""
     import great_expectations.expectations as gxe
 
+    volume = volume or Volume.of(stats)
     rules = list(prediction_rules(labels, task, low_confidence, gate.probability_tolerance))
-    row = stats.row(ROWS, *rules, "repeated_prediction")
-    if "low_confidence" in rules:
-        row["low_confidence_share"] = row["low_confidence"] / row[ROWS] if stats.totals[ROWS] else 0.0
+    row = stats.row(ROWS, *rules, *REPEATED_PREDICTIONS)
+    if "low_confidence" in rules and volume.rows >= min_volume_rows:
+        row["low_confidence_share"] = volume.low_confidence / volume.rows if volume.rows else 0.0
+    else:
+        rules = [r for r in rules if r != "low_confidence"]
     batches = [Batch("predictions", row, prediction_expectations(rules, gate))]
-    per_label = stats.by(0)
-    rows = sum(per_label.values())
+    per_label, rows = volume.per_label, volume.rows
     if gate.max_class_drift is not None and task == "classifier" and trained and rows >= gate.min_rows_for_drift:
         drift = [gxe.ExpectColumnValuesToBeBetween(column="gap", min_value=0.0, max_value=gate.max_class_drift)]
         batches.append(Batch("class_drift", class_drift(per_label, trained, labels), drift))

@@ -8,46 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spark_jobs import features, score, train
+from spark_jobs import score
 from spark_jobs.core import runner
 from spark_jobs.core.config import Config, ConfigError
 from spark_jobs.imaging import images
 from spark_jobs.ml import cards, inference, models, scoring
 from spark_jobs.quality import gate
 from tests.conftest import INGESTED_CLASSES
-from tests.factories import SMALL_MODELS, class_image, link_ingest, with_overrides, write_inbox
+from tests.factories import class_image, score_config, write_inbox
 from tests.spark_jobs.imaging.test_decode_fuzz import pillow_crasher
 
 pytestmark = pytest.mark.spark
 
-# Torch ranks on the driver: quick for these small models.
-LOCAL_TORCH = ("train.num_processes=1", "train.local_mode=true")
-
-
-@pytest.fixture(scope="module")
-def trained(spark, ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> Config:
-    """Features, and an mllib, a cnn and an autoencoder model of the ingested fixture."""
-    tmp = tmp_path_factory.mktemp("trained")
-    cfg = link_ingest(ingested, tmp, *SMALL_MODELS, *LOCAL_TORCH, f"train.output={tmp / 'models'}")
-    features.run(cfg, spark)
-    for kind in ("mllib", "cnn", "autoencoder"):
-        train.run(with_overrides(cfg, f"train.model={kind}"), spark)
-    return cfg
-
-
-def _config(trained: Config, tmp_path: Path, kind: str, *overrides: str) -> Config:
-    return with_overrides(
-        trained,
-        f"data.root={tmp_path / 'data'}",
-        f"score.inbox={tmp_path / 'inbox'}",
-        f"score.model={Path(trained.train.output) / kind}",
-        *overrides,
-    )
-
 
 def _cascade(trained: Config, tmp_path: Path, confidence: float) -> Config:
     """The trained mllib model as the cascade's light model, the cnn as its heavy one."""
-    return _config(
+    return score_config(
         trained,
         tmp_path,
         "cnn",
@@ -83,7 +59,7 @@ def test_cnn_scores_each_new_image_exactly_once(spark, trained: Config, tmp_path
     (tmp_path / "inbox" / "zz_copy.png").write_bytes((tmp_path / "inbox" / "new_0_100.png").read_bytes())
     (tmp_path / "inbox" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp_path / "inbox" / "crashes-pillow.gif").write_bytes(pillow_crasher())  # made Pillow raise TypeError & co
-    cfg = _config(trained, tmp_path, "cnn", "score.top_k=2", "gate.predictions.max_low_confidence=1.0")
+    cfg = score_config(trained, tmp_path, "cnn", "score.top_k=2", "gate.predictions.max_low_confidence=1.0")
     card = cards.read_card(Path(cfg.score.model))
 
     first = score.run(cfg, spark)
@@ -143,7 +119,7 @@ def test_two_runs_at_once_score_each_image_once(spark, trained: Config, tmp_path
     import threading
 
     truth = write_inbox(tmp_path / "inbox", 400, 3)
-    cfg = _config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0")
+    cfg = score_config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0")
     results: list[object] = []
     runs = [threading.Thread(target=lambda: results.append(score.run(cfg, spark))) for _ in range(2)]
     for t in runs:
@@ -159,7 +135,7 @@ def test_two_runs_at_once_score_each_image_once(spark, trained: Config, tmp_path
 
 def test_a_run_killed_before_publishing_leaves_nothing_visible(spark, trained, tmp_path, monkeypatch) -> None:
     truth = write_inbox(tmp_path / "inbox", 300, 3)
-    cfg = _config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0")
+    cfg = score_config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0")
     real_publish = runner.StageRun.finish_append
 
     def killed(*args: object) -> Path:
@@ -183,7 +159,7 @@ def test_a_run_killed_before_publishing_leaves_nothing_visible(spark, trained, t
 
 def test_mllib_model_scores_with_its_saved_transform(spark, trained: Config, tmp_path: Path) -> None:
     truth = write_inbox(tmp_path / "inbox", 100, 4)
-    cfg = _config(trained, tmp_path, "mllib", "gate.predictions.max_low_confidence=1.0")
+    cfg = score_config(trained, tmp_path, "mllib", "gate.predictions.max_low_confidence=1.0")
     score.run(cfg, spark)
     rows = _rows(spark, cfg)
     assert {r["model_kind"] for r in rows} == {"mllib"}
@@ -195,7 +171,7 @@ def test_mllib_model_scores_with_its_saved_transform(spark, trained: Config, tmp
 
 def test_autoencoder_flags_with_its_threshold(spark, trained: Config, tmp_path: Path) -> None:
     write_inbox(tmp_path / "inbox", 100, 3)
-    cfg = _config(trained, tmp_path, "autoencoder")
+    cfg = score_config(trained, tmp_path, "autoencoder")
     threshold = cards.read_card(Path(cfg.score.model)).threshold
     score.run(cfg, spark)
     rows = _rows(spark, cfg)
@@ -209,7 +185,7 @@ def test_autoencoder_flags_with_its_threshold(spark, trained: Config, tmp_path: 
 def test_a_failing_batch_is_not_published(spark, trained: Config, tmp_path: Path) -> None:
     write_inbox(tmp_path / "inbox", 100, 2)
     # Every prediction counts as low-confidence, and at most 10 % may be.
-    cfg = _config(trained, tmp_path, "cnn", "score.low_confidence=1.0", "gate.predictions.max_low_confidence=0.1")
+    cfg = score_config(trained, tmp_path, "cnn", "score.low_confidence=1.0", "gate.predictions.max_low_confidence=0.1")
     with pytest.raises(gate.GateFailed) as failure:
         score.run(cfg, spark)
     assert "low_confidence" in str(failure.value)
@@ -251,9 +227,9 @@ def test_class_columns_sort_and_cut_top_k() -> None:
 
 def test_int8_copy_of_the_cnn_scores_like_fp32(spark, trained: Config, tmp_path: Path) -> None:
     write_inbox(tmp_path / "inbox", 100, 4)
-    fp32 = _config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0")
+    fp32 = score_config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0")
     score.run(fp32, spark)
-    int8 = _config(
+    int8 = score_config(
         trained,
         tmp_path,
         "cnn",
@@ -274,7 +250,7 @@ def test_int8_copy_of_the_cnn_scores_like_fp32(spark, trained: Config, tmp_path:
 def test_int8_is_for_cnn_models_only(spark, trained: Config, tmp_path: Path) -> None:
     write_inbox(tmp_path / "inbox", 100, 1)
     with pytest.raises(ConfigError, match="cnn"):
-        score.run(_config(trained, tmp_path, "mllib", "score.quantize=int8"), spark)
+        score.run(score_config(trained, tmp_path, "mllib", "score.quantize=int8"), spark)
 
 
 @pytest.mark.parametrize(("confidence", "deciders"), [(0.0, {"mllib"}), (1.0, {"cnn"})])
@@ -293,7 +269,7 @@ def test_cascade_sends_only_unsure_images_to_the_cnn(spark, trained, tmp_path, c
 
 def test_cascade_mixes_models_by_confidence(spark, trained: Config, tmp_path: Path) -> None:
     write_inbox(tmp_path / "inbox", 100, 4)
-    light = _config(
+    light = score_config(
         trained, tmp_path, "mllib", f"data.root={tmp_path / 'light'}", "gate.predictions.max_low_confidence=1.0"
     )
     score.run(light, spark)
@@ -318,7 +294,7 @@ def test_cnn_scores_an_s3_inbox_incrementally(spark, trained: Config, tmp_path: 
     for name in truth:
         client.put_object(Bucket="inbox", Key=f"incoming/{name}", Body=(tmp_path / "local" / name).read_bytes())
     client.put_object(Bucket="inbox", Key="incoming/broken.png", Body=b"not an image at all")
-    cfg = _config(
+    cfg = score_config(
         trained, tmp_path, "cnn", "score.inbox=s3://inbox/incoming", "gate.predictions.max_low_confidence=1.0"
     )
     first = score.run(cfg, spark)

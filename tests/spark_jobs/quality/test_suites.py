@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from spark_jobs.core.config import FeaturesGateConfig, PredictionsGateConfig, RawGateConfig
@@ -258,8 +259,8 @@ def test_one_zero_vector_in_a_hundred_is_tolerated(spark, tmp_path: Path) -> Non
 
 PREDICTION_SCHEMA = (
     "image_id string, source_uri string, predicted_label string, probability float, "
-    "top_k array<struct<label:string,probability:float>>, model_version string, job_version string, "
-    "scored_at timestamp"
+    "top_k array<struct<label:string,probability:float>>, anomaly_score double, video_id string, "
+    "frame_index int, model_version string, job_version string, scored_at timestamp"
 )
 
 
@@ -273,6 +274,9 @@ def _prediction_rows(n: int = 20) -> list[dict]:
             "predicted_label": CLASSES[i % 2],
             "probability": 0.9,
             "top_k": [{"label": CLASSES[i % 2], "probability": 0.9}, {"label": CLASSES[1 - i % 2], "probability": 0.1}],
+            "anomaly_score": None,
+            "video_id": None,
+            "frame_index": None,
             "model_version": "cnn-1",
             "job_version": "0.1.0+abc",
             "scored_at": datetime(2026, 12, 2, tzinfo=UTC),
@@ -323,6 +327,24 @@ def _no_top_k(rows: list[dict]) -> list[dict]:
     return rows
 
 
+def _frames(rows: list[dict]) -> list[dict]:
+    for i, r in enumerate(rows[:4]):  # frames 0-3 of one video, each its own image_id
+        r["video_id"], r["frame_index"] = "f" * 64, i
+    return rows
+
+
+def _frame_twice(rows: list[dict]) -> list[dict]:
+    rows = _frames(rows)
+    rows[1]["frame_index"] = 0  # another image_id for frame 0: a video's frame scored twice
+    return rows
+
+
+def _frame_without_index(rows: list[dict]) -> list[dict]:
+    rows = _frames(rows)
+    rows[2]["frame_index"] = None
+    return rows
+
+
 def _unsure(rows: list[dict]) -> list[dict]:
     for r in rows[:5]:  # 5 of 20 below 0.5 > 20 %
         r["probability"] = 0.3
@@ -334,6 +356,8 @@ def _unsure(rows: list[dict]) -> list[dict]:
     [
         (_no_version, "null_model_version"),
         (_scored_twice, "repeated_prediction"),
+        (_frame_twice, "repeated_frame"),
+        (_frame_without_index, "frame_without_index"),
         (_unknown_class, "predicted_label_not_in_set"),
         (_probability_above_one, "probability_out_of_range"),
         (_top_k_over_one, "top_k_sum_out_of_range"),
@@ -345,6 +369,45 @@ def test_each_broken_prediction_rule_stops_the_gate(spark, tmp_path: Path, break
     result = _validate_predictions(spark, tmp_path, breaker(_prediction_rows()))
     assert not result.success
     assert ("predictions", "expect_column_values_to_be_between", column) in _failed(result), result.summary()
+
+
+BREAKERS = [_no_version, _scored_twice, _frames, _frame_twice, _frame_without_index, _unknown_class]
+BREAKERS += [_probability_above_one, _top_k_over_one, _no_top_k, _unsure]
+
+
+def test_a_stream_batch_is_counted_with_pyarrow_as_with_spark(spark) -> None:
+    """The stream's driver-side statistics of a micro-batch equal the Spark pass's, rule by rule,
+    on rows breaking each rule (and on good rows): one suite, two engines."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    frame_schema = spark.createDataFrame([], PREDICTION_SCHEMA).schema
+    arrow_schema = to_arrow_schema(frame_schema, timezone="UTC")
+    for breaker in [lambda rows: rows, *BREAKERS]:
+        rows = breaker(_prediction_rows())
+        for task in ("classifier", "anomaly"):
+            expected = suites.prediction_stats(spark.createDataFrame(rows, PREDICTION_SCHEMA), CLASSES, task, 0.5, 1e-4)
+            got = suites.prediction_stats_arrow(pa.Table.from_pylist(rows, arrow_schema), CLASSES, task, 0.5, 1e-4)
+            assert got == expected, (breaker, task)
+
+
+def test_a_stream_judges_confidence_over_its_window_not_its_micro_batch(tmp_path: Path) -> None:
+    """The share check reads the rolling window it is given, and waits until it holds enough rows."""
+    gate_cfg = PredictionsGateConfig(max_low_confidence=0.2)
+    rows = _prediction_rows(2)
+    for r in rows:
+        r["probability"] = r["top_k"][0]["probability"] = 0.3
+        r["top_k"][1]["probability"] = 0.1
+    stats = suites.prediction_stats_arrow(pa.Table.from_pylist(rows), CLASSES, "classifier", 0.5, 1e-4)
+    assert (stats.totals["rows"], stats.totals["low_confidence"]) == (2, 2)
+
+    def verdict(volume: suites.Volume, min_rows: int) -> bool:
+        batches = suites.prediction_batches(stats, CLASSES, None, "classifier", 0.5, gate_cfg, volume, min_rows)
+        return gate.validate("score-stream", batches, None).success
+
+    assert not verdict(suites.Volume(2, 2, {"cat": 2}), 0)  # the micro-batch alone: 100 % unsure
+    assert verdict(suites.Volume(100, 12, {"cat": 60, "dog": 40}), 50)  # 12 % over the window
+    assert verdict(suites.Volume(2, 2, {"cat": 2}), 50)  # too few rows to judge yet
+    assert not (tmp_path / "report").exists()  # no report, no Data Docs written for a passing batch
 
 
 def test_class_drift_stops_a_big_enough_batch(spark, tmp_path: Path) -> None:

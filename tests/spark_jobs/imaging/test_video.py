@@ -1,0 +1,64 @@
+"""Video files decoded frame by frame (PyAV), videos made here from the test images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spark_jobs.core.config import IngestConfig, VideoConfig
+from spark_jobs.imaging import images, video
+from tests.factories import class_frames, video_bytes
+
+
+def test_every_nth_frame_with_its_index_and_time() -> None:
+    frames = class_frames([0, 1, 2, 0, 1, 2, 0], 10)
+    got = video.sampled_frames(video_bytes(frames), VideoConfig(every_nth=3), 10**6)
+    assert [(f.index, f.time) for f in got] == [(0, 0.0), (3, 0.6), (6, 1.2)]
+    for f in got:  # ffv1 keeps every pixel
+        assert np.array_equal(np.asarray(f.image.convert("RGB")), frames[f.index])
+    decoded = images.decode_frame(got[1].image, IngestConfig(image_size=16))
+    assert (decoded.height, decoded.width, decoded.orig_format) == (16, 16, "video")
+
+
+@pytest.mark.parametrize(
+    ("container", "codec", "keep", "reason"),
+    [
+        ("matroska", "ffv1", 0.5, images.TRUNCATED),  # frames end before the duration declared
+        ("avi", "mpeg4", 0.75, images.TRUNCATED),  # fewer frames than the header declares
+        ("avi", "mpeg4", 0.5, images.UNREADABLE),  # not one frame decodes
+        ("mp4", "mpeg4", 0.5, images.UNREADABLE),  # an MP4's index is at its end: no stream left
+    ],
+)
+def test_a_damaged_video_is_rejected_whole(container: str, codec: str, keep: float, reason: str) -> None:
+    data = video_bytes(class_frames([0, 1, 2] * 10, 20), container, codec)
+    assert len(video.sampled_frames(data, VideoConfig(every_nth=1), 10**6)) == 30
+    with pytest.raises(images.Rejected) as cut:
+        video.sampled_frames(data[: int(len(data) * keep)], VideoConfig(every_nth=1), 10**6)
+    assert cut.value.reason == reason, cut.value.detail
+
+
+def test_bad_videos_are_one_clear_reason() -> None:
+    data = video_bytes(class_frames([0, 1, 2, 0], 30))
+    cases = {
+        b"not a video at all": images.UNREADABLE,
+        b"": images.UNREADABLE,
+        images.image_id(b"x").encode(): images.UNREADABLE,
+    }
+    for bad, reason in cases.items():
+        with pytest.raises(images.Rejected) as exc:
+            video.sampled_frames(bad, VideoConfig(), 10**6)
+        assert exc.value.reason == reason, bad
+    with pytest.raises(images.Rejected, match="max_frames") as long:
+        video.sampled_frames(data, VideoConfig(every_nth=1, max_frames=3), 10**6)
+    assert long.value.reason == images.TOO_LARGE
+    with pytest.raises(images.Rejected) as big:
+        video.sampled_frames(data, VideoConfig(), 24 * 24 - 1)
+    assert big.value.reason == images.DECOMPRESSION_BOMB
+
+
+def test_frame_ids_are_per_video_and_index() -> None:
+    ids = {video.frame_id(v, i) for v in ("a" * 64, "b" * 64) for i in range(3)}
+    assert len(ids) == 6
+    assert all(len(i) == 64 and int(i, 16) >= 0 for i in ids)
+    assert video.is_video("file:///x/CLIP.MP4", VideoConfig())
+    assert not video.is_video("file:///x/clip.png", VideoConfig())

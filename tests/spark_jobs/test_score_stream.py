@@ -1,0 +1,285 @@
+"""The score stage's stream mode on real files: micro-batches over a folder and an S3 prefix, video
+frames, the rolling-window gate and rejected micro-batches, a champion change without a restart,
+the batch run standing aside for a stream, and SIGKILL / SIGTERM of a running stream."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spark_jobs import score
+from spark_jobs.core import runner, stream
+from spark_jobs.core.config import Config
+from spark_jobs.imaging import images, video
+from spark_jobs.ml import cards
+from spark_jobs.quality.gate import GateFailed
+from tests.factories import REPO, class_frames, class_image, score_config, video_bytes, write_inbox
+from tests.processes import kill_group, wait_for
+
+pytestmark = pytest.mark.spark
+
+STREAM = ("score.mode=stream", "score.stream.available_now=true", "gate.predictions.max_low_confidence=1.0")
+
+
+def _stream_rows(spark, cfg: Config) -> list:
+    table = score.read_stream_predictions(spark, Path(cfg.data.root))
+    return [] if table is None else table.collect()
+
+
+def _status(cfg: Config) -> stream.Status:
+    return stream.read_status(stream.stream_dir(Path(cfg.data.root)))
+
+
+def test_a_stream_scores_new_images_and_video_frames_once(spark, trained: Config, tmp_path: Path) -> None:
+    # Scored by a batch run first (another inbox, the same data.root): the stream's lookup reads
+    # the batch table too.
+    write_inbox(tmp_path / "batch_inbox", 100, 1)
+    before = score_config(
+        trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0", f"score.inbox={tmp_path / 'batch_inbox'}"
+    )
+    assert score.run(before, spark) is not None
+    batch_rows = len(score.read_predictions(spark, score.predictions_dir(before)).collect())
+
+    truth = write_inbox(tmp_path / "inbox", 100, 3)  # the batch run's 3 images again, and 6 more
+    inbox = tmp_path / "inbox"
+    (inbox / "zz_copy.png").write_bytes((inbox / "new_2_102.png").read_bytes())  # in the same micro-batch
+    (inbox / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    clip = video_bytes(class_frames([0, 1, 2, 0, 1, 2], 500))
+    (inbox / "clip.mkv").write_bytes(clip)
+    lossy = video_bytes(class_frames([2, 2, 2, 2], 600), "mp4", "mpeg4")
+    (inbox / "cut.mp4").write_bytes(lossy[: len(lossy) // 2])
+    cfg = score_config(
+        trained, tmp_path, "cnn", *STREAM, "score.stream.max_files_per_trigger=4", "score.video.every_nth=2"
+    )
+    version = cards.read_card(Path(cfg.score.model)).version
+
+    ran = score.stream_run(cfg, spark)
+    assert ran == 4  # 13 files, 4 per micro-batch, oldest first: the last one holds cut.mp4 alone
+    rows = _stream_rows(spark, cfg)
+    images_rows = [r for r in rows if r["video_id"] is None]
+    by_name = {Path(r["source_uri"]).name: r for r in images_rows}
+    assert set(by_name) == set(truth) - {f"new_{c}_100.png" for c in range(3)}  # the batch run's are skipped
+    assert len(images_rows) == len(by_name)
+    assert sum(by_name[n]["predicted_label"] == truth[n] for n in by_name) >= len(by_name) - 1
+    frames = sorted((r for r in rows if r["video_id"]), key=lambda r: r["frame_index"])
+    video_id = hashlib.sha256(clip).hexdigest()
+    assert [(r["video_id"], r["frame_index"]) for r in frames] == [(video_id, i) for i in (0, 2, 4)]
+    assert [r["frame_time"] for r in frames] == pytest.approx([0.0, 0.4, 0.8])
+    assert [r["predicted_label"] for r in frames] == ["0", "2", "1"]  # lossless frames score as their pictures
+    assert {r["image_id"] for r in frames} == {video.frame_id(video_id, i) for i in (0, 2, 4)}
+    assert {r["model_version"] for r in rows} == {version}
+    assert len({r["hour"] for r in rows}) == 1  # one partition per hour, not a folder per micro-batch
+    assert f"hour={rows[0]['hour']}" in stream.recent_hours(time.time(), 1)
+    assert sorted({r["batch_id"] for r in rows}) == [0, 1, 2]
+    quarantine = spark.read.parquet(str(stream.stream_dir(Path(cfg.data.root)) / stream.QUARANTINE)).collect()
+    reasons = {Path(r["source_uri"]).name: r["reason"] for r in quarantine}
+    assert reasons.pop("zz_copy.png") == images.DUPLICATE
+    assert reasons.pop("broken.png") in {images.NOT_AN_IMAGE, images.TRUNCATED, images.UNREADABLE}
+    assert reasons == {"cut.mp4": images.UNREADABLE}  # its index was at the end: no frame of it is scored
+    status = _status(cfg)
+    assert (status.batches, status.files_seen, status.scored, status.quarantined) == (4, 13, 9, 3)
+    assert status.state == "stopped"
+    assert status.latency_s["p95"] is not None
+    # The DVC-tracked batch table is untouched.
+    assert len(score.read_predictions(spark, score.predictions_dir(cfg)).collect()) == batch_rows
+
+    # Again: nothing new.
+    assert score.stream_run(cfg, spark) == 0
+    assert len(_stream_rows(spark, cfg)) == len(rows)
+
+
+def test_batch_mode_scores_video_frames(spark, trained: Config, tmp_path: Path) -> None:
+    (tmp_path / "inbox").mkdir()
+    clip = video_bytes(class_frames([1, 2, 0], 700))
+    (tmp_path / "inbox" / "clip.mkv").write_bytes(clip)
+    cfg = score_config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0", "score.video.every_nth=1")
+    published = score.run(cfg, spark)
+    assert published is not None
+    rows = sorted(score.read_predictions(spark, score.predictions_dir(cfg)).collect(), key=lambda r: r["frame_index"])
+    assert [(r["frame_index"], r["predicted_label"]) for r in rows] == [(0, "1"), (1, "2"), (2, "0")]
+    assert {r["video_id"] for r in rows} == {hashlib.sha256(clip).hexdigest()}
+    assert score.run(cfg, spark) is None  # every frame scored: the video is not decoded again
+
+
+def test_a_rejected_micro_batch_is_kept_out_and_retried(spark, trained: Config, tmp_path: Path) -> None:
+    write_inbox(tmp_path / "inbox", 100, 2)
+    # Every prediction is below score.low_confidence=1.0: the share check rejects once the rolling
+    # window holds min_window_rows rows, not before.
+    strict = (
+        "score.low_confidence=1.0",
+        "gate.predictions.max_low_confidence=0.5",
+        "score.stream.max_files_per_trigger=2",
+        "score.stream.min_window_rows=4",
+        "score.stream.retry_rejected_s=3600",
+    )
+    cfg = score_config(trained, tmp_path, "cnn", *STREAM, *strict)
+    assert score.stream_run(cfg, spark) == 3
+    rows = _stream_rows(spark, cfg)
+    assert sorted({r["batch_id"] for r in rows}) == [0]  # 2 rows: too few for the share check
+    status = _status(cfg)
+    assert (status.batches, status.scored, status.rejected_batches, status.rejected_files, status.failures) == (
+        3,
+        2,
+        2,
+        4,
+        2,
+    )
+    rejected = sorted((Path(cfg.data.root) / "rejected").glob(f"{score.STREAM_STAGE}-*"))
+    assert [p.name.split("-")[2] for p in rejected] == ["1", "2"]
+    for folder in rejected:
+        assert (folder / "gate" / "docs" / "index.html").exists()  # Data Docs only for a failure
+        assert "low_confidence_share" in (folder / "gate" / "summary.txt").read_text()
+        assert len(list((folder / score.PREDICTIONS).glob("*.parquet"))) == 1
+    # Not marked scored: retried once retry_rejected_s has passed, here at once with a looser gate.
+    assert score.stream_run(cfg, spark) == 0  # not yet
+    loose = score_config(
+        trained, tmp_path, "cnn", *STREAM, *strict[:-1], "score.stream.retry_rejected_s=0", "score.low_confidence=0.0"
+    )
+    assert score.stream_run(loose, spark) == 2
+    assert len(_stream_rows(spark, cfg)) == 6
+    # score.stream.stop_on_reject: the stream stops (exit code 3 from the command line).
+    write_inbox(tmp_path / "inbox", 200, 2)
+    with pytest.raises(GateFailed):
+        score.stream_run(
+            score_config(trained, tmp_path, "cnn", *STREAM, *strict, "score.stream.stop_on_reject=true"), spark
+        )
+
+
+def test_a_champion_change_is_picked_up_without_a_restart(spark, trained: Config, tmp_path: Path) -> None:
+    models = Path(trained.train.output)
+    champion = tmp_path / "champion"
+    runner.copy_dir(models / "cnn", champion, tmp_path / ".staging")
+    write_inbox(tmp_path / "inbox", 100, 2)
+    cfg = score_config(
+        trained, tmp_path, "cnn", *STREAM, "score.stream.max_files_per_trigger=3", f"score.model={champion}"
+    )
+
+    def promote(batch: int) -> None:
+        if batch == 0:  # as evaluate promotes: the folder replaced whole
+            runner.copy_dir(models / "mllib", champion, tmp_path / ".staging")
+
+    assert score.stream_run(cfg, spark, on_batch=promote) == 2
+    versions = {r["batch_id"]: (r["model_version"], r["model_kind"]) for r in _stream_rows(spark, cfg)}
+    assert versions == {
+        0: (cards.read_card(models / "cnn").version, "cnn"),
+        1: (cards.read_card(models / "mllib").version, "mllib"),
+    }
+
+
+def test_a_batch_run_stands_aside_while_a_stream_holds_the_inbox(spark, trained, tmp_path, caplog) -> None:
+    write_inbox(tmp_path / "inbox", 100, 1)
+    cfg = score_config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0")
+    held = runner.take_lock(stream.inbox_lock(Path(cfg.data.root), cfg.score.inbox), 0, "busy", "stream on test")
+    try:
+        with caplog.at_level(logging.INFO, logger="spark_jobs.score"):
+            assert score.run(cfg, spark) is None
+        assert "stream active" in caplog.text
+        assert score.read_predictions(spark, score.predictions_dir(cfg)) is None
+        # A second stream on the same inbox is refused at once.
+        with pytest.raises(runner.OutputBusy, match="a stream already scores"):
+            score.stream_run(with_mode(cfg), spark)
+    finally:
+        os.close(held)
+    assert score.run(cfg, spark) is not None
+
+
+def with_mode(cfg: Config) -> Config:
+    from tests.factories import with_overrides
+
+    return with_overrides(cfg, *STREAM)
+
+
+@pytest.mark.s3
+def test_a_stream_scores_an_s3_prefix(spark, trained: Config, tmp_path: Path, s3_server: str) -> None:
+    import boto3
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="stream-inbox")
+    truth = write_inbox(tmp_path / "local", 100, 2)
+    for name in truth:
+        client.put_object(Bucket="stream-inbox", Key=f"in/{name}", Body=(tmp_path / "local" / name).read_bytes())
+    cfg = score_config(trained, tmp_path, "cnn", *STREAM, "score.inbox=s3://stream-inbox/in")
+    assert score.stream_run(cfg, spark) == 1
+    client.put_object(Bucket="stream-inbox", Key="in/late.png", Body=class_image(0, 300))
+    assert score.stream_run(cfg, spark) == 1
+    rows = _stream_rows(spark, cfg)
+    assert sorted(r["source_uri"] for r in rows) == sorted(
+        [f"s3://stream-inbox/in/{n}" for n in truth] + ["s3://stream-inbox/in/late.png"]
+    )
+
+
+def _pending(checkpoint: Path) -> list[int]:
+    """Micro-batches planned and not committed."""
+    planned = {int(p.stem) for p in (checkpoint / "offsets").glob("*.json")}
+    return sorted(planned - {int(p.stem) for p in (checkpoint / "commits").glob("*.json")})
+
+
+def test_sigkill_and_sigterm_of_a_stream_lose_and_repeat_nothing(spark, trained: Config, tmp_path: Path) -> None:
+    """SIGKILL of the whole process group mid-micro-batch, then a restart; SIGTERM mid-batch ends
+    the process after that batch (exit 0); the rest in-process. Every image and frame is in the
+    stream table exactly once."""
+    truth = write_inbox(tmp_path / "inbox", 100, 16)
+    (tmp_path / "inbox" / "clip.mkv").write_bytes(video_bytes(class_frames([0, 1, 2, 1], 800)))
+    overrides = (
+        "score.mode=stream",
+        "score.stream.max_files_per_trigger=5",
+        "score.stream.trigger_s=0.2",
+        "score.video.every_nth=1",
+        "gate.predictions.max_low_confidence=1.0",
+        "spark.master=local[2]",
+    )
+    cfg = score_config(trained, tmp_path, "cnn", *overrides)
+    args = [sys.executable, "-m", "spark_jobs.score", *(f"--set={o}" for o in overrides)]
+    args += [
+        f"--set=data.root={cfg.data.root}",
+        f"--set=score.inbox={cfg.score.inbox}",
+        f"--set=score.model={cfg.score.model}",
+    ]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    checkpoint = stream.stream_dir(Path(cfg.data.root)) / stream.CHECKPOINT
+    log = tmp_path / "stream.log"
+
+    def start() -> subprocess.Popen:
+        with log.open("a") as out:
+            return subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=out, start_new_session=True)
+
+    def mid_batch(after: int) -> bool:
+        pending = _pending(checkpoint)
+        return bool(pending) and pending[0] >= after
+
+    proc = start()
+    try:
+        wait_for("a micro-batch after the first under way", lambda: mid_batch(1), 240, log, every=0.02)
+        kill_group(proc)  # driver, JVM and Python workers at once
+        killed = _pending(checkpoint)
+        assert killed, "the kill came between two micro-batches"
+        proc = start()
+        wait_for(
+            "the killed micro-batch run again",
+            lambda: (checkpoint / "commits" / f"{killed[0]}.json").exists(),
+            240,
+            log,
+            every=0.1,
+        )
+        wait_for("another micro-batch under way", lambda: mid_batch(killed[0] + 1), 120, log, every=0.02)
+        proc.send_signal(signal.SIGTERM)  # the driver only, as `docker stop` does
+        assert proc.wait(120) == 0, log.read_text()[-3000:]
+        assert _pending(checkpoint) == []  # it finished the micro-batch it was in
+        assert _status(cfg).state == "stopped"
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+    assert "running micro-batch" in log.read_text()  # the killed one, again
+    score.stream_run(with_mode(cfg), spark)  # the rest
+    rows = _stream_rows(spark, cfg)
+    keys = [(Path(r["source_uri"]).name, r["frame_index"]) for r in rows]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == {(n, None) for n in truth} | {("clip.mkv", i) for i in range(4)}
