@@ -1,7 +1,9 @@
 """image_batch_scoring: score what arrived in the inbox since the last run with the champion model,
 every hour (cron from the ``IMAGE_SCORING_CRON`` environment variable) and whenever the training
 pipeline updates the champion. Incremental by the score stage's exactly-once logic: images the
-champion already scored are skipped. Orchestration only.
+champion already scored are skipped. While a scoring stream holds the inbox (``score.mode=stream``,
+run as a service: see the README), the score task ends successfully with "stream active" and
+publishes nothing. Orchestration only.
 
 The cron string is the one thing read from the environment while parsing: a schedule must be known
 then, and an Airflow Variable would query the database on every parse. Each scoring run's

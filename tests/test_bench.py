@@ -37,3 +37,29 @@ def test_targets_are_read_from_the_smallest_and_largest_size_of_one_run():
 def test_a_figure_whose_engines_did_not_run_is_left_out():
     runs = {16000: peers.table({"project": _engine(12.0, 20.0, 2000), "daft": {"skipped": "no venv"}}, 16000)}
     assert peers.targets(runs) == {}
+
+
+_stream_spec = importlib.util.spec_from_file_location(
+    "stream_latency", Path(__file__).resolve().parents[1] / "bench" / "stream_latency.py"
+)
+assert _stream_spec
+assert _stream_spec.loader
+stream_latency = importlib.util.module_from_spec(_stream_spec)
+_stream_spec.loader.exec_module(stream_latency)
+
+
+def test_stream_latency_is_read_per_file_and_backlog_per_second():
+    arrived = {f"f{i}": 100.0 + i / 2 for i in range(8)}  # 2/s for 4 s
+    planned = {u: t + 0.5 for u, t in arrived.items()}
+    visible = {u: t + 1.0 for u, t in arrived.items()} | {"other": 50.0}  # a file of an earlier rate
+    del visible["f7"]  # never made it
+    got = stream_latency.summarise(2, 4, arrived, visible, planned)
+    assert (got["dropped"], got["visible"]) == (8, 7)
+    assert got["latency_s"] == {"p50": 1.0, "p95": 1.0, "max": 1.0}
+    assert got["by_phase_s"]["arrival_to_planned"]["p50"] == 0.5
+    assert got["backlog"]["every_s"] == [1, 2, 2, 2, 1]
+    assert got["throughput_per_s"]["during_window"] == 1.8  # 7 files visible by 104 s, over 4 s (rounded)
+    verdict = stream_latency.target([got], rate=2, p95=0.9)
+    assert verdict["p95_s"] == 1.0
+    assert not verdict["met"]
+    assert stream_latency.target([got], rate=2, p95=1.0)["met"]

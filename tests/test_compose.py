@@ -43,6 +43,7 @@ def test_services_of_the_team_deployment() -> None:
         "airflow-scheduler",
         "airflow-dag-processor",
         "airflow-triggerer",
+        "scoring-stream",
     }
     scheduler = services["airflow-scheduler"]["environment"]
     assert scheduler["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
@@ -59,6 +60,15 @@ def test_services_of_the_team_deployment() -> None:
     for node in ("spark-worker-1", "spark-worker-2"):
         assert "workspace:/workspace" in services[node]["volumes"]
     assert scheduler["IMAGE_PLATFORM_WORKSPACE"] == "/workspace"
+    # The stream: the score stage in stream mode on the cluster, in the DAGs' workspace, stopped by
+    # SIGTERM with time to finish its micro-batch, restarted on failure.
+    streaming = services["scoring-stream"]
+    assert streaming["command"][:3] == ["python", "-m", "spark_jobs.score"]
+    assert {"score.mode=stream", "spark.master=spark://spark-master:7077"} <= set(streaming["command"])
+    assert streaming["working_dir"] == "/workspace"
+    assert "workspace:/workspace" in streaming["volumes"]
+    assert (streaming["stop_signal"], streaming["restart"]) == ("SIGTERM", "unless-stopped")
+    assert streaming["environment"]["AWS_ENDPOINT_URL"] == "http://minio:9000"
 
 
 def test_no_secret_is_baked_into_the_compose_file() -> None:

@@ -388,6 +388,7 @@ def test_a_stream_batch_is_counted_with_pyarrow_as_with_spark(spark) -> None:
             expected = suites.prediction_stats(spark.createDataFrame(rows, PREDICTION_SCHEMA), CLASSES, task, 0.5, 1e-4)
             got = suites.prediction_stats_arrow(pa.Table.from_pylist(rows, arrow_schema), CLASSES, task, 0.5, 1e-4)
             assert got == expected, (breaker, task)
+            assert list(suites.prediction_rules(CLASSES, task, 0.5, 1e-4)) == suites.prediction_rule_names(task)
 
 
 def test_a_stream_judges_confidence_over_its_window_not_its_micro_batch(tmp_path: Path) -> None:
