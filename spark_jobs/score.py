@@ -15,7 +15,10 @@
   into predictions in the JVM.
 - Output: ``<data.root>/predictions/run_date=<UTC date>/run_id=<run>/`` Parquet rows with
   ``image_id, source_uri, predicted_label, probability, top_k, anomaly_score, is_anomaly,
-  tile_count, model_version, model_kind, decided_by, job_version, scored_at``, plus the run's ``_manifest.json``.
+  tile_count, video_id, frame_index, frame_time, model_version, model_kind, decided_by, job_version,
+  scored_at``, plus the run's ``_manifest.json``.
+- Video files (``score.video``): every ``every_nth`` frame scored as an image, keyed by
+  ``(video_id, frame_index)``; a video that does not decode to its end is quarantined whole.
 - ``score.quantize: int8``: the cnn's static INT8 copy (version ``<version>-int8``).
 - ``score.cascade``: the light mllib model on every image, the heavy cnn only on those it is
   unsure of; ``decided_by`` says which model decided each row.
@@ -35,7 +38,16 @@ of the rows below ``score.low_confidence``, and optionally (``max_class_drift``)
 of the predictions within a tolerance of its share of the training data. A failing batch is not
 published: it is kept under ``<data.root>/rejected/`` and the job exits with code 3.
 
+**Stream** (``score.mode: stream``): micro-batches of the same scan, model and suite every
+``score.stream.trigger_s`` over the files the lister finds new, into
+``<data.root>/stream/predictions/hour=<UTC hour>/part-<batch>.parquet``, exactly once across
+restarts by a write-ahead checkpoint (:mod:`spark_jobs.core.stream`); volume checks over a rolling
+window, rejected micro-batches kept aside and retried later, ``status.json`` per micro-batch, a new
+champion picked up at the next one. SIGTERM stops it after the micro-batch under way. While it
+holds the inbox, a batch run ends at once ("stream active", exit 0).
+
     python -m spark_jobs.score [--set score.inbox=s3://bucket/incoming] [--set score.model=models/cnn]
+    python -m spark_jobs.score --set score.mode=stream
 """
 
 from __future__ import annotations
@@ -435,17 +447,33 @@ def gate(
     return run.validate(suites.prediction_batches(stats, labels, trained, task, low, cfg.gate.predictions)), stats.by(0)
 
 
-def tally(files: int, per_label: dict[str, int], bad: int, new_bad: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run's counts: every file seen is scored, already scored or unusable."""
+def scored_files(folder: Path) -> int:
+    """How many files the staged predictions ``folder`` holds rows of (a video has one per frame)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    if not folder.exists():
+        return 0
+    uris = ds.dataset(str(folder), format="parquet").to_table(columns=["source_uri"]).column("source_uri")
+    return int(pc.count_distinct(uris).as_py())
+
+
+def tally(
+    files: int, per_label: dict[str, int], scored: int, bad: list[dict[str, Any]], new_bad: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The run's counts: every file seen is scored (``scored`` files, ``per_label`` rows: an image
+    or a video frame each), already scored or unusable (``bad``: its quarantine rows)."""
     reasons: dict[str, int] = {}
     for r in new_bad:
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
     rows = sum(per_label.values())
+    unusable = len({r["source_uri"] for r in bad})
     return {
         "files_seen": files,
         "scored": rows,
-        "already_scored": files - rows - bad,
-        "unusable": bad,
+        "files_scored": scored,
+        "already_scored": files - scored - unusable,
+        "unusable": unusable,
         "quarantined": sum(reasons.values()),
         "quarantine_by_reason": reasons,
         "predicted_by_label": per_label,
@@ -466,7 +494,7 @@ def run(cfg: Config, spark: SparkSession) -> Path | None:
         with run.phase("read"):
             model = scorer(cfg)
             kind, files = store.list_source(cfg.score.inbox)
-            done = scored_ids(predictions_dir(cfg), model.version)
+            done = already_scored(cfg, model.version)
             recorded = recorded_quarantine(root / QUARANTINE)
             started = datetime.fromisoformat(run.timings()["started_at"])
         for table in (predictions_dir(cfg), root / QUARANTINE):
@@ -493,7 +521,7 @@ def run(cfg: Config, spark: SparkSession) -> Path | None:
                 write_quarantine(new_bad, Path(run.path(QUARANTINE)))
         with run.phase("gate"):
             result, per_label = gate(spark, model, cfg, run)
-        counts = tally(len(files), per_label, len(bad), new_bad)
+        counts = tally(len(files), per_label, scored_files(Path(run.path(PREDICTIONS))), bad, new_bad)
         run.extra["images_per_s"] = round(len(files) / max(run.seconds.get("work", 0.0), 1e-9), 1)
         inputs = {
             "inbox": partitions.describe(cfg.score.inbox, kind, files),
@@ -546,6 +574,17 @@ def stream_scored_ids(root: Path, version: str, now: float, hours: int) -> list[
     return got.column("image_id").to_pylist()
 
 
+def already_scored(cfg: Config, version: str) -> scoring.IdSet:
+    """What ``version`` has scored: the batch table's ids, and the stream table's of its last
+    ``score.stream.dedupe_hours`` (the lookup of a batch run and of a stream alike, so switching
+    between the two scores nothing twice)."""
+    batch = scored_ids(predictions_dir(cfg), version)
+    streamed = stream_scored_ids(Path(cfg.data.root), version, time.time(), cfg.score.stream.dedupe_hours)
+    if not streamed:
+        return batch
+    return scoring.IdSet([*(d.hex() for d in batch.digests), *streamed])
+
+
 class Lookup:
     """The already-scored lookup of a stream, for one model version: the ids of the batch table and
     of the stream table's last ``score.stream.dedupe_hours``, broadcast once, plus the ids scored
@@ -558,10 +597,7 @@ class Lookup:
         self.read()
 
     def read(self) -> None:
-        root = Path(self.cfg.data.root)
-        batch = scored_ids(predictions_dir(self.cfg), self.version)
-        streamed = stream_scored_ids(root, self.version, time.time(), self.cfg.score.stream.dedupe_hours)
-        ids = scoring.IdSet([*(d.hex() for d in batch.digests), *streamed])
+        ids = already_scored(self.cfg, self.version)
         if self.base is not None:
             self.base.unpersist()
         self.base, self.recent = self.spark.sparkContext.broadcast(ids), set()

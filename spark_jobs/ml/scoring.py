@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from spark_jobs.core import store
 from spark_jobs.core.config import IngestConfig, TilesConfig, VideoConfig
+from spark_jobs.core.tables import DECODED_FIELDS
 from spark_jobs.imaging import images, tiles, video
 from spark_jobs.ml import inference
 
@@ -225,7 +226,7 @@ def video_records(
     :data:`FRAME_FIELDS` set), or the video's one quarantine row. A video is scored whole or not
     at all, so its first frame's id in ``done`` means every frame is: it is not decoded again."""
     video_id = images.image_id(data)
-    row = {f: None for f in images.DECODED_FIELDS} | {"source_uri": uri, "label": label, "size_bytes": len(data)}
+    row = dict.fromkeys(DECODED_FIELDS) | {"source_uri": uri, "label": label, "size_bytes": len(data)}
     if video.frame_id(video_id, 0) in done:
         return []
     try:

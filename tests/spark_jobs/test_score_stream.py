@@ -91,7 +91,11 @@ def test_a_stream_scores_new_images_and_video_frames_once(spark, trained: Config
     # The DVC-tracked batch table is untouched.
     assert len(score.read_predictions(spark, score.predictions_dir(cfg)).collect()) == batch_rows
 
-    # Again: nothing new.
+    # A batch run of the same inbox (the stream stopped) finds the stream's rows too: nothing new.
+    batch = score_config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0", "score.video.every_nth=2")
+    assert score.run(batch, spark) is None
+    assert len(score.read_predictions(spark, score.predictions_dir(cfg)).collect()) == batch_rows
+    # The stream again: nothing new.
     assert score.stream_run(cfg, spark) == 0
     assert len(_stream_rows(spark, cfg)) == len(rows)
 
@@ -106,6 +110,8 @@ def test_batch_mode_scores_video_frames(spark, trained: Config, tmp_path: Path) 
     rows = sorted(score.read_predictions(spark, score.predictions_dir(cfg)).collect(), key=lambda r: r["frame_index"])
     assert [(r["frame_index"], r["predicted_label"]) for r in rows] == [(0, "1"), (1, "2"), (2, "0")]
     assert {r["video_id"] for r in rows} == {hashlib.sha256(clip).hexdigest()}
+    counts = score.manifest.read_json(published)["counts"]
+    assert (counts["files_seen"], counts["scored"], counts["files_scored"], counts["already_scored"]) == (1, 3, 1, 0)
     assert score.run(cfg, spark) is None  # every frame scored: the video is not decoded again
 
 
