@@ -54,17 +54,6 @@ POLL_S = 0.05
 WARM_UP = 100  # files dropped (at 20/s) and scored before the measured rates
 
 
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "max": None}
-    a = np.asarray(values)
-    return {
-        "p50": round(float(np.percentile(a, 50)), 3),
-        "p95": round(float(np.percentile(a, 95)), 3),
-        "max": round(float(a.max()), 3),
-    }
-
-
 def summarise(
     rate: float,
     seconds: float,
@@ -94,7 +83,7 @@ def summarise(
         "rate_per_s": rate,
         "dropped": len(arrived),
         "visible": sum(u in visible for u in arrived),
-        "latency_s": percentiles(latencies),
+        "latency_s": stream.percentiles(latencies),
         "throughput_per_s": {
             "during_window": round(sum(v <= end for v in visible.values()) / seconds, 1),
             "to_drain": round(len(visible) / max(done - start, 1e-9), 1),
@@ -105,7 +94,10 @@ def summarise(
             "growth": round(slope * seconds, 1),
             "drained_s_after_window": round(max(done - end, 0.0), 2),
         },
-        "by_phase_s": {"arrival_to_planned": percentiles(waits), "planned_to_visible": percentiles(batch)},
+        "by_phase_s": {
+            "arrival_to_planned": stream.percentiles(waits),
+            "planned_to_visible": stream.percentiles(batch),
+        },
     }
 
 

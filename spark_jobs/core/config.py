@@ -47,6 +47,17 @@ def _usable_root(value: str) -> str:
     return value
 
 
+def _dotted_lowercase(extensions: tuple[str, ...]) -> tuple[str, ...]:
+    bad = [e for e in extensions if not e.startswith(".") or e != e.lower()]
+    if bad:
+        raise ValueError(f"extensions must be lower-case and start with '.', got {bad}")
+    return extensions
+
+
+# File name endings matched case-insensitively (written lower-case, with their dot).
+Extensions = Annotated[tuple[str, ...], AfterValidator(_dotted_lowercase)]
+
+
 class ConfigError(ValueError):
     """A parameter file or override that cannot be used; the message names the key."""
 
@@ -144,7 +155,7 @@ class SplitConfig(_Section):
 class IngestConfig(_Section):
     source: SourcePath = "data/sample/digits"
     image_size: int = Field(32, ge=8, le=4096)
-    extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+    extensions: Extensions = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")
     min_side: int = Field(8, ge=1)
     max_image_pixels: int = Field(89_478_485, ge=1)
     max_file_bytes: int = Field(512 * 2**20, ge=1)
@@ -153,13 +164,6 @@ class IngestConfig(_Section):
     resize: ResizeConfig = ResizeConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     split: SplitConfig = SplitConfig()
-
-    @model_validator(mode="after")
-    def _dotted_lowercase_extensions(self) -> IngestConfig:
-        bad = [e for e in self.extensions if not e.startswith(".") or e != e.lower()]
-        if bad:
-            raise ValueError(f"extensions must be lower-case and start with '.', got {bad}")
-        return self
 
 
 # MLlib's PCA builds a d x d covariance matrix on the driver: 8192^2 doubles = 512 MiB.
@@ -354,16 +358,9 @@ class CascadeConfig(_Section):
 class VideoConfig(_Section):
     """Video files in an inbox: every ``every_nth`` decoded frame is scored as an image."""
 
-    extensions: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+    extensions: Extensions = (".mp4", ".avi", ".mkv", ".mov", ".webm")
     every_nth: int = Field(10, ge=1)
     max_frames: int = Field(1000, ge=1)  # sampled frames per video; a longer one is quarantined
-
-    @model_validator(mode="after")
-    def _dotted_lowercase_extensions(self) -> VideoConfig:
-        bad = [e for e in self.extensions if not e.startswith(".") or e != e.lower()]
-        if bad:
-            raise ValueError(f"extensions must be lower-case and start with '.', got {bad}")
-        return self
 
 
 class StreamConfig(_Section):
