@@ -769,7 +769,12 @@ def stream_run(cfg: Config, spark: SparkSession, on_batch: Any = None) -> int:
     s = cfg.score.stream
     inbox = cfg.score.inbox
     holder = f"stream on {inbox}"
-    lock = runner.take_lock(stream.inbox_lock(root, inbox), 0.0, f"a stream already scores {inbox}", holder)
+    held = [runner.take_lock(stream.stream_lock(root), 0.0, f"a stream already writes to {folder}", holder)]
+    try:
+        held.append(runner.take_lock(stream.inbox_lock(root, inbox), 0.0, f"a stream already scores {inbox}", holder))
+    except runner.OutputBusy:
+        os.close(held[0])
+        raise
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if _main_thread() else None
     progress = stream.Progress(inbox, s.latency_batches)
@@ -835,7 +840,8 @@ def stream_run(cfg: Config, spark: SparkSession, on_batch: Any = None) -> int:
         if lookup is not None:
             lookup.close()
         progress.write(folder, model.version if model else None, state)
-        os.close(lock)
+        for fd in held:
+            os.close(fd)
 
 
 def _count(

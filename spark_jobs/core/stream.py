@@ -43,6 +43,11 @@ def stream_dir(root: Path) -> Path:
     return Path(root) / STREAM
 
 
+def stream_lock(root: Path) -> Path:
+    """The lock of the one stream that writes under ``root`` (its checkpoint is one)."""
+    return stream_dir(root) / ".locks" / "stream.lock"
+
+
 def inbox_lock(root: Path, inbox: str) -> Path:
     """The lock a stream holds on ``inbox`` for as long as it runs (one per inbox and data.root)."""
     digest = hashlib.sha256(canonical_uri(inbox).encode()).hexdigest()[:16]

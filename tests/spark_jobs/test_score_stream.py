@@ -194,6 +194,13 @@ def test_a_batch_run_stands_aside_while_a_stream_holds_the_inbox(spark, trained,
             score.stream_run(with_mode(cfg), spark)
     finally:
         os.close(held)
+    # ... and so is a second stream writing under the same data.root (one checkpoint).
+    held = runner.take_lock(stream.stream_lock(Path(cfg.data.root)), 0, "busy", "stream on another inbox")
+    try:
+        with pytest.raises(runner.OutputBusy, match="a stream already writes to"):
+            score.stream_run(with_mode(cfg), spark)
+    finally:
+        os.close(held)
     assert score.run(cfg, spark) is not None
 
 
