@@ -84,7 +84,7 @@ if TYPE_CHECKING:
     from pyspark import Broadcast
     from pyspark.sql import DataFrame, SparkSession
 
-    from spark_jobs.quality.gate import GateResult
+    from spark_jobs.quality.gate import Batch, GateResult
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +150,13 @@ def _published_rows(folder: Path, columns: list[str], where: Any = None) -> pa.T
     return dataset.to_table(columns=columns, filter=where)
 
 
-def scored_ids(folder: Path, version: str) -> scoring.IdSet:
+def scored_ids(folder: Path, version: str) -> list[str]:
     """``image_id`` of every image the model ``version`` has already scored (the published
     predictions' ``image_id`` and ``model_version`` columns only)."""
     import pyarrow.dataset as ds
 
     table = _published_rows(folder, ["image_id"], ds.field("model_version") == version)
-    return scoring.IdSet([] if table is None else table.column("image_id").to_pylist())
+    return [] if table is None else table.column("image_id").to_pylist()
 
 
 def recorded_quarantine(folder: Path) -> set[tuple[str, str]]:
@@ -230,10 +230,18 @@ def copies(written: Path, usable: DataFrame) -> tuple[int, list[dict[str, Any]]]
     if not first:
         return ids.num_rows, []
     rows = usable.where(F.col("image_id").isin(list(first))).select(*QUARANTINE_COLUMNS).toArrow().to_pylist()
-    return ids.num_rows, [
-        r | {"reason": images_lib.DUPLICATE, "detail": f"same content as {first[r['image_id']]}"}
+    return ids.num_rows, copy_records(rows, first)
+
+
+def copy_records(rows: list[dict[str, Any]], first: dict[str, str]) -> list[dict[str, Any]]:
+    """Quarantine rows (:data:`QUARANTINE_COLUMNS`) of the ``rows`` whose content's kept copy
+    (``first``: :func:`first_copies`) is another file."""
+    return [
+        dict.fromkeys(QUARANTINE_COLUMNS)
+        | {c: r[c] for c in QUARANTINE_COLUMNS if c in r}
+        | {"reason": images_lib.DUPLICATE, "detail": f"same content as {first[r['image_id']]}"}
         for r in rows
-        if r["source_uri"] != first[r["image_id"]]
+        if r["image_id"] in first and r["source_uri"] != first[r["image_id"]]
     ]
 
 
@@ -580,9 +588,7 @@ def already_scored(cfg: Config, version: str) -> scoring.IdSet:
     between the two scores nothing twice)."""
     batch = scored_ids(predictions_dir(cfg), version)
     streamed = stream_scored_ids(Path(cfg.data.root), version, time.time(), cfg.score.stream.dedupe_hours)
-    if not streamed:
-        return batch
-    return scoring.IdSet([*(d.hex() for d in batch.digests), *streamed])
+    return scoring.IdSet([*batch, *streamed])
 
 
 class Lookup:
@@ -645,19 +651,16 @@ def _write_table(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, compression="zstd")
 
 
-def _stream_gate(
-    table: pa.Table, model: Scorer, cfg: Config, window: stream.RollingWindow, report: Path | None
-) -> GateResult:
+def _stream_checks(
+    table: pa.Table, labelled: tuple[list[str], list[bool]], model: Scorer, cfg: Config, window: stream.RollingWindow
+) -> list[Batch]:
     """The predictions suite on a micro-batch: its row rules on its rows; the low-confidence share
-    and class drift over the rolling window with these rows in it."""
+    and class drift over the rolling window with these rows (``labelled``: their predicted labels
+    and low-confidence flags) in it."""
     low, task, labels = cfg.score.low_confidence, model.card.task, model.labels()
     stats = suites.prediction_stats_arrow(table, labels, task, low, cfg.gate.predictions.probability_tolerance)
-    names = table.column("predicted_label").to_pylist()
-    probability = table.column("probability").to_pylist()
-    flags = [p is not None and p < low for p in probability]
-    rows, low_rows, per_label = window.with_batch(names, flags)
-    volume = suites.Volume(rows, low_rows, per_label)
-    batches = suites.prediction_batches(
+    volume = suites.Volume(*window.with_batch(*labelled))
+    return suites.prediction_batches(
         stats,
         labels,
         model.card.class_counts,
@@ -667,7 +670,6 @@ def _stream_gate(
         volume,
         cfg.score.stream.min_window_rows,
     )
-    return gate_lib.validate(STREAM_STAGE, batches, report)
 
 
 def micro_batch(
@@ -712,24 +714,21 @@ def micro_batch(
         finally:
             scanned.unpersist()
         seconds["score"] = time.perf_counter() - started
-        first = first_copies(table.select(["image_id", "source_uri"]))
-        if first:
-            copy = [
-                r
-                for r in table.select(["image_id", "source_uri"]).to_pylist()
-                if r["source_uri"] != first.get(r["image_id"], r["source_uri"])
-            ]
-            bad += [
-                dict.fromkeys(QUARANTINE_COLUMNS)
-                | r
-                | {"reason": images_lib.DUPLICATE, "detail": f"same content as {first[r['image_id']]}"}
-                for r in copy
-            ]
-            dropped = {r["source_uri"] for r in copy}
-            table = table.filter(pc.invert(pc.is_in(table["source_uri"], pa.array(sorted(dropped)))))
+        keys = table.select(["image_id", "source_uri"])
+        copied = copy_records(keys.to_pylist(), first_copies(keys))
+        if copied:
+            bad += copied
+            dropped = pa.array(sorted({r["source_uri"] for r in copied}))
+            table = table.filter(pc.invert(pc.is_in(table["source_uri"], dropped)))
         counts = {"files_seen": len(files), "scored": table.num_rows, "quarantined": len(bad)}
         started = time.perf_counter()
-        result = _stream_gate(table, model, cfg, window, None) if table.num_rows else None
+        low = cfg.score.low_confidence
+        labelled = (
+            table.column("predicted_label").to_pylist(),
+            [p is not None and p < low for p in table.column("probability").to_pylist()],
+        )
+        checks = _stream_checks(table, labelled, model, cfg, window) if table.num_rows else []
+        result = gate_lib.validate(STREAM_STAGE, checks, None) if checks else None
         seconds["gate"] = time.perf_counter() - started
         started = time.perf_counter()
         if result is not None and not result.success:
@@ -737,7 +736,7 @@ def micro_batch(
             _write_table(table, staging / PREDICTIONS / stream.part_name(planned.batch))
             manifest.write_json(staging / "files.json", planned)
             rejected.parent.mkdir(parents=True, exist_ok=True)
-            report = _stream_gate(table, model, cfg, window, staging / "gate")  # Data Docs: only now
+            report = gate_lib.validate(STREAM_STAGE, checks, staging / "gate")  # Data Docs: only now
             staging.rename(rejected)
             log.error("micro-batch %d rejected, kept in %s: %s", planned.batch, rejected, report.summary())
             return "rejected", counts | {"rejected": str(rejected)}, seconds
@@ -750,10 +749,7 @@ def micro_batch(
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / "p.parquet", target)
             lookup.add(table.column("image_id").to_pylist())
-            names = table.column("predicted_label").to_pylist()
-            window.add(
-                names, [p is not None and p < cfg.score.low_confidence for p in table.column("probability").to_pylist()]
-            )
+            window.add(*labelled)
         seconds["publish"] = time.perf_counter() - started
         return "published", counts, seconds
     finally:

@@ -124,6 +124,19 @@ def write_inbox(folder: Path, start: int, count: int, classes: int = 3) -> dict[
     return truth
 
 
+def s3_inbox(bucket: str, prefix: str, local: Path, start: int, count: int) -> dict[str, str]:
+    """:func:`write_inbox` into ``local``, uploaded to a new bucket under ``prefix/`` of the S3
+    server the AWS_* variables point at; returns {file name: label}."""
+    import boto3
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=bucket)
+    truth = write_inbox(local, start, count)
+    for name in truth:
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=(local / name).read_bytes())
+    return truth
+
+
 def with_overrides(cfg: Config, *overrides: str) -> Config:
     """``cfg`` with ``--set``-style overrides applied and validated."""
     return validate(apply_overrides(cfg.model_dump(mode="json"), list(overrides)))

@@ -6,6 +6,7 @@ nothing and exits with :data:`EXIT_GATE_FAILED`, so ``dvc repro`` and Airflow bo
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from collections.abc import Sequence
@@ -124,7 +125,9 @@ def validate(stage: str, batches: Sequence[Batch], report_dir: Path | None) -> G
         asset = source.add_dataframe_asset(name=batch.name)
         definition = asset.add_batch_definition_whole_dataframe(batch.name)
         suite = context.suites.add(
-            gx.ExpectationSuite(name=f"{stage}.{batch.name}", expectations=list(batch.expectations))
+            # Copies: GX binds an expectation to its suite, and a batch may be validated again
+            # (a stream's rejected micro-batch, for its Data Docs).
+            gx.ExpectationSuite(name=f"{stage}.{batch.name}", expectations=[copy.copy(e) for e in batch.expectations])
         )
         validation = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"{stage}.{batch.name}", data=definition, suite=suite)

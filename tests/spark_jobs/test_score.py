@@ -15,7 +15,7 @@ from spark_jobs.imaging import images
 from spark_jobs.ml import cards, inference, models, scoring
 from spark_jobs.quality import gate
 from tests.conftest import INGESTED_CLASSES
-from tests.factories import class_image, score_config, write_inbox
+from tests.factories import class_image, s3_inbox, score_config, write_inbox
 from tests.spark_jobs.imaging.test_decode_fuzz import pillow_crasher
 
 pytestmark = pytest.mark.spark
@@ -289,10 +289,7 @@ def test_cnn_scores_an_s3_inbox_incrementally(spark, trained: Config, tmp_path: 
     import boto3
 
     client = boto3.client("s3")
-    client.create_bucket(Bucket="inbox")
-    truth = write_inbox(tmp_path / "local", 100, 4)
-    for name in truth:
-        client.put_object(Bucket="inbox", Key=f"incoming/{name}", Body=(tmp_path / "local" / name).read_bytes())
+    truth = s3_inbox("inbox", "incoming", tmp_path / "local", 100, 4)
     client.put_object(Bucket="inbox", Key="incoming/broken.png", Body=b"not an image at all")
     cfg = score_config(
         trained, tmp_path, "cnn", "score.inbox=s3://inbox/incoming", "gate.predictions.max_low_confidence=1.0"

@@ -21,7 +21,7 @@ from spark_jobs.core.config import Config
 from spark_jobs.imaging import images, video
 from spark_jobs.ml import cards
 from spark_jobs.quality.gate import GateFailed
-from tests.factories import REPO, class_frames, class_image, score_config, video_bytes, write_inbox
+from tests.factories import REPO, class_frames, class_image, s3_inbox, score_config, video_bytes, write_inbox
 from tests.processes import kill_group, wait_for
 
 pytestmark = pytest.mark.spark
@@ -215,10 +215,7 @@ def test_a_stream_scores_an_s3_prefix(spark, trained: Config, tmp_path: Path, s3
     import boto3
 
     client = boto3.client("s3")
-    client.create_bucket(Bucket="stream-inbox")
-    truth = write_inbox(tmp_path / "local", 100, 2)
-    for name in truth:
-        client.put_object(Bucket="stream-inbox", Key=f"in/{name}", Body=(tmp_path / "local" / name).read_bytes())
+    truth = s3_inbox("stream-inbox", "in", tmp_path / "local", 100, 2)
     cfg = score_config(trained, tmp_path, "cnn", *STREAM, "score.inbox=s3://stream-inbox/in")
     assert score.stream_run(cfg, spark) == 1
     client.put_object(Bucket="stream-inbox", Key="in/late.png", Body=class_image(0, 300))
