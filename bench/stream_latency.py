@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from ingest_throughput import WORK, make_inputs, write_result  # noqa: E402
 
-from spark_jobs.core import stream  # noqa: E402
+from spark_jobs.scoring import status, stream, tables  # noqa: E402
 
 log = logging.getLogger("bench")
 POLL_S = 0.05
@@ -83,7 +83,7 @@ def summarise(
         "rate_per_s": rate,
         "dropped": len(arrived),
         "visible": sum(u in visible for u in arrived),
-        "latency_s": stream.percentiles(latencies),
+        "latency_s": status.percentiles(latencies),
         "throughput_per_s": {
             "during_window": round(sum(v <= end for v in visible.values()) / seconds, 1),
             "to_drain": round(len(visible) / max(done - start, 1e-9), 1),
@@ -95,8 +95,8 @@ def summarise(
             "drained_s_after_window": round(max(done - end, 0.0), 2),
         },
         "by_phase_s": {
-            "arrival_to_planned": stream.percentiles(waits),
-            "planned_to_visible": stream.percentiles(batch),
+            "arrival_to_planned": status.percentiles(waits),
+            "planned_to_visible": status.percentiles(batch),
         },
     }
 
@@ -121,8 +121,8 @@ class Watcher(threading.Thread):
 
     def __init__(self, root: Path) -> None:
         super().__init__(daemon=True)
-        self.table = stream.stream_dir(root) / stream.PREDICTIONS
-        self.offsets = stream.stream_dir(root) / stream.CHECKPOINT / "offsets"
+        self.table = tables.stream_dir(root) / tables.PREDICTIONS
+        self.offsets = tables.stream_dir(root) / stream.CHECKPOINT / "offsets"
         self.visible: dict[str, float] = {}
         self.planned: dict[str, float] = {}
         self._parts: set[Path] = set()
@@ -206,9 +206,9 @@ def main() -> None:
     first = float("nan")
     watcher = Watcher(root)
     try:
-        status = stream.stream_dir(root) / stream.STATUS
+        status_file = tables.stream_dir(root) / status.STATUS
         deadline = time.monotonic() + 300
-        while not (status.exists() and json.loads(status.read_text())["state"] == "running"):
+        while not (status_file.exists() and json.loads(status_file.read_text())["state"] == "running"):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the stream did not start: {(run / 'stream.log').read_text()[-3000:]}")
             time.sleep(0.5)
@@ -231,7 +231,7 @@ def main() -> None:
             while not all(u in watcher.visible for u in arrived) and time.monotonic() < drained:
                 time.sleep(0.2)
             summary = summarise(rate, args.seconds, arrived, dict(watcher.visible), dict(watcher.planned))
-            doc = json.loads(status.read_text())
+            doc = json.loads(status_file.read_text())
             summary["stream_status"] = {k: doc[k] for k in ("batch_seconds", "rejected_batches", "failures")}
             results.append(summary)
             log.info("%g/s: latency %s, throughput %s", rate, summary["latency_s"], summary["throughput_per_s"])

@@ -41,11 +41,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from spark_jobs.core import manifest, runner
+from spark_jobs.core import atomic, launch, manifest, runner
 from spark_jobs.core.config import TILE_KINDS, Config
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError
 from spark_jobs.core.tables import published, read_features, read_images
+from spark_jobs.core.verdict import GateFailed, GateResult
 from spark_jobs.ml import inference, metrics
 from spark_jobs.ml.cards import CARD, PROMOTION, TASKS, ModelCard, Promotion, model_dir, read_card, read_promotion
 from spark_jobs.ml.mllib import mllib_classify
@@ -239,7 +240,7 @@ def promote(cfg: Config, task: str, kind: str, card: ModelCard, result: dict[str
         job_version=manifest.job_version(),
     )
     # Staged beside the champions' folder, not inside it (it is a DVC output).
-    runner.copy_dir(model_dir(cfg, kind), target, target.parent.parent / runner.STAGING, {PROMOTION: record})
+    atomic.copy_dir(model_dir(cfg, kind), target, target.parent.parent / runner.STAGING, {PROMOTION: record})
     return record
 
 
@@ -247,7 +248,7 @@ def reject(cfg: Config, kind: str, card: ModelCard, result: dict[str, Any], summ
     """Keep a failed challenger, with its metrics and gate summary, under ``evaluate.rejected``."""
     target = Path(cfg.evaluate.rejected) / card.version
     extra = {"metrics.json": result, "gate_summary.txt": summary + "\n"}
-    return runner.copy_dir(model_dir(cfg, kind), target, target.parent.parent / runner.STAGING, extra)
+    return atomic.copy_dir(model_dir(cfg, kind), target, target.parent.parent / runner.STAGING, extra)
 
 
 def evaluate_model(
@@ -343,7 +344,7 @@ def settle(
     cards: dict[str, ModelCard],
     results: dict[str, dict[str, Any]],
     challengers: dict[str, str | None],
-    gate_result: gate.GateResult,
+    gate_result: GateResult,
 ) -> dict[str, Path]:
     """Promote each task's challenger that passed its gate, keep every failed model aside with
     its gate summary, and mark each result ``gate`` passed/failed and ``promoted``; returns where
@@ -368,7 +369,9 @@ def settle(
 def run(cfg: Config, spark: SparkSession) -> Path:
     """Evaluate every candidate, gate them, promote the champions, write the reports; returns the reports folder."""
     root = Path(cfg.data.root)
-    with runner.StageRun(STAGE, root, spark, Path(cfg.evaluate.reports), lock_wait=cfg.data.lock_wait_s) as run:
+    with runner.StageRun(
+        STAGE, root, spark, Path(cfg.evaluate.reports), lock_wait=cfg.data.lock_wait_s, gate=gate.validate
+    ) as run:
         with run.phase("read"):
             every = (*cfg.evaluate.models, *cfg.evaluate.baselines)
             cards = {kind: read_card(model_dir(cfg, kind)) for kind in every}
@@ -420,7 +423,7 @@ def run(cfg: Config, spark: SparkSession) -> Path:
     if rejected:  # every model that failed its gate, kept aside
         kinds = ", ".join(sorted(rejected))
         where = "; ".join(f"{k} -> {p}" for k, p in sorted(rejected.items()))
-        raise gate.GateFailed(
+        raise GateFailed(
             STAGE,
             gate_result.docs or reports / METRICS,
             Path(cfg.evaluate.rejected),
@@ -434,7 +437,7 @@ def metrics_document(
     results: dict[str, dict[str, Any]],
     baselines: dict[str, dict[str, Any]],
     cascade: dict[str, Any] | None,
-    gate_result: gate.GateResult,
+    gate_result: GateResult,
 ) -> dict[str, Any]:
     """``metrics.json``: the champions' headline figures (after this run's promotions), every
     candidate's figures and, when ``evaluate.baselines`` names any, theirs (not gated)."""
@@ -460,7 +463,7 @@ def _precheck(cfg: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck, preload=runner.GATE)
+    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck, preload=launch.GATE)
 
 
 if __name__ == "__main__":

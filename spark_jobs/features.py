@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from spark_jobs.core import manifest, runner, session, store
+from spark_jobs.core import launch, manifest, runner, session, store
 from spark_jobs.core.config import Config, ConfigError, IngestConfig, TilesConfig
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError
@@ -52,7 +52,7 @@ from spark_jobs.imaging import images, tiles
 from spark_jobs.ml import extractors
 from spark_jobs.ml.extractors import EXTRACTOR
 from spark_jobs.ml.mllib import TRANSFORM, apply_transform, fit_transform
-from spark_jobs.quality import suites
+from spark_jobs.quality import gate, suites
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -259,7 +259,7 @@ def write_table(
 def run(cfg: Config, spark: SparkSession) -> Path:
     """Extract features of ``<data.root>/ingest`` into ``<data.root>/features``; returns the folder."""
     root = Path(cfg.data.root)
-    with runner.StageRun(STAGE, root, spark, root / STAGE, lock_wait=cfg.data.lock_wait_s) as run:
+    with runner.StageRun(STAGE, root, spark, root / STAGE, lock_wait=cfg.data.lock_wait_s, gate=gate.validate) as run:
         with run.phase("read"):
             ingest_dir = published(root, "ingest")
             ingest_cfg = ingested_with(ingest_dir)
@@ -329,13 +329,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _preload(cfg: Config) -> tuple[str, ...]:
-    return (runner.TORCH if cfg.features.kind == "cnn" else ()) + runner.GATE
+    return (launch.TORCH if cfg.features.kind == "cnn" else ()) + launch.GATE
 
 
 def worker_preload(cfg: Config) -> tuple[str, ...]:
     """What the extracting tasks import (forked from :mod:`spark_jobs.core.daemon`, which also keeps
     the memory a worker frees): torch for a cnn backbone, then this module."""
-    return (*(runner.TORCH if cfg.features.kind == "cnn" else ()), "spark_jobs.features")
+    return (*(launch.TORCH if cfg.features.kind == "cnn" else ()), "spark_jobs.features")
 
 
 if __name__ == "__main__":

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
-from spark_jobs.core import runner, store
+from spark_jobs.core import launch, runner, store
 from spark_jobs.core.config import Config
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.tables import DECODED_FIELDS, DECODED_SCHEMA, read_images, read_quarantine
 from spark_jobs.imaging import images
 from spark_jobs.imaging.partitions import decode, describe, plan_chunks
-from spark_jobs.quality import suites
+from spark_jobs.quality import gate, suites
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, Row, SparkSession
@@ -149,7 +149,7 @@ def discovered_classes(files: list[store.SourceFile], extensions: tuple[str, ...
 def run(cfg: Config, spark: SparkSession) -> Path:
     """Ingest ``cfg.ingest.source`` under ``cfg.data.root``; returns the published folder."""
     root = Path(cfg.data.root)
-    with runner.StageRun(STAGE, root, spark, root / STAGE, lock_wait=cfg.data.lock_wait_s) as run:
+    with runner.StageRun(STAGE, root, spark, root / STAGE, lock_wait=cfg.data.lock_wait_s, gate=gate.validate) as run:
         with run.phase("read"):
             kind, files = store.list_source(cfg.ingest.source)
             source = describe(cfg.ingest.source, kind, files)
@@ -207,7 +207,7 @@ def _precheck(cfg: Config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return run_stage(
-        STAGE, argv, run, description=__doc__, precheck=_precheck, preload=runner.GATE, worker_preload=worker_preload
+        STAGE, argv, run, description=__doc__, precheck=_precheck, preload=launch.GATE, worker_preload=worker_preload
     )
 
 

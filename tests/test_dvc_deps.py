@@ -66,6 +66,6 @@ def test_deps_are_the_import_closure_of_the_stage_s_command(dvcfile: str, stage:
 def test_the_closure_follows_imports_inside_functions() -> None:
     # score reaches models (the torch loader) only through inference's imports, and the runner
     # imports the session (Spark's task metrics) only inside a function.
-    reached = {"imaging/partitions", "ml/scoring", "ml/inference", "ml/models", "imaging/images", "core/store"}
+    reached = {"imaging/partitions", "scoring/scan", "ml/inference", "ml/models", "imaging/images", "core/store"}
     assert {f"spark_jobs/{m}.py" for m in reached | {"core/config"}} <= import_closure("spark_jobs/score.py")
     assert "spark_jobs/core/session.py" in import_closure("spark_jobs/core/runner.py")

@@ -1,5 +1,6 @@
-"""The package's layout (DESIGN.md #15): ``spark_jobs/<stage>.py`` are entry points that import
-the library sub-packages, never one another; the library never imports a stage."""
+"""The package's layout (DESIGN.md #15, #17): ``spark_jobs/<stage>.py`` are entry points that import
+the library's wings, never one another; the wings are layered, core -> imaging, quality -> ml ->
+scoring -> stages, and a wing imports only wings below it (and itself)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,62 @@ from tests.factories import REPO
 from tests.test_dvc_deps import import_closure, imported_modules
 
 STAGE_FILES = {f"spark_jobs/{s}.py" for s in STAGES}
+# Each wing, and the wings it may import (besides itself).
+LAYERS = {
+    "core": set(),
+    "imaging": {"core"},
+    "quality": {"core"},
+    "ml": {"core", "imaging", "quality"},
+    "scoring": {"core", "imaging", "quality", "ml"},
+}
 LIBRARY = sorted(str(p.relative_to(REPO)) for p in (REPO / "spark_jobs").glob("*/*.py") if p.name != "__init__.py")
+
+
+def wing(module: str) -> str | None:
+    """``spark_jobs/<wing>/x.py`` -> ``<wing>``; None for a stage (or the package's entry point)."""
+    parts = module.split("/")
+    return parts[1] if len(parts) == 3 else None
+
+
+def layer_breaches(imports: dict[str, set[str]]) -> list[str]:
+    """``importer -> imported`` for every import (of ``{module: modules it imports}``) that goes
+    to a wing the importer's wing may not import, or from the library to a stage."""
+    breaches = []
+    for module, imported in sorted(imports.items()):
+        own = wing(module)
+        if own is None:
+            continue
+        for other in sorted(imported):
+            target = wing(other)
+            if target is None or (target != own and target not in LAYERS[own]):
+                breaches.append(f"{module} -> {other}")
+    return breaches
+
+
+def test_every_wing_has_its_place_in_the_layers() -> None:
+    wings = {p.name for p in (REPO / "spark_jobs").iterdir() if (p / "__init__.py").exists()}
+    assert wings == set(LAYERS)
+
+
+def test_the_wings_import_only_wings_below_them() -> None:
+    assert layer_breaches({m: imported_modules(m) for m in LIBRARY}) == []
+
+
+def test_the_layer_check_can_fail() -> None:
+    # A probe: core importing the gate (as the runner once did), quality importing imaging (as the
+    # suites once did for SPLITS), the library importing a stage.
+    probe = {
+        "spark_jobs/core/runner.py": {"spark_jobs/quality/gate.py", "spark_jobs/core/locks.py"},
+        "spark_jobs/quality/suites.py": {"spark_jobs/imaging/images.py"},
+        "spark_jobs/ml/models.py": {"spark_jobs/core/store.py"},
+        "spark_jobs/scoring/scan.py": {"spark_jobs/score.py"},
+        "spark_jobs/score.py": {"spark_jobs/scoring/scan.py"},
+    }
+    assert layer_breaches(probe) == [
+        "spark_jobs/core/runner.py -> spark_jobs/quality/gate.py",
+        "spark_jobs/quality/suites.py -> spark_jobs/imaging/images.py",
+        "spark_jobs/scoring/scan.py -> spark_jobs/score.py",
+    ]
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -29,7 +85,7 @@ def test_the_library_imports_no_stage(module: str) -> None:
 def test_the_library_is_in_named_sub_packages() -> None:
     top = {p.name for p in (REPO / "spark_jobs").glob("*.py")}
     assert top == {"__init__.py", "__main__.py"} | {f"{s}.py" for s in STAGES}
-    for package in ("core", "imaging", "ml", "quality"):
+    for package in LAYERS:
         doc = (REPO / "spark_jobs" / package / "__init__.py").read_text()
         assert doc.startswith('"""'), package
         assert len(doc.strip().splitlines()) == 2, package

@@ -26,6 +26,7 @@ def sources(repo: Path = REPO) -> list[Path]:
 
 def build(out_dir: Path, repo: Path = REPO) -> Path:
     """Zip ``repo``'s ``spark_jobs`` into ``out_dir``; returns the zip (reused when it exists)."""
+    from spark_jobs.core.atomic import atomic_file
     from spark_jobs.core.manifest import BUILD_INFO, git_stamp  # the stages' own stamp
 
     files = sources(repo)
@@ -39,12 +40,10 @@ def build(out_dir: Path, repo: Path = REPO) -> Path:
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
     info = {**git_stamp(repo / "spark_jobs"), "content_sha256_16": content}
-    partial = target.with_suffix(".zip.tmp")
-    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    with atomic_file(target) as out, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path in files:
             archive.writestr(zipfile.ZipInfo(path.relative_to(repo).as_posix(), _FIXED_TIME), path.read_bytes())
         archive.writestr(zipfile.ZipInfo(f"spark_jobs/{BUILD_INFO}", _FIXED_TIME), json.dumps(info, sort_keys=True))
-    partial.rename(target)
     return target
 
 

@@ -46,6 +46,7 @@ def record_params(repo: Path, overrides: Sequence[str]) -> dict[str, Any]:
     comments and layout; the file is replaced in one rename. Returns the changed values."""
     from ruamel.yaml import YAML
 
+    from spark_jobs.core.atomic import atomic_file
     from spark_jobs.core.config import set_override
 
     yaml = YAML()  # round-trip: comments and key order survive
@@ -58,10 +59,8 @@ def record_params(repo: Path, overrides: Sequence[str]) -> dict[str, Any]:
         if differs:
             changed[key] = value
     if changed:
-        partial = path.with_name(f".{path.name}.tmp")
-        with partial.open("w") as out:
+        with atomic_file(path, "w") as out:
             yaml.dump(tree, out)
-        partial.replace(path)
     return changed
 
 

@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from spark_jobs.core import runner
+from spark_jobs.core import launch, locks, runner
 from spark_jobs.core.config import Config, ConfigError, arg_parser, load_config
 from spark_jobs.core.store import SourceError, unavailable_reason
-from spark_jobs.quality.gate import EXIT_GATE_FAILED, GateFailed
+from spark_jobs.core.verdict import EXIT_GATE_FAILED, GateFailed
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2  # params or source that cannot be used: fix the input, do not retry
 EXIT_STORE_UNAVAILABLE = 4  # the object store could not be reached: retry later
-EXIT_BUSY = 5  # another run of the stage holds its output (runner.OutputBusy): retry later
+EXIT_BUSY = 5  # another run of the stage holds its output (locks.OutputBusy): retry later
 
 log = logging.getLogger("spark_jobs")
 
@@ -135,7 +135,7 @@ def run_stage(
     them, imported in the background while the JVM starts; ``worker_preload``: those the stage's
     Python tasks import, loaded once per executor before its workers fork (each a list, or a
     function of the config giving one)."""
-    started = runner.process_started()
+    started = launch.process_started()
     setup_logging()
     args = arg_parser(stage, description).parse_args(argv)
     try:
@@ -155,18 +155,18 @@ def run_stage(
 
         modules = preload(cfg) if callable(preload) else preload
         if modules:
-            runner.preload(modules)
+            launch.preload(modules)
         if needs_spark:
             from spark_jobs.core.session import build_session
 
             spark = build_session(cfg.spark, worker_preload(cfg) if callable(worker_preload) else worker_preload)
-        with runner.launched(started, time.time()):
+        with launch.launched(started, time.time()):
             body(cfg, spark)
         return EXIT_OK
     except GateFailed as exc:
         log.error("%s", exc)
         return EXIT_GATE_FAILED
-    except runner.OutputBusy as exc:
+    except locks.OutputBusy as exc:
         log.error("%s: %s", stage, exc)
         return EXIT_BUSY
     except (ConfigError, SourceError) as exc:  # inputs found unusable once the job could look at them

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from spark_jobs import __version__
+from spark_jobs.core.atomic import write_file
 from spark_jobs.core.config import IngestConfig, params_hash
 from spark_jobs.core.store import SourceError
 
@@ -174,11 +175,11 @@ def build(
 
 
 def write_json(path: Path, doc: Any, sort_keys: bool = True) -> Path:
-    """``doc`` (a record, or plain JSON data: metrics, validation results) as indented JSON at ``path``."""
+    """``doc`` (a record, or plain JSON data: metrics, validation results) as indented JSON at
+    ``path``, written atomically (:func:`spark_jobs.core.atomic.write_file`)."""
     if isinstance(doc, BaseModel):
         doc = doc.model_dump(mode="json")
-    path.write_text(json.dumps(doc, indent=2, sort_keys=sort_keys, default=str) + "\n")
-    return path
+    return write_file(path, json.dumps(doc, indent=2, sort_keys=sort_keys, default=str) + "\n")
 
 
 def write(folder: Path, doc: Any, name: str = MANIFEST, sort_keys: bool = True) -> Path:

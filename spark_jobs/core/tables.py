@@ -11,6 +11,9 @@ from spark_jobs.core.config import IngestConfig
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+# The splits of every table, in this order: an image's is a function of its id (ingest).
+SPLITS = ("train", "val", "test")
+
 # Every row ingest decodes, usable or not (both ingest tables physically have these columns).
 DECODED_SCHEMA = (
     "image_id string, source_uri string, label string, split string, reason string, detail string, "

@@ -20,7 +20,7 @@ import pyarrow as pa
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from spark_jobs.core.config import IngestConfig, ResizeConfig
-from spark_jobs.core.tables import DECODED_FIELDS
+from spark_jobs.core.tables import DECODED_FIELDS, SPLITS
 
 # Why a file was quarantined. A short fixed vocabulary, so the gate and people can count them.
 EMPTY: Final = "empty"
@@ -53,8 +53,6 @@ REASONS: Final = (
     LABEL_CONFLICT,
     DUPLICATE,
 )
-
-SPLITS: Final = ("train", "val", "test")
 
 RESAMPLE: Final = {
     "nearest": Image.Resampling.NEAREST,

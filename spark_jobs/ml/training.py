@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from spark_jobs.core.atomic import atomic_file
 from spark_jobs.core.config import params_hash
 from spark_jobs.imaging import images, tiles
 from spark_jobs.ml import models
@@ -140,11 +141,11 @@ def class_weights(counts: dict[str, int], classes: list[str], mode: str, skew_ra
 
 
 def _save(obj: dict[str, Any], path: Path) -> None:
+    """``obj`` as a torch file at ``path``, atomically: a kill while saving leaves the previous one whole."""
     import torch
 
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a kill while saving leaves the previous checkpoint whole
+    with atomic_file(path) as out:
+        torch.save(obj, out)
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -337,7 +338,7 @@ def _fit(spec: dict[str, Any], rank: int, world: int, torch: Any, nn: Any) -> di
         own = x[[first[i] for i in own_ids]] if own_ids else x[:0]
         result |= _anomaly_threshold(net, own, world, spec["threshold_percentile"])
     if rank == 0:
-        _save_weights(net.state_dict(), Path(spec["output"]))
+        _save(net.state_dict(), Path(spec["output"]))
     result["fit_s"] = round(time.perf_counter() - t0, 3)
     return result
 
@@ -442,10 +443,3 @@ def _anomaly_threshold(net: Any, own: Any, world: int, percentile: float) -> dic
         scores = torch.cat([models.reconstruction_error(net, own[s : s + 256]) for s in range(0, len(own), 256)])
     every = np.concatenate([np.asarray(g, dtype=np.float64) for g in _gather(scores.tolist(), world)])
     return {"threshold": float(np.percentile(every, percentile)), "train_score_mean": float(every.mean())}
-
-
-def _save_weights(state: dict[str, Any], path: Path) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)

@@ -1,7 +1,7 @@
 """Gates: Great Expectations validating what a stage wrote (the statistics :mod:`spark_jobs.quality.suites`
 computes from it in one Spark pass), with a readable report; on failure the stage publishes
-nothing and exits with :data:`EXIT_GATE_FAILED`, so ``dvc repro`` and Airflow both stop there
-(:mod:`spark_jobs.core.runner` stages, validates and publishes).
+nothing and exits with :data:`spark_jobs.core.verdict.EXIT_GATE_FAILED`, so ``dvc repro`` and Airflow both stop there
+(:mod:`spark_jobs.core.runner` stages and publishes; a stage hands it :func:`validate`).
 """
 
 from __future__ import annotations
@@ -10,26 +10,16 @@ import copy
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from spark_jobs.core.verdict import GateResult
 
 if TYPE_CHECKING:
     import pandas as pd
 
-EXIT_GATE_FAILED = 3
 _DOCS_SITE = "gates"
-
-
-class GateFailed(RuntimeError):
-    """A stage's output failed its suite; nothing was published."""
-
-    def __init__(self, stage: str, report: Path, rejected: Path, summary: str) -> None:
-        where = f"Report: {report.absolute()}; output kept at {rejected.absolute()}"
-        super().__init__(f"gate '{stage}' failed: nothing published. {where}\n{summary}")
-        self.stage = stage
-        self.report = report
-        self.rejected = rejected
 
 
 @dataclass(frozen=True)
@@ -39,36 +29,6 @@ class Batch:
     name: str
     frame: pd.DataFrame
     expectations: Sequence[Any]
-
-
-@dataclass
-class GateResult:
-    """Outcome of a stage's suite: overall success and one entry per expectation."""
-
-    stage: str
-    success: bool
-    checks: list[dict[str, Any]] = field(default_factory=list)
-    raw: list[dict[str, Any]] = field(default_factory=list)
-    docs: Path | None = None
-
-    @property
-    def failures(self) -> list[dict[str, Any]]:
-        return [c for c in self.checks if not c["success"]]
-
-    def summary(self) -> str:
-        """A few lines a person can read: verdict, then each failed expectation."""
-        verdict = "PASSED" if self.success else "FAILED"
-        lines = [f"gate {self.stage}: {verdict} ({len(self.checks)} expectations, {len(self.failures)} failed)"]
-        for c in self.failures:
-            lines.append(f"  FAILED {c['batch']}: {c['expectation']} {c['kwargs']} -> {c['observed']}")
-        return "\n".join(lines)
-
-    def for_manifest(self) -> dict[str, Any]:
-        return {
-            "success": self.success,
-            "expectations": len(self.checks),
-            "failed": [f"{c['batch']}: {c['expectation']} {c['kwargs']}" for c in self.failures],
-        }
 
 
 def _observed(result: dict[str, Any]) -> Any:

@@ -20,13 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from spark_jobs.core.config import FeaturesGateConfig, ModelGateConfig, PredictionsGateConfig, RawGateConfig
-from spark_jobs.core.tables import IMAGE_COLUMNS
-from spark_jobs.imaging.images import SPLITS
+from spark_jobs.core.tables import IMAGE_COLUMNS, SPLITS
+from spark_jobs.quality import rules
 from spark_jobs.quality.gate import Batch
 
 if TYPE_CHECKING:
@@ -313,86 +312,57 @@ def feature_batches(
 # ---- predictions (score) --------------------------------------------------------------------
 
 _PREDICTION_REQUIRED = ["image_id", "source_uri", "predicted_label", "model_version", "job_version", "scored_at"]
+REPEATED_PREDICTIONS = ("repeated_prediction", "repeated_frame")
+# The rows repeating a prediction: an image's by the same model version, and a video frame's
+# (null for images, which this key then skips).
+PREDICTION_KEYS = {"prediction": ["image_id", "model_version"], "frame": ["video_id", "frame_index", "model_version"]}
+
+
+def prediction_rules(labels: list[str], task: str, low_confidence: float, tolerance: float) -> dict[str, rules.Expr]:
+    """Row rules of a batch of predictions (classifier or anomaly columns), written once: the
+    Spark job of a batch run and the pyarrow pass over a micro-batch both evaluate these."""
+    col = rules.col
+    common = {
+        **rules.nulls(_PREDICTION_REQUIRED),
+        "predicted_label_not_in_set": ~col("predicted_label").isin(labels),
+        "frame_without_index": col("video_id").is_not_null() & col("frame_index").is_null(),
+    }
+    if task == "anomaly":
+        return {**common, **rules.nulls(["anomaly_score"])}
+    probability, top_k = col("probability"), col("top_k")
+    top_sum = top_k.list_sum("probability")
+    return {
+        **common,
+        **rules.nulls(["probability"]),
+        "probability_out_of_range": (probability < 0.0) | (probability > 1.0),
+        "top_k_sum_out_of_range": (top_sum < 0.0) | (top_sum > 1.0 + tolerance),
+        "top_k_empty": top_k.list_size() < 1,
+        "low_confidence": probability < low_confidence,
+    }
 
 
 def prediction_rule_names(task: str) -> list[str]:
-    """The names of :func:`prediction_rules`, in order, without building them (no Spark needed)."""
-    common = [*(f"null_{c}" for c in _PREDICTION_REQUIRED), "predicted_label_not_in_set", "frame_without_index"]
-    if task == "anomaly":
-        return [*common, "null_anomaly_score"]
-    rules = ["null_probability", "probability_out_of_range", "top_k_sum_out_of_range", "top_k_empty"]
-    return [*common, *rules, "low_confidence"]
-
-
-def prediction_rules(labels: list[str], task: str, low_confidence: float, tolerance: float) -> dict[str, Column]:
-    """Row rules of a batch of predictions (classifier or anomaly columns)."""
-    from pyspark.sql import functions as F
-
-    rules = {
-        **_nulls(_PREDICTION_REQUIRED),
-        "predicted_label_not_in_set": ~F.col("predicted_label").isin(labels),
-        "frame_without_index": F.col("video_id").isNotNull() & F.col("frame_index").isNull(),
-    }
-    if task == "anomaly":
-        return {**rules, **_nulls(["anomaly_score"])}
-    top_sum = F.aggregate(F.col("top_k"), F.lit(0.0).cast("double"), lambda acc, x: acc + x["probability"])
-    probability = F.col("probability")
-    return {
-        **rules,
-        **_nulls(["probability"]),
-        "probability_out_of_range": (probability < 0.0) | (probability > 1.0),
-        "top_k_sum_out_of_range": (top_sum < 0.0) | (top_sum > 1.0 + tolerance),
-        "top_k_empty": F.size("top_k") < 1,
-        "low_confidence": probability < F.lit(low_confidence),
-    }
-
-
-REPEATED_PREDICTIONS = ("repeated_prediction", "repeated_frame")
-FRAME_KEY = ["video_id", "frame_index", "model_version"]
+    """The names of :func:`prediction_rules`, in order."""
+    return list(prediction_rules([], task, 0.0, 0.0))
 
 
 def prediction_stats(
     predictions: DataFrame, labels: list[str], task: str, low_confidence: float, tolerance: float
 ) -> Stats:
-    """The predictions suite's one pass: row rules, per predicted label counts, and the rows
-    repeating a prediction: an image's (``image_id``) or a video frame's (``video_id``,
-    ``frame_index``; null for images, which this key then skips) by the same model version."""
-    rules = prediction_rules(labels, task, low_confidence, tolerance)
-    keys = {"prediction": ["image_id", "model_version"], "frame": FRAME_KEY}
-    return table_stats(predictions, ["predicted_label"], rules, keys)
+    """The predictions suite's one Spark pass: row rules, per predicted label counts, and the rows
+    repeating a prediction (:data:`PREDICTION_KEYS`)."""
+    compiled = {n: rules.to_spark(e) for n, e in prediction_rules(labels, task, low_confidence, tolerance).items()}
+    return table_stats(predictions, ["predicted_label"], compiled, PREDICTION_KEYS)
 
 
 def prediction_stats_arrow(
     table: pa.Table, labels: list[str], task: str, low_confidence: float, tolerance: float
 ) -> Stats:
     """:func:`prediction_stats` of a few rows held on the driver (a stream's micro-batch), computed
-    with pyarrow in milliseconds instead of a Spark job: the same rules, names and counts (a test
-    holds the two to each other on rows breaking every rule)."""
-    import pyarrow.compute as pc
-
-    def count(mask: pa.Array) -> int:  # null counts as not broken, as in _broken
-        return int(pc.sum(pc.fill_null(mask, False).cast(pa.int64())).as_py() or 0)
-
-    rules = {f"null_{c}": pc.is_null(table[c]) for c in _PREDICTION_REQUIRED}
-    rules["predicted_label_not_in_set"] = pc.invert(pc.is_in(table["predicted_label"], pa.array(labels, pa.string())))
-    rules["frame_without_index"] = pc.and_(pc.is_valid(table["video_id"]), pc.is_null(table["frame_index"]))
-    if task == "anomaly":
-        rules["null_anomaly_score"] = pc.is_null(table["anomaly_score"])
-    else:
-        probability = table["probability"]
-        top = table["top_k"].combine_chunks()
-        sizes = pc.list_value_length(top)
-        flat = pc.struct_field(pc.list_flatten(top), "probability").cast(pa.float64())
-        parents = pc.list_parent_indices(top)
-        sums = np.bincount(parents.to_numpy(), weights=flat.to_numpy(zero_copy_only=False), minlength=len(top))
-        sums = pa.array(sums, mask=pc.is_null(top).to_numpy(zero_copy_only=False))
-        rules["null_probability"] = pc.is_null(probability)
-        rules["probability_out_of_range"] = pc.or_(pc.less(probability, 0.0), pc.greater(probability, 1.0))
-        rules["top_k_sum_out_of_range"] = pc.or_(pc.less(sums, 0.0), pc.greater(sums, 1.0 + tolerance))
-        rules["top_k_empty"] = pc.less(sizes, 1)
-        rules["low_confidence"] = pc.less(probability, low_confidence)
-    totals = {ROWS: table.num_rows, **{name: count(mask) for name, mask in rules.items()}}
-    for name, columns in {"prediction": ["image_id", "model_version"], "frame": FRAME_KEY}.items():
+    with pyarrow in milliseconds instead of a Spark job, from the same rules."""
+    checks = prediction_rules(labels, task, low_confidence, tolerance)
+    totals = {ROWS: table.num_rows, **{n: rules.broken_count(rules.to_arrow(e, table)) for n, e in checks.items()}}
+    for name, columns in PREDICTION_KEYS.items():
         keyed = table.select(columns).drop_null()
         totals[f"repeated_{name}"] = keyed.num_rows - keyed.group_by(columns).aggregate([]).num_rows
     per_label = table.group_by("predicted_label").aggregate([([], "count_all")])
@@ -403,11 +373,11 @@ def prediction_stats_arrow(
     return Stats(totals, groups)
 
 
-def prediction_expectations(rules: list[str], gate: PredictionsGateConfig) -> list[Any]:
+def prediction_expectations(names: list[str], gate: PredictionsGateConfig) -> list[Any]:
     import great_expectations.expectations as gxe
 
-    checks = _zero([*(r for r in rules if r != "low_confidence"), *REPEATED_PREDICTIONS])
-    if "low_confidence" in rules:
+    checks = _zero([*(r for r in names if r != "low_confidence"), *REPEATED_PREDICTIONS])
+    if "low_confidence" in names:
         share = gxe.ExpectColumnValuesToBeBetween(
             column="low_confidence_share", min_value=0.0, max_value=gate.max_low_confidence
         )
@@ -461,13 +431,13 @@ def prediction_batches(
     import great_expectations.expectations as gxe
 
     volume = volume or Volume.of(stats)
-    rules = prediction_rule_names(task)
-    row = stats.row(ROWS, *rules, *REPEATED_PREDICTIONS)
-    if "low_confidence" in rules and volume.rows >= min_volume_rows:
+    names = prediction_rule_names(task)
+    row = stats.row(ROWS, *names, *REPEATED_PREDICTIONS)
+    if "low_confidence" in names and volume.rows >= min_volume_rows:
         row["low_confidence_share"] = volume.low_confidence / volume.rows if volume.rows else 0.0
     else:
-        rules = [r for r in rules if r != "low_confidence"]
-    batches = [Batch("predictions", row, prediction_expectations(rules, gate))]
+        names = [r for r in names if r != "low_confidence"]
+    batches = [Batch("predictions", row, prediction_expectations(names, gate))]
     per_label, rows = volume.per_label, volume.rows
     if gate.max_class_drift is not None and task == "classifier" and trained and rows >= gate.min_rows_for_drift:
         drift = [gxe.ExpectColumnValuesToBeBetween(column="gap", min_value=0.0, max_value=gate.max_class_drift)]

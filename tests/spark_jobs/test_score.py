@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from spark_jobs import score
-from spark_jobs.core import runner
+from spark_jobs.core import manifest, runner
 from spark_jobs.core.config import Config, ConfigError
+from spark_jobs.core.verdict import GateFailed
 from spark_jobs.imaging import images
-from spark_jobs.ml import cards, inference, models, scoring
-from spark_jobs.quality import gate
+from spark_jobs.ml import cards, inference, models
+from spark_jobs.scoring import tables
 from tests.conftest import INGESTED_CLASSES
 from tests.factories import class_image, s3_inbox, score_config, write_inbox
 from tests.spark_jobs.imaging.test_decode_fuzz import pillow_crasher
@@ -50,7 +51,7 @@ def _plain_loop(folder: Path, files: list[Path]) -> dict[str, tuple[str, float]]
 
 
 def _rows(spark, cfg: Config) -> list:
-    table = score.read_predictions(spark, score.predictions_dir(cfg))
+    table = tables.read_predictions(spark, tables.predictions_dir(cfg.data.root))
     return [] if table is None else table.collect()
 
 
@@ -89,20 +90,20 @@ def test_cnn_scores_each_new_image_exactly_once(spark, trained: Config, tmp_path
         assert r["top_k"][0]["probability"] == pytest.approx(r["probability"])
         assert r["top_k"][0]["probability"] >= r["top_k"][1]["probability"]
         assert 0.0 <= sum(t["probability"] for t in r["top_k"]) <= 1.0 + 1e-6
-    quarantine = spark.read.parquet(str(Path(cfg.data.root) / score.QUARANTINE)).collect()
+    quarantine = spark.read.parquet(str(Path(cfg.data.root) / tables.QUARANTINE)).collect()
     reasons = {Path(r["source_uri"]).name: r["reason"] for r in quarantine}
     assert reasons["zz_copy.png"] == images.DUPLICATE  # the copy with the larger URI
     assert reasons["broken.png"] in {images.NOT_AN_IMAGE, images.TRUNCATED, images.UNREADABLE}
     assert reasons["crashes-pillow.gif"] == images.UNREADABLE
     assert len(reasons) == 3
-    manifest = score.manifest.read_json(first)
-    assert manifest["counts"]["scored"] == len(truth)
-    assert manifest["gate"]["success"]
+    doc = manifest.read_json(first)
+    assert doc["counts"]["scored"] == len(truth)
+    assert doc["gate"]["success"]
 
     # The same inbox again: nothing new, nothing added, the bad files are not reported twice.
     assert score.run(cfg, spark) is None
     assert len(_rows(spark, cfg)) == len(truth)
-    assert len(spark.read.parquet(str(Path(cfg.data.root) / score.QUARANTINE)).collect()) == len(quarantine)
+    assert len(spark.read.parquet(str(Path(cfg.data.root) / tables.QUARANTINE)).collect()) == len(quarantine)
 
     # New arrivals: only they are scored.
     more = write_inbox(tmp_path / "inbox", 200, 2)
@@ -110,7 +111,7 @@ def test_cnn_scores_each_new_image_exactly_once(spark, trained: Config, tmp_path
     rows = _rows(spark, cfg)
     assert len(rows) == len(truth) + len(more)
     assert len({r["image_id"] for r in rows}) == len(rows)
-    assert len(score.committed_runs(score.predictions_dir(cfg))) == 2
+    assert len(tables.committed_runs(tables.predictions_dir(cfg.data.root))) == 2
 
 
 def test_two_runs_at_once_score_each_image_once(spark, trained: Config, tmp_path: Path) -> None:
@@ -186,43 +187,21 @@ def test_a_failing_batch_is_not_published(spark, trained: Config, tmp_path: Path
     write_inbox(tmp_path / "inbox", 100, 2)
     # Every prediction counts as low-confidence, and at most 10 % may be.
     cfg = score_config(trained, tmp_path, "cnn", "score.low_confidence=1.0", "gate.predictions.max_low_confidence=0.1")
-    with pytest.raises(gate.GateFailed) as failure:
+    with pytest.raises(GateFailed) as failure:
         score.run(cfg, spark)
     assert "low_confidence" in str(failure.value)
     assert _rows(spark, cfg) == []
-    assert list((Path(cfg.data.root) / "rejected").glob("score-*"))
-
-
-def test_id_set_holds_exactly_its_ids() -> None:
-    ids = [images.image_id(bytes([i])) for i in range(50)]
-    known = scoring.IdSet(ids[:25] + ids[:5])  # repeats collapse
-    assert len(known) == 25
-    assert all(i in known for i in ids[:25])
-    assert not any(i in known for i in ids[25:])
-    assert ids[0] not in scoring.IdSet([])
-    # Digests ending in NUL bytes (one image in 256; a DAG run found it scored twice).
-    ending_in_nul = ["ab" * 31 + "00", "00" * 30 + "0000", "ff" * 31 + "00"]
-    known = scoring.IdSet(ending_in_nul)
-    assert all(i in known for i in ending_in_nul)
-    assert "ab" * 31 + "01" not in known
-    assert "00" * 32 in known
-    assert "00" * 31 + "01" not in known
-
-
-def test_class_columns_sort_and_cut_top_k() -> None:
-    probabilities = np.array([[0.1, 0.6, 0.3], [0.4, 0.2, 0.4]], dtype=np.float32)
-    label, probability, top, anomaly_score, is_anomaly, tile_count = scoring.class_columns(
-        probabilities, ["a", "b", "c"], 2
-    )
-    assert label.to_pylist() == ["b", "a"]  # a tie goes to the first class, as argmax does
-    assert probability.to_pylist() == pytest.approx([0.6, 0.4])
-    assert [[(t["label"], round(t["probability"], 3)) for t in row] for row in top.to_pylist()] == [
-        [("b", 0.6), ("c", 0.3)],
-        [("a", 0.4), ("c", 0.4)],
-    ]
-    assert anomaly_score.null_count == is_anomaly.null_count == tile_count.null_count == 2
-    _, _, top, _, _, _ = scoring.class_columns(probabilities, ["a", "b", "c"], 5)
-    assert [len(row) for row in top.to_pylist()] == [3, 3]
+    # The rejected run is kept whole: its predictions, its manifest saying why, its validation.
+    (rejected,) = (Path(cfg.data.root) / "rejected").glob("score-*")
+    assert failure.value.rejected == rejected
+    kept = spark.read.parquet(str(rejected / tables.PREDICTIONS)).collect()
+    assert sorted(Path(r["source_uri"]).name for r in kept) == sorted(p.name for p in (tmp_path / "inbox").iterdir())
+    doc = manifest.read(rejected)
+    assert not doc.gate.success
+    assert any("low_confidence_share" in f for f in doc.gate.failed)
+    assert (doc.counts["files_seen"], doc.counts["scored"]) == (6, 6)
+    assert (rejected / runner.VALIDATION).exists()
+    assert "low_confidence_share" in (Path(cfg.data.root) / "gates" / "score" / "summary.txt").read_text()
 
 
 def test_int8_copy_of_the_cnn_scores_like_fp32(spark, trained: Config, tmp_path: Path) -> None:
@@ -301,17 +280,17 @@ def test_cnn_scores_an_s3_inbox_incrementally(spark, trained: Config, tmp_path: 
     assert set(by_uri) == {f"s3://inbox/incoming/{name}" for name in truth}
     correct = sum(by_uri[f"s3://inbox/incoming/{name}"] == label for name, label in truth.items())
     assert correct / len(truth) > 0.8
-    quarantine = spark.read.parquet(str(Path(cfg.data.root) / score.QUARANTINE)).collect()
+    quarantine = spark.read.parquet(str(Path(cfg.data.root) / tables.QUARANTINE)).collect()
     assert [(q["source_uri"], q["reason"]) for q in quarantine] == [
         ("s3://inbox/incoming/broken.png", images.NOT_AN_IMAGE)
     ]
-    doc = score.manifest.read_json(first)
+    doc = manifest.read_json(first)
     assert doc["inputs"]["inbox"]["endpoint"] == s3_server
     assert "test-secret-not-for-manifests" not in (first / "_manifest.json").read_text()
     # One more object arrives: the next run scores it alone.
     client.put_object(Bucket="inbox", Key="incoming/late.png", Body=class_image(0, 300))
     second = score.run(cfg, spark)
     assert second is not None
-    counts = score.manifest.read_json(second)["counts"]
+    counts = manifest.read_json(second)["counts"]
     assert (counts["scored"], counts["already_scored"], counts["quarantined"]) == (1, len(truth), 0)
     assert [r["source_uri"] for r in spark.read.parquet(str(second)).collect()] == ["s3://inbox/incoming/late.png"]

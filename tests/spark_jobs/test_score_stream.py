@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from spark_jobs import score
-from spark_jobs.core import runner, stream
+from spark_jobs.core import atomic, locks, manifest
 from spark_jobs.core.config import Config
+from spark_jobs.core.verdict import GateFailed
 from spark_jobs.imaging import images, video
 from spark_jobs.ml import cards
-from spark_jobs.quality.gate import GateFailed
+from spark_jobs.scoring import status, stream, tables
 from tests.factories import REPO, class_frames, class_image, s3_inbox, score_config, video_bytes, write_inbox
 from tests.processes import kill_group, wait_for
 
@@ -30,12 +31,12 @@ STREAM = ("score.mode=stream", "score.stream.available_now=true", "gate.predicti
 
 
 def _stream_rows(spark, cfg: Config) -> list:
-    table = score.read_stream_predictions(spark, Path(cfg.data.root))
+    table = tables.read_stream_predictions(spark, cfg.data.root)
     return [] if table is None else table.collect()
 
 
-def _status(cfg: Config) -> stream.Status:
-    return stream.read_status(stream.stream_dir(Path(cfg.data.root)))
+def _status(cfg: Config) -> status.Status:
+    return status.read_status(tables.stream_dir(cfg.data.root))
 
 
 def test_a_stream_scores_new_images_and_video_frames_once(spark, trained: Config, tmp_path: Path) -> None:
@@ -46,7 +47,7 @@ def test_a_stream_scores_new_images_and_video_frames_once(spark, trained: Config
         trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0", f"score.inbox={tmp_path / 'batch_inbox'}"
     )
     assert score.run(before, spark) is not None
-    batch_rows = len(score.read_predictions(spark, score.predictions_dir(before)).collect())
+    batch_rows = len(tables.read_predictions(spark, tables.predictions_dir(before.data.root)).collect())
 
     truth = write_inbox(tmp_path / "inbox", 100, 3)  # the batch run's 3 images again, and 6 more
     inbox = tmp_path / "inbox"
@@ -61,7 +62,7 @@ def test_a_stream_scores_new_images_and_video_frames_once(spark, trained: Config
     )
     version = cards.read_card(Path(cfg.score.model)).version
 
-    ran = score.stream_run(cfg, spark)
+    ran = stream.run_stream(cfg, spark)
     assert ran == 4  # 13 files, 4 per micro-batch, oldest first: the last one holds cut.mp4 alone
     rows = _stream_rows(spark, cfg)
     images_rows = [r for r in rows if r["video_id"] is None]
@@ -77,9 +78,21 @@ def test_a_stream_scores_new_images_and_video_frames_once(spark, trained: Config
     assert {r["image_id"] for r in frames} == {video.frame_id(video_id, i) for i in (0, 2, 4)}
     assert {r["model_version"] for r in rows} == {version}
     assert len({r["hour"] for r in rows}) == 1  # one partition per hour, not a folder per micro-batch
-    assert f"hour={rows[0]['hour']}" in stream.recent_hours(time.time(), 1)
+    assert f"hour={rows[0]['hour']}" in tables.recent_hours(time.time(), 1)
     assert sorted({r["batch_id"] for r in rows}) == [0, 1, 2]
-    quarantine = spark.read.parquet(str(stream.stream_dir(Path(cfg.data.root)) / stream.QUARANTINE)).collect()
+    # Each micro-batch is a run with a manifest beside its part file: what it read, with which
+    # model and params, and its gate's verdict.
+    found = sorted(tables.stream_dir(cfg.data.root).glob("predictions/hour=*/_manifest-*.json"))
+    docs = sorted((manifest.read_record(m, manifest.Manifest, "manifest", "") for m in found), key=lambda d: d.run_id)
+    assert [d.inputs["micro_batch"]["batch"] for d in docs] == [0, 1, 2, 3]
+    assert all(d.stage == stream.STREAM_STAGE and d.inputs["model"]["version"] == version for d in docs)
+    assert sum(len(d.inputs["files"]) for d in docs) == 13
+    assert sum(d.counts["scored"] for d in docs) == len(rows)
+    assert len({d.params_hash for d in docs}) == 1
+    assert all(d.gate.success and d.timings is not None for d in docs)
+    for d in docs:  # a row's batch_id and the part file name lead to its manifest
+        assert (found[0].parent / tables.part_name(d.run_id)).exists() or d.counts["scored"] == 0
+    quarantine = spark.read.parquet(str(tables.stream_dir(cfg.data.root) / tables.STREAM_QUARANTINE)).collect()
     reasons = {Path(r["source_uri"]).name: r["reason"] for r in quarantine}
     assert reasons.pop("zz_copy.png") == images.DUPLICATE
     assert reasons.pop("broken.png") in {images.NOT_AN_IMAGE, images.TRUNCATED, images.UNREADABLE}
@@ -89,14 +102,14 @@ def test_a_stream_scores_new_images_and_video_frames_once(spark, trained: Config
     assert status.state == "stopped"
     assert status.latency_s["p95"] is not None
     # The DVC-tracked batch table is untouched.
-    assert len(score.read_predictions(spark, score.predictions_dir(cfg)).collect()) == batch_rows
+    assert len(tables.read_predictions(spark, tables.predictions_dir(cfg.data.root)).collect()) == batch_rows
 
     # A batch run of the same inbox (the stream stopped) finds the stream's rows too: nothing new.
     batch = score_config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0", "score.video.every_nth=2")
     assert score.run(batch, spark) is None
-    assert len(score.read_predictions(spark, score.predictions_dir(cfg)).collect()) == batch_rows
+    assert len(tables.read_predictions(spark, tables.predictions_dir(cfg.data.root)).collect()) == batch_rows
     # The stream again: nothing new.
-    assert score.stream_run(cfg, spark) == 0
+    assert stream.run_stream(cfg, spark) == 0
     assert len(_stream_rows(spark, cfg)) == len(rows)
 
 
@@ -107,10 +120,12 @@ def test_batch_mode_scores_video_frames(spark, trained: Config, tmp_path: Path) 
     cfg = score_config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0", "score.video.every_nth=1")
     published = score.run(cfg, spark)
     assert published is not None
-    rows = sorted(score.read_predictions(spark, score.predictions_dir(cfg)).collect(), key=lambda r: r["frame_index"])
+    rows = sorted(
+        tables.read_predictions(spark, tables.predictions_dir(cfg.data.root)).collect(), key=lambda r: r["frame_index"]
+    )
     assert [(r["frame_index"], r["predicted_label"]) for r in rows] == [(0, "1"), (1, "2"), (2, "0")]
     assert {r["video_id"] for r in rows} == {hashlib.sha256(clip).hexdigest()}
-    counts = score.manifest.read_json(published)["counts"]
+    counts = manifest.read_json(published)["counts"]
     assert (counts["files_seen"], counts["scored"], counts["files_scored"], counts["already_scored"]) == (1, 3, 1, 0)
     assert score.run(cfg, spark) is None  # every frame scored: the video is not decoded again
 
@@ -127,7 +142,7 @@ def test_a_rejected_micro_batch_is_kept_out_and_retried(spark, trained: Config, 
         "score.stream.retry_rejected_s=3600",
     )
     cfg = score_config(trained, tmp_path, "cnn", *STREAM, *strict)
-    assert score.stream_run(cfg, spark) == 3
+    assert stream.run_stream(cfg, spark) == 3
     rows = _stream_rows(spark, cfg)
     assert sorted({r["batch_id"] for r in rows}) == [0]  # 2 rows: too few for the share check
     status = _status(cfg)
@@ -138,23 +153,23 @@ def test_a_rejected_micro_batch_is_kept_out_and_retried(spark, trained: Config, 
         4,
         2,
     )
-    rejected = sorted((Path(cfg.data.root) / "rejected").glob(f"{score.STREAM_STAGE}-*"))
+    rejected = sorted((Path(cfg.data.root) / "rejected").glob(f"{stream.STREAM_STAGE}-*"))
     assert [p.name.split("-")[2] for p in rejected] == ["1", "2"]
     for folder in rejected:
         assert (folder / "gate" / "docs" / "index.html").exists()  # Data Docs only for a failure
         assert "low_confidence_share" in (folder / "gate" / "summary.txt").read_text()
-        assert len(list((folder / score.PREDICTIONS).glob("*.parquet"))) == 1
+        assert len(list((folder / tables.PREDICTIONS).glob("*.parquet"))) == 1
     # Not marked scored: retried once retry_rejected_s has passed, here at once with a looser gate.
-    assert score.stream_run(cfg, spark) == 0  # not yet
+    assert stream.run_stream(cfg, spark) == 0  # not yet
     loose = score_config(
         trained, tmp_path, "cnn", *STREAM, *strict[:-1], "score.stream.retry_rejected_s=0", "score.low_confidence=0.0"
     )
-    assert score.stream_run(loose, spark) == 2
+    assert stream.run_stream(loose, spark) == 2
     assert len(_stream_rows(spark, cfg)) == 6
     # score.stream.stop_on_reject: the stream stops (exit code 3 from the command line).
     write_inbox(tmp_path / "inbox", 200, 2)
     with pytest.raises(GateFailed):
-        score.stream_run(
+        stream.run_stream(
             score_config(trained, tmp_path, "cnn", *STREAM, *strict, "score.stream.stop_on_reject=true"), spark
         )
 
@@ -162,7 +177,7 @@ def test_a_rejected_micro_batch_is_kept_out_and_retried(spark, trained: Config, 
 def test_a_champion_change_is_picked_up_without_a_restart(spark, trained: Config, tmp_path: Path) -> None:
     models = Path(trained.train.output)
     champion = tmp_path / "champion"
-    runner.copy_dir(models / "cnn", champion, tmp_path / ".staging")
+    atomic.copy_dir(models / "cnn", champion, tmp_path / ".staging")
     write_inbox(tmp_path / "inbox", 100, 2)
     cfg = score_config(
         trained, tmp_path, "cnn", *STREAM, "score.stream.max_files_per_trigger=3", f"score.model={champion}"
@@ -170,9 +185,9 @@ def test_a_champion_change_is_picked_up_without_a_restart(spark, trained: Config
 
     def promote(batch: int) -> None:
         if batch == 0:  # as evaluate promotes: the folder replaced whole
-            runner.copy_dir(models / "mllib", champion, tmp_path / ".staging")
+            atomic.copy_dir(models / "mllib", champion, tmp_path / ".staging")
 
-    assert score.stream_run(cfg, spark, on_batch=promote) == 2
+    assert stream.run_stream(cfg, spark, on_batch=promote) == 2
     versions = {r["batch_id"]: (r["model_version"], r["model_kind"]) for r in _stream_rows(spark, cfg)}
     assert versions == {
         0: (cards.read_card(models / "cnn").version, "cnn"),
@@ -183,22 +198,22 @@ def test_a_champion_change_is_picked_up_without_a_restart(spark, trained: Config
 def test_a_batch_run_stands_aside_while_a_stream_holds_the_inbox(spark, trained, tmp_path, caplog) -> None:
     write_inbox(tmp_path / "inbox", 100, 1)
     cfg = score_config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0")
-    held = runner.take_lock(stream.inbox_lock(Path(cfg.data.root), cfg.score.inbox), 0, "busy", "stream on test")
+    held = locks.take_lock(stream.inbox_lock(Path(cfg.data.root), cfg.score.inbox), 0, "busy", "stream on test")
     try:
         with caplog.at_level(logging.INFO, logger="spark_jobs.score"):
             assert score.run(cfg, spark) is None
         assert "stream active" in caplog.text
-        assert score.read_predictions(spark, score.predictions_dir(cfg)) is None
+        assert tables.read_predictions(spark, tables.predictions_dir(cfg.data.root)) is None
         # A second stream on the same inbox is refused at once.
-        with pytest.raises(runner.OutputBusy, match="a stream already scores"):
-            score.stream_run(with_mode(cfg), spark)
+        with pytest.raises(locks.OutputBusy, match="a stream already scores"):
+            stream.run_stream(with_mode(cfg), spark)
     finally:
         os.close(held)
     # ... and so is a second stream writing under the same data.root (one checkpoint).
-    held = runner.take_lock(stream.stream_lock(Path(cfg.data.root)), 0, "busy", "stream on another inbox")
+    held = locks.take_lock(stream.stream_lock(Path(cfg.data.root)), 0, "busy", "stream on another inbox")
     try:
-        with pytest.raises(runner.OutputBusy, match="a stream already writes to"):
-            score.stream_run(with_mode(cfg), spark)
+        with pytest.raises(locks.OutputBusy, match="a stream already writes to"):
+            stream.run_stream(with_mode(cfg), spark)
     finally:
         os.close(held)
     assert score.run(cfg, spark) is not None
@@ -217,9 +232,9 @@ def test_a_stream_scores_an_s3_prefix(spark, trained: Config, tmp_path: Path, s3
     client = boto3.client("s3")
     truth = s3_inbox("stream-inbox", "in", tmp_path / "local", 100, 2)
     cfg = score_config(trained, tmp_path, "cnn", *STREAM, "score.inbox=s3://stream-inbox/in")
-    assert score.stream_run(cfg, spark) == 1
+    assert stream.run_stream(cfg, spark) == 1
     client.put_object(Bucket="stream-inbox", Key="in/late.png", Body=class_image(0, 300))
-    assert score.stream_run(cfg, spark) == 1
+    assert stream.run_stream(cfg, spark) == 1
     rows = _stream_rows(spark, cfg)
     assert sorted(r["source_uri"] for r in rows) == sorted(
         [f"s3://stream-inbox/in/{n}" for n in truth] + ["s3://stream-inbox/in/late.png"]
@@ -254,7 +269,7 @@ def test_sigkill_and_sigterm_of_a_stream_lose_and_repeat_nothing(spark, trained:
         f"--set=score.model={cfg.score.model}",
     ]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    checkpoint = stream.stream_dir(Path(cfg.data.root)) / stream.CHECKPOINT
+    checkpoint = tables.stream_dir(cfg.data.root) / stream.CHECKPOINT
     log = tmp_path / "stream.log"
 
     def start() -> subprocess.Popen:
@@ -288,7 +303,7 @@ def test_sigkill_and_sigterm_of_a_stream_lose_and_repeat_nothing(spark, trained:
         if proc.poll() is None:
             kill_group(proc)
     assert "running micro-batch" in log.read_text()  # the killed one, again
-    score.stream_run(with_mode(cfg), spark)  # the rest
+    stream.run_stream(with_mode(cfg), spark)  # the rest
     rows = _stream_rows(spark, cfg)
     keys = [(Path(r["source_uri"]).name, r["frame_index"]) for r in rows]
     assert len(keys) == len(set(keys))

@@ -4,62 +4,19 @@ append-a-run publish in its order, and the task metrics read from an event log."
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from spark_jobs.core import manifest, runner
-from spark_jobs.core.session import summarise_events
-from spark_jobs.quality.gate import GateFailed, GateResult
+from spark_jobs.core import locks, manifest, runner
+from spark_jobs.core.verdict import GateFailed, GateResult
 
 
 def _folder(path: Path, text: str) -> Path:
     path.mkdir(parents=True)
     (path / "marker").write_text(text)
     return path
-
-
-def test_replace_dir_never_leaves_the_target_missing(tmp_path: Path) -> None:
-    target = _folder(tmp_path / "out", "0")
-    missing, done = [], threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            if not (target / "marker").exists():
-                missing.append(time.monotonic())
-
-    reader = threading.Thread(target=watch)
-    reader.start()
-    try:
-        for i in range(1, 200):
-            runner.replace_dir(_folder(tmp_path / f"new-{i}", str(i)), target)
-    finally:
-        done.set()
-        reader.join()
-    assert (target / "marker").read_text() == "199"
-    assert missing == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # every old copy deleted
-
-
-def test_replace_dir_without_an_atomic_exchange_still_replaces(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(runner, "_exchange", lambda a, b: False)
-    target = _folder(tmp_path / "out", "old")
-    runner.replace_dir(_folder(tmp_path / "new", "new"), target)
-    assert (target / "marker").read_text() == "new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-
-
-def test_replace_dir_replaces_a_link_not_what_it_points_to(tmp_path: Path) -> None:
-    shared = _folder(tmp_path / "shared", "shared")
-    (tmp_path / "root").mkdir()
-    link = tmp_path / "root" / "ingest"
-    link.symlink_to(shared, target_is_directory=True)
-    runner.replace_dir(_folder(tmp_path / "root" / "new", "mine"), link)
-    assert not link.is_symlink()
-    assert (link / "marker").read_text() == "mine"
-    assert (shared / "marker").read_text() == "shared"
 
 
 def test_phases_add_up_and_the_total_covers_them(tmp_path: Path) -> None:
@@ -75,15 +32,6 @@ def test_phases_add_up_and_the_total_covers_them(tmp_path: Path) -> None:
     assert timings["total_s"] >= timings["work_s"]
     assert timings["startup_s"] is None  # not started by jobs.run_stage
     assert not run.staging.exists()  # never published: the staging folder does not outlive the run
-
-
-def test_a_launched_run_counts_from_the_process_start(tmp_path: Path) -> None:
-    started = runner.process_started()
-    assert started <= time.time()
-    with runner.launched(started - 5.0, started - 2.0), runner.StageRun("x", tmp_path, None, tmp_path / "o") as run:
-        timings = run.timings()
-    assert timings["startup_s"] == pytest.approx(3.0)
-    assert timings["total_s"] >= 5.0
 
 
 def _result(success: bool) -> GateResult:
@@ -152,75 +100,6 @@ def test_finish_append_after_a_failed_gate_publishes_no_part(tmp_path: Path) -> 
     assert (run.rejected / "predictions").is_dir()
 
 
-def _event(kind: str, **fields: object) -> bytes:
-    return json.dumps({"Event": kind, **fields}, separators=(",", ":")).encode() + b"\n"
-
-
-def _task(stage: int, run_ms: int, peak: int, deserialize: int = 3) -> bytes:
-    metrics = {
-        "Executor Run Time": run_ms,
-        "Executor CPU Time": run_ms * 500_000,  # ns
-        "Executor Deserialize Time": deserialize,
-        "JVM GC Time": 1,
-        "Result Serialization Time": 0,
-        "Peak Execution Memory": peak,
-        "Shuffle Read Metrics": {"Remote Bytes Read": 5, "Local Bytes Read": 7},
-        "Shuffle Write Metrics": {"Shuffle Bytes Written": 11},
-    }
-    return _event("SparkListenerTaskEnd", **{"Stage ID": stage, "Stage Attempt ID": 0, "Task Metrics": metrics})
-
-
-def test_task_metrics_sum_the_run_s_stages_only() -> None:
-    lines = [
-        _event(
-            "SparkListenerJobStart", **{"Job ID": 0, "Stage IDs": [0, 1], "Properties": {"spark.jobGroup.id": "me"}}
-        ),
-        _event(
-            "SparkListenerJobStart", **{"Job ID": 1, "Stage IDs": [2], "Properties": {"spark.jobGroup.id": "other"}}
-        ),
-        _task(0, 100, 10),
-        _task(0, 50, 30),
-        _task(1, 20, 20),
-        _task(2, 999, 999),  # another run's job
-        _event(
-            "SparkListenerStageCompleted",
-            **{"Stage Info": {"Stage ID": 0, "Stage Attempt ID": 0, "Stage Name": "decode"}},
-        ),
-        b'{"Event":"SparkListenerEnvironmentUpdate","x":1}\n',
-    ]
-    metrics = summarise_events(lines, "me")
-    total = metrics["total"]
-    assert total["tasks"] == 3
-    assert total["executor_run_time_ms"] == 170
-    assert total["executor_cpu_time_ms"] == 85  # ns -> ms
-    assert total["executor_deserialize_time_ms"] == 9
-    assert (total["shuffle_read_bytes"], total["shuffle_local_read_bytes"], total["shuffle_write_bytes"]) == (
-        15,
-        21,
-        33,
-    )
-    assert total["peak_execution_memory_bytes"] == 30  # a peak is the largest, not a sum
-    assert [(s["stage_id"], s["name"], s["tasks"]) for s in metrics["stages"]] == [(0, "decode", 2), (1, "", 1)]
-    assert summarise_events(lines, "nobody") == {"total": {k: 0 for k in total}, "stages": []}
-
-
-def test_exit_process_runs_the_exit_handlers_joins_threads_and_keeps_the_code(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    script = (
-        "import atexit, threading, time\n"
-        "from spark_jobs.core.jobs import exit_process\n"
-        "atexit.register(lambda: print('handler ran', flush=True))\n"
-        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
-        "print('buffered', end='')\n"
-        "exit_process(3)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 3, done.stderr
-    assert done.stdout == "bufferedthread done\nhandler ran\n"
-
-
 def test_one_run_at_a_time_per_output_and_dead_staging_is_cleaned(tmp_path: Path) -> None:
     target = tmp_path / "data" / "ingest"
     dead = target.parent / runner.STAGING / "ingest-20260101T000000Z-deadbeef"
@@ -231,7 +110,7 @@ def test_one_run_at_a_time_per_output_and_dead_staging_is_cleaned(tmp_path: Path
         assert first.staging.is_dir()
         second = runner.StageRun("ingest", tmp_path / "data", None, target, lock_wait=0.5)
         started = time.monotonic()
-        with pytest.raises(runner.OutputBusy, match=rf"{target} is being written by another ingest run \(run "):
+        with pytest.raises(locks.OutputBusy, match=rf"{target} is being written by another ingest run \(run "):
             second.__enter__()
         assert 0.5 <= time.monotonic() - started < 5
         assert first.staging.is_dir()  # the waiting run touched nothing
@@ -240,3 +119,77 @@ def test_one_run_at_a_time_per_output_and_dead_staging_is_cleaned(tmp_path: Path
             pass
     with runner.StageRun("ingest", tmp_path / "data", None, target, lock_wait=0) as third:
         assert third.staging.is_dir()
+
+
+def _gate(calls: list) -> object:
+    """A gate that passes a suite of ``["ok"]`` and fails any other, writing a report when asked."""
+
+    def validate(stage: str, batches: list, report_dir: Path | None) -> GateResult:
+        calls.append((stage, list(batches), report_dir))
+        result = _result(list(batches) == ["ok"])
+        if report_dir is not None:
+            report_dir.mkdir(parents=True, exist_ok=True)
+            (report_dir / "summary.txt").write_text(result.summary())
+            result.docs = report_dir / "summary.txt"
+        return result
+
+    return validate
+
+
+def test_the_gate_comes_in_as_an_argument(tmp_path: Path) -> None:
+    calls: list = []
+    with runner.StageRun("x", tmp_path, None, tmp_path / "out", gate=_gate(calls)) as run:
+        assert run.validate(["ok"]).success
+        assert calls == [("x", ["ok"], tmp_path / "gates" / "x")]
+        calls.clear()
+        assert run.validate(["ok"], docs="on_failure").success
+        assert calls == [("x", ["ok"], None)]  # passed: no report written
+        calls.clear()
+        assert not run.validate(["bad"], docs="on_failure").success
+        assert [c[2] for c in calls] == [None, tmp_path / "gates" / "x"]  # failed: validated again with the report
+    with runner.StageRun("y", tmp_path, None, tmp_path / "other") as run, pytest.raises(TypeError, match="no gate"):
+        run.validate(["ok"])
+
+
+def test_finish_files_puts_staged_files_in_their_tables_with_the_manifest(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    table = root / "stream" / "predictions"
+    with runner.StageRun("s", root, None, table, name="batch", run_id="4-r", gate=_gate([])) as run:
+        assert run.staging == root / "stream" / ".staging" / "batch-4-r"
+        for name in ("q/part.parquet", "p/part.parquet"):
+            (run.staging / name).parent.mkdir()
+            (run.staging / name).write_text(name)
+        doc = run.manifest({}, {"files": ["a"]}, {"rows": 1}, _result(True))
+        targets = [root / "stream" / "quarantine" / "h" / "part.parquet", table / "h" / "part.parquet"]
+        manifest_at = table / "h" / "_manifest-4-r.json"
+        out = run.finish_files(
+            _result(True),
+            doc,
+            [("q/part.parquet", targets[0]), ("p/part.parquet", targets[1]), ("x", tmp_path / "x")],
+            manifest_at,
+        )
+    assert out == [*targets, None]
+    assert [t.read_text() for t in targets] == ["q/part.parquet", "p/part.parquet"]
+    written = manifest.read_record(manifest_at, manifest.Manifest, "manifest", "")
+    assert (written.run_id, written.inputs) == ("4-r", {"files": ["a"]})
+    assert written.timings is not None
+    assert not run.staging.exists()
+
+
+def test_a_rejected_run_carries_its_own_report(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    table = root / "stream" / "predictions"
+    run = runner.StageRun("s", root, None, table, name="batch", run_id="5-r", gate=_gate([]), report_with_output=True)
+    with run:
+        (run.staging / "p").mkdir()
+        (run.staging / "p" / "part.parquet").write_text("rows")
+        result = run.validate(["bad"], docs="on_failure")
+        doc = run.manifest({}, {}, {}, result)
+        with pytest.raises(GateFailed) as failure:
+            run.finish_files(result, doc, [("p/part.parquet", table / "part.parquet")], table / "_m.json")
+    assert not table.exists()  # nothing published, not even the manifest
+    assert run.rejected == root / "rejected" / "s-5-r"
+    assert failure.value.report == run.rejected / "gate" / "summary.txt"  # where the report went with it
+    assert failure.value.report.read_text().startswith("gate x: FAILED")
+    assert (run.rejected / "p" / "part.parquet").read_text() == "rows"
+    assert manifest.read_json(run.rejected)["gate"]["success"] is False

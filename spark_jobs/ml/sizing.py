@@ -14,7 +14,7 @@ out of the deadline: ``cores = ceil(images x core_s_per_image / (deadline - fixe
 executors of ``--cores-per-executor`` cores. Each stage is sized as if it had the whole deadline,
 and the pipeline as one (its stages in sequence on one cluster).
 
-    python -m spark_jobs.core.sizing --images 10000000 --deadline 4h [--cores-per-executor 4]
+    python -m spark_jobs.ml.sizing --images 10000000 --deadline 4h [--cores-per-executor 4]
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def report(found: list[Measure], needs: list[Need], images: int, deadline_s: flo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m spark_jobs.core.sizing",
+        prog="python -m spark_jobs.ml.sizing",
         description="Executors and cores each stage needs for a data volume and a deadline, "
         "from a real run's manifests.",
     )

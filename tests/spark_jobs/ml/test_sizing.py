@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs.core import manifest, sizing
+from spark_jobs.core import manifest
+from spark_jobs.ml import sizing
 from tests.factories import REPO
 
 

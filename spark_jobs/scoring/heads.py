@@ -1,44 +1,26 @@
-"""What the score stage runs inside its Spark tasks (imported by reference on the executors, so
-nothing here may live in the ``__main__`` of ``python -m spark_jobs.score``).
-
-:func:`scan_batch` is one slice of the listing: fetch, skip the already-scored, decode with the
-model's ingest settings, run the :class:`Head` on the usable images, return one Arrow batch with a
-row per file (:data:`SCAN_FIELDS`, then the head's outputs, null for unusable files).
-"""
+"""What a scan runs on each batch of decoded images inside the scanning Python worker (a
+:class:`Head`), and the prediction columns it yields: a torch classifier's classes or an
+autoencoder's anomaly flag (:class:`TorchHead`), a tile model on the full-resolution file
+(:class:`TileHead`), or an MLlib model's input descriptors (:class:`Descriptors`). Imported by
+reference on the executors, so nothing here may live in a ``__main__``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 
-from spark_jobs.core import store
-from spark_jobs.core.config import IngestConfig, TilesConfig, VideoConfig
-from spark_jobs.core.tables import DECODED_FIELDS
-from spark_jobs.imaging import images, tiles, video
+from spark_jobs.core.config import IngestConfig, TilesConfig
+from spark_jobs.imaging import images, tiles
 from spark_jobs.ml import inference
 
 ANOMALY_LABELS = ("normal", "anomaly")
-TOO_MANY_TILES = "too_many_tiles"  # a quarantine reason: a tiles_* model cannot cut this image
 # Where a row of a video comes from (null for an image): the video's content hash, the frame's
 # index among its decoded frames and its time in seconds.
 FRAME_FIELDS = pa.schema([("video_id", pa.string()), ("frame_index", pa.int32()), ("frame_time", pa.float64())])
-# What a scan yields for every file (every sampled frame of a video) it did not skip, before the
-# model's outputs.
-SCAN_FIELDS = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("source_uri", pa.string()),
-        ("label", pa.string()),
-        ("size_bytes", pa.int64()),
-        ("reason", pa.string()),
-        ("detail", pa.string()),
-        *FRAME_FIELDS,
-    ]
-)
 TOP_K = pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float32())]))
 # What a model says about one image (classifier or anomaly columns, the others null).
 PREDICTED_FIELDS = pa.schema(
@@ -52,7 +34,7 @@ PREDICTED_FIELDS = pa.schema(
     ]
 )
 # An image's (or frame's) keys and what a model said about it.
-KEY_FIELDS = pa.schema([SCAN_FIELDS.field("image_id"), SCAN_FIELDS.field("source_uri"), *FRAME_FIELDS])
+KEY_FIELDS = pa.schema([("image_id", pa.string()), ("source_uri", pa.string()), *FRAME_FIELDS])
 PREDICTED_ROW = pa.schema([*KEY_FIELDS, *PREDICTED_FIELDS])
 
 
@@ -186,119 +168,3 @@ class Descriptors:
 
     def __call__(self, pixels: np.ndarray) -> dict[str, pa.Array]:
         return {"raw": images.vectors_array(self.extractor(pixels))}
-
-
-class IdSet:
-    """``image_id`` values (sha256 hex) as a sorted array of 32-byte digests: what executors check
-    each fetched file against before decoding it (32 bytes per id; a million ids broadcast as 32 MB)."""
-
-    def __init__(self, ids: Iterable[str]) -> None:
-        self.digests = np.unique(np.array([bytes.fromhex(i) for i in ids], dtype="S32"))
-
-    def __len__(self) -> int:
-        return len(self.digests)
-
-    def __contains__(self, image_id: str) -> bool:
-        # Compared as S32, never as bytes: numpy drops an S32 value's trailing NUL bytes when it
-        # hands it out, so a digest ending in 0x00 (1 in 256) would never equal its own bytes.
-        digest = np.array(bytes.fromhex(image_id), dtype="S32")
-        i = int(np.searchsorted(self.digests, digest))
-        return i < len(self.digests) and bool(self.digests[i] == digest)
-
-
-class IdUnion:
-    """Several id sets checked as one (a stream's: the ids read at start, those scored since)."""
-
-    def __init__(self, sets: Sequence[IdSet]) -> None:
-        self.sets = tuple(sets)
-
-    def __contains__(self, image_id: str) -> bool:
-        return any(image_id in s for s in self.sets)
-
-
-Known = IdSet | IdUnion
-
-
-def video_records(
-    uri: str, label: str | None, data: bytes, cfg: IngestConfig, video_cfg: VideoConfig, done: Known
-) -> list[dict[str, Any]]:
-    """Decoded rows of a video's sampled frames that ``done`` does not hold (one row per frame,
-    :data:`FRAME_FIELDS` set), or the video's one quarantine row. A video is scored whole or not
-    at all, so its first frame's id in ``done`` means every frame is: it is not decoded again."""
-    video_id = images.image_id(data)
-    row = dict.fromkeys(DECODED_FIELDS) | {"source_uri": uri, "label": label, "size_bytes": len(data)}
-    if video.frame_id(video_id, 0) in done:
-        return []
-    try:
-        frames = video.sampled_frames(data, video_cfg, cfg.max_image_pixels)
-        rows = []
-        for frame in frames:
-            decoded = images.decode_frame(frame.image, cfg)
-            rows.append(
-                row
-                | {
-                    "image_id": video.frame_id(video_id, frame.index),
-                    "video_id": video_id,
-                    "frame_index": frame.index,
-                    "frame_time": frame.time,
-                    "height": decoded.height,
-                    "width": decoded.width,
-                    "pixels": decoded.pixels,
-                }
-            )
-    except images.Rejected as exc:
-        return [row | {"image_id": video_id, "video_id": video_id, "reason": exc.reason, "detail": exc.detail[:500]}]
-    return [r for r in rows if r["image_id"] not in done]
-
-
-def scan_batch(
-    entries: list[tuple[str, str | None]],
-    cfg: IngestConfig,
-    done: Known,
-    head: Head,
-    video_cfg: VideoConfig | None = None,
-) -> pa.RecordBatch:
-    """Fetch, skip, decode and run ``head`` on one slice of ``(source_uri, label)``, all in this
-    Python worker: a row per file whose content is not in ``done`` (per sampled frame of a video,
-    when ``video_cfg`` is given), with :data:`SCAN_FIELDS` and the head's outputs (null for
-    unusable files, which carry ``reason`` and ``detail``)."""
-    contents = store.fetch_many([uri for uri, _ in entries], cfg.fetch_threads, cfg.max_file_bytes)
-    from_source = getattr(head, "from_source", False)
-    good, bad, sources = [], [], []
-    for (uri, label), data in zip(entries, contents, strict=True):
-        if video_cfg is not None and isinstance(data, bytes) and video.is_video(uri, video_cfg):
-            if from_source:
-                bad.append(
-                    images.decode_record(uri, label, data, cfg, labelled=False)
-                    | {"reason": images.UNSUPPORTED_EXTENSION, "detail": "a tiles model scores images, not video"}
-                )
-                continue
-            for record in video_records(uri, label, data, cfg, video_cfg, done):
-                (bad if record["reason"] else good).append(record)
-            continue
-        if isinstance(data, bytes) and images.image_id(data) in done:
-            continue
-        record = images.decode_record(uri, label, data, cfg, labelled=False)
-        if from_source and not record["reason"]:
-            problem = head.problem(record)  # type: ignore[attr-defined]
-            if problem:
-                record |= {"reason": TOO_MANY_TILES, "detail": problem}
-        if record["reason"]:
-            bad.append(record)
-        else:
-            good.append(record)
-            if from_source:
-                sources.append(data)
-    schema = pa.schema([*SCAN_FIELDS, *head.outputs()])
-    rows = good + bad
-    columns = [pa.array([r.get(f.name) for r in rows], f.type) for f in SCAN_FIELDS]
-    if good:
-        if from_source:
-            outputs = head(sources)
-        else:
-            h, w = good[0]["height"], good[0]["width"]
-            outputs = head(images.stack_pixels(pa.array([r["pixels"] for r in good], pa.binary()), h, w))
-        columns += [pa.concat_arrays([outputs[f.name], pa.nulls(len(bad), f.type)]) for f in head.outputs()]
-    else:
-        columns += [pa.nulls(len(bad), f.type) for f in head.outputs()]
-    return pa.RecordBatch.from_arrays(columns, schema=schema)

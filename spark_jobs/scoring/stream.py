@@ -1,0 +1,336 @@
+"""The score stage's stream mode: micro-batches of the batch run's own scoring pass over the files
+the lister finds new, each one a run of the stage runner (lock, staging, gate, reject or publish,
+manifest) like any stage's, exactly once across restarts by a write-ahead checkpoint.
+
+Every ``score.stream.trigger_s`` the loop lists ``score.inbox``, logs the next micro-batch (at
+most ``max_files_per_trigger`` of the oldest new files) in the checkpoint
+(:class:`spark_jobs.core.checkpoint.Checkpoint`), scores it, and publishes it into the stream's
+tables (:mod:`spark_jobs.scoring.tables`): quarantine part, manifest, predictions part, one rename
+each, the last the point of no return. A failing micro-batch is kept under ``rejected/`` with its
+report, not marked handled, and retried after ``retry_rejected_s``. The volume checks read a
+rolling window of the last published rows. A new champion is picked up at the next micro-batch.
+SIGTERM stops the loop after the micro-batch under way.
+
+Layout under ``<data.root>/stream/`` besides the tables::
+
+    _checkpoint/        the write-ahead log (offsets, commits, state.json)
+    status.json         progress, counts and latency of the last batches
+    .locks/             a stream's locks on its inbox and on this folder, and its micro-batches'
+    .staging/           micro-batches being written
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from spark_jobs.core import locks, runner, store
+from spark_jobs.core.checkpoint import COMPACT_EVERY, Checkpoint, Planned
+from spark_jobs.core.config import Config
+from spark_jobs.core.store import canonical_uri
+from spark_jobs.core.verdict import GateFailed
+from spark_jobs.imaging import partitions
+from spark_jobs.quality import gate
+from spark_jobs.scoring import checks, predict, tables
+from spark_jobs.scoring.heads import Head
+from spark_jobs.scoring.lookup import Lookup
+from spark_jobs.scoring.model import Scorer, scorer
+from spark_jobs.scoring.scan import IdSet
+from spark_jobs.scoring.status import Progress, RollingWindow
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+STREAM_STAGE = "score-stream"  # its gate reports, rejected micro-batches and manifests
+CHECKPOINT = "_checkpoint"
+BATCH = "batch"  # the micro-batches' runs: their lock and staging folders under stream/
+FIX = "remove <data.root>/stream/_checkpoint to start the stream over (the tables keep it exactly-once)"
+
+
+def stream_lock(root: str | Path) -> Path:
+    """The lock of the one stream that writes under ``root`` (its checkpoint is one)."""
+    return tables.stream_dir(root) / runner.LOCKS / "stream.lock"
+
+
+def inbox_lock(root: str | Path, inbox: str) -> Path:
+    """The lock a stream holds on ``inbox`` for as long as it runs (one per inbox and data.root)."""
+    digest = hashlib.sha256(canonical_uri(inbox).encode()).hexdigest()[:16]
+    return tables.stream_dir(root) / runner.LOCKS / f"inbox-{digest}.lock"
+
+
+def batch_lock(root: str | Path, stage: str = "score") -> Path:
+    """The lock a batch run of the score stage holds (its run's lock on ``predictions``)."""
+    return Path(root) / runner.LOCKS / f"{stage}.lock"
+
+
+@dataclass
+class Current:
+    """The model a stream scores with now, the head its scan runs and its already-scored lookup."""
+
+    scorer: Scorer
+    head: Head
+    lookup: Lookup
+
+    @classmethod
+    def open(cls, spark: SparkSession, cfg: Config, model: Scorer) -> Current:
+        return cls(model, model.head(cfg), Lookup(spark, cfg.data.root, model.version, cfg.score.stream.dedupe_hours))
+
+
+@dataclass
+class Outcome:
+    """How a micro-batch ended: ``published`` or ``rejected`` (kept at ``rejected``), its counts and
+    seconds per phase."""
+
+    outcome: str
+    counts: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+    rejected: Path | None = None
+
+
+def score_rows(
+    spark: SparkSession, cfg: Config, current: Current, planned: Planned, work: Path
+) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """The micro-batch's prediction rows (collected to the driver, copies of one content left
+    out) and the quarantine rows of its unusable files: the batch run's scan and decision."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    files = planned.source_files()
+    model, lookup = current.scorer, current.lookup
+    done = IdSet(lookup.recent)
+    scanned = predict.scan_files(spark, files, cfg, model.card.ingest_settings, done, current.head, [lookup.base])
+    scanned = scanned.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        usable = scanned.where(F.col("reason").isNull())
+        decided = predict.decide(spark, usable, files, model, cfg, work)
+        table = predict.stamped(decided, model, datetime.now(UTC), planned.batch).toArrow()
+        bad = predict.unusable_rows(scanned)
+    finally:
+        scanned.unpersist()
+    table, copied = tables.without_copies(table)
+    return table, bad + copied
+
+
+def micro_batch(spark: SparkSession, cfg: Config, current: Current, planned: Planned, window: RollingWindow) -> Outcome:
+    """Score one planned micro-batch as a run of the stage runner and publish it into the stream's
+    tables, or reject it. A batch whose predictions part exists was published before a kill cut
+    its commit short: it only commits."""
+    root = Path(cfg.data.root)
+    target, quarantine_target, manifest_at = tables.stream_paths(root, planned.partition, planned.run_id)
+    if target.exists():
+        import pyarrow.parquet as pq
+
+        return Outcome("published", {"files_seen": len(planned.files), "scored": pq.read_metadata(target).num_rows})
+    with runner.StageRun(
+        STREAM_STAGE,
+        root,
+        spark,
+        tables.stream_dir(root) / tables.PREDICTIONS,
+        name=BATCH,
+        lock_wait=0.0,
+        gate=gate.validate,
+        run_id=planned.run_id,
+        report_with_output=True,
+    ) as run:
+        with run.phase("work"):
+            table, bad = score_rows(spark, cfg, current, planned, run.staging / "_light")
+        counts = {"files_seen": len(planned.files), "scored": table.num_rows, "quarantined": len(bad)}
+        labelled = (
+            table.column("predicted_label").to_pylist(),
+            checks.low_confidence_flags(table, cfg.score.low_confidence),
+        )
+        with run.phase("gate"):
+            suite = (
+                checks.window_checks(table, current.scorer, cfg, window.with_batch(*labelled)) if table.num_rows else []
+            )
+            result = run.validate(suite, docs="on_failure") if suite else None
+        staged = [
+            (f"{tables.STREAM_QUARANTINE}/{target.name}", quarantine_target),
+            (f"{tables.PREDICTIONS}/{target.name}", target),
+        ]
+        if bad:
+            tables.write_table(tables.quarantine_table(bad), run.staging / staged[0][0])
+        if table.num_rows:
+            tables.write_table(table, run.staging / staged[1][0])
+        doc = run.manifest(
+            cfg.section("score", "gate.predictions", "data"), _inputs(cfg, planned, current), counts, result
+        )
+        try:
+            run.finish_files(result, doc, staged, manifest_at)
+        except GateFailed as failed:
+            log.error("micro-batch %d rejected, kept in %s: %s", planned.batch, failed.rejected, result.summary())
+            return Outcome("rejected", counts | {"rejected": str(failed.rejected)}, _seconds(run), failed.rejected)
+    if table.num_rows:
+        current.lookup.add(table.column("image_id").to_pylist())
+        window.add(*labelled)
+    return Outcome("published", counts, _seconds(run))
+
+
+def _inputs(cfg: Config, planned: Planned, current: Current) -> dict[str, Any]:
+    """What a micro-batch's manifest records it read: the inbox, each file and its arrival, the model."""
+    files = planned.source_files()
+    kind = "s3" if store.is_s3(cfg.score.inbox) else "directory"
+    return {
+        "inbox": partitions.describe(cfg.score.inbox, kind, files),
+        "files": [{"uri": f.uri, "label": f.label, "size": f.size, "arrived": f.arrived} for f in files],
+        "model": current.scorer.describe(),
+        "micro_batch": {"batch": planned.batch, "planned_at": planned.planned_at, "partition": planned.partition},
+    }
+
+
+def _seconds(run: runner.StageRun) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in run.seconds.items()}
+
+
+@contextlib.contextmanager
+def _sigterm_stops(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM sets ``stop`` within the block (in the main thread; a stream run elsewhere, as in
+    the tests, keeps the process's handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _locks(cfg: Config) -> list[tuple[Path, str]]:
+    folder = tables.stream_dir(cfg.data.root)
+    return [
+        (stream_lock(cfg.data.root), f"a stream already writes to {folder}"),
+        (inbox_lock(cfg.data.root, cfg.score.inbox), f"a stream already scores {cfg.score.inbox}"),
+    ]
+
+
+def run_stream(cfg: Config, spark: SparkSession, on_batch: Callable[[int], None] | None = None) -> int:
+    """Score the inbox in micro-batches until SIGTERM (or, with ``score.stream.available_now``,
+    until it is empty of new files); returns the number of micro-batches run. ``on_batch(batch)``
+    is called after each (tests change the champion there)."""
+    folder = tables.stream_dir(cfg.data.root)
+    stop = threading.Event()
+    progress = Progress(cfg.score.inbox, cfg.score.stream.latency_batches)
+    loop = _Loop(cfg, spark, progress, on_batch)
+    with locks.holding(_locks(cfg), f"stream on {cfg.score.inbox}"), _sigterm_stops(stop):
+        state = "failed"
+        try:
+            # A batch run scoring this inbox now finishes first; a later one sees the stream and stops.
+            wait = cfg.data.lock_wait_s
+            with locks.holding([(batch_lock(cfg.data.root), "a batch score run holds the inbox")], "stream", wait):
+                pass
+            progress.write(folder, None, "starting")
+            ran = loop.run(stop)
+            state = "stopped"
+            log.info("stream stopped after %d micro-batches this run", ran)
+            return ran
+        finally:
+            loop.close()
+            progress.write(folder, loop.version, state)
+
+
+class _Loop:
+    """The stream's driver loop: one trigger at a time, the current model, the checkpoint."""
+
+    def __init__(
+        self, cfg: Config, spark: SparkSession, progress: Progress, on_batch: Callable[[int], None] | None
+    ) -> None:
+        self.cfg, self.spark, self.progress, self.on_batch = cfg, spark, progress, on_batch
+        self.folder = tables.stream_dir(cfg.data.root)
+        self.current: Current | None = None
+        self.checkpoint: Checkpoint | None = None
+        self.window = RollingWindow(cfg.score.stream.window_rows)
+
+    @property
+    def version(self) -> str | None:
+        return self.current.scorer.version if self.current else None
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.lookup.close()
+
+    def refresh_model(self) -> Current:
+        """The champion now: a new version gets its own head and lookup from this micro-batch on."""
+        model = scorer(self.cfg)
+        if self.current is None or model.version != self.current.scorer.version:
+            if self.current is not None:
+                log.info("the champion changed: %s -> %s, from the next micro-batch on", self.version, model.version)
+                self.current.lookup.close()
+            self.current = Current.open(self.spark, self.cfg, model)
+        return self.current
+
+    def next_batch(self, checkpoint: Checkpoint) -> Planned | None:
+        """The micro-batch to run now: one a stop cut short, else the oldest new files (None: nothing new)."""
+        s = self.cfg.score.stream
+        if checkpoint.pending is not None:
+            log.info("running micro-batch %d again: a stop cut it short", checkpoint.pending.batch)
+            return checkpoint.pending
+        _, listing = store.list_source(self.cfg.score.inbox, allow_empty=True)
+        now = time.time()
+        new = checkpoint.new_files(listing, now, s.retry_rejected_s)
+        self.progress.backlog = max(len(new) - s.max_files_per_trigger, 0)
+        if not new:
+            return None
+        run_id = f"{checkpoint.next_batch}-{runner.new_run_id()}"
+        planned = checkpoint.plan(new[: s.max_files_per_trigger], now, run_id, tables.hour_of(now))
+        if planned.batch % COMPACT_EVERY == 0 and planned.batch:
+            checkpoint.compact(listing, s.retry_rejected_s, now)
+        return planned
+
+    def run(self, stop: threading.Event) -> int:
+        """Trigger after trigger until ``stop`` (or an empty inbox with ``available_now``)."""
+        s = self.cfg.score.stream
+        checkpoint = Checkpoint(self.folder / CHECKPOINT, FIX)
+        ran = 0
+        while not stop.is_set():
+            tick = time.monotonic()
+            current = self.refresh_model()
+            planned = self.next_batch(checkpoint)
+            if planned is None:
+                if s.available_now:
+                    break
+                self.progress.write(self.folder, self.version, "running")
+            else:
+                self.one(checkpoint, current, planned)
+                ran += 1
+            stop.wait(max(s.trigger_s - (time.monotonic() - tick), 0.0))
+        return ran
+
+    def one(self, checkpoint: Checkpoint, current: Current, planned: Planned) -> None:
+        """Run, commit and count one micro-batch; a rejected one stops the stream with
+        ``score.stream.stop_on_reject``."""
+        outcome = micro_batch(self.spark, self.cfg, current, planned, self.window)
+        finished = time.time()
+        checkpoint.commit(planned, outcome.outcome, outcome.counts, finished)
+        latencies = [finished - f.arrived for f in planned.source_files() if f.arrived]
+        self.progress.count(planned.batch, outcome.outcome, outcome.counts, latencies, outcome.seconds)
+        self.progress.write(self.folder, self.version, "running")
+        log.info(
+            "micro-batch %d %s: %d files, %d scored, %d quarantined by %s in %s",
+            planned.batch,
+            outcome.outcome,
+            outcome.counts["files_seen"],
+            outcome.counts.get("scored", 0),
+            outcome.counts.get("quarantined", 0),
+            self.version,
+            outcome.seconds,
+        )
+        if self.on_batch is not None:
+            self.on_batch(planned.batch)
+        if outcome.rejected is not None and self.cfg.score.stream.stop_on_reject:
+            raise GateFailed(
+                STREAM_STAGE, outcome.rejected / "gate" / "summary.txt", outcome.rejected, "micro-batch rejected"
+            )

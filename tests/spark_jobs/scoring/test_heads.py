@@ -1,0 +1,46 @@
+"""The prediction columns the heads make, on inline arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from spark_jobs.scoring import heads
+
+
+def test_class_columns_sort_and_cut_top_k() -> None:
+    probabilities = np.array([[0.1, 0.6, 0.3], [0.4, 0.2, 0.4]], dtype=np.float32)
+    label, probability, top, anomaly_score, is_anomaly, tile_count = heads.class_columns(
+        probabilities, ["a", "b", "c"], 2
+    )
+    assert label.to_pylist() == ["b", "a"]  # a tie goes to the first class, as argmax does
+    assert probability.to_pylist() == pytest.approx([0.6, 0.4])
+    assert [[(t["label"], round(t["probability"], 3)) for t in row] for row in top.to_pylist()] == [
+        [("b", 0.6), ("c", 0.3)],
+        [("a", 0.4), ("c", 0.4)],
+    ]
+    assert anomaly_score.null_count == is_anomaly.null_count == tile_count.null_count == 2
+    _, _, top, _, _, _ = heads.class_columns(probabilities, ["a", "b", "c"], 5)
+    assert [len(row) for row in top.to_pylist()] == [3, 3]
+
+
+def test_anomaly_columns_flag_above_the_threshold() -> None:
+    label, probability, top, score, flagged, tiles = heads.anomaly_columns(np.array([0.1, 0.5, 0.9]), 0.5)
+    assert label.to_pylist() == ["normal", "normal", "anomaly"]  # at the threshold is normal
+    assert flagged.to_pylist() == [False, False, True]
+    assert score.to_pylist() == [0.1, 0.5, 0.9]
+    assert probability.null_count == top.null_count == tiles.null_count == 3
+
+
+def test_top_k_batches_turn_mllib_probabilities_into_prediction_rows() -> None:
+    keys = {
+        f.name: pa.array(v, f.type)
+        for f, v in zip(heads.KEY_FIELDS, (["i1"], ["u1"], [None], [None], [None]), strict=True)
+    }
+    batch = pa.RecordBatch.from_pydict({**keys, "probabilities": pa.array([[0.2, 0.7, 0.1]], pa.list_(pa.float64()))})
+    (out,) = list(heads.top_k_batches(iter([batch, batch.slice(0, 0)]), ("a", "b", "c"), 2))
+    assert out.schema == heads.PREDICTED_ROW
+    row = out.to_pylist()[0]
+    assert (row["image_id"], row["predicted_label"]) == ("i1", "b")
+    assert [t["label"] for t in row["top_k"]] == ["b", "a"]

@@ -1,0 +1,66 @@
+"""What the scanning tasks run, on inline data: the already-scored id set, and a slice of files
+fetched, skipped, decoded and run through a head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from spark_jobs.core.config import IngestConfig
+from spark_jobs.imaging import images
+from spark_jobs.scoring import scan
+from tests.factories import class_image
+
+
+def test_id_set_holds_exactly_its_ids() -> None:
+    ids = [images.image_id(bytes([i])) for i in range(50)]
+    known = scan.IdSet(ids[:25] + ids[:5])  # repeats collapse
+    assert len(known) == 25
+    assert all(i in known for i in ids[:25])
+    assert not any(i in known for i in ids[25:])
+    assert ids[0] not in scan.IdSet([])
+    # Digests ending in NUL bytes (one image in 256; a DAG run found it scored twice).
+    ending_in_nul = ["ab" * 31 + "00", "00" * 30 + "0000", "ff" * 31 + "00"]
+    known = scan.IdSet(ending_in_nul)
+    assert all(i in known for i in ending_in_nul)
+    assert "ab" * 31 + "01" not in known
+    assert "00" * 32 in known
+    assert "00" * 31 + "01" not in known
+
+
+class _Means:
+    """A head that says each image's mean pixel value: enough to see which rows it ran on."""
+
+    def outputs(self) -> pa.Schema:
+        return pa.schema([("mean", pa.float64())])
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, pa.Array]:
+        return {"mean": pa.array(pixels.reshape(len(pixels), -1).mean(axis=1).astype(np.float64))}
+
+
+def test_a_slice_is_fetched_skipped_decoded_and_run_through_the_head(tmp_path: Path) -> None:
+    good, seen, bad = tmp_path / "good.png", tmp_path / "seen.png", tmp_path / "bad.png"
+    good.write_bytes(class_image(0, 1))
+    seen.write_bytes(class_image(1, 2))
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    done = scan.IdSet([images.image_id(seen.read_bytes())])
+    entries = [(p.as_uri(), None) for p in (good, seen, bad)]
+    batch = scan.scan_batch(entries, IngestConfig(image_size=16), done, _Means())
+    rows = {Path(r["source_uri"]).name: r for r in batch.to_pylist()}
+    assert set(rows) == {"good.png", "bad.png"}  # the scored one is skipped before decoding
+    assert rows["good.png"]["image_id"] == images.image_id(good.read_bytes())
+    assert rows["good.png"]["reason"] is None
+    assert rows["good.png"]["mean"] > 0
+    assert rows["bad.png"]["reason"] in {images.NOT_AN_IMAGE, images.TRUNCATED, images.UNREADABLE}
+    assert rows["bad.png"]["mean"] is None  # the head ran on the usable rows only
+    assert batch.schema.names == [*scan.SCAN_FIELDS.names, "mean"]
+
+
+def test_an_id_union_holds_what_any_of_its_sets_holds() -> None:
+    a, b, c = (images.image_id(bytes([i])) for i in range(3))
+    union = scan.IdUnion([scan.IdSet([a]), scan.IdSet([b])])
+    assert a in union
+    assert b in union
+    assert c not in union
