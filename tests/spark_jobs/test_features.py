@@ -18,7 +18,7 @@ from spark_jobs.core.store import SourceError
 from spark_jobs.core.tables import FEATURE_COLUMNS, read_features, read_images
 from spark_jobs.imaging import images, tiles
 from spark_jobs.ml import extractors, mllib, models
-from spark_jobs.quality.gate import GateFailed
+from spark_jobs.core.verdict import GateFailed
 from tests.conftest import INGESTED_CLASSES, INGESTED_PER_CLASS
 from tests.factories import REPO, link_ingest, make_config, photo_tree
 from tests.spark_jobs.imaging.test_decode_fuzz import pillow_crasher

@@ -22,7 +22,7 @@ from spark_jobs import evaluate, features, train
 from spark_jobs.core.config import Config, params_hash
 from spark_jobs.ml import cards, extractors, models, training
 from spark_jobs.ml.mllib import TRANSFORM, mllib_classifier
-from spark_jobs.quality import gate
+from spark_jobs.core.verdict import GateFailed
 from tests.conftest import INGESTED_CLASSES
 from tests.factories import REPO, SMALL_MODELS, link_ingest, with_overrides
 
@@ -186,7 +186,7 @@ def test_cnn_trains_across_ranks_and_a_zero_epoch_model_is_rejected(spark, mllib
     untrained = train.run(with_overrides(cfg, "train.cnn.epochs=0"), spark)
     assert _card_json(untrained)["training"]["history"] == []
     bad = with_overrides(cfg, "evaluate.models=[cnn]", f"evaluate.reports={tmp_path / 'bad'}")
-    with pytest.raises(gate.GateFailed) as failure:
+    with pytest.raises(GateFailed) as failure:
         evaluate.run(bad, spark)
     assert "cnn" in str(failure.value)
     doc = json.loads((tmp_path / "bad" / evaluate.METRICS).read_text())  # reports are written all the same
