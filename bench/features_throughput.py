@@ -41,10 +41,10 @@ from ingest_throughput import WORK, make_inputs, write_result  # noqa: E402
 
 from spark_jobs import features, ingest  # noqa: E402
 from spark_jobs.core import manifest  # noqa: E402
-from spark_jobs.core.config import Config, load_config  # noqa: E402
 from spark_jobs.core.session import build_session  # noqa: E402
 from spark_jobs.imaging import images  # noqa: E402
 from spark_jobs.ml import extractors, models  # noqa: E402
+from spark_jobs.params import Config, load  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         "gate.raw.min_per_class=1",
         f"features.batch_size={args.batch_size}",
     ]
-    cnn_cfg = load_config(REPO / "params.yaml", [*common, "features.kind=cnn", f"features.cnn.backbone={backbone}"])
-    classical_cfg = load_config(REPO / "params.yaml", common)
+    cnn_cfg = load(REPO / "params.yaml", [*common, "features.kind=cnn", f"features.cnn.backbone={backbone}"])
+    classical_cfg = load(REPO / "params.yaml", common)
 
     spark = build_session(cnn_cfg.spark, features.worker_preload(cnn_cfg))  # as the stage's own session
     try:

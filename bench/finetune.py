@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,49 +45,64 @@ from ingest_throughput import write_result  # noqa: E402
 
 from spark_jobs.core.tables import published  # noqa: E402
 from spark_jobs.ml import models, training  # noqa: E402
+from spark_jobs.ml.cards import InitRecord  # noqa: E402
 
 PRETRAIN = [str(d) for d in range(5)]
 TARGET = [str(d) for d in range(5, 10)]
 
 
-def spec(images: str, classes: list[str], hp: dict[str, Any], seed: int, work: Path, **extra: Any) -> dict[str, Any]:
-    """A spec of the training loop for the cnn on ``classes`` (the other digits left out)."""
-    return {
-        "kind": "cnn",
-        "architecture": "small_cnn_classifier",
-        "arch": {"width": hp["width"], "classes": len(classes), "dropout": hp["dropout"]},
-        "hp": hp,
-        "classes": classes,
-        "class_weights": None,
-        "exclude_classes": [str(d) for d in range(10) if str(d) not in classes],
-        "images": images,
-        "seed": seed,
-        "threads": 2,
-        "checkpoint_every": 1,
-        "world": 1,
-        "checkpoint_dir": str(work / "ckpt"),
-        "output": str(work / "model.pt"),
-        **extra,
-    }
+@dataclass(frozen=True)
+class Run:
+    """One training run of the benchmark: its spec and the folder of its checkpoints and weights."""
+
+    spec: training.TrainSpec
+    work: Path
+
+    @property
+    def weights(self) -> Path:
+        return self.work / "model.pt"
 
 
-def test_accuracy(run: dict[str, Any]) -> float:
+def spec(images: str, classes: list[str], hp: dict[str, Any], seed: int, work: Path, **extra: Any) -> Run:
+    """A run of the training loop for the cnn on ``classes`` (the other digits left out)."""
+    return Run(
+        training.TrainSpec(
+            kind="cnn",
+            model=training.ModelSpec(
+                architecture="small_cnn_classifier",
+                args={"width": hp["width"], "classes": len(classes), "dropout": hp["dropout"]},
+            ),
+            hp=training.Hyper.model_validate({k: v for k, v in hp.items() if k in training.Hyper.model_fields}),
+            classes=classes,
+            exclude_classes=[str(d) for d in range(10) if str(d) not in classes],
+            table=images,
+            seed=seed,
+            threads=2,
+            data="bench",
+            **extra,
+        ),
+        work,
+    )
+
+
+def test_accuracy(run: Run) -> float:
     """The trained model's accuracy on the whole test split of its classes."""
     import torch
 
-    ids = training.shard_ids(run["images"], "test", 0, 1, run["exclude_classes"], pad=False)
-    pixels, labels = training.read_rows(run["images"], ids)
-    net = models.build(run["architecture"], run["arch"])
-    net.load_state_dict(models.load_tensors(Path(run["output"])))
+    s = run.spec
+    ids = training.shard_ids(s.table, "test", 0, 1, s.exclude_classes, pad=False)
+    pixels, labels = training.read_rows(s.table, ids)
+    net = models.build(s.model.architecture, s.model.args)
+    net.load_state_dict(models.load_tensors(run.weights))
     with torch.inference_mode():
         predicted = net.eval()(models.to_tensor(pixels)).argmax(1)
-    index = {c: i for i, c in enumerate(run["classes"])}
+    index = {c: i for i, c in enumerate(s.classes)}
     return float((predicted == torch.tensor([index[v] for v in labels])).float().mean())
 
 
-def fit(run: dict[str, Any]) -> dict[str, Any]:
+def fit(run: Run) -> dict[str, Any]:
     start = time.perf_counter()
-    result = training.fit(run)
+    result = training.fit(run.spec, str(run.work / "ckpt"), str(run.weights))
     return {
         "test_accuracy": round(test_accuracy(run), 4),
         "best_val": round(result["best_val"], 4) if result["best_val"] is not None else None,
@@ -126,15 +142,16 @@ def main() -> None:
         work = Path(tmp)
         pre = spec(images, PRETRAIN, hp | {"epochs": args.pretrain_epochs}, 0, work / "pre")
         pretrained = fit(pre)
-        net = models.build(pre["architecture"], pre["arch"])
-        net.load_state_dict(models.load_tensors(Path(pre["output"])))
+        net = models.build(pre.spec.model.architecture, pre.spec.model.args)
+        net.load_state_dict(models.load_tensors(pre.weights))
         backbone = work / "backbone.pt"
         torch.save(net[0].state_dict(), backbone)  # what train.cnn.init reads
-        init = {
-            "uri": backbone.as_uri(),
-            "sha256": hashlib.sha256(backbone.read_bytes()).hexdigest(),
-            "architecture": "small_cnn",
-        }
+        init = InitRecord(
+            uri=backbone.as_uri(),
+            sha256=hashlib.sha256(backbone.read_bytes()).hexdigest(),
+            architecture="small_cnn",
+            width=args.width,
+        )
         pairs = []
         for seed in range(args.seeds):
             small = hp | {"epochs": args.epochs}

@@ -41,9 +41,9 @@ sys.path.insert(0, str(REPO))
 
 from spark_jobs import ingest  # noqa: E402
 from spark_jobs.core import manifest, tables  # noqa: E402
-from spark_jobs.core.config import Config, load_config  # noqa: E402
 from spark_jobs.core.session import build_session  # noqa: E402
 from spark_jobs.imaging import images  # noqa: E402
+from spark_jobs.params import Config, load  # noqa: E402
 
 WORK = REPO / "bench" / "work"
 RESULTS = REPO / "bench" / "results"
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = WORK / "images"
     files, total_bytes = make_inputs(folder, args.images, args.source_size)
     log.info("%d JPEGs, %.1f KiB average", files, total_bytes / files / 1024)
-    cfg = load_config(
+    cfg = load(
         REPO / "params.yaml",
         [
             f"data.root={WORK / 'data'}",

@@ -50,11 +50,12 @@ from peers import measured  # noqa: E402
 
 from spark_jobs import score  # noqa: E402
 from spark_jobs.core import manifest  # noqa: E402
-from spark_jobs.core.config import Config, IngestConfig, load_config  # noqa: E402
+from spark_jobs.core.ingest_config import IngestConfig  # noqa: E402
 from spark_jobs.core.session import build_session  # noqa: E402
 from spark_jobs.imaging import images  # noqa: E402
 from spark_jobs.ml import cards, models  # noqa: E402
 from spark_jobs.ml.inference import TorchModel  # noqa: E402
+from spark_jobs.params import Config, load  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 net(x[s : s + args.batch_size])
             model_only[name] = round(len(x) / (time.perf_counter() - t0), 1)
 
-    cfg = load_config(
+    cfg = load(
         REPO / "params.yaml",
         [f"score.model={args.model}", f"score.batch_size={args.batch_size}", "gate.predictions.max_low_confidence=1.0"],
     )

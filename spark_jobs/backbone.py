@@ -22,10 +22,12 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
 
 from spark_jobs.core import manifest, runner
-from spark_jobs.core.config import BackboneConfig, Config
+from spark_jobs.core.config import Params, Section, Seed
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError
 from spark_jobs.core.tables import ingested_with, published, split_class_counts
@@ -43,39 +45,48 @@ STATE_DICT = "backbone.pt"
 HEAD = "small_cnn_classifier"  # small_cnn + dropout + a linear head: the training loop's cnn
 
 
-def training_spec(cfg: BackboneConfig, images: Path, classes: list[str], data_sha: str) -> dict[str, Any]:
+class BackboneConfig(Section):
+    """``backbone``."""
+
+    architecture: Literal["small_cnn"] = "small_cnn"
+    width: int = Field(16, ge=4, le=512)
+    epochs: int = Field(3, ge=0)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(0.003, gt=0.0)
+    max_images: int = Field(20000, ge=1)
+    seed: Seed = 0
+    output: str = "models/backbone"
+
+
+class BackboneParams(Params):
+    """What the backbone stage reads: ``backbone``."""
+
+    backbone: BackboneConfig = BackboneConfig()
+
+
+def training_spec(cfg: BackboneConfig, images: Path, classes: list[str], data_sha: str) -> training.TrainSpec:
     """The spec :func:`spark_jobs.ml.training.fit` runs the backbone's training from."""
-    return {
-        "kind": "cnn",
-        "architecture": HEAD,
-        "arch": {"width": cfg.width, "classes": len(classes), "dropout": 0.0},
-        "hp": {
-            "batch_size": cfg.batch_size,
-            "epochs": cfg.epochs,
-            "learning_rate": cfg.learning_rate,
-            "weight_decay": 0.0,
-        },
-        "classes": classes,
-        "class_weights": None,
-        "exclude_classes": [],
-        "images": str(images.absolute()),
-        "max_rows": cfg.max_images,
-        "seed": cfg.seed,
+    return training.TrainSpec(
+        kind="cnn",
+        model=training.ModelSpec(architecture=HEAD, args={"width": cfg.width, "classes": len(classes), "dropout": 0.0}),
+        hp=training.Hyper.of(cfg, weight_decay=0.0),
+        classes=classes,
+        table=str(images.absolute()),
+        max_rows=cfg.max_images,
+        seed=cfg.seed,
         # Pinned: the thread count changes the order of floating-point sums, so the weights.
-        "threads": os.cpu_count() or 1,
-        "checkpoint_every": 1,
-        "world": 1,
-        "data": data_sha,
-    }
+        threads=os.cpu_count() or 1,
+        data=data_sha,
+    )
 
 
-def accuracy(model: nn.Module, spec: dict[str, Any], split: str) -> float | None:
+def accuracy(model: nn.Module, spec: training.TrainSpec, split: str) -> float | None:
     """The trained head's accuracy on (the first ``max_rows`` of) one split."""
     import torch
 
-    ids = training.shard_ids(spec["images"], split, 0, 1, [], pad=False, limit=spec["max_rows"])
-    pixels, labels = training.read_rows(spec["images"], ids)
-    index = {c: i for i, c in enumerate(spec["classes"])}
+    ids = training.shard_ids(spec.table, split, 0, 1, [], pad=False, limit=spec.max_rows)
+    pixels, labels = training.read_rows(spec.table, ids)
+    index = {c: i for i, c in enumerate(spec.classes)}
     known = [i for i, v in enumerate(labels) if v in index]
     if not known:
         return None
@@ -84,7 +95,11 @@ def accuracy(model: nn.Module, spec: dict[str, Any], split: str) -> float | None
     return float((predicted == torch.tensor([index[labels[i]] for i in known])).float().mean())
 
 
-def run(cfg: Config, _spark: object = None) -> Path:
+def outputs(cfg: BackboneParams) -> list[Path]:
+    return [Path(cfg.backbone.output)]
+
+
+def run(cfg: BackboneParams, _spark: object = None) -> Path:
     import torch
 
     bcfg = cfg.backbone
@@ -100,9 +115,9 @@ def run(cfg: Config, _spark: object = None) -> Path:
         with run.phase("work"):
             checkpoints = training.checkpoint_dir(cfg.data.root, spec)
             weights = run.staging / "_classifier.pt"
-            result = TrainingRecord(**training.fit(spec | {"checkpoint_dir": str(checkpoints), "output": str(weights)}))
+            result = TrainingRecord(**training.fit(spec, str(checkpoints), str(weights)))
             shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the next run starts afresh
-            model = models.build(HEAD, spec["arch"])
+            model = models.build(HEAD, spec.model.args)
             model.load_state_dict(models.load_tensors(weights))
             weights.unlink()
             model.eval()
@@ -140,12 +155,21 @@ def run(cfg: Config, _spark: object = None) -> Path:
     return out
 
 
-def _precheck(cfg: Config) -> None:
+def _precheck(cfg: BackboneParams) -> None:
     published(cfg.data.root, "ingest")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck, needs_spark=False)
+    return run_stage(
+        STAGE,
+        argv,
+        run,
+        params=BackboneParams,
+        outputs=outputs,
+        description=__doc__,
+        precheck=_precheck,
+        needs_spark=False,
+    )
 
 
 if __name__ == "__main__":

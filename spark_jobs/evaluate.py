@@ -32,25 +32,36 @@ comparison only: never gated, never promoted (``metrics.json``: ``baselines``).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
+from pydantic import Field, model_validator
 
-from spark_jobs.core import atomic, launch, manifest, runner
-from spark_jobs.core.config import TILE_KINDS, Config
+from spark_jobs.core import launch, manifest, runner
+from spark_jobs.core.config import DEFAULT_INBOX, Params, Section, SourcePath, View
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError
 from spark_jobs.core.tables import published, read_features, read_images
 from spark_jobs.core.verdict import GateFailed, GateResult
-from spark_jobs.ml import inference, metrics
-from spark_jobs.ml.cards import CARD, PROMOTION, TASKS, ModelCard, Promotion, model_dir, read_card, read_promotion
+from spark_jobs.ml import inference, metrics, plots, promotion
+from spark_jobs.ml.cards import (
+    CHAMPIONS,
+    TASKS,
+    TILE_KINDS,
+    Kind,
+    ModelCard,
+    TrainedModels,
+    model_dir,
+    read_card,
+    read_promotion,
+)
+from spark_jobs.ml.cascade import CascadeConfig, cascade_metrics
 from spark_jobs.ml.mllib import mllib_classify
 from spark_jobs.quality import gate, suites
+from spark_jobs.quality.thresholds import GateConfig
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -61,7 +72,56 @@ STAGE = "evaluate"
 METRICS = "metrics.json"
 
 
-def features_test_split(spark: SparkSession, cfg: Config, card: ModelCard) -> DataFrame:
+class EvaluateConfig(Section):
+    """``evaluate``."""
+
+    models: tuple[Kind, ...] = ("mllib", "cnn", "autoencoder")
+    baselines: tuple[Kind, ...] = ()
+    reports: str = "reports"
+    champion: str = CHAMPIONS
+    rejected: str = "models/rejected"
+    batch_size: int = Field(256, ge=1)
+    threads: int = Field(1, ge=1, le=256)
+    int8: bool = True
+
+    @model_validator(mode="after")
+    def _distinct_models(self) -> EvaluateConfig:
+        if not self.models or len(set(self.models)) != len(self.models):
+            raise ValueError(f"evaluate.models must list distinct models, got {list(self.models)}")
+        if len(set(self.baselines)) != len(self.baselines) or set(self.baselines) & set(self.models):
+            raise ValueError(
+                f"evaluate.baselines must list distinct models that are not candidates, got {list(self.baselines)}"
+            )
+        return self
+
+
+class CascadeView(View):
+    """What evaluate reads of ``score``: the cascade it reports on (and the inbox it never writes)."""
+
+    inbox: SourcePath = DEFAULT_INBOX
+    cascade: CascadeConfig = CascadeConfig()
+
+
+class EvaluateParams(Params):
+    """What the evaluate stage reads: ``evaluate``, the model gate, where the trained models are,
+    and ``score.cascade``."""
+
+    evaluate: EvaluateConfig = EvaluateConfig()
+    train: TrainedModels = TrainedModels()
+    gate: GateConfig = GateConfig()
+    score: CascadeView = CascadeView()  # type: ignore[assignment]
+
+
+def outputs(cfg: EvaluateParams) -> list[Path]:
+    """The reports, and the champions and rejected models it copies in through their parents' staging."""
+    return [Path(cfg.evaluate.reports), Path(cfg.evaluate.champion), Path(cfg.evaluate.rejected)]
+
+
+def places(cfg: EvaluateParams) -> promotion.Places:
+    return promotion.Places(Path(cfg.train.output), Path(cfg.evaluate.champion), Path(cfg.evaluate.rejected))
+
+
+def features_test_split(spark: SparkSession, cfg: EvaluateParams, card: ModelCard) -> DataFrame:
     """The features table's test rows, checked to be of the kind and size ``card``'s model reads."""
     from pyspark.sql import functions as F
 
@@ -79,13 +139,13 @@ def features_test_split(spark: SparkSession, cfg: Config, card: ModelCard) -> Da
     return read_features(spark, features_dir).where(F.col("split") == "test")
 
 
-def mllib_predictions(spark: SparkSession, cfg: Config, folder: Path, card: ModelCard) -> DataFrame:
+def mllib_predictions(spark: SparkSession, cfg: EvaluateParams, folder: Path, card: ModelCard) -> DataFrame:
     """``image_id, label, prediction (class index), probability, probabilities`` for the features
     table's test rows."""
     return mllib_classify(folder, features_test_split(spark, cfg, card), card.classes, ("image_id", "label"))
 
 
-def tiles_predictions(spark: SparkSession, cfg: Config, folder: Path, card: ModelCard) -> DataFrame:
+def tiles_predictions(spark: SparkSession, cfg: EvaluateParams, folder: Path, card: ModelCard) -> DataFrame:
     """A ``tiles_*`` model's outputs and ``tile_count`` for each test image, from its tiles' rows
     of the features table: grouped by image (one shuffle), each image's tiles in raster order."""
     test = features_test_split(spark, cfg, card).select("image_id", "label", "tile_y", "tile_x", "features")
@@ -98,7 +158,7 @@ def tiles_predictions(spark: SparkSession, cfg: Config, folder: Path, card: Mode
 
 
 def torch_predictions(
-    spark: SparkSession, cfg: Config, folder: Path, card: ModelCard, quantize: str = "none"
+    spark: SparkSession, cfg: EvaluateParams, folder: Path, card: ModelCard, quantize: str = "none"
 ) -> DataFrame:
     """``image_id, label`` and the model's outputs (:class:`inference.Predictor`) for each image of
     the test split; ``quantize="int8"``: of the cnn's static INT8 copy."""
@@ -120,191 +180,45 @@ def collect(predictions: DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
     return predictions.select(*columns).toPandas()
 
 
-def classifier_metrics(predictions: pd.DataFrame, classes: list[str]) -> tuple[dict[str, Any], np.ndarray]:
-    """The classification report (:func:`metrics.report`) and confusion matrix of collected
-    ``label``/``prediction`` rows; labels the model does not know count as wrong, in an extra
-    ``(unknown)`` row."""
-    actual, labels = metrics.encoded(predictions["label"].tolist(), classes)
-    predicted = predictions["prediction"].to_numpy(dtype=np.int64)
-    return metrics.report(actual, predicted, labels), metrics.confusion(actual, predicted, len(labels))
-
-
-def anomaly_metrics(scored: pd.DataFrame, card: ModelCard) -> tuple[dict[str, Any], list[tuple[float, int]]]:
-    """AUROC of normal vs held-out class, share flagged at the card's threshold; and the
-    ``(score, is_anomaly)`` pairs for the ROC plot."""
-    from sklearn.metrics import roc_auc_score
-
-    holdout = card.exclude_classes
-    is_anomaly = scored["label"].isin(holdout).to_numpy()
-    score = scored["score"].to_numpy(dtype=float)
-    threshold = card.threshold
-    n, anomalies = len(scored), int(is_anomaly.sum())
-    flagged = score > threshold
-    auroc = float(roc_auc_score(is_anomaly, score)) if 0 < anomalies < n else None
-    normal = n - anomalies
-    return {
-        "auroc": auroc,
-        "holdout_classes": holdout,
-        "threshold": threshold,
-        "test_rows": n,
-        "anomalies": anomalies,
-        "false_alarm_rate": int((flagged & ~is_anomaly).sum()) / normal if normal else None,
-        "detection_rate": int((flagged & is_anomaly).sum()) / anomalies if anomalies else None,
-    }, list(zip(score.tolist(), is_anomaly.astype(int).tolist(), strict=True))
-
-
-def write_classifier_plots(
-    reports: Path, kind: str, predictions: pd.DataFrame, result: dict, classes: list[str]
-) -> None:
-    """``plots/<kind>/confusion.csv`` (actual, predicted per test row) and ``classes.csv``."""
-    folder = reports / "plots" / kind
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = predictions[["label", "prediction"]].sort_values(["label", "prediction"], kind="stable")
-    with (folder / "confusion.csv").open("w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["actual", "predicted"])
-        out.writerows([label, classes[p]] for label, p in rows.itertuples(index=False))
-    with (folder / "classes.csv").open("w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["class", "precision", "recall", "f1", "support"])
-        for c, m in result["per_class"].items():
-            out.writerow([c, round(m["precision"], 6), round(m["recall"], 6), round(m["f1"], 6), m["support"]])
-
-
-def write_roc(reports: Path, kind: str, pairs: list[tuple[float, int]]) -> None:
-    from sklearn.metrics import roc_curve
-
-    folder = reports / "plots" / kind
-    folder.mkdir(parents=True, exist_ok=True)
-    labels = [p[1] for p in pairs]
-    if len(set(labels)) < 2:
-        return
-    fpr, tpr, _ = roc_curve(labels, [p[0] for p in pairs])
-    with (folder / "roc.csv").open("w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["fpr", "tpr"])
-        out.writerows(zip(fpr.round(6), tpr.round(6), strict=True))
-
-
-def confusion_png(path: Path, matrix: np.ndarray, labels: list[str], title: str) -> Path:
-    """A confusion-matrix picture (scikit-learn's display, drawn by matplotlib off-screen)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    size = max(4.0, 0.55 * len(labels) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    try:
-        ConfusionMatrixDisplay(matrix, display_labels=labels).plot(ax=ax, cmap="Blues", colorbar=False)
-        ax.set_title(title)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
-    return path
-
-
-def headline(task: str, result: dict[str, Any]) -> float | None:
-    """The figure a task's champion is judged by: accuracy, or AUROC for anomaly models."""
-    return result.get("auroc") if task == "anomaly" else result.get("accuracy")
-
-
-def challenger(results: dict[str, dict[str, Any]], task: str) -> str | None:
-    """The candidate of ``task`` with the best headline figure (then macro-F1), or None."""
-    kinds = [k for k, r in results.items() if r["task"] == task]
-    if not kinds:
-        return None
-    return max(kinds, key=lambda k: (headline(task, results[k]) or 0.0, results[k].get("macro_f1") or 0.0))
-
-
-def read_champion(cfg: Config, task: str) -> Promotion | None:
-    return read_promotion(Path(cfg.evaluate.champion) / task)
-
-
-def promote(cfg: Config, task: str, kind: str, card: ModelCard, result: dict[str, Any]) -> Promotion:
-    """Make a candidate its task's champion; returns the ``promotion.json`` written with it."""
-    previous = read_champion(cfg, task)
-    target = Path(cfg.evaluate.champion) / task
-    if previous and previous.version == card.version and (target / CARD).exists():
-        return previous  # already the champion: left as it is, so what depends on it does not rerun
-    record = Promotion(
-        task=task,
-        kind=kind,
-        version=card.version,
-        metrics={k: v for k, v in result.items() if k != "per_class"},
-        promoted_at=manifest.now(),
-        replaced=previous.version if previous else None,
-        job_version=manifest.job_version(),
-    )
-    # Staged beside the champions' folder, not inside it (it is a DVC output).
-    atomic.copy_dir(model_dir(cfg, kind), target, target.parent.parent / runner.STAGING, {PROMOTION: record})
-    return record
-
-
-def reject(cfg: Config, kind: str, card: ModelCard, result: dict[str, Any], summary: str) -> Path:
-    """Keep a failed challenger, with its metrics and gate summary, under ``evaluate.rejected``."""
-    target = Path(cfg.evaluate.rejected) / card.version
-    extra = {"metrics.json": result, "gate_summary.txt": summary + "\n"}
-    return atomic.copy_dir(model_dir(cfg, kind), target, target.parent.parent / runner.STAGING, extra)
+def predictions_of(spark: SparkSession, cfg: EvaluateParams, kind: str, card: ModelCard) -> DataFrame:
+    """A candidate's predictions on the test split, by the way its kind reads an image."""
+    folder = model_dir(cfg.train.output, kind)
+    if kind == "mllib":
+        return mllib_predictions(spark, cfg, folder, card)
+    if kind in TILE_KINDS:
+        return tiles_predictions(spark, cfg, folder, card)
+    return torch_predictions(spark, cfg, folder, card)
 
 
 def evaluate_model(
-    spark: SparkSession, cfg: Config, kind: str, card: ModelCard, reports: Path
+    spark: SparkSession, cfg: EvaluateParams, kind: str, card: ModelCard, reports: Path
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """``(metrics, test predictions on the driver)`` of one candidate; writes its plots and picture."""
-    folder = model_dir(cfg, kind)
-    if kind == "mllib":
-        frame = mllib_predictions(spark, cfg, folder, card)
-    elif kind in TILE_KINDS:
-        frame = tiles_predictions(spark, cfg, folder, card)
-    else:
-        frame = torch_predictions(spark, cfg, folder, card)
+    frame = predictions_of(spark, cfg, kind, card)
     if card.task == "anomaly":
         predictions = collect(frame, ("image_id", "label", "score"))
-        result, pairs = anomaly_metrics(predictions, card)
-        write_roc(reports, kind, pairs)
+        result, pairs = metrics.anomaly_metrics(predictions, card)
+        plots.write_roc(reports, kind, pairs)
     else:
         predictions = collect(frame, ("image_id", "label", "prediction", "probability"))
-        result, matrix = classifier_metrics(predictions, card.classes)
-        write_classifier_plots(reports, kind, predictions, result, card.classes)
-        labels = list(result["per_class"])
+        result, matrix = metrics.classifier_metrics(predictions, card.classes)
+        plots.write_classifier_plots(reports, kind, predictions, result, card.classes)
         title = f"{kind} {card.version}: accuracy {result['accuracy']:.4f} on {result['test_rows']} test images"
-        confusion_png(reports / "figures" / f"confusion_{kind}.png", matrix, labels, title)
+        plots.confusion_png(reports / "figures" / f"confusion_{kind}.png", matrix, list(result["per_class"]), title)
     if kind == "cnn" and cfg.evaluate.int8:
-        result["int8"] = int8_metrics(spark, cfg, folder, card, result)
+        result["int8"] = int8_metrics(spark, cfg, card, result)
     return {"version": card.version, "task": card.task, **result}, predictions
 
 
-def cascade_metrics(light: pd.DataFrame, heavy: pd.DataFrame, classes: list[str], confidence: float) -> dict[str, Any]:
-    """The ``score.cascade`` on the test split: the mllib prediction where its probability reaches
-    ``confidence``, the cnn's elsewhere; accuracy, macro-F1 and the share that reached the cnn."""
-    joined = light.merge(heavy[["image_id", "prediction"]], on="image_id", suffixes=("_light", "_heavy"))
-    unsure = joined["probability"] < confidence
-    decided = pd.DataFrame(
-        {"label": joined["label"], "prediction": joined["prediction_heavy"].where(unsure, joined["prediction_light"])}
-    )
-    result, _ = classifier_metrics(decided, classes)
-    return {
-        "confidence": confidence,
-        "accuracy": result["accuracy"],
-        "macro_f1": result["macro_f1"],
-        "heavy_fraction": round(float(unsure.mean()), 6) if len(unsure) else None,
-        "test_rows": result["test_rows"],
-    }
-
-
 def int8_metrics(
-    spark: SparkSession, cfg: Config, folder: Path, card: ModelCard, fp32: dict[str, Any]
+    spark: SparkSession, cfg: EvaluateParams, card: ModelCard, fp32: dict[str, Any]
 ) -> dict[str, Any] | None:
     """Accuracy and macro-F1 of the cnn's INT8 copy on the test split, and its accuracy cost."""
     if card.files.calibration is None:
         log.warning("%s has no calibration images (trained before INT8 support): no INT8 figures", card.version)
         return None
-    frame = torch_predictions(spark, cfg, folder, card, "int8")
-    result, _ = classifier_metrics(collect(frame, ("label", "prediction")), card.classes)
+    frame = torch_predictions(spark, cfg, model_dir(cfg.train.output, "cnn"), card, "int8")
+    result, _ = metrics.classifier_metrics(collect(frame, ("label", "prediction")), card.classes)
     return {
         "accuracy": result["accuracy"],
         "macro_f1": result["macro_f1"],
@@ -312,105 +226,83 @@ def int8_metrics(
     }
 
 
-def gate_table(
-    results: dict[str, dict[str, Any]], champions: dict[str, Promotion | None], challengers: dict[str, Any]
-) -> pd.DataFrame:
-    """One row per candidate: its figures and, for its task's challenger, the regression vs the
-    champion (null otherwise, and when there is no champion yet: GX skips nulls)."""
-    rows = []
-    for kind, result in results.items():
-        task = result["task"]
-        champion = champions[task]
-        value, best = headline(task, result), headline(task, champion.metrics if champion else {})
-        gap = None if champion is None or value is None or best is None else round(best - value, 6)
-        result["vs_champion"] = {"version": champion.version, "gap": gap} if champion else None
-        result["challenger"] = challengers[task] == kind
-        # Only the run's best model of a task challenges the champion; the others are judged on
-        # the absolute thresholds alone (they are reported, and not promoted).
-        rows.append(
-            {
-                "model": kind,
-                **{k: result.get(k) for k in ("accuracy", "macro_f1", "auroc", "threshold")},
-                "regression": gap if result["challenger"] else None,
-            }
+def read_candidates(cfg: EvaluateParams) -> dict[str, ModelCard]:
+    """The card of every candidate and baseline, each checked to be of its kind."""
+    cards = {
+        kind: read_card(model_dir(cfg.train.output, kind)) for kind in (*cfg.evaluate.models, *cfg.evaluate.baselines)
+    }
+    for kind, card in cards.items():
+        if card.kind != kind:
+            raise SourceError(f"{model_dir(cfg.train.output, kind)} holds a {card.kind} model, not {kind}")
+    return cards
+
+
+def evaluate_all(
+    spark: SparkSession, cfg: EvaluateParams, cards: dict[str, ModelCard], reports: Path
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """``(the candidates' results, the baselines', the cascade's)`` on the test split."""
+    results, predictions = {}, {}
+    for kind, card in cards.items():
+        results[kind], predictions[kind] = evaluate_model(spark, cfg, kind, card, reports)
+    cascade = None
+    if {"mllib", "cnn"} <= set(results) and cards["mllib"].classes == cards["cnn"].classes:
+        confidence = cfg.score.cascade.confidence
+        cascade = cascade_metrics(predictions["mllib"], predictions["cnn"], cards["cnn"].classes, confidence)
+    baselines = {kind: results.pop(kind) | {"baseline": True} for kind in cfg.evaluate.baselines}
+    return results, baselines, cascade
+
+
+def model_gate(run: runner.StageRun, cfg: EvaluateParams, standings: dict[str, dict[str, Any]]) -> GateResult:
+    """The model gate: each candidate's row of the gate table against its task's thresholds."""
+    table = promotion.gate_table(standings)
+    checks = [
+        gate.Batch(
+            kind,
+            table[table["model"] == kind].reset_index(drop=True),
+            suites.model_expectations(result["task"], cfg.gate.model, bool(result.get("holdout_classes"))),
         )
-    return pd.DataFrame(rows).astype(
-        {c: "float64" for c in ("accuracy", "macro_f1", "auroc", "threshold", "regression")}
-    )
+        for kind, result in standings.items()
+    ]
+    return run.validate(checks)
 
 
-def settle(
-    cfg: Config,
-    cards: dict[str, ModelCard],
-    results: dict[str, dict[str, Any]],
-    challengers: dict[str, str | None],
-    gate_result: GateResult,
-) -> dict[str, Path]:
-    """Promote each task's challenger that passed its gate, keep every failed model aside with
-    its gate summary, and mark each result ``gate`` passed/failed and ``promoted``; returns where
-    the failed ones were kept."""
-    failed = {c["batch"] for c in gate_result.failures}
-    promoted: dict[str, Promotion] = {}
-    for task, kind in challengers.items():
-        if kind is not None and kind not in failed:
-            promoted[task] = promote(cfg, task, kind, cards[kind], results[kind])
-    rejected = {}
-    for kind, result in results.items():
-        result["gate"] = "failed" if kind in failed else "passed"
-        winner = promoted.get(result["task"])
-        result["promoted"] = winner is not None and winner.version == result["version"]
-        if kind in failed:
-            summary = gate_result.summary().splitlines()
-            lines = [line for line in summary if kind in line.split(":")[0] or line.startswith("gate")]
-            rejected[kind] = reject(cfg, kind, cards[kind], result, "\n".join(lines))
-    return rejected
-
-
-def run(cfg: Config, spark: SparkSession) -> Path:
+def run(cfg: EvaluateParams, spark: SparkSession) -> Path:
     """Evaluate every candidate, gate them, promote the champions, write the reports; returns the reports folder."""
-    root = Path(cfg.data.root)
-    with runner.StageRun(
-        STAGE, root, spark, Path(cfg.evaluate.reports), lock_wait=cfg.data.lock_wait_s, gate=gate.validate
-    ) as run:
+    root, where = Path(cfg.data.root), places(cfg)
+    target = Path(cfg.evaluate.reports)
+    with runner.StageRun(STAGE, root, spark, target, lock_wait=cfg.data.lock_wait_s, gate=gate.validate) as run:
         with run.phase("read"):
-            every = (*cfg.evaluate.models, *cfg.evaluate.baselines)
-            cards = {kind: read_card(model_dir(cfg, kind)) for kind in every}
-            for kind, card in cards.items():
-                if card.kind != kind:
-                    raise SourceError(f"{model_dir(cfg, kind)} holds a {card.kind} model, not {kind}")
-            champions = {task: read_champion(cfg, task) for task in set(TASKS.values())}
-        results, predictions = {}, {}
+            cards = read_candidates(cfg)
+            champions = {task: read_promotion(where.champions / task) for task in set(TASKS.values())}
         with run.phase("work"):
-            for kind, card in cards.items():
-                results[kind], predictions[kind] = evaluate_model(spark, cfg, kind, card, run.staging)
-            cascade = None
-            if {"mllib", "cnn"} <= set(results) and cards["mllib"].classes == cards["cnn"].classes:
-                confidence = cfg.score.cascade.confidence
-                cascade = cascade_metrics(predictions["mllib"], predictions["cnn"], cards["cnn"].classes, confidence)
-            baselines = {kind: results.pop(kind) | {"baseline": True} for kind in cfg.evaluate.baselines}
+            results, baselines, cascade = evaluate_all(spark, cfg, cards, run.staging)
         with run.phase("gate"):
-            challengers = {task: challenger(results, task) for task in set(TASKS.values())}
-            table = gate_table(results, champions, challengers)
-            checks = [
-                gate.Batch(
-                    kind,
-                    table[table["model"] == kind].reset_index(drop=True),
-                    suites.model_expectations(result["task"], cfg.gate.model, bool(result.get("holdout_classes"))),
-                )
-                for kind, result in results.items()
-            ]
-            gate_result = run.validate(checks)
+            chosen = promotion.challengers(results)
+            standings = promotion.standing(results, champions, chosen)
+            gate_result = model_gate(run, cfg, standings)
         with run.phase("publish"):
-            rejected = settle(cfg, cards, results, challengers, gate_result)
+            settled, rejected = promotion.settle(where, cards, standings, chosen, gate_result)
             # In the order evaluate.models lists the candidates (what dvc metrics show lists).
-            document = metrics_document(cfg, results, baselines, cascade, gate_result)
+            document = promotion.metrics_document(where.champions, settled, baselines, cascade, gate_result)
             manifest.write(run.staging, document, METRICS, sort_keys=False)
-        inputs = {kind: {"folder": str(model_dir(cfg, kind)), "version": card.version} for kind, card in cards.items()}
-        counts = {kind: {"test_rows": r.get("test_rows")} for kind, r in (results | baselines).items()}
-        params = cfg.section("evaluate", "gate.model", "data")
-        reports = run.finish(gate_result, run.manifest(params, inputs, counts, gate_result), blocking=False)
-    for kind, result in results.items():
-        figure = result.get("accuracy") if result["task"] == "classifier" else result.get("auroc")
+        inputs = {
+            kind: {"folder": str(model_dir(cfg.train.output, kind)), "version": c.version} for kind, c in cards.items()
+        }
+        counts = {kind: {"test_rows": r.get("test_rows")} for kind, r in (settled | baselines).items()}
+        doc = run.manifest(cfg.section("evaluate", "gate.model", "data"), inputs, counts, gate_result)
+        reports = run.finish(gate_result, doc, blocking=False)
+    _report(settled)
+    if rejected:  # every model that failed its gate, kept aside
+        kinds = ", ".join(sorted(rejected))
+        kept = "; ".join(f"{k} -> {p}" for k, p in sorted(rejected.items()))
+        summary = f"{gate_result.summary()}\nrejected challengers ({kinds}): {kept}"
+        raise GateFailed(STAGE, gate_result.docs or reports / METRICS, where.rejected, summary)
+    return reports
+
+
+def _report(settled: dict[str, dict[str, Any]]) -> None:
+    for kind, result in settled.items():
+        figure = promotion.headline(result["task"], result)
         log.info(
             "%s %s: %s %s, gate %s%s",
             kind,
@@ -420,50 +312,24 @@ def run(cfg: Config, spark: SparkSession) -> Path:
             result["gate"],
             ", promoted" if result["promoted"] else "",
         )
-    if rejected:  # every model that failed its gate, kept aside
-        kinds = ", ".join(sorted(rejected))
-        where = "; ".join(f"{k} -> {p}" for k, p in sorted(rejected.items()))
-        raise GateFailed(
-            STAGE,
-            gate_result.docs or reports / METRICS,
-            Path(cfg.evaluate.rejected),
-            f"{gate_result.summary()}\nrejected challengers ({kinds}): {where}",
-        )
-    return reports
 
 
-def metrics_document(
-    cfg: Config,
-    results: dict[str, dict[str, Any]],
-    baselines: dict[str, dict[str, Any]],
-    cascade: dict[str, Any] | None,
-    gate_result: GateResult,
-) -> dict[str, Any]:
-    """``metrics.json``: the champions' headline figures (after this run's promotions), every
-    candidate's figures and, when ``evaluate.baselines`` names any, theirs (not gated)."""
-    classifier = read_champion(cfg, "classifier")
-    anomaly = read_champion(cfg, "anomaly")
-    return {
-        "accuracy": classifier.figure("accuracy") if classifier else None,
-        "macro_f1": classifier.figure("macro_f1") if classifier else None,
-        "champion": {"kind": classifier.kind, "version": classifier.version} if classifier else None,
-        "anomaly_champion": (
-            {"kind": anomaly.kind, "version": anomaly.version, "auroc": anomaly.figure("auroc")} if anomaly else None
-        ),
-        "models": results,
-        **({"baselines": baselines} if baselines else {}),
-        "cascade": cascade,
-        "gate": gate_result.for_manifest(),
-    }
-
-
-def _precheck(cfg: Config) -> None:
+def _precheck(cfg: EvaluateParams) -> None:
     for kind in (*cfg.evaluate.models, *cfg.evaluate.baselines):
-        read_card(model_dir(cfg, kind))
+        read_card(model_dir(cfg.train.output, kind))
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck, preload=launch.GATE)
+    return run_stage(
+        STAGE,
+        argv,
+        run,
+        params=EvaluateParams,
+        outputs=outputs,
+        description=__doc__,
+        precheck=_precheck,
+        preload=launch.GATE,
+    )
 
 
 if __name__ == "__main__":

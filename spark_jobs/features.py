@@ -27,16 +27,14 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
+from pydantic import Field
 
 from spark_jobs.core import launch, manifest, runner, session, store
-from spark_jobs.core.config import Config, ConfigError, IngestConfig, TilesConfig
+from spark_jobs.core.config import ConfigError, Params, Section
+from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError
 from spark_jobs.core.tables import (
@@ -48,11 +46,13 @@ from spark_jobs.core.tables import (
     read_images,
     split_class_counts,
 )
-from spark_jobs.imaging import images, tiles
-from spark_jobs.ml import extractors
-from spark_jobs.ml.extractors import EXTRACTOR
+from spark_jobs.imaging import tiles
+from spark_jobs.imaging.tiles import TilesConfig
+from spark_jobs.ml import extractors, featurize
+from spark_jobs.ml.extractors import EXTRACTOR, ClassicalConfig, CnnConfig
 from spark_jobs.ml.mllib import TRANSFORM, apply_transform, fit_transform
 from spark_jobs.quality import gate, suites
+from spark_jobs.quality.thresholds import GateConfig
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -63,111 +63,28 @@ STAGE = "features"
 TABLE = "features.parquet"
 _RAW = "raw.parquet"  # staging only; deleted before publishing (a leading "_" makes Spark warn)
 
-# What the extractor pass writes: feature rows with the un-reduced vector in ``raw``, plus one row
-# with a ``problem`` (and no vector) for each image whose source could not be tiled.
-RAW_SCHEMA = (
-    "image_id string, source_uri string, label string, split string, tile_x int, tile_y int, "
-    "box_x0 int, box_y0 int, box_x1 int, box_y1 int, raw array<float>, problem string"
-)
-RAW_FIELDS = tuple(f.split()[0] for f in RAW_SCHEMA.split(", "))
-_KEYS = ("image_id", "source_uri", "label", "split")
+
+class FeaturesConfig(Section):
+    """``features``."""
+
+    kind: Literal["classical", "cnn"] = "classical"
+    batch_size: int = Field(64, ge=1, le=65536)
+    classical: ClassicalConfig = ClassicalConfig()
+    cnn: CnnConfig = CnnConfig()
+    tiles: TilesConfig = TilesConfig()
 
 
-def whole_image_batches(batches: Iterator[pa.RecordBatch], extractor: extractors.Extractor) -> Iterator[pa.RecordBatch]:
-    """One raw row per image: its vector, as tile (0, 0) covering the whole original."""
-    for batch in batches:
-        n = batch.num_rows
-        if n == 0:
-            continue
-        height, width = batch.column("height")[0].as_py(), batch.column("width")[0].as_py()
-        vectors = extractor(images.stack_pixels(batch.column("pixels"), height, width))
-        zeros = pa.array(np.zeros(n, dtype=np.int32))
-        columns = {
-            **{k: batch.column(k) for k in _KEYS},
-            "tile_x": zeros,
-            "tile_y": zeros,
-            "box_x0": zeros,
-            "box_y0": zeros,
-            "box_x1": batch.column("orig_width").cast(pa.int32()),
-            "box_y1": batch.column("orig_height").cast(pa.int32()),
-            "raw": images.vectors_array(vectors),
-            "problem": pa.nulls(n, pa.string()),
-        }
-        yield pa.RecordBatch.from_pydict(columns)
+class FeaturesParams(Params):
+    """What the features stage reads: ``features``, its gate and ``ingest`` (to say when the
+    published ingest table was made with another image size)."""
+
+    features: FeaturesConfig = FeaturesConfig()
+    ingest: IngestConfig = IngestConfig()  # type: ignore[assignment]
+    gate: GateConfig = GateConfig()
 
 
-def _fetched(frame: pd.DataFrame, threads: int, max_bytes: int) -> Iterator[tuple[Any, bytes | Exception]]:
-    """``(row, bytes or error)`` for each row, fetching ``threads`` sources at a time: full-size
-    originals are large, so never a whole Arrow batch of them in memory at once."""
-    rows = list(frame.itertuples(index=False))
-    for start in range(0, len(rows), threads):
-        group = rows[start : start + threads]
-        yield from zip(group, store.fetch_many([r.source_uri for r in group], threads, max_bytes), strict=True)
-
-
-def tile_frames(
-    frames: Iterator[pd.DataFrame],
-    extractor: extractors.Extractor,
-    cfg: IngestConfig,
-    tiles_cfg: TilesConfig,
-    batch_rows: int,
-) -> Iterator[pd.DataFrame]:
-    """Raw rows for every tile of every image, re-read from its source at full resolution; an
-    image whose source is gone, changed since ingest or no longer decodes yields one problem row."""
-    records: list[dict[str, Any]] = []
-    blocks: list[np.ndarray] = []
-
-    def flush() -> pd.DataFrame:
-        vectors = extractor(np.stack(blocks)) if blocks else []
-        it = iter(vectors)
-        for r in records:
-            if r["problem"] is None:
-                r["raw"] = next(it)
-        out = pd.DataFrame.from_records(records, columns=RAW_FIELDS)
-        records.clear()
-        blocks.clear()
-        return out
-
-    for frame in frames:
-        for row, data in _fetched(frame, cfg.fetch_threads, cfg.max_file_bytes):
-            keys = {k: getattr(row, k) for k in _KEYS}
-            problem = None
-            if isinstance(data, Exception):
-                problem = f"cannot re-read the source: {data}"
-            elif images.image_id(data) != row.image_id:
-                problem = "the source file changed since ingest (its sha256 is no longer the image_id)"
-            else:
-                try:
-                    for tile, block in tiles.image_tiles(data, cfg, tiles_cfg):
-                        box = {"box_x0": tile.x0, "box_y0": tile.y0, "box_x1": tile.x1, "box_y1": tile.y1}
-                        records.append(
-                            {**keys, "tile_x": tile.tile_x, "tile_y": tile.tile_y, **box, "raw": None, "problem": None}
-                        )
-                        blocks.append(block)
-                except images.Rejected as exc:
-                    problem = f"the source no longer decodes: {exc}"
-                except tiles.TooManyTiles as exc:
-                    problem = str(exc)
-            if problem is not None:
-                no_box = dict.fromkeys(("box_x0", "box_y0", "box_x1", "box_y1"))
-                records.append({**keys, "tile_x": -1, "tile_y": -1, **no_box, "raw": None, "problem": problem})
-            if len(blocks) >= batch_rows:
-                yield flush()
-    if records:
-        yield flush()
-
-
-def extract(
-    image_table: DataFrame, extractor: extractors.Extractor, ingest_cfg: IngestConfig, cfg: Config
-) -> DataFrame:
-    """RAW_SCHEMA rows for the image table: per image, or per tile when tiling is on (tiles are
-    decoded with ``ingest_cfg``, the settings the table was ingested with)."""
-    if cfg.features.tiles.enabled:
-        light = image_table.drop("pixels")  # tiles re-read the full-resolution source instead
-        tiles_cfg, rows = cfg.features.tiles, cfg.spark.arrow_max_records_per_batch
-        return light.mapInPandas(lambda it: tile_frames(it, extractor, ingest_cfg, tiles_cfg, rows), RAW_SCHEMA)
-    columns = [*_KEYS, "orig_width", "orig_height", "height", "width", "pixels"]
-    return image_table.select(*columns).mapInArrow(lambda it: whole_image_batches(it, extractor), RAW_SCHEMA)
+def outputs(cfg: FeaturesParams) -> list[Path]:
+    return [Path(cfg.data.root) / STAGE]
 
 
 def expected_rows(image_table: DataFrame, per_class: dict[str, int], tiles_cfg: TilesConfig) -> dict[str, int]:
@@ -195,7 +112,7 @@ def raise_on_problems(raw: DataFrame) -> None:
         raise SourceError(f"{bad.count()} ingested images cannot be tiled (re-run ingest). First: {listed}")
 
 
-def open_extractor(cfg: Config, ingest_cfg: IngestConfig) -> extractors.Extractor:
+def open_extractor(cfg: FeaturesParams, ingest_cfg: IngestConfig) -> extractors.Extractor:
     """The configured extractor for images of ``ingest_cfg.image_size``; for ``cnn`` the backbone
     is loaded and checked on the driver first."""
     size = ingest_cfg.image_size
@@ -213,7 +130,7 @@ def write_table(
     extractor: extractors.Extractor,
     ingest_cfg: IngestConfig,
     ingest_dir: Path,
-    cfg: Config,
+    cfg: FeaturesParams,
     run: runner.StageRun,
 ) -> dict[str, Any]:
     """Extract every image's (or tile's) vector into the run's staged ``features.parquet`` (fitting
@@ -224,7 +141,8 @@ def write_table(
     spec: dict[str, Any] = extractor.describe()
     extract_start = time.perf_counter()
     split_bytes = session.one_task_per_file(ingest_dir / "images.parquet")
-    vectors = extract(image_table, extractor, ingest_cfg, cfg)
+    batch_rows = cfg.spark.arrow_max_records_per_batch
+    vectors = featurize.extract(image_table, extractor, ingest_cfg, cfg.features.tiles, batch_rows)
     staged_raw = cfg.features.kind == "classical" or cfg.features.tiles.enabled
     with session.sql_conf(spark, "spark.sql.files.maxPartitionBytes", split_bytes):
         if staged_raw:  # read twice (PCA fit and transform) or checked for problems first
@@ -234,7 +152,7 @@ def write_table(
             with_kind.select(*FEATURE_COLUMNS).write.parquet(run.path(TABLE))
     run.extra["extract_s"] = round(time.perf_counter() - extract_start, 3)  # the pixel pass
     if staged_raw:
-        raw = spark.read.schema(RAW_SCHEMA).parquet(run.path(_RAW))
+        raw = spark.read.schema(featurize.RAW_SCHEMA).parquet(run.path(_RAW))
         if cfg.features.tiles.enabled:
             raise_on_problems(raw)
         if cfg.features.kind == "classical":
@@ -256,7 +174,7 @@ def write_table(
     return spec
 
 
-def run(cfg: Config, spark: SparkSession) -> Path:
+def run(cfg: FeaturesParams, spark: SparkSession) -> Path:
     """Extract features of ``<data.root>/ingest`` into ``<data.root>/features``; returns the folder."""
     root = Path(cfg.data.root)
     with runner.StageRun(STAGE, root, spark, root / STAGE, lock_wait=cfg.data.lock_wait_s, gate=gate.validate) as run:
@@ -314,7 +232,7 @@ def run(cfg: Config, spark: SparkSession) -> Path:
     return folder
 
 
-def _precheck(cfg: Config) -> None:
+def _precheck(cfg: FeaturesParams) -> None:
     ingest_cfg = ingested_with(published(cfg.data.root, "ingest"))
     if cfg.features.kind == "classical":
         open_extractor(cfg, ingest_cfg)  # settings that cannot describe the ingested images: exit 2 now
@@ -324,18 +242,26 @@ def _precheck(cfg: Config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return run_stage(
-        STAGE, argv, run, description=__doc__, precheck=_precheck, preload=_preload, worker_preload=worker_preload
+        STAGE,
+        argv,
+        run,
+        params=FeaturesParams,
+        outputs=outputs,
+        description=__doc__,
+        precheck=_precheck,
+        preload=_preload,
+        worker_preload=worker_preload,
     )
 
 
-def _preload(cfg: Config) -> tuple[str, ...]:
+def _preload(cfg: FeaturesParams) -> tuple[str, ...]:
     return (launch.TORCH if cfg.features.kind == "cnn" else ()) + launch.GATE
 
 
-def worker_preload(cfg: Config) -> tuple[str, ...]:
+def worker_preload(cfg: FeaturesParams) -> tuple[str, ...]:
     """What the extracting tasks import (forked from :mod:`spark_jobs.core.daemon`, which also keeps
-    the memory a worker frees): torch for a cnn backbone, then this module."""
-    return (*(launch.TORCH if cfg.features.kind == "cnn" else ()), "spark_jobs.features")
+    the memory a worker frees): torch for a cnn backbone, then the extracting code."""
+    return (*(launch.TORCH if cfg.features.kind == "cnn" else ()), "spark_jobs.ml.featurize")
 
 
 if __name__ == "__main__":

@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING
 import pyarrow.parquet as pq
 
 from spark_jobs.core import launch, runner, store
-from spark_jobs.core.config import Config
+from spark_jobs.core.config import Params
+from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.tables import DECODED_FIELDS, DECODED_SCHEMA, read_images, read_quarantine
 from spark_jobs.imaging import images
 from spark_jobs.imaging.partitions import decode, describe, plan_chunks
 from spark_jobs.quality import gate, suites
+from spark_jobs.quality.thresholds import GateConfig
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, Row, SparkSession
@@ -146,7 +148,18 @@ def discovered_classes(files: list[store.SourceFile], extensions: tuple[str, ...
     return sorted({f.label for f in files if f.label is not None and images.has_extension(f.uri, extensions)})
 
 
-def run(cfg: Config, spark: SparkSession) -> Path:
+class IngestParams(Params):
+    """What the ingest stage reads: ``ingest`` and the raw-data gate."""
+
+    ingest: IngestConfig = IngestConfig()  # type: ignore[assignment]
+    gate: GateConfig = GateConfig()
+
+
+def outputs(cfg: IngestParams) -> list[Path]:
+    return [Path(cfg.data.root) / STAGE]
+
+
+def run(cfg: IngestParams, spark: SparkSession) -> Path:
     """Ingest ``cfg.ingest.source`` under ``cfg.data.root``; returns the published folder."""
     root = Path(cfg.data.root)
     with runner.StageRun(STAGE, root, spark, root / STAGE, lock_wait=cfg.data.lock_wait_s, gate=gate.validate) as run:
@@ -201,17 +214,25 @@ def run(cfg: Config, spark: SparkSession) -> Path:
     return published
 
 
-def _precheck(cfg: Config) -> None:
+def _precheck(cfg: IngestParams) -> None:
     store.describe_source(cfg.ingest.source)
 
 
 def main(argv: list[str] | None = None) -> int:
     return run_stage(
-        STAGE, argv, run, description=__doc__, precheck=_precheck, preload=launch.GATE, worker_preload=worker_preload
+        STAGE,
+        argv,
+        run,
+        params=IngestParams,
+        outputs=outputs,
+        description=__doc__,
+        precheck=_precheck,
+        preload=launch.GATE,
+        worker_preload=worker_preload,
     )
 
 
-def worker_preload(_cfg: Config) -> tuple[str, ...]:
+def worker_preload(_cfg: IngestParams) -> tuple[str, ...]:
     """What the decoding tasks import, once per executor in the worker daemon (which also keeps
     the memory a worker frees), instead of in every forked worker."""
     return ("spark_jobs.imaging.partitions",)

@@ -24,18 +24,44 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
 from spark_jobs.core import runner
-from spark_jobs.core.config import Config, SampleConfig
+from spark_jobs.core.config import Params, Section, Seed
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.imaging.images import RESAMPLE
 
 log = logging.getLogger(__name__)
 
 STAGE = "sample"
+
+
+class GridsConfig(Section):
+    """``sample.grids``."""
+
+    images: int = Field(1800, ge=3, le=1_000_000)
+    side: int = Field(2, ge=2, le=3)  # cells per side; the digits of a grid are distinct
+    inbox: int = Field(60, ge=0)
+    seed: Seed = 0
+
+
+class SampleConfig(Section):
+    """``sample``."""
+
+    kind: Literal["digits", "grids"] = "digits"
+    image_size: int = Field(32, ge=8, le=1024)
+    resample: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bicubic"
+    grids: GridsConfig = GridsConfig()
+
+
+class SampleParams(Params):
+    """What the sample stage reads: ``sample``."""
+
+    sample: SampleConfig = SampleConfig()
 
 
 def digit_images(cfg: SampleConfig) -> Iterator[tuple[str, int, Image.Image]]:
@@ -161,7 +187,7 @@ def write_sample(target: Path, cfg: SampleConfig) -> dict[str, int]:
     return counts
 
 
-def run(cfg: Config, _spark: object = None) -> Path:
+def run(cfg: SampleParams, _spark: object = None) -> Path:
     target = Path(cfg.data.root) / STAGE
     with runner.StageRun(STAGE, cfg.data.root, None, target, lock_wait=cfg.data.lock_wait_s) as run:
         with run.phase("work"):
@@ -180,7 +206,10 @@ def run(cfg: Config, _spark: object = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, argv, run, description=__doc__, needs_spark=False)
+    # The sample is a source by design (the pipeline's ingest.source): no output to keep apart from it.
+    return run_stage(
+        STAGE, argv, run, params=SampleParams, outputs=lambda cfg: [], description=__doc__, needs_spark=False
+    )
 
 
 if __name__ == "__main__":

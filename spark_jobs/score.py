@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spark_jobs.core import launch, locks, runner, store
-from spark_jobs.core.config import Config
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.imaging import partitions
 from spark_jobs.ml.cards import read_card
 from spark_jobs.quality import gate
 from spark_jobs.scoring import checks, lookup, predict, stream, tables
+from spark_jobs.scoring.config import ScoreParams
 from spark_jobs.scoring.model import Scorer, model_folder, scorer
 from spark_jobs.scoring.scan import IdSet
 
@@ -69,14 +69,16 @@ class Inputs:
     recorded: set[tuple[str, str]]
 
 
-def extract(cfg: Config) -> Inputs:
+def extract(cfg: ScoreParams) -> Inputs:
     model = scorer(cfg)
     kind, files = store.list_source(cfg.score.inbox)
     done = lookup.already_scored(cfg.data.root, model.version, cfg.score.stream.dedupe_hours)
     return Inputs(model, kind, files, done, lookup.recorded_quarantine(tables.quarantine_dir(cfg.data.root)))
 
 
-def transform(spark: SparkSession, cfg: Config, got: Inputs, started: datetime, run: runner.StageRun) -> list[dict]:
+def transform(
+    spark: SparkSession, cfg: ScoreParams, got: Inputs, started: datetime, run: runner.StageRun
+) -> list[dict]:
     """Scan, decide and write the predictions into the run's staged ``predictions``; returns the
     quarantine rows of the unusable files and of the copies left out. The one pass over the files
     is kept in memory (no pixels: ids, reasons and the model's outputs, a few hundred bytes a file);
@@ -97,7 +99,9 @@ def transform(spark: SparkSession, cfg: Config, got: Inputs, started: datetime, 
         scanned.unpersist()
 
 
-def validate(spark: SparkSession, cfg: Config, model: Scorer, run: runner.StageRun) -> tuple[GateResult | None, dict]:
+def validate(
+    spark: SparkSession, cfg: ScoreParams, model: Scorer, run: runner.StageRun
+) -> tuple[GateResult | None, dict]:
     """``(the predictions gate's result, rows per predicted label)`` of the staged predictions
     (``(None, {})``: nothing new was scored)."""
     staged = run.staging / tables.PREDICTIONS
@@ -109,7 +113,7 @@ def validate(spark: SparkSession, cfg: Config, model: Scorer, run: runner.StageR
     return run.validate(batches), per_label
 
 
-def run(cfg: Config, spark: SparkSession) -> Path | None:
+def run(cfg: ScoreParams, spark: SparkSession) -> Path | None:
     """Score the inbox's new images; returns the published run folder (None when nothing was new)."""
     root = Path(cfg.data.root)
     target = tables.predictions_dir(root)
@@ -143,7 +147,12 @@ def run(cfg: Config, spark: SparkSession) -> Path | None:
 
 
 def publish(
-    cfg: Config, run: runner.StageRun, got: Inputs, counts: dict[str, Any], result: GateResult | None, started: datetime
+    cfg: ScoreParams,
+    run: runner.StageRun,
+    got: Inputs,
+    counts: dict[str, Any],
+    result: GateResult | None,
+    started: datetime,
 ) -> Path | None:
     """Predictions first, then the quarantine rows: a kill between the two renames loses no
     quarantine record (the next run, finding the bad files unrecorded, reports them)."""
@@ -170,17 +179,23 @@ def _report(got: Inputs, counts: dict[str, Any], published: Path | None) -> None
     )
 
 
-def job(cfg: Config, spark: SparkSession) -> Path | int | None:
+def outputs(cfg: ScoreParams) -> list[Path]:
+    """The batch tables and the stream's folder."""
+    root = Path(cfg.data.root)
+    return [tables.predictions_dir(root), tables.quarantine_dir(root), tables.stream_dir(root)]
+
+
+def job(cfg: ScoreParams, spark: SparkSession) -> Path | int | None:
     """``score.mode``: one batch run, or the stream."""
     return stream.run_stream(cfg, spark) if cfg.score.mode == "stream" else run(cfg, spark)
 
 
-def _precheck(cfg: Config) -> None:
+def _precheck(cfg: ScoreParams) -> None:
     read_card(model_folder(cfg))
     store.describe_source(cfg.score.inbox, "score.inbox")
 
 
-def worker_preload(cfg: Config) -> tuple[str, ...]:
+def worker_preload(cfg: ScoreParams) -> tuple[str, ...]:
     """What the scanning tasks import: the model's framework (torch) first when it is a torch one,
     the scan's code and the module of the task planner its function refers to."""
     kind = read_card(model_folder(cfg)).kind
@@ -190,7 +205,15 @@ def worker_preload(cfg: Config) -> tuple[str, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     return run_stage(
-        STAGE, argv, job, description=__doc__, precheck=_precheck, preload=launch.GATE, worker_preload=worker_preload
+        STAGE,
+        argv,
+        job,
+        params=ScoreParams,
+        outputs=outputs,
+        description=__doc__,
+        precheck=_precheck,
+        preload=launch.GATE,
+        worker_preload=worker_preload,
     )
 
 

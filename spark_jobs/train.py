@@ -27,12 +27,14 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from spark_jobs.core import manifest, runner, store
-from spark_jobs.core.config import BACKBONES, TILE_KINDS, Config, ConfigError, IngestConfig, params_hash
+from spark_jobs.core.config import ConfigError, Params, Section, Seed, params_hash
+from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError
 from spark_jobs.core.tables import ingested_with, published, read_features, split_class_counts
@@ -41,11 +43,14 @@ from spark_jobs.ml.cards import (
     ARCHITECTURES,
     CALIBRATION,
     CARD,
+    MODELS,
     TASKS,
+    TILE_KINDS,
     WEIGHTS,
     BackboneCard,
     CardData,
     InitRecord,
+    Kind,
     ModelCard,
     ModelFiles,
     TrainingRecord,
@@ -53,7 +58,8 @@ from spark_jobs.ml.cards import (
     read_backbone_card_bytes,
 )
 from spark_jobs.ml.extractors import EXTRACTOR
-from spark_jobs.ml.mllib import CLASSIFIER, TRANSFORM, mllib_estimator, mllib_input
+from spark_jobs.ml.mllib import CLASSIFIER, TRANSFORM, MllibConfig, mllib_estimator, mllib_input
+from spark_jobs.ml.training import AutoencoderConfig, CnnTrainConfig, Hyper, ModelSpec, TilesTrainConfig, TrainSpec
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -71,12 +77,47 @@ INPUTS = {
 }
 
 
+class TrainConfig(Section):
+    """``train``."""
+
+    model: Kind = "mllib"
+    output: str = MODELS
+    seed: Seed = 0
+    class_weighting: Literal["none", "balanced", "auto"] = "auto"
+    skew_ratio: float = Field(1.5, ge=1.0)
+    num_processes: int = Field(2, ge=1, le=1024)
+    local_mode: bool | Literal["auto"] = "auto"
+    threads: int = Field(1, ge=1, le=256)
+    checkpoint_every: int = Field(1, ge=1)
+    mllib: MllibConfig = MllibConfig()
+    cnn: CnnTrainConfig = CnnTrainConfig()
+    autoencoder: AutoencoderConfig = AutoencoderConfig()
+    tiles: TilesTrainConfig = TilesTrainConfig()
+
+    @model_validator(mode="after")
+    def _batch_splits_over_ranks(self) -> TrainConfig:
+        for name in ("cnn", "autoencoder", "tiles"):
+            if getattr(self, name).batch_size < self.num_processes:
+                raise ValueError(f"train.{name}.batch_size must be >= train.num_processes (each rank takes a share)")
+        return self
+
+
+class TrainParams(Params):
+    """What the train stage reads: ``train``."""
+
+    train: TrainConfig = TrainConfig()
+
+
+def outputs(cfg: TrainParams) -> list[Path]:
+    return [model_dir(cfg.train.output, cfg.train.model)]
+
+
 def reads_features(kind: str) -> bool:
     """Whether a model trains on the features table (``mllib``, ``tiles_*``) or on the ingested pixels."""
     return kind == "mllib" or kind in TILE_KINDS
 
 
-def train_input(cfg: Config, kind: str) -> tuple[Path, dict[str, int]]:
+def train_input(cfg: TrainParams, kind: str) -> tuple[Path, dict[str, int]]:
     """``(the published table the model trains on, its train images per class)``: the features
     table for ``mllib`` and ``tiles_*``, the ingested images otherwise; counts from the manifests
     (the ingest table's: a tiles features table has a row per tile, not per image)."""
@@ -88,7 +129,9 @@ def train_input(cfg: Config, kind: str) -> tuple[Path, dict[str, int]]:
     return folder, counts
 
 
-def train_mllib(cfg: Config, spark: SparkSession, folder: Path, features_dir: Path, counts: dict[str, int]) -> dict:
+def train_mllib(
+    cfg: TrainParams, spark: SparkSession, folder: Path, features_dir: Path, counts: dict[str, int]
+) -> dict:
     """Fit the MLlib classifier on the features table; write it (and the features transform) into ``folder``."""
     from pyspark.sql import functions as F
 
@@ -96,7 +139,7 @@ def train_mllib(cfg: Config, spark: SparkSession, folder: Path, features_dir: Pa
     classes = sorted(counts)
     weights = training.class_weights(counts, classes, cfg.train.class_weighting, cfg.train.skew_ratio)
     train = mllib_input(table.where(F.col("split") == "train"), classes, weights)
-    model = mllib_estimator(cfg, weights is not None).fit(train)
+    model = mllib_estimator(cfg.train.mllib, cfg.train.seed, weights is not None).fit(train)
     model.save(str(folder / CLASSIFIER))
     if (features_dir / TRANSFORM).exists():
         shutil.copytree(features_dir / TRANSFORM, folder / TRANSFORM)
@@ -128,7 +171,7 @@ def tiles_extractor(features_dir: Path) -> dict[str, Any]:
     return spec
 
 
-def init_backbone(cfg: Config) -> InitRecord | None:
+def init_backbone(cfg: TrainParams) -> InitRecord | None:
     """The backbone ``train.cnn.init`` names (a state dict: path or ``s3://`` URI), described by the
     backbone card beside it (architecture and width), else by ``train.cnn.init_architecture`` and
     the dict's shapes; read by the restricted loader and checked to load here, on the driver."""
@@ -148,7 +191,7 @@ def init_backbone(cfg: Config) -> InitRecord | None:
     if architecture is None:
         raise ConfigError(
             f"train.cnn.init {c.init} has no backbone card ({CARD}) beside it: set train.cnn.init_architecture "
-            f"to one of {list(BACKBONES)}"
+            f"to one of {sorted(models.BACKBONES)}"
         )
     try:
         state = models.backbone_state(architecture, models.load_tensors(data))
@@ -174,66 +217,71 @@ def init_backbone(cfg: Config) -> InitRecord | None:
 
 
 def torch_spec(
-    cfg: Config, kind: str, classes: list[str], weights: list[float] | None, source: Path, ingest_dir: Path
-) -> dict:
-    """The plain spec :func:`spark_jobs.ml.training.fit` runs from (no checkpoint or output paths
-    yet); ``source`` is the table the model reads (the ingested images, or the tiles features)."""
+    cfg: TrainParams, kind: str, classes: list[str], weights: list[float] | None, source: Path, ingest_dir: Path
+) -> TrainSpec:
+    """The spec :func:`spark_jobs.ml.training.fit` runs from; ``source`` is the table the model
+    reads (the ingested images, or the tiles features)."""
     t = cfg.train
-    exclude: list[str] = []
-    architecture, init, table, read = ARCHITECTURES.get(kind), None, "images.parquet", "pixels"
+    model, section, exclude, init = _model_spec(cfg, kind, classes, source, ingest_dir)
+    table, read = ("features.parquet", "tiles") if kind in TILE_KINDS else ("images.parquet", "pixels")
+    return TrainSpec(
+        kind=kind,  # type: ignore[arg-type]
+        input=read,  # type: ignore[arg-type]
+        model=model,
+        hp=Hyper.of(section),
+        init=init,
+        classes=classes,
+        class_weights=weights,
+        exclude_classes=exclude,
+        table=str((source / table).absolute()),
+        seed=t.seed,
+        threads=t.threads,
+        checkpoint_every=t.checkpoint_every,
+        threshold_percentile=t.autoencoder.threshold_percentile,
+        world=t.num_processes,
+        data=manifest.file_hash(source / manifest.MANIFEST),
+    )
+
+
+def _model_spec(
+    cfg: TrainParams, kind: str, classes: list[str], source: Path, ingest_dir: Path
+) -> tuple[ModelSpec, Section, list[str], InitRecord | None]:
+    """``(the module to build, the section of its hyperparameters, the classes it leaves out, the
+    backbone it starts from)`` of a torch model kind."""
+    t = cfg.train
     if kind in TILE_KINDS:
-        hp = t.tiles.model_dump()
-        arch = {
+        h = t.tiles
+        args = {
             "dim": int(tiles_extractor(source)["dim"]),
             "classes": len(classes),
             "aggregate": kind.removeprefix("tiles_"),
-            "hidden": hp["hidden"],
-            "bidirectional": hp["bidirectional"],
-            "dropout": hp["dropout"],
         }
-        table, read = "features.parquet", "tiles"
-    elif kind == "cnn":
-        hp = t.cnn.model_dump()
-        arch = {"width": hp["width"], "classes": len(classes), "dropout": hp["dropout"]}
+        args |= {"hidden": h.hidden, "bidirectional": h.bidirectional, "dropout": h.dropout}
+        return ModelSpec(architecture=ARCHITECTURES[kind], args=args), h, [], None
+    if kind == "cnn":
+        c = t.cnn
+        args = {"width": c.width, "classes": len(classes), "dropout": c.dropout}
         record = init_backbone(cfg)
-        if record is not None:  # the architecture and width are the backbone's
-            architecture = f"{record.architecture}_classifier"
-            arch["width"] = record.width
-            init = record.model_dump()  # what every rank loads (and checks), and the card records
-    else:
-        hp = t.autoencoder.model_dump()
-        ingest_size = ingested_with(ingest_dir).image_size
-        if ingest_size % 8:
-            raise ConfigError(f"the autoencoder needs image sides that are multiples of 8; ingest made {ingest_size}px")
-        arch = {"width": hp["width"], "latent": hp["latent"], "image_size": ingest_size}
-        exclude = [hp["holdout_class"]] if hp["holdout_class"] is not None else []
-    return {
-        "kind": kind,
-        "input": read,
-        "architecture": architecture,
-        "init": init,
-        "arch": arch,
-        "hp": hp,
-        "classes": classes,
-        "class_weights": weights,
-        "exclude_classes": exclude,
-        "images": str((source / table).absolute()),
-        "seed": t.seed,
-        "threads": t.threads,
-        "checkpoint_every": t.checkpoint_every,
-        "threshold_percentile": t.autoencoder.threshold_percentile,
-        "world": t.num_processes,
-        "data": manifest.file_hash(source / manifest.MANIFEST),
-    }
+        if record is None:
+            return ModelSpec(architecture=ARCHITECTURES[kind], args=args), c, [], None
+        # The architecture and width are the backbone's: what every rank loads (and checks), and the card records.
+        spec = ModelSpec(architecture=f"{record.architecture}_classifier", args=args | {"width": record.width})
+        return spec, c, [], record
+    a = t.autoencoder
+    ingest_size = ingested_with(ingest_dir).image_size
+    if ingest_size % 8:
+        raise ConfigError(f"the autoencoder needs image sides that are multiples of 8; ingest made {ingest_size}px")
+    args = {"width": a.width, "latent": a.latent, "image_size": ingest_size}
+    exclude = [a.holdout_class] if a.holdout_class is not None else []
+    return ModelSpec(architecture=ARCHITECTURES[kind], args=args), a, exclude, None
 
 
 def train_torch(
-    cfg: Config, spark: SparkSession, folder: Path, kind: str, source: Path, counts: dict[str, int]
+    cfg: TrainParams, spark: SparkSession, folder: Path, kind: str, source: Path, counts: dict[str, int]
 ) -> dict[str, Any]:
     """Train ``cnn``, ``autoencoder`` or a ``tiles_*`` model with TorchDistributor; rank 0 writes
-    ``folder/model.pt``. ``source``: the ingested images, or the tiles features table."""
-    from pyspark.ml.torch.distributor import TorchDistributor
-
+    ``folder/model.pt``. ``source``: the ingested images, or the tiles features table. Returns
+    what the card says of the model."""
     classes = sorted(counts)
     holdout = cfg.train.autoencoder.holdout_class
     if kind == "autoencoder" and holdout is not None and holdout not in counts:
@@ -241,53 +289,57 @@ def train_torch(
     weights = None
     if kind != "autoencoder":
         weights = training.class_weights(counts, classes, cfg.train.class_weighting, cfg.train.skew_ratio)
-    ingest_dir = published(cfg.data.root, "ingest")
-    spec = torch_spec(cfg, kind, classes, weights, source, ingest_dir)
-    checkpoints = training.checkpoint_dir(cfg.data.root, spec)
-    spec |= {"checkpoint_dir": str(checkpoints), "output": str((folder / WEIGHTS).absolute())}
-    if (checkpoints / training.STATE).exists():
-        log.info("%s: resuming from the checkpoint in %s", kind, checkpoints)
-    local = cfg.train.local_mode
-    if local == "auto":
-        local = spark.sparkContext.master.startswith("local")
-    distributor = TorchDistributor(num_processes=cfg.train.num_processes, local_mode=local, use_gpu=False)
-    result = distributor.run(training.fit, spec) | {"local_mode": local}
-    shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the next run with these params starts afresh
-    weights_file = folder / WEIGHTS
+    spec = torch_spec(cfg, kind, classes, weights, source, published(cfg.data.root, "ingest"))
+    result = distributed_fit(cfg, spark, spec, folder / WEIGHTS)
     calibration = None
     if kind == "cnn":  # what an INT8 copy calibrates its activation ranges on (score.quantize)
-        ids = training.shard_ids(spec["images"], "train", 0, 1, [], pad=False)[:CALIBRATION_IMAGES]
-        pixels, _ = training.read_rows(spec["images"], ids)
+        ids = training.shard_ids(spec.table, "train", 0, 1, [], pad=False)[:CALIBRATION_IMAGES]
+        pixels, _ = training.read_rows(spec.table, ids)
         np.save(folder / CALIBRATION, np.ascontiguousarray(pixels), allow_pickle=False)
         calibration = CALIBRATION
     details: dict[str, Any] = {
         "classes": classes,
         "class_counts": counts,
         "class_weights": weights,
-        "architecture": spec["architecture"],
-        "arch": spec["arch"],
+        "architecture": spec.model.architecture,
+        "arch": spec.model.args,
         "feature_kind": "pixels",
-        "exclude_classes": spec["exclude_classes"],
+        "exclude_classes": spec.exclude_classes,
         "files": ModelFiles(weights=WEIGHTS, calibration=calibration),
-        "weights_sha256": hashlib.sha256(weights_file.read_bytes()).hexdigest(),
+        "weights_sha256": hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest(),
         "training": TrainingRecord(**result),
+        "init": spec.init,
     }
-    if kind == "cnn" and spec["init"] is not None:
-        details["init"] = InitRecord(**spec["init"])
     if kind in TILE_KINDS:  # the extractor and the cut that scoring repeats on new images
         extractor = tiles_extractor(source)
         shutil.copy2(source / EXTRACTOR, folder / EXTRACTOR)
-        details["feature_kind"] = extractor["kind"]
-        details["files"] = ModelFiles(weights=WEIGHTS, extractor=EXTRACTOR)
-        details["tiles"] = extractor["tiles"]
-        details["data"] = {"features_manifest_sha256": spec["data"]}
+        details |= {"feature_kind": extractor["kind"], "files": ModelFiles(weights=WEIGHTS, extractor=EXTRACTOR)}
+        details |= {"tiles": extractor["tiles"], "data": {"features_manifest_sha256": spec.data}}
     if kind == "autoencoder":
         details["threshold"] = result["threshold"]
         details["threshold_percentile"] = cfg.train.autoencoder.threshold_percentile
     return details
 
 
-def ingest_of(cfg: Config, kind: str) -> tuple[IngestConfig, str]:
+def distributed_fit(cfg: TrainParams, spark: SparkSession, spec: TrainSpec, weights: Path) -> dict[str, Any]:
+    """:func:`spark_jobs.ml.training.fit` on ``train.num_processes`` ranks (TorchDistributor; local
+    processes on a local master unless ``train.local_mode`` says otherwise), resuming a run a kill
+    cut short; its report."""
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    checkpoints = training.checkpoint_dir(cfg.data.root, spec)
+    if (checkpoints / training.STATE).exists():
+        log.info("%s: resuming from the checkpoint in %s", spec.kind, checkpoints)
+    local = cfg.train.local_mode
+    if local == "auto":
+        local = spark.sparkContext.master.startswith("local")
+    distributor = TorchDistributor(num_processes=cfg.train.num_processes, local_mode=local, use_gpu=False)
+    result = distributor.run(training.fit, spec, str(checkpoints), str(weights.absolute()))
+    shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the next run with these params starts afresh
+    return result | {"local_mode": local}
+
+
+def ingest_of(cfg: TrainParams, kind: str) -> tuple[IngestConfig, str]:
     """The settings and manifest hash of the ingest table the model's input came from: the
     mllib model reads only the features table (whose manifest records its ingest input)."""
     if reads_features(kind):
@@ -297,7 +349,7 @@ def ingest_of(cfg: Config, kind: str) -> tuple[IngestConfig, str]:
     return ingested_with(ingest_dir), manifest.file_hash(ingest_dir / manifest.MANIFEST)
 
 
-def used_params(cfg: Config, kind: str) -> dict[str, Any]:
+def used_params(cfg: TrainParams, kind: str) -> dict[str, Any]:
     """The ``train`` params that shaped this model (not the other models' sections)."""
     section = cfg.section("train")["train"]
     own = "tiles" if kind in TILE_KINDS else kind
@@ -310,10 +362,11 @@ def used_params(cfg: Config, kind: str) -> dict[str, Any]:
     return section
 
 
-def run(cfg: Config, spark: SparkSession) -> Path:
+def run(cfg: TrainParams, spark: SparkSession) -> Path:
     """Train ``train.model`` into ``<train.output>/<model>/``; returns the folder."""
     kind = cfg.train.model
-    with runner.StageRun(STAGE, cfg.data.root, spark, model_dir(cfg, kind), lock_wait=cfg.data.lock_wait_s) as run:
+    target = model_dir(cfg.train.output, kind)
+    with runner.StageRun(STAGE, cfg.data.root, spark, target, lock_wait=cfg.data.lock_wait_s) as run:
         with run.phase("read"):
             ingest_cfg, ingest_sha = ingest_of(cfg, kind)
             source, counts = train_input(cfg, kind)
@@ -353,7 +406,7 @@ def run(cfg: Config, spark: SparkSession) -> Path:
     return out
 
 
-def _precheck(cfg: Config) -> None:
+def _precheck(cfg: TrainParams) -> None:
     source = published(cfg.data.root, "features" if reads_features(cfg.train.model) else "ingest")
     if cfg.train.model in TILE_KINDS:
         tiles_extractor(source)
@@ -362,7 +415,7 @@ def _precheck(cfg: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, argv, run, description=__doc__, precheck=_precheck)
+    return run_stage(STAGE, argv, run, params=TrainParams, outputs=outputs, description=__doc__, precheck=_precheck)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from spark_jobs.core.config import Config, apply_overrides, load_config, validate
+from spark_jobs.core.config import apply_overrides, validate
+from spark_jobs.params import Config, load
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def free_port() -> int:
 
 def make_config(tmp_path: Path, *overrides: str) -> Config:
     """The repo's params.yaml with outputs under ``tmp_path`` and a small local Spark."""
-    return load_config(
+    return load(
         REPO / "params.yaml",
         [f"data.root={tmp_path / 'data'}", "spark.master=local[2]", "spark.shuffle_partitions=2", *overrides],
     )
@@ -139,7 +140,7 @@ def s3_inbox(bucket: str, prefix: str, local: Path, start: int, count: int) -> d
 
 def with_overrides(cfg: Config, *overrides: str) -> Config:
     """``cfg`` with ``--set``-style overrides applied and validated."""
-    return validate(apply_overrides(cfg.model_dump(mode="json"), list(overrides)))
+    return validate(apply_overrides(cfg.model_dump(mode="json"), list(overrides), Config), Config)
 
 
 def link_ingest(ingested_dir: Path, tmp_path: Path, *overrides: str) -> Config:

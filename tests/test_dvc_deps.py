@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -69,3 +70,18 @@ def test_the_closure_follows_imports_inside_functions() -> None:
     reached = {"imaging/partitions", "scoring/scan", "ml/inference", "ml/models", "imaging/images", "core/store"}
     assert {f"spark_jobs/{m}.py" for m in reached | {"core/config"}} <= import_closure("spark_jobs/score.py")
     assert "spark_jobs/core/session.py" in import_closure("spark_jobs/core/runner.py")
+
+
+def test_editing_the_stream_s_settings_reruns_no_training_stage() -> None:
+    """``score.stream``'s schema is a dependency of the score stage only, as DVC itself reads the
+    pipeline: editing it changes no other stage in ``dvc status`` (the closure test above holds
+    each stage's deps to what its command imports)."""
+    import inspect
+
+    from spark_jobs.scoring.config import StreamConfig
+    from tests.factories import dvc_view
+
+    schema = Path(inspect.getsourcefile(StreamConfig)).resolve().relative_to(REPO).as_posix()
+    for dvcfile, prefix in DVC_FILES.items():
+        depending = {name for name, stage in dvc_view(REPO, dvcfile).items() if f"{prefix}{schema}" in stage["deps"]}
+        assert depending == {"score"}, f"{dvcfile}: {schema} is a dependency of {sorted(depending)}"

@@ -84,8 +84,51 @@ def test_the_library_imports_no_stage(module: str) -> None:
 
 def test_the_library_is_in_named_sub_packages() -> None:
     top = {p.name for p in (REPO / "spark_jobs").glob("*.py")}
-    assert top == {"__init__.py", "__main__.py"} | {f"{s}.py" for s in STAGES}
+    assert top == {"__init__.py", "__main__.py", "params.py"} | {f"{s}.py" for s in STAGES}
     for package in LAYERS:
         doc = (REPO / "spark_jobs" / package / "__init__.py").read_text()
         assert doc.startswith('"""'), package
         assert len(doc.strip().splitlines()) == 2, package
+
+
+@pytest.mark.parametrize("module", [*LIBRARY, *sorted(STAGE_FILES)])
+def test_no_stage_reads_the_whole_params_file(module: str) -> None:
+    # spark_jobs/params.py imports every section's schema: a stage importing it would depend on all of them.
+    assert "spark_jobs/params.py" not in import_closure(module)
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> list[tuple[str, int]]:
+    """``(name, lines)`` of every function (methods and nested ones too) of ``source`` longer than
+    ``limit`` lines, its decorators, signature and docstring included."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            lines = node.end_lineno - start + 1
+            if lines > limit:
+                found.append((node.name, lines))
+    return found
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        str(p.relative_to(REPO)) for folder in ("spark_jobs", "plugins", "dags") for p in (REPO / folder).rglob("*.py")
+    ),
+)
+def test_no_function_is_over_60_lines(path: str) -> None:
+    assert long_functions((REPO / path).read_text()) == []
+
+
+def test_the_length_check_can_fail() -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(59))
+    assert long_functions(f"def fits():\n{body}\n") == []  # 60 lines
+    assert long_functions(f"@decorated\ndef too_long():\n{body}\n") == [("too_long", 61)]
+    inner = body.replace("    ", "            ") + "\n            x = 60"  # 60 lines under its def
+    nested = f"class A:\n    def method(self):\n        def inner():\n{inner}\n        return 1\n"
+    assert long_functions(nested) == [("method", 63), ("inner", 61)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spark_jobs.core.config import load_config
+from spark_jobs.params import load
 from tests.factories import REPO, dvc_view
 
 
@@ -44,7 +44,7 @@ def test_every_stage_is_a_module_with_a_params_section(dvcfile: str) -> None:
 @pytest.mark.parametrize("dvcfile", sorted(PIPELINES))
 def test_every_stage_param_exists(dvcfile: str) -> None:
     params_file, _ = PIPELINES[dvcfile]
-    tree = load_config(REPO / params_file).model_dump(mode="json")
+    tree = load(REPO / params_file).model_dump(mode="json")
     raw = yaml.safe_load((REPO / params_file).read_text())
     for name, (_, stage) in _expanded(dvcfile).items():
         for key in stage.get("params", []):
@@ -85,7 +85,7 @@ def test_no_stage_lists_a_speed_only_param(dvcfile: str) -> None:
 
 @pytest.mark.parametrize(("dvcfile", "stage"), [(f, s) for f in sorted(PIPELINES) for s in sorted(MANIFEST_SECTIONS)])
 def test_a_manifest_records_exactly_the_params_dvc_tracks(dvcfile: str, stage: str) -> None:
-    cfg = load_config(REPO / PIPELINES[dvcfile][0])
+    cfg = load(REPO / PIPELINES[dvcfile][0])
     recorded: set[str] = set()
     for section, tree in cfg.section(*MANIFEST_SECTIONS[stage]).items():
         recorded |= _leaves(tree, section + ".") if isinstance(tree, dict) else {section}
@@ -108,10 +108,10 @@ def test_stage_code_deps_exist(dvcfile: str) -> None:
 
 @pytest.mark.parametrize("dvcfile", sorted(PIPELINES))
 def test_train_stages_are_the_evaluated_models(dvcfile: str) -> None:
-    from spark_jobs.core.config import TILE_KINDS
+    from spark_jobs.ml.cards import TILE_KINDS
 
     stages = _expanded(dvcfile)
-    params = load_config(REPO / PIPELINES[dvcfile][0])
+    params = load(REPO / PIPELINES[dvcfile][0])
     trained = {name.split("@")[1] for name in stages if name.startswith("train@")}
     assert trained == set(params.evaluate.models) | set(params.evaluate.baselines)
     for kind in trained:
@@ -129,7 +129,7 @@ def test_features_depend_on_ingest_output_and_the_backbone_file() -> None:
     assert "${data.root}/ingest" in stages["features"]["deps"]
     assert "${features.cnn.backbone}" in stages["features"]["deps"]
     assert "${data.root}/ingest" in stages["backbone"]["deps"]
-    params = load_config(REPO / "params.yaml")
+    params = load(REPO / "params.yaml")
     # the default backbone file is what the backbone stage writes, so `dvc repro` can build it
     assert params.features.cnn.backbone.startswith(params.backbone.output + "/")
     assert params.features.kind == "classical"  # the default pipeline reads no backbone file

@@ -20,10 +20,10 @@ PREDICTIONS = Asset(name="image_platform_predictions", uri="image-platform://pre
 
 def champion_extra(workspace: Path) -> dict[str, Any]:
     """The champion a training run left in ``workspace``: its folder and the promoted model."""
-    from spark_jobs.core.config import load_config
     from spark_jobs.ml import cards
+    from spark_jobs.params import load
 
-    cfg = load_config(workspace / "params.yaml")
+    cfg = load(workspace / "params.yaml")
     folder = (workspace / cfg.evaluate.champion).resolve()
     extra: dict[str, Any] = {"workspace": str(workspace), "path": str(folder)}
     for task in sorted(set(cards.TASKS.values())):
@@ -35,9 +35,9 @@ def champion_extra(workspace: Path) -> dict[str, Any]:
 
 def predictions_extra(workspace: Path) -> dict[str, Any]:
     """Where a scoring run in ``workspace`` appended its predictions."""
-    from spark_jobs.core.config import load_config
+    from spark_jobs.params import load
 
-    cfg = load_config(workspace / "params.yaml")
+    cfg = load(workspace / "params.yaml")
     return {"workspace": str(workspace), "path": str((workspace / cfg.data.root / "predictions").resolve())}
 
 

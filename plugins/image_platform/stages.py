@@ -190,7 +190,7 @@ def driver_conf(args: Sequence[str], workdir: Path | None = None) -> dict[str, s
     stage's ``--set`` overrides (``args``): under spark-submit the JVM starts before the stage reads
     its params, so they must be on that line. Empty when the params cannot be read: the stage itself
     then says why, in one line (exit code 2)."""
-    from spark_jobs.core.config import ConfigError, load_config
+    from spark_jobs.core.config import ConfigError, Params, load_config
     from spark_jobs.core.session import DRIVER_JAVA, driver_java_options
 
     overrides, words = [], iter(args)
@@ -200,7 +200,8 @@ def driver_conf(args: Sequence[str], workdir: Path | None = None) -> dict[str, s
         elif word == "--set":
             overrides.append(next(words, ""))
     try:
-        options = driver_java_options(load_config((workdir or workspace()) / "params.yaml", overrides).spark)
+        params = load_config((workdir or workspace()) / "params.yaml", overrides, Params)  # its spark section
+        options = driver_java_options(params.spark)
     except ConfigError:
         return {}
     return {DRIVER_JAVA: options} if options else {}

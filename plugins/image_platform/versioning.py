@@ -48,6 +48,7 @@ def record_params(repo: Path, overrides: Sequence[str]) -> dict[str, Any]:
 
     from spark_jobs.core.atomic import atomic_file
     from spark_jobs.core.config import set_override
+    from spark_jobs.params import Config
 
     yaml = YAML()  # round-trip: comments and key order survive
     yaml.preserve_quotes = True
@@ -55,7 +56,7 @@ def record_params(repo: Path, overrides: Sequence[str]) -> dict[str, Any]:
     tree = yaml.load(path.read_text())
     changed = {}
     for override in overrides:
-        key, value, differs = set_override(tree, override, existing="params.yaml")
+        key, value, differs = set_override(tree, override, Config, existing="params.yaml")
         if differs:
             changed[key] = value
     if changed:

@@ -12,10 +12,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from spark_jobs.core import launch, locks, runner
-from spark_jobs.core.config import Config, ConfigError, arg_parser, load_config
+from spark_jobs.core.config import ConfigError, Params, arg_parser, load_config
 from spark_jobs.core.store import SourceError, unavailable_reason
 from spark_jobs.core.verdict import EXIT_GATE_FAILED, GateFailed
 
@@ -29,7 +29,7 @@ EXIT_BUSY = 5  # another run of the stage holds its output (locks.OutputBusy): r
 
 log = logging.getLogger("spark_jobs")
 
-Modules = Sequence[str] | Callable[[Config], Sequence[str]]
+Modules = Sequence[str] | Callable[[Any], Sequence[str]]
 
 
 def exit_process(code: int) -> NoReturn:
@@ -49,7 +49,7 @@ def exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
-def check_local_paths(cfg: Config, needs_spark: bool = True) -> None:
+def check_local_paths(cfg: Params, needs_spark: bool = True) -> None:
     """:class:`ConfigError` for local paths a run would otherwise fail on with a traceback, before
     Spark starts: a ``data.root`` below a file, and for a local master a ``spark.python`` that is
     not an executable (on a cluster the interpreter is the executors', which need not exist here)."""
@@ -66,32 +66,22 @@ def check_local_paths(cfg: Config, needs_spark: bool = True) -> None:
             raise ConfigError(f"spark.python {python}: no executable interpreter there")
 
 
-def written_folders(stage: str, cfg: Config) -> list[Path]:
-    """Every folder ``stage`` writes into or deletes inside: its outputs, with their staging and
-    lock folders beside them, its gate report and the rejected outputs (``sample`` writes the
-    bundled sample, which is a source by design: not listed)."""
-    root = Path(cfg.data.root)
-    targets = {
-        "ingest": [root / "ingest"],
-        "features": [root / "features"],
-        "score": [root / "predictions", root / "score_quarantine"],
-        "backbone": [Path(cfg.backbone.output)],
-        "train": [Path(cfg.train.output) / kind for kind in ("mllib", "cnn", "autoencoder")],
-        "evaluate": [Path(cfg.evaluate.reports)],
-    }.get(stage, [])
-    folders = list(targets)
-    if stage == "evaluate":  # promoted and rejected models are copied in through their parent's staging
-        for kept in (Path(cfg.evaluate.champion), Path(cfg.evaluate.rejected)):
-            folders += [kept, kept.parent / runner.STAGING]
-    for target in targets:
+def written_folders(outputs: list[Path], root: str | Path) -> list[Path]:
+    """Every folder a stage writes into or deletes inside: its ``outputs``, with their staging
+    and lock folders beside them, and under ``data.root`` its gate reports, the rejected outputs
+    and the training checkpoints."""
+    root = Path(root)
+    folders = list(outputs)
+    for target in outputs:
         folders += [target.parent / runner.STAGING, target.parent / runner.LOCKS]
-    return [*folders, root / "gates" / stage, root / "rejected", root / ".checkpoints"]
+    return [*folders, root / "gates", root / runner.REJECTED, root / ".checkpoints"]
 
 
-def check_sources_untouched(stage: str, cfg: Config) -> None:
-    """:class:`ConfigError` when a folder ``stage`` writes (:func:`written_folders`) would be, lie
-    inside or contain ``ingest.source`` or ``score.inbox`` (a local folder, or a manifest CSV's
-    folder): no stage may write into, or delete anything inside, a user's input."""
+def check_sources_untouched(stage: str, cfg: Params, outputs: list[Path]) -> None:
+    """:class:`ConfigError` when a folder ``stage`` writes (:func:`written_folders` of its
+    ``outputs``) would be, lie inside or contain ``ingest.source`` or ``score.inbox`` (a local
+    folder, or a manifest CSV's folder): no stage may write into, or delete anything inside, a
+    user's input."""
     from spark_jobs.core.store import is_manifest, is_s3
 
     def real(path: str | Path) -> Path:
@@ -103,7 +93,7 @@ def check_sources_untouched(stage: str, cfg: Config) -> None:
             continue
         local = uri.removeprefix("file://")
         sources.append((key, real(Path(local).parent if is_manifest(local) else local)))
-    for folder in written_folders(stage, cfg):
+    for folder in written_folders(outputs, cfg.data.root):
         out = real(folder)
         for key, source in sources:
             if out == source or out.is_relative_to(source) or source.is_relative_to(out):
@@ -122,44 +112,36 @@ def setup_logging() -> None:
 def run_stage(
     stage: str,
     argv: list[str] | None,
-    body: Callable[[Config, SparkSession | None], object],
+    body: Callable[[Any, SparkSession | None], object],
     *,
+    params: type[Params],
+    outputs: Callable[[Any], list[Path]],
     description: str,
-    precheck: Callable[[Config], object] | None = None,
+    precheck: Callable[[Any], object] | None = None,
     needs_spark: bool = True,
     preload: Modules = (),
     worker_preload: Modules = (),
 ) -> int:
-    """Run one stage from its command line; returns the process exit code. ``preload``: the heavy
-    modules the driver will need (torch, Great Expectations for its gate), in the order it needs
-    them, imported in the background while the JVM starts; ``worker_preload``: those the stage's
-    Python tasks import, loaded once per executor before its workers fork (each a list, or a
-    function of the config giving one)."""
+    """Run one stage from its command line; returns the process exit code. ``params``: what the
+    stage reads of params.yaml; ``outputs``: the folders it publishes (a function of its params),
+    which must not overlap its inputs; ``preload``: the heavy modules the driver will need (torch,
+    Great Expectations for its gate), in the order it needs them, imported in the background while
+    the JVM starts; ``worker_preload``: those the stage's Python tasks import, loaded once per
+    executor before its workers fork (each a list, or a function of the params giving one)."""
     started = launch.process_started()
     setup_logging()
     args = arg_parser(stage, description).parse_args(argv)
     try:
-        cfg = load_config(args.params, args.overrides)
+        cfg = load_config(args.params, args.overrides, params)
         check_local_paths(cfg, needs_spark)
-        check_sources_untouched(stage, cfg)
+        check_sources_untouched(stage, cfg, outputs(cfg))
         if precheck is not None:
             precheck(cfg)  # input errors surface before Spark starts
     except (ConfigError, SourceError) as exc:
-        for line in str(exc).splitlines():
-            log.error("%s: %s", stage, line)
-        return EXIT_BAD_INPUT
+        return _refused(stage, exc)
     spark = None
     try:
-        if needs_spark:
-            import pyspark.sql  # noqa: F401  (before the preload thread, which imports parts of it too)
-
-        modules = preload(cfg) if callable(preload) else preload
-        if modules:
-            launch.preload(modules)
-        if needs_spark:
-            from spark_jobs.core.session import build_session
-
-            spark = build_session(cfg.spark, worker_preload(cfg) if callable(worker_preload) else worker_preload)
+        spark = _start(cfg, needs_spark, preload, worker_preload)
         with launch.launched(started, time.time()):
             body(cfg, spark)
         return EXIT_OK
@@ -170,9 +152,7 @@ def run_stage(
         log.error("%s: %s", stage, exc)
         return EXIT_BUSY
     except (ConfigError, SourceError) as exc:  # inputs found unusable once the job could look at them
-        for line in str(exc).splitlines():
-            log.error("%s: %s", stage, line)
-        return EXIT_BAD_INPUT
+        return _refused(stage, exc)
     except Exception as exc:
         reason = unavailable_reason(exc)  # an outage met by the executors, one line, no Java frames
         if reason is None:
@@ -185,3 +165,25 @@ def run_stage(
 
             stop_session(spark)
             remove_own_event_logs()
+
+
+def _refused(stage: str, exc: Exception) -> int:
+    """Params or inputs that cannot be used: each line of the reason, and the exit code for it."""
+    for line in str(exc).splitlines():
+        log.error("%s: %s", stage, line)
+    return EXIT_BAD_INPUT
+
+
+def _start(cfg: Params, needs_spark: bool, preload: Modules, worker_preload: Modules) -> SparkSession | None:
+    """The preloads under way and, for a stage that needs one, the Spark session."""
+    if needs_spark:
+        import pyspark.sql  # noqa: F401  (before the preload thread, which imports parts of it too)
+
+    modules = preload(cfg) if callable(preload) else preload
+    if modules:
+        launch.preload(modules)
+    if not needs_spark:
+        return None
+    from spark_jobs.core.session import build_session
+
+    return build_session(cfg.spark, worker_preload(cfg) if callable(worker_preload) else worker_preload)

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from spark_jobs import __version__
 from spark_jobs.core.atomic import write_file
-from spark_jobs.core.config import IngestConfig, params_hash
+from spark_jobs.core.config import params_hash
+from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.store import SourceError
 
 MANIFEST = "_manifest.json"

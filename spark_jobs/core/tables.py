@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spark_jobs.core import manifest
-from spark_jobs.core.config import IngestConfig
+from spark_jobs.core.ingest_config import IngestConfig
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from spark_jobs.core.config import IngestConfig, ResizeConfig
+from spark_jobs.core.ingest_config import IngestConfig, ResizeConfig
 from spark_jobs.core.tables import DECODED_FIELDS, SPLITS
 
 # Why a file was quarantined. A short fixed vocabulary, so the gate and people can count them.

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from spark_jobs.core import store
-from spark_jobs.core.config import IngestConfig, SparkConfig
+from spark_jobs.core.config import SparkConfig
+from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.tables import DECODED_FIELDS, DECODED_SCHEMA
 from spark_jobs.imaging import images
 

@@ -13,12 +13,30 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
-from spark_jobs.core.config import IngestConfig, TilesConfig
+from spark_jobs.core.config import Section
+from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.imaging import images
+
+
+class TilesConfig(Section):
+    """``features.tiles``: how the features stage cuts large images (and scoring cuts new ones)."""
+
+    enabled: bool = False
+    size: int = Field(128, ge=8, le=16384)
+    overlap: float = Field(0.1, ge=0.0, lt=1.0)
+    edge: Literal["shift", "pad"] = "shift"
+    max_per_image: int = Field(4096, ge=1)
+
+    @property
+    def stride(self) -> int:
+        """Step between tile origins: ``size`` minus the overlap, at least one pixel."""
+        return max(1, self.size - round(self.size * self.overlap))
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,18 @@ import io
 from dataclasses import dataclass
 
 from PIL import Image
+from pydantic import Field
 
-from spark_jobs.core.config import VideoConfig
+from spark_jobs.core.config import Extensions, Section
 from spark_jobs.imaging import images
+
+
+class VideoConfig(Section):
+    """``score.video``: every ``every_nth`` decoded frame of a video file is scored as an image."""
+
+    extensions: Extensions = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+    every_nth: int = Field(10, ge=1)
+    max_frames: int = Field(1000, ge=1)  # sampled frames per video; a longer one is quarantined
 
 
 @dataclass(frozen=True)

@@ -18,21 +18,32 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from spark_jobs.core.config import Config, IngestConfig, TilesConfig
+from spark_jobs.core.config import View
+from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.manifest import JobVersion, Record, Timings, read_record, write
 from spark_jobs.core.store import SourceError
+from spark_jobs.imaging.tiles import TilesConfig
 
 CARD = "card.json"
 PROMOTION = "promotion.json"
 WEIGHTS = "model.pt"
 CALIBRATION = "calibration.npy"
-TASKS = {
+MODELS = "models"  # train.output: where each kind's trained model is (models/<kind>)
+CHAMPIONS = "models/champion"  # evaluate.champion: where each task's champion is (.../<task>)
+
+# The model kinds, and the task of each: the one list train.model and evaluate.models are checked against.
+Kind = Literal["mllib", "cnn", "autoencoder", "tiles_mean", "tiles_gru"]
+Task = Literal["classifier", "anomaly"]
+TASKS: dict[str, Task] = {
     "mllib": "classifier",
     "cnn": "classifier",
     "autoencoder": "anomaly",
     "tiles_mean": "classifier",
     "tiles_gru": "classifier",
 }
+# The models that read an image as the sequence of its tiles' feature vectors (features.tiles).
+TILE_KINDS = ("tiles_mean", "tiles_gru")
+# The module each torch kind trains (the backbone a cnn is fine-tuned from may change it).
 ARCHITECTURES = {
     "cnn": "small_cnn_classifier",
     "autoencoder": "conv_autoencoder",
@@ -40,8 +51,17 @@ ARCHITECTURES = {
     "tiles_gru": "tile_sequence",
 }
 
-Kind = Literal["mllib", "cnn", "autoencoder", "tiles_mean", "tiles_gru"]
-Task = Literal["classifier", "anomaly"]
+
+class TrainedModels(View):
+    """``train.output``, as a stage that reads trained models sees it."""
+
+    output: str = MODELS
+
+
+class Champions(View):
+    """``evaluate.champion``, as a stage that reads the champions sees it."""
+
+    champion: str = CHAMPIONS
 
 
 class TrainingRecord(Record):
@@ -174,8 +194,9 @@ class Promotion(Record):
         return None if value is None else float(value)
 
 
-def model_dir(cfg: Config, kind: str) -> Path:
-    return Path(cfg.train.output) / kind
+def model_dir(output: str | Path, kind: str) -> Path:
+    """The folder of the trained ``kind`` model under ``train.output``."""
+    return Path(output) / kind
 
 
 def read_card(folder: Path) -> ModelCard:

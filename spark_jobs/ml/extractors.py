@@ -14,14 +14,68 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
 
 from spark_jobs.core import store
-from spark_jobs.core.config import ClassicalConfig, CnnConfig
+from spark_jobs.core.config import Section
 from spark_jobs.ml import models
 
 EXTRACTOR = "extractor.json"  # the extractor's spec, beside a features table and an mllib model
+# MLlib's PCA builds a d x d covariance matrix on the driver: 8192^2 doubles = 512 MiB.
+PCA_MAX_DIM = 8192
+
+
+class ClassicalConfig(Section):
+    """``features.classical``: HOG + colour histogram, then MLlib's scaler + PCA."""
+
+    hog_orientations: int = Field(9, ge=1, le=36)
+    hog_pixels_per_cell: int = Field(8, ge=2)
+    hog_cells_per_block: int = Field(2, ge=1)
+    color_bins: int = Field(16, ge=2, le=256)
+    pca_k: int = Field(64, ge=1)
+
+    def hog_dim(self, image_size: int) -> int:
+        """Length of the HOG descriptor of an ``image_size`` square (scikit-image's layout)."""
+        cells = image_size // self.hog_pixels_per_cell
+        blocks = max(cells - self.hog_cells_per_block + 1, 0)
+        return blocks * blocks * self.hog_cells_per_block**2 * self.hog_orientations
+
+    def descriptor_dim(self, image_size: int) -> int:
+        """Length of HOG + per-channel colour histogram, before PCA."""
+        return self.hog_dim(image_size) + 3 * self.color_bins
+
+    def problem(self, image_size: int) -> str | None:
+        """Why these settings cannot describe ``image_size`` images (None when they can)."""
+        dim = self.descriptor_dim(image_size)
+        if self.hog_dim(image_size) == 0:
+            return (
+                f"a {image_size}px image holds no HOG block of {self.hog_cells_per_block}x{self.hog_cells_per_block} "
+                f"cells of {self.hog_pixels_per_cell}px (raise ingest.image_size or lower hog_pixels_per_cell)"
+            )
+        if dim > PCA_MAX_DIM:
+            return (
+                f"{image_size}px images give descriptors of length {dim} > {PCA_MAX_DIM}, too long for MLlib's PCA "
+                f"(a {dim}x{dim} covariance on the driver): raise hog_pixels_per_cell"
+            )
+        if self.pca_k > dim:
+            return f"pca_k={self.pca_k} exceeds the descriptor length {dim} of {image_size}px images"
+        return None
+
+
+Positive = Annotated[float, Field(gt=0.0)]
+
+
+class CnnConfig(Section):
+    """``features.cnn``: the backbone file and how pixels are normalised for it."""
+
+    backbone: str = "models/backbone/backbone.pt2"
+    architecture: str | None = None
+    threads: int = Field(1, ge=1, le=256)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[Positive, Positive, Positive] = (1.0, 1.0, 1.0)
 
 
 def hog_color(pixels: np.ndarray, cfg: ClassicalConfig) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Classification metrics of a model's collected test predictions, by scikit-learn.
+"""Metrics of a model's collected test predictions, by scikit-learn: classification reports and
+confusion matrices, and an anomaly model's AUROC and alarm rates.
 
 A test row whose label the model does not know counts as wrong, in an extra ``(unknown)`` class.
 Conventions are ``classification_report``'s: a class with no predictions has precision 0, one with
@@ -9,9 +10,14 @@ in the labels or the predictions.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from spark_jobs.ml.cards import ModelCard
 
 UNKNOWN = "(unknown)"
 
@@ -64,3 +70,36 @@ def report(actual: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dic
             for i, c in enumerate(classes)
         },
     }
+
+
+def classifier_metrics(predictions: pd.DataFrame, classes: list[str]) -> tuple[dict[str, Any], np.ndarray]:
+    """The classification report (:func:`report`) and confusion matrix of collected
+    ``label``/``prediction`` rows; labels the model does not know count as wrong, in an extra
+    ``(unknown)`` row."""
+    actual, labels = encoded(predictions["label"].tolist(), classes)
+    predicted = predictions["prediction"].to_numpy(dtype=np.int64)
+    return report(actual, predicted, labels), confusion(actual, predicted, len(labels))
+
+
+def anomaly_metrics(scored: pd.DataFrame, card: ModelCard) -> tuple[dict[str, Any], list[tuple[float, int]]]:
+    """AUROC of normal vs held-out class (``label``, ``score`` rows), the share flagged at the
+    card's threshold; and the ``(score, is_anomaly)`` pairs for the ROC plot."""
+    from sklearn.metrics import roc_auc_score
+
+    holdout = card.exclude_classes
+    is_anomaly = scored["label"].isin(holdout).to_numpy()
+    score = scored["score"].to_numpy(dtype=float)
+    threshold = card.threshold
+    n, anomalies = len(scored), int(is_anomaly.sum())
+    flagged = score > threshold
+    auroc = float(roc_auc_score(is_anomaly, score)) if 0 < anomalies < n else None
+    normal = n - anomalies
+    return {
+        "auroc": auroc,
+        "holdout_classes": holdout,
+        "threshold": threshold,
+        "test_rows": n,
+        "anomalies": anomalies,
+        "false_alarm_rate": int((flagged & ~is_anomaly).sum()) / normal if normal else None,
+        "detection_rate": int((flagged & is_anomaly).sum()) / anomalies if anomalies else None,
+    }, list(zip(score.tolist(), is_anomaly.astype(int).tolist(), strict=True))

@@ -4,18 +4,30 @@ classical descriptors, and the MLlib classifier read from and applied to a featu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import Field
+
+from spark_jobs.core.config import Section
 from spark_jobs.ml.cards import read_card
 
 if TYPE_CHECKING:
     from pyspark.ml import PipelineModel
     from pyspark.sql import DataFrame
 
-    from spark_jobs.core.config import Config
-
 TRANSFORM = "transform"
 CLASSIFIER = "classifier"
+
+
+class MllibConfig(Section):
+    """``train.mllib``: the classical model."""
+
+    classifier: Literal["logistic_regression", "random_forest"] = "logistic_regression"
+    max_iter: int = Field(200, ge=1)
+    reg_param: float = Field(0.001, ge=0.0)
+    elastic_net_param: float = Field(0.0, ge=0.0, le=1.0)
+    num_trees: int = Field(100, ge=1)
+    max_depth: int = Field(12, ge=1, le=30)
 
 
 def fit_transform(raw: DataFrame, k: int) -> PipelineModel:
@@ -79,16 +91,15 @@ def mllib_classify(folder: Path, table: DataFrame, classes: list[str], keep: tup
     )
 
 
-def mllib_estimator(cfg: Config, weighted: bool) -> Any:
+def mllib_estimator(m: MllibConfig, seed: int, weighted: bool) -> Any:
     """The configured MLlib classifier, reading ``features_vector``/``label_index`` (and ``weight``)."""
     from pyspark.ml.classification import LogisticRegression, RandomForestClassifier
 
-    m = cfg.train.mllib
     common: dict[str, Any] = {"featuresCol": "features_vector", "labelCol": "label_index"}
     if weighted:
         common["weightCol"] = "weight"
     if m.classifier == "random_forest":
-        return RandomForestClassifier(numTrees=m.num_trees, maxDepth=m.max_depth, seed=cfg.train.seed, **common)
+        return RandomForestClassifier(numTrees=m.num_trees, maxDepth=m.max_depth, seed=seed, **common)
     return LogisticRegression(
         maxIter=m.max_iter, regParam=m.reg_param, elasticNetParam=m.elastic_net_param, family="multinomial", **common
     )

@@ -28,9 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from spark_jobs.core.config import DEFAULT_PARAMS, ConfigError, load_config
+from spark_jobs.core.config import DEFAULT_PARAMS, ConfigError, Params, load_config
 from spark_jobs.core.manifest import MANIFEST, Manifest, read
-from spark_jobs.ml.cards import CARD, read_card
+from spark_jobs.ml.cards import CARD, TrainedModels, read_card
+
+
+class SizingParams(Params):
+    """What sizing reads of params.yaml: where the runs' outputs are."""
+
+    train: TrainedModels = TrainedModels()
+
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -197,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         deadline = parse_duration(args.deadline)
         if args.images <= 0 or args.cores_per_executor <= 0:
             raise ValueError("--images and --cores-per-executor must be positive")
-        cfg = load_config(args.params)
+        cfg = load_config(args.params, [], SizingParams)
     except (ValueError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

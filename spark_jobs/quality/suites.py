@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import pyarrow as pa
 
-from spark_jobs.core.config import FeaturesGateConfig, ModelGateConfig, PredictionsGateConfig, RawGateConfig
 from spark_jobs.core.tables import IMAGE_COLUMNS, SPLITS
 from spark_jobs.quality import rules
 from spark_jobs.quality.gate import Batch
+from spark_jobs.quality.thresholds import FeaturesGateConfig, ModelGateConfig, PredictionsGateConfig, RawGateConfig
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame

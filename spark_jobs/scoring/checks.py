@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from spark_jobs.core.config import Config
 from spark_jobs.quality import suites
+from spark_jobs.scoring.config import ScoreParams
 from spark_jobs.scoring.model import Scorer
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from spark_jobs.quality.gate import Batch
 
 
-def batch_checks(predictions: DataFrame, scorer: Scorer, cfg: Config) -> tuple[list[Batch], dict[str, int]]:
+def batch_checks(predictions: DataFrame, scorer: Scorer, cfg: ScoreParams) -> tuple[list[Batch], dict[str, int]]:
     """``(the suite's batches, rows per predicted label)`` of a batch run's staged predictions."""
     low, task, labels = cfg.score.low_confidence, scorer.card.task, scorer.labels()
     stats = suites.prediction_stats(predictions, labels, task, low, cfg.gate.predictions.probability_tolerance)
@@ -31,7 +31,7 @@ def low_confidence_flags(table: pa.Table, low: float) -> list[bool]:
     return [p is not None and p < low for p in table.column("probability").to_pylist()]
 
 
-def window_checks(table: pa.Table, scorer: Scorer, cfg: Config, window: suites.Volume) -> list[Batch]:
+def window_checks(table: pa.Table, scorer: Scorer, cfg: ScoreParams, window: suites.Volume) -> list[Batch]:
     """The suite on a micro-batch: its row rules on its rows; the low-confidence share and class
     drift over ``window`` (the stream's rolling window with these rows in it), once it holds
     ``score.stream.min_window_rows`` rows."""

@@ -13,8 +13,9 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from spark_jobs.core.config import IngestConfig, TilesConfig
+from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.imaging import images, tiles
+from spark_jobs.imaging.tiles import TilesConfig
 from spark_jobs.ml import inference
 
 ANOMALY_LABELS = ("normal", "anomaly")

@@ -8,13 +8,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from spark_jobs.core.config import TILE_KINDS, ClassicalConfig, Config, ConfigError
+from spark_jobs.core.config import ConfigError
 from spark_jobs.ml import extractors, inference
-from spark_jobs.ml.cards import ModelCard, read_card
+from spark_jobs.ml.cards import TILE_KINDS, ModelCard, read_card
+from spark_jobs.ml.cascade import cascade_parts
+from spark_jobs.ml.extractors import ClassicalConfig
 from spark_jobs.scoring import heads
+from spark_jobs.scoring.config import ScoreParams
 
 
-def model_folder(cfg: Config) -> Path:
+def model_folder(cfg: ScoreParams) -> Path:
     """The model to score with: ``score.model``, or the promoted champion of ``score.task``."""
     if cfg.score.model:
         return Path(cfg.score.model)
@@ -33,7 +36,7 @@ def classical_extractor(folder: Path) -> extractors.Classical:
     return extractors.Classical(cfg, int(spec["image_size"]))
 
 
-def tile_head(folder: Path, card: ModelCard, cfg: Config) -> heads.TileHead:
+def tile_head(folder: Path, card: ModelCard, cfg: ScoreParams) -> heads.TileHead:
     """A ``tiles_*`` model with the extractor its tile features were made with (its
     ``extractor.json``) and the cut its card records."""
     spec = json.loads((folder / extractors.EXTRACTOR).read_text())
@@ -48,26 +51,12 @@ def tile_head(folder: Path, card: ModelCard, cfg: Config) -> heads.TileHead:
     return heads.TileHead(predictor, extractor, card.tiles, card.ingest_settings, tuple(card.classes), cfg.score.top_k)
 
 
-def torch_head(folder: Path, card: ModelCard, cfg: Config) -> heads.TorchHead:
+def torch_head(folder: Path, card: ModelCard, cfg: ScoreParams) -> heads.TorchHead:
     """The cnn or autoencoder of ``folder`` (its INT8 copy with ``score.quantize: int8``), run in
     forward passes of ``score.batch_size`` with ``score.threads`` torch threads per task."""
     model = inference.TorchModel.from_card(folder, card, cfg.score.quantize)
     predictor = inference.Predictor(model, cfg.score.batch_size, cfg.score.threads)
     return heads.TorchHead(predictor, tuple(card.classes or ()), cfg.score.top_k, card.threshold)
-
-
-def cascade_parts(cfg: Config, card: ModelCard) -> tuple[Path, ModelCard]:
-    """The light model of the cascade, checked against the heavy one."""
-    light_folder = Path(cfg.score.cascade.light)
-    light = read_card(light_folder)
-    if light.kind != "mllib" or card.kind != "cnn":
-        raise ConfigError(
-            f"score.cascade needs an mllib light model and a cnn heavy one; got {light.kind} "
-            f"({light_folder}) and {card.kind}"
-        )
-    if light.classes != card.classes:
-        raise ConfigError(f"score.cascade: {light_folder} and the heavy model were trained on different classes")
-    return light_folder, light
 
 
 @dataclass(frozen=True)
@@ -89,7 +78,7 @@ class Scorer:
         """``decided_by`` of the rows the (heavy) model decides: its kind, ``-int8`` for the copy."""
         return self.card.kind + ("-int8" if self.quantize == "int8" else "")
 
-    def head(self, cfg: Config) -> heads.Head:
+    def head(self, cfg: ScoreParams) -> heads.Head:
         """What the scan computes from each decoded image: the model's outputs, or descriptors
         for an MLlib model (the cascade's light one first)."""
         if self.light_folder is not None:
@@ -108,7 +97,7 @@ class Scorer:
         return {"folder": str(self.folder), "version": self.version, "kind": self.kind}
 
 
-def scorer(cfg: Config) -> Scorer:
+def scorer(cfg: ScoreParams) -> Scorer:
     """The model of ``cfg`` (its card read now: a new champion is picked up by the next run or micro-batch)."""
     folder = model_folder(cfg)
     card = read_card(folder)
@@ -118,6 +107,6 @@ def scorer(cfg: Config) -> Scorer:
     version = f"{card.version}-int8" if quantize == "int8" else card.version
     if not cfg.score.cascade.enabled:
         return Scorer(folder, card, version, card.kind, quantize)
-    light_folder, light = cascade_parts(cfg, card)
+    light_folder, light = cascade_parts(cfg.score.cascade, card)
     version = f"cascade-{light.version}+{version}@{cfg.score.cascade.confidence}"
     return Scorer(folder, card, version, "cascade", quantize, light_folder, light)

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from spark_jobs.core import manifest, store
-from spark_jobs.core.config import Config, IngestConfig
+from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.tables import QUARANTINE_COLUMNS
 from spark_jobs.imaging import partitions
 from spark_jobs.ml import mllib
 from spark_jobs.ml.cards import ModelCard
 from spark_jobs.scoring import heads, model, scan, tables
+from spark_jobs.scoring.config import ScoreParams
 from spark_jobs.scoring.model import Scorer
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 def scan_files(
     spark: SparkSession,
     files: list[store.SourceFile],
-    cfg: Config,
+    cfg: ScoreParams,
     ingest_cfg: IngestConfig,
     done: scan.IdSet,
     head: heads.Head,
@@ -79,7 +80,7 @@ def predicted(rows: DataFrame, decided_by: str) -> DataFrame:
 
 
 def cascade_predictions(
-    spark: SparkSession, usable: DataFrame, files: list[store.SourceFile], scorer: Scorer, cfg: Config, work: Path
+    spark: SparkSession, usable: DataFrame, files: list[store.SourceFile], scorer: Scorer, cfg: ScoreParams, work: Path
 ) -> DataFrame:
     """The light model (mllib) on every scanned image; the heavy one (cnn) only on the images it
     predicts with probability below ``score.cascade.confidence``, fetched and decoded again in a
@@ -103,7 +104,7 @@ def cascade_predictions(
 
 
 def decide(
-    spark: SparkSession, usable: DataFrame, files: list[store.SourceFile], scorer: Scorer, cfg: Config, work: Path
+    spark: SparkSession, usable: DataFrame, files: list[store.SourceFile], scorer: Scorer, cfg: ScoreParams, work: Path
 ) -> DataFrame:
     """The prediction rows of the scan's usable rows, by the model (or the cascade, whose light
     rows go to the scratch folder ``work``)."""

@@ -16,9 +16,10 @@ import numpy as np
 import pyarrow as pa
 
 from spark_jobs.core import store
-from spark_jobs.core.config import IngestConfig, VideoConfig
+from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.tables import DECODED_FIELDS
 from spark_jobs.imaging import images, video
+from spark_jobs.imaging.video import VideoConfig
 from spark_jobs.scoring.heads import FRAME_FIELDS, Head
 
 TOO_MANY_TILES = "too_many_tiles"  # a quarantine reason: a tiles_* model cannot cut this image

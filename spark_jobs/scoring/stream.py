@@ -37,12 +37,12 @@ import pyarrow as pa
 
 from spark_jobs.core import locks, runner, store
 from spark_jobs.core.checkpoint import COMPACT_EVERY, Checkpoint, Planned
-from spark_jobs.core.config import Config
 from spark_jobs.core.store import canonical_uri
 from spark_jobs.core.verdict import GateFailed
 from spark_jobs.imaging import partitions
 from spark_jobs.quality import gate
 from spark_jobs.scoring import checks, predict, tables
+from spark_jobs.scoring.config import ScoreParams
 from spark_jobs.scoring.heads import Head
 from spark_jobs.scoring.lookup import Lookup
 from spark_jobs.scoring.model import Scorer, scorer
@@ -85,7 +85,7 @@ class Current:
     lookup: Lookup
 
     @classmethod
-    def open(cls, spark: SparkSession, cfg: Config, model: Scorer) -> Current:
+    def open(cls, spark: SparkSession, cfg: ScoreParams, model: Scorer) -> Current:
         return cls(model, model.head(cfg), Lookup(spark, cfg.data.root, model.version, cfg.score.stream.dedupe_hours))
 
 
@@ -101,7 +101,7 @@ class Outcome:
 
 
 def score_rows(
-    spark: SparkSession, cfg: Config, current: Current, planned: Planned, work: Path
+    spark: SparkSession, cfg: ScoreParams, current: Current, planned: Planned, work: Path
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
     """The micro-batch's prediction rows (collected to the driver, copies of one content left
     out) and the quarantine rows of its unusable files: the batch run's scan and decision."""
@@ -124,7 +124,9 @@ def score_rows(
     return table, bad + copied
 
 
-def micro_batch(spark: SparkSession, cfg: Config, current: Current, planned: Planned, window: RollingWindow) -> Outcome:
+def micro_batch(
+    spark: SparkSession, cfg: ScoreParams, current: Current, planned: Planned, window: RollingWindow
+) -> Outcome:
     """Score one planned micro-batch as a run of the stage runner and publish it into the stream's
     tables, or reject it. A batch whose predictions part exists was published before a kill cut
     its commit short: it only commits."""
@@ -179,7 +181,7 @@ def micro_batch(spark: SparkSession, cfg: Config, current: Current, planned: Pla
     return Outcome("published", counts, _seconds(run))
 
 
-def _inputs(cfg: Config, planned: Planned, current: Current) -> dict[str, Any]:
+def _inputs(cfg: ScoreParams, planned: Planned, current: Current) -> dict[str, Any]:
     """What a micro-batch's manifest records it read: the inbox, each file and its arrival, the model."""
     files = planned.source_files()
     kind = "s3" if store.is_s3(cfg.score.inbox) else "directory"
@@ -209,7 +211,7 @@ def _sigterm_stops(stop: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _locks(cfg: Config) -> list[tuple[Path, str]]:
+def _locks(cfg: ScoreParams) -> list[tuple[Path, str]]:
     folder = tables.stream_dir(cfg.data.root)
     return [
         (stream_lock(cfg.data.root), f"a stream already writes to {folder}"),
@@ -217,7 +219,7 @@ def _locks(cfg: Config) -> list[tuple[Path, str]]:
     ]
 
 
-def run_stream(cfg: Config, spark: SparkSession, on_batch: Callable[[int], None] | None = None) -> int:
+def run_stream(cfg: ScoreParams, spark: SparkSession, on_batch: Callable[[int], None] | None = None) -> int:
     """Score the inbox in micro-batches until SIGTERM (or, with ``score.stream.available_now``,
     until it is empty of new files); returns the number of micro-batches run. ``on_batch(batch)``
     is called after each (tests change the champion there)."""
@@ -246,7 +248,7 @@ class _Loop:
     """The stream's driver loop: one trigger at a time, the current model, the checkpoint."""
 
     def __init__(
-        self, cfg: Config, spark: SparkSession, progress: Progress, on_batch: Callable[[int], None] | None
+        self, cfg: ScoreParams, spark: SparkSession, progress: Progress, on_batch: Callable[[int], None] | None
     ) -> None:
         self.cfg, self.spark, self.progress, self.on_batch = cfg, spark, progress, on_batch
         self.folder = tables.stream_dir(cfg.data.root)

@@ -17,6 +17,7 @@ from image_platform import package, stages
 from spark_jobs.core.config import parse_override
 from spark_jobs.core.manifest import BUILD_INFO
 from spark_jobs.core.session import DRIVER_JAVA
+from spark_jobs.params import Config
 from tests.factories import class_image
 from tests.orchestration.airflow_setup import run_stage
 
@@ -72,7 +73,7 @@ def test_params_left_empty_override_nothing_and_set_ones_read_back_as_given() ->
         "features.tiles.enabled",
         "ingest.extensions",
     ]
-    assert [parse_override(o)[1] for o in overrides] == ["/data/photos #2: 'raw'", 64, False, [".png", ".jpg"]]
+    assert [parse_override(o, Config)[1] for o in overrides] == ["/data/photos #2: 'raw'", 64, False, [".png", ".jpg"]]
 
 
 def _run_ingest_task(env: dict[str, str], root: Path, *overrides: str, timeout: float) -> subprocess.CompletedProcess:

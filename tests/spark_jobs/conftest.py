@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from spark_jobs import features, train
-from spark_jobs.core.config import Config
+from spark_jobs.params import Config
 from tests.factories import SMALL_MODELS, link_ingest, with_overrides
 
 # Torch ranks on the driver: quick for these small models.

@@ -13,10 +13,11 @@ import torch
 
 from spark_jobs import backbone, train
 from spark_jobs.core import manifest
-from spark_jobs.core.config import CnnConfig, ConfigError
+from spark_jobs.core.config import ConfigError
 from spark_jobs.core.store import SourceError
 from spark_jobs.ml import extractors, models
 from spark_jobs.ml.cards import CARD
+from spark_jobs.ml.extractors import CnnConfig
 from tests.factories import link_ingest, with_overrides
 
 pytestmark = pytest.mark.spark  # uses the shared ingest output
@@ -58,9 +59,9 @@ def test_backbone_is_trained_exported_and_reproducible(ingested: Path, tmp_path:
     # fine-tuning from it: the architecture and width come from its card, not from train.cnn.width
     tuned = link_ingest(ingested, tmp_path / "c", f"train.cnn.init={out / backbone.STATE_DICT}", "train.cnn.width=32")
     spec = train.torch_spec(tuned, "cnn", ["0", "1", "2"], None, ingested, ingested)
-    assert spec["architecture"] == "small_cnn_classifier"
-    assert spec["arch"]["width"] == 4
-    assert spec["init"]["sha256"] == hashlib.sha256((out / backbone.STATE_DICT).read_bytes()).hexdigest()
+    assert spec.model.architecture == "small_cnn_classifier"
+    assert spec.model.args["width"] == 4
+    assert spec.init.sha256 == hashlib.sha256((out / backbone.STATE_DICT).read_bytes()).hexdigest()
     record = train.init_backbone(tuned)
     assert (record.architecture, record.width, record.card) == ("small_cnn", 4, (out / CARD).as_uri())
     # the same from an S3 prefix (the loopback server): the card is read beside the weights

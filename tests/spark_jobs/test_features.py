@@ -6,22 +6,21 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
 from spark_jobs import features, ingest
 from spark_jobs.core import manifest, tables
-from spark_jobs.core.config import CnnConfig, ConfigError, IngestConfig, TilesConfig
+from spark_jobs.core.config import ConfigError
 from spark_jobs.core.store import SourceError
 from spark_jobs.core.tables import FEATURE_COLUMNS, read_features, read_images
-from spark_jobs.imaging import images, tiles
-from spark_jobs.ml import extractors, mllib, models
 from spark_jobs.core.verdict import GateFailed
+from spark_jobs.imaging import images, tiles
+from spark_jobs.ml import extractors, featurize, mllib, models
+from spark_jobs.ml.extractors import CnnConfig
 from tests.conftest import INGESTED_CLASSES, INGESTED_PER_CLASS
 from tests.factories import REPO, link_ingest, make_config, photo_tree
-from tests.spark_jobs.imaging.test_decode_fuzz import pillow_crasher
 
 pytestmark = pytest.mark.spark
 
@@ -86,7 +85,10 @@ def test_the_saved_transform_reproduces_the_features(spark, ingested: Path, tmp_
     model = PipelineModel.load(str(published / mllib.TRANSFORM))
     image_table = read_images(spark, ingested).limit(10)
     ingest_cfg = tables.ingested_with(ingested)
-    raw = features.extract(image_table, features.open_extractor(cfg, ingest_cfg), ingest_cfg, cfg)
+    extractor = features.open_extractor(cfg, ingest_cfg)
+    raw = featurize.extract(
+        image_table, extractor, ingest_cfg, cfg.features.tiles, cfg.spark.arrow_max_records_per_batch
+    )
     again = {r["image_id"]: r["features"] for r in mllib.apply_transform(model, raw).collect()}
     stored = {r["image_id"]: r["features"] for r in read_features(spark, published).collect()}
     assert len(again) == 10
@@ -203,46 +205,8 @@ def test_tiles_of_the_bundled_photos(spark, photos: Path, tmp_path: Path) -> Non
     assert doc["inputs"]["extractor"]["tiles"]["size"] == 128
 
 
-def test_a_source_that_crashes_pillow_is_one_problem_row_when_tiled(tmp_path: Path) -> None:
-    """Tiles decode each source again, at full resolution, inside the task: a file that makes
-    Pillow raise is one problem row naming the exception (the stage then stops with one line
-    naming the files: ``raise_on_problems``), never an exception that kills the task."""
-    good, crasher = tmp_path / "good.png", tmp_path / "crashes-pillow.gif"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(good)
-    crasher.write_bytes(pillow_crasher(full_resolution=True))
-    try:  # what Pillow raises on it, outside the decoder's catch-all
-        images._prepared(crasher.read_bytes(), IngestConfig(), full_resolution=True)
-    except images.Rejected:
-        pytest.fail("pillow_crasher returned a file the decoder's own checks reject")
-    except Exception as exc:
-        raised = type(exc).__name__
-    else:
-        pytest.fail("pillow_crasher returned a file Pillow decodes")
-    frame = pd.DataFrame(
-        {
-            "image_id": [images.image_id(p.read_bytes()) for p in (good, crasher)],
-            "source_uri": [good.as_uri(), crasher.as_uri()],
-            "label": ["a", "b"],
-            "split": ["train", "train"],
-        }
-    )
-    tiles_cfg = TilesConfig(enabled=True, size=128, overlap=0.1)
-    out = pd.concat(
-        features.tile_frames(
-            iter([frame]), lambda blocks: np.zeros((len(blocks), 3), np.float32), IngestConfig(), tiles_cfg, 4
-        )
-    )
-    by_file = dict(tuple(out.groupby("source_uri")))
-    assert len(by_file[good.as_uri()]) == tiles.count(300, 200, tiles_cfg)
-    assert by_file[good.as_uri()]["problem"].isna().all()
-    (problem,) = by_file[crasher.as_uri()]["problem"]
-    assert problem.startswith(f"the source no longer decodes: {images.UNREADABLE}: ")
-    assert raised in problem
-
-
 @pytest.mark.parametrize("edge", ["shift", "pad"])
 def test_cnn_tiles_are_cut_from_the_full_resolution_source(spark, photos: Path, tmp_path: Path, edge: str) -> None:
-    from PIL import Image
 
     path = _backbone(tmp_path / "b.pt2")
     cfg = link_ingest(

@@ -18,8 +18,8 @@ from PIL import Image
 
 from spark_jobs import ingest
 from spark_jobs.core import manifest, tables
-from spark_jobs.imaging import images
 from spark_jobs.core.verdict import GateFailed
+from spark_jobs.imaging import images
 from tests.factories import REPO, class_image, encode, make_config, png_bytes, write_class_tree
 from tests.spark_jobs.imaging.test_decode_fuzz import pillow_crasher
 

@@ -69,7 +69,7 @@ def test_a_stage_whose_output_is_busy_exits_5(tmp_path: Path, caplog) -> None:
 
 
 def test_grids_are_labelled_by_the_order_of_their_digits(tmp_path: Path) -> None:
-    from spark_jobs.core.config import SampleConfig
+    from spark_jobs.sample import SampleConfig
 
     cfg = SampleConfig(kind="grids", grids={"images": 30, "side": 2, "inbox": 4, "seed": 3})
     counts = sample.write_sample(tmp_path, cfg)

@@ -10,10 +10,11 @@ import pytest
 
 from spark_jobs import score
 from spark_jobs.core import manifest, runner
-from spark_jobs.core.config import Config, ConfigError
+from spark_jobs.core.config import ConfigError
 from spark_jobs.core.verdict import GateFailed
 from spark_jobs.imaging import images
 from spark_jobs.ml import cards, inference, models
+from spark_jobs.params import Config
 from spark_jobs.scoring import tables
 from tests.conftest import INGESTED_CLASSES
 from tests.factories import class_image, s3_inbox, score_config, write_inbox

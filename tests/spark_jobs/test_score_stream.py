@@ -17,10 +17,10 @@ import pytest
 
 from spark_jobs import score
 from spark_jobs.core import atomic, locks, manifest
-from spark_jobs.core.config import Config
 from spark_jobs.core.verdict import GateFailed
 from spark_jobs.imaging import images, video
 from spark_jobs.ml import cards
+from spark_jobs.params import Config
 from spark_jobs.scoring import status, stream, tables
 from tests.factories import REPO, class_frames, class_image, s3_inbox, score_config, video_bytes, write_inbox
 from tests.processes import kill_group, wait_for

@@ -11,8 +11,8 @@ import pyarrow.dataset as ds
 import pytest
 
 from spark_jobs import evaluate, features, ingest, sample, score, train
-from spark_jobs.core.config import Config, load_config
 from spark_jobs.ml import cards, models
+from spark_jobs.params import Config, load
 from tests.factories import REPO, with_overrides
 
 pytestmark = pytest.mark.spark
@@ -24,7 +24,7 @@ def grids(spark, tmp_path_factory: pytest.TempPathFactory) -> Config:
     tile embeddings of a small (untrained) small_cnn backbone."""
     tmp = tmp_path_factory.mktemp("grids")
     backbone = models.export_backbone(models.small_cnn(4), tmp / "backbone.pt2", 32)
-    cfg = load_config(
+    cfg = load(
         REPO / "grids" / "params.yaml",
         [
             f"data.root={tmp / 'data'}",

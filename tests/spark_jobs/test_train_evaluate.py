@@ -19,10 +19,11 @@ import torch
 from sklearn import metrics as skm
 
 from spark_jobs import evaluate, features, train
-from spark_jobs.core.config import Config, params_hash
+from spark_jobs.core.config import params_hash
+from spark_jobs.core.verdict import GateFailed
 from spark_jobs.ml import cards, extractors, models, training
 from spark_jobs.ml.mllib import TRANSFORM, mllib_classifier
-from spark_jobs.core.verdict import GateFailed
+from spark_jobs.params import Config
 from tests.conftest import INGESTED_CLASSES
 from tests.factories import REPO, SMALL_MODELS, link_ingest, with_overrides
 
@@ -311,4 +312,4 @@ def test_checkpoint_folder_follows_the_params(ingested: Path, tmp_path: Path) ->
     other = train.torch_spec(longer, "cnn", ["0", "1", "2"], None, ingested, ingested)
     assert training.checkpoint_dir(cfg.data.root, spec) == training.checkpoint_dir(cfg.data.root, same)
     assert training.checkpoint_dir(cfg.data.root, spec) != training.checkpoint_dir(cfg.data.root, other)
-    assert params_hash(spec) != params_hash(other)
+    assert params_hash(spec.model_dump(mode="json")) != params_hash(other.model_dump(mode="json"))

@@ -62,6 +62,7 @@ def test_replace_dir_replaces_a_link_not_what_it_points_to(tmp_path: Path) -> No
 def test_an_atomic_file_replaces_the_old_one_only_when_complete(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "state.json"
     atomic.write_file(path, "old")
+
     def killed_mid_write() -> None:
         with atomic.atomic_file(path) as out:
             out.write(b"half of the new")

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spark_jobs.core.config import ConfigError, apply_overrides, load_config
+from spark_jobs.core.config import SECTIONS, ConfigError, Params, apply_overrides, load_config
 from spark_jobs.core.session import master_url, spark_conf
+from spark_jobs.params import Config, load
 from tests.factories import REPO
 
 
 def test_repo_params_load_with_documented_interface() -> None:
-    cfg = load_config(REPO / "params.yaml")
+    cfg = load(REPO / "params.yaml")
     assert cfg.data.root == "data"
     assert cfg.ingest.source == "data/sample/digits"
     assert cfg.ingest.image_size == 32
@@ -25,7 +26,7 @@ def test_repo_params_load_with_documented_interface() -> None:
 def test_every_params_key_is_known_to_the_config() -> None:
     """params.yaml and the typed config agree both ways: no key in one that the other lacks."""
     tree = yaml.safe_load((REPO / "params.yaml").read_text())
-    dumped = load_config(REPO / "params.yaml").model_dump(mode="json")
+    dumped = load(REPO / "params.yaml").model_dump(mode="json")
 
     def keys(node: object, prefix: str = "") -> set[str]:
         if not isinstance(node, dict) or prefix.endswith("conf"):
@@ -36,7 +37,7 @@ def test_every_params_key_is_known_to_the_config() -> None:
 
 
 def test_overrides_are_parsed_as_yaml_values() -> None:
-    cfg = load_config(
+    cfg = load(
         REPO / "params.yaml",
         ["ingest.image_size=64", "ingest.resize.policy=crop", "ingest.alpha_background=[1, 2, 3]", "data.root=/tmp/x"],
     )
@@ -47,7 +48,7 @@ def test_overrides_are_parsed_as_yaml_values() -> None:
 
 
 def test_override_values_are_read_by_the_parameter_s_type() -> None:
-    cfg = load_config(
+    cfg = load(
         REPO / "params.yaml",
         [
             "ingest.source=/data/photos #2",
@@ -72,7 +73,7 @@ def test_override_values_are_read_by_the_parameter_s_type() -> None:
 
 def test_overrides_do_not_touch_the_input_tree() -> None:
     tree = {"ingest": {"image_size": 32}}
-    assert apply_overrides(tree, ["ingest.image_size=8"]) == {"ingest": {"image_size": 8}}
+    assert apply_overrides(tree, ["ingest.image_size=8"], Config) == {"ingest": {"image_size": 8}}
     assert tree == {"ingest": {"image_size": 32}}
 
 
@@ -102,7 +103,7 @@ def test_overrides_do_not_touch_the_input_tree() -> None:
 )
 def test_bad_values_name_the_key_in_one_line(override: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(REPO / "params.yaml", [override])
+        load(REPO / "params.yaml", [override])
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(expected)
@@ -110,12 +111,12 @@ def test_bad_values_name_the_key_in_one_line(override: str, expected: str) -> No
 
 def test_malformed_override() -> None:
     with pytest.raises(ConfigError, match=r"expected section\.key=value"):
-        load_config(REPO / "params.yaml", ["ingest.image_size"])
+        load(REPO / "params.yaml", ["ingest.image_size"])
 
 
 def test_missing_params_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
-        load_config(tmp_path / "nope.yaml")
+        load(tmp_path / "nope.yaml")
 
 
 @pytest.mark.parametrize(
@@ -134,12 +135,12 @@ def test_an_unusable_params_file_is_one_line(tmp_path: Path, content: bytes | No
     else:
         path.write_bytes(content)
     with pytest.raises(ConfigError, match=message) as info:
-        load_config(path)
+        load(path)
     assert "\n" not in str(info.value)
 
 
 def test_spark_settings_come_from_params() -> None:
-    cfg = load_config(
+    cfg = load(
         REPO / "params.yaml",
         ["spark.arrow_max_records_per_batch=64", "spark.shuffle_partitions=3", "spark.task_max_failures=2"],
     )
@@ -172,102 +173,60 @@ def test_cli_rejects_bad_param_before_spark_starts() -> None:
     assert time.monotonic() - started < 30
 
 
-@pytest.mark.parametrize(
-    ("changes", "expected"),
-    [
-        ({"pca_k": 400}, "pca_k=400 exceeds the descriptor length 372 of 32px images"),
-        ({"hog_pixels_per_cell": 32}, "a 32px image holds no HOG block"),
-        ({}, None),
-    ],
-)
-def test_classical_settings_that_cannot_describe_the_images(changes: dict, expected: str | None) -> None:
-    classical = load_config(REPO / "params.yaml").features.classical.model_copy(update=changes)
-    problem = classical.problem(32)
-    if expected is None:
-        assert problem is None
-    else:
-        assert problem.startswith(expected)
-
-
-def test_classical_descriptors_too_long_for_mllib_pca() -> None:
-    classical = load_config(REPO / "params.yaml").features.classical
-    assert classical.descriptor_dim(256) == 34644
-    assert classical.problem(256).startswith("256px images give descriptors of length 34644 > 8192")
-    assert classical.model_copy(update={"hog_pixels_per_cell": 32}).problem(256) is None
-
-
 def test_train_settings_from_the_command_line() -> None:
-    cfg = load_config(REPO / "params.yaml", ["train.autoencoder.holdout_class=7", "train.local_mode=true"])
+    cfg = load(REPO / "params.yaml", ["train.autoencoder.holdout_class=7", "train.local_mode=true"])
     assert cfg.train.autoencoder.holdout_class == "7"  # a class name, as the folder is called
     assert cfg.train.local_mode is True
-    assert (
-        load_config(REPO / "params.yaml", ["train.autoencoder.holdout_class=null"]).train.autoencoder.holdout_class
-        is None
-    )
-    assert load_config(REPO / "params.yaml").train.local_mode == "auto"
+    assert load(REPO / "params.yaml", ["train.autoencoder.holdout_class=null"]).train.autoencoder.holdout_class is None
+    assert load(REPO / "params.yaml").train.local_mode == "auto"
     with pytest.raises(ConfigError, match=r"train\.local_mode"):
-        load_config(REPO / "params.yaml", ["train.local_mode=sometimes"])
+        load(REPO / "params.yaml", ["train.local_mode=sometimes"])
     with pytest.raises(ConfigError, match=r"batch_size must be >= train\.num_processes"):
-        load_config(REPO / "params.yaml", ["train.num_processes=4", "train.cnn.batch_size=2"])
+        load(REPO / "params.yaml", ["train.num_processes=4", "train.cnn.batch_size=2"])
     with pytest.raises(ConfigError, match=r"evaluate\.models"):
-        load_config(REPO / "params.yaml", ["evaluate.models=[cnn,cnn]"])
+        load(REPO / "params.yaml", ["evaluate.models=[cnn,cnn]"])
 
 
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("data.root={tmp}/a-file/data", "a-file is a file, not a folder"),
-        ("spark.python={tmp}/no-such-python", "no-such-python: no executable interpreter there"),
-        ("spark.python={tmp}/a-file", "a-file: no executable interpreter there"),
-    ],
-)
-def test_unusable_local_paths_stop_a_stage_before_spark(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, override: str, message: str
-) -> None:
+def test_the_whole_file_s_sections_are_the_known_ones() -> None:
+    assert set(Config.model_fields) == set(SECTIONS)
+
+
+def test_a_stage_reads_its_sections_and_leaves_the_others() -> None:
     from spark_jobs import ingest
 
-    (tmp_path / "a-file").write_text("not a folder")
-    argv = ["--params", str(REPO / "params.yaml"), "--set", f"data.root={tmp_path / 'data'}"]
-    assert ingest.main([*argv, "--set", override.format(tmp=tmp_path)]) == 2
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1, errors
-    assert message in errors[0]
+    # A bad value in a section ingest does not read is the reading stage's to refuse, not ingest's.
+    overrides = ["score.stream.trigger_s=-1", "train.cnn.epochs=many", "ingest.image_size=64"]
+    cfg = load_config(REPO / "params.yaml", overrides, ingest.IngestParams)
+    assert cfg.ingest.image_size == 64
+    assert cfg.score.inbox == "data/sample/inbox"  # every stage reads the sources it must not write into
+    assert not hasattr(cfg, "train")
+    with pytest.raises(ConfigError, match=r"^parameter score.stream.trigger_s"):
+        load(REPO / "params.yaml", overrides[:1])
+    with pytest.raises(ConfigError, match=r"^unknown parameter ingst \(params.yaml's sections"):
+        load_config(REPO / "params.yaml", ["ingst.image_size=64"], ingest.IngestParams)  # a typo still is an error
+    with pytest.raises(ConfigError, match=r"^unknown parameter ingest.imagesize"):
+        load_config(REPO / "params.yaml", ["ingest.imagesize=64"], ingest.IngestParams)
 
 
-@pytest.mark.parametrize(
-    ("stage", "overrides", "folder"),
-    [
-        ("ingest", ["data.root={src}"], "{src}/ingest"),  # a class folder named "ingest" would be replaced
-        ("ingest", ["data.root={src}/0"], "{src}/0/ingest"),
-        ("ingest", ["ingest.source={tmp}/data/ingest"], "{tmp}/data/ingest"),
-        ("ingest", ["ingest.source={tmp}/data"], "{tmp}/data/ingest"),
-        ("score", ["score.inbox={tmp}/data/predictions/incoming"], "{tmp}/data/predictions"),
-        ("train", ["train.output={src}"], "{src}/mllib"),
-        ("evaluate", ["evaluate.champion={src}/champion"], "{src}/champion"),
-    ],
-)
-def test_a_stage_never_writes_into_a_source(tmp_path: Path, caplog, stage: str, overrides, folder: str) -> None:
-    """Refused before Spark starts, and nothing in the source changes."""
-    import importlib
+def test_views_of_another_stage_s_section_share_its_defaults() -> None:
+    from spark_jobs import evaluate
+    from spark_jobs.core.config import IngestSource, ScoreInbox
+    from spark_jobs.ml.cards import Champions, TrainedModels
+    from spark_jobs.scoring.config import ScoreParams
 
-    src = tmp_path / "src"
-    (src / "ingest").mkdir(parents=True)
-    (src / "ingest" / "a.png").write_bytes(b"an image of the class 'ingest'")
-    values = {"src": src, "tmp": tmp_path}
-    argv = ["--params", str(REPO / "params.yaml"), "--set", f"data.root={tmp_path / 'data'}"]
-    argv += ["--set", f"ingest.source={src}", "--set", f"score.inbox={tmp_path / 'inbox'}"]
-    for override in overrides:
-        argv += ["--set", override.format(**values)]
-    assert importlib.import_module(f"spark_jobs.{stage}").main(argv) == 2
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1, errors
-    assert f"{stage} would write to {folder.format(**values)}, which overlaps" in errors[0]
-    assert (src / "ingest" / "a.png").read_bytes() == b"an image of the class 'ingest'"
+    whole = Config()
+    assert IngestSource().source == whole.ingest.source
+    assert ScoreInbox().inbox == whole.score.inbox
+    assert TrainedModels().output == whole.train.output
+    assert Champions().champion == whole.evaluate.champion
+    assert evaluate.CascadeView().cascade == whole.score.cascade
+    # What a stage records of its own sections is what the whole file holds.
+    everything = load(REPO / "params.yaml")
+    score = load_config(REPO / "params.yaml", [], ScoreParams)
+    assert score.section("score", "gate.predictions", "data") == everything.section("score", "gate.predictions", "data")
 
 
-def test_the_bundled_layout_overlaps_no_output() -> None:
-    from spark_jobs.core.jobs import check_sources_untouched
-
-    cfg = load_config(REPO / "params.yaml")
-    for stage in ("ingest", "backbone", "features", "train", "evaluate", "score"):
-        check_sources_untouched(stage, cfg)
+def test_the_base_params_read_only_what_every_stage_reads() -> None:
+    base = load_config(REPO / "params.yaml", ["features.kind=cnn"], Params)
+    assert set(base.model_dump()) == {"data", "spark", "ingest", "score"}
+    assert base.section("data") == {"data": {"root": "data"}}  # lock_wait_s is speed only

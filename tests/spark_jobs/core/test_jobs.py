@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from spark_jobs.params import load
+from tests.factories import REPO
+
 
 def test_exit_process_runs_the_exit_handlers_joins_threads_and_keeps_the_code(tmp_path: Path) -> None:
     import subprocess
@@ -21,3 +26,65 @@ def test_exit_process_runs_the_exit_handlers_joins_threads_and_keeps_the_code(tm
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, done.stderr
     assert done.stdout == "bufferedthread done\nhandler ran\n"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.root={tmp}/a-file/data", "a-file is a file, not a folder"),
+        ("spark.python={tmp}/no-such-python", "no-such-python: no executable interpreter there"),
+        ("spark.python={tmp}/a-file", "a-file: no executable interpreter there"),
+    ],
+)
+def test_unusable_local_paths_stop_a_stage_before_spark(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, override: str, message: str
+) -> None:
+    from spark_jobs import ingest
+
+    (tmp_path / "a-file").write_text("not a folder")
+    argv = ["--params", str(REPO / "params.yaml"), "--set", f"data.root={tmp_path / 'data'}"]
+    assert ingest.main([*argv, "--set", override.format(tmp=tmp_path)]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert message in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("stage", "overrides", "folder"),
+    [
+        ("ingest", ["data.root={src}"], "{src}/ingest"),  # a class folder named "ingest" would be replaced
+        ("ingest", ["data.root={src}/0"], "{src}/0/ingest"),
+        ("ingest", ["ingest.source={tmp}/data/ingest"], "{tmp}/data/ingest"),
+        ("ingest", ["ingest.source={tmp}/data"], "{tmp}/data/ingest"),
+        ("score", ["score.inbox={tmp}/data/predictions/incoming"], "{tmp}/data/predictions"),
+        ("train", ["train.output={src}"], "{src}/mllib"),
+        ("evaluate", ["evaluate.champion={src}/champion"], "{src}/champion"),
+    ],
+)
+def test_a_stage_never_writes_into_a_source(tmp_path: Path, caplog, stage: str, overrides, folder: str) -> None:
+    """Refused before Spark starts, and nothing in the source changes."""
+    import importlib
+
+    src = tmp_path / "src"
+    (src / "ingest").mkdir(parents=True)
+    (src / "ingest" / "a.png").write_bytes(b"an image of the class 'ingest'")
+    values = {"src": src, "tmp": tmp_path}
+    argv = ["--params", str(REPO / "params.yaml"), "--set", f"data.root={tmp_path / 'data'}"]
+    argv += ["--set", f"ingest.source={src}", "--set", f"score.inbox={tmp_path / 'inbox'}"]
+    for override in overrides:
+        argv += ["--set", override.format(**values)]
+    assert importlib.import_module(f"spark_jobs.{stage}").main(argv) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert f"{stage} would write to {folder.format(**values)}, which overlaps" in errors[0]
+    assert (src / "ingest" / "a.png").read_bytes() == b"an image of the class 'ingest'"
+
+
+def test_the_bundled_layout_overlaps_no_output() -> None:
+    import importlib
+
+    from spark_jobs.core.jobs import check_sources_untouched
+
+    cfg = load(REPO / "params.yaml")
+    for stage in ("ingest", "backbone", "features", "train", "evaluate", "score"):
+        check_sources_untouched(stage, cfg, importlib.import_module(f"spark_jobs.{stage}").outputs(cfg))

@@ -180,7 +180,7 @@ def test_reads_are_capped(tmp_path: Path) -> None:
 def test_a_quarantine_detail_never_holds_the_file_s_content(tmp_path: Path) -> None:
     """A link named like an image to a secret is read (a regular file) and quarantined, but none of
     its bytes reach the quarantine row."""
-    from spark_jobs.core.config import IngestConfig
+    from spark_jobs.core.ingest_config import IngestConfig
     from spark_jobs.imaging import images
 
     secret = tmp_path / "passwd"

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from spark_jobs.core.config import IngestConfig
+from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.imaging import images
 
 pytestmark = pytest.mark.filterwarnings("ignore")  # Pillow warns about many of the mutants

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spark_jobs.core.config import IngestConfig, ResizeConfig
+from spark_jobs.core.ingest_config import IngestConfig, ResizeConfig
 from spark_jobs.imaging import images
 from tests.factories import encode, png_bytes
 

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from spark_jobs.core.config import TilesConfig
 from spark_jobs.imaging import tiles
+from spark_jobs.imaging.tiles import TilesConfig
 
 CASES = [(640, 427), (128, 128), (129, 300), (50, 20), (1000, 115)]
 
@@ -94,28 +94,6 @@ def test_tiles_per_image_are_capped_before_any_are_cut() -> None:
     with pytest.raises(tiles.TooManyTiles, match=r"9000x9000 .* makes 80874049 tiles > features.tiles.max_per_image"):
         tiles.checked_grid(9000, 9000, huge)
     assert len(tiles.checked_grid(100, 60, TilesConfig(size=32, overlap=0.0, max_per_image=12))) == 4 * 2
-
-
-def test_too_many_tiles_is_one_clear_problem_of_the_image(tmp_path) -> None:
-    """The features stage's tiling names the image and stops (exit 2 via raise_on_problems)."""
-    import numpy as np
-    import pandas as pd
-
-    from spark_jobs import features
-    from spark_jobs.core.config import IngestConfig
-    from spark_jobs.imaging import images
-    from tests.factories import png_bytes
-
-    data = png_bytes(np.zeros((64, 64, 3), dtype=np.uint8))
-    path = tmp_path / "a.png"
-    path.write_bytes(data)
-    row = {"image_id": images.image_id(data), "source_uri": path.as_uri(), "label": "0", "split": "train"}
-    frame = pd.DataFrame([row])
-    capped = TilesConfig(size=8, overlap=0.0, max_per_image=10)
-    out = pd.concat(features.tile_frames(iter([frame]), lambda x: np.zeros((len(x), 2)), IngestConfig(), capped, 64))
-    assert len(out) == 1
-    expected = "64x64 cut into 8px tiles overlapping 0 makes 64 tiles > features.tiles.max_per_image 10"
-    assert expected in out.iloc[0]["problem"]
 
 
 def _tile_rows(images: dict[str, tuple[str, list[tuple[int, int, list[float]]]]]) -> pa.Table:

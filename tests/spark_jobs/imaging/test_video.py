@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spark_jobs.core.config import IngestConfig, VideoConfig
+from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.imaging import images, video
+from spark_jobs.imaging.video import VideoConfig
 from tests.factories import class_frames, video_bytes
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from spark_jobs.core import manifest
-from spark_jobs.core.config import IngestConfig
+from spark_jobs.core.config import Params
+from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.jobs import EXIT_BAD_INPUT, run_stage
 from spark_jobs.core.store import SourceError
 from spark_jobs.ml import cards
@@ -96,7 +97,8 @@ def test_a_stage_meeting_an_old_manifest_stops_with_one_line(tmp_path: Path, cap
     ingest.mkdir(parents=True)
     (ingest / manifest.MANIFEST).write_text(json.dumps({"stage": "ingest", "counts": {}}))
     argv = ["--params", str(REPO / "params.yaml"), "--set", f"data.root={tmp_path / 'data'}"]
-    code = run_stage("backbone", argv, lambda cfg, _: manifest.read(ingest), description="", needs_spark=False)
+    body = lambda cfg, _: manifest.read(ingest)  # noqa: E731
+    code = run_stage("backbone", argv, body, params=Params, outputs=lambda cfg: [], description="", needs_spark=False)
     assert code == EXIT_BAD_INPUT
     [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert "cannot be read by this version" in line

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spark_jobs.core.config import ClassicalConfig, CnnConfig
 from spark_jobs.ml import extractors, models
+from spark_jobs.ml.extractors import ClassicalConfig, CnnConfig
+from spark_jobs.params import load
+from tests.factories import REPO
 
 
 def _digits(n: int = 12, size: int = 32) -> np.ndarray:
@@ -154,3 +156,27 @@ def test_the_session_reuses_python_workers() -> None:
     from spark_jobs.core.session import spark_conf
 
     assert spark_conf(SparkConfig())["spark.python.worker.reuse"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"pca_k": 400}, "pca_k=400 exceeds the descriptor length 372 of 32px images"),
+        ({"hog_pixels_per_cell": 32}, "a 32px image holds no HOG block"),
+        ({}, None),
+    ],
+)
+def test_classical_settings_that_cannot_describe_the_images(changes: dict, expected: str | None) -> None:
+    classical = load(REPO / "params.yaml").features.classical.model_copy(update=changes)
+    problem = classical.problem(32)
+    if expected is None:
+        assert problem is None
+    else:
+        assert problem.startswith(expected)
+
+
+def test_classical_descriptors_too_long_for_mllib_pca() -> None:
+    classical = load(REPO / "params.yaml").features.classical
+    assert classical.descriptor_dim(256) == 34644
+    assert classical.problem(256).startswith("256px images give descriptors of length 34644 > 8192")
+    assert classical.model_copy(update={"hog_pixels_per_cell": 32}).problem(256) is None

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs.core.config import CnnConfig
 from spark_jobs.ml import extractors, models
+from spark_jobs.ml.extractors import CnnConfig
 
 
 def test_small_cnn_embeds_any_side() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -14,27 +13,29 @@ from spark_jobs.ml import models, training
 pytestmark = pytest.mark.spark  # the ingested fixture builds its table with Spark
 
 
-def _spec(ingested: Path, tmp_path: Path, kind: str = "cnn", **hp: object) -> dict:
-    base = {"width": 8, "dropout": 0.0, "epochs": 4, "batch_size": 16, "learning_rate": 0.01, "weight_decay": 0.0}
-    base["augment_shift"] = 0
-    base.update(hp)
-    arch = {"width": 8, "classes": 3, "dropout": 0.0} if kind == "cnn" else {"width": 8, "latent": 8, "image_size": 32}
-    return {
-        "kind": kind,
-        "architecture": "small_cnn_classifier" if kind == "cnn" else "conv_autoencoder",
-        "arch": arch,
-        "hp": base,
-        "classes": ["0", "1", "2"],
-        "class_weights": None,
-        "exclude_classes": ["2"] if kind == "autoencoder" else [],
-        "images": str(ingested / "images.parquet"),
-        "seed": 0,
-        "threads": 1,
-        "checkpoint_every": 1,
-        "threshold_percentile": 95.0,
-        "checkpoint_dir": str(tmp_path / "ckpt"),
-        "output": str(tmp_path / "out" / "model.pt"),
-    }
+def _spec(ingested: Path, kind: str = "cnn", **hp: object) -> training.TrainSpec:
+    base = {"epochs": 4, "batch_size": 16, "learning_rate": 0.01, "weight_decay": 0.0, "augment_shift": 0}
+    base.update({k: v for k, v in hp.items() if k in training.Hyper.model_fields})
+    args = {"width": 8, "classes": 3, "dropout": 0.0} if kind == "cnn" else {"width": 8, "latent": 8, "image_size": 32}
+    return training.TrainSpec(
+        kind=kind,
+        model=training.ModelSpec(
+            architecture="small_cnn_classifier" if kind == "cnn" else "conv_autoencoder", args=args
+        ),
+        hp=training.Hyper(**base),
+        classes=["0", "1", "2"],
+        exclude_classes=["2"] if kind == "autoencoder" else [],
+        table=str(ingested / "images.parquet"),
+        seed=0,
+        threads=1,
+        threshold_percentile=95.0,
+        data="test",
+    )
+
+
+def _fit(spec: training.TrainSpec, folder: Path) -> dict:
+    """One rank's run of ``spec``, its checkpoints and weights under ``folder``."""
+    return training.fit(spec, str(folder / "ckpt"), str(folder / "out" / "model.pt"))
 
 
 def test_shards_cover_the_split_once_and_pad_to_equal_length(ingested: Path) -> None:
@@ -61,8 +62,7 @@ def test_class_weights_are_balanced_when_skewed() -> None:
 
 
 def test_class_weights_change_the_loss_as_documented() -> None:
-    spec = {"kind": "cnn", "classes": ["a", "b"], "class_weights": [0.5, 2.0]}
-    task = training._Task(spec)
+    task = training._Task("cnn", ["a", "b"], [0.5, 2.0])
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     y = torch.tensor([0, 1, 1])
 
@@ -74,7 +74,7 @@ def test_class_weights_change_the_loss_as_documented() -> None:
     w = torch.tensor([0.5, 2.0, 2.0])
     expected = float((per_row * w).sum() / w.sum())  # torch's weighted mean
     assert float(task.loss(Fixed(), torch.zeros(3, 1), y)) == pytest.approx(expected)
-    unweighted = training._Task({**spec, "class_weights": None})
+    unweighted = training._Task("cnn", ["a", "b"], None)
     assert float(unweighted.loss(Fixed(), torch.zeros(3, 1), y)) == pytest.approx(float(per_row.mean()))
 
 
@@ -88,7 +88,7 @@ def test_shift_moves_images_within_bounds() -> None:
 
 
 def test_fit_learns_on_a_tiny_dataset(ingested: Path, tmp_path: Path) -> None:
-    result = training.fit(_spec(ingested, tmp_path, epochs=10))
+    result = _fit(_spec(ingested, epochs=10), tmp_path)
     losses = [h["train_loss"] for h in result["history"]]
     assert len(losses) == 10
     assert losses[-1] < losses[0]
@@ -99,10 +99,10 @@ def test_fit_learns_on_a_tiny_dataset(ingested: Path, tmp_path: Path) -> None:
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(ingested: Path, tmp_path: Path, monkeypatch) -> None:
-    whole = training.fit(_spec(ingested, tmp_path / "whole", epochs=4, augment_shift=2, dropout=0.3))
+    spec = _spec(ingested, epochs=4, augment_shift=2)
+    whole = _fit(spec, tmp_path / "whole")
     expected = torch.load(tmp_path / "whole" / "out" / "model.pt", weights_only=True)
-
-    spec = _spec(ingested, tmp_path / "killed", epochs=4, augment_shift=2, dropout=0.3)
+    output = tmp_path / "killed" / "out" / "model.pt"
     real_save = training._save
 
     def die_after_epoch_2(obj: dict, path: Path) -> None:
@@ -112,21 +112,21 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(ingested: Path, tmp_path:
 
     monkeypatch.setattr(training, "_save", die_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        training.fit(copy.deepcopy(spec))
-    assert not Path(spec["output"]).exists()
+        _fit(spec, tmp_path / "killed")
+    assert not output.exists()
     monkeypatch.setattr(training, "_save", real_save)
 
-    resumed = training.fit(copy.deepcopy(spec))
+    resumed = _fit(spec, tmp_path / "killed")
     assert resumed["resumed_from_epoch"] == 2
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
     assert resumed["history"] == whole["history"]
-    got = torch.load(spec["output"], weights_only=True)
+    got = torch.load(output, weights_only=True)
     for key, value in expected.items():
         assert torch.equal(got[key], value), key
 
 
 def test_autoencoder_records_a_threshold_of_train_scores(ingested: Path, tmp_path: Path) -> None:
-    result = training.fit(_spec(ingested, tmp_path, kind="autoencoder", learning_rate=0.003))
+    result = _fit(_spec(ingested, kind="autoencoder", learning_rate=0.003), tmp_path)
     assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
     assert result["threshold"] >= result["train_score_mean"] > 0
     assert np.isfinite(result["threshold"])
@@ -152,13 +152,12 @@ def test_a_torchvision_resnet18_state_dict_fine_tunes_frozen_first(ingested: Pat
         "train.cnn.batch_size=8",
     )
     spec = train.torch_spec(cfg, "cnn", ["0", "1", "2"], None, ingested, ingested)
-    assert (spec["architecture"], spec["arch"]["width"]) == ("resnet18_classifier", 8)
+    assert (spec.model.architecture, spec.model.args["width"]) == ("resnet18_classifier", 8)
     place = {"world": 1, "threads": 1, "max_rows": 16}
 
     def fit(epochs: int) -> dict:
-        run = spec | place | {"hp": spec["hp"] | {"epochs": epochs}}
-        run |= {"checkpoint_dir": str(tmp_path / f"ckpt{epochs}"), "output": str(tmp_path / f"m{epochs}.pt")}
-        result = training.fit(run)
+        run = spec.model_copy(update=place | {"hp": spec.hp.model_copy(update={"epochs": epochs})})
+        result = training.fit(run, str(tmp_path / f"ckpt{epochs}"), str(tmp_path / f"m{epochs}.pt"))
         assert result["train_rows"] == 16
         return models.load_tensors(tmp_path / f"m{epochs}.pt")
 
@@ -168,7 +167,7 @@ def test_a_torchvision_resnet18_state_dict_fine_tunes_frozen_first(ingested: Pat
     for key in backbone_keys:  # weights and batch-norm statistics as loaded
         assert torch.equal(frozen[f"0.{key}"], start[key]), key
     torch.manual_seed(0)  # as the loop seeds before building: the head it started from
-    head = models.classifier(8, 3, spec["hp"]["dropout"], backbone="resnet18")
+    head = models.classifier(8, 3, spec.model.args["dropout"], backbone="resnet18")
     assert not torch.equal(frozen["2.weight"], head.state_dict()["2.weight"])  # the new head learnt
     thawed = fit(2)
     assert not torch.equal(thawed["0.layer1.0.conv1.weight"], start["layer1.0.conv1.weight"])

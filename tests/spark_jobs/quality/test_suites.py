@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from spark_jobs.core.config import FeaturesGateConfig, PredictionsGateConfig, RawGateConfig
 from spark_jobs.imaging.images import assign_split
 from spark_jobs.quality import gate, suites
+from spark_jobs.quality.thresholds import FeaturesGateConfig, PredictionsGateConfig, RawGateConfig
 
 pytestmark = pytest.mark.spark
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from spark_jobs.core.config import IngestConfig
+from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.imaging import images
 from spark_jobs.scoring import scan
 from tests.factories import class_image

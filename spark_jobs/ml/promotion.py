@@ -1,0 +1,165 @@
+"""Champions: which candidate of a task challenges the champion, the model gate's table of every
+candidate, and what the verdict does: the passing challenger promoted (copied with its
+``promotion.json`` into ``<evaluate.champion>/<task>/``), every failed model kept aside with its
+figures, and ``metrics.json``, the figures ``dvc metrics`` shows. Pure functions return new
+records; only :func:`promote`, :func:`reject` and :func:`settle` write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from spark_jobs.core import atomic, manifest
+from spark_jobs.core.runner import STAGING
+from spark_jobs.core.verdict import GateResult
+from spark_jobs.ml.cards import CARD, PROMOTION, TASKS, ModelCard, Promotion, model_dir, read_promotion
+
+
+@dataclass(frozen=True)
+class Places:
+    """Where the models are (``train.output``), the champions go (``evaluate.champion``) and
+    rejected challengers are kept (``evaluate.rejected``)."""
+
+    models: Path
+    champions: Path
+    rejected: Path
+
+
+def headline(task: str, result: dict[str, Any]) -> float | None:
+    """The figure a task's champion is judged by: accuracy, or AUROC for anomaly models."""
+    return result.get("auroc") if task == "anomaly" else result.get("accuracy")
+
+
+def challenger(results: dict[str, dict[str, Any]], task: str) -> str | None:
+    """The candidate of ``task`` with the best headline figure (then macro-F1), or None."""
+    kinds = [k for k, r in results.items() if r["task"] == task]
+    if not kinds:
+        return None
+    return max(kinds, key=lambda k: (headline(task, results[k]) or 0.0, results[k].get("macro_f1") or 0.0))
+
+
+def challengers(results: dict[str, dict[str, Any]]) -> dict[str, str | None]:
+    """Each task's challenger."""
+    return {task: challenger(results, task) for task in sorted(set(TASKS.values()))}
+
+
+def standing(
+    results: dict[str, dict[str, Any]], champions: dict[str, Promotion | None], chosen: dict[str, str | None]
+) -> dict[str, dict[str, Any]]:
+    """Each candidate's results with how it stands: ``vs_champion`` (the champion's version and the
+    gap of the headline figure to it) and whether it is its task's ``challenger``."""
+    out = {}
+    for kind, result in results.items():
+        task = result["task"]
+        champion = champions[task]
+        value, best = headline(task, result), headline(task, champion.metrics if champion else {})
+        gap = None if champion is None or value is None or best is None else round(best - value, 6)
+        vs = {"version": champion.version, "gap": gap} if champion else None
+        out[kind] = {**result, "vs_champion": vs, "challenger": chosen[task] == kind}
+    return out
+
+
+def gate_table(standings: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """The model gate's table: one row per candidate, its figures and, for its task's challenger,
+    the regression vs the champion (null otherwise, and when there is no champion yet: GX skips
+    nulls). Only the run's best model of a task challenges the champion; the others are judged on
+    the absolute thresholds alone (they are reported, and not promoted)."""
+    rows = [
+        {
+            "model": kind,
+            **{k: result.get(k) for k in ("accuracy", "macro_f1", "auroc", "threshold")},
+            "regression": (result["vs_champion"] or {}).get("gap") if result["challenger"] else None,
+        }
+        for kind, result in standings.items()
+    ]
+    columns = ("accuracy", "macro_f1", "auroc", "threshold", "regression")
+    return pd.DataFrame(rows).astype(dict.fromkeys(columns, "float64"))
+
+
+def promote(places: Places, task: str, kind: str, card: ModelCard, result: dict[str, Any]) -> Promotion:
+    """Make a candidate its task's champion; returns the ``promotion.json`` written with it."""
+    previous = read_promotion(places.champions / task)
+    target = places.champions / task
+    if previous and previous.version == card.version and (target / CARD).exists():
+        return previous  # already the champion: left as it is, so what depends on it does not rerun
+    record = Promotion(
+        task=task,
+        kind=kind,
+        version=card.version,
+        metrics={k: v for k, v in result.items() if k != "per_class"},
+        promoted_at=manifest.now(),
+        replaced=previous.version if previous else None,
+        job_version=manifest.job_version(),
+    )
+    # Staged beside the champions' folder, not inside it (it is a DVC output).
+    atomic.copy_dir(model_dir(places.models, kind), target, target.parent.parent / STAGING, {PROMOTION: record})
+    return record
+
+
+def reject(places: Places, kind: str, card: ModelCard, result: dict[str, Any], summary: str) -> Path:
+    """Keep a failed challenger, with its metrics and gate summary, under ``evaluate.rejected``."""
+    target = places.rejected / card.version
+    extra = {"metrics.json": result, "gate_summary.txt": summary + "\n"}
+    return atomic.copy_dir(model_dir(places.models, kind), target, target.parent.parent / STAGING, extra)
+
+
+def _summary_of(kind: str, gate_result: GateResult) -> str:
+    """The lines of the gate's summary about ``kind`` (and the verdict line)."""
+    lines = gate_result.summary().splitlines()
+    return "\n".join(line for line in lines if kind in line.split(":")[0] or line.startswith("gate"))
+
+
+def settle(
+    places: Places,
+    cards: dict[str, ModelCard],
+    standings: dict[str, dict[str, Any]],
+    chosen: dict[str, str | None],
+    gate_result: GateResult,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Path]]:
+    """Promote each task's challenger that passed its gate and keep every failed model aside with
+    its gate summary; returns ``(each result with its gate verdict and whether it was promoted,
+    where the failed ones were kept)``."""
+    failed = {c["batch"] for c in gate_result.failures}
+    promoted: dict[str, Promotion] = {}
+    for task, kind in chosen.items():
+        if kind is not None and kind not in failed:
+            promoted[task] = promote(places, task, kind, cards[kind], standings[kind])
+    settled, rejected = {}, {}
+    for kind, result in standings.items():
+        winner = promoted.get(result["task"])
+        settled[kind] = {
+            **result,
+            "gate": "failed" if kind in failed else "passed",
+            "promoted": winner is not None and winner.version == result["version"],
+        }
+        if kind in failed:
+            rejected[kind] = reject(places, kind, cards[kind], settled[kind], _summary_of(kind, gate_result))
+    return settled, rejected
+
+
+def metrics_document(
+    champions: Path,
+    results: dict[str, dict[str, Any]],
+    baselines: dict[str, dict[str, Any]],
+    cascade: dict[str, Any] | None,
+    gate_result: GateResult,
+) -> dict[str, Any]:
+    """``metrics.json``: the champions' headline figures (after this run's promotions), every
+    candidate's figures and, when ``evaluate.baselines`` names any, theirs (not gated)."""
+    classifier = read_promotion(champions / "classifier")
+    anomaly = read_promotion(champions / "anomaly")
+    return {
+        "accuracy": classifier.figure("accuracy") if classifier else None,
+        "macro_f1": classifier.figure("macro_f1") if classifier else None,
+        "champion": {"kind": classifier.kind, "version": classifier.version} if classifier else None,
+        "anomaly_champion": (
+            {"kind": anomaly.kind, "version": anomaly.version, "auroc": anomaly.figure("auroc")} if anomaly else None
+        ),
+        "models": results,
+        **({"baselines": baselines} if baselines else {}),
+        "cascade": cascade,
+        "gate": gate_result.for_manifest(),
+    }

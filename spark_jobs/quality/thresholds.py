@@ -1,0 +1,38 @@
+"""The ``gate`` section: the thresholds of each stage's suite (:mod:`spark_jobs.quality.suites`)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from spark_jobs.core.config import Section
+
+
+class RawGateConfig(Section):
+    min_per_class: int = Field(20, ge=0)
+    max_quarantine_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    split_tolerance: float = Field(0.05, ge=0.0, le=1.0)
+
+
+class FeaturesGateConfig(Section):
+    max_zero_fraction: float = Field(0.01, ge=0.0, le=1.0)
+
+
+class ModelGateConfig(Section):
+    min_accuracy: float = Field(0.9, ge=0.0, le=1.0)
+    min_macro_f1: float = Field(0.9, ge=0.0, le=1.0)
+    max_regression: float = Field(0.01, ge=0.0, le=1.0)
+    min_auroc: float = Field(0.8, ge=0.0, le=1.0)
+
+
+class PredictionsGateConfig(Section):
+    max_low_confidence: float = Field(0.2, ge=0.0, le=1.0)
+    max_class_drift: float | None = Field(None, ge=0.0, le=1.0)
+    min_rows_for_drift: int = Field(200, ge=1)
+    probability_tolerance: float = Field(1e-4, ge=0.0, le=0.1)
+
+
+class GateConfig(Section):
+    raw: RawGateConfig = RawGateConfig()
+    features: FeaturesGateConfig = FeaturesGateConfig()
+    model: ModelGateConfig = ModelGateConfig()
+    predictions: PredictionsGateConfig = PredictionsGateConfig()
