@@ -6,6 +6,7 @@ import io
 import socket
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -182,3 +183,39 @@ def dvc_view(root: Path = REPO, dvcfile: str = "dvc.yaml") -> dict[str, dict]:
             for s in repo.index.stages
             if isinstance(s, PipelineStage) and s.dvcfile.relpath == dvcfile
         }
+
+
+def model_card(**changes: object) -> Any:
+    """A valid :class:`spark_jobs.ml.cards.ModelCard` of a small cnn, with ``changes`` applied."""
+    from spark_jobs.core import manifest
+    from spark_jobs.core.ingest_config import IngestConfig
+    from spark_jobs.ml import cards
+
+    fields = {
+        "kind": "cnn",
+        "task": "classifier",
+        "version": "cnn-20261203T000000Z-0123abcd",
+        "classes": ["0", "1"],
+        "image_size": 32,
+        "input": "float RGB NCHW in [0, 1]",
+        "ingest_settings": IngestConfig(image_size=32),
+        "class_counts": {"0": 10, "1": 12},
+        "arch": {"width": 8, "classes": 2, "dropout": 0.0},
+        "files": cards.ModelFiles(weights=cards.WEIGHTS),
+        "params": {"seed": 0},
+        "data": cards.CardData(ingest_manifest_sha256="ab" * 32),
+        "job_version": manifest.JobVersion(package="0.1.0", git_commit="f" * 40, dirty=False),
+        "architecture": "small_cnn_classifier",
+        "weights_sha256": "cd" * 32,
+    }
+    return cards.ModelCard(**(fields | changes))
+
+
+def model_folder(folder: Path, **changes: object) -> Path:
+    """A model folder holding only the card of :func:`model_card` (and a marker file)."""
+    from spark_jobs.ml import cards
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cards.write_card(folder, model_card(**changes))
+    (folder / "marker").write_text(str(changes.get("version", "")))
+    return folder

@@ -132,3 +132,9 @@ def test_the_length_check_can_fail() -> None:
     inner = body.replace("    ", "            ") + "\n            x = 60"  # 60 lines under its def
     nested = f"class A:\n    def method(self):\n        def inner():\n{inner}\n        return 1\n"
     assert long_functions(nested) == [("method", 63), ("inner", 61)]
+
+
+@pytest.mark.parametrize("module", LIBRARY)
+def test_each_library_module_has_a_test_module_of_its_own(module: str) -> None:
+    _, package, name = module.split("/")
+    assert (REPO / "tests" / "spark_jobs" / package / f"test_{name}").is_file(), f"{module} has no test module"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 import numpy as np
 import pytest
 
@@ -60,6 +63,8 @@ def test_bad_videos_are_one_clear_reason() -> None:
 def test_frame_ids_are_per_video_and_index() -> None:
     ids = {video.frame_id(v, i) for v in ("a" * 64, "b" * 64) for i in range(3)}
     assert len(ids) == 6
-    assert all(len(i) == 64 and int(i, 16) >= 0 for i in ids)
+    assert all(re.fullmatch(r"[0-9a-f]{64}", i) for i in ids)  # shaped like an image's content hash
+    assert video.frame_id("a" * 64, 2) == hashlib.sha256(b"a" * 64 + b":2").hexdigest()
+    assert "a" * 64 not in ids  # never a video's own id: a frame and its video are scored apart
     assert video.is_video("file:///x/CLIP.MP4", VideoConfig())
     assert not video.is_video("file:///x/clip.png", VideoConfig())

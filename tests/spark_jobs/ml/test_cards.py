@@ -11,32 +11,12 @@ import pytest
 
 from spark_jobs.core import manifest
 from spark_jobs.core.config import Params
-from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.jobs import EXIT_BAD_INPUT, run_stage
 from spark_jobs.core.store import SourceError
 from spark_jobs.ml import cards
-from tests.factories import REPO
+from tests.factories import REPO, model_card
 
-
-def _card(**changes: object) -> cards.ModelCard:
-    fields = {
-        "kind": "cnn",
-        "task": "classifier",
-        "version": "cnn-20261203T000000Z-0123abcd",
-        "classes": ["0", "1"],
-        "image_size": 32,
-        "input": "float RGB NCHW in [0, 1]",
-        "ingest_settings": IngestConfig(image_size=32),
-        "class_counts": {"0": 10, "1": 12},
-        "arch": {"width": 8, "classes": 2, "dropout": 0.0},
-        "files": cards.ModelFiles(weights=cards.WEIGHTS),
-        "params": {"seed": 0},
-        "data": cards.CardData(ingest_manifest_sha256="ab" * 32),
-        "job_version": manifest.JobVersion(package="0.1.0", git_commit="f" * 40, dirty=False),
-        "architecture": "small_cnn_classifier",
-        "weights_sha256": "cd" * 32,
-    }
-    return cards.ModelCard(**(fields | changes))
+_card = model_card
 
 
 def test_a_card_round_trips_and_is_frozen(tmp_path: Path) -> None:

@@ -1,0 +1,91 @@
+"""Champions: the challenger of each task, the gate's table, and what a verdict promotes or keeps
+aside, without changing the results it is given."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from spark_jobs.core.verdict import GateResult
+from spark_jobs.ml import cards, promotion
+from tests.factories import model_card, model_folder
+
+
+def _results() -> dict[str, dict]:
+    return {
+        "mllib": {"version": "mllib-v", "task": "classifier", "accuracy": 0.95, "macro_f1": 0.94},
+        "cnn": {"version": "cnn-v", "task": "classifier", "accuracy": 0.99, "macro_f1": 0.99, "per_class": {}},
+        "autoencoder": {"version": "ae-v", "task": "anomaly", "auroc": 0.9, "threshold": 0.3, "holdout_classes": ["9"]},
+    }
+
+
+def test_the_challenger_is_the_best_of_its_task() -> None:
+    results = _results()
+    assert promotion.challengers(results) == {"anomaly": "autoencoder", "classifier": "cnn"}
+    assert promotion.headline("anomaly", results["autoencoder"]) == 0.9
+    tie = results | {"mllib": results["mllib"] | {"accuracy": 0.99, "macro_f1": 0.995}}
+    assert promotion.challenger(tie, "classifier") == "mllib"  # macro-F1 breaks the tie
+    assert promotion.challenger(results, "nothing") is None
+
+
+def test_standing_and_the_gate_table_do_not_touch_the_results() -> None:
+    results = _results()
+    before = copy.deepcopy(results)
+    champion = cards.Promotion(
+        task="classifier",
+        kind="cnn",
+        version="old",
+        metrics={"accuracy": 0.995},
+        promoted_at="t",
+        job_version=model_card().job_version,
+    )
+    standings = promotion.standing(results, {"classifier": champion, "anomaly": None}, promotion.challengers(results))
+    assert results == before
+    assert standings["cnn"]["vs_champion"] == {"version": "old", "gap": 0.005}
+    assert (standings["cnn"]["challenger"], standings["mllib"]["challenger"]) == (True, False)
+    assert standings["autoencoder"]["vs_champion"] is None
+    table = promotion.gate_table(standings).set_index("model")
+    assert table.loc["cnn", "regression"] == 0.005  # the challenger is judged against the champion
+    assert table.loc["mllib"].isna()["regression"]  # the others on the absolute thresholds alone
+    assert table.loc["autoencoder", "auroc"] == 0.9
+
+
+def test_settle_promotes_the_passing_challenger_and_keeps_the_failed_aside(tmp_path: Path) -> None:
+    places = promotion.Places(tmp_path / "models", tmp_path / "models" / "champion", tmp_path / "models" / "rejected")
+    cards_ = {
+        "cnn": model_card(version="cnn-v"),
+        "mllib": model_card(kind="mllib", version="mllib-v"),
+        "autoencoder": model_card(kind="autoencoder", task="anomaly", version="ae-v"),
+    }
+    for kind, card in cards_.items():
+        model_folder(places.models / kind, kind=card.kind, task=card.task, version=card.version)
+    results = _results()
+    chosen = promotion.challengers(results)
+    standings = promotion.standing(results, {"classifier": None, "anomaly": None}, chosen)
+    failed = {
+        "batch": "autoencoder",
+        "expectation": "expect_column_values_to_be_between",
+        "kwargs": {},
+        "success": False,
+        "observed": {},
+    }
+    verdict = GateResult("evaluate", False, [failed])
+    settled, rejected = promotion.settle(places, cards_, standings, chosen, verdict)
+    assert {k: (r["gate"], r["promoted"]) for k, r in settled.items()} == {
+        "mllib": ("passed", False),
+        "cnn": ("passed", True),
+        "autoencoder": ("failed", False),
+    }
+    assert "gate" not in standings["cnn"]  # the input is left as it was
+    assert cards.read_promotion(places.champions / "classifier").version == "cnn-v"
+    assert not (places.champions / "anomaly").exists()
+    assert rejected == {"autoencoder": places.rejected / "ae-v"}
+    assert json.loads((rejected["autoencoder"] / "metrics.json").read_text())["gate"] == "failed"
+    assert "autoencoder" in (rejected["autoencoder"] / "gate_summary.txt").read_text()
+    document = promotion.metrics_document(places.champions, settled, {}, None, verdict)
+    assert (document["accuracy"], document["champion"]) == (0.99, {"kind": "cnn", "version": "cnn-v"})
+    assert document["anomaly_champion"] is None
+    (places.champions / "classifier" / "untouched").write_text("a copy would replace the folder")
+    promotion.settle(places, cards_, standings, chosen, verdict)  # the same champion again: left as it is
+    assert (places.champions / "classifier" / "untouched").exists()
