@@ -64,6 +64,9 @@ class BackboneParams(Params):
     backbone: BackboneConfig = BackboneConfig()
 
 
+PARAMS = BackboneParams  # what the stage reads of params.yaml
+
+
 def training_spec(cfg: BackboneConfig, images: Path, classes: list[str], data_sha: str) -> training.TrainSpec:
     """The spec :func:`spark_jobs.ml.training.fit` runs the backbone's training from."""
     return training.TrainSpec(
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         STAGE,
         argv,
         run,
-        params=BackboneParams,
+        params=PARAMS,
         outputs=outputs,
         description=__doc__,
         precheck=_precheck,

@@ -112,6 +112,9 @@ class EvaluateParams(Params):
     score: CascadeView = CascadeView()  # type: ignore[assignment]
 
 
+PARAMS = EvaluateParams  # what the stage reads of params.yaml
+
+
 def outputs(cfg: EvaluateParams) -> list[Path]:
     """The reports, and the champions and rejected models it copies in through their parents' staging."""
     return [Path(cfg.evaluate.reports), Path(cfg.evaluate.champion), Path(cfg.evaluate.rejected)]
@@ -324,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         STAGE,
         argv,
         run,
-        params=EvaluateParams,
+        params=PARAMS,
         outputs=outputs,
         description=__doc__,
         precheck=_precheck,

@@ -83,6 +83,9 @@ class FeaturesParams(Params):
     gate: GateConfig = GateConfig()
 
 
+PARAMS = FeaturesParams  # what the stage reads of params.yaml
+
+
 def outputs(cfg: FeaturesParams) -> list[Path]:
     return [Path(cfg.data.root) / STAGE]
 
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         STAGE,
         argv,
         run,
-        params=FeaturesParams,
+        params=PARAMS,
         outputs=outputs,
         description=__doc__,
         precheck=_precheck,

@@ -155,6 +155,9 @@ class IngestParams(Params):
     gate: GateConfig = GateConfig()
 
 
+PARAMS = IngestParams  # what the stage reads of params.yaml
+
+
 def outputs(cfg: IngestParams) -> list[Path]:
     return [Path(cfg.data.root) / STAGE]
 
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         STAGE,
         argv,
         run,
-        params=IngestParams,
+        params=PARAMS,
         outputs=outputs,
         description=__doc__,
         precheck=_precheck,

@@ -64,6 +64,9 @@ class SampleParams(Params):
     sample: SampleConfig = SampleConfig()
 
 
+PARAMS = SampleParams  # what the stage reads of params.yaml
+
+
 def digit_images(cfg: SampleConfig) -> Iterator[tuple[str, int, Image.Image]]:
     """``(label, index, image)`` for every handwritten digit, as a greyscale scan."""
     from sklearn.datasets import load_digits
@@ -207,9 +210,7 @@ def run(cfg: SampleParams, _spark: object = None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     # The sample is a source by design (the pipeline's ingest.source): no output to keep apart from it.
-    return run_stage(
-        STAGE, argv, run, params=SampleParams, outputs=lambda cfg: [], description=__doc__, needs_spark=False
-    )
+    return run_stage(STAGE, argv, run, params=PARAMS, outputs=lambda cfg: [], description=__doc__, needs_spark=False)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGE = "score"
+PARAMS = ScoreParams  # what the stage reads of params.yaml
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         STAGE,
         argv,
         job,
-        params=ScoreParams,
+        params=PARAMS,
         outputs=outputs,
         description=__doc__,
         precheck=_precheck,

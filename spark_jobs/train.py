@@ -108,6 +108,9 @@ class TrainParams(Params):
     train: TrainConfig = TrainConfig()
 
 
+PARAMS = TrainParams  # what the stage reads of params.yaml
+
+
 def outputs(cfg: TrainParams) -> list[Path]:
     return [model_dir(cfg.train.output, cfg.train.model)]
 
@@ -415,7 +418,7 @@ def _precheck(cfg: TrainParams) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(STAGE, argv, run, params=TrainParams, outputs=outputs, description=__doc__, precheck=_precheck)
+    return run_stage(STAGE, argv, run, params=PARAMS, outputs=outputs, description=__doc__, precheck=_precheck)
 
 
 if __name__ == "__main__":

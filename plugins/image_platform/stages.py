@@ -13,6 +13,7 @@ unreachable) is retried.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
 import re
@@ -190,7 +191,7 @@ def driver_conf(args: Sequence[str], workdir: Path | None = None) -> dict[str, s
     stage's ``--set`` overrides (``args``): under spark-submit the JVM starts before the stage reads
     its params, so they must be on that line. Empty when the params cannot be read: the stage itself
     then says why, in one line (exit code 2)."""
-    from spark_jobs.core.config import ConfigError, Params, load_config
+    from spark_jobs.core.config import ConfigError, load_config
     from spark_jobs.core.session import DRIVER_JAVA, driver_java_options
 
     overrides, words = [], iter(args)
@@ -200,8 +201,8 @@ def driver_conf(args: Sequence[str], workdir: Path | None = None) -> dict[str, s
         elif word == "--set":
             overrides.append(next(words, ""))
     try:
-        params = load_config((workdir or workspace()) / "params.yaml", overrides, Params)  # its spark section
-        options = driver_java_options(params.spark)
+        schema = importlib.import_module(f"spark_jobs.{args[0]}").PARAMS  # what the stage reads, as it reads it
+        options = driver_java_options(load_config((workdir or workspace()) / "params.yaml", overrides, schema).spark)
     except ConfigError:
         return {}
     return {DRIVER_JAVA: options} if options else {}

@@ -295,8 +295,7 @@ class StageRun:
 
     def reject(self, result: GateResult) -> None:
         """Move the staged output to ``rejected/`` and raise :class:`GateFailed` with the report."""
-        self.rejected.parent.mkdir(parents=True, exist_ok=True)
-        self.staging.rename(self.rejected)
+        replace_dir(self.staging, self.rejected)
         report = result.docs or self.report_dir / "summary.txt"
         if report.is_relative_to(self.staging):  # the report went with the output
             report = self.rejected / report.relative_to(self.staging)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spark_jobs.core.atomic import write_file
 from spark_jobs.core.verdict import GateResult
 
 if TYPE_CHECKING:
@@ -109,8 +110,8 @@ def validate(stage: str, batches: Sequence[Batch], report_dir: Path | None) -> G
     # The Data Docs of every batch's validation, built once (rendering is most of GX's time here).
     context.build_data_docs(site_names=[_DOCS_SITE])
     report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "validation.json").write_text(json.dumps(result.raw, indent=2, default=str) + "\n")
-    (report_dir / "summary.txt").write_text(result.summary() + "\n")
+    write_file(report_dir / "validation.json", json.dumps(result.raw, indent=2, default=str) + "\n")
+    write_file(report_dir / "summary.txt", result.summary() + "\n")
     index = docs_dir / "index.html"
     result.docs = index if index.exists() else None
     return result
