@@ -184,9 +184,10 @@ def micro_batch(
 def _inputs(cfg: ScoreParams, planned: Planned, current: Current) -> dict[str, Any]:
     """What a micro-batch's manifest records it read: the inbox, each file and its arrival, the model."""
     files = planned.source_files()
-    kind = "s3" if store.is_s3(cfg.score.inbox) else "directory"
+    inbox = cfg.score.inbox
+    kind = "manifest" if store.is_manifest(inbox) else "s3" if store.is_s3(inbox) else "directory"
     return {
-        "inbox": partitions.describe(cfg.score.inbox, kind, files),
+        "inbox": partitions.describe(inbox, kind, files),
         "files": [{"uri": f.uri, "label": f.label, "size": f.size, "arrived": f.arrived} for f in files],
         "model": current.scorer.describe(),
         "micro_batch": {"batch": planned.batch, "planned_at": planned.planned_at, "partition": planned.partition},

@@ -13,6 +13,7 @@ import pytest
 from spark_jobs import evaluate, features, ingest, sample, score, train
 from spark_jobs.ml import cards, models
 from spark_jobs.params import Config, load
+from spark_jobs.scoring import tables
 from tests.factories import REPO, with_overrides
 
 pytestmark = pytest.mark.spark
@@ -113,6 +114,6 @@ def test_tile_models_train_evaluate_and_score_one_row_per_image(spark, grids: Co
     odd = score.run(with_overrides(grids, f"score.inbox={inbox}"), spark)
     rows = ds.dataset(str(odd), format="parquet").to_table().to_pylist()
     assert [(Path(r["source_uri"]).name, r["tile_count"]) for r in rows] == [("tall.png", 40)]
-    quarantined = ds.dataset(str(Path(grids.data.root) / score.QUARANTINE), format="parquet").to_table()
+    quarantined = ds.dataset(str(tables.quarantine_dir(grids.data.root)), format="parquet").to_table()
     reasons = {(Path(r["source_uri"]).name, r["reason"]) for r in quarantined.to_pylist()}
     assert ("huge.png", "too_many_tiles") in reasons

@@ -141,7 +141,7 @@ def test_evaluate_promotes_a_good_model_with_metrics_equal_to_sklearns(spark, ml
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     champion = Path(cfg.evaluate.champion) / "classifier"
-    promotion = json.loads((champion / evaluate.PROMOTION).read_text())
+    promotion = json.loads((champion / cards.PROMOTION).read_text())
     assert promotion["version"] == mllib["version"]
     assert promotion["kind"] == "mllib"
     assert _card_json(champion)["version"] == mllib["version"]
@@ -182,7 +182,7 @@ def test_cnn_trains_across_ranks_and_a_zero_epoch_model_is_rejected(spark, mllib
     best = max(doc["models"], key=lambda k: doc["models"][k]["accuracy"])
     assert doc["champion"]["kind"] == best
     assert doc["accuracy"] == doc["models"][best]["accuracy"]
-    champion_before = json.loads((Path(cfg.evaluate.champion) / "classifier" / evaluate.PROMOTION).read_text())
+    champion_before = json.loads((Path(cfg.evaluate.champion) / "classifier" / cards.PROMOTION).read_text())
 
     untrained = train.run(with_overrides(cfg, "train.cnn.epochs=0"), spark)
     assert _card_json(untrained)["training"]["history"] == []
@@ -194,7 +194,7 @@ def test_cnn_trains_across_ranks_and_a_zero_epoch_model_is_rejected(spark, mllib
     assert doc["models"]["cnn"]["gate"] == "failed"
     assert not doc["models"]["cnn"]["promoted"]
     assert doc["champion"]["version"] == champion_before["version"]
-    after = json.loads((Path(cfg.evaluate.champion) / "classifier" / evaluate.PROMOTION).read_text())
+    after = json.loads((Path(cfg.evaluate.champion) / "classifier" / cards.PROMOTION).read_text())
     assert after == champion_before
     kept = Path(cfg.evaluate.rejected) / _card_json(untrained)["version"]
     assert (kept / cards.WEIGHTS).exists()
@@ -231,7 +231,7 @@ def test_autoencoder_scores_the_held_out_class_as_anomalous(spark, mllib_workspa
     assert result["auroc"] > 0.5  # the held-out bar position reconstructs worse than the trained ones
     assert 0 <= result["false_alarm_rate"] <= 1
     assert result["anomalies"] > 0
-    promotion = json.loads((Path(cfg.evaluate.champion) / "anomaly" / evaluate.PROMOTION).read_text())
+    promotion = json.loads((Path(cfg.evaluate.champion) / "anomaly" / cards.PROMOTION).read_text())
     assert promotion["kind"] == "autoencoder"
 
 

@@ -42,10 +42,13 @@ def test_a_slice_is_fetched_and_decoded_into_rows(tmp_path: Path) -> None:
 
 @pytest.mark.spark
 def test_a_listing_is_packed_by_bytes_and_keeps_every_file(spark) -> None:
-    files = [store.SourceFile(f"file:///f{i}.png", "x", size, 0.0) for i, size in enumerate([10, 900, 10, 10, 900])]
-    chunks = partitions.plan_chunks(spark, files, SparkConfig(files_max_partition_bytes=1000, files_open_cost_bytes=0))
+    sizes = [10, 90_000, 10, 10, 90_000]
+    files = [store.SourceFile(f"file:///f{i}.png", "x", size, 0.0) for i, size in enumerate(sizes)]
+    cfg = SparkConfig(files_max_partition_bytes=100_000, files_open_cost_bytes=0)
+    chunks = partitions.plan_chunks(spark, files, cfg)
     assert [uri for chunk in chunks for uri, _ in chunk] == [f.uri for f in files]  # every file once, in order
     assert all(len(chunk) >= 1 for chunk in chunks)
+    assert len(chunks) >= 2  # two large files never share a task of 100 kB
 
 
 def test_a_source_is_described_without_credentials(monkeypatch) -> None:

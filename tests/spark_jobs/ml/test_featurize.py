@@ -41,7 +41,7 @@ def test_whole_images_are_tile_zero_covering_the_original() -> None:
     rows = out.to_pylist()
     assert [(r["image_id"], r["tile_x"], r["tile_y"]) for r in rows] == [("a", 0, 0), ("b", 0, 0)]
     assert [(r["box_x0"], r["box_y0"], r["box_x1"], r["box_y1"]) for r in rows] == [(0, 0, 40, 30), (0, 0, 50, 20)]
-    assert [r["raw"] for r in rows] == pytest.approx([[float(pixels[0].mean())], [float(pixels[1].mean())]])
+    assert [r["raw"][0] for r in rows] == pytest.approx([float(pixels[0].mean()), float(pixels[1].mean())])
     assert [r["problem"] for r in rows] == [None, None]
 
 
