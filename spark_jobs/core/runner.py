@@ -261,7 +261,7 @@ class StageRun:
         rename) before the last: the last file's rename is the run's point of no return (with no
         file to publish, the manifest alone records the run). A failed gate publishes none of them."""
         with self.phase("publish"):
-            self._verdict(result, doc, manifests.MANIFEST, True)
+            self._verdict(result, doc, manifests.MANIFEST, True, keep_validation=False)
             staged = [(self.staging / name, target) for name, target in files]
             present = [source for source, _ in staged if source.exists()]
             if not present:
@@ -277,12 +277,17 @@ class StageRun:
         self._published(result, *(p for p in out if p), manifest_at)
         return out
 
-    def _verdict(self, result: GateResult | None, doc: manifests.Record, name: str, blocking: bool) -> None:
-        """Keep the validation beside the output; a failed blocking gate rejects the run here."""
+    def _verdict(
+        self, result: GateResult | None, doc: manifests.Record, name: str, blocking: bool, keep_validation: bool = True
+    ) -> None:
+        """Keep the validation beside the output (files published into tables keep it only when
+        rejected: their manifest records the verdict); a failed blocking gate rejects the run here."""
         if result is None:
             return
-        manifests.write_json(self.staging / VALIDATION, result.raw)
-        if blocking and not result.success:
+        rejected = blocking and not result.success
+        if keep_validation or rejected:
+            manifests.write_json(self.staging / VALIDATION, result.raw)
+        if rejected:
             manifests.write(self.staging, self._timed(doc), name)
             self.reject(result)
 

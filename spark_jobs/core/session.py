@@ -196,14 +196,24 @@ _TASK_METRICS: dict[str, tuple[tuple[str, ...], float]] = {
 PEAK = "peak_execution_memory_bytes"  # a peak: the largest task's, not a sum
 
 
+_EVENT_LOG_DIRS: dict[str, Path | None] = {}  # per application: its event log folder (None: no log)
+
+
 def event_log_path(spark: SparkSession) -> Path | None:
     """The event log file this application is writing (None when event logging is off, or
-    rolling or compressed: then there is no one plain file to read)."""
-    conf = spark.sparkContext.getConf()
-    if conf.get("spark.eventLog.enabled", "false").lower() != "true":
-        return None
-    folder = store.local_path(conf.get("spark.eventLog.dir", "/tmp/spark-events"))
+    rolling or compressed: then there is no one plain file to read). The folder is read from the
+    Spark conf once per application (a conf copy costs ~15 ms through py4j, and a stream asks at
+    every micro-batch)."""
     app = spark.sparkContext.applicationId
+    if app not in _EVENT_LOG_DIRS:
+        conf = spark.sparkContext.getConf()
+        enabled = conf.get("spark.eventLog.enabled", "false").lower() == "true"
+        _EVENT_LOG_DIRS[app] = (
+            store.local_path(conf.get("spark.eventLog.dir", "/tmp/spark-events")) if enabled else None
+        )
+    folder = _EVENT_LOG_DIRS[app]
+    if folder is None:
+        return None
     for name in (f"{app}.inprogress", app):
         if (folder / name).is_file():
             return folder / name
