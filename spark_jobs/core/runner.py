@@ -66,6 +66,11 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
+def lock_file(target: Path, name: str) -> Path:
+    """The lock a run publishing ``target`` under ``name`` holds (:class:`StageRun`)."""
+    return Path(target).parent / LOCKS / f"{name}.lock"
+
+
 def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
@@ -106,7 +111,7 @@ class StageRun:
         self.run_id = run_id or new_run_id()
         self._name = name or self.target.name
         self.staging = self.target.parent / STAGING / f"{self._name}-{self.run_id}"
-        self.lock_file = self.target.parent / LOCKS / f"{self._name}.lock"
+        self.lock_file = lock_file(self.target, self._name)
         self._lock_wait = lock_wait
         self._lock_fd: int | None = None
         self._gate = gate
@@ -263,17 +268,13 @@ class StageRun:
         with self.phase("publish"):
             self._verdict(result, doc, manifests.MANIFEST, True, keep_validation=False)
             staged = [(self.staging / name, target) for name, target in files]
-            present = [source for source, _ in staged if source.exists()]
-            if not present:
-                manifests.write_json(manifest_at, self._timed(doc))
-            out: list[Path | None] = []
-            for source, target in staged:
-                if not source.exists():
-                    out.append(None)
-                    continue
-                if source == present[-1]:
-                    manifests.write_json(manifest_at, self._timed(doc))
-                out.append(replace_file(source, target))
+            present = [(source, target) for source, target in staged if source.exists()]
+            out = [target if (source, target) in present else None for source, target in staged]
+            for source, target in present[:-1]:
+                replace_file(source, target)
+            manifests.write_json(manifest_at, self._timed(doc))
+            for source, target in present[-1:]:
+                replace_file(source, target)
         self._published(result, *(p for p in out if p), manifest_at)
         return out
 

@@ -29,7 +29,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -471,11 +471,8 @@ class Progress:
     best_state: dict[str, Any]
     best_value: tuple[float, float] | None = None
     best_epoch: int | None = None
-    history: list[dict[str, Any]] = None  # type: ignore[assignment]
+    history: list[dict[str, Any]] = field(default_factory=list)
     epoch: int = 0
-
-    def __post_init__(self) -> None:
-        self.history = list(self.history or [])
 
 
 def _resume(loop: Loop, checkpoint: dict[str, Any] | None, rng: dict[str, Any] | None) -> Progress:

@@ -108,9 +108,8 @@ def _all_present(columns: list[str]) -> Column:
 
 
 def _nulls(columns: list[str] | tuple[str, ...]) -> dict[str, Column]:
-    from pyspark.sql import functions as F
-
-    return {f"null_{c}": F.col(c).isNull() for c in columns}
+    """:func:`spark_jobs.quality.rules.nulls` as Spark columns (the image and feature rules are Spark's only)."""
+    return {name: rules.to_spark(rule) for name, rule in rules.nulls(columns).items()}
 
 
 def _zero(names: list[str]) -> list[Any]:

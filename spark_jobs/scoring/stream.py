@@ -71,9 +71,9 @@ def inbox_lock(root: str | Path, inbox: str) -> Path:
     return tables.stream_dir(root) / runner.LOCKS / f"inbox-{digest}.lock"
 
 
-def batch_lock(root: str | Path, stage: str = "score") -> Path:
+def batch_lock(root: str | Path) -> Path:
     """The lock a batch run of the score stage holds (its run's lock on ``predictions``)."""
-    return Path(root) / runner.LOCKS / f"{stage}.lock"
+    return runner.lock_file(tables.predictions_dir(root), "score")
 
 
 @dataclass
@@ -122,76 +122,6 @@ def score_rows(
         scanned.unpersist()
     table, copied = tables.without_copies(table)
     return table, bad + copied
-
-
-def micro_batch(
-    spark: SparkSession, cfg: ScoreParams, current: Current, planned: Planned, window: RollingWindow
-) -> Outcome:
-    """Score one planned micro-batch as a run of the stage runner and publish it into the stream's
-    tables, or reject it. A batch whose predictions part exists was published before a kill cut
-    its commit short: it only commits."""
-    root = Path(cfg.data.root)
-    target, quarantine_target, manifest_at = tables.stream_paths(root, planned.partition, planned.run_id)
-    if target.exists():
-        import pyarrow.parquet as pq
-
-        return Outcome("published", {"files_seen": len(planned.files), "scored": pq.read_metadata(target).num_rows})
-    with runner.StageRun(
-        STREAM_STAGE,
-        root,
-        spark,
-        tables.stream_dir(root) / tables.PREDICTIONS,
-        name=BATCH,
-        lock_wait=0.0,
-        gate=gate.validate,
-        run_id=planned.run_id,
-        report_with_output=True,
-    ) as run:
-        with run.phase("work"):
-            table, bad = score_rows(spark, cfg, current, planned, run.staging / "_light")
-        counts = {"files_seen": len(planned.files), "scored": table.num_rows, "quarantined": len(bad)}
-        labelled = (
-            table.column("predicted_label").to_pylist(),
-            checks.low_confidence_flags(table, cfg.score.low_confidence),
-        )
-        with run.phase("gate"):
-            suite = (
-                checks.window_checks(table, current.scorer, cfg, window.with_batch(*labelled)) if table.num_rows else []
-            )
-            result = run.validate(suite, docs="on_failure") if suite else None
-        staged = [
-            (f"{tables.STREAM_QUARANTINE}/{target.name}", quarantine_target),
-            (f"{tables.PREDICTIONS}/{target.name}", target),
-        ]
-        if bad:
-            tables.write_table(tables.quarantine_table(bad), run.staging / staged[0][0])
-        if table.num_rows:
-            tables.write_table(table, run.staging / staged[1][0])
-        doc = run.manifest(
-            cfg.section("score", "gate.predictions", "data"), _inputs(cfg, planned, current), counts, result
-        )
-        try:
-            run.finish_files(result, doc, staged, manifest_at)
-        except GateFailed as failed:
-            log.error("micro-batch %d rejected, kept in %s: %s", planned.batch, failed.rejected, result.summary())
-            return Outcome("rejected", counts | {"rejected": str(failed.rejected)}, _seconds(run), failed.rejected)
-    if table.num_rows:
-        current.lookup.add(table.column("image_id").to_pylist())
-        window.add(*labelled)
-    return Outcome("published", counts, _seconds(run))
-
-
-def _inputs(cfg: ScoreParams, planned: Planned, current: Current) -> dict[str, Any]:
-    """What a micro-batch's manifest records it read: the inbox, each file and its arrival, the model."""
-    files = planned.source_files()
-    inbox = cfg.score.inbox
-    kind = "manifest" if store.is_manifest(inbox) else "s3" if store.is_s3(inbox) else "directory"
-    return {
-        "inbox": partitions.describe(inbox, kind, files),
-        "files": [{"uri": f.uri, "label": f.label, "size": f.size, "arrived": f.arrived} for f in files],
-        "model": current.scorer.describe(),
-        "micro_batch": {"batch": planned.batch, "planned_at": planned.planned_at, "partition": planned.partition},
-    }
 
 
 def _seconds(run: runner.StageRun) -> dict[str, float]:
@@ -254,8 +184,10 @@ class _Loop:
         self.cfg, self.spark, self.progress, self.on_batch = cfg, spark, progress, on_batch
         self.folder = tables.stream_dir(cfg.data.root)
         self.current: Current | None = None
-        self.checkpoint: Checkpoint | None = None
         self.window = RollingWindow(cfg.score.stream.window_rows)
+        # What every micro-batch's manifest records of the params and the inbox: fixed for the stream.
+        self.params = cfg.section("score", "gate.predictions", "data")
+        self.inbox_kind = store.describe_source(cfg.score.inbox, "score.inbox")
 
     @property
     def version(self) -> str | None:
@@ -293,6 +225,68 @@ class _Loop:
             checkpoint.compact(listing, s.retry_rejected_s, now)
         return planned
 
+    def micro_batch(self, current: Current, planned: Planned) -> Outcome:
+        """Score one planned micro-batch as a run of the stage runner and publish it into the
+        stream's tables, or reject it. A batch whose predictions part exists was published before
+        a kill cut its commit short: it only commits."""
+        cfg, root = self.cfg, Path(self.cfg.data.root)
+        target, quarantine_target, manifest_at = tables.stream_paths(root, planned.partition, planned.run_id)
+        if target.exists():
+            import pyarrow.parquet as pq
+
+            scored = pq.read_metadata(target).num_rows
+            return Outcome("published", {"files_seen": len(planned.files), "scored": scored})
+        with runner.StageRun(
+            STREAM_STAGE,
+            root,
+            self.spark,
+            tables.stream_dir(root) / tables.PREDICTIONS,
+            name=BATCH,
+            lock_wait=0.0,
+            gate=gate.validate,
+            run_id=planned.run_id,
+            report_with_output=True,
+        ) as run:
+            with run.phase("work"):
+                table, bad = score_rows(self.spark, cfg, current, planned, run.staging / "_light")
+            counts = {"files_seen": len(planned.files), "scored": table.num_rows, "quarantined": len(bad)}
+            labelled = (
+                table.column("predicted_label").to_pylist(),
+                checks.low_confidence_flags(table, cfg.score.low_confidence),
+            )
+            with run.phase("gate"):
+                window = self.window.with_batch(*labelled)
+                suite = checks.window_checks(table, current.scorer, cfg, window) if table.num_rows else []
+                result = run.validate(suite, docs="on_failure") if suite else None
+            staged = [
+                (f"{tables.STREAM_QUARANTINE}/{target.name}", quarantine_target),
+                (f"{tables.PREDICTIONS}/{target.name}", target),
+            ]
+            if bad:
+                tables.write_table(tables.quarantine_table(bad), run.staging / staged[0][0])
+            if table.num_rows:
+                tables.write_table(table, run.staging / staged[1][0])
+            doc = run.manifest(self.params, self._inputs(current, planned), counts, result)
+            try:
+                run.finish_files(result, doc, staged, manifest_at)
+            except GateFailed as failed:
+                log.error("micro-batch %d rejected, kept in %s: %s", planned.batch, failed.rejected, result.summary())
+                return Outcome("rejected", counts | {"rejected": str(failed.rejected)}, _seconds(run), failed.rejected)
+        if table.num_rows:
+            current.lookup.add(table.column("image_id").to_pylist())
+            self.window.add(*labelled)
+        return Outcome("published", counts, _seconds(run))
+
+    def _inputs(self, current: Current, planned: Planned) -> dict[str, Any]:
+        """What a micro-batch's manifest records it read: the inbox, each file and its arrival, the model."""
+        files = planned.source_files()
+        return {
+            "inbox": partitions.describe(self.cfg.score.inbox, self.inbox_kind, files),
+            "files": [{"uri": f.uri, "label": f.label, "size": f.size, "arrived": f.arrived} for f in files],
+            "model": current.scorer.describe(),
+            "micro_batch": {"batch": planned.batch, "planned_at": planned.planned_at, "partition": planned.partition},
+        }
+
     def run(self, stop: threading.Event) -> int:
         """Trigger after trigger until ``stop`` (or an empty inbox with ``available_now``)."""
         s = self.cfg.score.stream
@@ -315,7 +309,7 @@ class _Loop:
     def one(self, checkpoint: Checkpoint, current: Current, planned: Planned) -> None:
         """Run, commit and count one micro-batch; a rejected one stops the stream with
         ``score.stream.stop_on_reject``."""
-        outcome = micro_batch(self.spark, self.cfg, current, planned, self.window)
+        outcome = self.micro_batch(current, planned)
         finished = time.time()
         checkpoint.commit(planned, outcome.outcome, outcome.counts, finished)
         latencies = [finished - f.arrived for f in planned.source_files() if f.arrived]
