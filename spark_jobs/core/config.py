@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import types
 import typing
 from collections.abc import MutableMapping
@@ -38,6 +39,14 @@ RGB = tuple[Byte, Byte, Byte]
 # A seed every consumer accepts, including the ones derived from it: numpy and MLlib take up to
 # 2**32 - 1 and 2**63 - 1, and training seeds its generators with seed * 1_000_003 + epoch * 1009 + rank.
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+
+MAX_SHOWN = 80  # characters of a value a message shows
+
+
+def cut(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` for a one-line message: at most ``limit`` characters, and how many were left out."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def _named_source(value: str) -> str:
@@ -105,6 +114,43 @@ def _master_url(value: str) -> str:
     return value
 
 
+# Spark settings whose type a typo breaks at start-up with a JVM trace: checked before Spark starts
+# (Spark's own forms: a byte string as JavaUtils.byteStringAs reads it, an integer, a boolean).
+# Every other ``spark.sql.*`` value is checked by Spark itself as the session applies it.
+BYTE_STRING = r"\d+([kmgtp]b?|b)?"
+SPARK_INTEGERS = (
+    "spark.sql.shuffle.partitions",
+    "spark.default.parallelism",
+    "spark.driver.cores",
+    "spark.executor.cores",
+    "spark.executor.instances",
+    "spark.cores.max",
+    "spark.task.cpus",
+    "spark.task.maxFailures",
+)
+
+
+def _spark_conf_problem(key: str, value: str) -> str | None:
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf in ("memory", "memoryOverhead", "maxResultSize", "offHeap.size") or key.endswith(".offHeap.size"):
+        if not re.fullmatch(BYTE_STRING, value.strip(), re.IGNORECASE):
+            return "is not a size (e.g. 512m, 4g)"
+    elif key in SPARK_INTEGERS:
+        if not re.fullmatch(r"-?\d+", value.strip()):
+            return "is not an integer"
+    elif leaf == "enabled" and value.strip().lower() not in ("true", "false"):
+        return "is not true or false"
+    return None
+
+
+def _typed_spark_conf(conf: dict[str, str]) -> dict[str, str]:
+    for key, value in conf.items():
+        problem = _spark_conf_problem(key, value)
+        if problem:
+            raise ValueError(f"{key}: {cut(repr(value))} {problem}")
+    return conf
+
+
 class SparkConfig(Section):
     master: Annotated[str, AfterValidator(_master_url)] = "local[*]"
     app_name: str = "image-platform"
@@ -120,7 +166,7 @@ class SparkConfig(Section):
     files_open_cost_bytes: int = Field(16 * 2**10, ge=0)
     log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
     driver_java_options: str = "-XX:TieredStopAtLevel=1"
-    conf: dict[str, str] = Field(default_factory=dict)
+    conf: Annotated[dict[str, str], AfterValidator(_typed_spark_conf)] = Field(default_factory=dict)
 
 
 class IngestSource(View):
@@ -221,6 +267,59 @@ def _is_text(annotation: Any) -> tuple[bool, bool]:
     return leaf is str or literal, optional
 
 
+MAX_PARAMS_BYTES = 2**20  # a params file is a few KiB; anything near this is a mistake
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as params are written: plain scalars, lists and mappings. A duplicate key, an anchor or
+    alias (which can expand a small file to gigabytes), or an explicit tag (``!!binary``,
+    ``!!set``, ``!!timestamp``, any ``!name``) is an error; a date-like value (a folder named
+    ``2024-01-05``) stays the text it is."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, f"anchors and aliases (*{event.anchor}) are not allowed", event.start_mark
+            )
+        event = self.peek_event()
+        if getattr(event, "anchor", None) is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"anchors and aliases (&{event.anchor}) are not allowed", event.start_mark
+            )
+        tag = getattr(event, "tag", None)
+        if tag not in (None, "!"):
+            raise yaml.constructor.ConstructorError(None, None, f"tags ({tag}) are not allowed", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {cut(str(key))!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+# No implicit timestamps: a date-like value is text.
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def strict_yaml(text: str) -> Any:
+    """``text`` read by :class:`_StrictLoader`."""
+    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader, stricter still
+
+
+def _problem(exc: yaml.YAMLError) -> str:
+    return cut(" ".join(str(exc).split()), 200)
+
+
 def parse_value(key: str, raw: str, schema: type[BaseModel]) -> Any:
     """The value of ``--set key=raw``, read by the parameter's type in ``schema``: a string
     parameter takes the text verbatim (``#``, ``:`` and quotes in a path are kept; ``null`` clears
@@ -229,9 +328,9 @@ def parse_value(key: str, raw: str, schema: type[BaseModel]) -> Any:
     if text:
         return None if optional and raw.strip() in ("null", "~") else raw
     try:
-        return yaml.safe_load(raw) if raw.strip() else ""
+        return strict_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc.problem})") from None
+        raise ConfigError(f"--set {key}: value {cut(raw)!r} is not valid YAML ({_problem(exc)})") from None
 
 
 def parse_override(text: str, schema: type[BaseModel]) -> tuple[str, Any]:
@@ -282,7 +381,7 @@ def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
         return f"unknown parameter {key}"
-    return f"parameter {key}: {str(error['msg']).removeprefix('Value error, ')} (got {error.get('input')!r})"
+    return f"parameter {key}: {str(error['msg']).removeprefix('Value error, ')} (got {cut(repr(error.get('input')))})"
 
 
 def validate(tree: dict[str, Any], schema: type[P]) -> P:
@@ -293,22 +392,42 @@ def validate(tree: dict[str, Any], schema: type[P]) -> P:
         raise ConfigError("\n".join(_describe(e) for e in exc.errors())) from None
 
 
-def read_tree(path: str | Path) -> dict[str, Any]:
-    """A params file as a plain tree; :class:`ConfigError` in one line when it cannot be."""
-    path = Path(path)
+def _read_capped(path: Path) -> str:
+    """The text of a params file: a regular file (a FIFO, a device or ``/dev/zero`` is refused
+    without reading it, so nothing hangs or fills memory) of at most :data:`MAX_PARAMS_BYTES`."""
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ConfigError(f"params file {path} not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"params file {path} is a directory, not a file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"params file {path} is not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"params file {path} cannot be read: {exc.strerror or exc}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = "a directory" if stat.S_ISDIR(mode) else "a pipe, socket or device"
+        raise ConfigError(f"params file {path} is {what}, not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_PARAMS_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"params file {path} cannot be read: {exc.strerror or exc}") from None
+    if len(data) > MAX_PARAMS_BYTES:
+        raise ConfigError(f"params file {path} is over {MAX_PARAMS_BYTES // 2**20} MiB: not a params file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"params file {path} is not UTF-8 text (byte {exc.start})") from None
+
+
+def read_tree(path: str | Path) -> dict[str, Any]:
+    """A params file as a plain tree (:func:`strict_yaml`); :class:`ConfigError` in one line when
+    it cannot be."""
+    path = Path(path)
+    text = _read_capped(path)
+    try:
+        tree = strict_yaml(text) or {}
     except yaml.YAMLError as exc:
-        problem = " ".join(str(exc).split())
-        raise ConfigError(f"params file {path} is not valid YAML: {problem}") from None
+        raise ConfigError(f"params file {path} is not valid YAML: {_problem(exc)}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"params file {path}: expected a mapping of sections at the top level")
     return tree

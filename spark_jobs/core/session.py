@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spark_jobs.core import jvm, store
-from spark_jobs.core.config import SparkConfig
+from spark_jobs.core.config import ConfigError, SparkConfig, cut
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -117,10 +117,35 @@ def build_session(cfg: SparkConfig, worker_preload: Sequence[str] = ()) -> Spark
         builder = builder.master(master_url(cfg))
     for key, value in conf.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:  # the JVM refused a setting (or could not start): no trace, one line
+        raise ConfigError(f"Spark did not start with these settings (spark.*): {_first_line(exc)}") from None
     spark.sparkContext.setLogLevel(cfg.log_level)
+    try:
+        _check_sql_conf(spark, cfg.conf)
+    except ConfigError:
+        spark.stop()
+        raise
     align_working_directory(spark)
     return spark
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return cut(lines[0] if lines else type(exc).__name__, 200)
+
+
+def _check_sql_conf(spark: SparkSession, conf: dict[str, str]) -> None:
+    """Apply the user's ``spark.sql.*`` settings through Spark's own checks (its typed config
+    entries): a wrong value is a :class:`ConfigError` naming it, before the first query."""
+    try:
+        spark.conf.get("spark.sql.shuffle.partitions")  # the session state reads every setting given
+        for key, value in conf.items():
+            if key.startswith("spark.sql.") and spark.conf.isModifiable(key):
+                spark.conf.set(key, value)
+    except Exception as exc:
+        raise ConfigError(f"spark.conf: {_first_line(exc)}") from None
 
 
 def stop_session(spark: SparkSession) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -122,10 +123,17 @@ def test_missing_params_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (None, "is a directory, not a file"),
+        (None, "is a directory, not a regular file"),
         (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "is not UTF-8 text"),
         (b"ingest: [unclosed\n", "is not valid YAML"),
         (b"- a list\n", "expected a mapping of sections"),
+        (b"ingest:\n  image_size: 32\n  image_size: 64\n", "duplicate key 'image_size'"),
+        (b"ingest:\n  source: !!binary aGVsbG8=\n", r"tags \(tag:yaml.org,2002:binary\) are not allowed"),
+        (b"ingest:\n  extensions: !!set {.png, .jpg}\n", r"tags \(tag:yaml.org,2002:set\) are not allowed"),
+        (b"ingest:\n  source: !python/name:os.system\n", "tags .* are not allowed"),
+        # billion laughs: nine levels of ten aliases each would be 10**9 strings
+        (b'a: &a ["x","x"]\nb: &b [*a,*a]\nc: [*b,*b]\n', r"anchors and aliases \(&a\) are not allowed"),
+        (b"x: " + b"y" * (2**20 + 10), "is over 1 MiB"),
     ],
 )
 def test_an_unusable_params_file_is_one_line(tmp_path: Path, content: bytes | None, message: str) -> None:
@@ -137,6 +145,26 @@ def test_an_unusable_params_file_is_one_line(tmp_path: Path, content: bytes | No
     with pytest.raises(ConfigError, match=message) as info:
         load(path)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "fifo"])
+def test_a_params_path_that_is_not_a_regular_file_is_refused_without_reading(tmp_path: Path, path: str) -> None:
+    if path == "fifo":
+        path = str(tmp_path / "params.fifo")
+        os.mkfifo(path)  # opening it to read would wait for a writer forever
+    with pytest.raises(ConfigError, match="is a pipe, socket or device, not a regular file"):
+        load(path)
+
+
+def test_a_date_like_value_stays_text_and_long_values_are_cut(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("ingest:\n  source: 2024-01-05\n")
+    cfg = load(path)
+    assert cfg.ingest.source == "2024-01-05"  # a folder named by a date, not a datetime
+    with pytest.raises(ConfigError) as info:
+        load(path, ["ingest.image_size=" + "9" * 10**6 + "x"])
+    assert len(str(info.value)) < 300
+    assert "more characters" in str(info.value)
 
 
 def test_spark_settings_come_from_params() -> None:

@@ -1,12 +1,14 @@
 """What the session module reads of Spark without starting it: the task metrics of a run's jobs in
-an event log, and the settings a Spark config gives the session."""
+an event log, the settings a Spark config gives the session, and the checks of those settings."""
 
 from __future__ import annotations
 
 import json
 
-from spark_jobs.core.config import SparkConfig
-from spark_jobs.core.session import PEAK, spark_conf, summarise_events
+import pytest
+
+from spark_jobs.core.config import ConfigError, Params, SparkConfig, validate
+from spark_jobs.core.session import PEAK, _check_sql_conf, spark_conf, summarise_events
 
 
 def _event(kind: str, **fields: object) -> bytes:
@@ -66,3 +68,26 @@ def test_spark_conf_carries_the_params_and_extra_keys() -> None:
     assert conf["spark.sql.shuffle.partitions"] == "3"
     assert conf["spark.ui.enabled"] == "true"
     assert PEAK == "peak_execution_memory_bytes"
+
+
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        ({"spark.executor.memory": "lots"}, "spark.executor.memory: 'lots' is not a size"),
+        ({"spark.sql.shuffle.partitions": "abc"}, "spark.sql.shuffle.partitions: 'abc' is not an integer"),
+        ({"spark.eventLog.enabled": "yes"}, "spark.eventLog.enabled: 'yes' is not true or false"),
+    ],
+)
+def test_spark_settings_of_the_wrong_type_are_refused_before_spark_starts(conf: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        validate({"spark": {"conf": conf}}, Params)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.spark
+def test_other_sql_settings_are_checked_by_spark_itself(spark) -> None:
+    before = spark.conf.get("spark.sql.autoBroadcastJoinThreshold")
+    with pytest.raises(ConfigError, match=r"^spark.conf: .*'huge'.*autoBroadcastJoinThreshold") as info:
+        _check_sql_conf(spark, {"spark.sql.autoBroadcastJoinThreshold": "huge"})
+    assert "\n" not in str(info.value)
+    assert spark.conf.get("spark.sql.autoBroadcastJoinThreshold") == before
