@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import socket
+import struct
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +221,44 @@ def model_folder(folder: Path, **changes: object) -> Path:
     cards.write_card(folder, model_card(**changes))
     (folder / "marker").write_text(str(changes.get("version", "")))
     return folder
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """A PNG file's chunks as ``(type, body)``, CRCs dropped."""
+    pos, out = 8, []
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        out.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+    return out
+
+
+def png_from_chunks(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    """A PNG file of ``chunks``, each with a correct CRC (so only what a chunk says is wrong)."""
+    out = b"\x89PNG\r\n\x1a\n"
+    for kind, body in chunks:
+        out += struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return out
+
+
+def damaged_pngs() -> dict[str, bytes]:
+    """PNG files whose headers read and whose pixel data is broken, each with valid CRCs, built
+    here (not Pillow's test files): a text chunk after the pixels cut short, a deflate stream
+    with a bad block type, a short IDAT, and an APNG whose frame sequence is out of order."""
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    ihdr, idat, iend = png_chunks(png_bytes(pixels))
+    with_text = png_from_chunks([ihdr, idat, (b"tEXt", b"Comment\x00" + b"x" * 400), iend])
+    bad_block = bytearray(idat[1])
+    bad_block[2] |= 0x06  # BTYPE 11: reserved, a deflate error
+    frames = [Image.fromarray(np.roll(pixels, 8 * i, axis=0)) for i in range(3)]
+    animated = io.BytesIO()
+    frames[0].save(animated, "PNG", save_all=True, append_images=frames[1:])
+    apng = png_chunks(animated.getvalue())
+    second_fctl = [i for i, (kind, _) in enumerate(apng) if kind == b"fcTL"][1]
+    return {
+        "text_chunk_cut_short": with_text[:-100],
+        "corrupt_deflate_stream": png_from_chunks([ihdr, (b"IDAT", bytes(bad_block)), iend]),
+        "idat_cut_short": png_from_chunks([ihdr, (b"IDAT", idat[1][: len(idat[1]) // 2]), iend]),
+        "apng_frame_sequence_error": png_from_chunks([c for i, c in enumerate(apng) if i != second_fctl]),
+    }

@@ -106,13 +106,16 @@ def has_extension(name: str, extensions: tuple[str, ...]) -> bool:
 
 
 def _scale_to_uint8(arr: np.ndarray, full_scale: float | None) -> np.ndarray:
+    """0..255 from ``full_scale`` (or, when None, the finite range of ``arr``). Non-finite
+    pixels of a float image never set the range: +inf is white, -inf and NaN black."""
     arr = arr.astype(np.float64)
     if full_scale is None:
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        finite = arr[np.isfinite(arr)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.where(arr == np.inf, 255.0, 0.0)
     else:
         arr = arr / full_scale * 255.0
-    return np.clip(np.rint(np.nan_to_num(arr)), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(np.nan_to_num(arr, nan=0.0, posinf=255.0, neginf=0.0)), 0, 255).astype(np.uint8)
 
 
 def _high_depth_to_l(im: Image.Image) -> Image.Image:
@@ -124,7 +127,8 @@ def _high_depth_to_l(im: Image.Image) -> Image.Image:
         in_16_bit = arr.min() >= 0 and arr.max() <= 65535
         out = _scale_to_uint8(arr, 65535.0 if in_16_bit and arr.max() > 255 else 255.0 if in_16_bit else None)
     else:  # "F"
-        in_unit = np.nanmin(arr) >= 0.0 and np.nanmax(arr) <= 1.0
+        finite = arr[np.isfinite(arr)]
+        in_unit = finite.size > 0 and finite.min() >= 0.0 and finite.max() <= 1.0
         out = _scale_to_uint8(arr, 1.0 if in_unit else None)
     return Image.fromarray(out, mode="L")
 
@@ -236,17 +240,19 @@ def _prepared(data: bytes, cfg: IngestConfig, full_resolution: bool) -> tuple[tu
     """``((format, mode, width, height), prepared)``: the file as opened (oriented size) and its
     RGB, oriented, preprocessed image before any resize; :class:`Rejected` when it cannot be used."""
     im = _open(data, cfg.max_image_pixels)
-    orig_width, orig_height = _oriented_size(im)
-    opened = (im.format or "unknown", im.mode, orig_width, orig_height)
-    if min(orig_width, orig_height) < cfg.min_side:
-        raise Rejected(TOO_SMALL, f"{orig_width}x{orig_height} < min_side {cfg.min_side}")
-    if getattr(im, "n_frames", 1) > 1:
-        im.seek(0)  # animated or multi-page: the first frame is the image
+    width, height = im.size  # from the header, before a draft scales it
+    if min(width, height) < cfg.min_side:
+        raise Rejected(TOO_SMALL, f"{width}x{height} < min_side {cfg.min_side}")
+    mode = im.mode
     if not full_resolution and im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK"):
         # Let libjpeg decode at a reduced DCT scale, never below twice the target side.
         im.draft(im.mode, (2 * cfg.image_size, 2 * cfg.image_size))
+    # The pixels (of the first frame of an animated or multi-page file) load before anything else
+    # reads the file: EXIF, frame counts. Reading them first would meet a load error there, where
+    # it is easily lost, and a second load would then "succeed" with partial pixels.
     _load(im)
-    return opened, _normalised(ImageOps.exif_transpose(im), cfg)
+    orig_width, orig_height = _oriented_size(im, width, height)
+    return (im.format or "unknown", mode, orig_width, orig_height), _normalised(ImageOps.exif_transpose(im), cfg)
 
 
 def _normalised(im: Image.Image, cfg: IngestConfig) -> Image.Image:
@@ -344,12 +350,12 @@ def decode_full(data: bytes, cfg: IngestConfig) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
-def _oriented_size(im: Image.Image) -> tuple[int, int]:
-    """Original width and height as the image is meant to be seen (EXIF rotation applied)."""
-    width, height = im.size
+def _oriented_size(im: Image.Image, width: int, height: int) -> tuple[int, int]:
+    """Original ``width`` and ``height`` of a loaded image as it is meant to be seen (EXIF
+    rotation applied; unreadable EXIF is no rotation)."""
     try:
         orientation = im.getexif().get(0x0112, 1)
-    except Exception:
+    except Exception:  # the pixels loaded already: only the metadata is bad
         orientation = 1
     if orientation in (5, 6, 7, 8):
         width, height = height, width

@@ -11,7 +11,7 @@ from PIL import Image
 
 from spark_jobs.core.ingest_config import IngestConfig, ResizeConfig
 from spark_jobs.imaging import images
-from tests.factories import encode, png_bytes
+from tests.factories import damaged_pngs, encode, png_bytes
 
 
 def cfg(**changes: object) -> IngestConfig:
@@ -189,6 +189,29 @@ def test_truncated_file(fmt: str) -> None:
     rng = np.random.default_rng(1)
     data = encode(Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)), fmt)
     assert rejected_reason(data[: len(data) // 2]) == images.TRUNCATED
+
+
+@pytest.mark.parametrize("name", sorted(damaged_pngs()))
+def test_damaged_pixel_data_is_never_kept(name: str) -> None:
+    data = damaged_pngs()[name]
+    with Image.open(io.BytesIO(data)) as im:  # the header reads: only the pixels are broken
+        assert im.size == (64, 64)
+        with pytest.raises(Exception):  # noqa: B017, PT011 (Pillow raises OSError or SyntaxError)
+            im.load()
+    assert rejected_reason(data) in (images.TRUNCATED, images.UNREADABLE)
+    with pytest.raises(images.Rejected):
+        images.decode_full(data, cfg())  # tiles read the same way
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_float_pixels_do_not_set_the_range(bad: float) -> None:
+    ramp = np.tile(np.linspace(0.0, 1000.0, 8, dtype=np.float32), (8, 1))
+    ramp[0, 0] = bad
+    out = decode_array(encode(Image.fromarray(ramp, mode="F"), "TIFF"))[:, :, 0]
+    assert out[4, 0] == 0
+    assert out[4, 7] == 255
+    assert abs(int(out[4, 3]) - round(3 / 7 * 255)) <= 1  # scaled over the finite range, not black
+    assert out[0, 0] == (255 if bad == np.inf else 0)
 
 
 def test_decompression_bomb() -> None:
