@@ -79,9 +79,10 @@ def extract(cfg: ScoreParams) -> Inputs:
 
 def transform(
     spark: SparkSession, cfg: ScoreParams, got: Inputs, started: datetime, run: runner.StageRun
-) -> list[dict]:
+) -> tuple[list[dict], int]:
     """Scan, decide and write the predictions into the run's staged ``predictions``; returns the
-    quarantine rows of the unusable files and of the copies left out. The one pass over the files
+    quarantine rows of the unusable files and of the copies left out, and the number of files
+    found already scored. The one pass over the files
     is kept in memory (no pixels: ids, reasons and the model's outputs, a few hundred bytes a file);
     its one job also writes the predictions, so the write overlaps the decoding and the model."""
     from pyspark import StorageLevel
@@ -95,7 +96,8 @@ def transform(
         decided = predict.decide(spark, usable, got.files, model, cfg, run.staging / "_light")
         folder = run.staging / tables.PREDICTIONS
         duplicates = predict.write_predictions(spark, decided, usable, model, started, folder)
-        return predict.unusable_rows(scanned) + duplicates
+        bad, already = predict.unscored_rows(scanned)
+        return bad + duplicates, len(already)
     finally:
         scanned.unpersist()
 
@@ -121,7 +123,7 @@ def run(cfg: ScoreParams, spark: SparkSession) -> Path | None:
     with runner.StageRun(
         STAGE, root, spark, target, name=STAGE, lock_wait=cfg.data.lock_wait_s, gate=gate.validate
     ) as run:
-        holder = locks.lock_holder(stream.inbox_lock(root, cfg.score.inbox))
+        holder = locks.lock_holder(stream.inbox_lock(cfg.score.inbox))
         if holder is not None:  # not a failure: the stream scores these files
             log.info("stream active: %s is scored by a stream (%s); this run scores nothing", cfg.score.inbox, holder)
             return None
@@ -131,7 +133,7 @@ def run(cfg: ScoreParams, spark: SparkSession) -> Path | None:
         for table in (target, tables.quarantine_dir(root)):
             table.mkdir(parents=True, exist_ok=True)  # DVC outputs exist even before anything is in them
         with run.phase("work"):
-            bad = transform(spark, cfg, got, started, run)
+            bad, already = transform(spark, cfg, got, started, run)
             new_bad = [r for r in bad if (r["source_uri"], r["image_id"]) not in got.recorded]
             if new_bad:
                 tables.write_table(
@@ -139,9 +141,8 @@ def run(cfg: ScoreParams, spark: SparkSession) -> Path | None:
                 )
         with run.phase("gate"):
             result, per_label = validate(spark, cfg, got.scorer, run)
-        counts = tables.tally(
-            len(got.files), per_label, tables.scored_files(run.staging / tables.PREDICTIONS), bad, new_bad
-        )
+        scored = tables.scored_files(run.staging / tables.PREDICTIONS)
+        counts = tables.tally(len(got.files), per_label, scored, already, bad, new_bad)
         published = publish(cfg, run, got, counts, result, started)
     _report(got, counts, published)
     return published
@@ -167,6 +168,11 @@ def publish(
 
 
 def _report(got: Inputs, counts: dict[str, Any], published: Path | None) -> None:
+    if counts["unaccounted"]:
+        log.warning(
+            "%d files were neither scored, already scored nor quarantined: unscored, the next run tries them again",
+            counts["unaccounted"],
+        )
     log.info(
         "%d files seen: %d scored by %s, %d already scored, %d unusable (%d newly quarantined %s) -> %s",
         len(got.files),

@@ -15,12 +15,15 @@ in one line (:class:`spark_jobs.core.manifest.RecordError`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 from spark_jobs.core import manifest
 from spark_jobs.core.store import SourceFile
+
+log = logging.getLogger(__name__)
 
 COMPACT_EVERY = 100  # batches between two compactions of the checkpoint
 
@@ -63,10 +66,16 @@ class State(manifest.Record):
     retry_at: dict[str, float]
 
 
-def _numbered(folder: Path) -> list[Path]:
+def _numbered(folder: Path, warn: bool = False) -> list[Path]:
     """The ``<batch>.json`` records of a folder, in batch order; other files (an editor's backup,
-    a macOS ``._0.json``) are not records of this checkpoint and are left alone."""
-    return sorted((p for p in folder.glob("*.json") if p.stem.isdigit()), key=lambda p: int(p.stem))
+    a macOS ``._0.json``) are not records of this checkpoint: left alone, with a warning when
+    ``warn``."""
+    records, stray = [], []
+    for p in folder.glob("*") if folder.is_dir() else ():
+        (records if p.suffix == ".json" and p.stem.isascii() and p.stem.isdigit() and p.is_file() else stray).append(p)
+    if warn and stray:
+        log.warning("ignored %d files in %s that are not checkpoint records: %s", len(stray), folder, sorted(stray)[:5])
+    return sorted(records, key=lambda p: int(p.stem))
 
 
 class Checkpoint:
@@ -86,7 +95,8 @@ class Checkpoint:
             s = manifest.read_record(state, State, "stream checkpoint state", fix)
             self.handled, self.retry_at, self._through = set(s.handled), dict(s.retry_at), s.through
             self.next_batch = s.through + 1
-        for path in _numbered(folder / "offsets"):
+        _numbered(folder / "commits", warn=True)
+        for path in _numbered(folder / "offsets", warn=True):
             planned = manifest.read_record(path, Planned, "stream checkpoint offsets", fix)
             if planned.batch <= self._through:
                 continue
@@ -98,13 +108,16 @@ class Checkpoint:
             self.next_batch = max(self.next_batch, planned.batch + 1)
 
     def _record(self, planned: Planned, committed: Committed) -> None:
-        keys = [file_key(f) for f in planned.source_files()]
-        if committed.outcome == "published":
-            self.handled.update(keys)
-            for k in keys:
+        """A published batch's files are handled, but those its counts list as ``unhandled`` (no
+        row in any table: they are retried, as a rejected batch's files are)."""
+        unhandled = set(committed.counts.get("unhandled") or ()) if committed.outcome == "published" else None
+        for f in planned.source_files():
+            k = file_key(f)
+            if unhandled is not None and f.uri not in unhandled:
+                self.handled.add(k)
                 self.retry_at.pop(k, None)
-        else:
-            self.retry_at.update(dict.fromkeys(keys, committed.finished_at))
+            else:
+                self.retry_at[k] = committed.finished_at
 
     def new_files(self, listing: Iterable[SourceFile], now: float, retry_after: float) -> list[SourceFile]:
         """The listed files no batch has handled (a rejected batch's once ``retry_after`` seconds

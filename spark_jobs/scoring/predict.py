@@ -131,11 +131,15 @@ def stamped(decided: DataFrame, scorer: Scorer, scored_at: datetime, batch: int 
     return rows if batch is None else rows.withColumn("batch_id", F.lit(batch).cast("long"))
 
 
-def unusable_rows(scanned: DataFrame) -> list[dict[str, Any]]:
-    """The quarantine rows of the scan's unusable files (few, short rows: handled on the driver)."""
+def unscored_rows(scanned: DataFrame) -> tuple[list[dict[str, Any]], list[str]]:
+    """The quarantine rows of the scan's unusable files, and the URIs of the files it found
+    already scored (short rows: handled on the driver)."""
     from pyspark.sql import functions as F
 
-    return scanned.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS).toArrow().to_pylist()
+    rows = scanned.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS).toArrow().to_pylist()
+    return [r for r in rows if r["reason"] != scan.ALREADY_SCORED], sorted(
+        {r["source_uri"] for r in rows if r["reason"] == scan.ALREADY_SCORED}
+    )
 
 
 def copies(written: Path, usable: DataFrame) -> tuple[int, list[dict[str, Any]]]:

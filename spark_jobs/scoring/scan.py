@@ -23,8 +23,10 @@ from spark_jobs.imaging.video import VideoConfig
 from spark_jobs.scoring.heads import FRAME_FIELDS, Head
 
 TOO_MANY_TILES = "too_many_tiles"  # a quarantine reason: a tiles_* model cannot cut this image
-# What a scan yields for every file (every sampled frame of a video) it did not skip, before the
-# model's outputs.
+# Not a quarantine reason: the row of a file the model already scored, not decoded again. Every
+# file a scan reads leaves a row, so a run counts each outcome from rows, never as a remainder.
+ALREADY_SCORED = "already_scored"
+# What a scan yields for every file (every sampled frame of a video), before the model's outputs.
 SCAN_FIELDS = pa.schema(
     [
         ("image_id", pa.string()),
@@ -78,7 +80,7 @@ def video_records(
     video_id = images.image_id(data)
     row = dict.fromkeys(DECODED_FIELDS) | {"source_uri": uri, "label": label, "size_bytes": len(data)}
     if video.frame_id(video_id, 0) in done:
-        return []
+        return [row | {"image_id": video_id, "video_id": video_id, "reason": ALREADY_SCORED}]
     try:
         frames = video.sampled_frames(data, video_cfg, cfg.max_image_pixels)
         rows = []
@@ -98,7 +100,18 @@ def video_records(
             )
     except images.Rejected as exc:
         return [row | {"image_id": video_id, "video_id": video_id, "reason": exc.reason, "detail": exc.detail[:500]}]
-    return [r for r in rows if r["image_id"] not in done]
+    rows = [r for r in rows if r["image_id"] not in done]
+    return rows or [row | {"image_id": video_id, "video_id": video_id, "reason": ALREADY_SCORED}]
+
+
+def _already_scored(uri: str, label: str | None, data: bytes, image_id: str) -> dict[str, Any]:
+    return dict.fromkeys(DECODED_FIELDS) | {
+        "image_id": image_id,
+        "source_uri": uri,
+        "label": label,
+        "size_bytes": len(data),
+        "reason": ALREADY_SCORED,
+    }
 
 
 def scan_batch(
@@ -109,9 +122,10 @@ def scan_batch(
     video_cfg: VideoConfig | None = None,
 ) -> pa.RecordBatch:
     """Fetch, skip, decode and run ``head`` on one slice of ``(source_uri, label)``, all in this
-    Python worker: a row per file whose content is not in ``done`` (per sampled frame of a video,
-    when ``video_cfg`` is given), with :data:`SCAN_FIELDS` and the head's outputs (null for
-    unusable files, which carry ``reason`` and ``detail``)."""
+    Python worker: a row per file (per sampled frame of a video, when ``video_cfg`` is given),
+    with :data:`SCAN_FIELDS` and the head's outputs, which are null for unusable files (their
+    ``reason`` and ``detail`` set) and for files whose content is in ``done`` (reason
+    :data:`ALREADY_SCORED`, not decoded)."""
     contents = store.fetch_many([uri for uri, _ in entries], cfg.fetch_threads, cfg.max_file_bytes)
     from_source = getattr(head, "from_source", False)
     good, bad, sources = [], [], []
@@ -126,7 +140,8 @@ def scan_batch(
             for record in video_records(uri, label, data, cfg, video_cfg, done):
                 (bad if record["reason"] else good).append(record)
             continue
-        if isinstance(data, bytes) and images.image_id(data) in done:
+        if isinstance(data, bytes) and (known := images.image_id(data)) in done:
+            bad.append(_already_scored(uri, label, data, known))
             continue
         record = images.decode_record(uri, label, data, cfg, labelled=False)
         if from_source and not record["reason"]:

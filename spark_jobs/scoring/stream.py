@@ -15,7 +15,9 @@ Layout under ``<data.root>/stream/`` besides the tables::
 
     _checkpoint/        the write-ahead log (offsets, commits, state.json)
     status.json         progress, counts and latency of the last batches
-    .locks/             a stream's locks on its inbox and on this folder, and its micro-batches'
+    .locks/             a stream's lock on this folder, and its micro-batches'
+
+and a stream's lock on its inbox in the host's lock folder (:func:`inbox_locks`).
     .staging/           micro-batches being written
 """
 
@@ -24,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from spark_jobs.core import locks, runner, store
+from spark_jobs.core import locks, manifest, runner, store
 from spark_jobs.core.checkpoint import COMPACT_EVERY, Checkpoint, Planned
 from spark_jobs.core.store import canonical_uri
 from spark_jobs.core.verdict import GateFailed
@@ -65,10 +69,25 @@ def stream_lock(root: str | Path) -> Path:
     return tables.stream_dir(root) / runner.LOCKS / "stream.lock"
 
 
-def inbox_lock(root: str | Path, inbox: str) -> Path:
-    """The lock a stream holds on ``inbox`` for as long as it runs (one per inbox and data.root)."""
-    digest = hashlib.sha256(canonical_uri(inbox).encode()).hexdigest()[:16]
-    return tables.stream_dir(root) / runner.LOCKS / f"inbox-{digest}.lock"
+def inbox_locks() -> Path:
+    """The folder of the inbox locks of this host: ``$SPARK_JOBS_LOCK_DIR``, by default
+    ``<temp dir>/spark-jobs-locks`` (made world-writable with the sticky bit, as ``/tmp`` is, so
+    every user's stream on the host sees one another's)."""
+    folder = Path(os.environ.get("SPARK_JOBS_LOCK_DIR") or Path(tempfile.gettempdir()) / "spark-jobs-locks")
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            folder.chmod(0o1777)
+    return folder
+
+
+def inbox_lock(inbox: str) -> Path:
+    """The lock a stream holds on ``inbox`` for as long as it runs: one per inbox on this host,
+    whatever the ``data.root``, keyed on the inbox's real location (links resolved, a folder and
+    its ``file://`` URI alike). It lives in :func:`inbox_locks`, never in the inbox, which may be
+    read-only and is never written."""
+    digest = hashlib.sha256(os.fsencode(canonical_uri(inbox))).hexdigest()[:16]
+    return inbox_locks() / f"inbox-{digest}.lock"
 
 
 def batch_lock(root: str | Path) -> Path:
@@ -102,9 +121,10 @@ class Outcome:
 
 def score_rows(
     spark: SparkSession, cfg: ScoreParams, current: Current, planned: Planned, work: Path
-) -> tuple[pa.Table, list[dict[str, Any]]]:
+) -> tuple[pa.Table, list[dict[str, Any]], list[str]]:
     """The micro-batch's prediction rows (collected to the driver, copies of one content left
-    out) and the quarantine rows of its unusable files: the batch run's scan and decision."""
+    out), the quarantine rows of its unusable files and the URIs of those already scored: the
+    batch run's scan and decision."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -117,11 +137,23 @@ def score_rows(
         usable = scanned.where(F.col("reason").isNull())
         decided = predict.decide(spark, usable, files, model, cfg, work)
         table = predict.stamped(decided, model, datetime.now(UTC), planned.batch).toArrow()
-        bad = predict.unusable_rows(scanned)
+        bad, already = predict.unscored_rows(scanned)
     finally:
         scanned.unpersist()
     table, copied = tables.without_copies(table)
-    return table, bad + copied
+    return table, bad + copied, already
+
+
+def counted(planned: Planned, table: pa.Table, bad: list[dict[str, Any]], already: list[str]) -> dict[str, Any]:
+    """A micro-batch's counts, each from rows (:func:`tables.tally`), and ``unhandled``: the
+    planned files with no row at all, which the checkpoint leaves to be listed again."""
+    scored = set(table.column("source_uri").to_pylist())
+    per_label: dict[str, int] = {}
+    for label in table.column("predicted_label").to_pylist():
+        per_label[str(label)] = per_label.get(str(label), 0) + 1
+    counts = tables.tally(len(planned.files), per_label, len(scored), len(already), bad, bad)
+    handled = scored | set(already) | {r["source_uri"] for r in bad}
+    return counts | {"unhandled": sorted({uri for uri, *_ in planned.files} - handled)}
 
 
 def _seconds(run: runner.StageRun) -> dict[str, float]:
@@ -146,7 +178,7 @@ def _locks(cfg: ScoreParams) -> list[tuple[Path, str]]:
     folder = tables.stream_dir(cfg.data.root)
     return [
         (stream_lock(cfg.data.root), f"a stream already writes to {folder}"),
-        (inbox_lock(cfg.data.root, cfg.score.inbox), f"a stream already scores {cfg.score.inbox}"),
+        (inbox_lock(cfg.score.inbox), f"a stream already scores {cfg.score.inbox}"),
     ]
 
 
@@ -231,11 +263,9 @@ class _Loop:
         a kill cut its commit short: it only commits."""
         cfg, root = self.cfg, Path(self.cfg.data.root)
         target, quarantine_target, manifest_at = tables.stream_paths(root, planned.partition, planned.run_id)
-        if target.exists():
-            import pyarrow.parquet as pq
-
-            scored = pq.read_metadata(target).num_rows
-            return Outcome("published", {"files_seen": len(planned.files), "scored": scored})
+        if target.exists():  # the last rename: published, under this batch's own unique run id
+            published = manifest.read_record(manifest_at, manifest.Manifest, "micro-batch manifest", FIX)
+            return Outcome("published", published.counts)
         with runner.StageRun(
             STREAM_STAGE,
             root,
@@ -248,8 +278,8 @@ class _Loop:
             report_with_output=True,
         ) as run:
             with run.phase("work"):
-                table, bad = score_rows(self.spark, cfg, current, planned, run.staging / "_light")
-            counts = {"files_seen": len(planned.files), "scored": table.num_rows, "quarantined": len(bad)}
+                table, bad, already = score_rows(self.spark, cfg, current, planned, run.staging / "_light")
+            counts = counted(planned, table, bad, already)
             labelled = (
                 table.column("predicted_label").to_pylist(),
                 checks.low_confidence_flags(table, cfg.score.low_confidence),
@@ -311,6 +341,13 @@ class _Loop:
         ``score.stream.stop_on_reject``."""
         outcome = self.micro_batch(current, planned)
         finished = time.time()
+        if outcome.counts.get("unhandled"):
+            log.warning(
+                "micro-batch %d: %d files neither scored, already scored nor quarantined: listed again after %g s",
+                planned.batch,
+                len(outcome.counts["unhandled"]),
+                self.cfg.score.stream.retry_rejected_s,
+            )
         checkpoint.commit(planned, outcome.outcome, outcome.counts, finished)
         latencies = [finished - f.arrived for f in planned.source_files() if f.arrived]
         self.progress.count(planned.batch, outcome.outcome, outcome.counts, latencies, outcome.seconds)

@@ -158,10 +158,19 @@ def without_copies(table: pa.Table) -> tuple[pa.Table, list[dict[str, Any]]]:
 
 
 def tally(
-    files: int, per_label: dict[str, int], scored: int, bad: list[dict[str, Any]], new_bad: list[dict[str, Any]]
+    files: int,
+    per_label: dict[str, int],
+    scored: int,
+    already: int,
+    bad: list[dict[str, Any]],
+    new_bad: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """A batch run's counts: every file seen is scored (``scored`` files, ``per_label`` rows: an
-    image or a video frame each), already scored or unusable (``bad``: its quarantine rows)."""
+    """A run's counts, each counted from rows: of the ``files`` seen, ``scored`` files have
+    prediction rows (``per_label``: an image or a video frame each), ``already`` have rows of the
+    already-scored, and the unusable have quarantine rows (``bad``; ``new_bad``: those no run
+    reported before). ``unaccounted``, the files with none of these, is 0 unless a file was lost
+    between the listing and the tables (a cascade's file that changed between its two passes is
+    left for the next run)."""
     reasons: dict[str, int] = {}
     for r in new_bad:
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
@@ -170,8 +179,9 @@ def tally(
         "files_seen": files,
         "scored": sum(per_label.values()),
         "files_scored": scored,
-        "already_scored": files - scored - unusable,
+        "already_scored": already,
         "unusable": unusable,
+        "unaccounted": files - scored - already - unusable,
         "quarantined": sum(reasons.values()),
         "quarantine_by_reason": reasons,
         "predicted_by_label": per_label,

@@ -69,7 +69,7 @@ def _bad_files() -> dict[str, tuple[bytes, str]]:
         "1/bomb.png": (png_bytes(np.zeros((400, 400), dtype=np.uint8), mode="L"), images.DECOMPRESSION_BOMB),
         "1/tiny.png": (png_bytes(np.zeros((4, 4, 3), dtype=np.uint8)), images.TOO_SMALL),
         "2/notes.txt": (b"labelling notes", images.UNSUPPORTED_EXTENSION),
-        "2/crashes-pillow.gif": (pillow_crasher(), images.UNREADABLE),
+        "2/crashes-pillow.tif": (pillow_crasher(), images.UNREADABLE),
         "loose.png": (class_image(0, 999), images.UNLABELLED),
     }
 

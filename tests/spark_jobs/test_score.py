@@ -60,7 +60,7 @@ def test_cnn_scores_each_new_image_exactly_once(spark, trained: Config, tmp_path
     truth = write_inbox(tmp_path / "inbox", 100, 4)
     (tmp_path / "inbox" / "zz_copy.png").write_bytes((tmp_path / "inbox" / "new_0_100.png").read_bytes())
     (tmp_path / "inbox" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    (tmp_path / "inbox" / "crashes-pillow.gif").write_bytes(pillow_crasher())  # made Pillow raise TypeError & co
+    (tmp_path / "inbox" / "crashes-pillow.tif").write_bytes(pillow_crasher())  # made Pillow raise TypeError & co
     cfg = score_config(trained, tmp_path, "cnn", "score.top_k=2", "gate.predictions.max_low_confidence=1.0")
     card = cards.read_card(Path(cfg.score.model))
 
@@ -95,7 +95,7 @@ def test_cnn_scores_each_new_image_exactly_once(spark, trained: Config, tmp_path
     reasons = {Path(r["source_uri"]).name: r["reason"] for r in quarantine}
     assert reasons["zz_copy.png"] == images.DUPLICATE  # the copy with the larger URI
     assert reasons["broken.png"] in {images.NOT_AN_IMAGE, images.TRUNCATED, images.UNREADABLE}
-    assert reasons["crashes-pillow.gif"] == images.UNREADABLE
+    assert reasons["crashes-pillow.tif"] == images.UNREADABLE
     assert len(reasons) == 3
     doc = manifest.read_json(first)
     assert doc["counts"]["scored"] == len(truth)

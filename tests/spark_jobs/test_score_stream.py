@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,6 +89,11 @@ def test_a_stream_scores_new_images_and_video_frames_once(spark, trained: Config
     assert all(d.stage == stream.STREAM_STAGE and d.inputs["model"]["version"] == version for d in docs)
     assert sum(len(d.inputs["files"]) for d in docs) == 13
     assert sum(d.counts["scored"] for d in docs) == len(rows)
+    for d in docs:  # every file seen has one counted outcome: none is a remainder
+        c = d.counts
+        assert c["files_seen"] == c["files_scored"] + c["already_scored"] + c["unusable"]
+        assert (c["unaccounted"], c["unhandled"]) == (0, [])
+    assert sum(d.counts["already_scored"] for d in docs) == 3  # the batch run's, counted from their rows
     assert len({d.params_hash for d in docs}) == 1
     assert all(d.gate.success and d.timings is not None for d in docs)
     for d in docs:  # a row's batch_id and the part file name lead to its manifest
@@ -111,6 +117,37 @@ def test_a_stream_scores_new_images_and_video_frames_once(spark, trained: Config
     # The stream again: nothing new.
     assert stream.run_stream(cfg, spark) == 0
     assert len(_stream_rows(spark, cfg)) == len(rows)
+
+
+def test_a_lost_checkpoint_loses_no_file_and_scores_none_twice(spark, trained: Config, tmp_path: Path, caplog) -> None:
+    inbox = tmp_path / "inbox"
+    truth = write_inbox(inbox, 100, 1)
+    cfg = score_config(trained, tmp_path, "cnn", *STREAM, "score.stream.max_files_per_trigger=2")
+    checkpoint = tables.stream_dir(cfg.data.root) / stream.CHECKPOINT
+    assert stream.run_stream(cfg, spark) == 2
+    # Removed whole, as the stream's message for an unreadable checkpoint advises: its batch
+    # numbers start at 0 again, in the same hour.
+    shutil.rmtree(checkpoint)
+    truth |= write_inbox(inbox, 200, 1)
+    assert stream.run_stream(cfg, spark) == 3  # 6 files listed again, 2 a batch
+    # One offsets file lost, and a macOS AppleDouble file beside the others.
+    truth |= write_inbox(inbox, 300, 1)
+    assert stream.run_stream(cfg, spark) == 2
+    next(iter(sorted((checkpoint / "offsets").glob("*.json")))).unlink()
+    (checkpoint / "offsets" / "._0.json").write_bytes(b"\x00\x05\x16\x07")
+    truth |= write_inbox(inbox, 400, 1)
+    with caplog.at_level(logging.WARNING):
+        assert stream.run_stream(cfg, spark) >= 2
+    assert any("not checkpoint records" in r.getMessage() for r in caplog.records)
+
+    names = [Path(r["source_uri"]).name for r in _stream_rows(spark, cfg)]
+    assert sorted(names) == sorted(truth)  # every file once: none lost, none twice
+    docs = [
+        manifest.read_record(m, manifest.Manifest, "manifest", "")
+        for m in tables.stream_dir(cfg.data.root).glob("predictions/hour=*/_manifest-*.json")
+    ]
+    assert sum(d.counts["files_scored"] for d in docs) == len(truth)
+    assert all(d.counts["files_seen"] == d.counts["files_scored"] + d.counts["already_scored"] for d in docs)
 
 
 def test_batch_mode_scores_video_frames(spark, trained: Config, tmp_path: Path) -> None:
@@ -198,7 +235,7 @@ def test_a_champion_change_is_picked_up_without_a_restart(spark, trained: Config
 def test_a_batch_run_stands_aside_while_a_stream_holds_the_inbox(spark, trained, tmp_path, caplog) -> None:
     write_inbox(tmp_path / "inbox", 100, 1)
     cfg = score_config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0")
-    held = locks.take_lock(stream.inbox_lock(Path(cfg.data.root), cfg.score.inbox), 0, "busy", "stream on test")
+    held = locks.take_lock(stream.inbox_lock(cfg.score.inbox), 0, "busy", "stream on test")
     try:
         with caplog.at_level(logging.INFO, logger="spark_jobs.score"):
             assert score.run(cfg, spark) is None

@@ -76,12 +76,19 @@ def test_an_edited_checkpoint_is_refused_in_one_line(tmp_path: Path) -> None:
         wal.Checkpoint(tmp_path, FIX)
 
 
-def test_stray_files_in_the_log_are_not_batches(tmp_path: Path) -> None:
+def test_stray_files_in_the_log_are_not_batches(tmp_path: Path, caplog) -> None:
     checkpoint = wal.Checkpoint(tmp_path, FIX)
     planned = checkpoint.plan(_files(2), 1.0, "0-run", "hour=x")
     (tmp_path / "offsets" / "._0.json").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata
     (tmp_path / "offsets" / "notes.json").write_text("{}")
-    again = wal.Checkpoint(tmp_path, FIX)
+    (tmp_path / "offsets" / "\u00b2.json").write_text("{}")  # a digit to str.isdigit, not to int()
+    (tmp_path / "commits").mkdir()
+    (tmp_path / "commits" / "1.json~").write_text("{}")
+    with caplog.at_level("WARNING"):
+        again = wal.Checkpoint(tmp_path, FIX)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 2
+    assert "3 files" in warned[1] or "3 files" in warned[0]
     assert again.pending == planned
     assert (again.pending.run_id, again.pending.partition) == ("0-run", "hour=x")
     checkpoint.compact(_files(2), 60, 2.0)
@@ -95,3 +102,13 @@ def test_the_outcome_records_the_run(tmp_path: Path) -> None:
     record = (tmp_path / "commits" / "0.json").read_text()
     assert '"run_id": "7-run"' in record
     assert '"outcome": "rejected"' in record
+
+
+def test_files_a_published_batch_left_unhandled_are_listed_again(tmp_path: Path) -> None:
+    checkpoint = wal.Checkpoint(tmp_path, FIX)
+    listing = _files(3)
+    planned = checkpoint.plan(listing, 100.0, "r", "p")
+    checkpoint.commit(planned, "published", {"files_seen": 3, "unhandled": [listing[1].uri]}, 100.0)
+    for reopened in (checkpoint, wal.Checkpoint(tmp_path, FIX)):
+        assert reopened.new_files(listing, 150.0, 60) == []  # waits as a rejected batch's file does
+        assert reopened.new_files(listing, 160.0, 60) == [listing[1]]

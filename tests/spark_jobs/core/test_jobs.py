@@ -57,6 +57,7 @@ def test_unusable_local_paths_stop_a_stage_before_spark(
         ("ingest", ["ingest.source={tmp}/data/ingest"], "{tmp}/data/ingest"),
         ("ingest", ["ingest.source={tmp}/data"], "{tmp}/data/ingest"),
         ("score", ["score.inbox={tmp}/data/predictions/incoming"], "{tmp}/data/predictions"),
+        ("score", ["score.inbox={tmp}/data/stream/incoming"], "{tmp}/data/stream"),  # it would score its own output
         ("train", ["train.output={src}"], "{src}/mllib"),
         ("evaluate", ["evaluate.champion={src}/champion"], "{src}/champion"),
     ],

@@ -108,7 +108,7 @@ def test_mutated_files_decode_or_are_rejected() -> None:
     assert len([r for r in outcomes if r != "decoded"]) >= 3, outcomes
 
 
-def pillow_crasher(kind: str = "gif-animated", full_resolution: bool = False) -> bytes:
+def pillow_crasher(kind: str = "tiff-16bit", full_resolution: bool = False) -> bytes:
     """The first mutant of seed ``kind`` on which the decoder's Pillow steps (open, first frame,
     load, orientation, RGB; at full resolution as tiles decode, or reduced as ingest and scoring
     do) raise something other than :class:`images.Rejected` before the decoder's catch-all turns

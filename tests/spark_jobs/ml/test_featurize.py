@@ -82,7 +82,7 @@ def test_a_source_that_crashes_pillow_is_one_problem_row_when_tiled(tmp_path: Pa
     """Tiles decode each source again, at full resolution, inside the task: a file that makes
     Pillow raise is one problem row naming the exception (the stage then stops with one line
     naming the files: ``raise_on_problems``), never an exception that kills the task."""
-    good, crasher = tmp_path / "good.png", tmp_path / "crashes-pillow.gif"
+    good, crasher = tmp_path / "good.png", tmp_path / "crashes-pillow.tif"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(good)
     crasher.write_bytes(pillow_crasher(full_resolution=True))
     try:  # what Pillow raises on it, outside the decoder's catch-all

@@ -53,10 +53,12 @@ def test_unusable_files_and_copies_become_quarantine_rows(spark, tmp_path: Path)
             {"image_id": "a", "source_uri": "s/1.png", "predicted_label": "0"},
             {"image_id": "b", "source_uri": "s/3.png", "predicted_label": "1"},
             {"image_id": None, "source_uri": "s/bad.png", "reason": "truncated", "detail": "cut"},
+            {"image_id": "c", "source_uri": "s/old.png", "reason": scan.ALREADY_SCORED},
         ],
     )
-    bad = predict.unusable_rows(scanned)
+    bad, already = predict.unscored_rows(scanned)
     assert [(r["source_uri"], r["reason"]) for r in bad] == [("s/bad.png", "truncated")]
+    assert already == ["s/old.png"]  # counted, not quarantined
     assert set(bad[0]) == set(QUARANTINE_COLUMNS)
     usable = scanned.where("reason is null")
     written = tmp_path / "written"

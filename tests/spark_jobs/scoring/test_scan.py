@@ -49,7 +49,9 @@ def test_a_slice_is_fetched_skipped_decoded_and_run_through_the_head(tmp_path: P
     entries = [(p.as_uri(), None) for p in (good, seen, bad)]
     batch = scan.scan_batch(entries, IngestConfig(image_size=16), done, _Means())
     rows = {Path(r["source_uri"]).name: r for r in batch.to_pylist()}
-    assert set(rows) == {"good.png", "bad.png"}  # the scored one is skipped before decoding
+    assert set(rows) == {"good.png", "seen.png", "bad.png"}  # a row per file: every outcome counted from rows
+    assert rows["seen.png"]["reason"] == scan.ALREADY_SCORED  # skipped before decoding
+    assert rows["seen.png"]["mean"] is None
     assert rows["good.png"]["image_id"] == images.image_id(good.read_bytes())
     assert rows["good.png"]["reason"] is None
     assert rows["good.png"]["mean"] > 0

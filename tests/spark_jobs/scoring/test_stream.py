@@ -26,9 +26,13 @@ def _cfg(tmp_path: Path, *overrides: str) -> ScoreParams:
 def test_a_stream_s_locks_are_per_data_root_and_per_inbox(tmp_path: Path) -> None:
     root = tmp_path / "data"
     assert stream.stream_lock(root) == root / "stream" / ".locks" / "stream.lock"
-    one, same = stream.inbox_lock(root, str(tmp_path / "in")), stream.inbox_lock(root, (tmp_path / "in").as_uri())
+    (tmp_path / "in").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+    one, same = stream.inbox_lock(str(tmp_path / "in")), stream.inbox_lock((tmp_path / "in").as_uri())
     assert one == same  # a folder and its file:// URI are one inbox
-    assert one != stream.inbox_lock(root, "s3://bucket/in")
+    assert stream.inbox_lock(str(tmp_path / "link")) == one  # and a link to it
+    assert one.parent == stream.inbox_locks()  # one place for every data.root, never in the inbox
+    assert one != stream.inbox_lock("s3://bucket/in")
     assert stream.batch_lock(root) == root / ".locks" / "score.lock"  # what a batch run's StageRun holds
 
 
@@ -56,7 +60,8 @@ def test_micro_batches_take_the_oldest_new_files_and_run_ids_in_order(tmp_path: 
 
 def test_a_second_stream_on_the_same_inbox_is_refused(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
-    held = locks.take_lock(stream.inbox_lock(cfg.data.root, cfg.score.inbox), 0, "busy", "stream one")
+    held = locks.take_lock(stream.inbox_lock(cfg.score.inbox), 0, "busy", "stream one")
+    cfg = _cfg(tmp_path, f"data.root={tmp_path / 'another_root'}")  # the same inbox under another data.root
     try:
         (tmp_path / "inbox").mkdir()
         with pytest.raises(locks.OutputBusy, match=r"a stream already scores .* \(stream one"):

@@ -61,6 +61,12 @@ def test_without_copies_drops_the_copies_rows() -> None:
     assert none == []
 
 
+def test_a_file_with_no_outcome_is_counted_as_unaccounted_not_as_already_scored() -> None:
+    counts = tables.tally(10, {"cat": 6}, 6, 1, [{"source_uri": "x.png", "reason": "truncated"}], [])
+    assert counts["unaccounted"] == 2  # 10 seen, 6 + 1 + 1 accounted for
+    assert counts["already_scored"] == 1
+
+
 def test_tally_accounts_for_every_file() -> None:
     bad = [
         {"source_uri": "x.png", "reason": "truncated"},
@@ -68,13 +74,14 @@ def test_tally_accounts_for_every_file() -> None:
         {"source_uri": "z.png", "reason": "truncated"},
     ]
     new_bad = bad[1:]  # x.png was reported by an earlier run
-    counts = tables.tally(10, {"cat": 4, "dog": 3}, 6, bad, new_bad)
+    counts = tables.tally(10, {"cat": 4, "dog": 3}, 6, 1, bad, new_bad)
     assert counts == {
         "files_seen": 10,
         "scored": 7,  # rows: a video gave two frames
         "files_scored": 6,
         "already_scored": 1,
         "unusable": 3,
+        "unaccounted": 0,
         "quarantined": 2,
         "quarantine_by_reason": {"duplicate": 1, "truncated": 1},
         "predicted_by_label": {"cat": 4, "dog": 3},
