@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from spark_jobs.core import manifest, runner
-from spark_jobs.core.config import Params, Section, Seed
+from spark_jobs.core.config import LocalPath, Params, Section, Seed
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError
 from spark_jobs.core.tables import ingested_with, published, split_class_counts
@@ -55,7 +55,7 @@ class BackboneConfig(Section):
     learning_rate: float = Field(0.003, gt=0.0)
     max_images: int = Field(20000, ge=1)
     seed: Seed = 0
-    output: str = "models/backbone"
+    output: LocalPath = "models/backbone"
 
 
 class BackboneParams(Params):

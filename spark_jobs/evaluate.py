@@ -41,7 +41,7 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from spark_jobs.core import launch, manifest, runner
-from spark_jobs.core.config import DEFAULT_INBOX, Params, Section, SourcePath, View
+from spark_jobs.core.config import DEFAULT_INBOX, LocalPath, Params, Section, SourcePath, View
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError
 from spark_jobs.core.tables import published, read_features, read_images
@@ -77,9 +77,9 @@ class EvaluateConfig(Section):
 
     models: tuple[Kind, ...] = ("mllib", "cnn", "autoencoder")
     baselines: tuple[Kind, ...] = ()
-    reports: str = "reports"
-    champion: str = CHAMPIONS
-    rejected: str = "models/rejected"
+    reports: LocalPath = "reports"
+    champion: LocalPath = CHAMPIONS
+    rejected: LocalPath = "models/rejected"
     batch_size: int = Field(256, ge=1)
     threads: int = Field(1, ge=1, le=256)
     int8: bool = True

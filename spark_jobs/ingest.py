@@ -28,6 +28,7 @@ from spark_jobs.core import launch, runner, store
 from spark_jobs.core.config import Params
 from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.jobs import exit_process, run_stage
+from spark_jobs.core.store import spark_path
 from spark_jobs.core.tables import DECODED_FIELDS, DECODED_SCHEMA, read_images, read_quarantine
 from spark_jobs.imaging import images
 from spark_jobs.imaging.partitions import decode, describe, plan_chunks
@@ -50,7 +51,7 @@ def write_decoded(decoded: DataFrame, folder: str) -> None:
     from pyspark.sql import functions as F
 
     table = F.when(F.col("reason").isNull(), F.lit("images")).otherwise(F.lit("quarantine"))
-    decoded.withColumn(_TABLE, table).write.partitionBy(_TABLE).parquet(folder)
+    decoded.withColumn(_TABLE, table).write.partitionBy(_TABLE).parquet(spark_path(folder))
 
 
 def settle_tables(spark: SparkSession, staging: Path) -> tuple[Path, Path]:
@@ -83,7 +84,7 @@ def duplicate_fates(spark: SparkSession, images_dir: Path) -> DataFrame:
 
     rows = (
         spark.read.schema(DECODED_SCHEMA)
-        .parquet(str(images_dir))
+        .parquet(spark_path(images_dir))
         .select("image_id", "label", "source_uri", F.input_file_name().alias("file"))
     )
     groups = (
@@ -121,9 +122,10 @@ def move_to_quarantine(spark: SparkSession, images_dir: Path, quarantine_dir: Pa
             "source_uri string, _reason string, _detail string",
         )
     )
-    affected = spark.read.schema(DECODED_SCHEMA).parquet(*files)
+    # input_file_name() gives URIs (%-escaped): read back as the paths they name
+    affected = spark.read.schema(DECODED_SCHEMA).parquet(*[spark_path(store.local_path(f)) for f in files])
     rewrite = images_dir.with_name("_rewrite")
-    affected.join(moving, "source_uri", "left_anti").select(*DECODED_FIELDS).write.parquet(str(rewrite))
+    affected.join(moving, "source_uri", "left_anti").select(*DECODED_FIELDS).write.parquet(spark_path(rewrite))
     moved = affected.join(moving, "source_uri").withColumns(
         {
             "reason": F.col("_reason"),
@@ -132,7 +134,7 @@ def move_to_quarantine(spark: SparkSession, images_dir: Path, quarantine_dir: Pa
             "pixels": F.lit(None).cast("binary"),
         }
     )
-    moved.select(*DECODED_FIELDS).write.mode("append").parquet(str(quarantine_dir))
+    moved.select(*DECODED_FIELDS).write.mode("append").parquet(spark_path(quarantine_dir))
     for uri in files:
         path = store.local_path(uri)
         path.unlink()

@@ -39,12 +39,13 @@ from typing import TYPE_CHECKING, Any
 
 from spark_jobs.core import launch, locks, runner, store
 from spark_jobs.core.jobs import exit_process, run_stage
+from spark_jobs.core.store import spark_path
 from spark_jobs.imaging import partitions
 from spark_jobs.ml.cards import read_card
 from spark_jobs.quality import gate
 from spark_jobs.scoring import checks, lookup, predict, stream, tables
 from spark_jobs.scoring.config import ScoreParams
-from spark_jobs.scoring.model import Scorer, model_folder, scorer
+from spark_jobs.scoring.model import Scorer, check_model, model_folder, scorer
 from spark_jobs.scoring.scan import IdSet
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def validate(
     if not staged.exists():
         return None, {}
     batches, per_label = checks.batch_checks(
-        spark.read.schema(tables.PREDICTION_SCHEMA).parquet(str(staged)), model, cfg
+        spark.read.schema(tables.PREDICTION_SCHEMA).parquet(spark_path(staged)), model, cfg
     )
     return run.validate(batches), per_label
 
@@ -198,7 +199,8 @@ def job(cfg: ScoreParams, spark: SparkSession) -> Path | int | None:
 
 
 def _precheck(cfg: ScoreParams) -> None:
-    read_card(model_folder(cfg))
+    folder = model_folder(cfg)
+    check_model(folder, read_card(folder))  # tampered or out-of-folder weights: refused before Spark
     store.describe_source(cfg.score.inbox, "score.inbox")
 
 

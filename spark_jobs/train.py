@@ -33,10 +33,10 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from spark_jobs.core import manifest, runner, store
-from spark_jobs.core.config import ConfigError, Params, Section, Seed, params_hash
+from spark_jobs.core.config import ConfigError, LocalPath, Params, Section, Seed, params_hash
 from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.jobs import exit_process, run_stage
-from spark_jobs.core.store import SourceError
+from spark_jobs.core.store import SourceError, spark_path
 from spark_jobs.core.tables import ingested_with, published, read_features, split_class_counts
 from spark_jobs.ml import models, training
 from spark_jobs.ml.cards import (
@@ -81,7 +81,7 @@ class TrainConfig(Section):
     """``train``."""
 
     model: Kind = "mllib"
-    output: str = MODELS
+    output: LocalPath = MODELS
     seed: Seed = 0
     class_weighting: Literal["none", "balanced", "auto"] = "auto"
     skew_ratio: float = Field(1.5, ge=1.0)
@@ -143,7 +143,7 @@ def train_mllib(
     weights = training.class_weights(counts, classes, cfg.train.class_weighting, cfg.train.skew_ratio)
     train = mllib_input(table.where(F.col("split") == "train"), classes, weights)
     model = mllib_estimator(cfg.train.mllib, cfg.train.seed, weights is not None).fit(train)
-    model.save(str(folder / CLASSIFIER))
+    model.save(spark_path(folder / CLASSIFIER))
     if (features_dir / TRANSFORM).exists():
         shutil.copytree(features_dir / TRANSFORM, folder / TRANSFORM)
     shutil.copy2(features_dir / EXTRACTOR, folder / EXTRACTOR)

@@ -214,10 +214,16 @@ def model_card(**changes: object) -> Any:
 
 
 def model_folder(folder: Path, **changes: object) -> Path:
-    """A model folder holding only the card of :func:`model_card` (and a marker file)."""
+    """A model folder holding the card of :func:`model_card`, a weights file it records the
+    sha256 of (not a loadable model) and a marker file."""
+    import hashlib
+
     from spark_jobs.ml import cards
 
     folder.mkdir(parents=True, exist_ok=True)
+    weights = f"weights of {changes.get('version', '')}".encode()
+    (folder / cards.WEIGHTS).write_bytes(weights)
+    changes = {"weights_sha256": hashlib.sha256(weights).hexdigest()} | changes
     cards.write_card(folder, model_card(**changes))
     (folder / "marker").write_text(str(changes.get("version", "")))
     return folder

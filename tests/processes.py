@@ -1,5 +1,5 @@
 """Servers the tests start themselves (Airflow, a Spark cluster): wait until they are ready, and
-stop each one with everything it started."""
+stop each one with everything it started; file systems they mount (a full or read-only tmpfs)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +42,28 @@ def stop_group(proc: subprocess.Popen, grace: float = 20) -> None:
         proc.wait(grace)
     time.sleep(2)  # children of the group finishing their own shutdown
     kill_group(proc)
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str = "1m", read_only: bool = False, full: bool = False) -> Iterator[Path]:
+    """A tmpfs mounted at ``folder`` for the block (read-only, or with every byte taken by a
+    filler file when ``full``); the test is skipped, saying why, where mounting is not allowed
+    (not root, or no CAP_SYS_ADMIN in a container)."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root: a full or read-only data.root is not tried here")
+    folder.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}): not tried")
+    try:
+        if full:
+            with contextlib.suppress(OSError), (folder / "filler").open("wb") as filler:
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

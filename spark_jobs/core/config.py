@@ -24,6 +24,7 @@ import typing
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import unquote_to_bytes, urlparse
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -49,10 +50,27 @@ def cut(text: str, limit: int = MAX_SHOWN) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
+def resolve_path(value: str) -> str:
+    """A path as a user means it, resolved once, before any check or write: ``~`` and ``~user``
+    expanded, a ``file:`` URI as the local path it names (its %-escapes decoded to the bytes they
+    stand for, so any name the file system allows can be given); ``s3://`` and relative paths
+    as they are."""
+    if value.startswith("file:"):
+        parsed = urlparse(value)
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"names a file on host {parsed.netloc!r}; only local file: URIs are read")
+        return os.fsdecode(unquote_to_bytes(parsed.path))
+    return os.path.expanduser(value) if value.startswith("~") else value
+
+
+# A local folder or file (or an s3:// URI where one is read), resolved by resolve_path.
+LocalPath = Annotated[str, AfterValidator(resolve_path)]
+
+
 def _named_source(value: str) -> str:
     if not value.strip():
         raise ValueError("is empty; name a folder or an s3:// prefix (an empty path would mean the working directory)")
-    return value
+    return resolve_path(value)
 
 
 # A folder or object-store prefix to read from.
@@ -62,7 +80,17 @@ SourcePath = Annotated[str, AfterValidator(_named_source)]
 def _usable_root(value: str) -> str:
     if not value.strip():
         raise ValueError("is empty; name the folder the stages write under (e.g. data)")
-    if os.path.normpath(os.path.abspath(os.path.expanduser(value))) == os.path.abspath(os.sep):
+    if value.startswith("s3:"):
+        raise ValueError("is an s3:// URI; data.root is a local (or mounted) folder")
+    value = resolve_path(value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            "has bytes that are not UTF-8 in its name: Spark's JVM cannot name such a folder (sources and "
+            "inboxes may have them); rename it"
+        ) from None
+    if os.path.normpath(os.path.abspath(value)) == os.path.abspath(os.sep):
         raise ValueError("is the file system's root; the stages would write their folders there")
     return value
 

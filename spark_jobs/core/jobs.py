@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import logging
 import os
+import re
 import shutil
 import sys
 import threading
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from spark_jobs.core import launch, locks, runner
-from spark_jobs.core.config import ConfigError, Params, arg_parser, load_config
+from spark_jobs.core.config import ConfigError, Params, arg_parser, cut, load_config
 from spark_jobs.core.store import SourceError, unavailable_reason
 from spark_jobs.core.verdict import EXIT_GATE_FAILED, GateFailed
 
@@ -26,6 +28,12 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 2  # params or source that cannot be used: fix the input, do not retry
 EXIT_STORE_UNAVAILABLE = 4  # the object store could not be reached: retry later
 EXIT_BUSY = 5  # another run of the stage holds its output (locks.OutputBusy): retry later
+EXIT_STORAGE = 6  # data.root's file system refused a write mid-run (full, over quota): free space, retry
+
+# What the file system says when it refuses a write, as Python's OSError or in a JVM's message.
+_STORAGE_ERRNOS = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}
+_STORAGE_ERRNOS |= {errno.EROFS: "Read-only file system"}
+_STORAGE_TEXT = re.compile("|".join(re.escape(t) for t in _STORAGE_ERRNOS.values()))
 
 log = logging.getLogger("spark_jobs")
 
@@ -49,15 +57,50 @@ def exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
+def storage_fault(exc: BaseException) -> str | None:
+    """The file system's refusal inside ``exc`` (full, over quota, read-only), as Python raised it
+    or as a Spark job's message carries it from the JVM, in one line; else None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+            return f"{exc.strerror or _STORAGE_ERRNOS[exc.errno]}: {exc.filename or 'a write'}"
+        found = _STORAGE_TEXT.search(str(exc))
+        if found:
+            line = next(x for x in str(exc).splitlines() if found.group(0) in x)
+            return cut(line.strip(" \t:"), 300)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def check_writable(root: Path, folder: Path) -> None:
+    """:class:`ConfigError` unless ``folder`` (``root`` or its deepest existing parent) may be
+    written to: a read-only or foreign ``data.root`` is refused before Spark starts, without
+    making anything."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        where = "" if folder == root else f" ({folder}, where it would be made)"
+        reason = "read-only file system" if _read_only(folder) else "permission denied"
+        raise ConfigError(f"data.root {root}: cannot write there{where}: {reason}")
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def check_local_paths(cfg: Params, needs_spark: bool = True) -> None:
     """:class:`ConfigError` for local paths a run would otherwise fail on with a traceback, before
-    Spark starts: a ``data.root`` below a file, and for a local master a ``spark.python`` that is
-    not an executable (on a cluster the interpreter is the executors', which need not exist here)."""
-    root = Path(cfg.data.root).expanduser()
+    Spark starts: a ``data.root`` below a file or where nothing can be written, and for a local
+    master a ``spark.python`` that is not an executable (on a cluster the interpreter is the
+    executors', which need not exist here)."""
+    root = Path(cfg.data.root)
     for folder in (root, *root.absolute().parents):
         if folder.exists():
             if not folder.is_dir():
                 raise ConfigError(f"data.root {cfg.data.root}: {folder} is a file, not a folder")
+            check_writable(root, folder)
             break
     python = cfg.spark.python
     if needs_spark and python is not None and cfg.spark.master.startswith("local"):
@@ -84,15 +127,13 @@ def check_sources_untouched(stage: str, cfg: Params, outputs: list[Path]) -> Non
     user's input."""
     from spark_jobs.core.store import is_manifest, is_s3
 
-    def real(path: str | Path) -> Path:
-        return Path(os.path.abspath(os.path.expanduser(path))).resolve()
+    def real(path: str | Path) -> Path:  # the params' paths are resolved (config.resolve_path): links here
+        return Path(path).resolve()
 
     sources = []
     for key, uri in (("ingest.source", cfg.ingest.source), ("score.inbox", cfg.score.inbox)):
-        if is_s3(uri):
-            continue
-        local = uri.removeprefix("file://")
-        sources.append((key, real(Path(local).parent if is_manifest(local) else local)))
+        if not is_s3(uri):
+            sources.append((key, real(Path(uri).parent if is_manifest(uri) else uri)))
     for folder in written_folders(outputs, cfg.data.root):
         out = real(folder)
         for key, source in sources:
@@ -154,6 +195,10 @@ def run_stage(
     except (ConfigError, SourceError) as exc:  # inputs found unusable once the job could look at them
         return _refused(stage, exc)
     except Exception as exc:
+        full = storage_fault(exc)  # a full disk met by the driver or the JVM, one line
+        if full is not None:
+            log.error("%s: data.root's file system refused a write, nothing published: %s", stage, full)
+            return EXIT_STORAGE
         reason = unavailable_reason(exc)  # an outage met by the executors, one line, no Java frames
         if reason is None:
             raise

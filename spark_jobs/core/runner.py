@@ -48,6 +48,7 @@ from spark_jobs.core import launch, locks
 from spark_jobs.core import manifest as manifests
 from spark_jobs.core.atomic import replace_dir, replace_file
 from spark_jobs.core.manifest import R
+from spark_jobs.core.store import spark_path
 from spark_jobs.core.verdict import GateFailed, GateResult, Validator
 
 if TYPE_CHECKING:
@@ -161,8 +162,8 @@ class StageRun:
             self._lock_fd = None
 
     def path(self, name: str) -> str:
-        """Where to write table ``name`` while staging."""
-        return str(self.staging / name)
+        """Where Spark writes table ``name`` while staging (:func:`store.spark_path`)."""
+        return spark_path(self.staging / name)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:

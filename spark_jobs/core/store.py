@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import io
 import math
 import os
 import posixpath
 import re
 import stat
+import tempfile
+import unicodedata
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote_to_bytes, urlparse
 
 
 class SourceError(ValueError):
@@ -90,10 +93,49 @@ def local_uri(path: str | Path) -> str:
 
 
 def local_path(uri: str) -> Path:
-    """The local path of a ``file:`` URI (Spark's ``file:/x`` form included) or a plain path."""
+    """The local path of a ``file:`` URI (Spark's ``file:/x`` form included; %-escapes decoded to
+    the bytes they stand for, which need not be UTF-8) or a plain path."""
     if uri.startswith("file:"):
-        return Path(unquote(urlparse(uri).path))
+        return Path(os.fsdecode(unquote_to_bytes(urlparse(uri).path)))
     return Path(uri)
+
+
+# Characters Hadoop's Path cannot carry in a file name: glob patterns, the scheme separator, the
+# escape characters, and any that are not text (control characters; bytes that are not UTF-8,
+# which py4j cannot even send to the JVM).
+_HADOOP_UNSAFE = re.compile(r"[\[\]{}*?:%\\\x00-\x1f\x7f]")
+
+
+def _hadoop_safe(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return _HADOOP_UNSAFE.search(name) is None
+
+
+def spark_path(path: str | Path) -> str:
+    """The absolute ``path`` as Spark (Hadoop) can read and write it. A path whose names Hadoop
+    cannot carry (``[]{}*?:%`` and the backslash, control characters, bytes that are not UTF-8) is given through a
+    link with a plain name, ``<temp dir>/spark-jobs-paths/<sha256>``, to the deepest folder of it
+    with such a name: Python code keeps using the real path, Spark the link, and both reach the
+    same files. (On a cluster the link is the driver host's: give such a folder a plain name
+    there.)"""
+    absolute = Path(os.path.abspath(path))
+    parts = absolute.parts
+    unsafe = [i for i, name in enumerate(parts) if i and not _hadoop_safe(name)]
+    if not unsafe:
+        return str(absolute)
+    target = Path(*parts[: unsafe[-1] + 1])
+    links = Path(tempfile.gettempdir()) / "spark-jobs-paths"
+    links.mkdir(parents=True, exist_ok=True)
+    link = links / hashlib.sha256(os.fsencode(target)).hexdigest()[:24]
+    if not (link.is_symlink() and os.readlink(link) == str(target)):
+        staged = link.with_name(f".{link.name}.{os.getpid()}")
+        staged.unlink(missing_ok=True)
+        staged.symlink_to(target, target_is_directory=True)
+        os.replace(staged, link)
+    return str(link.joinpath(*parts[unsafe[-1] + 1 :]))
 
 
 def canonical_uri(uri: str) -> str:
@@ -101,10 +143,19 @@ def canonical_uri(uri: str) -> str:
     return uri if is_s3(uri) else local_uri(local_path(uri))
 
 
+def label_text(name: str) -> str:
+    """A folder name as a label: NFC-normalised Unicode (macOS writes ``café`` decomposed, NFD;
+    Linux tools usually composed, NFC: one class either way), with any bytes of the name that are
+    not UTF-8 kept as ``\\xNN`` escapes (a Latin-1 ``caf\\xe9`` folder is the label ``caf\\xe9``)."""
+    text = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return unicodedata.normalize("NFC", text)
+
+
 def label_of(relative: str) -> str | None:
-    """The label of a file at ``relative`` (POSIX, below the source root): its parent folder."""
+    """The label of a file at ``relative`` (POSIX, below the source root): its parent folder's
+    name (:func:`label_text`)."""
     parent = posixpath.dirname(relative.strip("/"))
-    return posixpath.basename(parent) if parent else None
+    return label_text(posixpath.basename(parent)) if parent else None
 
 
 @functools.cache
@@ -324,6 +375,8 @@ def read_manifest(uri: str) -> list[SourceFile]:
         header = next(reader, None)
     except csv.Error as exc:
         raise SourceError(f"manifest {uri} line 1: not a CSV header ({exc})") from None
+    if header is not None:
+        header = [name.strip().lower() for name in header]  # "path, label" names the columns too
     if header is None or "path" not in header:
         raise SourceError(f"manifest {uri}: expected a header with columns path,label; got {header}")
     root = posixpath.dirname(uri) if is_s3(uri) else str(local_path(uri).resolve().parent)
@@ -346,7 +399,7 @@ def read_manifest(uri: str) -> list[SourceFile]:
         except SourceError as exc:
             raise SourceError(f"manifest {uri} line {line}: {exc}") from None
         label = row.get("label")
-        label = (label.strip() if isinstance(label, str) else "") or None
+        label = (unicodedata.normalize("NFC", label.strip()) if isinstance(label, str) else "") or None
         if target in first:
             seen_line, seen_label = first[target]
             if seen_label != label:

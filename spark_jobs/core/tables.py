@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from spark_jobs.core import manifest
 from spark_jobs.core.ingest_config import IngestConfig
+from spark_jobs.core.store import spark_path
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -44,12 +45,13 @@ QUARANTINE_COLUMNS = ("source_uri", "reason", "detail", "image_id", "label", "si
 def read_images(spark: SparkSession, folder: Path) -> DataFrame:
     """The image table of an ingest output folder, with its documented columns (the schema is
     known: no Spark job to infer it)."""
-    return spark.read.schema(DECODED_SCHEMA).parquet(str(folder / "images.parquet")).select(*IMAGE_COLUMNS)
+    return spark.read.schema(DECODED_SCHEMA).parquet(spark_path(folder / "images.parquet")).select(*IMAGE_COLUMNS)
 
 
 def read_quarantine(spark: SparkSession, folder: Path) -> DataFrame:
     """The quarantine table of an ingest output folder, with its documented columns."""
-    return spark.read.schema(DECODED_SCHEMA).parquet(str(folder / "quarantine.parquet")).select(*QUARANTINE_COLUMNS)
+    table = spark.read.schema(DECODED_SCHEMA).parquet(spark_path(folder / "quarantine.parquet"))
+    return table.select(*QUARANTINE_COLUMNS)
 
 
 # features/features.parquet: one row per image (or per tile of an image, when tiling): the feature
@@ -64,7 +66,7 @@ FEATURE_COLUMNS = tuple(f.split()[0] for f in FEATURE_SCHEMA.split(", "))
 
 def read_features(spark: SparkSession, folder: Path) -> DataFrame:
     """The feature table of a features output folder, with its documented columns."""
-    return spark.read.schema(FEATURE_SCHEMA).parquet(str(folder / "features.parquet")).select(*FEATURE_COLUMNS)
+    return spark.read.schema(FEATURE_SCHEMA).parquet(spark_path(folder / "features.parquet")).select(*FEATURE_COLUMNS)
 
 
 def split_class_counts(folder: Path) -> dict[str, dict[str, int]]:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from spark_jobs.core.config import View
+from spark_jobs.core.config import LocalPath, View
 from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.manifest import JobVersion, Record, Timings, read_record, write
 from spark_jobs.core.store import SourceError
@@ -55,13 +55,13 @@ ARCHITECTURES = {
 class TrainedModels(View):
     """``train.output``, as a stage that reads trained models sees it."""
 
-    output: str = MODELS
+    output: LocalPath = MODELS
 
 
 class Champions(View):
     """``evaluate.champion``, as a stage that reads the champions sees it."""
 
-    champion: str = CHAMPIONS
+    champion: LocalPath = CHAMPIONS
 
 
 class TrainingRecord(Record):

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from spark_jobs.core.config import Section
+from spark_jobs.core.store import spark_path
 from spark_jobs.ml.cards import read_card
 
 if TYPE_CHECKING:
@@ -111,4 +112,4 @@ def mllib_classifier(folder: Path) -> Any:
 
     card = read_card(folder)
     loader = RandomForestClassificationModel if card.mllib_classifier == "random_forest" else LogisticRegressionModel
-    return loader.load(str(folder / CLASSIFIER))
+    return loader.load(spark_path(folder / CLASSIFIER))

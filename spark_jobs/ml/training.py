@@ -37,7 +37,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from spark_jobs.core.atomic import atomic_file
-from spark_jobs.core.config import Section, params_hash
+from spark_jobs.core.config import LocalPath, Section, params_hash
 from spark_jobs.core.manifest import Record
 from spark_jobs.imaging import images, tiles
 from spark_jobs.ml import models
@@ -61,7 +61,7 @@ class CnnTrainConfig(Section):
     learning_rate: float = Field(0.003, gt=0.0)
     weight_decay: float = Field(0.0001, ge=0.0)
     augment_shift: int = Field(2, ge=0, le=64)
-    init: str | None = None
+    init: LocalPath | None = None
     init_architecture: Backbone | None = None
     freeze_epochs: int = Field(0, ge=0)
     backbone_learning_rate: float | None = Field(None, gt=0.0)

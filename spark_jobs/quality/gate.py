@@ -30,13 +30,24 @@ class Batch:
     name: str
     frame: pd.DataFrame
     expectations: Sequence[Any]
+    key: str | None = None  # the column that names a row (a class): failed rows are reported by it
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python values, for JSON and the summary line."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def _observed(result: dict[str, Any]) -> Any:
     if "observed_value" in result:
         return {"observed_value": result["observed_value"]}
     keys = ("unexpected_count", "unexpected_percent", "partial_unexpected_list")
-    return {k: result[k] for k in keys if k in result}
+    observed = {k: result[k] for k in keys if k in result}
+    rows = result.get("partial_unexpected_index_list") or []
+    if result.get("unexpected_index_column_names") and all(isinstance(r, dict) for r in rows):
+        # which rows, by the batch's key column: e.g. the classes that are short
+        observed["unexpected_rows"] = [{k: _plain(v) for k, v in row.items()} for row in rows]
+    return observed
 
 
 def _checks(batch: str, suite_result: Any) -> list[dict[str, Any]]:
@@ -97,7 +108,8 @@ def validate(stage: str, batches: Sequence[Batch], report_dir: Path | None) -> G
             gx.Checkpoint(
                 name=f"{stage}.{batch.name}",
                 validation_definitions=[validation],
-                result_format={"result_format": "SUMMARY", "partial_unexpected_count": 10},
+                result_format={"result_format": "SUMMARY", "partial_unexpected_count": 10}
+                | ({"unexpected_index_column_names": [batch.key]} if batch.key else {}),
             )
         )
         run = checkpoint.run(batch_parameters={"dataframe": batch.frame})

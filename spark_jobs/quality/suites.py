@@ -162,10 +162,12 @@ def raw_class_expectations(classes: list[str], min_per_class: int) -> list[Any]:
     ]
 
 
-def raw_summary_expectations(fractions: dict[str, float], gate: RawGateConfig) -> list[Any]:
+def raw_summary_expectations(fractions: dict[str, float], gate: RawGateConfig, rows: int) -> list[Any]:
+    """The summary's checks: every file accounted for, the quarantine ratio, and each split's
+    fraction of the ``rows`` images within its allowance (:meth:`RawGateConfig.split_allowance`)."""
     import great_expectations.expectations as gxe
 
-    tol = gate.split_tolerance
+    allow = {s: gate.split_allowance(fractions[s], rows) for s in SPLITS}
     return [
         gxe.ExpectTableRowCountToEqual(value=1),
         gxe.ExpectColumnValuesToBeBetween(column="unaccounted_files", min_value=0, max_value=0),
@@ -175,8 +177,8 @@ def raw_summary_expectations(fractions: dict[str, float], gate: RawGateConfig) -
         *(
             gxe.ExpectColumnValuesToBeBetween(
                 column=f"{s}_fraction",
-                min_value=round(max(0.0, fractions[s] - tol), 6),
-                max_value=round(min(1.0, fractions[s] + tol), 6),
+                min_value=round(max(0.0, fractions[s] - allow[s]), 6),
+                max_value=round(min(1.0, fractions[s] + allow[s]), 6),
             )
             for s in SPLITS
         ),
@@ -226,10 +228,17 @@ def raw_batches(
     """The raw-data suite as batches for :func:`spark_jobs.quality.gate.validate`, from the
     :func:`image_stats` of the staged image table."""
     rules = list(image_rules(classes, image_size))
+    per_split = stats.by(1)
     return [
         Batch("images", stats.row(ROWS, *rules, "repeated_image_id"), raw_image_expectations(rules)),
-        Batch("classes", class_counts(stats.by(0), classes), raw_class_expectations(classes, gate.min_per_class)),
-        Batch("summary", raw_summary(stats.by(1), files_seen, quarantined), raw_summary_expectations(fractions, gate)),
+        Batch(
+            "classes", class_counts(stats.by(0), classes), raw_class_expectations(classes, gate.min_per_class), "label"
+        ),
+        Batch(
+            "summary",
+            raw_summary(per_split, files_seen, quarantined),
+            raw_summary_expectations(fractions, gate, sum(per_split.values())),
+        ),
     ]
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from spark_jobs.core.config import DEFAULT_INBOX, Params, Section, SourcePath
+from spark_jobs.core.config import DEFAULT_INBOX, LocalPath, Params, Section, SourcePath
 from spark_jobs.imaging.video import VideoConfig
 from spark_jobs.ml.cards import Champions
 from spark_jobs.ml.cascade import CascadeConfig
@@ -34,7 +34,7 @@ class ScoreConfig(Section):
 
     mode: Literal["batch", "stream"] = "batch"
     inbox: SourcePath = DEFAULT_INBOX
-    model: str | None = None
+    model: LocalPath | None = None
     task: Literal["classifier", "anomaly"] = "classifier"
     top_k: int = Field(3, ge=1)
     quantize: Literal["none", "int8"] = "none"

@@ -4,13 +4,19 @@ version), and the :class:`~spark_jobs.scoring.heads.Head` the scan runs for it."
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
+import shutil
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from spark_jobs.core.config import ConfigError
 from spark_jobs.ml import extractors, inference
-from spark_jobs.ml.cards import TILE_KINDS, ModelCard, read_card
+from spark_jobs.ml.cards import CARD, TILE_KINDS, ModelCard, read_card
 from spark_jobs.ml.cascade import cascade_parts
 from spark_jobs.ml.extractors import ClassicalConfig
 from spark_jobs.scoring import heads
@@ -22,6 +28,76 @@ def model_folder(cfg: ScoreParams) -> Path:
     if cfg.score.model:
         return Path(cfg.score.model)
     return Path(cfg.evaluate.champion) / cfg.score.task
+
+
+PINNED = ".models"  # under data.root: the model versions runs score with, each copied once
+KEEP_PINNED_S = 7 * 24 * 3600.0  # a pinned copy no run has used for this long is removed
+
+
+def check_model(folder: Path, card: ModelCard) -> None:
+    """:class:`ConfigError` in one line, on the driver and before any executor loads anything, for
+    a card whose files lie outside its folder or whose weights are not the ones it records
+    (tampered, or replaced since training): no code of such a file runs."""
+    inside = folder.resolve()
+    for name in (card.files.weights, card.files.calibration, card.files.classifier, card.files.transform):
+        if name is not None and not (folder / name).resolve().is_relative_to(inside):
+            raise ConfigError(f"model {folder}: its card names {name!r}, outside its folder; not followed")
+    if card.files.weights is not None and card.weights_sha256 is not None:
+        weights = folder / card.files.weights
+        try:
+            digest = hashlib.file_digest(weights.open("rb"), "sha256").hexdigest()
+        except OSError as exc:
+            raise ConfigError(f"model {folder}: cannot read its weights {weights}: {exc.strerror or exc}") from None
+        if digest != card.weights_sha256:
+            raise ConfigError(
+                f"model {folder}: its weights' sha256 is {digest[:16]}..., its card says "
+                f"{card.weights_sha256[:16]}...: tampered or replaced since training; not loaded"
+            )
+
+
+def _pin_key(folder: Path, card: ModelCard) -> str:
+    return f"{card.version}-{hashlib.sha256((folder / CARD).read_bytes()).hexdigest()[:12]}"
+
+
+def pinned(folder: Path, root: Path) -> tuple[Path, ModelCard]:
+    """An immutable copy of the model in ``folder`` and its card: what one run (or micro-batch)
+    scores with from start to end, driver and executors alike, whatever is promoted meanwhile.
+    Copied once per version into ``<data.root>/.models/<version>-<card hash>/`` (copied first,
+    then its card read and its files checked there: a promotion during the copy is caught by the
+    weights' sha256 and the copy made again), never rewritten; copies unused for a week go."""
+    card = read_card(folder)
+    check_model(folder, card)
+    pins = root / PINNED
+    target = pins / _pin_key(folder, card)
+    if target.is_dir():
+        os.utime(target)
+        return target, read_card(target)
+    pins.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        staged = pins / f".staging-{uuid.uuid4().hex[:8]}"
+        try:
+            shutil.copytree(folder, staged)
+            copied = read_card(staged)
+            check_model(staged, copied)
+        except ConfigError:
+            shutil.rmtree(staged, ignore_errors=True)
+            continue  # replaced while it was copied: copy the new one
+        target = pins / _pin_key(staged, copied)
+        try:
+            staged.rename(target)
+        except OSError:  # another run pinned the same version first: the same files
+            shutil.rmtree(staged, ignore_errors=True)
+        _prune(pins, keep=target)
+        return target, copied
+    raise ConfigError(f"model {folder} changed three times while it was being read; try again")
+
+
+def _prune(pins: Path, keep: Path) -> None:
+    now = time.time()
+    for old in pins.iterdir():
+        with contextlib.suppress(OSError):
+            if old != keep and now - old.stat().st_mtime > KEEP_PINNED_S:
+                shutil.rmtree(old)
 
 
 def classical_extractor(folder: Path) -> extractors.Classical:
@@ -65,13 +141,14 @@ class Scorer:
     copy and a cascade (both versions and the cut) each count as a model of their own, so the
     exactly-once skipping is per version."""
 
-    folder: Path
+    folder: Path  # the pinned copy (:func:`pinned`) the run reads
     card: ModelCard
     version: str
     kind: str  # model_kind of the rows: the card's kind, or "cascade"
     quantize: str = "none"
     light_folder: Path | None = None
     light: ModelCard | None = None
+    source: Path | None = None  # the model folder as configured (score.model or the champion)
 
     @property
     def decider(self) -> str:
@@ -94,19 +171,27 @@ class Scorer:
 
     def describe(self) -> dict[str, str]:
         """What a manifest records of the model."""
-        return {"folder": str(self.folder), "version": self.version, "kind": self.kind}
+        return {
+            "folder": str(self.source or self.folder),
+            "pinned": str(self.folder),
+            "version": self.version,
+            "kind": self.kind,
+        }
 
 
 def scorer(cfg: ScoreParams) -> Scorer:
-    """The model of ``cfg`` (its card read now: a new champion is picked up by the next run or micro-batch)."""
-    folder = model_folder(cfg)
-    card = read_card(folder)
+    """The model of ``cfg``, pinned (:func:`pinned`) now: the run scores with this version to its
+    end, and a new champion is picked up by the next run or micro-batch."""
+    source = model_folder(cfg)
+    root = Path(cfg.data.root)
+    folder, card = pinned(source, root)
     quantize = cfg.score.quantize
     if quantize == "int8" and card.kind != "cnn":
-        raise ConfigError(f"score.quantize=int8 applies to cnn models; {folder} holds a {card.kind} model")
+        raise ConfigError(f"score.quantize=int8 applies to cnn models; {source} holds a {card.kind} model")
     version = f"{card.version}-int8" if quantize == "int8" else card.version
     if not cfg.score.cascade.enabled:
-        return Scorer(folder, card, version, card.kind, quantize)
-    light_folder, light = cascade_parts(cfg.score.cascade, card)
+        return Scorer(folder, card, version, card.kind, quantize, source=source)
+    light_source, light = cascade_parts(cfg.score.cascade, card)
+    light_folder, light = pinned(light_source, root)
     version = f"cascade-{light.version}+{version}@{cfg.score.cascade.confidence}"
-    return Scorer(folder, card, version, "cascade", quantize, light_folder, light)
+    return Scorer(folder, card, version, "cascade", quantize, light_folder, light, source)

@@ -64,7 +64,7 @@ def mllib_predictions(usable: DataFrame, folder: Path, card: ModelCard, k: int) 
     from pyspark.ml import PipelineModel
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    table = mllib.apply_transform(PipelineModel.load(str(folder / mllib.TRANSFORM)), usable)
+    table = mllib.apply_transform(PipelineModel.load(store.spark_path(folder / mllib.TRANSFORM)), usable)
     classes = tuple(card.classes)
     keys = tuple(heads.KEY_FIELDS.names)
     classified = mllib.mllib_classify(folder, table, list(classes), keys)
@@ -92,8 +92,8 @@ def cascade_predictions(
     if scorer.light_folder is None or scorer.light is None:
         raise ValueError(f"{scorer.version} is not a cascade")
     confidence = F.lit(cfg.score.cascade.confidence)
-    mllib_predictions(usable, scorer.light_folder, scorer.light, cfg.score.top_k).write.parquet(str(work))
-    light_rows = spark.read.parquet(str(work))
+    mllib_predictions(usable, scorer.light_folder, scorer.light, cfg.score.top_k).write.parquet(store.spark_path(work))
+    light_rows = spark.read.parquet(store.spark_path(work))
     sure = predicted(light_rows.where(F.col("probability") >= confidence), "mllib")
     unsure = set(light_rows.where(F.col("probability") < confidence).select("source_uri").toArrow()[0].to_pylist())
     heavy_files = [f for f in files if f.uri in unsure]
@@ -172,12 +172,12 @@ def write_predictions(
     from pyspark.sql import functions as F
 
     written = folder.with_name(f"_{folder.name}_written")
-    stamped(decided, scorer, started).write.parquet(str(written))
+    stamped(decided, scorer, started).write.parquet(store.spark_path(written))
     rows, duplicates = copies(written, usable)
     if duplicates:
         copy_uris = [r["source_uri"] for r in duplicates]
-        kept = spark.read.schema(tables.PREDICTION_SCHEMA).parquet(str(written))
-        kept.where(~F.col("source_uri").isin(copy_uris)).write.parquet(str(folder))
+        kept = spark.read.schema(tables.PREDICTION_SCHEMA).parquet(store.spark_path(written))
+        kept.where(~F.col("source_uri").isin(copy_uris)).write.parquet(store.spark_path(folder))
     elif rows:
         written.rename(folder)
     shutil.rmtree(written, ignore_errors=True)  # when it was not renamed

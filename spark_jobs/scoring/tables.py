@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from spark_jobs.core.store import spark_path
 from spark_jobs.core.tables import QUARANTINE_COLUMNS
 from spark_jobs.imaging import images
 
@@ -93,9 +94,9 @@ def read_predictions(spark: SparkSession, folder: Path) -> DataFrame | None:
         return None
     # mergeSchema: runs written before a column was added (tile_count) read it as null.
     return (
-        spark.read.option("basePath", str(folder))
+        spark.read.option("basePath", spark_path(folder))
         .option("mergeSchema", "true")
-        .parquet(*[str(p) for p in committed_runs(folder)])
+        .parquet(*[spark_path(p) for p in committed_runs(folder)])
     )
 
 
@@ -105,7 +106,7 @@ def read_stream_predictions(spark: SparkSession, root: str | Path) -> DataFrame 
     table = stream_dir(root) / PREDICTIONS
     if not any(table.glob("hour=*/part-*.parquet")):
         return None
-    return spark.read.option("mergeSchema", "true").parquet(str(table))
+    return spark.read.option("mergeSchema", "true").parquet(spark_path(table))
 
 
 def write_table(table: pa.Table, path: Path) -> Path:

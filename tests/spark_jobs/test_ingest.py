@@ -21,6 +21,7 @@ from spark_jobs.core import manifest, tables
 from spark_jobs.core.verdict import GateFailed
 from spark_jobs.imaging import images
 from tests.factories import REPO, class_image, encode, make_config, png_bytes, write_class_tree
+from tests.processes import tmpfs
 from tests.spark_jobs.imaging.test_decode_fuzz import pillow_crasher
 
 pytestmark = pytest.mark.spark
@@ -303,3 +304,17 @@ def test_spark_submit_runs_the_job_and_its_master_wins(tmp_path: Path) -> None:
     assert 0 < timings["startup_s"] < timings["total_s"]
     assert timings["total_s"] >= timings["startup_s"] + timings["work_s"] + timings["gate_s"]
     assert doc["spark"]["task_metrics"]["total"]["executor_run_time_ms"] > 0
+
+
+def test_a_full_data_root_stops_the_run_in_one_line_and_publishes_nothing(spark, tmp_path: Path) -> None:
+    from spark_jobs.core.jobs import storage_fault
+
+    write_class_tree(tmp_path / "src", 2, 3)
+    with tmpfs(tmp_path / "full", size="256k", full=True) as full:
+        with pytest.raises(Exception) as info:  # noqa: PT011 (whatever Spark or Python raise on it)
+            _run(spark, tmp_path, tmp_path / "src", f"data.root={full / 'data'}", "gate.raw.min_per_class=1")
+        reason = storage_fault(info.value)
+        assert reason is not None, str(info.value)[:2000]
+        assert "No space left on device" in reason
+        assert "\n" not in reason
+        assert not (full / "data" / "ingest").exists()

@@ -3,21 +3,23 @@ runs, a run killed before publishing, and the predictions gate."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from spark_jobs import score
-from spark_jobs.core import manifest, runner
+from spark_jobs import ingest, score
+from spark_jobs.core import atomic, manifest, runner, store
+from spark_jobs.core import tables as core_tables
 from spark_jobs.core.config import ConfigError
 from spark_jobs.core.verdict import GateFailed
 from spark_jobs.imaging import images
 from spark_jobs.ml import cards, inference, models
 from spark_jobs.params import Config
-from spark_jobs.scoring import tables
+from spark_jobs.scoring import predict, tables
 from tests.conftest import INGESTED_CLASSES
-from tests.factories import class_image, s3_inbox, score_config, write_inbox
+from tests.factories import class_image, s3_inbox, score_config, with_overrides, write_inbox
 from tests.spark_jobs.imaging.test_decode_fuzz import pillow_crasher
 
 pytestmark = pytest.mark.spark
@@ -295,3 +297,73 @@ def test_cnn_scores_an_s3_inbox_incrementally(spark, trained: Config, tmp_path: 
     counts = manifest.read_json(second)["counts"]
     assert (counts["scored"], counts["already_scored"], counts["quarantined"]) == (1, len(truth), 0)
     assert [r["source_uri"] for r in spark.read.parquet(str(second)).collect()] == ["s3://inbox/incoming/late.png"]
+
+
+def test_any_name_the_file_system_allows_is_ingested_and_scored(spark, trained: Config, tmp_path: Path) -> None:
+    """Roots, sources and inboxes named with glob characters, ``:``, ``%``, spaces and bytes that
+    are not UTF-8; a duplicate in the source (its move to quarantine reads Spark's own file names
+    back); NFC and NFD spellings of one class; a Latin-1 class and file name."""
+    odd = tmp_path / "r [1]{a}*?:%20 \u00e9"
+    source, inbox = Path(os.fsdecode(bytes(odd) + b"/src \xe9")), Path(os.fsdecode(bytes(odd) + b"/inbox \xe9"))
+    for folder, start in (("0", 0), ("cafe\u0301", 10), ("caf\u00e9", 20), (os.fsdecode(b"lat\xe9n"), 30)):
+        (source / folder).mkdir(parents=True)
+        for i in range(start, start + 3):
+            (source / folder / f"img {i}.png").write_bytes(class_image(i % 3, i))
+    latin1_file = source / "0" / os.fsdecode(b"\xe9t\xe9.png")
+    latin1_file.write_bytes(class_image(0, 99))
+    (source / "0" / "copy.png").write_bytes((source / "0" / "img 0.png").read_bytes())
+    before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
+    cfg = with_overrides(
+        trained,
+        f"data.root={odd / 'data'}",
+        f"ingest.source={(source).as_uri()}",  # a file: URI, %-escaped, of a path that is not UTF-8
+        "ingest.image_size=16",
+        "gate.raw.min_per_class=1",
+        "gate.raw.max_quarantine_ratio=0.5",
+        "gate.raw.split_tolerance=1.0",
+    )
+    published = ingest.run(cfg, spark)
+    images_rows = core_tables.read_images(spark, published).collect()
+    assert {r["label"] for r in images_rows} == {"0", "caf\u00e9", "lat\\xe9n"}  # NFD and NFC: one class
+    assert len(images_rows) == 13  # 12, the Latin-1 file and copy.png; img 0.png left out as its copy
+    assert latin1_file.as_uri() in {r["source_uri"] for r in images_rows}
+    quarantined = core_tables.read_quarantine(spark, published).collect()
+    # the copy with the smaller URI stays
+    assert [(store.local_path(r["source_uri"]).name, r["reason"]) for r in quarantined] == [
+        ("img 0.png", images.DUPLICATE)
+    ]
+    assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before  # the source untouched
+
+    inbox.mkdir()
+    (inbox / os.fsdecode(b"new \xe9 [2].png")).write_bytes(class_image(1, 7))
+    scoring = score_config(trained, tmp_path, "cnn", f"data.root={odd / 'data'}", f"score.inbox={inbox}")
+    run_folder = score.run(scoring, spark)
+    assert run_folder is not None
+    [row] = tables.read_predictions(spark, tables.predictions_dir(scoring.data.root)).collect()
+    assert store.local_path(row["source_uri"]).name == os.fsdecode(b"new \xe9 [2].png")
+
+
+def test_a_promotion_during_a_batch_run_changes_the_next_run_only(
+    spark, trained: Config, tmp_path, monkeypatch
+) -> None:
+    models = Path(trained.train.output)
+    champion = tmp_path / "champion"
+    atomic.copy_dir(models / "cnn", champion, tmp_path / ".staging")
+    write_inbox(tmp_path / "inbox", 100, 1)
+    cfg = score_config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0", f"score.model={champion}")
+    scan = predict.scan_files
+
+    def promote_meanwhile(*args, **kwargs):  # after the run read its model, before its tasks load it
+        atomic.copy_dir(models / "mllib", champion, tmp_path / ".staging")
+        return scan(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "scan_files", promote_meanwhile)
+    assert score.run(cfg, spark) is not None
+    monkeypatch.setattr(predict, "scan_files", scan)
+    write_inbox(tmp_path / "inbox", 200, 1)
+    assert score.run(cfg, spark) is not None
+    rows = tables.read_predictions(spark, tables.predictions_dir(cfg.data.root)).collect()
+    by_run = {(r["run_id"], r["model_version"]) for r in rows}
+    cnn, mllib = cards.read_card(models / "cnn").version, cards.read_card(models / "mllib").version
+    assert sorted(v for _, v in by_run) == sorted([cnn, mllib])  # one version per run: the one it began with
+    assert sum(r["model_version"] == cnn for r in rows) == 3

@@ -211,7 +211,7 @@ def test_a_rejected_micro_batch_is_kept_out_and_retried(spark, trained: Config, 
         )
 
 
-def test_a_champion_change_is_picked_up_without_a_restart(spark, trained: Config, tmp_path: Path) -> None:
+def test_a_champion_change_is_picked_up_without_a_restart(spark, trained: Config, tmp_path: Path, monkeypatch) -> None:
     models = Path(trained.train.output)
     champion = tmp_path / "champion"
     atomic.copy_dir(models / "cnn", champion, tmp_path / ".staging")
@@ -220,11 +220,15 @@ def test_a_champion_change_is_picked_up_without_a_restart(spark, trained: Config
         trained, tmp_path, "cnn", *STREAM, "score.stream.max_files_per_trigger=3", f"score.model={champion}"
     )
 
-    def promote(batch: int) -> None:
-        if batch == 0:  # as evaluate promotes: the folder replaced whole
-            atomic.copy_dir(models / "mllib", champion, tmp_path / ".staging")
+    scoring = stream.score_rows
 
-    assert stream.run_stream(cfg, spark, on_batch=promote) == 2
+    def promote_meanwhile(spark, cfg, current, planned, work):
+        if planned.batch == 0:  # while the first micro-batch runs, as evaluate promotes: the folder replaced whole
+            atomic.copy_dir(models / "mllib", champion, tmp_path / ".staging")
+        return scoring(spark, cfg, current, planned, work)
+
+    monkeypatch.setattr(stream, "score_rows", promote_meanwhile)
+    assert stream.run_stream(cfg, spark) == 2
     versions = {r["batch_id"]: (r["model_version"], r["model_kind"]) for r in _stream_rows(spark, cfg)}
     assert versions == {
         0: (cards.read_card(models / "cnn").version, "cnn"),

@@ -167,6 +167,24 @@ def test_a_date_like_value_stays_text_and_long_values_are_cut(tmp_path: Path) ->
     assert "more characters" in str(info.value)
 
 
+def test_paths_are_resolved_once_as_a_user_means_them(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    odd = os.fsdecode(bytes(tmp_path) + b"/caf\xe9 [1]%")
+    uri = Path(odd).as_uri()
+    cfg = load(
+        REPO / "params.yaml",
+        ["data.root=~/out", f"ingest.source={uri}", "score.inbox=file://localhost/in", "score.model=~/m"],
+    )
+    assert cfg.data.root == str(tmp_path / "home" / "out")  # never a folder named "~"
+    assert cfg.ingest.source == odd  # the file: URI's %-escapes are the name's bytes
+    assert (cfg.score.inbox, cfg.score.model) == ("/in", str(tmp_path / "home" / "m"))
+    assert load(REPO / "params.yaml", ["data.root=data"]).data.root == "data"  # relative stays relative
+    with pytest.raises(ConfigError, match="file on host 'elsewhere'"):
+        load(REPO / "params.yaml", ["score.inbox=file://elsewhere/in"])
+    with pytest.raises(ConfigError, match=r"data\.root: has bytes that are not UTF-8"):
+        load(REPO / "params.yaml", [f"data.root={odd}"])
+
+
 def test_spark_settings_come_from_params() -> None:
     cfg = load(
         REPO / "params.yaml",

@@ -9,6 +9,7 @@ import pytest
 
 from spark_jobs.params import load
 from tests.factories import REPO
+from tests.processes import tmpfs
 
 
 def test_exit_process_runs_the_exit_handlers_joins_threads_and_keeps_the_code(tmp_path: Path) -> None:
@@ -81,6 +82,18 @@ def test_a_stage_never_writes_into_a_source(tmp_path: Path, caplog, stage: str, 
     assert (src / "ingest" / "a.png").read_bytes() == b"an image of the class 'ingest'"
 
 
+def test_a_home_relative_root_is_checked_where_it_is_written(tmp_path: Path, monkeypatch) -> None:
+    from spark_jobs import ingest
+    from spark_jobs.core.config import ConfigError
+    from spark_jobs.core.jobs import check_sources_untouched
+
+    src = tmp_path / "src"
+    monkeypatch.setenv("HOME", str(src))
+    cfg = load(REPO / "params.yaml", [f"ingest.source={src}", "data.root=~/out"])
+    with pytest.raises(ConfigError, match=f"would write to {src}/out/ingest, which overlaps ingest.source {src}"):
+        check_sources_untouched("ingest", cfg, ingest.outputs(cfg))
+
+
 def test_the_bundled_layout_overlaps_no_output() -> None:
     import importlib
 
@@ -89,3 +102,48 @@ def test_the_bundled_layout_overlaps_no_output() -> None:
     cfg = load(REPO / "params.yaml")
     for stage in ("ingest", "backbone", "features", "train", "evaluate", "score"):
         check_sources_untouched(stage, cfg, importlib.import_module(f"spark_jobs.{stage}").outputs(cfg))
+
+
+def test_a_file_system_s_refusal_is_found_in_python_and_in_a_jvm_message() -> None:
+    import errno
+
+    from spark_jobs.core.jobs import storage_fault
+
+    assert storage_fault(OSError(errno.ENOSPC, "No space left on device", "/d/x")) == "No space left on device: /d/x"
+    java = "An error occurred while calling o12.parquet.\n: java.io.IOException: No space left on device\n\tat x.y(Z)"
+    wrapped = RuntimeError("job aborted")
+    wrapped.__cause__ = RuntimeError(java)
+    assert storage_fault(wrapped) == "java.io.IOException: No space left on device"
+    assert storage_fault(OSError(errno.EROFS, "Read-only file system")) == "Read-only file system: a write"
+    assert storage_fault(OSError(errno.ENOENT, "No such file")) is None
+    assert storage_fault(ValueError("bad")) is None
+
+
+def test_a_write_refused_mid_run_is_one_line_and_its_own_exit_code(tmp_path: Path, caplog) -> None:
+    import errno
+
+    from spark_jobs.core.config import Params
+    from spark_jobs.core.jobs import EXIT_STORAGE, run_stage
+
+    def body(cfg, spark) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", f"{cfg.data.root}/x")
+
+    argv = ["--params", str(REPO / "params.yaml"), "--set", f"data.root={tmp_path}"]
+    code = run_stage("t", argv, body, params=Params, outputs=lambda c: [], description="", needs_spark=False)
+    assert code == EXIT_STORAGE
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        f"t: data.root's file system refused a write, nothing published: No space left on device: {tmp_path}/x"
+    ]
+
+
+def test_a_read_only_data_root_is_refused_before_spark(tmp_path: Path, caplog) -> None:
+    from spark_jobs import ingest
+
+    with tmpfs(tmp_path / "ro", read_only=True) as ro:
+        argv = ["--params", str(REPO / "params.yaml"), "--set", f"data.root={ro / 'data'}"]
+        assert ingest.main(argv) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        f"ingest: data.root {ro / 'data'}: cannot write there ({ro}, where it would be made): read-only file system"
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,31 @@ from spark_jobs.core import store
 )
 def test_label_is_the_parent_folder(relative: str, label: str | None) -> None:
     assert store.label_of(relative) == label
+
+
+def test_labels_are_nfc_text_whatever_the_bytes_of_the_folder_name() -> None:
+    assert store.label_of("cafe\u0301/1.png") == store.label_of("caf\u00e9/1.png") == "caf\u00e9"  # NFD as NFC
+    latin1 = os.fsdecode(b"caf\xe9/1.png")  # a Latin-1 folder name: not UTF-8
+    assert store.label_of(latin1) == "caf\\xe9"  # its byte kept as an escape, text Arrow can carry
+    assert store.label_of(latin1).encode("utf-8")
+
+
+def test_a_file_uri_names_any_bytes(tmp_path: Path) -> None:
+    path = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9 [1]%.png"))
+    assert store.local_path(path.as_uri()) == path  # %E9 is the byte 0xE9, not U+FFFD
+
+
+def test_spark_paths_are_plain_names_for_the_same_folder(tmp_path: Path) -> None:
+    plain = tmp_path / "a b" / "c"
+    assert store.spark_path(plain) == str(plain)  # nothing to hide: the path itself
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/r[1]{2}*?:%\xe9")) / "data"
+    (odd / "images").mkdir(parents=True)
+    (odd / "images" / "x").write_text("same file")
+    given = store.spark_path(odd / "images")
+    assert store._hadoop_safe(given)
+    assert given.endswith("/data/images")
+    assert (Path(given) / "x").read_text() == "same file"
+    assert store.spark_path(odd / "images") == given  # one link per folder, made once
 
 
 def test_canonical_uri_spellings_agree(tmp_path: Path) -> None:
@@ -58,6 +84,13 @@ def test_manifest_symlink_escaping_the_root_is_rejected(tmp_path: Path) -> None:
     (root / "m.csv").write_text("path,label\nlink.png,cat\n")
     with pytest.raises(store.SourceError, match="through a link"):
         store.read_manifest(str(root / "m.csv"))
+
+
+def test_manifest_column_names_are_read_padded(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"x")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path, Label\na.png, cafe\u0301\n")
+    assert [f.label for f in store.read_manifest(str(manifest))] == ["caf\u00e9"]
 
 
 def test_manifest_needs_a_path_column(tmp_path: Path) -> None:

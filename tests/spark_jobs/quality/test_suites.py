@@ -156,6 +156,20 @@ def test_a_class_that_lost_every_image_stops_the_gate(spark, tmp_path: Path) -> 
     result = _validate(spark, tmp_path, rows)
     assert ("classes", "expect_column_values_to_be_between", "images") in _failed(result)
     assert "FAILED classes" in result.summary()
+    # the short classes by name, not only their counts
+    assert "{'images': 0, 'label': 'dog'}" in result.summary()
+
+
+def test_the_split_allowance_follows_the_sample_size() -> None:
+    gate_cfg = RawGateConfig(split_tolerance=0.05, split_false_alarm=0.001)
+    assert gate_cfg.split_allowance(0.15, 100_000) == 0.05  # a large source: the configured tolerance
+    small = gate_cfg.split_allowance(0.15, 24)
+    assert 0.23 < small < 0.25  # 3.29 standard deviations of a binomial fraction of 24
+    # A correct split of 24 images passes far more often than the fixed tolerance let it.
+    rng = np.random.default_rng(0)
+    observed = rng.binomial(24, 0.15, 20_000) / 24
+    assert np.mean(abs(observed - 0.15) > 0.05) > 0.4  # the fixed 0.05: about half the runs
+    assert np.mean(abs(observed - 0.15) > small) < 0.005
 
 
 # ---- features suite ----

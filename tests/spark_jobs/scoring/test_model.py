@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from spark_jobs.core import atomic
 from spark_jobs.core.config import ConfigError, load_config
+from spark_jobs.ml.cards import ModelFiles, read_card
 from spark_jobs.scoring import heads, model
 from spark_jobs.scoring.config import ScoreParams
 from tests.factories import REPO, model_folder
@@ -25,14 +27,16 @@ def test_the_champion_of_the_task_unless_a_model_is_named(tmp_path: Path) -> Non
 def test_an_int8_copy_and_a_cascade_are_versions_of_their_own(tmp_path: Path) -> None:
     cnn = model_folder(tmp_path / "cnn", version="cnn-v")
     light = model_folder(tmp_path / "mllib", kind="mllib", version="mllib-v")
-    plain = model.scorer(_cfg(f"score.model={cnn}"))
+    root = f"data.root={tmp_path / 'data'}"
+    plain = model.scorer(_cfg(root, f"score.model={cnn}"))
     assert (plain.version, plain.kind, plain.decider) == ("cnn-v", "cnn", "cnn")
     assert plain.labels() == ["0", "1"]
-    assert plain.describe() == {"folder": str(cnn), "version": "cnn-v", "kind": "cnn"}
-    int8 = model.scorer(_cfg(f"score.model={cnn}", "score.quantize=int8"))
+    assert plain.describe() == {"folder": str(cnn), "pinned": str(plain.folder), "version": "cnn-v", "kind": "cnn"}
+    int8 = model.scorer(_cfg(root, f"score.model={cnn}", "score.quantize=int8"))
     assert (int8.version, int8.decider) == ("cnn-v-int8", "cnn-int8")
     cascade = model.scorer(
         _cfg(
+            root,
             f"score.model={cnn}",
             "score.cascade.enabled=true",
             f"score.cascade.light={light}",
@@ -41,12 +45,13 @@ def test_an_int8_copy_and_a_cascade_are_versions_of_their_own(tmp_path: Path) ->
     )
     assert (cascade.version, cascade.kind) == ("cascade-mllib-v+cnn-v@0.8", "cascade")
     with pytest.raises(ConfigError, match="int8 applies to cnn models"):
-        model.scorer(_cfg(f"score.model={light}", "score.quantize=int8"))
+        model.scorer(_cfg(root, f"score.model={light}", "score.quantize=int8"))
 
 
 def test_an_anomaly_model_labels_its_rows_normal_or_anomaly(tmp_path: Path) -> None:
     folder = model_folder(tmp_path / "ae", kind="autoencoder", task="anomaly", version="ae-v")
-    assert model.scorer(_cfg(f"score.model={folder}")).labels() == list(heads.ANOMALY_LABELS)
+    scored = model.scorer(_cfg(f"data.root={tmp_path / 'data'}", f"score.model={folder}"))
+    assert scored.labels() == list(heads.ANOMALY_LABELS)
 
 
 def test_an_mllib_model_needs_classical_features(tmp_path: Path) -> None:
@@ -55,3 +60,37 @@ def test_an_mllib_model_needs_classical_features(tmp_path: Path) -> None:
     (folder / "extractor.json").write_text('{"kind": "cnn"}')
     with pytest.raises(ConfigError, match="trained on cnn features is not supported"):
         model.classical_extractor(folder)
+
+
+def test_a_run_scores_with_the_version_it_pinned_whatever_is_promoted(tmp_path: Path) -> None:
+    champion = model_folder(tmp_path / "champion", version="cnn-1")
+    cfg = _cfg(f"data.root={tmp_path / 'data'}", f"score.model={champion}")
+    first = model.scorer(cfg)
+    assert first.folder.parent == tmp_path / "data" / model.PINNED
+    # A promotion replaces the champion's folder whole (atomic.copy_dir), as evaluate does.
+    atomic.copy_dir(model_folder(tmp_path / "next", version="cnn-2"), champion, tmp_path / ".staging")
+    assert (first.folder / "marker").read_text() == "cnn-1"  # what the running job reads: unchanged
+    assert read_card(first.folder).version == "cnn-1"
+    second = model.scorer(cfg)  # the next run (or micro-batch)
+    assert (second.version, (second.folder / "marker").read_text()) == ("cnn-2", "cnn-2")
+    assert model.scorer(cfg).folder == second.folder  # one copy per version
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("tamper", "its weights' sha256 is .*, its card says .*: tampered or replaced since training; not loaded"),
+        ("outside", "its card names '../elsewhere.pt', outside its folder; not followed"),
+    ],
+)
+def test_weights_that_are_not_the_card_s_are_refused_on_the_driver(tmp_path: Path, change: str, message: str) -> None:
+    folder = model_folder(tmp_path / "m", version="cnn-1")
+    if change == "tamper":
+        (folder / "model.pt").write_bytes(b"something else")
+    else:
+        (tmp_path / "elsewhere.pt").write_bytes(b"x")
+        model_folder(folder, version="cnn-1", files=ModelFiles(weights="../elsewhere.pt"))
+    with pytest.raises(ConfigError, match=message) as info:
+        model.scorer(_cfg(f"data.root={tmp_path / 'data'}", f"score.model={folder}"))
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "data" / model.PINNED).exists()  # checked before anything is copied
