@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from PIL import Image
 from pydantic import Field
 
 from spark_jobs.core.config import Extensions, Section
 from spark_jobs.imaging import images
+
+T = TypeVar("T")
 
 
 class VideoConfig(Section):
@@ -30,12 +34,13 @@ class VideoConfig(Section):
 
 
 @dataclass(frozen=True)
-class Frame:
-    """One sampled frame: its index among the decoded frames, its time in seconds, the picture."""
+class Frame(Generic[T]):
+    """One sampled frame: its index among the decoded frames, its time in seconds, and what
+    ``prepare`` made of its picture (the picture itself by default)."""
 
     index: int
     time: float | None
-    image: Image.Image
+    image: T
 
 
 def is_video(uri: str, cfg: VideoConfig) -> bool:
@@ -47,10 +52,18 @@ def frame_id(video_id: str, index: int) -> str:
     return hashlib.sha256(f"{video_id}:{index}".encode()).hexdigest()
 
 
-def sampled_frames(data: bytes, cfg: VideoConfig, max_pixels: int) -> list[Frame]:
-    """Frames ``0, n, 2n, ...`` (``n`` = ``cfg.every_nth``) of the file's first video stream, or
-    :class:`images.Rejected`: no video stream, frames over ``max_pixels``, more than
-    ``cfg.max_frames`` sampled frames, or a file that ends before the frames or duration its
+def _picture(image: Image.Image) -> Any:
+    return image
+
+
+def sampled_frames(
+    data: bytes, cfg: VideoConfig, max_pixels: int, prepare: Callable[[Image.Image], T] = _picture
+) -> list[Frame[T]]:
+    """Frames ``0, n, 2n, ...`` (``n`` = ``cfg.every_nth``) of the file's first video stream, each
+    turned by ``prepare`` as it is decoded (scoring keeps the image path's small resized pixels,
+    never a video's full-size frames: memory stays that of one frame, whatever the length or the
+    resolution), or :class:`images.Rejected`: no video stream, frames over ``max_pixels``, more
+    than ``cfg.max_frames`` sampled frames, or a file that ends before the frames or duration its
     header declares (``truncated``) or that FFmpeg cannot read (``unreadable``)."""
     import av
 
@@ -62,7 +75,7 @@ def sampled_frames(data: bytes, cfg: VideoConfig, max_pixels: int) -> list[Frame
             raise images.Rejected(
                 images.DECOMPRESSION_BOMB, f"{stream.width}x{stream.height} frames > {max_pixels} pixels"
             )
-        frames: list[Frame] = []
+        frames: list[Frame[T]] = []
         decoded, last = 0, None
         try:
             for decoded, frame in enumerate(container.decode(stream), start=1):
@@ -73,7 +86,7 @@ def sampled_frames(data: bytes, cfg: VideoConfig, max_pixels: int) -> list[Frame
                     raise images.Rejected(
                         images.TOO_LARGE, f"more than {cfg.max_frames} sampled frames (score.video.max_frames)"
                     )
-                frames.append(Frame(decoded - 1, frame.time, frame.to_image()))
+                frames.append(Frame(decoded - 1, frame.time, prepare(frame.to_image())))
         except av.error.FFmpegError as exc:
             if not decoded:
                 raise

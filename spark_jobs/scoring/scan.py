@@ -82,10 +82,11 @@ def video_records(
     if video.frame_id(video_id, 0) in done:
         return [row | {"image_id": video_id, "video_id": video_id, "reason": ALREADY_SCORED}]
     try:
-        frames = video.sampled_frames(data, video_cfg, cfg.max_image_pixels)
+        # Each frame through the image path as it is decoded: only its resized pixels are kept.
+        frames = video.sampled_frames(data, video_cfg, cfg.max_image_pixels, lambda im: images.decode_frame(im, cfg))
         rows = []
         for frame in frames:
-            decoded = images.decode_frame(frame.image, cfg)
+            decoded = frame.image
             rows.append(
                 row
                 | {
@@ -112,6 +113,20 @@ def _already_scored(uri: str, label: str | None, data: bytes, image_id: str) -> 
         "size_bytes": len(data),
         "reason": ALREADY_SCORED,
     }
+
+
+HEAD_ROWS = 256  # decoded images the head is given at once: a long video's frames go in chunks
+
+
+def head_outputs(head: Head, good: list[dict[str, Any]], chunk: int = HEAD_ROWS) -> dict[str, pa.Array]:
+    """``head``'s outputs for the decoded rows ``good``, run ``chunk`` rows at a time: the float
+    tensors of a video's thousand frames are never made at once."""
+    parts = []
+    for start in range(0, len(good), chunk):
+        rows = good[start : start + chunk]
+        pixels = pa.array([r["pixels"] for r in rows], pa.binary())
+        parts.append(head(images.stack_pixels(pixels, rows[0]["height"], rows[0]["width"])))
+    return {f.name: pa.concat_arrays([p[f.name] for p in parts]) for f in head.outputs()}
 
 
 def scan_batch(
@@ -158,11 +173,7 @@ def scan_batch(
     rows = good + bad
     columns = [pa.array([r.get(f.name) for r in rows], f.type) for f in SCAN_FIELDS]
     if good:
-        if from_source:
-            outputs = head(sources)
-        else:
-            h, w = good[0]["height"], good[0]["width"]
-            outputs = head(images.stack_pixels(pa.array([r["pixels"] for r in good], pa.binary()), h, w))
+        outputs = head(sources) if from_source else head_outputs(head, good)
         columns += [pa.concat_arrays([outputs[f.name], pa.nulls(len(bad), f.type)]) for f in head.outputs()]
     else:
         columns += [pa.nulls(len(bad), f.type) for f in head.outputs()]

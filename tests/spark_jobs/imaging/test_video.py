@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import re
+import weakref
 
 import numpy as np
 import pytest
@@ -22,6 +24,34 @@ def test_every_nth_frame_with_its_index_and_time() -> None:
         assert np.array_equal(np.asarray(f.image.convert("RGB")), frames[f.index])
     decoded = images.decode_frame(got[1].image, IngestConfig(image_size=16))
     assert (decoded.height, decoded.width, decoded.orig_format) == (16, 16, "video")
+
+
+def test_each_frame_is_prepared_as_it_is_decoded_and_not_kept_whole() -> None:
+    seen: list[weakref.ref] = []
+    most = []
+
+    def prepare(picture):
+        seen.append(weakref.ref(picture))
+        gc.collect()
+        most.append(sum(ref() is not None for ref in seen))  # full-size pictures alive, this one included
+        return images.decode_frame(picture, IngestConfig(image_size=8))
+
+    got = video.sampled_frames(video_bytes(class_frames([0, 1, 2] * 4, 30)), VideoConfig(every_nth=1), 10**6, prepare)
+    assert [f.image.height for f in got] == [8] * 12  # only the resized pixels are kept
+    assert max(most) == 1  # one frame at full size at a time, however long the video
+
+
+def test_a_video_that_breaks_after_its_first_frames_scores_none_of_them(tmp_path) -> None:
+    from spark_jobs.scoring import scan
+    from tests.spark_jobs.scoring.test_scan import _Means
+
+    data = video_bytes(class_frames([0, 1, 2] * 10, 20), "avi", "mpeg4")
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: int(len(data) * 0.75)])  # 20-odd frames decode, then it ends
+    batch = scan.scan_batch(
+        [(cut.as_uri(), None)], IngestConfig(image_size=8), scan.IdSet([]), _Means(), VideoConfig(every_nth=1)
+    )
+    assert [(r["reason"], r["frame_index"]) for r in batch.to_pylist()] == [(images.TRUNCATED, None)]
 
 
 @pytest.mark.parametrize(
