@@ -64,7 +64,8 @@ def storage_fault(exc: BaseException) -> str | None:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
-            return f"{exc.strerror or _STORAGE_ERRNOS[exc.errno]}: {exc.filename or 'a write'}"
+            what = exc.strerror or _STORAGE_ERRNOS[exc.errno]
+            return f"{what}: {exc.filename}" if exc.filename else what
         found = _STORAGE_TEXT.search(str(exc))
         if found:
             line = next(x for x in str(exc).splitlines() if found.group(0) in x)

@@ -13,12 +13,13 @@ naming the file and what to run again (:class:`spark_jobs.core.manifest.RecordEr
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
-from spark_jobs.core.config import LocalPath, View
+from spark_jobs.core.config import ConfigError, LocalPath, View
 from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.manifest import JobVersion, Record, Timings, read_record, write
 from spark_jobs.core.store import SourceError
@@ -227,3 +228,24 @@ def read_promotion(folder: Path) -> Promotion | None:
 
 def write_card(folder: Path, card: ModelCard | BackboneCard) -> Path:
     return write(folder, card, CARD)
+
+
+def check_model(folder: Path, card: ModelCard) -> None:
+    """:class:`ConfigError` in one line, on the driver and before any executor loads anything, for
+    a card whose files lie outside its folder or whose weights are not the ones it records
+    (tampered, or replaced since training): no code of such a file runs."""
+    inside = folder.resolve()
+    for name in (card.files.weights, card.files.calibration, card.files.classifier, card.files.transform):
+        if name is not None and not (folder / name).resolve().is_relative_to(inside):
+            raise ConfigError(f"model {folder}: its card names {name!r}, outside its folder; not followed")
+    if card.files.weights is not None and card.weights_sha256 is not None:
+        weights = folder / card.files.weights
+        try:
+            digest = hashlib.file_digest(weights.open("rb"), "sha256").hexdigest()
+        except OSError as exc:
+            raise ConfigError(f"model {folder}: cannot read its weights {weights}: {exc.strerror or exc}") from None
+        if digest != card.weights_sha256:
+            raise ConfigError(
+                f"model {folder}: its weights' sha256 is {digest[:16]}..., its card says "
+                f"{card.weights_sha256[:16]}...: tampered or replaced since training; not loaded"
+            )

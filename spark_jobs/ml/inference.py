@@ -42,6 +42,11 @@ class TorchModel:
 
     @classmethod
     def from_card(cls, folder: Path, card: ModelCard, quantize: str = "none") -> TorchModel:
+        """What workers need to load ``folder``'s model, its files checked here on the driver
+        first (:func:`~spark_jobs.ml.cards.check_model`)."""
+        from spark_jobs.ml.cards import check_model
+
+        check_model(folder, card)
         calibration = None
         if quantize == "int8":
             name = card.files.calibration

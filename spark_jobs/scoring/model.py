@@ -16,7 +16,7 @@ from pathlib import Path
 
 from spark_jobs.core.config import ConfigError
 from spark_jobs.ml import extractors, inference
-from spark_jobs.ml.cards import CARD, TILE_KINDS, ModelCard, read_card
+from spark_jobs.ml.cards import CARD, TILE_KINDS, ModelCard, check_model, read_card
 from spark_jobs.ml.cascade import cascade_parts
 from spark_jobs.ml.extractors import ClassicalConfig
 from spark_jobs.scoring import heads
@@ -32,27 +32,6 @@ def model_folder(cfg: ScoreParams) -> Path:
 
 PINNED = ".models"  # under data.root: the model versions runs score with, each copied once
 KEEP_PINNED_S = 7 * 24 * 3600.0  # a pinned copy no run has used for this long is removed
-
-
-def check_model(folder: Path, card: ModelCard) -> None:
-    """:class:`ConfigError` in one line, on the driver and before any executor loads anything, for
-    a card whose files lie outside its folder or whose weights are not the ones it records
-    (tampered, or replaced since training): no code of such a file runs."""
-    inside = folder.resolve()
-    for name in (card.files.weights, card.files.calibration, card.files.classifier, card.files.transform):
-        if name is not None and not (folder / name).resolve().is_relative_to(inside):
-            raise ConfigError(f"model {folder}: its card names {name!r}, outside its folder; not followed")
-    if card.files.weights is not None and card.weights_sha256 is not None:
-        weights = folder / card.files.weights
-        try:
-            digest = hashlib.file_digest(weights.open("rb"), "sha256").hexdigest()
-        except OSError as exc:
-            raise ConfigError(f"model {folder}: cannot read its weights {weights}: {exc.strerror or exc}") from None
-        if digest != card.weights_sha256:
-            raise ConfigError(
-                f"model {folder}: its weights' sha256 is {digest[:16]}..., its card says "
-                f"{card.weights_sha256[:16]}...: tampered or replaced since training; not loaded"
-            )
 
 
 def _pin_key(folder: Path, card: ModelCard) -> str:

@@ -296,6 +296,10 @@ def test_cnn_scores_an_s3_inbox_incrementally(spark, trained: Config, tmp_path: 
     assert second is not None
     counts = manifest.read_json(second)["counts"]
     assert (counts["scored"], counts["already_scored"], counts["quarantined"]) == (1, len(truth), 0)
+    # each outcome counted from rows, the broken file among the unusable (reported by the first run)
+    seen = counts["files_scored"] + counts["already_scored"] + counts["unusable"]
+    assert counts["files_seen"] == seen == len(truth) + 2
+    assert counts["unaccounted"] == 0
     assert [r["source_uri"] for r in spark.read.parquet(str(second)).collect()] == ["s3://inbox/incoming/late.png"]
 
 

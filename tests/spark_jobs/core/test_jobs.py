@@ -114,7 +114,7 @@ def test_a_file_system_s_refusal_is_found_in_python_and_in_a_jvm_message() -> No
     wrapped = RuntimeError("job aborted")
     wrapped.__cause__ = RuntimeError(java)
     assert storage_fault(wrapped) == "java.io.IOException: No space left on device"
-    assert storage_fault(OSError(errno.EROFS, "Read-only file system")) == "Read-only file system: a write"
+    assert storage_fault(OSError(errno.EROFS, "Read-only file system")) == "Read-only file system"
     assert storage_fault(OSError(errno.ENOENT, "No such file")) is None
     assert storage_fault(ValueError("bad")) is None
 

@@ -76,9 +76,11 @@ def test_changed_weights_are_refused(tmp_path: Path) -> None:
 
 
 def test_int8_needs_a_cnn_with_calibration_images(tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    sha = hashlib.sha256(b"weights").hexdigest()
     with pytest.raises(ConfigError, match="without them"):
-        inference.TorchModel.from_card(tmp_path, model_card(), "int8")
-    card = model_card(files={"weights": "model.pt", "calibration": "calibration.npy"})
+        inference.TorchModel.from_card(tmp_path, model_card(weights_sha256=sha), "int8")
+    card = model_card(files={"weights": "model.pt", "calibration": "calibration.npy"}, weights_sha256=sha)
     assert inference.TorchModel.from_card(tmp_path, card, "int8").calibration == str(
         (tmp_path / "calibration.npy").absolute()
     )
