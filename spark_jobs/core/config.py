@@ -340,8 +340,12 @@ _StrictLoader.yaml_implicit_resolvers = {
 
 
 def strict_yaml(text: str) -> Any:
-    """``text`` read by :class:`_StrictLoader`."""
-    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader, stricter still
+    """``text`` read by :class:`_StrictLoader`; nesting too deep for the parser is an error of the
+    text, like any other (never a ``RecursionError``)."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader, stricter still
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
 
 
 def _problem(exc: yaml.YAMLError) -> str:

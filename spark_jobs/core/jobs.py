@@ -118,7 +118,7 @@ def written_folders(outputs: list[Path], root: str | Path) -> list[Path]:
     folders = list(outputs)
     for target in outputs:
         folders += [target.parent / runner.STAGING, target.parent / runner.LOCKS]
-    return [*folders, root / "gates", root / runner.REJECTED, root / ".checkpoints"]
+    return [*folders, root / "gates", root / runner.REJECTED, root / ".checkpoints", root / runner.PINNED]
 
 
 def check_sources_untouched(stage: str, cfg: Params, outputs: list[Path]) -> None:

@@ -60,6 +60,7 @@ PHASES = ("read", "work", "gate", "publish")
 VALIDATION = "_validation.json"
 STAGING = ".staging"
 LOCKS = ".locks"  # beside the outputs: one lock file per output (StageRun)
+PINNED = ".models"  # under data.root: the model versions scoring runs pinned (scoring.model.pinned)
 REJECTED = "rejected"
 
 

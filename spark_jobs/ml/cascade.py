@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 from pydantic import Field
 
-from spark_jobs.core.config import ConfigError, Section
+from spark_jobs.core.config import ConfigError, LocalPath, Section
 from spark_jobs.ml.cards import MODELS, ModelCard, read_card
 from spark_jobs.ml.metrics import classifier_metrics
 
@@ -19,7 +19,7 @@ class CascadeConfig(Section):
     """``score.cascade``."""
 
     enabled: bool = False
-    light: str = f"{MODELS}/mllib"
+    light: LocalPath = f"{MODELS}/mllib"
     confidence: float = Field(0.9, ge=0.0, le=1.0)
 
 

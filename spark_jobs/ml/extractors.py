@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from spark_jobs.core import store
-from spark_jobs.core.config import Section
+from spark_jobs.core.config import LocalPath, Section
 from spark_jobs.ml import models
 
 EXTRACTOR = "extractor.json"  # the extractor's spec, beside a features table and an mllib model
@@ -71,7 +71,7 @@ Positive = Annotated[float, Field(gt=0.0)]
 class CnnConfig(Section):
     """``features.cnn``: the backbone file and how pixels are normalised for it."""
 
-    backbone: str = "models/backbone/backbone.pt2"
+    backbone: LocalPath = "models/backbone/backbone.pt2"  # or an s3:// URI
     architecture: str | None = None
     threads: int = Field(1, ge=1, le=256)
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from spark_jobs.core import runner
 from spark_jobs.core.config import ConfigError
 from spark_jobs.ml import extractors, inference
 from spark_jobs.ml.cards import CARD, TILE_KINDS, ModelCard, check_model, read_card
@@ -30,7 +31,7 @@ def model_folder(cfg: ScoreParams) -> Path:
     return Path(cfg.evaluate.champion) / cfg.score.task
 
 
-PINNED = ".models"  # under data.root: the model versions runs score with, each copied once
+PINNED = runner.PINNED  # under data.root: the model versions runs score with, each copied once
 KEEP_PINNED_S = 7 * 24 * 3600.0  # a pinned copy no run has used for this long is removed
 
 
@@ -40,17 +41,18 @@ def _pin_key(folder: Path, card: ModelCard) -> str:
 
 def pinned(folder: Path, root: Path) -> tuple[Path, ModelCard]:
     """An immutable copy of the model in ``folder`` and its card: what one run (or micro-batch)
-    scores with from start to end, driver and executors alike, whatever is promoted meanwhile.
+    scores with from start to end, driver and executors alike, whatever is promoted meanwhile
+    (or done to ``folder``'s files after it was copied).
     Copied once per version into ``<data.root>/.models/<version>-<card hash>/`` (copied first,
     then its card read and its files checked there: a promotion during the copy is caught by the
     weights' sha256 and the copy made again), never rewritten; copies unused for a week go."""
     card = read_card(folder)
-    check_model(folder, card)
     pins = root / PINNED
     target = pins / _pin_key(folder, card)
-    if target.is_dir():
+    if target.is_dir():  # checked when it was copied: a stream's every trigger hashes nothing
         os.utime(target)
         return target, read_card(target)
+    check_model(folder, card)
     pins.mkdir(parents=True, exist_ok=True)
     for _ in range(3):
         staged = pins / f".staging-{uuid.uuid4().hex[:8]}"

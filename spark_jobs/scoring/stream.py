@@ -86,7 +86,8 @@ def inbox_lock(inbox: str) -> Path:
     whatever the ``data.root``, keyed on the inbox's real location (links resolved, a folder and
     its ``file://`` URI alike). It lives in :func:`inbox_locks`, never in the inbox, which may be
     read-only and is never written."""
-    digest = hashlib.sha256(os.fsencode(canonical_uri(inbox))).hexdigest()[:16]
+    where = canonical_uri(inbox)
+    digest = hashlib.sha256(os.fsencode(where.rstrip("/") if store.is_s3(where) else where)).hexdigest()[:16]
     return inbox_locks() / f"inbox-{digest}.lock"
 
 

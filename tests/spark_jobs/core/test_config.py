@@ -134,6 +134,7 @@ def test_missing_params_file(tmp_path: Path) -> None:
         # billion laughs: nine levels of ten aliases each would be 10**9 strings
         (b'a: &a ["x","x"]\nb: &b [*a,*a]\nc: [*b,*b]\n', r"anchors and aliases \(&a\) are not allowed"),
         (b"x: " + b"y" * (2**20 + 10), "is over 1 MiB"),
+        (b"x: " + b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     ],
 )
 def test_an_unusable_params_file_is_one_line(tmp_path: Path, content: bytes | None, message: str) -> None:

@@ -33,6 +33,7 @@ def test_a_stream_s_locks_are_per_data_root_and_per_inbox(tmp_path: Path) -> Non
     assert stream.inbox_lock(str(tmp_path / "link")) == one  # and a link to it
     assert one.parent == stream.inbox_locks()  # one place for every data.root, never in the inbox
     assert one != stream.inbox_lock("s3://bucket/in")
+    assert stream.inbox_lock("s3://bucket/in/") == stream.inbox_lock("s3://bucket/in")
     assert stream.batch_lock(root) == root / ".locks" / "score.lock"  # what a batch run's StageRun holds
 
 
