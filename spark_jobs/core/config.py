@@ -242,7 +242,7 @@ class Params(BaseModel):
             unknown = sorted(str(k) for k in tree if k not in SECTIONS)
             if unknown:
                 known = ", ".join(SECTIONS)
-                raise ValueError(f"unknown parameter {', '.join(unknown)} (params.yaml's sections: {known})")
+                raise ValueError(f"unknown parameter {cut(', '.join(unknown))} (params.yaml's sections: {known})")
         return tree
 
     def section(self, *names: str) -> dict[str, Any]:
@@ -370,7 +370,7 @@ def parse_override(text: str, schema: type[BaseModel]) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. ingest.image_size=64")
+        raise ConfigError(f"--set {cut(text)!r}: expected section.key=value, e.g. ingest.image_size=64")
     return key, parse_value(key, raw, schema)
 
 
@@ -386,13 +386,13 @@ def set_override(
     node = tree
     for part in parents:
         if existing is not None and part not in node:
-            raise ConfigError(f"{existing} has no section {key!r} (override {text!r})")
+            raise ConfigError(f"{existing} has no section {key!r} (override {cut(text)!r})")
         child = node.setdefault(part, {})
         if not isinstance(child, MutableMapping):
             raise ConfigError(f"--set {key}: {part} is a value, not a section")
         node = child
     if existing is not None and leaf not in node:
-        raise ConfigError(f"{existing} has no parameter {key!r} (override {text!r})")
+        raise ConfigError(f"{existing} has no parameter {key!r} (override {cut(text)!r})")
     changed = leaf not in node or node[leaf] != value
     if changed:
         node[leaf] = value
@@ -410,7 +410,7 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str], schema: type[Bas
 def _describe(error: dict[str, Any]) -> str:
     if not error["loc"]:  # a rule across sections: its message names the keys
         return str(error["msg"]).removeprefix("Value error, ")
-    key = ".".join(str(p) for p in error["loc"])
+    key = cut(".".join(str(p) for p in error["loc"]))
     if error["type"] == "extra_forbidden":
         return f"unknown parameter {key}"
     return f"parameter {key}: {str(error['msg']).removeprefix('Value error, ')} (got {cut(repr(error.get('input')))})"

@@ -16,8 +16,14 @@ class OutputBusy(RuntimeError):
 
 
 def _open_lock(lock_file: Path) -> int:
+    """A descriptor of ``lock_file`` (made if need be); read-only when another user made it in a
+    shared folder (the host's inbox locks): ``flock`` works on either."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
-    return os.open(lock_file, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    cloexec = getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(lock_file, os.O_RDWR | os.O_CREAT | cloexec, 0o644)
+    except PermissionError:
+        return os.open(lock_file, os.O_RDONLY | cloexec)
 
 
 def _holder(fd: int) -> str:
@@ -42,8 +48,9 @@ def take_lock(lock_file: Path, wait: float, busy: str, holder: str) -> int:
                 os.close(fd)
                 raise OutputBusy(f"{busy} ({held_by}); waited {wait:g} s (data.lock_wait_s): try again later") from None
             time.sleep(0.2)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{holder}, pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+    with contextlib.suppress(OSError):  # a read-only descriptor: the lock holds, unnamed
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{holder}, pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
     return fd
 
 

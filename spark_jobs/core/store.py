@@ -116,11 +116,11 @@ def _hadoop_safe(name: str) -> bool:
 
 def spark_path(path: str | Path) -> str:
     """The absolute ``path`` as Spark (Hadoop) can read and write it. A path whose names Hadoop
-    cannot carry (``[]{}*?:%`` and the backslash, control characters, bytes that are not UTF-8) is given through a
-    link with a plain name, ``<temp dir>/spark-jobs-paths/<sha256>``, to the deepest folder of it
-    with such a name: Python code keeps using the real path, Spark the link, and both reach the
-    same files. (On a cluster the link is the driver host's: give such a folder a plain name
-    there.)"""
+    cannot carry (``[]{}*?:%`` and the backslash, control characters, bytes that are not UTF-8)
+    is given through a link with a plain name, ``<temp dir>/spark-jobs-paths/<sha256>``, to the
+    deepest folder of it with such a name: Python code keeps using the real path, Spark the link,
+    and both reach the same files. (On a cluster the link is the driver host's: give such a
+    folder a plain name there.)"""
     absolute = Path(os.path.abspath(path))
     parts = absolute.parts
     unsafe = [i for i, name in enumerate(parts) if i and not _hadoop_safe(name)]

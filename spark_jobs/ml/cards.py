@@ -241,7 +241,8 @@ def check_model(folder: Path, card: ModelCard) -> None:
     if card.files.weights is not None and card.weights_sha256 is not None:
         weights = folder / card.files.weights
         try:
-            digest = hashlib.file_digest(weights.open("rb"), "sha256").hexdigest()
+            with weights.open("rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
         except OSError as exc:
             raise ConfigError(f"model {folder}: cannot read its weights {weights}: {exc.strerror or exc}") from None
         if digest != card.weights_sha256:

@@ -16,9 +16,9 @@ Layout under ``<data.root>/stream/`` besides the tables::
     _checkpoint/        the write-ahead log (offsets, commits, state.json)
     status.json         progress, counts and latency of the last batches
     .locks/             a stream's lock on this folder, and its micro-batches'
+    .staging/           micro-batches being written
 
 and a stream's lock on its inbox in the host's lock folder (:func:`inbox_locks`).
-    .staging/           micro-batches being written
 """
 
 from __future__ import annotations
