@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from spark_jobs.core import launch, manifest, runner, session, store
+from spark_jobs.core import launch, manifest, progress, runner, session, store
 from spark_jobs.core.config import ConfigError, Params, Section
 from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.jobs import exit_process, run_stage
@@ -55,6 +55,7 @@ from spark_jobs.quality import gate, suites
 from spark_jobs.quality.thresholds import GateConfig
 
 if TYPE_CHECKING:
+    from pyspark import Accumulator
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,32 @@ def open_extractor(cfg: FeaturesParams, ingest_cfg: IngestConfig) -> extractors.
     return extractors.Classical(cfg.features.classical, size)
 
 
+def pixel_pass(
+    spark: SparkSession,
+    image_table: DataFrame,
+    extractor: extractors.Extractor,
+    ingest_cfg: IngestConfig,
+    ingest_dir: Path,
+    cfg: FeaturesParams,
+    run: runner.StageRun,
+    staged_raw: bool,
+    handled: Accumulator,
+) -> None:
+    """The one pass over the pixels: every image's (or tile's) vector, into the staged raw table
+    (``staged_raw``) or straight into ``features.parquet``, counting the images into ``handled``."""
+    from pyspark.sql import functions as F
+
+    split_bytes = session.one_task_per_file(ingest_dir / "images.parquet")
+    batch_rows = cfg.spark.arrow_max_records_per_batch
+    vectors = featurize.extract(image_table, extractor, ingest_cfg, cfg.features.tiles, batch_rows, handled)
+    with session.sql_conf(spark, "spark.sql.files.maxPartitionBytes", split_bytes):
+        if staged_raw:  # read twice (PCA fit and transform) or checked for problems first
+            vectors.write.parquet(run.path(_RAW))
+        else:  # cnn embeddings need nothing more: one pass straight to the table
+            with_kind = vectors.withColumnRenamed("raw", "features").withColumn("feature_kind", F.lit(extractor.kind))
+            with_kind.select(*FEATURE_COLUMNS).write.parquet(run.path(TABLE))
+
+
 def write_table(
     spark: SparkSession,
     image_table: DataFrame,
@@ -135,25 +162,19 @@ def write_table(
     ingest_dir: Path,
     cfg: FeaturesParams,
     run: runner.StageRun,
+    images_in: int,
 ) -> dict[str, Any]:
-    """Extract every image's (or tile's) vector into the run's staged ``features.parquet`` (fitting
-    and applying the scaler + PCA for classical features) and write ``extractor.json`` beside it;
-    returns that spec."""
+    """Extract every image's (or tile's) vector of the ``images_in`` into the run's staged
+    ``features.parquet`` (fitting and applying the scaler + PCA for classical features) and write
+    ``extractor.json`` beside it; returns that spec."""
     from pyspark.sql import functions as F
 
     spec: dict[str, Any] = extractor.describe()
     extract_start = time.perf_counter()
-    split_bytes = session.one_task_per_file(ingest_dir / "images.parquet")
-    batch_rows = cfg.spark.arrow_max_records_per_batch
-    vectors = featurize.extract(image_table, extractor, ingest_cfg, cfg.features.tiles, batch_rows)
     staged_raw = cfg.features.kind == "classical" or cfg.features.tiles.enabled
-    with session.sql_conf(spark, "spark.sql.files.maxPartitionBytes", split_bytes):
-        if staged_raw:  # read twice (PCA fit and transform) or checked for problems first
-            vectors.write.parquet(run.path(_RAW))
-        else:  # cnn embeddings need nothing more: one pass straight to the table
-            with_kind = vectors.withColumnRenamed("raw", "features").withColumn("feature_kind", F.lit(extractor.kind))
-            with_kind.select(*FEATURE_COLUMNS).write.parquet(run.path(TABLE))
-    run.extra["extract_s"] = round(time.perf_counter() - extract_start, 3)  # the pixel pass
+    with progress.reporting(spark, STAGE, "images", images_in, cfg.data.progress_s) as handled:
+        pixel_pass(spark, image_table, extractor, ingest_cfg, ingest_dir, cfg, run, staged_raw, handled)
+    run.extra["extract_s"] = round(time.perf_counter() - extract_start, 3)
     if staged_raw:
         raw = spark.read.schema(featurize.RAW_SCHEMA).parquet(run.path(_RAW))
         if cfg.features.tiles.enabled:
@@ -200,7 +221,7 @@ def run(cfg: FeaturesParams, spark: SparkSession) -> Path:
             image_table = read_images(spark, ingest_dir)
             expected = expected_rows(image_table, per_class, cfg.features.tiles)
         with run.phase("work"):
-            spec = write_table(spark, image_table, extractor, ingest_cfg, ingest_dir, cfg, run)
+            spec = write_table(spark, image_table, extractor, ingest_cfg, ingest_dir, cfg, run, images_in)
         with run.phase("gate"):
             stats = suites.feature_stats(
                 read_features(spark, run.staging), sorted(expected), spec["dim"], extractor.kind

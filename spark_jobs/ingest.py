@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
-from spark_jobs.core import launch, runner, store
+from spark_jobs.core import launch, progress, runner, store
 from spark_jobs.core.config import Params
 from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.jobs import exit_process, run_stage
@@ -175,8 +175,9 @@ def run(cfg: IngestParams, spark: SparkSession) -> Path:
         log.info("listed %d files (%d bytes) in %s", files_seen, source["bytes"], source["uri"])
         with run.phase("work"):
             chunks = plan_chunks(spark, files, cfg.spark)
-            decoded = decode(spark, chunks, cfg.ingest, cfg.spark.arrow_max_records_per_batch)
-            write_decoded(decoded, run.path("_decoded"))
+            with progress.reporting(spark, STAGE, "files", files_seen, cfg.data.progress_s) as handled:
+                decoded = decode(spark, chunks, cfg.ingest, cfg.spark.arrow_max_records_per_batch, handled)
+                write_decoded(decoded, run.path("_decoded"))
             images_dir, quarantine_dir = settle_tables(spark, run.staging)
             fates = duplicate_fates(spark, images_dir).collect()
             move_to_quarantine(spark, images_dir, quarantine_dir, fates)

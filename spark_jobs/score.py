@@ -37,7 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spark_jobs.core import launch, locks, runner, store
+from spark_jobs.core import launch, locks, progress, runner, store
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import spark_path
 from spark_jobs.imaging import partitions
@@ -49,7 +49,7 @@ from spark_jobs.scoring.model import Scorer, check_model, model_folder, scorer
 from spark_jobs.scoring.scan import IdSet
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
     from spark_jobs.core.verdict import GateResult
 
@@ -85,12 +85,23 @@ def transform(
     quarantine rows of the unusable files and of the copies left out, and the number of files
     found already scored. The one pass over the files
     is kept in memory (no pixels: ids, reasons and the model's outputs, a few hundred bytes a file);
-    its one job also writes the predictions, so the write overlaps the decoding and the model."""
+    its one job also writes the predictions, so the write overlaps the decoding and the model.
+    A progress line every ``data.progress_s`` counts the files the scan's tasks have done."""
+    model = got.scorer
+    with progress.reporting(spark, STAGE, "files", len(got.files), cfg.data.progress_s) as handled:
+        head = model.head(cfg)
+        scanned = predict.scan_files(spark, got.files, cfg, model.card.ingest_settings, got.done, head, handled=handled)
+        return _decided(spark, cfg, got, started, run, scanned)
+
+
+def _decided(
+    spark: SparkSession, cfg: ScoreParams, got: Inputs, started: datetime, run: runner.StageRun, scanned: DataFrame
+) -> tuple[list[dict], int]:
+    """The predictions of the scan written into the run's staging (the scan runs as they are)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     model = got.scorer
-    scanned = predict.scan_files(spark, got.files, cfg, model.card.ingest_settings, got.done, model.head(cfg))
     scanned = scanned.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         usable = scanned.where(F.col("reason").isNull())

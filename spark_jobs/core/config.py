@@ -126,6 +126,7 @@ class View(BaseModel):
 class DataConfig(Section):
     root: Annotated[str, AfterValidator(_usable_root)] = "data"
     lock_wait_s: float = Field(600.0, ge=0.0)
+    progress_s: float = Field(10.0, ge=0.0)  # a progress line of a stage's image pass this often (0: none)
 
 
 # The master URLs Spark 4 accepts (docs: "Master URLs"): local mode, a standalone cluster (one or
@@ -213,6 +214,7 @@ class ScoreInbox(View):
 # lists none of them (changing one re-runs nothing) and manifests do not record them.
 SPEED_ONLY = (
     "data.lock_wait_s",
+    "data.progress_s",
     "ingest.fetch_threads",
     "features.batch_size",
     "features.cnn.threads",

@@ -27,6 +27,13 @@ def master_url(cfg: SparkConfig) -> str:
     return cfg.master
 
 
+def _terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stdout
+        return False
+
+
 def spark_conf(cfg: SparkConfig) -> dict[str, str]:
     """Every Spark setting the platform sets, as strings; ``cfg.conf`` entries win."""
     python = cfg.python or sys.executable
@@ -43,7 +50,9 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
         "spark.sql.files.maxPartitionBytes": str(cfg.files_max_partition_bytes),
         "spark.sql.files.openCostInBytes": str(cfg.files_open_cost_bytes),
         "spark.python.worker.reuse": "true",
-        "spark.ui.showConsoleProgress": "false",
+        # Spark's progress bar in a terminal; in a log (Airflow's, a file) the stages' own
+        # progress lines (spark_jobs.core.progress) say the same without the redraws.
+        "spark.ui.showConsoleProgress": str(_terminal()).lower(),
         "spark.sql.session.timeZone": "UTC",
         # The event log is where each manifest's task metrics come from (spark.ui is off); it
         # goes to a folder of the process's own unless spark.eventLog.dir is set (then it stays).

@@ -19,7 +19,7 @@ from spark_jobs.core.tables import DECODED_FIELDS, DECODED_SCHEMA
 from spark_jobs.imaging import images
 
 if TYPE_CHECKING:
-    from pyspark import Broadcast
+    from pyspark import Accumulator, Broadcast
     from pyspark.sql import DataFrame, SparkSession
 
 
@@ -40,12 +40,19 @@ def chunk_slices(chunk_ids: Iterable[int], listing: Broadcast, batch_rows: int) 
 
 
 def decode_chunks(
-    frames: Iterator[pd.DataFrame], listing: Broadcast, cfg: IngestConfig, batch_rows: int
+    frames: Iterator[pd.DataFrame],
+    listing: Broadcast,
+    cfg: IngestConfig,
+    batch_rows: int,
+    handled: Accumulator | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """For each chunk id in the input, decode that chunk of the broadcast listing, in batches."""
+    """For each chunk id in the input, decode that chunk of the broadcast listing, in batches
+    (each added to ``handled``, the stage's progress count: :mod:`spark_jobs.core.progress`)."""
     for frame in frames:
         for entries in chunk_slices(frame["id"], listing, batch_rows):
             yield decode_frame(entries, cfg)
+            if handled is not None:
+                handled.add(len(entries))
 
 
 def plan_chunks(spark: SparkSession, files: list[store.SourceFile], spark_cfg: SparkConfig) -> list[list]:
@@ -67,11 +74,13 @@ def chunk_tasks(spark: SparkSession, chunks: list[list]) -> tuple[DataFrame, Bro
     return spark.range(len(chunks), numPartitions=max(len(chunks), 1)), listing
 
 
-def decode(spark: SparkSession, chunks: list[list], cfg: IngestConfig, batch_rows: int) -> DataFrame:
+def decode(
+    spark: SparkSession, chunks: list[list], cfg: IngestConfig, batch_rows: int, handled: Accumulator | None = None
+) -> DataFrame:
     """Fetch + decode every listed file: DECODED_SCHEMA rows, good and bad alike, in Arrow batches
-    of ``batch_rows``: one Python stage."""
+    of ``batch_rows``: one Python stage (counting the files into ``handled``)."""
     ids, listing = chunk_tasks(spark, chunks)
-    return ids.mapInPandas(lambda it: decode_chunks(it, listing, cfg, batch_rows), DECODED_SCHEMA)
+    return ids.mapInPandas(lambda it: decode_chunks(it, listing, cfg, batch_rows, handled), DECODED_SCHEMA)
 
 
 def describe(source: str, kind: str, files: list[store.SourceFile]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from spark_jobs.imaging.tiles import TilesConfig
 from spark_jobs.ml import extractors
 
 if TYPE_CHECKING:
+    from pyspark import Accumulator
     from pyspark.sql import DataFrame
 
 # What the extractor pass writes: feature rows with the un-reduced vector in ``raw``, plus one row
@@ -31,8 +32,11 @@ RAW_FIELDS = tuple(f.split()[0] for f in RAW_SCHEMA.split(", "))
 KEYS = ("image_id", "source_uri", "label", "split")
 
 
-def whole_image_batches(batches: Iterator[pa.RecordBatch], extractor: extractors.Extractor) -> Iterator[pa.RecordBatch]:
-    """One raw row per image: its vector, as tile (0, 0) covering the whole original."""
+def whole_image_batches(
+    batches: Iterator[pa.RecordBatch], extractor: extractors.Extractor, handled: Accumulator | None = None
+) -> Iterator[pa.RecordBatch]:
+    """One raw row per image: its vector, as tile (0, 0) covering the whole original (the images
+    added to ``handled``, the stage's progress count)."""
     for batch in batches:
         n = batch.num_rows
         if n == 0:
@@ -52,6 +56,8 @@ def whole_image_batches(batches: Iterator[pa.RecordBatch], extractor: extractors
             "problem": pa.nulls(n, pa.string()),
         }
         yield pa.RecordBatch.from_pydict(columns)
+        if handled is not None:
+            handled.add(n)
 
 
 def _fetched(frame: pd.DataFrame, threads: int, max_bytes: int) -> Iterator[tuple[Any, bytes | Exception]]:
@@ -69,9 +75,11 @@ def tile_frames(
     cfg: IngestConfig,
     tiles_cfg: TilesConfig,
     batch_rows: int,
+    handled: Accumulator | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Raw rows for every tile of every image, re-read from its source at full resolution; an
-    image whose source is gone, changed since ingest or no longer decodes yields one problem row."""
+    image whose source is gone, changed since ingest or no longer decodes yields one problem row
+    (the images added to ``handled`` as their frame is done)."""
     records: list[dict[str, Any]] = []
     blocks: list[np.ndarray] = []
 
@@ -111,6 +119,8 @@ def tile_frames(
                 records.append({**keys, "tile_x": -1, "tile_y": -1, **no_box, "raw": None, "problem": problem})
             if len(blocks) >= batch_rows:
                 yield flush()
+        if handled is not None:
+            handled.add(len(frame))
     if records:
         yield flush()
 
@@ -121,12 +131,15 @@ def extract(
     ingest_cfg: IngestConfig,
     tiles_cfg: TilesConfig,
     batch_rows: int,
+    handled: Accumulator | None = None,
 ) -> DataFrame:
     """RAW_SCHEMA rows for the image table: per image, or per tile when tiling is on (tiles are
     decoded with ``ingest_cfg``, the settings the table was ingested with, ``batch_rows`` blocks
-    per extractor call)."""
+    per extractor call); the images done are added to ``handled``."""
     if tiles_cfg.enabled:
         light = image_table.drop("pixels")  # tiles re-read the full-resolution source instead
-        return light.mapInPandas(lambda it: tile_frames(it, extractor, ingest_cfg, tiles_cfg, batch_rows), RAW_SCHEMA)
+        return light.mapInPandas(
+            lambda it: tile_frames(it, extractor, ingest_cfg, tiles_cfg, batch_rows, handled), RAW_SCHEMA
+        )
     columns = [*KEYS, "orig_width", "orig_height", "height", "width", "pixels"]
-    return image_table.select(*columns).mapInArrow(lambda it: whole_image_batches(it, extractor), RAW_SCHEMA)
+    return image_table.select(*columns).mapInArrow(lambda it: whole_image_batches(it, extractor, handled), RAW_SCHEMA)

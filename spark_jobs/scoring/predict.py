@@ -23,7 +23,7 @@ from spark_jobs.scoring.config import ScoreParams
 from spark_jobs.scoring.model import Scorer
 
 if TYPE_CHECKING:
-    from pyspark import Broadcast
+    from pyspark import Accumulator, Broadcast
     from pyspark.sql import DataFrame, SparkSession
 
 
@@ -35,12 +35,14 @@ def scan_files(
     done: scan.IdSet,
     head: heads.Head,
     kept: Sequence[Broadcast] = (),
+    handled: Accumulator | None = None,
 ) -> DataFrame:
     """One Python pass over the listed files: fetched, checked against ``done`` (and the id sets
     of ``kept``, broadcasts a stream keeps across its micro-batches), decoded with the model's
     ingest settings (video files: their sampled frames) and run through ``head`` in the same task
     (no decoded pixels leave the worker). Files are cut into tasks by bytes
-    (:func:`partitions.plan_chunks`). Copies of one content are not marked here."""
+    (:func:`partitions.plan_chunks`); each slice's files are added to ``handled`` (a progress count).
+    Copies of one content are not marked here."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
     ids, listing = partitions.chunk_tasks(spark, partitions.plan_chunks(spark, files, cfg.spark))
@@ -53,6 +55,8 @@ def scan_files(
         for batch in batches:
             for part in partitions.chunk_slices(batch.column("id").to_pylist(), listing, rows):
                 yield scan.scan_batch(part, ingest_cfg, seen, head, video_cfg)
+                if handled is not None:
+                    handled.add(len(part))
 
     schema = from_arrow_schema(pa.schema([*scan.SCAN_FIELDS, *head.outputs()]))
     return ids.mapInArrow(run_tasks, schema)

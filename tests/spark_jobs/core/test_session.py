@@ -91,3 +91,12 @@ def test_other_sql_settings_are_checked_by_spark_itself(spark) -> None:
         _check_sql_conf(spark, {"spark.sql.autoBroadcastJoinThreshold": "huge"})
     assert "\n" not in str(info.value)
     assert spark.conf.get("spark.sql.autoBroadcastJoinThreshold") == before
+
+
+def test_spark_s_progress_bar_only_in_a_terminal(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    assert spark_conf(SparkConfig())["spark.ui.showConsoleProgress"] == "false"  # a log: progress lines instead
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert spark_conf(SparkConfig())["spark.ui.showConsoleProgress"] == "true"

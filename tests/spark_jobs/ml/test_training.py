@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -87,10 +89,17 @@ def test_shift_moves_images_within_bounds() -> None:
     assert torch.equal(training.shifted(x, 0, torch.Generator()), x)
 
 
-def test_fit_learns_on_a_tiny_dataset(ingested: Path, tmp_path: Path) -> None:
-    result = _fit(_spec(ingested, epochs=10), tmp_path)
+def test_fit_learns_on_a_tiny_dataset(ingested: Path, tmp_path: Path, caplog) -> None:
+    with caplog.at_level(logging.INFO, "spark_jobs.ml.training"):
+        result = _fit(_spec(ingested, epochs=10), tmp_path)
     losses = [h["train_loss"] for h in result["history"]]
     assert len(losses) == 10
+    # one line per epoch from rank 0: loss, validation figure, seconds
+    lines = [r.getMessage() for r in caplog.records if r.name == "spark_jobs.ml.training"]
+    assert [line.split(":")[0] for line in lines] == [f"cnn epoch {e}/10" for e in range(1, 11)]
+    assert re.fullmatch(
+        r"cnn epoch 10/10: train loss \d\.\d{4}, val accuracy \d\.\d{4} \(loss \d+\.\d{4}\), \d+\.\d s", lines[-1]
+    )
     assert losses[-1] < losses[0]
     assert result["best_val"] > 0.8  # 3 classes: chance is 1/3
     state = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
