@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -201,9 +202,15 @@ def test_manifest_accounts_for_every_file(source_tree, published: Path) -> None:
     assert not any((published.parent / ".staging").iterdir())
 
 
-def test_split_is_stable_across_reruns(spark, source_tree, published: Path, tmp_path: Path) -> None:
+def test_split_is_stable_across_reruns(spark, source_tree, published: Path, tmp_path: Path, caplog) -> None:
     root, _ = source_tree
-    again = _run(spark, tmp_path, root)
+    with caplog.at_level(logging.INFO, "spark_jobs.progress"):
+        again = _run(spark, tmp_path, root, "data.progress_s=0.05")
+    # progress while it decodes: files done (Spark's count) of those listed
+    seen = manifest.read_json(again)["counts"]["files_seen"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "spark_jobs.progress"]
+    assert lines
+    assert all(re.match(rf"ingest: [\d,]+ / {seen:,} files \(\d+ %\), ", line) for line in lines), lines
     first = {r["image_id"]: r["split"] for r in spark.read.parquet(str(published / "images.parquet")).collect()}
     second = {r["image_id"]: r["split"] for r in spark.read.parquet(str(again / "images.parquet")).collect()}
     assert first == second

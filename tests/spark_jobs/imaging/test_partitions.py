@@ -55,6 +55,10 @@ def test_a_source_is_described_without_credentials(monkeypatch) -> None:
     files = [store.SourceFile("s3://b/p/a.png", "x", 10, 0.0), store.SourceFile("s3://b/p/b.png", "x", 5, 0.0)]
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-manifests")
-    described = partitions.describe("s3://b/p", "s3", files)
+    store.s3_client.cache_clear()  # a client made by an earlier test keeps its endpoint
+    try:
+        described = partitions.describe("s3://b/p", "s3", files)
+    finally:
+        store.s3_client.cache_clear()
     assert described == {"uri": "s3://b/p", "kind": "s3", "files": 2, "bytes": 15, "endpoint": "http://127.0.0.1:9000"}
     assert "not-for-manifests" not in str(described)
