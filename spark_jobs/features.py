@@ -55,7 +55,6 @@ from spark_jobs.quality import gate, suites
 from spark_jobs.quality.thresholds import GateConfig
 
 if TYPE_CHECKING:
-    from pyspark import Accumulator
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
@@ -128,30 +127,18 @@ def open_extractor(cfg: FeaturesParams, ingest_cfg: IngestConfig) -> extractors.
     return extractors.Classical(cfg.features.classical, size)
 
 
-def pixel_pass(
-    spark: SparkSession,
-    image_table: DataFrame,
-    extractor: extractors.Extractor,
-    ingest_cfg: IngestConfig,
-    ingest_dir: Path,
-    cfg: FeaturesParams,
-    run: runner.StageRun,
-    staged_raw: bool,
-    handled: Accumulator,
-) -> None:
-    """The one pass over the pixels: every image's (or tile's) vector, into the staged raw table
-    (``staged_raw``) or straight into ``features.parquet``, counting the images into ``handled``."""
+def write_vectors(spark: SparkSession, vectors: DataFrame, kind: str | None, split_bytes: str, target: str) -> None:
+    """The one pass over the pixels: ``vectors`` (:func:`featurize.extract`) written to ``target``,
+    as they are (``kind`` None: the staged raw table) or as the feature table of an extractor of
+    ``kind`` (cnn embeddings need nothing more), one input file per task."""
     from pyspark.sql import functions as F
 
-    split_bytes = session.one_task_per_file(ingest_dir / "images.parquet")
-    batch_rows = cfg.spark.arrow_max_records_per_batch
-    vectors = featurize.extract(image_table, extractor, ingest_cfg, cfg.features.tiles, batch_rows, handled)
     with session.sql_conf(spark, "spark.sql.files.maxPartitionBytes", split_bytes):
-        if staged_raw:  # read twice (PCA fit and transform) or checked for problems first
-            vectors.write.parquet(run.path(_RAW))
-        else:  # cnn embeddings need nothing more: one pass straight to the table
-            with_kind = vectors.withColumnRenamed("raw", "features").withColumn("feature_kind", F.lit(extractor.kind))
-            with_kind.select(*FEATURE_COLUMNS).write.parquet(run.path(TABLE))
+        if kind is None:
+            vectors.write.parquet(target)
+        else:
+            with_kind = vectors.withColumnRenamed("raw", "features").withColumn("feature_kind", F.lit(kind))
+            with_kind.select(*FEATURE_COLUMNS).write.parquet(target)
 
 
 def write_table(
@@ -171,10 +158,17 @@ def write_table(
 
     spec: dict[str, Any] = extractor.describe()
     extract_start = time.perf_counter()
+    # Read twice (PCA fit and transform) or checked for problems first: staged raw; else final.
     staged_raw = cfg.features.kind == "classical" or cfg.features.tiles.enabled
+    split_bytes = session.one_task_per_file(ingest_dir / "images.parquet")
     with progress.reporting(spark, STAGE, "images", images_in, cfg.data.progress_s) as handled:
-        pixel_pass(spark, image_table, extractor, ingest_cfg, ingest_dir, cfg, run, staged_raw, handled)
-    run.extra["extract_s"] = round(time.perf_counter() - extract_start, 3)
+        batch_rows = cfg.spark.arrow_max_records_per_batch
+        vectors = featurize.extract(image_table, extractor, ingest_cfg, cfg.features.tiles, batch_rows, handled)
+        if staged_raw:
+            write_vectors(spark, vectors, None, split_bytes, run.path(_RAW))
+        else:
+            write_vectors(spark, vectors, extractor.kind, split_bytes, run.path(TABLE))
+    run.extra["extract_s"] = round(time.perf_counter() - extract_start, 3)  # the pixel pass
     if staged_raw:
         raw = spark.read.schema(featurize.RAW_SCHEMA).parquet(run.path(_RAW))
         if cfg.features.tiles.enabled:
