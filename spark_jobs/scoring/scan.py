@@ -79,8 +79,9 @@ def video_records(
     at all, so its first frame's id in ``done`` means every frame is: it is not decoded again."""
     video_id = images.image_id(data)
     row = dict.fromkeys(DECODED_FIELDS) | {"source_uri": uri, "label": label, "size_bytes": len(data)}
+    whole = row | {"image_id": video_id, "video_id": video_id}  # the video's one row when no frame is scored
     if video.frame_id(video_id, 0) in done:
-        return [row | {"image_id": video_id, "video_id": video_id, "reason": ALREADY_SCORED}]
+        return [whole | {"reason": ALREADY_SCORED}]
     try:
         # Each frame through the image path as it is decoded: only its resized pixels are kept.
         frames = video.sampled_frames(data, video_cfg, cfg.max_image_pixels, lambda im: images.decode_frame(im, cfg))
@@ -100,9 +101,9 @@ def video_records(
                 }
             )
     except images.Rejected as exc:
-        return [row | {"image_id": video_id, "video_id": video_id, "reason": exc.reason, "detail": exc.detail[:500]}]
+        return [whole | {"reason": exc.reason, "detail": exc.detail[:500]}]
     rows = [r for r in rows if r["image_id"] not in done]
-    return rows or [row | {"image_id": video_id, "video_id": video_id, "reason": ALREADY_SCORED}]
+    return rows or [whole | {"reason": ALREADY_SCORED}]
 
 
 def _already_scored(uri: str, label: str | None, data: bytes, image_id: str) -> dict[str, Any]:
