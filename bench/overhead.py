@@ -165,7 +165,7 @@ def per_stage(ws: Path, trivial: float, repeat: int) -> dict[str, Any]:
 
 
 def quality(ws: Path) -> dict[str, Any]:
-    doc = json.loads((ws / "reports" / "metrics.json").read_text())["models"]
+    doc = json.loads((ws / "reports" / "evaluation.json").read_text())["models"]
     return {
         "cnn_accuracy": doc.get("cnn", {}).get("accuracy"),
         "mllib_accuracy": doc.get("mllib", {}).get("accuracy"),

@@ -17,7 +17,7 @@ here, weigh less on the larger batch):
   and runs the model on it (the model loaded once per worker, as the kindest version of it).
 
 INT8: the same plain loop with the model's static INT8 copy, and the test-split accuracy of both
-(from ``evaluate``'s ``reports/metrics.json``). Scaling: ``python -m spark_jobs.score`` as a
+(from ``evaluate``'s ``reports/evaluation.json``). Scaling: ``python -m spark_jobs.score`` as a
 subprocess on N and 4N files (cold, as the scheduler runs it), wall time and the peak summed RSS
 of its process tree (driver, JVM, Python workers), sampled every 50 ms.
 
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         spark.stop()
     scale = None if args.skip_scaling else scaling(folder, big, args.model, args.batch_size)
 
-    metrics_file = REPO / "reports" / "metrics.json"
+    metrics_file = REPO / "reports" / "evaluation.json"
     accuracy = None
     if metrics_file.exists():
         cnn = json.loads(metrics_file.read_text())["models"].get("cnn", {})

@@ -5,7 +5,8 @@ For each candidate (``<train.output>/<model>/``):
 - classifiers (``mllib`` on the features table, ``cnn`` on the ingested pixels): accuracy,
   macro precision/recall/F1, per-class precision/recall/F1 from a confusion matrix counted by
   Spark; plot data for ``dvc plots`` (``plots/<model>/confusion.csv``, one row per test image,
-  and ``plots/<model>/classes.csv``) and ``figures/confusion_<model>.png``;
+  and ``plots/<model>/classes.csv``), ``figures/confusion_<model>.png`` and every test image's
+  prediction with its id and source (``plots/<model>/predictions.csv``, :mod:`spark_jobs.ml.exhibits`);
 - ``tiles_*`` (an image as its tiles' features, :func:`tiles_predictions`): as classifiers, one
   prediction per test image from its tiles' rows in the features table;
 - the ``autoencoder``: AUROC of its reconstruction error for normal test images vs the held-out
@@ -17,15 +18,19 @@ For each candidate (``<train.output>/<model>/``):
 each task (accuracy, then macro-F1; AUROC for anomaly models) is the challenger: it must also be
 at most ``max_regression`` below the current champion of its task, and when it passes it becomes
 the champion: copied with a ``promotion.json`` to ``<evaluate.champion>/classifier/`` (the
-autoencoder to ``.../anomaly/``), which scoring reads. A failing candidate is copied to
-``<evaluate.rejected>/<version>/`` with its metrics and gate summary, and the stage exits with the
-gate's code after writing every report.
+autoencoder to ``.../anomaly/``), which scoring reads. A failing candidate is not promoted: it is
+copied to ``<evaluate.rejected>/<version>/`` with its metrics and gate summary, a warning names it,
+and the stage still succeeds, with every report written: the gate decides the promotion, so an
+experiment (``dvc exp run``) that trains a worse model is recorded with its figures and verdict.
+The gate's page (``<data.root>/gates/evaluate/report.html``) shows each model's misclassified test
+images.
 
 ``evaluate.baselines``: models evaluated and reported the same way (metrics, plots, figure), for
 comparison only: never gated, never promoted (``metrics.json``: ``baselines``).
 
-``<evaluate.reports>/metrics.json``: top-level ``accuracy`` and ``macro_f1`` are the champion's;
-``models`` holds every candidate's figures.
+``<evaluate.reports>/metrics.json``: the headline figures (:func:`promotion.headline_metrics`:
+numbers only, what ``dvc metrics`` and ``dvc exp show`` compare); ``evaluation.json``: every figure,
+version and verdict.
 
     python -m spark_jobs.evaluate [--set evaluate.models=[cnn]]
 """
@@ -45,8 +50,8 @@ from spark_jobs.core.config import DEFAULT_INBOX, LocalPath, Params, Section, So
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError
 from spark_jobs.core.tables import published, read_features, read_images
-from spark_jobs.core.verdict import GateFailed, GateResult
-from spark_jobs.ml import inference, metrics, plots, promotion
+from spark_jobs.core.verdict import GateResult
+from spark_jobs.ml import exhibits, inference, metrics, plots, promotion
 from spark_jobs.ml.cards import (
     CHAMPIONS,
     TASKS,
@@ -69,7 +74,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-METRICS = "metrics.json"
+METRICS = "metrics.json"  # the headline figures: what dvc metrics and dvc exp show compare
+EVALUATION = "evaluation.json"  # every figure of every model, versions and the gate's verdict
 
 
 class EvaluateConfig(Section):
@@ -202,6 +208,7 @@ def evaluate_model(
         predictions = collect(frame, ("image_id", "label", "score"))
         result, pairs = metrics.anomaly_metrics(predictions, card)
         plots.write_roc(reports, kind, pairs)
+        predictions["is_anomaly"] = predictions["label"].isin(card.exclude_classes)
     else:
         predictions = collect(frame, ("image_id", "label", "prediction", "probability"))
         result, matrix = metrics.classifier_metrics(predictions, card.classes)
@@ -210,7 +217,8 @@ def evaluate_model(
         plots.confusion_png(reports / "figures" / f"confusion_{kind}.png", matrix, list(result["per_class"]), title)
     if kind == "cnn" and cfg.evaluate.int8:
         result["int8"] = int8_metrics(spark, cfg, card, result)
-    return {"version": card.version, "task": card.task, **result}, predictions
+    rows = exhibits.labelled(predictions, card.classes, card.task, card.threshold)
+    return {"version": card.version, "task": card.task, **result}, rows
 
 
 def int8_metrics(
@@ -242,8 +250,9 @@ def read_candidates(cfg: EvaluateParams) -> dict[str, ModelCard]:
 
 def evaluate_all(
     spark: SparkSession, cfg: EvaluateParams, cards: dict[str, ModelCard], reports: Path
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any] | None]:
-    """``(the candidates' results, the baselines', the cascade's)`` on the test split."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any] | None, dict[str, pd.DataFrame]]:
+    """``(the candidates' results, the baselines', the cascade's, every model's labelled test
+    predictions)`` on the test split."""
     results, predictions = {}, {}
     for kind, card in cards.items():
         results[kind], predictions[kind] = evaluate_model(spark, cfg, kind, card, reports)
@@ -252,7 +261,25 @@ def evaluate_all(
         confidence = cfg.score.cascade.confidence
         cascade = cascade_metrics(predictions["mllib"], predictions["cnn"], cards["cnn"].classes, confidence)
     baselines = {kind: results.pop(kind) | {"baseline": True} for kind in cfg.evaluate.baselines}
-    return results, baselines, cascade
+    return results, baselines, cascade, predictions
+
+
+def show(spark: SparkSession, cfg: EvaluateParams, run: runner.StageRun, rows: dict[str, pd.DataFrame]) -> None:
+    """Each model's per-image predictions file, and the pictures on the model gate's page: the
+    test images it got wrong and the least confident right ones (one Spark job reads their pixels)."""
+    from pyspark.sql import functions as F
+
+    test = read_images(spark, published(cfg.data.root, "ingest")).where(F.col("split") == "test")
+    uris = {r.image_id: r.source_uri for r in test.select("image_id", "source_uri").collect()}
+    wanted = sorted({i for kind_rows in rows.values() for i in exhibits.shown_ids(kind_rows)})
+    pixels = {}
+    if wanted:
+        chosen = test.where(F.col("image_id").isin(wanted)).select("image_id", "height", "width", "pixels")
+        pixels = {r.image_id: r.asDict() for r in chosen.collect()}
+    for kind, kind_rows in rows.items():
+        exhibits.write_predictions(run.staging, kind, kind_rows, uris)
+        run.exhibits.galleries.extend(exhibits.galleries(kind, kind_rows, pixels, uris))
+    run.exhibits.counts = {"test images": len(uris), "models": ", ".join(rows)}
 
 
 def model_gate(run: runner.StageRun, cfg: EvaluateParams, standings: dict[str, dict[str, Any]]) -> GateResult:
@@ -270,7 +297,10 @@ def model_gate(run: runner.StageRun, cfg: EvaluateParams, standings: dict[str, d
 
 
 def run(cfg: EvaluateParams, spark: SparkSession) -> Path:
-    """Evaluate every candidate, gate them, promote the champions, write the reports; returns the reports folder."""
+    """Evaluate every candidate, gate them, promote the champions that passed, write the reports;
+    returns the reports folder. A model the gate rejects is not promoted, and kept aside: the run
+    itself succeeds, so its figures are recorded (``dvc exp run``, ``dvc repro``) beside the
+    verdict (:data:`METRICS` ``models.<model>.passed``)."""
     root, where = Path(cfg.data.root), places(cfg)
     target = Path(cfg.evaluate.reports)
     with runner.StageRun(STAGE, root, spark, target, lock_wait=cfg.data.lock_wait_s, gate=gate.validate) as run:
@@ -278,8 +308,10 @@ def run(cfg: EvaluateParams, spark: SparkSession) -> Path:
             cards = read_candidates(cfg)
             champions = {task: read_promotion(where.champions / task) for task in set(TASKS.values())}
         with run.phase("work"):
-            results, baselines, cascade = evaluate_all(spark, cfg, cards, run.staging)
+            results, baselines, cascade, predictions = evaluate_all(spark, cfg, cards, run.staging)
         with run.phase("gate"):
+            show(spark, cfg, run, predictions)
+            run.exhibits.links, run.exhibits.rejected = {"the run's figures": target / EVALUATION}, None
             chosen = promotion.challengers(results)
             standings = promotion.standing(results, champions, chosen)
             gate_result = model_gate(run, cfg, standings)
@@ -287,34 +319,44 @@ def run(cfg: EvaluateParams, spark: SparkSession) -> Path:
             settled, rejected = promotion.settle(where, cards, standings, chosen, gate_result)
             # In the order evaluate.models lists the candidates (what dvc metrics show lists).
             document = promotion.metrics_document(where.champions, settled, baselines, cascade, gate_result)
-            manifest.write(run.staging, document, METRICS, sort_keys=False)
+            manifest.write(run.staging, document, EVALUATION, sort_keys=False)
+            manifest.write(run.staging, promotion.headline_metrics(document), METRICS, sort_keys=False)
         inputs = {
             kind: {"folder": str(model_dir(cfg.train.output, kind)), "version": c.version} for kind, c in cards.items()
         }
         counts = {kind: {"test_rows": r.get("test_rows")} for kind, r in (settled | baselines).items()}
         doc = run.manifest(cfg.section("evaluate", "gate.model", "data"), inputs, counts, gate_result)
         reports = run.finish(gate_result, doc, blocking=False)
-    _report(settled)
-    if rejected:  # every model that failed its gate, kept aside
-        kinds = ", ".join(sorted(rejected))
-        kept = "; ".join(f"{k} -> {p}" for k, p in sorted(rejected.items()))
-        summary = f"{gate_result.summary()}\nrejected challengers ({kinds}): {kept}"
-        raise GateFailed(STAGE, gate_result.docs or reports / METRICS, where.rejected, summary)
+    _report(settled, champions, rejected)
     return reports
 
 
-def _report(settled: dict[str, dict[str, Any]]) -> None:
+def _report(
+    settled: dict[str, dict[str, Any]],
+    before: dict[str, Any],
+    rejected: dict[str, Path],
+) -> None:
+    """One line per model: its figure and what the gate did with it; then each task's champion."""
     for kind, result in settled.items():
         figure = promotion.headline(result["task"], result)
-        log.info(
-            "%s %s: %s %s, gate %s%s",
-            kind,
-            result["version"],
-            "accuracy" if result["task"] == "classifier" else "auroc",
-            figure,
-            result["gate"],
-            ", promoted" if result["promoted"] else "",
-        )
+        name = "accuracy" if result["task"] == "classifier" else "auroc"
+        if kind in rejected:
+            log.warning(
+                "%s %s: %s %s, rejected by the model gate: not promoted, kept in %s",
+                kind,
+                result["version"],
+                name,
+                figure,
+                rejected[kind],
+            )
+            continue
+        verdict = "promoted" if result["promoted"] else "passed, not promoted (not its task's best)"
+        log.info("%s %s: %s %s, %s", kind, result["version"], name, figure, verdict)
+    for task, previous in sorted(before.items()):
+        promoted = [r for r in settled.values() if r["task"] == task and r["promoted"]]
+        now = promoted[0]["version"] if promoted else (previous.version if previous else None)
+        changed = previous is None or now != previous.version
+        log.info("%s champion: %s%s", task, now or "none", " (new)" if changed and now else " (unchanged)")
 
 
 def _precheck(cfg: EvaluateParams) -> None:

@@ -32,7 +32,7 @@ from spark_jobs.core.store import spark_path
 from spark_jobs.core.tables import DECODED_FIELDS, DECODED_SCHEMA, read_images, read_quarantine
 from spark_jobs.imaging import images
 from spark_jobs.imaging.partitions import decode, describe, plan_chunks
-from spark_jobs.quality import gate, suites
+from spark_jobs.quality import gate, report, suites
 from spark_jobs.quality.thresholds import GateConfig
 
 if TYPE_CHECKING:
@@ -191,6 +191,7 @@ def run(cfg: IngestParams, spark: SparkSession) -> Path:
             stats = suites.image_stats(read_images(spark, run.staging), classes, cfg.ingest.image_size)
             reasons = suites.table_stats(read_quarantine(spark, run.staging), ["reason"], {}).by(0)
             quarantined = sum(reasons.values())
+            show(spark, run, cfg, files_seen, stats, reasons)
             batches = suites.raw_batches(
                 stats,
                 classes,
@@ -218,6 +219,16 @@ def run(cfg: IngestParams, spark: SparkSession) -> Path:
         published = run.finish(result, doc)
     log.info("%d files seen: %d images, %d quarantined %s", files_seen, rows, quarantined, reasons)
     return published
+
+
+def show(
+    spark: SparkSession, run: runner.StageRun, cfg: IngestParams, files_seen: int, stats: suites.Stats, reasons: dict
+) -> None:
+    """What the raw gate's report page shows besides its checks: the counts and the quarantined files."""
+    shown = read_quarantine(spark, run.staging).orderBy("source_uri").limit(report.MAX_THUMBS).collect()
+    run.exhibits.counts = {"files seen": files_seen, "images per split": stats.by(1), "quarantined": reasons}
+    cap = min(cfg.ingest.max_file_bytes, report.MAX_THUMB_BYTES)
+    run.exhibits.galleries = [report.quarantine_gallery([r.asDict() for r in shown], sum(reasons.values()), cap)]
 
 
 def _precheck(cfg: IngestParams) -> None:

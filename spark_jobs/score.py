@@ -37,12 +37,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spark_jobs.core import launch, locks, progress, runner, store
+from spark_jobs.core import launch, locks, manifest, progress, runner, store
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import spark_path
 from spark_jobs.imaging import partitions
 from spark_jobs.ml.cards import read_card
-from spark_jobs.quality import gate
+from spark_jobs.quality import gate, report
 from spark_jobs.scoring import checks, lookup, predict, stream, tables
 from spark_jobs.scoring.config import ScoreParams
 from spark_jobs.scoring.model import Scorer, check_model, model_folder, scorer
@@ -152,12 +152,26 @@ def run(cfg: ScoreParams, spark: SparkSession) -> Path | None:
                     tables.quarantine_table(new_bad), run.staging / tables.QUARANTINE / "part-00000-quarantine.parquet"
                 )
         with run.phase("gate"):
+            show(run, cfg, got, started, bad, already)
             result, per_label = validate(spark, cfg, got.scorer, run)
         scored = tables.scored_files(run.staging / tables.PREDICTIONS)
         counts = tables.tally(len(got.files), per_label, scored, already, bad, new_bad)
         published = publish(cfg, run, got, counts, result, started)
     _report(got, counts, published)
     return published
+
+
+def show(run: runner.StageRun, cfg: ScoreParams, got: Inputs, started: datetime, bad: list[dict], already: int) -> None:
+    """What the predictions gate's report page shows besides its checks: the run's counts, the files
+    it could not use, and where its manifest is published."""
+    reasons: dict[str, int] = {}
+    for r in bad:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    run.exhibits.counts = {"files seen": len(got.files), "already scored": already, "unusable": reasons}
+    ordered = sorted(bad, key=lambda r: str(r["source_uri"]))
+    run.exhibits.galleries = [report.quarantine_gallery(ordered, len(bad))]
+    where = tables.predictions_dir(cfg.data.root) / f"run_date={started:%Y-%m-%d}" / f"run_id={run.run_id}"
+    run.exhibits.published = where / manifest.MANIFEST
 
 
 def publish(

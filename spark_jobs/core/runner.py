@@ -49,7 +49,7 @@ from spark_jobs.core import manifest as manifests
 from spark_jobs.core.atomic import replace_dir, replace_file
 from spark_jobs.core.manifest import R
 from spark_jobs.core.store import spark_path
-from spark_jobs.core.verdict import GateFailed, GateResult, Validator
+from spark_jobs.core.verdict import Exhibits, GateFailed, GateResult, Validator
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -71,6 +71,15 @@ def _iso(epoch: float) -> str:
 def lock_file(target: Path, name: str) -> Path:
     """The lock a run publishing ``target`` under ``name`` holds (:class:`StageRun`)."""
     return Path(target).parent / LOCKS / f"{name}.lock"
+
+
+def _keep_ignore_file(target: Path, staging: Path) -> None:
+    """The ``.gitignore`` in a published folder is not the stage's: DVC keeps one there for the
+    folder's cached outputs (e.g. ``reports/.gitignore`` lists ``/figures``), and the user may. It
+    goes with the new folder, so the swap never drops it."""
+    ignore = target / ".gitignore"
+    if ignore.is_file() and not (staging / ".gitignore").exists():
+        shutil.copy2(ignore, staging / ".gitignore")
 
 
 def new_run_id() -> str:
@@ -119,6 +128,10 @@ class StageRun:
         self._gate = gate
         self.rejected = self.root / REJECTED / f"{stage}-{self.run_id}"
         self.report_dir = self.staging / "gate" if report_with_output else self.root / "gates" / stage
+        # What the gate's report page shows besides the checks (the stage adds counts and pictures);
+        # a report kept with its output links the manifest that moves with it.
+        kept_with = self.staging if report_with_output else self.rejected
+        self.exhibits = Exhibits(published=self.target / manifests.MANIFEST, rejected=kept_with / manifests.MANIFEST)
         self.seconds: dict[str, float] = {}
         self.extra: dict[str, Any] = {}
         started = launch.current()
@@ -185,10 +198,10 @@ class StageRun:
         if self._gate is None:
             raise TypeError(f"the {self.stage} run was given no gate to validate with")
         if docs == "on_failure":
-            result = self._gate(self.stage, batches, None)
+            result = self._gate(self.stage, batches, None, None)
             if result.success:
                 return result
-        return self._gate(self.stage, batches, self.report_dir)
+        return self._gate(self.stage, batches, self.report_dir, self.exhibits)
 
     def timings(self) -> dict[str, Any]:
         """The phase clock so far (``total_s`` up to now)."""
@@ -236,6 +249,7 @@ class StageRun:
         with self.phase("publish"):
             self._verdict(result, doc, name, blocking)
             manifests.write(self.staging, self._timed(doc), name)  # timed up to the final rename
+            _keep_ignore_file(self.target, self.staging)
             replace_dir(self.staging, self.target)
         self._published(result, self.target)
         return self.target
@@ -296,15 +310,16 @@ class StageRun:
 
     @staticmethod
     def _published(result: GateResult | None, *where: Path) -> None:
-        if result is not None:
-            log.info("%s", result.summary())
+        if result is not None:  # a failed gate here did not block (a report of the verdict): a warning
+            page = f"\nreport: {result.page.absolute()}" if result.page is not None else ""
+            log.log(logging.INFO if result.success else logging.WARNING, "%s%s", result.summary(), page)
         for path in where:
             log.info("published %s", path)
 
     def reject(self, result: GateResult) -> None:
         """Move the staged output to ``rejected/`` and raise :class:`GateFailed` with the report."""
         replace_dir(self.staging, self.rejected)
-        report = result.docs or self.report_dir / "summary.txt"
+        report = result.page or result.docs or self.report_dir / "summary.txt"
         if report.is_relative_to(self.staging):  # the report went with the output
             report = self.rejected / report.relative_to(self.staging)
         raise GateFailed(self.stage, report, self.rejected, result.summary())

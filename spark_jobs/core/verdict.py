@@ -31,7 +31,8 @@ class GateResult:
     success: bool
     checks: list[dict[str, Any]] = field(default_factory=list)
     raw: list[dict[str, Any]] = field(default_factory=list)
-    docs: Path | None = None
+    docs: Path | None = None  # the Data Docs index
+    page: Path | None = None  # the self-contained report page (spark_jobs.quality.report)
 
     @property
     def failures(self) -> list[dict[str, Any]]:
@@ -42,7 +43,14 @@ class GateResult:
         verdict = "PASSED" if self.success else "FAILED"
         lines = [f"gate {self.stage}: {verdict} ({len(self.checks)} expectations, {len(self.failures)} failed)"]
         for c in self.failures:
-            lines.append(f"  FAILED {c['batch']}: {c['expectation']} {c['kwargs']} -> {c['observed']}")
+            observed = c["observed"] if isinstance(c["observed"], dict) else {}
+            if "unexpected_rows" in observed:  # the rows that broke it, by name (a short class)
+                seen = f"unexpected {observed['unexpected_rows']}"
+            elif "value" in observed:  # a summary table's value itself (a ratio, a count)
+                seen = f"observed {observed['value']}"
+            else:
+                seen = str(c["observed"])
+            lines.append(f"  FAILED {c['batch']}: {c['expectation']} {c['kwargs']} -> {seen}")
         return "\n".join(lines)
 
     def for_manifest(self) -> dict[str, Any]:
@@ -53,5 +61,26 @@ class GateResult:
         }
 
 
-# A gate: (stage, its suite's batches, where to write the report or None for none) -> the result.
-Validator = Callable[[str, Sequence[Any], Path | None], GateResult]
+@dataclass
+class Exhibits:
+    """What a stage shows on its gate's report page besides the checks: its counts, galleries
+    (:class:`spark_jobs.quality.report.Gallery`) and links (label -> path; absolute paths are made
+    relative to the page); the run's manifest is linked where it will be: ``published`` when the
+    gate passes, ``rejected`` when it fails."""
+
+    counts: dict[str, Any] = field(default_factory=dict)
+    galleries: list[Any] = field(default_factory=list)
+    links: dict[str, Path] = field(default_factory=dict)
+    published: Path | None = None
+    rejected: Path | None = None
+
+    def for_verdict(self, success: bool) -> dict[str, Path]:
+        """The links, with the manifest where this verdict puts it."""
+        manifest = self.published if success else self.rejected
+        where = "the run's manifest" if success else "the run's manifest, beside its rejected output"
+        return {**self.links, **({where: manifest} if manifest is not None else {})}
+
+
+# A gate: (stage, its suite's batches, where to write the report or None for none, what the stage
+# shows on its report page besides the checks: counts and pictures, or None) -> the result.
+Validator = Callable[[str, Sequence[Any], Path | None, Exhibits | None], GateResult]

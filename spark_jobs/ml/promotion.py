@@ -163,3 +163,39 @@ def metrics_document(
         "cascade": cascade,
         "gate": gate_result.for_manifest(),
     }
+
+
+# The figures of each task's models that metrics.json keeps (every other one is in evaluation.json).
+HEADLINE_FIGURES = {"classifier": ("accuracy", "macro_f1"), "anomaly": ("auroc", "false_alarm_rate", "detection_rate")}
+
+
+def _figures(result: dict[str, Any]) -> dict[str, Any]:
+    figures = {k: result[k] for k in HEADLINE_FIGURES[result["task"]] if result.get(k) is not None}
+    if result.get("int8"):
+        figures["int8_accuracy_drop"] = result["int8"]["accuracy_drop"]
+    return figures
+
+
+def headline_metrics(document: dict[str, Any]) -> dict[str, Any]:
+    """``metrics.json``: what ``dvc metrics`` and ``dvc exp show`` compare, numbers and booleans
+    only (about 20 keys for three models): the champions' figures after this run, each candidate's
+    headline figures, whether it passed its gate and was promoted, each baseline's figures and the
+    cascade's. Versions, per-class figures and the gate's detail are in :func:`metrics_document`'s
+    ``evaluation.json``; per-class figures also in ``plots/<model>/classes.csv``."""
+    out: dict[str, Any] = {
+        "accuracy": document["accuracy"],
+        "macro_f1": document["macro_f1"],
+        "auroc": (document["anomaly_champion"] or {}).get("auroc"),
+        "models": {
+            kind: {**_figures(r), "passed": r["gate"] == "passed", "promoted": r["promoted"]}
+            for kind, r in document["models"].items()
+        },
+    }
+    if document.get("baselines"):
+        out["baselines"] = {kind: _figures(r) for kind, r in document["baselines"].items()}
+    cascade = document.get("cascade")
+    if cascade:
+        out["cascade"] = {"accuracy": cascade["accuracy"], "heavy_fraction": cascade["heavy_fraction"]}
+    rows = [r.get("test_rows") for r in document["models"].values() if r.get("test_rows") is not None]
+    out["test_rows"] = max(rows, default=0)
+    return out

@@ -168,7 +168,7 @@ def test_the_pipeline_on_the_cluster_matches_local(runs: dict[str, Path]) -> Non
         c = json.loads((on / "data" / stage / "_manifest.json").read_text())["counts"]
         l_ = json.loads((off / "data" / stage / "_manifest.json").read_text())["counts"]
         assert c["rows"] == l_["rows"], stage
-    metrics = {k: json.loads((ws / "reports" / "metrics.json").read_text())["models"] for k, ws in runs.items()}
+    metrics = {k: json.loads((ws / "reports" / "evaluation.json").read_text())["models"] for k, ws in runs.items()}
     for model in ("mllib", "cnn"):
         assert metrics["cluster"][model]["accuracy"] == pytest.approx(metrics["local"][model]["accuracy"], abs=0.05)
     scored = json.loads(next((on / "data" / "predictions").glob("run_date=*/run_id=*/_manifest.json")).read_text())

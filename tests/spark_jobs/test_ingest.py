@@ -274,9 +274,19 @@ def test_cli_gate_failure_exits_3_with_report(source_tree, tmp_path: Path) -> No
     )
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "gate 'ingest' failed: nothing published" in proc.stderr
-    assert "index.html" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "ingest").exists()
+    # The verdict once, its report page named; Spark's start-up at WARN (no INFO lines of its own).
+    assert proc.stderr.count("gate 'ingest' failed") == 1
+    assert f"Report: {tmp_path}/gates/ingest/report.html" in proc.stderr
+    assert not [line for line in proc.stderr.splitlines() if re.match(r"\d\d/\d\d/\d\d \S+ INFO ", line)]
+    assert "log4j profile" not in proc.stderr
+    page = (tmp_path / "gates" / "ingest" / "report.html").read_text()
+    assert "FAILED" in page
+    assert "≥ 1000" in page  # each check's threshold beside what it observed
+    # The quarantined files on the page: those whose bytes decode as thumbnails, the others named.
+    assert "Quarantined files" in page
+    assert page.count("data:image/png;base64,") + page.count("bytes do not decode") >= 1
 
 
 @pytest.mark.slow

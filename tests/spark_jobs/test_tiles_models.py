@@ -83,7 +83,7 @@ def test_tile_models_train_evaluate_and_score_one_row_per_image(spark, grids: Co
     assert json.loads((folders["tiles_mean"] / cards.CARD).read_text())["arch"]["aggregate"] == "mean"
 
     reports = evaluate.run(grids, spark)
-    doc = json.loads((reports / evaluate.METRICS).read_text())
+    doc = json.loads((reports / evaluate.EVALUATION).read_text())
     test_images = json.loads((Path(grids.data.root) / "ingest" / "_manifest.json").read_text())["counts"][
         "rows_by_split"
     ]["test"]

@@ -20,7 +20,6 @@ from sklearn import metrics as skm
 
 from spark_jobs import evaluate, features, train
 from spark_jobs.core.config import params_hash
-from spark_jobs.core.verdict import GateFailed
 from spark_jobs.ml import cards, extractors, models, training
 from spark_jobs.ml.mllib import TRANSFORM, mllib_classifier
 from spark_jobs.params import Config
@@ -113,12 +112,17 @@ def _sklearn_figures(confusion_csv: Path) -> dict:
     }
 
 
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
 def test_evaluate_promotes_a_good_model_with_metrics_equal_to_sklearns(spark, mllib_workspace, tmp_path) -> None:
     cfg, _ = mllib_workspace
     cfg = with_overrides(cfg, "evaluate.models=[mllib]", f"evaluate.reports={tmp_path / 'reports'}")
     reports = evaluate.run(cfg, spark)
 
-    doc = json.loads((reports / evaluate.METRICS).read_text())
+    doc = json.loads((reports / evaluate.EVALUATION).read_text())
     mllib = doc["models"]["mllib"]
     assert mllib["gate"] == "passed"
     assert mllib["promoted"]
@@ -170,7 +174,7 @@ def test_cnn_trains_across_ranks_and_a_zero_epoch_model_is_rejected(spark, mllib
     assert not list(Path(cfg.data.root).glob(".checkpoints/cnn-*"))  # cleared once finished
 
     good = evaluate.run(with_overrides(cfg, "evaluate.models=[mllib,cnn]"), spark)
-    doc = json.loads((good / evaluate.METRICS).read_text())
+    doc = json.loads((good / evaluate.EVALUATION).read_text())
     assert {m["gate"] for m in doc["models"].values()} == {"passed"}
     int8 = doc["models"]["cnn"]["int8"]  # the INT8 copy's accuracy, next to FP32's
     assert int8["accuracy"] == pytest.approx(doc["models"]["cnn"]["accuracy"] - int8["accuracy_drop"])
@@ -187,11 +191,20 @@ def test_cnn_trains_across_ranks_and_a_zero_epoch_model_is_rejected(spark, mllib
     untrained = train.run(with_overrides(cfg, "train.cnn.epochs=0"), spark)
     assert _card_json(untrained)["training"]["history"] == []
     bad = with_overrides(cfg, "evaluate.models=[cnn]", f"evaluate.reports={tmp_path / 'bad'}")
-    with pytest.raises(GateFailed) as failure:
-        evaluate.run(bad, spark)
-    assert "cnn" in str(failure.value)
-    doc = json.loads((tmp_path / "bad" / evaluate.METRICS).read_text())  # reports are written all the same
+    # The gate decides the promotion only: the run succeeds, its figures and verdict recorded.
+    assert evaluate.run(bad, spark) == tmp_path / "bad"
+    doc = json.loads((tmp_path / "bad" / evaluate.EVALUATION).read_text())
     assert doc["models"]["cnn"]["gate"] == "failed"
+    headline = json.loads((tmp_path / "bad" / evaluate.METRICS).read_text())
+    assert headline["models"]["cnn"] == {**headline["models"]["cnn"], "passed": False, "promoted": False}
+    assert headline["accuracy"] == champion_before["metrics"]["accuracy"]  # the champion's, unchanged
+    # The gate's page shows the images behind the verdict; the predictions file names every one.
+    page = (Path(cfg.data.root) / "gates" / "evaluate" / "report.html").read_text()
+    assert "cnn: misclassified test images" in page
+    wrong = sum(1 for r in _rows(tmp_path / "bad" / "plots" / "cnn" / "predictions.csv") if r["correct"] == "False")
+    assert wrong > 0
+    assert page.count("data:image/png;base64,") >= min(wrong, 48)
+    assert "FAILED" in page
     assert not doc["models"]["cnn"]["promoted"]
     assert doc["champion"]["version"] == champion_before["version"]
     after = json.loads((Path(cfg.evaluate.champion) / "classifier" / cards.PROMOTION).read_text())
@@ -224,7 +237,7 @@ def test_autoencoder_scores_the_held_out_class_as_anomalous(spark, mllib_workspa
     assert card["threshold_percentile"] == 95
 
     reports = evaluate.run(cfg, spark)
-    result = json.loads((reports / evaluate.METRICS).read_text())["models"]["autoencoder"]
+    result = json.loads((reports / evaluate.EVALUATION).read_text())["models"]["autoencoder"]
     with (reports / "plots" / "autoencoder" / "roc.csv").open() as f:
         roc = [(float(r["fpr"]), float(r["tpr"])) for r in csv.DictReader(f)]
     assert result["auroc"] == pytest.approx(skm.auc([p[0] for p in roc], [p[1] for p in roc]), abs=1e-6)

@@ -124,7 +124,7 @@ def test_one_run_at_a_time_per_output_and_dead_staging_is_cleaned(tmp_path: Path
 def _gate(calls: list) -> object:
     """A gate that passes a suite of ``["ok"]`` and fails any other, writing a report when asked."""
 
-    def validate(stage: str, batches: list, report_dir: Path | None) -> GateResult:
+    def validate(stage: str, batches: list, report_dir: Path | None, exhibits: object = None) -> GateResult:
         calls.append((stage, list(batches), report_dir))
         result = _result(list(batches) == ["ok"])
         if report_dir is not None:
@@ -193,3 +193,16 @@ def test_a_rejected_run_carries_its_own_report(tmp_path: Path) -> None:
     assert failure.value.report.read_text().startswith("gate x: FAILED")
     assert (run.rejected / "p" / "part.parquet").read_text() == "rows"
     assert manifest.read_json(run.rejected)["gate"]["success"] is False
+
+
+def test_the_published_folder_keeps_the_ignore_file_dvc_keeps_in_it(tmp_path: Path) -> None:
+    """DVC lists a folder's cached outputs in its ``.gitignore`` (``reports/.gitignore``: ``/figures``):
+    publishing a new folder in its place keeps that file."""
+    target = _folder(tmp_path / "reports", "old")
+    (target / ".gitignore").write_text("/figures\n")
+    with runner.StageRun("x", tmp_path / "data", None, target) as run:
+        (run.staging / "metrics.json").write_text("{}")
+        run.finish(None, run.manifest({}, {}, {}, None))
+    assert (target / ".gitignore").read_text() == "/figures\n"
+    assert (target / "metrics.json").exists()
+    assert not (target / "marker").exists()

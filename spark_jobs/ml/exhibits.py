@@ -1,0 +1,102 @@
+"""What evaluate shows a person of each model: every test image's prediction in a file
+(``plots/<model>/predictions.csv``, beside ``confusion.csv``: any image can be found by its id or
+source), and on the model gate's report page the misclassified test images and the least confident
+correct ones as thumbnails, with true label, predicted label and probability (for an anomaly model:
+its false alarms and missed anomalies, with their scores).
+
+Pure functions pick the rows (:func:`picks`) and build the galleries from the images' pixels;
+only :func:`write_predictions` writes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from spark_jobs.quality.report import MAX_THUMBS, Gallery, Thumb, pixels_thumbnail, short_name
+
+LEAST_CONFIDENT = 12  # correct predictions shown, the least confident first
+PREDICTIONS = "predictions.csv"
+
+
+def labelled(predictions: pd.DataFrame, classes: list[str], task: str, threshold: float | None) -> pd.DataFrame:
+    """The collected test predictions with readable columns: ``predicted`` (a class name) and
+    ``correct``; an anomaly model's rows get ``flagged`` (score above its threshold) and ``correct``
+    (flagged exactly when the image is of a held-out class, given as ``is_anomaly``)."""
+    out = predictions.copy()
+    if task == "anomaly":
+        out["flagged"] = out["score"] > (threshold if threshold is not None else float("inf"))
+        out["correct"] = out["flagged"] == out["is_anomaly"]
+        return out
+    out["predicted"] = [classes[int(p)] if 0 <= int(p) < len(classes) else None for p in out["prediction"]]
+    out["correct"] = out["predicted"] == out["label"].astype(str)
+    return out
+
+
+def write_predictions(reports: Path, kind: str, rows: pd.DataFrame, uris: Mapping[str, str]) -> Path:
+    """``plots/<kind>/predictions.csv``: one row per test image, its id, source, label and what the
+    model said (sorted by source, so the file diffs cleanly between runs)."""
+    folder = reports / "plots" / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    said = ["score", "flagged", "is_anomaly"] if "score" in rows else ["predicted", "probability"]
+    frame = rows.assign(source_uri=[uris.get(i, "") for i in rows["image_id"]])
+    frame = frame[["image_id", "source_uri", "label", *said, "correct"]].sort_values(["source_uri", "image_id"])
+    path = folder / PREDICTIONS
+    frame.to_csv(path, index=False, float_format="%.6g")
+    return path
+
+
+def picks(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(the wrong predictions, most confident first; the least confident right ones)`` of
+    :func:`labelled` rows (an anomaly model: its errors, the most extreme score first, and no
+    second set)."""
+    wrong = rows[~rows["correct"]]
+    if "score" in rows:
+        # A false alarm's score above the threshold and a miss's below it: the farthest first.
+        order = (wrong["score"] * wrong["flagged"].map({True: -1, False: 1})).argsort(kind="stable")
+        return wrong.iloc[order.to_numpy()], rows.iloc[0:0]
+    right = rows[rows["correct"]].sort_values(["probability", "image_id"], kind="stable")
+    return wrong.sort_values(["probability", "image_id"], ascending=[False, True], kind="stable"), right.head(
+        LEAST_CONFIDENT
+    )
+
+
+def caption(row: Any, uris: Mapping[str, str]) -> tuple[str, ...]:
+    """What a thumbnail says: the file, true label and what the model said of it."""
+    name = short_name(uris.get(row.image_id, row.image_id))
+    if hasattr(row, "score"):
+        said = "flagged as an anomaly" if row.flagged else "not flagged"
+        kind = "held-out class" if row.is_anomaly else "normal"
+        return (name, f"label {row.label} ({kind})", f"{said}: score {row.score:.4g}")
+    return (name, f"true {row.label} → predicted {row.predicted}", f"probability {row.probability:.3f}")
+
+
+def gallery(title: str, rows: pd.DataFrame, pixels: Mapping[str, Any], uris: Mapping[str, str], note: str) -> Gallery:
+    """The first :data:`MAX_THUMBS` of ``rows`` as thumbnails (``pixels``: image id -> a row with
+    ``height``, ``width`` and ``pixels``)."""
+    thumbs = []
+    for row in rows.head(MAX_THUMBS).itertuples(index=False):
+        image = pixels.get(row.image_id)
+        png = None if image is None else pixels_thumbnail(image["pixels"], image["height"], image["width"])
+        thumbs.append(Thumb(caption(row, uris), png))
+    return Gallery(title, tuple(thumbs), len(rows), note)
+
+
+def galleries(kind: str, rows: pd.DataFrame, pixels: Mapping[str, Any], uris: Mapping[str, str]) -> list[Gallery]:
+    """A model's galleries for the gate's page."""
+    wrong, unsure = picks(rows)
+    where = f"Every test image's prediction: plots/{kind}/{PREDICTIONS} in the reports folder."
+    if "score" in rows:
+        return [gallery(f"{kind}: false alarms and missed anomalies (test split)", wrong, pixels, uris, where)]
+    return [
+        gallery(f"{kind}: misclassified test images", wrong, pixels, uris, where),
+        gallery(f"{kind}: the least confident correct predictions", unsure, pixels, uris, ""),
+    ]
+
+
+def shown_ids(rows: pd.DataFrame) -> list[str]:
+    """The image ids a model's galleries show (whose pixels evaluate reads)."""
+    wrong, unsure = picks(rows)
+    return [*wrong["image_id"].head(MAX_THUMBS), *unsure["image_id"].head(MAX_THUMBS)]

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pandas as pd
+
+from spark_jobs.ml import exhibits
+from spark_jobs.quality.report import MAX_THUMBS
+
+
+def _classifier_rows(n: int = 60) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, n)
+    predicted = np.where(rng.random(n) < 0.8, labels, (labels + 1) % 3)
+    frame = pd.DataFrame(
+        {
+            "image_id": [f"id{i:03d}" for i in range(n)],
+            "label": [str(v) for v in labels],
+            "prediction": predicted,
+            "probability": rng.uniform(0.34, 1.0, n),
+        }
+    )
+    return exhibits.labelled(frame, ["0", "1", "2"], "classifier", None)
+
+
+def test_the_wrong_come_most_confident_first_and_the_unsure_right_least_confident_first() -> None:
+    rows = _classifier_rows()
+    wrong, unsure = exhibits.picks(rows)
+    assert len(wrong) == int((rows["predicted"] != rows["label"]).sum()) > 0
+    assert not wrong["correct"].any()
+    assert unsure["correct"].all()
+    assert list(wrong["probability"]) == sorted(wrong["probability"], reverse=True)
+    assert list(unsure["probability"]) == sorted(unsure["probability"])
+    assert len(unsure) == exhibits.LEAST_CONFIDENT
+    right = rows[rows["correct"]]
+    assert unsure["probability"].max() <= right["probability"].nsmallest(exhibits.LEAST_CONFIDENT + 1).max()
+
+
+def test_a_prediction_outside_the_classes_is_wrong_not_a_crash() -> None:
+    frame = pd.DataFrame({"image_id": ["a"], "label": ["0"], "prediction": [7], "probability": [0.9]})
+    rows = exhibits.labelled(frame, ["0", "1"], "classifier", None)
+    assert rows["predicted"].tolist() == [None]
+    assert not rows["correct"].any()
+
+
+def test_anomaly_errors_are_false_alarms_and_misses_farthest_from_the_threshold_first() -> None:
+    frame = pd.DataFrame(
+        {
+            "image_id": list("abcdef"),
+            "label": ["0", "0", "0", "9", "9", "9"],
+            "score": [0.1, 0.9, 0.6, 0.05, 0.8, 0.2],
+            "is_anomaly": [False, False, False, True, True, True],
+        }
+    )
+    rows = exhibits.labelled(frame, ["0"], "anomaly", 0.5)
+    wrong, second = exhibits.picks(rows)
+    assert set(wrong["image_id"]) == {"b", "c", "d", "f"}  # two false alarms, two misses
+    assert wrong["image_id"].tolist()[:2] == ["b", "c"]  # the highest false alarm first
+    assert second.empty
+    [gallery] = exhibits.galleries("autoencoder", rows, {}, {})
+    assert gallery.total == 4
+    assert "score" in gallery.thumbs[0].caption[-1]
+
+
+def test_galleries_draw_the_pictures_they_have_and_count_all(tmp_path) -> None:
+    rows = _classifier_rows(400)
+    ids = exhibits.shown_ids(rows)
+    pixels = {i: {"pixels": bytes([i.__hash__() % 256]) * 8 * 8 * 3, "height": 8, "width": 8} for i in ids[:5]}
+    uris = {i: f"file:///data/{i}.png" for i in rows["image_id"]}
+    wrong, unsure = exhibits.galleries("cnn", rows, pixels, uris)
+    assert wrong.total == int((~rows["correct"]).sum()) > MAX_THUMBS
+    assert len(wrong.thumbs) == MAX_THUMBS
+    drawn = [t for t in (*wrong.thumbs, *unsure.thumbs) if t.png is not None]
+    assert len(drawn) == 5
+    assert all(t.png.startswith(b"\x89PNG") for t in drawn)
+    first = wrong.thumbs[0].caption
+    assert first[0].endswith(".png")
+    assert "→ predicted" in first[1]
+    assert first[2].startswith("probability")
+
+
+def test_the_predictions_file_names_every_test_image_by_id_and_source(tmp_path) -> None:
+    rows = _classifier_rows(30)
+    uris = {i: f"s3://bucket/in/{i}.png" for i in rows["image_id"]}
+    path = exhibits.write_predictions(tmp_path, "cnn", rows, uris)
+    assert path == tmp_path / "plots" / "cnn" / exhibits.PREDICTIONS
+    with path.open() as f:
+        read = list(csv.DictReader(f))
+    assert len(read) == 30
+    assert set(read[0]) == {"image_id", "source_uri", "label", "predicted", "probability", "correct"}
+    assert {r["source_uri"] for r in read} == set(uris.values())
+    assert [r["source_uri"] for r in read] == sorted(r["source_uri"] for r in read)
