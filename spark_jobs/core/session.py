@@ -69,9 +69,15 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
 
 def driver_java_options(cfg: SparkConfig) -> str:
     """The driver JVM's options: the class-data archive `make venv` built (spark_jobs/core/jvm.py), if
-    any, then ``spark.driver_java_options``, then those of ``spark.conf``. They apply where the
+    any, the logging configuration (:data:`LOG4J2`), then ``spark.driver_java_options``, then those
+    of ``spark.conf``. They apply where the
     JVM starts: here for ``python -m``, and on the spark-submit line of a stage task."""
-    return jvm.with_archive(" ".join(o for o in (cfg.driver_java_options, cfg.conf.get(DRIVER_JAVA)) if o))
+    logging = f"-Dlog4j2.configurationFile={LOG4J2.as_uri()}"  # first: an option of the params' wins
+    return jvm.with_archive(" ".join(o for o in (logging, cfg.driver_java_options, cfg.conf.get(DRIVER_JAVA)) if o))
+
+
+# Spark's own logging at WARN from the start (spark.log_level applies once the session is up).
+LOG4J2 = Path(__file__).resolve().with_name("log4j2.properties")
 
 
 DRIVER_JAVA = "spark.driver.extraJavaOptions"

@@ -6,15 +6,18 @@ from pathlib import Path
 
 from spark_jobs.core import jvm
 from spark_jobs.core.config import SparkConfig
-from spark_jobs.core.session import DRIVER_JAVA, driver_java_options, spark_conf
+from spark_jobs.core.session import DRIVER_JAVA, LOG4J2, driver_java_options, spark_conf
 
 
 def test_no_archive_no_option(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(jvm, "archive_path", lambda: tmp_path / "missing.jsa")
     assert jvm.java_options() == ""
     assert jvm.with_archive("-Xss4m") == "-Xss4m"
-    assert driver_java_options(SparkConfig(driver_java_options="")) == ""
-    assert DRIVER_JAVA not in spark_conf(SparkConfig(driver_java_options=""))
+    # The logging configuration alone (Spark's start-up at WARN).
+    logging_only = f"-Dlog4j2.configurationFile={LOG4J2.as_uri()}"
+    assert driver_java_options(SparkConfig(driver_java_options="")) == logging_only
+    assert spark_conf(SparkConfig(driver_java_options=""))[DRIVER_JAVA] == logging_only
+    assert LOG4J2.exists()
 
 
 def test_the_archive_comes_first_then_params_then_conf(tmp_path: Path, monkeypatch) -> None:

@@ -17,6 +17,7 @@ def test_a_line_gives_done_of_total_the_rate_and_the_time_left() -> None:
     assert progress.line("score", "files", 0, 100, 3.0).endswith("0 files/s, time left not known yet")
     assert progress.line("features", "images", 10, 2000, 1.0).endswith("about 3 min 19 s left")
     assert progress.line("score", "files", 120, 100, 5.0).startswith("score: 100 / 100 files (100 %)")  # retried tasks
+    assert progress.line("ingest", "files", 90, 90, 2.4, finished=True).endswith("38 files/s, done in 2 s")
 
 
 @pytest.mark.spark
@@ -40,3 +41,5 @@ def test_the_counts_are_what_the_tasks_added(spark, caplog) -> None:
     done = [int(line.split(":")[1].split("/")[0].replace(",", "")) for line in lines]
     assert done == sorted(done)
     assert all(line.startswith("test: ") and "/ 40 rows" in line for line in lines)
+    assert lines[-1].startswith("test: 40 / 40 rows (100 %)")
+    assert "done in" in lines[-1]
