@@ -18,6 +18,9 @@ help: ## List the targets
 java: ## Check for Java 17+ (installs a headless JRE with apt-get when run as root)
 	@bash scripts/ensure-java.sh
 
+browser: ## Check for Chromium, the UI test's browser (installs Debian's with apt-get when run as root)
+	@bash scripts/ensure-browser.sh
+
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: Python 3.11 is required" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +42,7 @@ run: venv ## Run the whole pipeline on the bundled sample (dvc repro)
 airflow: venv ## Start Airflow locally (standalone, LocalExecutor, SQLite) with these DAGs; prints the login
 	bash scripts/airflow-local.sh
 
-test: venv ## Run the test suite
+test: venv browser ## Run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv ## Lint and check formatting
@@ -76,4 +79,4 @@ lock: ## Re-resolve requirements.lock (.venv: the project + dev) and requirement
 clean: ## Remove the venv and pipeline outputs
 	rm -rf $(VENV) $(BENCH_VENV) .lockenv data .pytest_cache .airflow dist
 
-.PHONY: help java venv run airflow test lint bench bench-venv bench-lock lock clean
+.PHONY: help java browser venv run airflow test lint bench bench-venv bench-lock lock clean

@@ -6,8 +6,9 @@ run as a service: see the README), the score task ends successfully with "stream
 publishes nothing. Orchestration only.
 
 The cron string is the one thing read from the environment while parsing: a schedule must be known
-then, and an Airflow Variable would query the database on every parse. Each scoring run's
-``image_platform_predictions`` event says in its ``extra`` where the predictions were appended."""
+then, and an Airflow Variable would query the database on every parse. A scoring run that
+published predictions sends an ``image_platform_predictions`` event whose ``extra`` says where, its
+run id and how many images it scored; a run that found nothing new sends none."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, task
 from image_platform import stages, versioning
-from image_platform.assets import CHAMPION, PREDICTIONS
+from image_platform.assets import CHAMPION, PREDICTIONS_OUT
 
 with DAG(
     dag_id="image_batch_scoring",
@@ -32,7 +33,7 @@ with DAG(
     doc_md=__doc__,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
 ) as dag:
-    score = stages.stage_task("score", stages.dvc_commands()["score"], outlets=[PREDICTIONS])
+    score = stages.stage_task("score", stages.dvc_commands()["score"], outlets=[PREDICTIONS_OUT])
 
     @task(pool=versioning.POOL)
     def version() -> dict:

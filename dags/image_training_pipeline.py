@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import DAG, Asset, Param, TaskGroup, get_current_context, task
+from airflow.sdk import DAG, AssetAlias, Param, TaskGroup, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
 from image_platform import stages, versioning
-from image_platform.assets import CHAMPION, GRIDS_CHAMPION, champion_extra
+from image_platform.assets import CHAMPION_OUT, GRIDS_CHAMPION_OUT, add_event
 
 # dvc.yaml stages that are not part of training: the bundled sample and batch scoring.
 NOT_TRAINING = {"sample", "score"}
@@ -36,12 +37,17 @@ PARAM_KEYS = {
 }
 AS_IN_PARAMS = "Empty: as in params.yaml"
 # Each pipeline's champion asset, updated by its own version task.
-CHAMPIONS = {"digits": CHAMPION, "grids": GRIDS_CHAMPION}
+CHAMPIONS = {"digits": CHAMPION_OUT, "grids": GRIDS_CHAMPION_OUT}
+
+
+# How the form shows an empty drop-down choice (the UI would print JSON's "null").
+EMPTY_CHOICE = {None: "(as in params.yaml)"}
 
 
 def _param(kind: str, description: str, choices: list[str] | None = None, **bounds: int) -> Param:
-    """An optional Param: null (empty in the form) unless the run sets it."""
-    schema: dict[str, object] = {"enum": [None, *choices]} if choices else {}
+    """An optional Param: null (empty in the form, or the drop-down's "(as in params.yaml)") unless
+    the run sets it."""
+    schema: dict[str, object] = {"enum": [None, *choices], "values_display": EMPTY_CHOICE} if choices else {}
     return Param(None, type=["null", kind], description=f"{description}. {AS_IN_PARAMS}", **schema, **bounds)
 
 
@@ -71,6 +77,7 @@ with DAG(
             None,
             type=["null", "string"],
             enum=[None, *(p for p in stages.PIPELINES if p != "digits")],
+            values_display={None: "(the digits: dvc.yaml)"},
             description="The pipeline to run. Empty: dvc.yaml (the digits); grids: grids/dvc.yaml, the "
             "large-image pipeline in its own workspace grids/",
         ),
@@ -78,26 +85,35 @@ with DAG(
 ) as dag:
     built = stages.package_task()
 
-    def version_task(pipeline: str, names: list[str], champion: Asset) -> object:
+    def version_task(pipeline: str, names: list[str], champion: AssetAlias) -> object:
         @task(
             task_id="version" if pipeline == "digits" else f"version_{pipeline}",
             pool=versioning.POOL,
             outlets=[champion],
             retries=2,
+            trigger_rule="none_failed",  # stages skipped as up to date: their outputs are versioned as they are
         )
         def version() -> dict:
             """The Params this run set into the workspace's params.yaml (none: the file is left as it
-            is), then its outputs into the DVC cache (and remote) and its dvc.lock."""
+            is), then its outputs into the DVC cache (and remote) and its dvc.lock; the champion
+            asset's event when this run promoted a champion (none otherwise: nothing new to score)."""
+            context = get_current_context()
+            if (context["params"].get("pipeline") or "digits") != pipeline:
+                raise AirflowSkipException(f"this run chose the {context['params'].get('pipeline')} pipeline")
             where = stages.workspace(pipeline)
-            overrides = stages.param_overrides(PARAM_KEYS, get_current_context()["params"])
+            overrides = stages.param_overrides(PARAM_KEYS, context["params"])
             changed = versioning.record_params(where, overrides)
-            get_current_context()["outlet_events"][champion].extra = champion_extra(where)
-            return {**versioning.version_outputs(where, names), "params_changed": changed}
+            versioned = versioning.version_outputs(where, names)
+            promoted = add_event(context["outlet_events"], champion, where, context["dag_run"].start_date)
+            return {**versioned, "params_changed": changed, "champion_event": promoted}
 
         return version()
 
-    roots: dict[str, list[str]] = {}
-    firsts = []
+    # Every task of each pipeline follows the branch directly, so the branch skips all of the other
+    # pipeline's tasks itself: the stages' trigger rule (none_failed: a stage skipped as up to date
+    # does not skip what follows it) cannot then start them.
+    chosen: dict[str, list[str]] = {}
+    everything = []
     for pipeline, dvcfile in stages.PIPELINES.items():
         graph, commands = stages.pipeline_graph(dvcfile=dvcfile), stages.dvc_commands(dvcfile=dvcfile)
         group = TaskGroup(pipeline) if pipeline != "digits" else None
@@ -109,21 +125,19 @@ with DAG(
                 stages.task_id(name),
                 commands[name],
                 param_keys=PARAM_KEYS,
-                workdir=stages.workspace(pipeline),
+                pipeline=pipeline,
                 task_group=group,
             )
-            upstream = [tasks[n] for n in sorted(needs) if n in tasks]
-            if upstream:
-                upstream >> tasks[name]
-            else:
-                firsts.append(tasks[name])
-                roots.setdefault(pipeline, []).append(tasks[name].task_id)
+            [tasks[n] for n in sorted(needs) if n in tasks] >> tasks[name]
         sinks = [t for name, t in tasks.items() if not any(name in graph[other] for other in tasks)]
-        sinks >> version_task(pipeline, list(tasks), CHAMPIONS[pipeline])
+        version = version_task(pipeline, list(tasks), CHAMPIONS[pipeline])
+        sinks >> version
+        everything += [*tasks.values(), version]
+        chosen[pipeline] = [t.task_id for t in tasks.values()] + [version.operator.task_id]
 
     @task.branch
     def choose_pipeline() -> list[str]:
-        """The first tasks of the pipeline the ``pipeline`` Param names (empty: the digits)."""
-        return roots[get_current_context()["params"].get("pipeline") or "digits"]
+        """Every task of the pipeline the ``pipeline`` Param names (empty: the digits)."""
+        return chosen[get_current_context()["params"].get("pipeline") or "digits"]
 
-    built >> choose_pipeline() >> firsts
+    built >> choose_pipeline() >> everything

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Airflow on this machine for this repository: `airflow standalone` (api-server, scheduler,
-# dag-processor, triggerer; SQLite, LocalExecutor) with the repository's dags/ and plugins/, the
+# dag-processor, triggerer; SQLite, LocalExecutor with one task per core; the DAGs unpaused) with
+# the repository's dags/ and plugins/, the
 # `spark_default` connection (local[*] unless AIRFLOW_CONN_SPARK_DEFAULT says otherwise) and the
 # `dvc` pool (size 1: DVC commands run one at a time). Prints where to log in and as whom.
 #
@@ -30,11 +31,18 @@ LOCAL_SPARK='{"conn_type": "spark", "host": "local[*]"}'
 export AIRFLOW_CONN_SPARK_DEFAULT="${AIRFLOW_CONN_SPARK_DEFAULT:-$LOCAL_SPARK}"
 export IMAGE_PLATFORM_WORKSPACE="${IMAGE_PLATFORM_WORKSPACE:-$REPO}"
 export DVC_NO_ANALYTICS=1
+# For local use: the project's DAGs start unpaused (a paused DAG's first trigger would only queue),
+# and the executor runs as many tasks at once as the machine has cores (each is a Spark driver).
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="${AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION:-False}"
+CORES="$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)"
+export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-$CORES}"
 
 command -v airflow >/dev/null || { echo "error: airflow not found in $BIN: run 'make venv' first" >&2; exit 1; }
-# AIRFLOW_HOME holds the metadata DB, the logs and the admin password: the user's alone. Every
-# file Airflow creates from here on is 0600 (folders 0700), the password file included from its
-# first byte; a home made earlier is closed too.
+# AIRFLOW_HOME holds the metadata DB, the logs and the admin password: the user's alone. The
+# folder is 0700 and what is made in it here 0600 (the password file from its first byte; a home
+# made earlier is closed too). The private umask stays inside this block: Airflow and the stages it
+# runs keep the user's own, so the champion, reports and data are shared as the user's files are.
+USER_UMASK="$(umask)"
 umask 077
 mkdir -p "$AIRFLOW_HOME"
 chmod -R go-rwx "$AIRFLOW_HOME"
@@ -48,6 +56,7 @@ if [[ ! -s "$PASSWORDS" ]]; then
   python -c 'import json, secrets, sys; print(json.dumps({"admin": secrets.token_urlsafe(12)}))' >"$PASSWORDS"
 fi
 PASSWORD="$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["admin"])' "$PASSWORDS")"
+umask "$USER_UMASK"
 cat <<BANNER
 ================================================================================
  Airflow UI:   http://127.0.0.1:$PORT   (ready when the log below says "Airflow is ready")
@@ -58,4 +67,21 @@ cat <<BANNER
  Stop:         Ctrl-C
 ================================================================================
 BANNER
-exec airflow standalone
+
+# Airflow in a session of its own, stopped as a whole: on Ctrl-C or SIGTERM every component, task
+# and Spark driver it started gets SIGTERM, and whatever still runs 20 s later SIGKILL.
+setsid airflow standalone &
+AIRFLOW_PID=$!
+stop() {
+  trap - INT TERM
+  echo "stopping Airflow (process group $AIRFLOW_PID)" >&2
+  kill -TERM -- "-$AIRFLOW_PID" 2>/dev/null || true
+  for _ in $(seq 1 20); do
+    kill -0 -- "-$AIRFLOW_PID" 2>/dev/null || exit 0
+    sleep 1
+  done
+  kill -KILL -- "-$AIRFLOW_PID" 2>/dev/null || true
+  exit 0
+}
+trap stop INT TERM
+wait "$AIRFLOW_PID"

@@ -25,6 +25,24 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, log: Path | No
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{tail}")
 
 
+def descendants(pid: int) -> set[int]:
+    """Every living process descended from ``pid`` (children, theirs, ...: sessions of their own too)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL a process started with ``start_new_session`` and its whole group."""
     with contextlib.suppress(ProcessLookupError):

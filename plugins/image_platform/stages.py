@@ -12,6 +12,8 @@ unreachable) is retried.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import importlib
 import json
@@ -19,14 +21,16 @@ import os
 import re
 import shlex
 import sys
+import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import XComArg, task
+from airflow.sdk import AssetAlias, XComArg, task
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from image_platform import assets, package
@@ -76,8 +80,59 @@ class DvcStage:
 def pipeline(root: Path = REPO, dvcfile: str = "dvc.yaml") -> dict[str, DvcStage]:
     """Every stage of ``root``'s ``dvcfile`` (``dvc.yaml``, or ``grids/dvc.yaml`` of the
     large-image pipeline) in DVC's order, read by DVC itself (its index and stage graph), so the
-    DAGs run exactly what ``dvc repro`` runs; ``needs`` names stages of the same file. Reads files
-    only: no lock, no cache, no network (about 0.5 s here, once per parsing process)."""
+    DAGs run exactly what ``dvc repro`` runs; ``needs`` names stages of the same file.
+
+    Every task start parses the DAG file, so DVC's reading (about 1 s for both pipelines, DVC's
+    import included) is kept in a file named by the hash of what it depends on (the dvc.yaml, the
+    params.yaml beside it, DVC's version) under the temporary folder: a task then reads a small
+    JSON file instead (:func:`_cached`)."""
+    folder = (root / dvcfile).parent
+    return _cached(root, dvcfile, [root / dvcfile, folder / "params.yaml"], _read_pipeline)
+
+
+def _cached(
+    root: Path, dvcfile: str, sources: Sequence[Path], read: Callable[[Path, str], dict[str, DvcStage]]
+) -> dict[str, DvcStage]:
+    """``read(root, dvcfile)``, kept as JSON under ``<tmp>/image-platform-<uid>/`` by the hash of
+    ``sources``' bytes, the arguments and DVC's version (a stale entry can never match)."""
+    import hashlib
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(f"{root.resolve()}\0{dvcfile}\0{version('dvc')}".encode())
+    for path in sources:
+        digest.update(path.read_bytes() if path.exists() else b"\0missing")
+    cache = Path(tempfile.gettempdir()) / f"image-platform-{os.getuid()}" / f"pipeline-{digest.hexdigest()[:32]}.json"
+    try:
+        return {name: _stage_of(record) for name, record in json.loads(cache.read_text()).items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not read yet (or unreadable): read by DVC, then kept
+    stages = read(root, dvcfile)
+    with contextlib.suppress(OSError):  # a read-only temporary folder only costs the next parse
+        cache.parent.mkdir(mode=0o700, exist_ok=True)
+        fd, part = tempfile.mkstemp(dir=cache.parent, prefix=".pipeline-")
+        with os.fdopen(fd, "w") as out:
+            json.dump({name: _record_of(stage) for name, stage in stages.items()}, out)
+        os.replace(part, cache)
+    return stages
+
+
+def _record_of(stage: DvcStage) -> dict[str, Any]:
+    return {**dataclasses.asdict(stage), "needs": sorted(stage.needs)}
+
+
+def _stage_of(record: dict[str, Any]) -> DvcStage:
+    command = record["command"]
+    return DvcStage(
+        command=StageCommand(command["name"], command["stage"], tuple(command["args"])),
+        deps=tuple(record["deps"]),
+        params=tuple(record["params"]),
+        outs=tuple(record["outs"]),
+        needs=frozenset(record["needs"]),
+    )
+
+
+def _read_pipeline(root: Path, dvcfile: str) -> dict[str, DvcStage]:
+    """:func:`pipeline` as DVC reads it (reads files only: no lock, no cache, no network)."""
     from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
     from dvc.stage import PipelineStage
@@ -150,40 +205,137 @@ def param_overrides(param_keys: Mapping[str, str], params: Mapping[str, Any]) ->
 
 
 class StageSubmitOperator(SparkSubmitOperator):
-    """``SparkSubmitOperator`` for one pipeline stage: a stage's own verdict (exit code 2 or 3)
-    fails the task at once, without retries; other failures keep the configured retries. The Params
-    the run set (``param_keys``: DAG Param -> params.yaml key) follow the stage's arguments as
-    ``--set`` overrides; Params left empty add nothing (:func:`param_overrides`)."""
+    """``SparkSubmitOperator`` for one pipeline stage, with ``dvc repro``'s semantics.
+
+    - Skipped (with the reason in the log) when the run chose the other pipeline (the ``pipeline``
+      Param), and when its DVC stage is up to date for this run's parameters (:func:`up_to_date`:
+      DVC's own status, and no Param of the run changes a value the stage tracks).
+    - A stage's own verdict (exit code 2 or 3) fails the task at once, without retries; other
+      failures keep the configured retries.
+    - The Params the run set (``param_keys``: DAG Param -> params.yaml key) follow the stage's
+      arguments as ``--set`` overrides; Params left empty add nothing (:func:`param_overrides`).
+    - Its outlets are asset aliases (:mod:`image_platform.assets`): the asset's event is added only
+      when the run published something new.
+    - The stage's own warnings and errors keep their level in the task log (:class:`LevelledLog`).
+    """
 
     def __init__(
-        self, *, stage: str, param_keys: Mapping[str, str] | None = None, workdir: Path | None = None, **kwargs: Any
+        self,
+        *,
+        stage: str,
+        param_keys: Mapping[str, str] | None = None,
+        workdir: Path | None = None,
+        pipeline: str = "digits",
+        **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("trigger_rule", "none_failed")  # an upstream stage skipped as up to date is no reason
         super().__init__(**kwargs)
         self.stage = stage
+        self.pipeline = pipeline
         self.param_keys = dict(param_keys or {})
-        self.workdir = workdir or workspace()  # the stage's workspace: its params.yaml
+        self.workdir = workdir or workspace(pipeline)  # the stage's workspace: its params.yaml
+
+    def _get_hook(self) -> Any:
+        hook = super()._get_hook()
+        hook._log = LevelledLog(hook.log)  # LoggingMixin's cached logger: the hook logs each line through it
+        return hook
 
     def execute(self, context: Any) -> None:
-        chosen = param_overrides(self.param_keys, context.get("params") or {})
-        if chosen:
-            self.log.info("this run's Params override params.yaml: %s", ", ".join(chosen))
-        self.application_args = [*(self.application_args or []), *(f"--set={o}" for o in chosen)]
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        params = context.get("params") or {}
+        chosen = params.get("pipeline") or "digits"
+        if chosen != self.pipeline:
+            raise AirflowSkipException(f"stage {self.stage}: this run chose the {chosen} pipeline")
+        overrides = param_overrides(self.param_keys, params)
+        if overrides:
+            self.log.info("this run's Params override params.yaml: %s", ", ".join(overrides))
+        reason = up_to_date(self.workdir, PIPELINES[self.pipeline], self.stage, overrides)
+        if reason is not None:
+            raise AirflowSkipException(f"stage {self.stage} skipped, as dvc repro would: {reason}")
+        self.application_args = [*(self.application_args or []), *(f"--set={o}" for o in overrides)]
         self.conf = {**(self.conf or {}), **driver_conf(self.application_args, self.workdir)}
+        since = datetime.now(UTC)
         try:
             super().execute(context)
-            for outlet in self.outlets:  # where this run's products are, in the asset event
-                extra = assets.event_extra(outlet, self.workdir)
-                if extra is not None:
-                    context["outlet_events"][outlet].extra = extra
         except AirflowException as exc:
             match = re.search(r"Error code is: (\d+)", str(exc))
             code = int(match.group(1)) if match else None
-            if code in FINAL_EXIT_CODES:
+            if code in FINAL_EXIT_CODES:  # the stage's own lines above say why: not repeated here
                 raise AirflowFailException(
                     f"stage {self.stage} stopped: {FINAL_EXIT_CODES[code]} (exit code {code}); "
                     "its reason, and the gate report path when a gate failed, are in the log above"
-                ) from exc
+                ) from None
             raise
+        for outlet in self.outlets:  # what this run made, in the asset event (none: no event)
+            if isinstance(outlet, AssetAlias) and outlet.name in assets.ALIASED:
+                extra = assets.add_event(context["outlet_events"], outlet, self.workdir, since)
+                self.log.info("%s: %s", assets.ALIASED[outlet.name].name, extra or "nothing new: no asset event")
+
+
+_LINE_LEVEL = re.compile(r"^\S+ \S+ (WARN|WARNING|ERROR|CRITICAL|FATAL) ")
+_LEVEL_METHODS = {
+    "WARN": "warning",
+    "WARNING": "warning",
+    "ERROR": "error",
+    "CRITICAL": "critical",
+    "FATAL": "critical",
+}
+
+
+class LevelledLog:
+    """The Spark provider's hook logger, with the level of each spark-submit line it logs kept: the
+    provider logs every line at INFO, so the stages' own ``WARNING``/``ERROR`` lines (``<date>
+    <time> ERROR spark_jobs...: ...``) and Spark's (``yy/MM/dd HH:mm:ss WARN ...``) go out at their
+    level, and Airflow shows errors as errors. Everything else is the wrapped logger's."""
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+
+    def info(self, msg: Any, *args: Any, **kwargs: Any) -> Any:
+        match = _LINE_LEVEL.match(msg) if isinstance(msg, str) and not args else None
+        method = _LEVEL_METHODS[match.group(1)] if match else "info"
+        return getattr(self._log, method)(msg, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+
+def up_to_date(workdir: Path, dvcfile: str, stage: str, overrides: Sequence[str]) -> str | None:
+    """Why ``stage`` of ``dvcfile`` need not run in ``workdir`` (None: it must run): DVC's own status
+    of it is clean (its deps, params and outputs as ``dvc.lock`` records them: ``dvc status``'s
+    check) and no override changes a params.yaml value it tracks."""
+    root = next((p for p in (workdir, *workdir.parents) if (p / ".dvc").is_dir()), None)
+    if root is None or changed_params(workdir, pipeline(REPO, dvcfile)[stage].params, overrides):
+        return None  # not a DVC repository (nothing to compare with), or this run's Params differ
+    from dvc.repo import Repo, lock_repo
+
+    target = f"{workdir / Path(dvcfile).name}:{stage}"  # absolute: DVC reads a target from the current folder
+    # DVC's lock, held for the check alone (stages starting together wait their turn, as
+    # `dvc --wait-for-lock` does): what `dvc status <stage>` reports.
+    with Repo(str(root), _wait_for_lock=True) as repo, lock_repo(repo):
+        [found] = repo.stage.collect(target)
+        status = found.status()
+    if status:
+        return None
+    return f"its dependencies, parameters and outputs are as {Path(dvcfile).parent / 'dvc.lock'} records them"
+
+
+def changed_params(workdir: Path, tracked: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """The overrides that change a value of ``workdir``'s params.yaml under a key the stage tracks
+    (``tracked``: its dvc.yaml ``params``, e.g. ``train.cnn`` or ``ingest.source``)."""
+    import yaml
+
+    from spark_jobs.core.config import set_override
+    from spark_jobs.params import Config
+
+    tree = yaml.safe_load((workdir / "params.yaml").read_text()) or {}
+    changed = []
+    for text in overrides:
+        key, _, differs = set_override(tree, text, Config)
+        if differs and any(key == t or key.startswith(f"{t}.") or t.startswith(f"{key}.") for t in tracked):
+            changed.append(text)
+    return changed
 
 
 def driver_conf(args: Sequence[str], workdir: Path | None = None) -> dict[str, str]:
@@ -227,17 +379,18 @@ def stage_task(
     overrides: Sequence[str] = (),
     param_keys: Mapping[str, str] | None = None,
     workdir: Path | None = None,
+    pipeline: str = "digits",
     python: str | None = None,
     retries: int = 2,
     **kwargs: Any,
 ) -> StageSubmitOperator:
-    """The spark-submit task of one dvc.yaml stage, run from ``workdir`` (default
-    :func:`workspace`; relative paths in params.yaml resolve as they do for ``dvc repro``), with
+    """The spark-submit task of one dvc.yaml stage of ``pipeline``, run from ``workdir`` (default
+    :func:`workspace` of it; relative paths in params.yaml resolve as they do for ``dvc repro``), with
     fixed ``overrides`` and the run's Params named in ``param_keys`` (see :class:`StageSubmitOperator`).
     ``python`` is the executors' interpreter: default ``$PYSPARK_PYTHON``, else the interpreter
     running Airflow (the project's environment)."""
     python = python or os.environ.get("PYSPARK_PYTHON") or sys.executable
-    workdir = workdir or workspace()
+    workdir = workdir or workspace(pipeline)
     env = {"IMAGE_PLATFORM_WORKDIR": str(workdir), "PYSPARK_PYTHON": python}
     conf = {"spark.pyspark.python": python}
     return StageSubmitOperator(
@@ -245,6 +398,7 @@ def stage_task(
         stage=command.name,
         param_keys=param_keys,
         workdir=workdir,
+        pipeline=pipeline,
         application=str(REPO / LAUNCHER),
         py_files=py_files,
         application_args=application_args(command, overrides),

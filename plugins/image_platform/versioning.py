@@ -33,7 +33,8 @@ def dvc(repo: Path, *args: str, timeout: float = 1800) -> str:
     exe = shutil.which("dvc")
     if exe is None:
         raise DvcError("dvc is not on PATH: install the project's environment (make venv) for the Airflow workers")
-    result = subprocess.run([exe, *args], cwd=repo, capture_output=True, text=True, timeout=timeout)
+    # --wait-for-lock: a stage task checking DVC's status (stages.up_to_date) holds the lock briefly.
+    result = subprocess.run([exe, "--wait-for-lock", *args], cwd=repo, capture_output=True, text=True, timeout=timeout)
     output = (result.stdout + result.stderr).strip()
     if result.returncode != 0:
         raise DvcError(f"dvc {' '.join(args)} failed (exit {result.returncode}) in {repo}:\n{output}")

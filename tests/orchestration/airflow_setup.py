@@ -29,6 +29,7 @@ WORKSPACE_PARAMS = (
     "score.inbox=inbox",
     "gate.model.min_accuracy=0.8",
     "gate.model.min_macro_f1=0.8",
+    "data.progress_s=1",  # a progress line a second: these small stages finish within seconds
     *SMALL_MODELS,
 )
 

@@ -65,7 +65,7 @@ def describe(dags_folder: str) -> dict:
             "doc_md": dag.doc_md,
             "catchup": dag.catchup,
             "max_active_runs": dag.max_active_runs,
-            "params": {k: dag.params.get_param(k).schema for k in dag.params},
+            "params": {k: json.loads(json.dumps(dag.params.get_param(k).schema)) for k in dag.params},
             "param_defaults": {k: dag.params.get_param(k).value for k in dag.params},
             "tasks": {
                 t.task_id: {
@@ -79,6 +79,7 @@ def describe(dags_folder: str) -> dict:
                     "conn_id": getattr(t, "_conn_id", None),
                     "outlets": [getattr(o, "name", str(o)) for o in t.outlets],
                     "pool": t.pool,
+                    "trigger_rule": str(getattr(t.trigger_rule, "value", t.trigger_rule)),
                     "workdir": (getattr(t, "env_vars", None) or {}).get("IMAGE_PLATFORM_WORKDIR"),
                 }
                 for t in dag.tasks

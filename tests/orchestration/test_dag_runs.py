@@ -65,6 +65,58 @@ def test_training_triggered_with_params_through_the_rest_api(trained_pipeline: d
     )
 
 
+def test_the_ui_in_a_real_browser(trained_pipeline: dict) -> None:
+    """Headless Chromium through the UI (tests/orchestration/browser.py): log in, trigger the
+    training DAG from the form with one Param, watch the run succeed, read a task log's progress
+    lines and report link, open the report pages with the network off but for 127.0.0.1. The
+    screenshots stay in the session's temporary folder (``trained*/browser/``)."""
+    ui = trained_pipeline["ui"]
+    if "skipped" in ui:
+        pytest.skip(ui["skipped"])
+    walk = ui["walk"]
+    assert walk.state == "success", walk
+    assert walk.progress["ingest"], walk.progress  # e.g. "ingest: 90 / 90 files (100 %), 41 files/s, done in 2 s"
+    assert any("done in" in line for line in walk.progress["ingest"])
+    assert set(walk.reports) == {"ingest", "evaluate"}, walk
+    for task, page in walk.reports.items():
+        assert page.path.name == "report.html", task
+        assert page.path.exists(), task
+        assert page.broken == 0, (task, page)
+        assert page.refused == [], (task, page)  # nothing on it needs the network
+    assert walk.reports["evaluate"].images > 0  # the test images behind the model gate's verdict
+    assert len(walk.screenshots) == 8
+    assert all(p.stat().st_size > 10_000 for p in walk.screenshots)
+    print(f"browser walk: {ui['seconds']:.0f} s, of which the run it triggered {walk.seconds:.0f} s")
+
+
+def test_a_second_run_on_an_up_to_date_workspace_skips_every_stage(trained_pipeline: dict) -> None:
+    """The run the browser triggered set one Param to the value the first run recorded: DVC finds
+    every stage up to date, so each is skipped, saying why, as ``dvc repro`` would; nothing was
+    promoted, so no champion event."""
+    second = trained_pipeline["second"]
+    if second is None:
+        pytest.skip(trained_pipeline["ui"].get("skipped", "the browser did not trigger a run"))
+    states = second["states"]
+    assert second["run"]["state"] == "success", states
+    stages_ = {t.replace("@", "_") for t in TRAINING_STAGES}
+    assert {states[t] for t in stages_} == {"skipped"}, states
+    assert states["version"] == "success"
+    assert "skipped, as dvc repro would" in second["logs"]["ingest"], second["logs"]["ingest"][-3000:]
+    champion_events = [e for e in second["events"] if e["source_run_id"] == second["run"]["dag_run_id"]]
+    assert champion_events == []
+
+
+def test_make_airflow_starts_unpaused_and_stops_everything_on_sigterm(trained_pipeline: dict) -> None:
+    assert trained_pipeline["paused_at_creation"] is False  # a trigger from the form runs at once
+    stopped = trained_pipeline["stopped"]
+    assert stopped["processes"] >= 4, stopped  # the script, airflow standalone and its components
+    assert stopped["left"] == [], stopped
+    assert stopped["seconds"] <= 30, stopped
+    # Its private umask stays with AIRFLOW_HOME: what the runs made has the user's (022 here).
+    card = trained_pipeline["workspace"] / "models" / "champion" / "classifier" / "card.json"
+    assert card.stat().st_mode & 0o777 == 0o644
+
+
 def test_the_airflow_home_is_private(trained_pipeline: dict) -> None:
     """scripts/airflow-local.sh closes AIRFLOW_HOME to other users: the metadata DB and the
     admin password file are 0600, the folder 0700 (the DB existed before the script ran)."""
@@ -90,7 +142,7 @@ def test_training_produced_and_versioned_the_models(trained_pipeline: dict) -> N
     for model, epochs in (("autoencoder", 15), ("cnn", 15)):
         card = json.loads((ws / "models" / model / "card.json").read_text())
         assert card["training"]["epochs"] == epochs, model
-    metrics = json.loads((ws / "reports" / "metrics.json").read_text())
+    metrics = json.loads((ws / "reports" / "evaluation.json").read_text())
     assert set(metrics["models"]) == {"mllib", "cnn", "autoencoder"}
     assert metrics["models"]["cnn"]["accuracy"] >= 0.8  # the workspace's model gate
     champion = json.loads((ws / "models" / "champion" / "classifier" / "card.json").read_text())

@@ -125,10 +125,11 @@ def test_training_dag_runs_one_pipeline_chosen_by_a_param(parsed: dict) -> None:
     assert set(tasks) == {"build_package", "choose_pipeline", "version", "version_grids", *ids["digits"], *ids["grids"]}
     assert tasks["build_package"]["downstream"] == ["choose_pipeline"]
     assert tasks["choose_pipeline"]["type"] == "_BranchPythonDecoratedOperator"
-    assert tasks["choose_pipeline"]["downstream"] == ["grids.ingest", "ingest"]
+    # The branch precedes every task of both pipelines: it skips all of the other one's itself.
+    assert tasks["choose_pipeline"]["downstream"] == sorted(set(tasks) - {"build_package", "choose_pipeline"})
     assert dag["params"]["pipeline"]["enum"] == [None, "grids"]
     assert tasks["grids.evaluate"]["downstream"] == ["version_grids"]
-    assert tasks["version_grids"]["outlets"] == ["image_platform_grids_champion_model"]
+    assert tasks["version_grids"]["outlets"] == ["image_platform_grids_champion_promoted"]  # the alias
     assert tasks["version_grids"]["pool"] == "dvc"
     for task_id in ids["grids"]:  # run in the grids workspace: its params.yaml, data and models
         assert tasks[task_id]["workdir"] == str(REPO / "grids"), task_id
@@ -170,8 +171,11 @@ def test_training_dag_is_dvc_yaml_from_ingest_to_evaluate(parsed: dict, pipeline
     version = "version" if pipeline == "digits" else f"version_{pipeline}"
     assert tasks[tid("evaluate")]["downstream"] == [version]
     assert tasks[version]["pool"] == "dvc"  # DVC commands one at a time
-    champion = {"digits": "image_platform_champion_model", "grids": "image_platform_grids_champion_model"}
+    # Aliases: the champion asset's event is added only when the run promoted one.
+    champion = {"digits": "image_platform_champion_promoted", "grids": "image_platform_grids_champion_promoted"}
     assert tasks[version]["outlets"] == [champion[pipeline]]
+    # A stage skipped as up to date (dvc repro's semantics) does not skip what follows it.
+    assert {tasks[tid(n)]["trigger_rule"] for n in graph} | {tasks[version]["trigger_rule"]} == {"none_failed"}
 
 
 def test_params_default_to_params_yaml_and_each_names_a_key(parsed: dict) -> None:
@@ -181,6 +185,10 @@ def test_params_default_to_params_yaml_and_each_names_a_key(parsed: dict) -> Non
     dag = parsed["dags"]["image_training_pipeline"]
     assert set(dag["param_defaults"].values()) == {None}, dag["param_defaults"]
     assert all("null" in schema["type"] for schema in dag["params"].values()), dag["params"]
+    # The form shows no literal "null": an empty drop-down choice has a label saying what it means.
+    for name, schema in dag["params"].items():
+        if "enum" in schema:
+            assert schema["values_display"].get("null", "").startswith("("), name  # JSON's key for None
     keys = dag["tasks"]["ingest"]["param_keys"]
     assert set(keys) == set(dag["params"]) - {"pipeline"}  # the one Param that is not a params.yaml key
     assert keys["cnn_epochs"] == "train.cnn.epochs"
@@ -201,6 +209,6 @@ def test_scoring_dag_is_scheduled_and_follows_the_champion(parsed: dict) -> None
     assert dag["max_active_runs"] == 1
     score = dag["tasks"]["score"]
     assert score["application_args"] == _submitted(dvc_view()["score"]["cmd"]) == ["score"]
-    assert score["outlets"] == ["image_platform_predictions"]
+    assert score["outlets"] == ["image_platform_predictions_published"]  # an alias: no event when nothing new
     assert score["downstream"] == ["version"]
     assert dag["tasks"]["version"]["pool"] == "dvc"

@@ -119,3 +119,46 @@ def test_s3_credentials_never_reach_the_task_log(airflow_env: dict[str, str], s3
         assert secret not in log
         for path in written:
             assert secret not in path.read_text(), path
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def __getattr__(self, level: str):
+        return lambda msg, *args, **kwargs: self.calls.append((level, msg % args if args else msg))
+
+
+def test_the_stages_own_warnings_and_errors_keep_their_level_in_the_task_log() -> None:
+    recorder = _Recorder()
+    log = stages.LevelledLog(recorder)
+    for line in (
+        "2026-12-06 12:57:28,062 ERROR spark_jobs: ingest: ingest.source 'x' is not a directory",
+        "2026-12-06 12:57:28,062 WARNING spark_jobs.evaluate: cnn rejected by the model gate",
+        "26/12/06 12:58:05 WARN Utils: Your hostname resolves to a loopback address",
+        "2026-12-06 12:57:34,315 INFO __main__: listed 1797 files",
+        "  FAILED summary: expect_column_values_to_be_between ERROR in a detail line",
+        "Traceback (most recent call last):",
+    ):
+        log.info(line)
+    log.info("Identified spark application id: %s", "app-1")  # the provider's own, with arguments
+    assert [level for level, _ in recorder.calls] == ["error", "warning", "warning", "info", "info", "info", "info"]
+    assert recorder.calls[-1] == ("info", "Identified spark application id: app-1")
+
+
+def test_only_a_param_that_changes_a_tracked_value_makes_a_stage_run(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(
+        "ingest:\n  source: /data/in\n  image_size: 32\ntrain:\n  seed: 1\n  cnn:\n    epochs: 15\n"
+    )
+    cnn = ("train.seed", "train.cnn", "data.root")
+    assert stages.changed_params(tmp_path, cnn, ["train.seed=1", "train.cnn.epochs=15"]) == []  # as recorded
+    assert stages.changed_params(tmp_path, cnn, ["train.cnn.epochs=2"]) == ["train.cnn.epochs=2"]
+    assert stages.changed_params(tmp_path, cnn, ["ingest.image_size=64"]) == []  # not the cnn's parameter
+    ingest = ("ingest.source", "ingest.image_size")
+    assert stages.changed_params(tmp_path, ingest, ["ingest.source=/data/in"]) == []
+    assert stages.changed_params(tmp_path, ingest, ["ingest.image_size=64"]) == ["ingest.image_size=64"]
+
+
+def test_a_stage_outside_a_dvc_repository_always_runs(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text((stages.REPO / "params.yaml").read_text())
+    assert stages.up_to_date(tmp_path, "dvc.yaml", "ingest", []) is None

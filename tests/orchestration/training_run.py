@@ -12,7 +12,9 @@ into a fresh clone. One run costs ~4 minutes here (7 spark-submits); the tests m
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -23,8 +25,9 @@ import requests
 from image_platform import versioning
 
 from tests.factories import REPO, free_port
+from tests.orchestration import browser
 from tests.orchestration.airflow_setup import make_workspace
-from tests.processes import stop_group, wait_for
+from tests.processes import descendants, stop_group, wait_for
 
 TRAINING = "image_training_pipeline"
 PER_CLASS = 30
@@ -58,6 +61,7 @@ def _server(env: dict[str, str], ws: Path, log: Path) -> tuple[subprocess.Popen,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            umask=0o022,  # a user's usual: the script must keep its private umask to AIRFLOW_HOME
         )
     return proc, f"http://127.0.0.1:{port}"
 
@@ -89,9 +93,9 @@ def train(root: Path, env: dict[str, str], s3_endpoint: str) -> dict[str, Any]:
         assert login.status_code in (200, 201), login.text
         api = requests.Session()
         api.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
-        # Once the DAG processor has parsed it: it starts paused (Airflow's default), so unpause it.
+        # Once the DAG processor has parsed it: `make airflow` creates the project's DAGs unpaused.
         wait_for(TRAINING, lambda: api.get(f"{url}/api/v2/dags/{TRAINING}", timeout=10).ok, 180, log)
-        assert api.patch(f"{url}/api/v2/dags/{TRAINING}", json={"is_paused": False}, timeout=10).ok
+        paused = api.get(f"{url}/api/v2/dags/{TRAINING}", timeout=10).json()["is_paused"]
         # What the trigger form posts: the Params as conf, no logical date.
         params = conf(ws)
         body = {"conf": params, "logical_date": None, "data_interval_start": None, "data_interval_end": None}
@@ -109,12 +113,21 @@ def train(root: Path, env: dict[str, str], s3_endpoint: str) -> dict[str, Any]:
         tasks = api.get(where, timeout=10).json()
         version = api.get(f"{where}/version/xcomEntries/return_value", timeout=10)
         events = api.get(f"{url}/api/v2/assets/events", params={"source_dag_id": TRAINING}, timeout=10).json()
+        # The UI in a real browser: a second run triggered from the form with one Param, as the
+        # first run recorded it in params.yaml, so DVC finds every stage up to date.
+        ui = _browse(url, banner.group(1), banner.group(2), run_id, root / "browser")
+        second = _second_run(api, url, ui.get("walk"))
     finally:
         # Stopped now: the other tests' ``dag.test()`` runs share its metadata DB, and a live
         # scheduler takes their queued tasks and runs them itself, which ``dag.test()`` then only
-        # sees as "failed".
+        # sees as "failed". First as a user stops it (SIGTERM to the script alone), timed.
+        stopped = _stop_as_a_user(proc)
         stop_group(proc)
     return {
+        "paused_at_creation": paused,
+        "ui": ui,
+        "second": second,
+        "stopped": stopped,
         "workspace": ws,
         "conf": params,
         "run": run,
@@ -125,3 +138,59 @@ def train(root: Path, env: dict[str, str], s3_endpoint: str) -> dict[str, Any]:
         "log": log,
         "env": env,
     }
+
+
+def _browse(url: str, user: str, password: str, first_run: str, shots: Path) -> dict[str, Any]:
+    """The browser's walk through the UI (tests/orchestration/browser.py), or why it could not run."""
+    missing = browser.available()
+    if missing is not None:
+        return {"skipped": missing}
+    started = time.monotonic()
+    walk = browser.walk(url, user, password, ("seed", str(SEED)), first_run, ("ingest", "evaluate"), shots)
+    return {"walk": walk, "seconds": time.monotonic() - started}
+
+
+def _second_run(api: requests.Session, url: str, walk: browser.Walk | None) -> dict[str, Any] | None:
+    """The states of the run the browser triggered, and the champion events after it."""
+    if walk is None or walk.run_id is None:
+        return None
+    where = f"{url}/api/v2/dags/{TRAINING}/dagRuns/{walk.run_id}"
+    tasks = api.get(f"{where}/taskInstances", timeout=10).json()["task_instances"]
+    events = api.get(f"{url}/api/v2/assets/events", params={"source_dag_id": TRAINING}, timeout=10).json()
+    return {
+        "run": api.get(where, timeout=10).json(),
+        "states": {t["task_id"]: t["state"] for t in tasks},
+        "events": events["asset_events"],
+        "logs": {t["task_id"]: _task_log(api, where, t["task_id"]) for t in tasks if t["task_id"] == "ingest"},
+    }
+
+
+def _task_log(api: requests.Session, run: str, task_id: str) -> str:
+    got = api.get(f"{run}/taskInstances/{task_id}/logs/1", headers={"Accept": "text/plain"}, timeout=10)
+    return got.text
+
+
+def _stop_as_a_user(proc: subprocess.Popen) -> dict[str, Any]:
+    """SIGTERM to ``make airflow``'s script alone (as Ctrl-C or a service manager sends it): how long
+    until the script and every process it started are gone, and which were left after 30 s."""
+    if proc.poll() is not None:
+        return {"already_exited": True}
+    started = descendants(proc.pid)
+    began = time.monotonic()
+    os.kill(proc.pid, signal.SIGTERM)
+    deadline = began + 30
+    while time.monotonic() < deadline and (proc.poll() is None or any(_alive(p) for p in started)):
+        time.sleep(0.5)
+    return {
+        "processes": len(started),
+        "seconds": round(time.monotonic() - began, 1),
+        "left": sorted(p for p in started if _alive(p)),
+    }
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
