@@ -14,6 +14,7 @@ import yaml
 
 from spark_jobs.params import load
 from tests.factories import REPO, dvc_view
+from tests.orchestration import browser
 
 
 def _stages() -> dict:
@@ -145,6 +146,17 @@ def _dvc(workspace: Path, *args: str) -> str:
     return proc.stdout
 
 
+def _columns(doc: dict, prefix: str = "") -> dict:
+    """A metrics file's values by dotted key, as ``dvc exp show`` makes columns of them."""
+    out = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            out.update(_columns(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 @pytest.mark.slow
 def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
     """A fresh workspace: ``dvc repro`` runs sample -> ingest -> features -> train (3 models) ->
@@ -159,6 +171,8 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
     params["spark"]["master"] = "local[2]"
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
     _dvc(workspace, "init", "--no-scm", "-q")
+    for name in ("config", "offline-plots.html"):  # a clone's .dvc/: its config names the offline plots page
+        shutil.copy(REPO / ".dvc" / name, workspace / ".dvc" / name)
     _dvc(workspace, "config", "core.analytics", "false")
 
     first = _dvc(workspace, "repro")
@@ -172,7 +186,7 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
     assert (workspace / "models" / "backbone" / "backbone.pt2").exists()
 
     # The issue's quality bars on the digits' test split (seed 0, default params).
-    doc = json.loads((workspace / "reports" / "metrics.json").read_text())
+    doc = json.loads((workspace / "reports" / "evaluation.json").read_text())
     figures = doc["models"]
     assert figures["cnn"]["accuracy"] >= 0.985, figures["cnn"]["accuracy"]
     assert figures["mllib"]["accuracy"] >= 0.96, figures["mllib"]["accuracy"]
@@ -183,9 +197,20 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
     assert (workspace / "models" / "champion" / "classifier" / "promotion.json").exists()
     assert (workspace / "models" / "champion" / "anomaly" / "promotion.json").exists()
     shown = json.loads(_dvc(workspace, "metrics", "show", "--json"))
-    assert shown[""]["data"]["reports/metrics.json"]["data"]["accuracy"] == doc["accuracy"]
+    headline = shown[""]["data"]["reports/metrics.json"]["data"]
+    assert headline["accuracy"] == doc["accuracy"]
+    flat = _columns(headline)  # what dvc exp show puts in columns: a few numbers, no version strings
+    assert len(flat) <= 25, sorted(flat)
+    assert all(v is None or isinstance(v, int | float) for v in flat.values()), flat
     _dvc(workspace, "plots", "show", "-o", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").exists()
+    if browser.available() is None:  # the page renders offline: its scripts are inlined (.dvc/config)
+        drawn = browser.open_offline(tmp_path / "plots" / "index.html", tmp_path / "plots.png")
+        assert drawn["refused"] == [], drawn
+        assert drawn["errors"] == [], drawn
+        assert drawn["vega_views"] >= 4, drawn  # two confusion matrices, per-class F1, the ROC
+        assert drawn["images"] == 3, drawn  # the confusion matrices as pictures, the baseline's none
+        assert drawn["broken"] == 0, drawn
 
     # The sample inbox, scored once by the champion; its two unusable files quarantined.
     runs = sorted((workspace / "data" / "predictions").glob("run_date=*/run_id=*"))
@@ -218,3 +243,48 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
         "ingest": [{"changed deps": {"params.yaml": {"ingest.image_size": "modified"}}}],
         "features": [{"changed deps": {"params.yaml": {"features.classical": "modified"}}}],
     }
+
+    # A failed run leaves the workspace as it found it, but for its own rejected output and report:
+    # the stages' outputs are `persist` (DVC does not delete them first; the stage replaces them
+    # atomically, or not at all), ignore files and dvc.lock untouched.
+    kept = ["data/ingest/_manifest.json", "data/.gitignore", "dvc.lock", "models/champion/classifier/promotion.json"]
+    before = {name: (workspace / name).read_bytes() for name in kept}
+    params["gate"]["raw"]["min_per_class"] = 10**6
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    failed = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "repro", "ingest"],
+        cwd=workspace,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert failed.returncode != 0, failed.stdout[-2000:]
+    assert "gate 'ingest' failed: nothing published" in failed.stderr + failed.stdout
+    assert {name: (workspace / name).read_bytes() for name in kept} == before
+    assert "FAILED" in (workspace / "data" / "gates" / "ingest" / "report.html").read_text()
+    assert list((workspace / "data" / "rejected").glob("ingest-*"))
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "grids/params.yaml"])
+def test_params_files_are_written_as_dvc_exp_run_set_param_writes_them(tmp_path: Path, name: str) -> None:
+    """``dvc exp run -S key=value`` rewrites params.yaml with DVC's own YAML writer: a file in that
+    writer's style comes back byte-identical, so a one-value experiment is a one-line diff."""
+    import difflib
+
+    from dvc.utils.serialize import modify_yaml
+
+    copy = tmp_path / "params.yaml"
+    original = (REPO / name).read_text()
+    copy.write_text(original)
+    with modify_yaml(copy):
+        pass
+    assert copy.read_text() == original
+    with modify_yaml(copy) as params:
+        params["train"]["seed"] = params["train"]["seed"] + 1
+    changed = [
+        line
+        for line in difflib.unified_diff(original.splitlines(), copy.read_text().splitlines(), lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+    assert len(changed) == 2, changed  # the old line and the new one
