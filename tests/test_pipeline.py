@@ -171,8 +171,9 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
     params["spark"]["master"] = "local[2]"
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
     _dvc(workspace, "init", "--no-scm", "-q")
-    for name in ("config", "offline-plots.html"):  # a clone's .dvc/: its config names the offline plots page
-        shutil.copy(REPO / ".dvc" / name, workspace / ".dvc" / name)
+    # As a clone's .dvc/: the offline plots page, named in its config.
+    shutil.copy(REPO / ".dvc" / "offline-plots.html", workspace / ".dvc" / "offline-plots.html")
+    _dvc(workspace, "config", "plots.html_template", "offline-plots.html")
     _dvc(workspace, "config", "core.analytics", "false")
 
     first = _dvc(workspace, "repro")
@@ -209,7 +210,7 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
         assert drawn["refused"] == [], drawn
         assert drawn["errors"] == [], drawn
         assert drawn["vega_views"] >= 4, drawn  # two confusion matrices, per-class F1, the ROC
-        assert drawn["images"] == 3, drawn  # the confusion matrices as pictures, the baseline's none
+        assert drawn["images"] == 2, drawn  # the two classifiers' confusion matrices as pictures
         assert drawn["broken"] == 0, drawn
 
     # The sample inbox, scored once by the champion; its two unusable files quarantined.
@@ -247,7 +248,13 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
     # A failed run leaves the workspace as it found it, but for its own rejected output and report:
     # the stages' outputs are `persist` (DVC does not delete them first; the stage replaces them
     # atomically, or not at all), ignore files and dvc.lock untouched.
-    kept = ["data/ingest/_manifest.json", "data/.gitignore", "dvc.lock", "models/champion/classifier/promotion.json"]
+    # (This workspace has no git, so no ignore files: tests/spark_jobs/core/test_runner.py keeps those.)
+    kept = [
+        "data/ingest/_manifest.json",
+        "data/ingest/_validation.json",
+        "dvc.lock",
+        "models/champion/classifier/promotion.json",
+    ]
     before = {name: (workspace / name).read_bytes() for name in kept}
     params["gate"]["raw"]["min_per_class"] = 10**6
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))

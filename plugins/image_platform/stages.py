@@ -98,7 +98,7 @@ def _cached(
     import hashlib
     from importlib.metadata import version
 
-    digest = hashlib.sha256(f"{root.resolve()}\0{dvcfile}\0{version('dvc')}".encode())
+    digest = hashlib.sha256(f"{_CACHE_FORMAT}\0{root.resolve()}\0{dvcfile}\0{version('dvc')}".encode())
     for path in sources:
         digest.update(path.read_bytes() if path.exists() else b"\0missing")
     cache = Path(tempfile.gettempdir()) / f"image-platform-{os.getuid()}" / f"pipeline-{digest.hexdigest()[:32]}.json"
@@ -114,6 +114,9 @@ def _cached(
             json.dump({name: _record_of(stage) for name, stage in stages.items()}, out)
         os.replace(part, cache)
     return stages
+
+
+_CACHE_FORMAT = 2  # raised whenever what is kept (or how it is read) changes
 
 
 def _record_of(stage: DvcStage) -> dict[str, Any]:
@@ -137,13 +140,18 @@ def _read_pipeline(root: Path, dvcfile: str) -> dict[str, DvcStage]:
     from dvc.repo import Repo
     from dvc.stage import PipelineStage
 
+    wanted = (root / dvcfile).resolve()
+
+    def ours(stage: object) -> bool:  # by absolute path: DVC's relpath is the current folder's
+        return isinstance(stage, PipelineStage) and Path(stage.dvcfile.path).resolve() == wanted
+
     with Repo(str(root), uninitialized=True) as repo, warnings.catch_warnings():
         # DVC's index still calls pygtrie's deprecated ``_NoneStep.value`` (a warning per stage).
         warnings.filterwarnings("ignore", message=r"_NoneStep\.value will soon raise", category=DeprecationWarning)
         graph = repo.index.graph
         out = {}
         for stage in repo.index.stages:
-            if not isinstance(stage, PipelineStage) or stage.dvcfile.relpath != dvcfile:
+            if not ours(stage):
                 continue
             params = [key for d in stage.deps if isinstance(d, ParamsDependency) for key in d.params]
             out[stage.name] = DvcStage(
@@ -151,11 +159,7 @@ def _read_pipeline(root: Path, dvcfile: str) -> dict[str, DvcStage]:
                 deps=tuple(str(d.def_path) for d in stage.deps if not isinstance(d, ParamsDependency)),
                 params=tuple(params),
                 outs=tuple(str(o.def_path) for o in stage.outs),
-                needs=frozenset(
-                    s.name
-                    for s in graph.successors(stage)
-                    if isinstance(s, PipelineStage) and s.dvcfile.relpath == dvcfile
-                ),
+                needs=frozenset(s.name for s in graph.successors(stage) if ours(s)),
             )
     return out
 
@@ -235,6 +239,12 @@ class StageSubmitOperator(SparkSubmitOperator):
         self.param_keys = dict(param_keys or {})
         self.workdir = workdir or workspace(pipeline)  # the stage's workspace: its params.yaml
 
+    def _skipping(self, why: str) -> str:
+        """The reason, logged (Airflow logs only "Skipping task." of the exception)."""
+        reason = f"stage {self.stage} {why}"
+        self.log.info("%s", reason)
+        return reason
+
     def _get_hook(self) -> Any:
         hook = super()._get_hook()
         hook._log = LevelledLog(hook.log)  # LoggingMixin's cached logger: the hook logs each line through it
@@ -246,13 +256,13 @@ class StageSubmitOperator(SparkSubmitOperator):
         params = context.get("params") or {}
         chosen = params.get("pipeline") or "digits"
         if chosen != self.pipeline:
-            raise AirflowSkipException(f"stage {self.stage}: this run chose the {chosen} pipeline")
+            raise AirflowSkipException(self._skipping(f"this run chose the {chosen} pipeline"))
         overrides = param_overrides(self.param_keys, params)
         if overrides:
             self.log.info("this run's Params override params.yaml: %s", ", ".join(overrides))
         reason = up_to_date(self.workdir, PIPELINES[self.pipeline], self.stage, overrides)
         if reason is not None:
-            raise AirflowSkipException(f"stage {self.stage} skipped, as dvc repro would: {reason}")
+            raise AirflowSkipException(self._skipping(f"skipped, as dvc repro would: {reason}"))
         self.application_args = [*(self.application_args or []), *(f"--set={o}" for o in overrides)]
         self.conf = {**(self.conf or {}), **driver_conf(self.application_args, self.workdir)}
         since = datetime.now(UTC)

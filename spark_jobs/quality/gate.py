@@ -74,7 +74,9 @@ def _checks(batch: Batch, suite_result: Any) -> list[dict[str, Any]]:
         kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)}
         error = (r.exception_info or {}).get("exception_message") if isinstance(r.exception_info, dict) else None
         observed = {"error": error} if error else _observed(r.result or {})
-        value = None if error else _values(batch, kwargs.get("column"))
+        # GX's own observed value where it has one (a distinct-value set, a row count), else the
+        # summary table's value itself (GX would say only how many of its rows were "unexpected").
+        value = None if error or "observed_value" in (r.result or {}) else _values(batch, kwargs.get("column"))
         checks.append(
             {
                 "batch": batch.name,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -108,6 +109,8 @@ def threshold_text(kwargs: Mapping[str, Any]) -> str:
 
 
 def _num(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # not measured (no champion yet)
+        return "n/a"
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)

@@ -84,7 +84,7 @@ def test_the_ui_in_a_real_browser(trained_pipeline: dict) -> None:
         assert page.broken == 0, (task, page)
         assert page.refused == [], (task, page)  # nothing on it needs the network
     assert walk.reports["evaluate"].images > 0  # the test images behind the model gate's verdict
-    assert len(walk.screenshots) == 8
+    assert len(walk.screenshots) == 7  # login, form, run, and per task its log and its report
     assert all(p.stat().st_size > 10_000 for p in walk.screenshots)
     print(f"browser walk: {ui['seconds']:.0f} s, of which the run it triggered {walk.seconds:.0f} s")
 
@@ -202,12 +202,22 @@ def test_batch_scoring_scores_new_images_exactly_once(airflow_db: dict[str, str]
     assert manifest["counts"]["scored"] == 15
     champion = json.loads((ws / "models" / "champion" / "classifier" / "card.json").read_text())
     assert manifest["inputs"]["model"]["version"] == champion["version"]
-    # Nothing new arrived: the second run scores nothing and publishes no predictions.
+    assert "score" in yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    # Nothing new arrived: DVC finds the score stage up to date (inbox, champion and params as the
+    # first run's dvc.lock records them), so the second run skips it, as dvc repro would.
     second = _dag_test(airflow_db, ws, "image_batch_scoring", {})
     assert second["state"] == "success", second["log"][-6000:]
+    assert second["tasks"]["score"] == "skipped", second["tasks"]
+    assert "stage score skipped, as dvc repro would" in second["log"]
     assert sorted((ws / "data" / "predictions").glob("run_date=*/run_id=*")) == runs
-    assert "15 already scored" in second["log"]
-    assert "score" in yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    # A file the champion already scored, under a new name: the inbox changed, the stage runs, and
+    # the score stage itself skips the known content (exactly once per image and model version).
+    shutil.copy(next((ws / "inbox").rglob("*.png")), ws / "inbox" / "again.png")
+    third = _dag_test(airflow_db, ws, "image_batch_scoring", {})
+    assert third["state"] == "success", third["log"][-6000:]
+    assert third["tasks"]["score"] == "success", third["tasks"]
+    assert "16 already scored" in third["log"], third["log"][-3000:]
+    assert sorted((ws / "data" / "predictions").glob("run_date=*/run_id=*")) == runs
 
 
 def test_a_gate_failure_stops_the_run_at_its_stage(airflow_db: dict[str, str], tmp_path: Path) -> None:
@@ -252,6 +262,9 @@ def test_a_run_with_the_form_untouched_is_dvc_repro(
     params = yaml.safe_load((ws / "params.yaml").read_text())
     assert (params["train"]["cnn"]["epochs"], params["train"]["autoencoder"]["epochs"]) == (15, 15)
     before = (ws / "params.yaml").read_bytes()
+    # Every stage made out of date for DVC (no dvc.lock: nothing recorded), so each is submitted;
+    # the version task writes dvc.lock anew.
+    (ws / "dvc.lock").unlink()
     record = tmp_path / "submitted.jsonl"
     stub = _recording_spark_submit(tmp_path / "bin", record)
     env = {**airflow_db, "PATH": f"{stub}{os.pathsep}{airflow_db['PATH']}"}

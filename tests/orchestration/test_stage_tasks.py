@@ -162,3 +162,26 @@ def test_only_a_param_that_changes_a_tracked_value_makes_a_stage_run(tmp_path: P
 def test_a_stage_outside_a_dvc_repository_always_runs(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text((stages.REPO / "params.yaml").read_text())
     assert stages.up_to_date(tmp_path, "dvc.yaml", "ingest", []) is None
+
+
+def test_the_dag_s_reading_of_dvc_yaml_is_kept_and_follows_its_files(tmp_path: Path, monkeypatch) -> None:
+    """A task start parses the DAG file: DVC's reading of dvc.yaml is kept in a file keyed by the
+    hash of dvc.yaml and params.yaml, so it is read again (by DVC) only when they change."""
+    monkeypatch.setattr(stages.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        (tmp_path / name).write_bytes((stages.REPO / name).read_bytes())
+    reads = []
+
+    def counted(root: Path, dvcfile: str) -> dict:
+        reads.append(dvcfile)
+        return stages._read_pipeline(root, dvcfile)
+
+    first = stages._cached(tmp_path, "dvc.yaml", [tmp_path / "dvc.yaml", tmp_path / "params.yaml"], counted)
+    again = stages._cached(tmp_path, "dvc.yaml", [tmp_path / "dvc.yaml", tmp_path / "params.yaml"], counted)
+    assert again == first == stages._read_pipeline(stages.REPO, "dvc.yaml")
+    assert reads == ["dvc.yaml"]  # the second came from the kept file
+    (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text().replace("root: data", "root: out"))
+    changed = stages._cached(tmp_path, "dvc.yaml", [tmp_path / "dvc.yaml", tmp_path / "params.yaml"], counted)
+    assert reads == ["dvc.yaml", "dvc.yaml"]
+    assert "out/ingest" in changed["ingest"].outs

@@ -12,6 +12,8 @@ into a fresh clone. One run costs ~4 minutes here (7 spark-submits); the tests m
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
@@ -166,8 +168,20 @@ def _second_run(api: requests.Session, url: str, walk: browser.Walk | None) -> d
 
 
 def _task_log(api: requests.Session, run: str, task_id: str) -> str:
-    got = api.get(f"{run}/taskInstances/{task_id}/logs/1", headers={"Accept": "text/plain"}, timeout=10)
-    return got.text
+    """A task's log (first try), its events' text one per line."""
+    got = api.get(
+        f"{run}/taskInstances/{task_id}/logs/1",
+        params={"full_content": True},
+        headers={"Accept": "application/x-ndjson"},
+        timeout=10,
+    )
+    events = []
+    for line in got.text.splitlines():  # one JSON document per line, each a list of events or an event
+        with contextlib.suppress(ValueError):
+            doc = json.loads(line)
+            for event in doc.get("content", [doc]) if isinstance(doc, dict) else doc:
+                events.append(str(event.get("event", "")) if isinstance(event, dict) else str(event))
+    return "\n".join(events) or got.text
 
 
 def _stop_as_a_user(proc: subprocess.Popen) -> dict[str, Any]:

@@ -41,6 +41,7 @@ def test_thresholds_and_observed_values_read_as_a_person_says_them() -> None:
     assert report.observed_text({"observed": {"value": 0.123456789}}) == "0.123457"
     assert report.observed_text({"observed": {"value": {"cat": 3, "dog": 40}}}) == "cat: 3, dog: 40"
     assert report.observed_text({"observed": {"error": "boom"}}) == "error: boom"
+    assert report.observed_text({"observed": {"value": float("nan")}}) == "n/a"  # no champion to regress from
 
 
 def test_the_page_is_self_contained_and_shows_failures_first(tmp_path: Path) -> None:
