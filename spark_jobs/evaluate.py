@@ -300,7 +300,7 @@ def run(cfg: EvaluateParams, spark: SparkSession) -> Path:
     """Evaluate every candidate, gate them, promote the champions that passed, write the reports;
     returns the reports folder. A model the gate rejects is not promoted, and kept aside: the run
     itself succeeds, so its figures are recorded (``dvc exp run``, ``dvc repro``) beside the
-    verdict (:data:`METRICS` ``models.<model>.passed``)."""
+    verdict (:data:`METRICS` ``<model>.passed``)."""
     root, where = Path(cfg.data.root), places(cfg)
     target = Path(cfg.evaluate.reports)
     with runner.StageRun(STAGE, root, spark, target, lock_wait=cfg.data.lock_wait_s, gate=gate.validate) as run:
@@ -350,7 +350,12 @@ def _report(
                 rejected[kind],
             )
             continue
-        verdict = "promoted" if result["promoted"] else "passed, not promoted (not its task's best)"
+        previous = before.get(result["task"])
+        if result["promoted"]:
+            kept = previous is not None and previous.version == result["version"]
+            verdict = "passed, already the champion" if kept else "passed, promoted"
+        else:
+            verdict = "passed, not promoted (not its task's best)"
         log.info("%s %s: %s %s, %s", kind, result["version"], name, figure, verdict)
     for task, previous in sorted(before.items()):
         promoted = [r for r in settled.values() if r["task"] == task and r["promoted"]]

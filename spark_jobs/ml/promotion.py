@@ -170,29 +170,26 @@ HEADLINE_FIGURES = {"classifier": ("accuracy", "macro_f1"), "anomaly": ("auroc",
 
 
 def _figures(result: dict[str, Any]) -> dict[str, Any]:
-    figures = {k: result[k] for k in HEADLINE_FIGURES[result["task"]] if result.get(k) is not None}
-    if result.get("int8"):
-        figures["int8_accuracy_drop"] = result["int8"]["accuracy_drop"]
-    return figures
+    return {k: result[k] for k in HEADLINE_FIGURES[result["task"]] if result.get(k) is not None}
 
 
 def headline_metrics(document: dict[str, Any]) -> dict[str, Any]:
     """``metrics.json``: what ``dvc metrics`` and ``dvc exp show`` compare, numbers and booleans
-    only (about 20 keys for three models): the champions' figures after this run, each candidate's
-    headline figures, whether it passed its gate and was promoted, each baseline's figures and the
-    cascade's. Versions, per-class figures and the gate's detail are in :func:`metrics_document`'s
-    ``evaluation.json``; per-class figures also in ``plots/<model>/classes.csv``."""
+    only (about 15 keys for three models, short names: ``dvc exp show --only-changed`` of a
+    one-parameter experiment stays within 200 columns): the champions' figures after this run,
+    each candidate's headline figures under its kind and whether it ``passed`` its gate, each
+    baseline's figures and the cascade's. Versions, promotions, INT8 figures, per-class figures
+    and the gate's detail are in :func:`metrics_document`'s ``evaluation.json``; per-class figures
+    also in ``plots/<model>/classes.csv``."""
     out: dict[str, Any] = {
         "accuracy": document["accuracy"],
         "macro_f1": document["macro_f1"],
         "auroc": (document["anomaly_champion"] or {}).get("auroc"),
-        "models": {
-            kind: {**_figures(r), "passed": r["gate"] == "passed", "promoted": r["promoted"]}
-            for kind, r in document["models"].items()
-        },
     }
-    if document.get("baselines"):
-        out["baselines"] = {kind: _figures(r) for kind, r in document["baselines"].items()}
+    for kind, r in document["models"].items():
+        out[kind] = {**_figures(r), "passed": r["gate"] == "passed"}
+    for kind, r in (document.get("baselines") or {}).items():
+        out[kind] = _figures(r)
     cascade = document.get("cascade")
     if cascade:
         out["cascade"] = {"accuracy": cascade["accuracy"], "heavy_fraction": cascade["heavy_fraction"]}

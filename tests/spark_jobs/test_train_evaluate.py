@@ -196,7 +196,7 @@ def test_cnn_trains_across_ranks_and_a_zero_epoch_model_is_rejected(spark, mllib
     doc = json.loads((tmp_path / "bad" / evaluate.EVALUATION).read_text())
     assert doc["models"]["cnn"]["gate"] == "failed"
     headline = json.loads((tmp_path / "bad" / evaluate.METRICS).read_text())
-    assert headline["models"]["cnn"] == {**headline["models"]["cnn"], "passed": False, "promoted": False}
+    assert headline["cnn"]["passed"] is False  # the headline figures say so, and no version string
     assert headline["accuracy"] == champion_before["metrics"]["accuracy"]  # the champion's, unchanged
     # The gate's page shows the images behind the verdict; the predictions file names every one.
     page = (Path(cfg.data.root) / "gates" / "evaluate" / "report.html").read_text()
