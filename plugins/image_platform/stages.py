@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import importlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -34,6 +35,8 @@ from airflow.sdk import AssetAlias, XComArg, task
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from image_platform import assets, package
+
+log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]  # the code: spark_jobs/, dvc.yaml
 WORKSPACE_ENV = "IMAGE_PLATFORM_WORKSPACE"
@@ -318,14 +321,19 @@ def up_to_date(workdir: Path, dvcfile: str, stage: str, overrides: Sequence[str]
     root = next((p for p in (workdir, *workdir.parents) if (p / ".dvc").is_dir()), None)
     if root is None or changed_params(workdir, pipeline(REPO, dvcfile)[stage].params, overrides):
         return None  # not a DVC repository (nothing to compare with), or this run's Params differ
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo, lock_repo
 
     target = f"{workdir / Path(dvcfile).name}:{stage}"  # absolute: DVC reads a target from the current folder
     # DVC's lock, held for the check alone (stages starting together wait their turn, as
     # `dvc --wait-for-lock` does): what `dvc status <stage>` reports.
-    with Repo(str(root), _wait_for_lock=True) as repo, lock_repo(repo):
-        [found] = repo.stage.collect(target)
-        status = found.status()
+    try:
+        with Repo(str(root), _wait_for_lock=True) as repo, lock_repo(repo):
+            [found] = repo.stage.collect(target)
+            status = found.status()
+    except (DvcException, ValueError, OSError) as exc:  # cannot tell: the stage runs, and says what is wrong
+        log.warning("DVC could not say whether %s is up to date (%s): it runs", stage, str(exc).splitlines()[0])
+        return None
     if status:
         return None
     return f"its dependencies, parameters and outputs are as {Path(dvcfile).parent / 'dvc.lock'} records them"

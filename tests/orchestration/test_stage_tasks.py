@@ -185,3 +185,14 @@ def test_the_dag_s_reading_of_dvc_yaml_is_kept_and_follows_its_files(tmp_path: P
     changed = stages._cached(tmp_path, "dvc.yaml", [tmp_path / "dvc.yaml", tmp_path / "params.yaml"], counted)
     assert reads == ["dvc.yaml", "dvc.yaml"]
     assert "out/ingest" in changed["ingest"].outs
+
+
+def test_a_stage_dvc_cannot_judge_runs(tmp_path: Path, caplog) -> None:
+    """A dvc.yaml DVC cannot read (or a stage it does not know) is no reason to skip: the stage runs
+    and says what is wrong itself."""
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "params.yaml").write_text((stages.REPO / "params.yaml").read_text())
+    (tmp_path / "dvc.yaml").write_text("stages:\n  ingest: [not, a, stage]\n")
+    with caplog.at_level("WARNING"):
+        assert stages.up_to_date(tmp_path, "dvc.yaml", "ingest", []) is None
+    assert "it runs" in caplog.text
