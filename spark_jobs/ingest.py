@@ -32,6 +32,7 @@ from spark_jobs.core.store import spark_path
 from spark_jobs.core.tables import DECODED_FIELDS, DECODED_SCHEMA, read_images, read_quarantine
 from spark_jobs.imaging import images
 from spark_jobs.imaging.partitions import decode, describe, plan_chunks
+from spark_jobs.ml import exhibits
 from spark_jobs.quality import gate, report, suites
 from spark_jobs.quality.thresholds import GateConfig
 
@@ -227,8 +228,8 @@ def show(
     """What the raw gate's report page shows besides its checks: the counts and the quarantined files."""
     shown = read_quarantine(spark, run.staging).orderBy("source_uri").limit(report.MAX_THUMBS).collect()
     run.exhibits.counts = {"files seen": files_seen, "images per split": stats.by(1), "quarantined": reasons}
-    cap = min(cfg.ingest.max_file_bytes, report.MAX_THUMB_BYTES)
-    run.exhibits.galleries = [report.quarantine_gallery([r.asDict() for r in shown], sum(reasons.values()), cap)]
+    cap = min(cfg.ingest.max_file_bytes, exhibits.MAX_THUMB_BYTES)
+    run.exhibits.galleries = [exhibits.quarantine_gallery([r.asDict() for r in shown], sum(reasons.values()), cap)]
 
 
 def _precheck(cfg: IngestParams) -> None:

@@ -41,8 +41,9 @@ from spark_jobs.core import launch, locks, manifest, progress, runner, store
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import spark_path
 from spark_jobs.imaging import partitions
+from spark_jobs.ml import exhibits
 from spark_jobs.ml.cards import read_card
-from spark_jobs.quality import gate, report
+from spark_jobs.quality import gate
 from spark_jobs.scoring import checks, lookup, predict, stream, tables
 from spark_jobs.scoring.config import ScoreParams
 from spark_jobs.scoring.model import Scorer, check_model, model_folder, scorer
@@ -164,13 +165,11 @@ def run(cfg: ScoreParams, spark: SparkSession) -> Path | None:
 def show(run: runner.StageRun, cfg: ScoreParams, got: Inputs, started: datetime, bad: list[dict], already: int) -> None:
     """What the predictions gate's report page shows besides its checks: the run's counts, the files
     it could not use, and where its manifest is published."""
-    reasons: dict[str, int] = {}
-    for r in bad:
-        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    reasons = tables.by_reason(bad)
     run.exhibits.counts = {"files seen": len(got.files), "already scored": already, "unusable": reasons}
     ordered = sorted(bad, key=lambda r: str(r["source_uri"]))
-    run.exhibits.galleries = [report.quarantine_gallery(ordered, len(bad))]
-    where = tables.predictions_dir(cfg.data.root) / f"run_date={started:%Y-%m-%d}" / f"run_id={run.run_id}"
+    run.exhibits.galleries = [exhibits.quarantine_gallery(ordered, len(bad))]
+    where = run.appended(tables.predictions_dir(cfg.data.root), started.strftime("%Y-%m-%d"))
     run.exhibits.published = where / manifest.MANIFEST
 
 

@@ -53,15 +53,14 @@ def predictions_extra(workspace: Path, since: datetime | None = None) -> dict[st
     """The scoring run that published predictions in ``workspace`` at or after ``since`` (the
     latest one when ``since`` is None): where, its run id and how many images it scored; None when
     no run published any."""
-    import json
-
+    from spark_jobs.core.manifest import read_json
     from spark_jobs.params import load
     from spark_jobs.scoring import tables
 
     cfg = load(workspace / "params.yaml")
     table = (workspace / cfg.data.root / tables.PREDICTIONS).resolve()
     for folder in reversed(tables.committed_runs(table)):  # the newest first
-        manifest = json.loads((folder / "_manifest.json").read_text())
+        manifest = read_json(folder)
         finished = datetime.fromisoformat(manifest["timings"]["finished_at"])
         if since is not None and finished < since:
             return None

@@ -254,6 +254,10 @@ class StageRun:
         self._published(result, self.target)
         return self.target
 
+    def appended(self, table: Path, run_date: str) -> Path:
+        """Where :meth:`finish_append` publishes this run's part of ``table``."""
+        return table / f"run_date={run_date}" / f"run_id={self.run_id}"
+
     def finish_append(
         self, result: GateResult | None, doc: manifests.Manifest, parts: Sequence[tuple[str, Path]], run_date: str
     ) -> list[Path | None]:
@@ -270,7 +274,7 @@ class StageRun:
                     continue
                 if i == 0:
                     manifests.write(folder, self._timed(doc))  # timed up to the first rename
-                out.append(replace_dir(folder, table / f"run_date={run_date}" / f"run_id={self.run_id}"))
+                out.append(replace_dir(folder, self.appended(table, run_date)))
         self._published(result, *(p for p in out if p))
         return out
 

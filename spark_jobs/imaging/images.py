@@ -277,6 +277,41 @@ def any_failure_rejected() -> Iterator[None]:
         raise Rejected(UNREADABLE, f"{name}: {exc}"[:500]) from None
 
 
+THUMB_SIDE = 96  # px: the longer side of a report's picture
+
+
+def thumbnail(data: bytes, max_pixels: int, side: int = THUMB_SIDE) -> bytes | None:
+    """A PNG picture of an image file for a report, ``side`` px on its longer side, or None when the
+    bytes do not decode. Opened as ingest opens a file (:func:`_open`: the bomb limit
+    ``max_pixels``; :func:`_load`: pixels before anything else, so a damaged file never shows as a
+    partial picture; :func:`to_rgb`: any mode)."""
+    try:
+        with any_failure_rejected():
+            im = _open(data, max_pixels)
+            _load(im)
+            return _png(to_rgb(im), side)
+    except Rejected:
+        return None
+
+
+def pixels_thumbnail(pixels: bytes, height: int, width: int, side: int = THUMB_SIDE) -> bytes | None:
+    """A PNG picture of a table's uint8 RGB pixels (row-major ``height x width x 3``), or None when
+    they are not that many bytes."""
+    if len(pixels) != height * width * 3:
+        return None
+    return _png(Image.frombytes("RGB", (width, height), bytes(pixels)), side)
+
+
+def _png(im: Image.Image, side: int) -> bytes:
+    scale = side / max(im.width, im.height)
+    size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+    # Small scans are enlarged with hard pixel edges (what the model saw); large photos shrunk smoothly.
+    im = im.resize(size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    im.save(out, "PNG", optimize=True)
+    return out.getvalue()
+
+
 def decode(data: bytes, cfg: IngestConfig) -> Decoded:
     """Normalised pixels of one encoded image, or :class:`Rejected` saying why not."""
     with any_failure_rejected():

@@ -5,19 +5,25 @@ correct ones as thumbnails, with true label, predicted label and probability (fo
 its false alarms and missed anomalies, with their scores).
 
 Pure functions pick the rows (:func:`picks`) and build the galleries from the images' pixels;
-only :func:`write_predictions` writes."""
+only :func:`write_predictions` writes. :func:`quarantine_gallery` is ingest's and scoring's
+gallery of the files they could not use."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from spark_jobs.core import store
+from spark_jobs.imaging.images import pixels_thumbnail, thumbnail
+from spark_jobs.quality.report import MAX_THUMBS, Gallery, Thumb, short_name
 
-from spark_jobs.quality.report import MAX_THUMBS, Gallery, Thumb, pixels_thumbnail, short_name
+if TYPE_CHECKING:
+    import pandas as pd
 
 LEAST_CONFIDENT = 12  # correct predictions shown, the least confident first
+MAX_THUMB_BYTES = 64 * 2**20  # a quarantined file larger than this is named, not read again for a picture
+MAX_THUMB_PIXELS = 64_000_000  # ... nor drawn when larger than this (a decompression bomb stays one)
 PREDICTIONS = "predictions.csv"
 
 
@@ -100,3 +106,20 @@ def shown_ids(rows: pd.DataFrame) -> list[str]:
     """The image ids a model's galleries show (whose pixels evaluate reads)."""
     wrong, unsure = picks(rows)
     return [*wrong["image_id"].head(MAX_THUMBS), *unsure["image_id"].head(MAX_THUMBS)]
+
+
+def quarantine_gallery(records: Sequence[Mapping[str, Any]], total: int, max_bytes: int = MAX_THUMB_BYTES) -> Gallery:
+    """The quarantined files of a run (the first :data:`MAX_THUMBS` of ``records``: ``source_uri``,
+    ``reason``, ``detail``), each as a thumbnail when its bytes can still be read and decode at all
+    (files over ``max_bytes`` are named, not read)."""
+    thumbs = []
+    for r in records[:MAX_THUMBS]:
+        try:
+            png = thumbnail(store.fetch(r["source_uri"], max_bytes), MAX_THUMB_PIXELS)
+        except Exception:  # gone, unreadable or too large since: named without a picture
+            png = None
+        detail = str(r.get("detail") or "")
+        caption = (short_name(str(r["source_uri"])), str(r["reason"]), detail[:160])
+        thumbs.append(Thumb(tuple(line for line in caption if line), png))
+    note = "Every quarantined file, with its full source URI, is in the run's quarantine table."
+    return Gallery("Quarantined files", tuple(thumbs), total, note)

@@ -4,17 +4,16 @@ value against its threshold, and the images behind the verdict as embedded thumb
 files, misclassified test images), with links to the Data Docs and the run's manifest. Nothing on
 it loads from the network: styles are inline, pictures are ``data:`` URIs.
 
-Pure functions build it (:func:`render`); :func:`thumbnail` and :func:`pixels_thumbnail` make the
-pictures, and return None for bytes that do not decode (the page then says so)."""
+Pure functions build it (:func:`render`) from :class:`Gallery` pictures that are already PNG bytes
+(:func:`spark_jobs.imaging.images.thumbnail` makes them; None for bytes that do not decode: the page
+then says so)."""
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,7 @@ from typing import Any
 from spark_jobs.core.verdict import Exhibits
 
 PAGE = "report.html"
-THUMB_SIDE = 96  # px: the longer side of a thumbnail on the page
 MAX_THUMBS = 48  # per gallery: the rest are counted, and listed in the files the page links to
-MAX_THUMB_BYTES = 64 * 2**20  # larger files are named, not read again for a picture
-MAX_THUMB_PIXELS = 64_000_000  # larger files are named, not drawn (a decompression bomb stays one)
 
 
 @dataclass(frozen=True)
@@ -45,44 +41,6 @@ class Gallery:
     thumbs: tuple[Thumb, ...]
     total: int
     note: str = ""
-
-
-def thumbnail(data: bytes, side: int = THUMB_SIDE) -> bytes | None:
-    """A PNG thumbnail of an image file's bytes, or None when they do not decode (pixels are loaded
-    before anything else is read: a damaged file never shows as a partial picture)."""
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                if im.width * im.height > MAX_THUMB_PIXELS:
-                    return None
-                im.load()
-                return _png(im.convert("RGB"), side)
-    except Exception:  # Pillow raises many kinds on bad files: no picture, the caption says why
-        return None
-
-
-def pixels_thumbnail(pixels: bytes, height: int, width: int, side: int = THUMB_SIDE) -> bytes | None:
-    """A PNG thumbnail of a table's uint8 RGB pixels (row-major ``height x width x 3``)."""
-    from PIL import Image
-
-    if len(pixels) != height * width * 3:
-        return None
-    return _png(Image.frombytes("RGB", (width, height), bytes(pixels)), side)
-
-
-def _png(im: Any, side: int) -> bytes:
-    from PIL import Image
-
-    scale = side / max(im.width, im.height)
-    size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
-    # Small scans are enlarged with hard pixel edges (what the model saw); large photos shrunk smoothly.
-    im = im.resize(size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
-    out = io.BytesIO()
-    im.save(out, "PNG", optimize=True)
-    return out.getvalue()
 
 
 def short_name(uri: str) -> str:
@@ -230,22 +188,3 @@ def write(page_dir: Path, title: str, success: bool, checks: Sequence[Mapping[st
     path = page_dir / PAGE
     write_file(path, render(title, success, checks, exhibits, page_dir))
     return path
-
-
-def quarantine_gallery(records: Sequence[Mapping[str, Any]], total: int, max_bytes: int = MAX_THUMB_BYTES) -> Gallery:
-    """The quarantined files of a run (the first :data:`MAX_THUMBS` of ``records``: ``source_uri``,
-    ``reason``, ``detail``), each as a thumbnail when its bytes can still be read and decode at all
-    (files over ``max_bytes`` are named, not read)."""
-    from spark_jobs.core import store
-
-    thumbs = []
-    for r in records[:MAX_THUMBS]:
-        try:
-            png = thumbnail(store.fetch(r["source_uri"], max_bytes))
-        except Exception:  # gone, unreadable or too large since: named without a picture
-            png = None
-        detail = str(r.get("detail") or "")
-        caption = (short_name(str(r["source_uri"])), str(r["reason"]), detail[:160])
-        thumbs.append(Thumb(tuple(line for line in caption if line), png))
-    note = "Every quarantined file, with its full source URI, is in the run's quarantine table."
-    return Gallery("Quarantined files", tuple(thumbs), total, note)

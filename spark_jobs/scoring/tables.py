@@ -19,6 +19,7 @@ staging folders never show up as rows.
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,6 +159,11 @@ def without_copies(table: pa.Table) -> tuple[pa.Table, list[dict[str, Any]]]:
     return table.filter(pc.invert(pc.is_in(table["source_uri"], dropped))), copied
 
 
+def by_reason(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """How many quarantine rows there are of each reason."""
+    return dict(Counter(r["reason"] for r in rows))
+
+
 def tally(
     files: int,
     per_label: dict[str, int],
@@ -172,9 +178,7 @@ def tally(
     reported before). ``unaccounted``, the files with none of these, is 0 unless a file was lost
     between the listing and the tables (a cascade's file that changed between its two passes is
     left for the next run)."""
-    reasons: dict[str, int] = {}
-    for r in new_bad:
-        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    reasons = by_reason(new_bad)
     unusable = len({r["source_uri"] for r in bad})
     return {
         "files_seen": files,

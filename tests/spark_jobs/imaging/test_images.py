@@ -266,3 +266,31 @@ def test_stack_pixels_reads_arrow_buffers_including_slices() -> None:
     large = pa.array([im.tobytes() for im in arrays], type=pa.large_binary())
     np.testing.assert_array_equal(images.stack_pixels(large, 4, 3), arrays)  # the copying fallback
     assert images.stack_pixels(column.slice(0, 0), 4, 3).shape == (0, 4, 3, 3)
+
+
+def _thumb_source(side: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (side, side), (200, 30, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_a_small_scan_is_enlarged_and_a_photo_shrunk_to_the_thumbnail_side() -> None:
+    for side in (8, 1200):
+        png = images.thumbnail(_thumb_source(side), 10**8)
+        with Image.open(io.BytesIO(png)) as im:
+            assert im.size == (images.THUMB_SIDE, images.THUMB_SIDE)
+
+
+def test_bytes_that_do_not_decode_give_no_picture() -> None:
+    good = _thumb_source(12)
+    cut = good[: len(good) // 2]
+    zeroed = good[:40] + b"\x00" * (len(good) - 40)  # the header, then the pixel data gone
+    for data in (b"", b"not an image", cut, zeroed):
+        assert images.thumbnail(data, 10**8) is None
+    assert images.pixels_thumbnail(b"\x00" * 10, 8, 8) is None  # not 8 x 8 x 3 bytes
+
+
+def test_a_damaged_or_oversized_file_gives_no_picture_not_a_partial_one() -> None:
+    for name, data in damaged_pngs().items():  # valid CRCs, broken data: the ingest path refuses each
+        assert images.thumbnail(data, 10**8) is None, name
+    assert images.thumbnail(_thumb_source(1200), max_pixels=1000) is None  # over the bomb limit

@@ -91,3 +91,23 @@ def test_the_predictions_file_names_every_test_image_by_id_and_source(tmp_path) 
     assert set(read[0]) == {"image_id", "source_uri", "label", "predicted", "probability", "correct"}
     assert {r["source_uri"] for r in read} == set(uris.values())
     assert [r["source_uri"] for r in read] == sorted(r["source_uri"] for r in read)
+
+
+def test_the_quarantine_gallery_draws_what_still_decodes_and_names_the_rest(tmp_path) -> None:
+    from PIL import Image
+
+    good = tmp_path / "cat" / "dup.png"
+    good.parent.mkdir()
+    Image.new("RGB", (20, 20), (0, 90, 200)).save(good)
+    records = [
+        {"source_uri": good.as_uri(), "reason": "duplicate", "detail": "same bytes as cat/a.png"},
+        {"source_uri": (tmp_path / "gone.png").as_uri(), "reason": "truncated", "detail": None},
+    ]
+    gallery = exhibits.quarantine_gallery(records, total=5)
+    assert gallery.total == 5
+    assert [t.caption for t in gallery.thumbs] == [
+        ("cat/dup.png", "duplicate", "same bytes as cat/a.png"),
+        (f"{tmp_path.name}/gone.png", "truncated"),
+    ]
+    assert gallery.thumbs[0].png.startswith(b"\x89PNG")
+    assert gallery.thumbs[1].png is None  # gone since: named, no picture

@@ -16,22 +16,6 @@ def _png(side: int = 12) -> bytes:
     return out.getvalue()
 
 
-def test_a_small_scan_is_enlarged_and_a_photo_shrunk_to_the_thumbnail_side() -> None:
-    for side in (8, 1200):
-        png = report.thumbnail(_png(side))
-        with Image.open(io.BytesIO(png)) as im:
-            assert im.size == (report.THUMB_SIDE, report.THUMB_SIDE)
-
-
-def test_bytes_that_do_not_decode_give_no_picture() -> None:
-    good = _png()
-    cut = good[: len(good) // 2]
-    zeroed = good[:40] + b"\x00" * (len(good) - 40)  # the header, then the pixel data gone
-    for data in (b"", b"not an image", cut, zeroed):
-        assert report.thumbnail(data) is None
-    assert report.pixels_thumbnail(b"\x00" * 10, 8, 8) is None  # not 8 x 8 x 3 bytes
-
-
 def test_thresholds_and_observed_values_read_as_a_person_says_them() -> None:
     assert report.threshold_text({"column": "q", "min_value": 0.0, "max_value": 0.05}) == "between 0 and 0.05"
     assert report.threshold_text({"column": "q", "max_value": 0.05}) == "≤ 0.05"
