@@ -25,6 +25,8 @@ from typing import Any
 import boto3
 import requests
 from image_platform import versioning
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from tests.factories import REPO, free_port
 from tests.orchestration import browser
@@ -93,8 +95,7 @@ def train(root: Path, env: dict[str, str], s3_endpoint: str) -> dict[str, Any]:
             f"{url}/auth/token", json={"username": banner.group(1), "password": banner.group(2)}, timeout=10
         )
         assert login.status_code in (200, 201), login.text
-        api = requests.Session()
-        api.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
+        api = _session(login.json()["access_token"], log)
         # Once the DAG processor has parsed it: `make airflow` creates the project's DAGs unpaused.
         wait_for(TRAINING, lambda: api.get(f"{url}/api/v2/dags/{TRAINING}", timeout=10).ok, 180, log)
         paused = api.get(f"{url}/api/v2/dags/{TRAINING}", timeout=10).json()["is_paused"]
@@ -140,6 +141,25 @@ def train(root: Path, env: dict[str, str], s3_endpoint: str) -> dict[str, Any]:
         "log": log,
         "env": env,
     }
+
+
+def _session(token: str, log: Path) -> requests.Session:
+    """The REST API as the tests call it. The local server keeps its metadata in SQLite, where a read
+    can meet a writer's lock under load: a GET that answers 5xx is tried again (three times, 1-4 s
+    apart), and one that still does fails with the server's last traceback, not a JSON error."""
+    api = requests.Session()
+    api.headers["Authorization"] = f"Bearer {token}"
+    retry = Retry(3, backoff_factor=1, status_forcelist=(500, 502, 503, 504), raise_on_status=False)
+    api.mount("http://", HTTPAdapter(max_retries=retry))
+    api.hooks["response"].append(lambda got, *args, **kwargs: _no_server_error(got, log))
+    return api
+
+
+def _no_server_error(got: requests.Response, log: Path) -> None:
+    if got.status_code >= 500:
+        text = log.read_text(errors="replace")
+        trace = text[text.rfind("Traceback") :][-6000:] if "Traceback" in text else text[-3000:]
+        raise AssertionError(f"{got.request.method} {got.url}: {got.status_code} {got.text[:300]}\n{trace}")
 
 
 def _browse(url: str, user: str, password: str, first_run: str, shots: Path) -> dict[str, Any]:
