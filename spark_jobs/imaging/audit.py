@@ -1,0 +1,240 @@
+"""What the dataset audit measures of an image: its near-duplicate signature and its quality
+figures. Pure functions of a prepared (upright, RGB, preprocessed, not yet resized) picture, made to
+run where ingest decodes it; the Spark job that pairs and clusters the signatures builds on them.
+
+The signature (:func:`signature`):
+
+- ``dup_thumb``: the picture as 32 x 32 grey levels (1,024 bytes) and its mean colour (two bytes),
+  what :func:`match_score` and :func:`colour_distance` compare once a pair is a candidate;
+- ``dup_vectors``: the low frequencies of that thumbnail (an 8 x 8 DCT block without its mean,
+  weighted by frequency so that the fine structure counts as much as the coarse, unit length) of
+  the whole picture and of its five 90 % crops (four corners and centre), six vectors of 63. A
+  copy cropped by up to 10 % lines up with one of the crops, so the vectors that find candidates
+  stay close under crops and small rotations, where one global hash does not.
+
+The match score of a pair is the best normalised cross-correlation of the two thumbnails' detail
+(the thumbnail minus its blur: the flat gradients of a sky or a wall do not count) over a grid of
+small zooms, shifts and rotations, tried both ways round. A pair is a near-duplicate when that
+score is high and their mean colours are close (:func:`is_match`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Final
+
+import numpy as np
+from PIL import Image
+from scipy.fft import dctn
+from scipy.ndimage import gaussian_filter, laplace
+
+THUMB_SIDE: Final = 32
+DCT_BLOCK: Final = 8
+VECTOR_DIM: Final = DCT_BLOCK * DCT_BLOCK - 1
+VIEW_FRACTION: Final = 0.9
+VIEWS: Final = 6  # the whole picture, then its four corner crops and its centre crop
+QUALITY_SIDE: Final = 256  # px: quality figures on the picture scaled down to this longer side
+_DETAIL_SIGMA: Final = 1.5  # px of the thumbnail: what the match score leaves out as flat
+_MARGIN: Final = 3  # px of the thumbnail cut off each edge before comparing (warp borders)
+
+
+def _grey(im: Image.Image, side: int) -> np.ndarray:
+    return np.asarray(im.convert("L").resize((side, side), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+@lru_cache(maxsize=1)
+def _weights() -> np.ndarray:
+    fy, fx = np.meshgrid(np.arange(DCT_BLOCK), np.arange(DCT_BLOCK), indexing="ij")
+    return np.hypot(fx, fy).ravel()[1:].astype(np.float32)
+
+
+def dct_vector(grey: np.ndarray) -> np.ndarray:
+    """The unit vector of a square grey picture's low frequencies (8 x 8 DCT block, no mean term,
+    each weighted by its frequency); all zeros for a flat picture."""
+    block = dctn(grey, norm="ortho")[:DCT_BLOCK, :DCT_BLOCK].ravel()[1:] * _weights()
+    norm = float(np.linalg.norm(block))
+    return (block / norm if norm > 1e-3 else np.zeros_like(block)).astype(np.float32)
+
+
+def views(im: Image.Image) -> list[Image.Image]:
+    """The picture and its five 90 % crops (corners, then centre)."""
+    w, h = im.size
+    f, m = VIEW_FRACTION, 1 - VIEW_FRACTION
+    corners = ((0, 0), (m, 0), (0, m), (m, m), (m / 2, m / 2))
+    return [im] + [im.crop((round(x * w), round(y * h), round((x + f) * w), round((y + f) * h))) for x, y in corners]
+
+
+def signature(im: Image.Image) -> tuple[bytes, list[float]]:
+    """``(dup_thumb, dup_vectors)`` of a prepared picture: the 32 x 32 grey thumbnail's bytes and
+    the six views' DCT vectors, flattened (``VIEWS * VECTOR_DIM`` floats)."""
+    # One antialiased reduction of the whole picture first: the views are cut from that, not from
+    # the full-size picture (a few times the thumbnail's side keeps the crops' detail).
+    grey = im.convert("L").resize((3 * THUMB_SIDE, 3 * THUMB_SIDE), Image.Resampling.BILINEAR)
+    thumb = _grey(grey, THUMB_SIDE)
+    vectors = [dct_vector(thumb)] + [dct_vector(_grey(v, THUMB_SIDE)) for v in views(grey)[1:]]
+    grey_bytes = np.clip(np.rint(thumb), 0, 255).astype(np.uint8).tobytes()
+    return grey_bytes + _chromaticity(im), np.concatenate(vectors).tolist()
+
+
+def _chromaticity(im: Image.Image) -> bytes:
+    """The picture's mean red and green shares of r + g + b, each 0-255 (brightness leaves them be)."""
+    r, g, b = (float(v) + 1 for v in np.asarray(im.convert("RGB"), dtype=np.float32).mean(axis=(0, 1)))
+    return bytes(round(255 * c / (r + g + b)) for c in (r, g))
+
+
+def colour_distance(thumb_a: bytes, thumb_b: bytes) -> float:
+    """How far apart two signatures' mean colours are: the larger difference of their red and green
+    shares (0-1); pictures alike in grey but not in colour (blue sky, grey wall) are not copies."""
+    a, b = thumb_a[-2:], thumb_b[-2:]
+    return max(abs(a[0] - b[0]), abs(a[1] - b[1])) / 255
+
+
+def _highpass(grey: np.ndarray) -> np.ndarray:
+    return grey - gaussian_filter(grey, _DETAIL_SIGMA)
+
+
+def _unit_rows(rows: np.ndarray) -> np.ndarray:
+    """Each row minus its mean, at unit length (a flat row stays zeros)."""
+    rows = rows - rows.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 1e-3)
+
+
+def _grid() -> np.ndarray:
+    """The thumbnail's pixel centres inside the margin, as (x, y) rows."""
+    inside = np.arange(_MARGIN, THUMB_SIDE - _MARGIN, dtype=np.float64) + 0.5
+    ys, xs = np.meshgrid(inside, inside, indexing="ij")
+    return np.stack([xs.ravel(), ys.ravel()], axis=1)
+
+
+@lru_cache(maxsize=1)
+def _warp_matrix() -> Any:
+    """Every warp as one sparse linear map: (warps x inside pixels) rows of bilinear weights over
+    the thumbnail's pixels. The warps: zoom into 100 % to 85 % of the picture, shifted within what
+    the zoom leaves, rotated by up to 4 degrees."""
+    from scipy.sparse import csr_matrix
+
+    points, centre, rows, cols, vals = _grid(), THUMB_SIDE / 2, [], [], []
+    row = 0
+    for zoom in (1.0, 0.95, 0.9, 0.85):
+        shifts = np.linspace(-(1 - zoom) / 2, (1 - zoom) / 2, 3) * THUMB_SIDE if zoom < 1 else (0.0,)
+        for angle in np.radians((-4.0, -2.0, 0.0, 2.0, 4.0)):
+            turn = zoom * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+            for dx in shifts:
+                for dy in shifts:
+                    source = (points - centre) @ turn.T + centre + (dx, dy) - 0.5
+                    _bilinear(source, row, rows, cols, vals)
+                    row += len(points)
+    return csr_matrix((vals, (rows, cols)), shape=(row, THUMB_SIDE * THUMB_SIDE), dtype=np.float32)
+
+
+def _bilinear(source: np.ndarray, first_row: int, rows: list, cols: list, vals: list) -> None:
+    """Append the bilinear weights of sampling the thumbnail at ``source`` (x, y rows, clamped)."""
+    top = np.clip(source, 0, THUMB_SIDE - 1.001)
+    base = np.floor(top).astype(int)
+    frac = top - base
+    out = np.arange(len(source)) + first_row
+    for ox, oy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        weight = (frac[:, 0] if ox else 1 - frac[:, 0]) * (frac[:, 1] if oy else 1 - frac[:, 1])
+        rows.extend(out)
+        cols.extend((base[:, 1] + oy) * THUMB_SIDE + base[:, 0] + ox)
+        vals.extend(weight)
+
+
+def _as_grey(thumb: bytes) -> np.ndarray:
+    return (
+        np.frombuffer(thumb[: THUMB_SIDE * THUMB_SIDE], dtype=np.uint8)
+        .reshape(THUMB_SIDE, THUMB_SIDE)
+        .astype(np.float32)
+    )
+
+
+def warped_details(thumb: bytes) -> np.ndarray:
+    """The detail (the thumbnail minus its blur: flat gradients left out) of a thumbnail under every
+    warp, one unit row each."""
+    warped = _warp_matrix() @ _highpass(_as_grey(thumb)).ravel()
+    return _unit_rows(warped.reshape(-1, (THUMB_SIDE - 2 * _MARGIN) ** 2))
+
+
+def detail(thumb: bytes) -> np.ndarray:
+    """The detail of a thumbnail as it is (no warp), a unit vector."""
+    inside = _highpass(_as_grey(thumb))[_MARGIN:-_MARGIN, _MARGIN:-_MARGIN]
+    return _unit_rows(inside.reshape(1, -1))[0]
+
+
+def match_score(thumb_a: bytes, thumb_b: bytes) -> float:
+    """How well two thumbnails line up: the best correlation of their detail over every warp of
+    one against the other, both ways round (1.0: the same picture; about 0 unrelated)."""
+    one = float((warped_details(thumb_a) @ detail(thumb_b)).max())
+    return max(one, float((warped_details(thumb_b) @ detail(thumb_a)).max()))
+
+
+MIN_SCORE: Final = 0.8
+MAX_COLOUR_DISTANCE: Final = 0.015
+
+
+def is_match(
+    thumb_a: bytes, thumb_b: bytes, min_score: float = MIN_SCORE, max_colour: float = MAX_COLOUR_DISTANCE
+) -> bool:
+    """Whether two signatures are near-duplicates: their detail lines up and their colours agree."""
+    return colour_distance(thumb_a, thumb_b) <= max_colour and match_score(thumb_a, thumb_b) >= min_score
+
+
+# ---- quality figures ------------------------------------------------------------------------
+
+QUALITY_FIELDS: Final = ("sharpness", "brightness", "contrast", "entropy", "grayscale", "aspect_ratio")
+
+
+def quality(im: Image.Image, orig_width: int, orig_height: int) -> dict[str, Any]:
+    """The quality figures of a prepared picture: ``sharpness`` (variance of the Laplacian of its
+    grey levels, 0-255, at up to 256 px), ``brightness`` and ``contrast`` (mean and standard
+    deviation of the grey levels, 0-1), ``entropy`` (bits of the grey-level histogram, 0-8),
+    ``grayscale`` (no pixel's channels differ by more than 2 levels) and ``aspect_ratio``
+    (original width / height)."""
+    small = im.copy()
+    small.thumbnail((QUALITY_SIDE, QUALITY_SIDE), Image.Resampling.BILINEAR)
+    rgb = np.asarray(small.convert("RGB"), dtype=np.int16)
+    grey = np.asarray(small.convert("L"), dtype=np.float32)
+    counts = np.bincount(grey.astype(np.uint8).ravel(), minlength=256)
+    p = counts[counts > 0] / grey.size
+    return {
+        "sharpness": float(laplace(grey).var()),
+        "brightness": float(grey.mean() / 255),
+        "contrast": float(grey.std() / 255),
+        "entropy": float(-(p * np.log2(p)).sum()),
+        "grayscale": bool((rgb.max(axis=2) - rgb.min(axis=2)).max() <= 2),
+        "aspect_ratio": float(orig_width / orig_height),
+    }
+
+
+FLAGS: Final = ("blurry", "dark", "light", "low_contrast", "low_information", "grayscale", "odd_aspect")
+
+
+@dataclass(frozen=True)
+class FlagThresholds:
+    """Where a quality figure raises its flag (flags are for people and gates: nothing is
+    quarantined for one)."""
+
+    blurry_below: float = 50.0  # sharpness: variance of the Laplacian of grey levels 0-255
+    dark_below: float = 0.15  # brightness: mean grey, 0-1
+    light_above: float = 0.92
+    low_contrast_below: float = 0.05  # contrast: standard deviation of grey, 0-1
+    low_information_below: float = 2.0  # entropy of the grey histogram, bits
+    odd_aspect_above: float = 3.0  # longer side / shorter side
+
+
+def flags(figures: dict[str, Any], cfg: FlagThresholds) -> list[str]:
+    """The quality flags of an image's :func:`quality` figures under ``cfg``'s thresholds, in
+    :data:`FLAGS` order."""
+    aspect = figures["aspect_ratio"]
+    raised = {
+        "blurry": figures["sharpness"] < cfg.blurry_below,
+        "dark": figures["brightness"] < cfg.dark_below,
+        "light": figures["brightness"] > cfg.light_above,
+        "low_contrast": figures["contrast"] < cfg.low_contrast_below,
+        "low_information": figures["entropy"] < cfg.low_information_below,
+        "grayscale": figures["grayscale"],
+        "odd_aspect": max(aspect, 1 / aspect) > cfg.odd_aspect_above,
+    }
+    return [f for f in FLAGS if raised[f]]

@@ -1,0 +1,106 @@
+"""The audit's pure functions: near-duplicate signatures and match scores on planted copies of real
+photographs, and each quality flag on images built to raise it and on images built not to."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from spark_jobs.imaging import audit
+from tests.near_duplicate_corpus import TRANSFORMS, corpus, photographs
+
+
+@pytest.fixture(scope="module")
+def planted() -> tuple[list, list]:
+    """Four bases per transform (with their copies) and their signatures."""
+    items = corpus(4 * len(TRANSFORMS), flips=True)
+    return items, [audit.signature(i.image) for i in items]
+
+
+def best_view_cosine(a: list[float], b: list[float]) -> float:
+    """The candidate similarity: one picture's whole view against the other's six views, both ways."""
+    va, vb = (np.asarray(v, dtype=np.float32).reshape(audit.VIEWS, audit.VECTOR_DIM) for v in (a, b))
+    return float(max((vb @ va[0]).max(), (va @ vb[0]).max()))
+
+
+def test_every_planted_copy_matches_its_base_and_no_two_bases_match(planted: tuple[list, list]) -> None:
+    items, sigs = planted
+    by_name = dict(zip((i.name for i in items), sigs, strict=True))
+    copies = [i for i in items if i.transform not in (None, "flip")]
+    missed = sorted(c.name for c in copies if not audit.is_match(by_name[f"base-{c.base}"][0], by_name[c.name][0]))
+    assert len(missed) <= 0.05 * len(copies), missed  # recall >= 0.95 of the planted pairs
+    unrelated = [
+        (a.name, b.name)
+        for (a, sa), (b, sb) in itertools.combinations(zip(items, sigs, strict=True), 2)
+        if a.base != b.base and audit.is_match(sa[0], sb[0])
+    ]
+    assert unrelated == []  # no false pair: textures and crops of one photograph among them
+    candidates = [best_view_cosine(by_name[f"base-{c.base}"][1], by_name[c.name][1]) for c in copies]
+    assert min(candidates) >= 0.75  # the vectors that find candidates keep every copy close
+
+
+def test_a_mirrored_copy_is_not_a_match(planted: tuple[list, list]) -> None:
+    """Flips are reported apart: the score compares pictures as they stand."""
+    items, sigs = planted
+    by_name = dict(zip((i.name for i in items), sigs, strict=True))
+    flips = [i for i in items if i.transform == "flip"]
+    assert all(audit.match_score(by_name[f"base-{f.base}"][0], by_name[f.name][0]) < 0.5 for f in flips[:5])
+
+
+def test_a_picture_matches_itself_and_a_flat_one_matches_nothing() -> None:
+    photo = next(photographs())[1]
+    thumb, vectors = audit.signature(photo)
+    assert len(thumb) == audit.THUMB_SIDE**2 + 2
+    assert len(vectors) == audit.VIEWS * audit.VECTOR_DIM
+    assert audit.match_score(thumb, thumb) == pytest.approx(1.0, abs=1e-4)
+    flat_thumb, flat_vectors = audit.signature(Image.new("RGB", (50, 40), (90, 90, 90)))
+    assert not any(flat_vectors)  # a flat picture has no direction to compare
+    assert audit.match_score(flat_thumb, flat_thumb) == 0.0
+    tiny = audit.signature(Image.new("L", (8, 8), 0))  # any mode, any size down to ingest's min_side
+    assert len(tiny[0]) == audit.THUMB_SIDE**2 + 2
+    blue, grey = (audit.signature(Image.new("RGB", (40, 40), c))[0] for c in ((90, 140, 220), (140, 140, 140)))
+    assert audit.colour_distance(blue, grey) > audit.MAX_COLOUR_DISTANCE
+    darker = audit.signature(Image.new("RGB", (40, 40), (72, 112, 176)))[0]  # the blue at 80 % brightness
+    assert audit.colour_distance(blue, darker) <= audit.MAX_COLOUR_DISTANCE
+
+
+def photo() -> Image.Image:
+    return dict(photographs())["astronaut"].resize((256, 256))
+
+
+def flags_of(im: Image.Image) -> list[str]:
+    return audit.flags(audit.quality(im, *im.size), audit.FlagThresholds())
+
+
+@pytest.mark.parametrize(
+    ("flag", "raise_it"),
+    [
+        ("blurry", lambda im: im.filter(ImageFilter.GaussianBlur(6))),
+        ("dark", lambda im: im.point(lambda v: v // 10)),
+        ("light", lambda im: im.point(lambda v: 245 + v // 25)),
+        ("low_contrast", lambda im: im.point(lambda v: 120 + v // 30)),
+        ("low_information", lambda im: im.convert("1").convert("RGB")),
+        ("grayscale", lambda im: im.convert("L")),
+        ("odd_aspect", lambda im: im.resize((400, 100))),
+    ],
+)
+def test_each_flag_is_raised_by_an_image_built_to_raise_it(flag: str, raise_it) -> None:
+    assert flag not in flags_of(photo())
+    assert flag in flags_of(raise_it(photo()))
+
+
+def test_a_plain_photograph_raises_no_flag_and_the_figures_are_in_range() -> None:
+    figures = audit.quality(photo(), 512, 512)
+    assert flags_of(photo()) == []
+    assert 0 <= figures["brightness"] <= 1
+    assert 0 <= figures["contrast"] <= 1
+    assert 0 <= figures["entropy"] <= 8
+    assert figures["aspect_ratio"] == 1.0
+    assert figures["grayscale"] is False
+    grey = audit.quality(Image.new("RGB", (30, 10), (7, 7, 7)), 30, 10)
+    assert grey["grayscale"] is True
+    assert grey["entropy"] == 0.0
+    assert grey["aspect_ratio"] == 3.0
