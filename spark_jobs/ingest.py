@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,8 +31,14 @@ from spark_jobs.core.config import Params
 from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import spark_path
-from spark_jobs.core.tables import DECODED_FIELDS, DECODED_SCHEMA, read_images, read_quarantine
-from spark_jobs.imaging import images
+from spark_jobs.core.tables import (
+    DECODED_FIELDS,
+    DECODED_SCHEMA,
+    SIGNATURE_COLUMNS,
+    read_images,
+    read_quarantine,
+)
+from spark_jobs.imaging import images, near_duplicates
 from spark_jobs.imaging.partitions import decode, describe, plan_chunks
 from spark_jobs.ml import exhibits
 from spark_jobs.quality import gate, report, suites
@@ -42,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGE = "ingest"
+PAIRS = "near_duplicates.parquet"  # the verified near-duplicate pairs, beside the two tables
 
 _TABLE = "_table"
 
@@ -116,26 +125,37 @@ def move_to_quarantine(spark: SparkSession, images_dir: Path, quarantine_dir: Pa
 
     if not fates:
         return
-    files = sorted({r["file"] for r in fates})
     moving = F.broadcast(
         spark.createDataFrame(
             [(r["source_uri"], r["reason"], r["detail"]) for r in fates],
             "source_uri string, _reason string, _detail string",
         )
     )
+
+    def kept(affected: DataFrame) -> DataFrame:
+        moved = affected.join(moving, "source_uri").withColumns(
+            {
+                "reason": F.col("_reason"),
+                "detail": F.col("_detail"),
+                "split": F.lit(None).cast("string"),
+                "pixels": F.lit(None).cast("binary"),
+            }
+        )
+        moved.select(*DECODED_FIELDS).write.mode("append").parquet(spark_path(quarantine_dir))
+        return affected.join(moving, "source_uri", "left_anti")
+
+    replace_files(spark, images_dir, sorted({r["file"] for r in fates}), kept)
+
+
+def replace_files(
+    spark: SparkSession, images_dir: Path, files: list[str], rows: Callable[[DataFrame], DataFrame]
+) -> None:
+    """Rewrite the Parquet ``files`` of the image table (``input_file_name()`` URIs) as ``rows``
+    makes them of their content; the table's other files stay as they are."""
     # input_file_name() gives URIs (%-escaped): read back as the paths they name
     affected = spark.read.schema(DECODED_SCHEMA).parquet(*[spark_path(store.local_path(f)) for f in files])
     rewrite = images_dir.with_name("_rewrite")
-    affected.join(moving, "source_uri", "left_anti").select(*DECODED_FIELDS).write.parquet(spark_path(rewrite))
-    moved = affected.join(moving, "source_uri").withColumns(
-        {
-            "reason": F.col("_reason"),
-            "detail": F.col("_detail"),
-            "split": F.lit(None).cast("string"),
-            "pixels": F.lit(None).cast("binary"),
-        }
-    )
-    moved.select(*DECODED_FIELDS).write.mode("append").parquet(spark_path(quarantine_dir))
+    rows(affected).select(*DECODED_FIELDS).write.parquet(spark_path(rewrite))
     for uri in files:
         path = store.local_path(uri)
         path.unlink()
@@ -144,6 +164,54 @@ def move_to_quarantine(spark: SparkSession, images_dir: Path, quarantine_dir: Pa
         if path.name.startswith(("part-", ".part-")):
             path.rename(images_dir / path.name)
     shutil.rmtree(rewrite)
+
+
+def find_near_duplicates(spark: SparkSession, images_dir: Path, target: Path, cfg: IngestConfig) -> dict[str, str]:
+    """Write the image table's verified near-duplicate pairs to ``target``
+    (:data:`near_duplicates.PAIRS_SCHEMA`) and return ``{image_id: cluster_id}`` of the images in
+    them (:func:`near_duplicates.clusters`)."""
+    signatures = (
+        spark.read.schema(DECODED_SCHEMA)
+        .parquet(spark_path(images_dir))
+        .select("image_id", "source_uri", *SIGNATURE_COLUMNS)
+    )
+    pairs = near_duplicates.verified(signatures, near_duplicates.candidates(signatures, cfg.audit), cfg.audit)
+    pairs.repartition(1).write.parquet(spark_path(target))  # few rows: one file (the scoring stays parallel)
+    found = spark.read.schema(near_duplicates.PAIRS_SCHEMA).parquet(spark_path(target))
+    return near_duplicates.clusters([(r[0], r[1]) for r in found.select("image_id_a", "image_id_b").collect()])
+
+
+def assign_clusters(spark: SparkSession, images_dir: Path, clusters: dict[str, str], cfg: IngestConfig) -> int:
+    """Give every image in a near-duplicate cluster its ``cluster_id`` and, with ``split.by:
+    cluster``, the split of that id; returns how many images changed. Only the Parquet files
+    holding them are rewritten."""
+    from pyspark.sql import functions as F
+
+    changed = {i: c for i, c in clusters.items() if i != c}
+    if not changed:
+        return 0
+    by_cluster = cfg.split.by == "cluster"
+    fractions, seed = cfg.split.fractions(), cfg.split.seed
+    new = F.broadcast(
+        spark.createDataFrame(
+            [(i, c, images.assign_split(c, fractions, seed) if by_cluster else None) for i, c in changed.items()],
+            "image_id string, _cluster string, _split string",
+        )
+    )
+    table = spark.read.schema(DECODED_SCHEMA).parquet(spark_path(images_dir))
+    files = [r["f"] for r in table.join(new, "image_id").select(F.input_file_name().alias("f")).distinct().collect()]
+
+    def relabelled(affected: DataFrame) -> DataFrame:
+        joined = affected.join(new, "image_id", "left")
+        return joined.withColumns(
+            {
+                "cluster_id": F.coalesce("_cluster", "cluster_id"),
+                "split": F.coalesce("_split", "split"),
+            }
+        )
+
+    replace_files(spark, images_dir, sorted(files), relabelled)
+    return len(changed)
 
 
 def discovered_classes(files: list[store.SourceFile], extensions: tuple[str, ...]) -> list[str]:
@@ -175,24 +243,14 @@ def run(cfg: IngestParams, spark: SparkSession) -> Path:
             files_seen, classes = len(files), discovered_classes(files, cfg.ingest.extensions)
         log.info("listed %d files (%d bytes) in %s", files_seen, source["bytes"], source["uri"])
         with run.phase("work"):
-            chunks = plan_chunks(spark, files, cfg.spark)
-            with progress.reporting(spark, STAGE, "files", files_seen, cfg.data.progress_s) as handled:
-                decoded = decode(spark, chunks, cfg.ingest, cfg.spark.arrow_max_records_per_batch, handled)
-                write_decoded(decoded, run.path("_decoded"))
-            images_dir, quarantine_dir = settle_tables(spark, run.staging)
-            fates = duplicate_fates(spark, images_dir).collect()
-            move_to_quarantine(spark, images_dir, quarantine_dir, fates)
-        log.info(
-            "decoded and wrote %d files in %.1f s; %d duplicate copies moved to quarantine",
-            files_seen,
-            run.seconds["work"],
-            len(fates),
-        )
+            clusters = work(spark, run, cfg, files)
         with run.phase("gate"):
             stats = suites.image_stats(read_images(spark, run.staging), classes, cfg.ingest.image_size)
             reasons = suites.table_stats(read_quarantine(spark, run.staging), ["reason"], {}).by(0)
             quarantined = sum(reasons.values())
+            audited = audit(spark, run.staging, classes, cfg)
             show(spark, run, cfg, files_seen, stats, reasons)
+            show_audit(spark, run, clusters, audited)
             batches = suites.raw_batches(
                 stats,
                 classes,
@@ -201,6 +259,7 @@ def run(cfg: IngestParams, spark: SparkSession) -> Path:
                 cfg.ingest.image_size,
                 cfg.ingest.split.fractions(),
                 cfg.gate.raw,
+                audited,
             )
             result = run.validate(batches)
         per_class, per_split = stats.by(0), stats.by(1)
@@ -214,12 +273,55 @@ def run(cfg: IngestParams, spark: SparkSession) -> Path:
             "rows_by_class": per_class,
             "rows_by_split": per_split,
             "rows_by_split_class": stats.nested(1, 0),
+            "near_duplicates": {k: int(v) for k, v in audited.near_duplicates.iloc[0].items()},
         }
         run.extra["images_per_s"] = round(files_seen / max(run.seconds["work"], 1e-9), 1)
         doc = run.manifest(cfg.section("ingest", "gate.raw", "data"), {"source": source}, counts, result)
         published = run.finish(result, doc)
     log.info("%d files seen: %d images, %d quarantined %s", files_seen, rows, quarantined, reasons)
     return published
+
+
+def work(spark: SparkSession, run: runner.StageRun, cfg: IngestParams, files: list[store.SourceFile]) -> dict[str, str]:
+    """Decode every listed file into the staged tables, move exact copies to quarantine, and put
+    near-duplicates in clusters; returns ``{image_id: cluster_id}`` of the clustered images."""
+    began = time.perf_counter()
+    chunks = plan_chunks(spark, files, cfg.spark)
+    with progress.reporting(spark, STAGE, "files", len(files), cfg.data.progress_s) as handled:
+        decoded = decode(spark, chunks, cfg.ingest, cfg.spark.arrow_max_records_per_batch, handled)
+        write_decoded(decoded, run.path("_decoded"))
+    decoded_s = time.perf_counter() - began
+    images_dir, quarantine_dir = settle_tables(spark, run.staging)
+    fates = duplicate_fates(spark, images_dir).collect()
+    move_to_quarantine(spark, images_dir, quarantine_dir, fates)
+    started = time.perf_counter()
+    clusters = find_near_duplicates(spark, images_dir, run.staging / PAIRS, cfg.ingest)
+    assign_clusters(spark, images_dir, clusters, cfg.ingest)
+    run.extra["near_duplicates_s"] = round(time.perf_counter() - started, 3)
+    log.info(
+        "decoded and wrote %d files in %.1f s; %d duplicate copies moved to quarantine; "
+        "%d images in %d near-duplicate clusters (%.1f s)",
+        len(files),
+        decoded_s,
+        len(fates),
+        len(clusters),
+        len(set(clusters.values())),
+        run.extra["near_duplicates_s"],
+    )
+    return clusters
+
+
+def audit(spark: SparkSession, staging: Path, classes: list[str], cfg: IngestParams) -> suites.Audit:
+    """What the raw gate checks of the staged tables' audit: near-duplicate clusters and pairs
+    against the splits, and the quality flags' share of each class."""
+    table = read_images(spark, staging)
+    pairs = spark.read.schema(near_duplicates.PAIRS_SCHEMA).parquet(spark_path(staging / PAIRS))
+    summary = suites.near_duplicate_summary(
+        table.select("image_id", "split", "cluster_id"), pairs.select("image_id_a", "image_id_b")
+    )
+    names = list(type(cfg.gate.raw.max_flagged_share).model_fields)
+    flags = suites.flag_shares(table.select("label", "flags"), classes, names)
+    return suites.Audit(summary, flags, cfg.ingest.split.by)
 
 
 def show(
@@ -230,6 +332,63 @@ def show(
     run.exhibits.counts = {"files seen": files_seen, "images per split": stats.by(1), "quarantined": reasons}
     cap = min(cfg.ingest.max_file_bytes, exhibits.MAX_THUMB_BYTES)
     run.exhibits.galleries = [exhibits.quarantine_gallery([r.asDict() for r in shown], sum(reasons.values()), cap)]
+
+
+# The figure a person checks a flag by (grayscale is seen, not measured).
+FLAG_FIGURES = {
+    "blurry": "sharpness",
+    "dark": "brightness",
+    "light": "brightness",
+    "low_contrast": "contrast",
+    "low_information": "entropy",
+    "grayscale": "contrast",
+    "odd_aspect": "aspect_ratio",
+}
+
+
+def show_audit(spark: SparkSession, run: runner.StageRun, clusters: dict[str, str], audited: suites.Audit) -> None:
+    """The audit's part of the raw gate's page: the largest near-duplicate clusters side by side, and
+    the images behind each quality flag (bounded samples; the counts say how many in all)."""
+    from pyspark.sql import functions as F
+
+    sizes: dict[str, list[str]] = {}
+    for image, cluster in sorted(clusters.items()):
+        sizes.setdefault(cluster, []).append(image)
+    biggest = sorted(sizes.values(), key=lambda ids: (-len(ids), ids[0]))[: exhibits.MAX_CLUSTERS]
+    chosen = [i for ids in biggest for i in ids[: report.MAX_THUMBS]]
+    table = read_images(spark, run.staging)
+    pairs = spark.read.schema(near_duplicates.PAIRS_SCHEMA).parquet(spark_path(run.staging / PAIRS))
+    ends = pairs.select(F.col("image_id_a").alias("image_id"), "score").unionByName(
+        pairs.select(F.col("image_id_b").alias("image_id"), "score")
+    )
+    best = ends.groupBy("image_id").agg(F.max("score").alias("score"))
+    members = table.where(F.col("image_id").isin(chosen)).join(best, "image_id", "left").fillna({"score": 1.0})
+    summary = audited.near_duplicates.iloc[0]
+    run.exhibits.galleries += exhibits.cluster_galleries(
+        [r.asDict() for r in members.collect()], int(summary["clusters"]), int(summary["images_in_clusters"])
+    )
+    samples, totals = flag_samples(table)
+    run.exhibits.counts["near-duplicates"] = (
+        f"{summary['clusters']} clusters holding {summary['images_in_clusters']} images ({summary['pairs']} pairs); "
+        f"{summary['clusters_spanning_splits']} clusters across splits, {summary['cross_split_pairs']} pairs"
+    )
+    run.exhibits.counts["quality flags"] = totals or "none"
+    run.exhibits.galleries += exhibits.flag_galleries(samples, totals)
+
+
+def flag_samples(table: DataFrame) -> tuple[list[dict], dict[str, int]]:
+    """``(up to MAX_FLAGGED images per quality flag, with the figure behind it; the images per flag)``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    flagged = table.select("*", F.explode("flags").alias("flag"))
+    rank = F.row_number().over(Window.partitionBy("flag").orderBy("source_uri"))
+    sample = flagged.withColumn("_rank", rank).where(F.col("_rank") <= exhibits.MAX_FLAGGED)
+    names = F.create_map(*[F.lit(x) for pair in FLAG_FIGURES.items() for x in pair])
+    figure = F.coalesce(*[F.when(F.col("flag") == f, F.col(c).cast("double")) for f, c in FLAG_FIGURES.items()])
+    rows = sample.withColumns({"figure": figure, "figure_name": F.element_at(names, F.col("flag"))})
+    totals = {r["flag"]: r["n"] for r in flagged.groupBy("flag").agg(F.count("*").alias("n")).collect()}
+    return [r.asDict() for r in rows.collect()], totals
 
 
 def _precheck(cfg: IngestParams) -> None:
@@ -253,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
 def worker_preload(_cfg: IngestParams) -> tuple[str, ...]:
     """What the decoding tasks import, once per executor in the worker daemon (which also keeps
     the memory a worker frees), instead of in every forked worker."""
-    return ("spark_jobs.imaging.partitions",)
+    return ("spark_jobs.imaging.partitions", "spark_jobs.imaging.near_duplicates")
 
 
 if __name__ == "__main__":

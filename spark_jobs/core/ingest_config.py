@@ -34,6 +34,9 @@ class SplitConfig(Section):
     val: float = Field(0.15, ge=0.0, le=1.0)
     test: float = Field(0.15, ge=0.0, le=1.0)
     seed: Seed = 0
+    # cluster: an image's split is the function of its near-duplicate cluster's id, so no cluster
+    # spans two splits (DESIGN.md #18); image: of its own id, as before clusters existed.
+    by: Literal["cluster", "image"] = "cluster"
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
@@ -44,6 +47,33 @@ class SplitConfig(Section):
 
     def fractions(self) -> dict[str, float]:
         return {"train": self.train, "val": self.val, "test": self.test}
+
+
+class AuditConfig(Section):
+    """How near-duplicates are found (:mod:`spark_jobs.imaging.near_duplicates`)."""
+
+    # Candidates: pairs whose signature vectors share all ``bits`` random-hyperplane signs in one of
+    # ``bands`` bands (LSH banding) and whose best view cosine then reaches ``candidate_cosine``.
+    bands: int = Field(96, ge=1, le=512)
+    bits: int = Field(18, ge=4, le=62)
+    candidate_cosine: float = Field(0.75, ge=-1.0, le=1.0)
+    # A candidate is a near-duplicate when its match score reaches ``min_score`` and the mean
+    # colours are at most ``max_colour_distance`` apart (spark_jobs/imaging/audit.py).
+    min_score: float = Field(0.84, gt=0.0, le=1.0)
+    max_colour_distance: float = Field(0.015, ge=0.0, le=1.0)
+    seed: Seed = 0
+
+
+class FlagsConfig(Section):
+    """Where a quality figure raises its flag (spark_jobs/imaging/audit.py): flags are for people
+    and gates, nothing is quarantined for one."""
+
+    blurry_below: float = Field(50.0, ge=0.0)  # sharpness: variance of the Laplacian, grey 0-255
+    dark_below: float = Field(0.15, ge=0.0, le=1.0)  # brightness: mean grey, 0-1
+    light_above: float = Field(0.92, ge=0.0, le=1.0)
+    low_contrast_below: float = Field(0.05, ge=0.0, le=1.0)  # contrast: grey standard deviation, 0-1
+    low_information_below: float = Field(2.0, ge=0.0, le=8.0)  # entropy of the grey histogram, bits
+    odd_aspect_above: float = Field(3.0, ge=1.0)  # longer side / shorter side
 
 
 class IngestConfig(Section):
@@ -58,3 +88,5 @@ class IngestConfig(Section):
     resize: ResizeConfig = ResizeConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     split: SplitConfig = SplitConfig()
+    audit: AuditConfig = AuditConfig()
+    flags: FlagsConfig = FlagsConfig()

@@ -19,7 +19,9 @@ SPLITS = ("train", "val", "test")
 DECODED_SCHEMA = (
     "image_id string, source_uri string, label string, split string, reason string, detail string, "
     "size_bytes long, orig_width int, orig_height int, orig_format string, orig_mode string, "
-    "height int, width int, pixels binary"
+    "height int, width int, pixels binary, cluster_id string, dup_thumb binary, dup_vectors array<float>, "
+    "sharpness double, brightness double, contrast double, entropy double, grayscale boolean, "
+    "aspect_ratio double, flags array<string>"
 )
 DECODED_FIELDS = tuple(f.split()[0] for f in DECODED_SCHEMA.split(", "))
 
@@ -37,7 +39,19 @@ IMAGE_COLUMNS = (
     "height",
     "width",
     "pixels",
+    # The dataset audit (spark_jobs/imaging/audit.py): the smallest image_id of the image's
+    # near-duplicate cluster (its own id when it has none), its quality figures and flags.
+    "cluster_id",
+    "sharpness",
+    "brightness",
+    "contrast",
+    "entropy",
+    "grayscale",
+    "aspect_ratio",
+    "flags",
 )
+# What ingest's near-duplicate job reads besides (bulky: never carried to later stages).
+SIGNATURE_COLUMNS = ("dup_thumb", "dup_vectors")
 # ingest/quarantine.parquet: one unusable file per row and why.
 QUARANTINE_COLUMNS = ("source_uri", "reason", "detail", "image_id", "label", "size_bytes")
 

@@ -20,7 +20,6 @@ score is high and their mean colours are close (:func:`is_match`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
 
@@ -29,12 +28,15 @@ from PIL import Image
 from scipy.fft import dctn
 from scipy.ndimage import gaussian_filter, laplace
 
+from spark_jobs.core.ingest_config import FlagsConfig
+
 THUMB_SIDE: Final = 32
+VECTOR_SIDE: Final = 32
 DCT_BLOCK: Final = 8
 VECTOR_DIM: Final = DCT_BLOCK * DCT_BLOCK - 1
 VIEW_FRACTION: Final = 0.9
 VIEWS: Final = 6  # the whole picture, then its four corner crops and its centre crop
-QUALITY_SIDE: Final = 256  # px: quality figures on the picture scaled down to this longer side
+QUALITY_SIDE: Final = 128  # px: every audit figure is computed on the picture scaled down to this
 _DETAIL_SIGMA: Final = 1.5  # px of the thumbnail: what the match score leaves out as flat
 _MARGIN: Final = 3  # px of the thumbnail cut off each edge before comparing (warp borders)
 
@@ -65,16 +67,24 @@ def views(im: Image.Image) -> list[Image.Image]:
     return [im] + [im.crop((round(x * w), round(y * h), round((x + f) * w), round((y + f) * h))) for x, y in corners]
 
 
+def reduced(im: Image.Image) -> Image.Image:
+    """The picture in RGB at up to :data:`QUALITY_SIDE` px on its longer side: the one reduction
+    every audit figure is computed from."""
+    small = im.convert("RGB")
+    if max(small.size) > QUALITY_SIDE:
+        small.thumbnail((QUALITY_SIDE, QUALITY_SIDE), Image.Resampling.BILINEAR)
+    return small
+
+
 def signature(im: Image.Image) -> tuple[bytes, list[float]]:
-    """``(dup_thumb, dup_vectors)`` of a prepared picture: the 32 x 32 grey thumbnail's bytes and
-    the six views' DCT vectors, flattened (``VIEWS * VECTOR_DIM`` floats)."""
-    # One antialiased reduction of the whole picture first: the views are cut from that, not from
-    # the full-size picture (a few times the thumbnail's side keeps the crops' detail).
-    grey = im.convert("L").resize((3 * THUMB_SIDE, 3 * THUMB_SIDE), Image.Resampling.BILINEAR)
-    thumb = _grey(grey, THUMB_SIDE)
-    vectors = [dct_vector(thumb)] + [dct_vector(_grey(v, THUMB_SIDE)) for v in views(grey)[1:]]
-    grey_bytes = np.clip(np.rint(thumb), 0, 255).astype(np.uint8).tobytes()
-    return grey_bytes + _chromaticity(im), np.concatenate(vectors).tolist()
+    """``(dup_thumb, dup_vectors)`` of a picture (:func:`reduced` or not): the 32 x 32 grey
+    thumbnail's bytes and its mean colour, and the six views' DCT vectors, flattened
+    (``VIEWS * VECTOR_DIM`` floats)."""
+    small = reduced(im)
+    grey = small.convert("L")
+    vectors = [dct_vector(_grey(v, VECTOR_SIDE)) for v in views(grey)]
+    thumb = np.clip(np.rint(_grey(grey, THUMB_SIDE)), 0, 255).astype(np.uint8).tobytes()
+    return thumb + _chromaticity(small), np.concatenate(vectors).tolist()
 
 
 def _chromaticity(im: Image.Image) -> bytes:
@@ -111,13 +121,13 @@ def _grid() -> np.ndarray:
 @lru_cache(maxsize=1)
 def _warp_matrix() -> Any:
     """Every warp as one sparse linear map: (warps x inside pixels) rows of bilinear weights over
-    the thumbnail's pixels. The warps: zoom into 100 % to 85 % of the picture, shifted within what
+    the thumbnail's pixels. The warps: zoom into 100 % to 90 % of the picture, shifted within what
     the zoom leaves, rotated by up to 4 degrees."""
     from scipy.sparse import csr_matrix
 
     points, centre, rows, cols, vals = _grid(), THUMB_SIDE / 2, [], [], []
     row = 0
-    for zoom in (1.0, 0.95, 0.9, 0.85):
+    for zoom in (1.0, 0.95, 0.9):
         shifts = np.linspace(-(1 - zoom) / 2, (1 - zoom) / 2, 3) * THUMB_SIDE if zoom < 1 else (0.0,)
         for angle in np.radians((-4.0, -2.0, 0.0, 2.0, 4.0)):
             turn = zoom * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
@@ -170,7 +180,7 @@ def match_score(thumb_a: bytes, thumb_b: bytes) -> float:
     return max(one, float((warped_details(thumb_b) @ detail(thumb_a)).max()))
 
 
-MIN_SCORE: Final = 0.8
+MIN_SCORE: Final = 0.84
 MAX_COLOUR_DISTANCE: Final = 0.015
 
 
@@ -187,44 +197,39 @@ QUALITY_FIELDS: Final = ("sharpness", "brightness", "contrast", "entropy", "gray
 
 
 def quality(im: Image.Image, orig_width: int, orig_height: int) -> dict[str, Any]:
-    """The quality figures of a prepared picture: ``sharpness`` (variance of the Laplacian of its
-    grey levels, 0-255, at up to 256 px), ``brightness`` and ``contrast`` (mean and standard
-    deviation of the grey levels, 0-1), ``entropy`` (bits of the grey-level histogram, 0-8),
-    ``grayscale`` (no pixel's channels differ by more than 2 levels) and ``aspect_ratio``
+    """The quality figures of a picture (:func:`reduced` or not): ``sharpness`` (variance of the
+    Laplacian of its grey levels, 0-255, at up to 128 px), ``brightness`` and ``contrast`` (mean
+    and standard deviation of the grey levels, 0-1), ``entropy`` (bits of the grey-level histogram,
+    0-8), ``grayscale`` (no pixel's channels differ by more than 2 levels) and ``aspect_ratio``
     (original width / height)."""
-    small = im.copy()
-    small.thumbnail((QUALITY_SIDE, QUALITY_SIDE), Image.Resampling.BILINEAR)
-    rgb = np.asarray(small.convert("RGB"), dtype=np.int16)
-    grey = np.asarray(small.convert("L"), dtype=np.float32)
-    counts = np.bincount(grey.astype(np.uint8).ravel(), minlength=256)
+    small = reduced(im)
+    rgb = np.asarray(small)
+    grey = np.asarray(small.convert("L"))
+    counts = np.bincount(grey.ravel(), minlength=256)
     p = counts[counts > 0] / grey.size
+    grey_f = grey.astype(np.float32)
     return {
-        "sharpness": float(laplace(grey).var()),
-        "brightness": float(grey.mean() / 255),
-        "contrast": float(grey.std() / 255),
+        "sharpness": float(laplace(grey_f).var()),
+        "brightness": float(grey_f.mean() / 255),
+        "contrast": float(grey_f.std() / 255),
         "entropy": float(-(p * np.log2(p)).sum()),
         "grayscale": bool((rgb.max(axis=2) - rgb.min(axis=2)).max() <= 2),
         "aspect_ratio": float(orig_width / orig_height),
     }
 
 
+def measure(im: Image.Image, orig_width: int, orig_height: int, thresholds: FlagsConfig) -> dict[str, Any]:
+    """Every audit column of a prepared picture: its signature, quality figures and flags."""
+    small = reduced(im)
+    thumb, vectors = signature(small)
+    figures = quality(small, orig_width, orig_height)
+    return {"dup_thumb": thumb, "dup_vectors": vectors, **figures, "flags": flags(figures, thresholds)}
+
+
 FLAGS: Final = ("blurry", "dark", "light", "low_contrast", "low_information", "grayscale", "odd_aspect")
 
 
-@dataclass(frozen=True)
-class FlagThresholds:
-    """Where a quality figure raises its flag (flags are for people and gates: nothing is
-    quarantined for one)."""
-
-    blurry_below: float = 50.0  # sharpness: variance of the Laplacian of grey levels 0-255
-    dark_below: float = 0.15  # brightness: mean grey, 0-1
-    light_above: float = 0.92
-    low_contrast_below: float = 0.05  # contrast: standard deviation of grey, 0-1
-    low_information_below: float = 2.0  # entropy of the grey histogram, bits
-    odd_aspect_above: float = 3.0  # longer side / shorter side
-
-
-def flags(figures: dict[str, Any], cfg: FlagThresholds) -> list[str]:
+def flags(figures: dict[str, Any], cfg: FlagsConfig) -> list[str]:
     """The quality flags of an image's :func:`quality` figures under ``cfg``'s thresholds, in
     :data:`FLAGS` order."""
     aspect = figures["aspect_ratio"]

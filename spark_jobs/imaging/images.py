@@ -12,7 +12,7 @@ import hashlib
 import io
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import numpy as np
@@ -21,6 +21,7 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from spark_jobs.core.ingest_config import IngestConfig, ResizeConfig
 from spark_jobs.core.tables import DECODED_FIELDS, SPLITS
+from spark_jobs.imaging import audit
 
 # Why a file was quarantined. A short fixed vocabulary, so the gate and people can count them.
 EMPTY: Final = "empty"
@@ -82,6 +83,7 @@ class Decoded:
     orig_height: int
     orig_format: str
     orig_mode: str
+    audit: dict[str, Any] | None = None  # the dataset audit's columns (spark_jobs.imaging.audit.measure)
 
 
 def image_id(data: bytes) -> str:
@@ -312,11 +314,15 @@ def _png(im: Image.Image, side: int) -> bytes:
     return out.getvalue()
 
 
-def decode(data: bytes, cfg: IngestConfig) -> Decoded:
-    """Normalised pixels of one encoded image, or :class:`Rejected` saying why not."""
+def decode(data: bytes, cfg: IngestConfig, audited: bool = False) -> Decoded:
+    """Normalised pixels of one encoded image, or :class:`Rejected` saying why not; ``audited``:
+    with the dataset audit's columns, measured on the same decoded picture."""
     with any_failure_rejected():
         opened, im = _prepared(data, cfg, full_resolution=False)
-        return _resized(opened, im, cfg)
+        decoded = _resized(opened, im, cfg)
+        if audited:
+            return replace(decoded, audit=audit.measure(im, decoded.orig_width, decoded.orig_height, cfg.flags))
+        return decoded
 
 
 def decode_frame(im: Image.Image, cfg: IngestConfig) -> Decoded:
@@ -355,7 +361,7 @@ def decode_record(
     if not has_extension(uri, cfg.extensions):
         return {**row, "reason": UNSUPPORTED_EXTENSION, "detail": f"extension not in {list(cfg.extensions)}"}
     try:
-        decoded = decode(data, cfg)
+        decoded = decode(data, cfg, audited=labelled)
     except Rejected as exc:
         return {**row, "reason": exc.reason, "detail": exc.detail[:500]}
     if label is None and labelled:
@@ -373,6 +379,8 @@ def decode_record(
         height=decoded.height,
         width=decoded.width,
         pixels=decoded.pixels,
+        **(decoded.audit or {}),
+        cluster_id=row["image_id"] if labelled else None,  # until ingest finds its near-duplicates
     )
     return row
 

@@ -123,3 +123,53 @@ def quarantine_gallery(records: Sequence[Mapping[str, Any]], total: int, max_byt
         thumbs.append(Thumb(tuple(line for line in caption if line), png))
     note = "Every quarantined file, with its full source URI, is in the run's quarantine table."
     return Gallery("Quarantined files", tuple(thumbs), total, note)
+
+
+MAX_CLUSTERS = 8  # near-duplicate clusters shown on ingest's page, the largest first
+MAX_FLAGGED = 12  # images shown per quality flag
+
+
+def cluster_galleries(members: Sequence[Mapping[str, Any]], clusters: int, images_in_clusters: int) -> list[Gallery]:
+    """One gallery per near-duplicate cluster, its images side by side with their splits (``members``:
+    rows with ``cluster_id``, ``source_uri``, ``split``, ``score`` (the best match score of the
+    image's pairs, 1.0 for the cluster's own id), ``pixels``, ``height``, ``width``), the largest
+    clusters first; ``clusters`` and ``images_in_clusters`` say how many there are in all."""
+    by_cluster: dict[str, list[Mapping[str, Any]]] = {}
+    for m in members:
+        by_cluster.setdefault(str(m["cluster_id"]), []).append(m)
+    ordered = sorted(by_cluster.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:MAX_CLUSTERS]
+    out = []
+    for n, (cluster, rows) in enumerate(ordered, 1):
+        splits = sorted({str(r["split"]) for r in rows})
+        thumbs = tuple(
+            Thumb(
+                (short_name(str(r["source_uri"])), f"split {r['split']}", f"match {float(r['score']):.3f}"),
+                pixels_thumbnail(r["pixels"], r["height"], r["width"]),
+            )
+            for r in sorted(rows, key=lambda r: str(r["source_uri"]))[:MAX_THUMBS]
+        )
+        note = f"cluster {cluster[:12]}, in {', '.join(splits)}"
+        if n == 1:
+            note += f" ({clusters} clusters hold {images_in_clusters} images; every pair: near_duplicates.parquet)"
+        out.append(Gallery(f"Near-duplicate cluster {n} of {clusters}", thumbs, len(rows), note))
+    return out
+
+
+def flag_galleries(flagged: Sequence[Mapping[str, Any]], totals: Mapping[str, int]) -> list[Gallery]:
+    """One gallery per quality flag raised (``flagged``: rows with ``flag``, ``source_uri``,
+    ``label``, the figure behind the flag as ``figure``, ``pixels``, ``height``, ``width``; up to
+    :data:`MAX_FLAGGED` each), ``totals`` the images carrying each flag."""
+    by_flag: dict[str, list[Mapping[str, Any]]] = {}
+    for r in flagged:
+        by_flag.setdefault(str(r["flag"]), []).append(r)
+    out = []
+    for flag, rows in sorted(by_flag.items()):
+        thumbs = tuple(
+            Thumb(
+                (short_name(str(r["source_uri"])), str(r["label"]), f"{r['figure_name']} {float(r['figure']):.3g}"),
+                pixels_thumbnail(r["pixels"], r["height"], r["width"]),
+            )
+            for r in rows[:MAX_FLAGGED]
+        )
+        out.append(Gallery(f"Flagged {flag}", thumbs, int(totals.get(flag, len(rows))), "flags quarantine nothing"))
+    return out

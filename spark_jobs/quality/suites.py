@@ -216,6 +216,16 @@ def raw_summary(per_split: dict[str | None, int], files_seen: int, quarantined: 
     return pd.DataFrame([record])
 
 
+@dataclass(frozen=True)
+class Audit:
+    """What the raw suite checks of the dataset audit: :func:`near_duplicate_summary` and
+    :func:`flag_shares` of the staged tables, and how splits were assigned (``cluster``/``image``)."""
+
+    near_duplicates: pd.DataFrame
+    flags: pd.DataFrame
+    split_by: str
+
+
 def raw_batches(
     stats: Stats,
     classes: list[str],
@@ -224,12 +234,15 @@ def raw_batches(
     image_size: int,
     fractions: dict[str, float],
     gate: RawGateConfig,
+    audit: Audit | None = None,
 ) -> list[Batch]:
     """The raw-data suite as batches for :func:`spark_jobs.quality.gate.validate`, from the
-    :func:`image_stats` of the staged image table."""
+    :func:`image_stats` of the staged image table (and its ``audit``, when there is one)."""
     rules = list(image_rules(classes, image_size))
     per_split = stats.by(1)
+    extra = [] if audit is None else audit_batches(audit, gate)
     return [
+        *extra,
         Batch("images", stats.row(ROWS, *rules, "repeated_image_id"), raw_image_expectations(rules)),
         Batch(
             "classes", class_counts(stats.by(0), classes), raw_class_expectations(classes, gate.min_per_class), "label"
@@ -240,6 +253,77 @@ def raw_batches(
             raw_summary_expectations(fractions, gate, sum(per_split.values())),
         ),
     ]
+
+
+def near_duplicate_summary(images: DataFrame, pairs: DataFrame) -> pd.DataFrame:
+    """One row: the verified near-duplicate ``pairs``, the clusters of two or more images and the
+    images in them, the clusters whose images sit in more than one split, and the pairs whose two
+    images do. ``images``: ``image_id, split, cluster_id``; ``pairs``: ``image_id_a, image_id_b``."""
+    from pyspark.sql import functions as F
+
+    per_cluster = images.groupBy("cluster_id").agg(F.count("*").alias("n"), F.countDistinct("split").alias("splits"))
+    clusters = per_cluster.where(F.col("n") > 1).agg(
+        F.count("*").alias("clusters"),
+        F.coalesce(F.sum("n"), F.lit(0)).alias("images_in_clusters"),
+        F.count(F.when(F.col("splits") > 1, 1)).alias("clusters_spanning_splits"),
+    )
+    split = images.select("image_id", "split")
+    sides = pairs.join(split.withColumnsRenamed({"image_id": "image_id_a", "split": "a"}), "image_id_a").join(
+        split.withColumnsRenamed({"image_id": "image_id_b", "split": "b"}), "image_id_b"
+    )
+    crossing = sides.agg(F.count("*").alias("pairs"), F.count(F.when(F.col("a") != F.col("b"), 1)).alias("cross"))
+    row, cross = clusters.first(), crossing.first()
+    return pd.DataFrame(
+        [
+            {
+                "pairs": int(cross["pairs"]),
+                "clusters": int(row["clusters"]),
+                "images_in_clusters": int(row["images_in_clusters"]),
+                "clusters_spanning_splits": int(row["clusters_spanning_splits"]),
+                "cross_split_pairs": int(cross["cross"]),
+            }
+        ]
+    )
+
+
+def flag_shares(images: DataFrame, classes: list[str], flags: list[str]) -> pd.DataFrame:
+    """One row per class: its images and, per quality flag, the share of them that carry it.
+    ``images``: ``label, flags``."""
+    from pyspark.sql import functions as F
+
+    counts = images.groupBy("label").agg(
+        F.count("*").alias("images"),
+        *[F.count(F.when(F.array_contains("flags", f), 1)).alias(f) for f in flags],
+    )
+    found = {r["label"]: r for r in counts.collect()}
+    rows = []
+    for label in _label_order(set(classes) | set(found)):
+        r = found.get(label)
+        n = int(r["images"]) if r else 0
+        rows.append({"label": label, "images": n, **{f"{f}_share": (r[f] / n if r and n else 0.0) for f in flags}})
+    return pd.DataFrame(rows)
+
+
+def audit_batches(audit: Audit, gate: RawGateConfig) -> list[Batch]:
+    """The audit's checks: no near-duplicate cluster across two splits when splits follow clusters
+    (else at most ``max_cross_split_pairs`` pairs across), and each flag's share of every class at
+    most its ``max_flagged_share`` (a flag allowed 1.0 is not gated)."""
+    import great_expectations.expectations as gxe
+
+    if audit.split_by == "cluster":
+        leak = gxe.ExpectColumnValuesToBeBetween(column="clusters_spanning_splits", min_value=0, max_value=0)
+    else:
+        leak = gxe.ExpectColumnValuesToBeBetween(
+            column="cross_split_pairs", min_value=0, max_value=gate.max_cross_split_pairs
+        )
+    limits = gate.max_flagged_share.model_dump()
+    shares = [
+        gxe.ExpectColumnValuesToBeBetween(column=f"{flag}_share", min_value=0.0, max_value=limit)
+        for flag, limit in limits.items()
+        if limit < 1.0
+    ]
+    batches = [Batch("near_duplicates", audit.near_duplicates, [gxe.ExpectTableRowCountToEqual(value=1), leak])]
+    return [*batches, Batch("quality_flags", audit.flags, shares, "label")] if shares else batches
 
 
 # ---- features -------------------------------------------------------------------------------

@@ -7,11 +7,27 @@ from pydantic import Field
 from spark_jobs.core.config import Section
 
 
+class FlagSharesConfig(Section):
+    """The largest share of a class's images that may carry each quality flag (1.0: not gated)."""
+
+    blurry: float = Field(0.5, ge=0.0, le=1.0)
+    dark: float = Field(0.5, ge=0.0, le=1.0)
+    light: float = Field(0.5, ge=0.0, le=1.0)
+    low_contrast: float = Field(0.5, ge=0.0, le=1.0)
+    low_information: float = Field(0.5, ge=0.0, le=1.0)
+    grayscale: float = Field(1.0, ge=0.0, le=1.0)
+    odd_aspect: float = Field(0.5, ge=0.0, le=1.0)
+
+
 class RawGateConfig(Section):
     min_per_class: int = Field(20, ge=0)
     max_quarantine_ratio: float = Field(0.05, ge=0.0, le=1.0)
     split_tolerance: float = Field(0.05, ge=0.0, le=1.0)
     split_false_alarm: float = Field(0.001, gt=0.0, lt=1.0)
+    # With ingest.split.by: image, how many near-duplicate pairs may have their two images in two
+    # splits (with split.by: cluster no cluster may span two splits, whatever this says).
+    max_cross_split_pairs: int = Field(0, ge=0)
+    max_flagged_share: FlagSharesConfig = FlagSharesConfig()
 
     def split_allowance(self, fraction: float, rows: int) -> float:
         """How far a split's observed fraction of ``rows`` images may stray from ``fraction``:

@@ -20,7 +20,7 @@ from PIL import Image
 from spark_jobs import ingest
 from spark_jobs.core import manifest, tables
 from spark_jobs.core.verdict import GateFailed
-from spark_jobs.imaging import images
+from spark_jobs.imaging import images, near_duplicates
 from tests.factories import REPO, class_image, encode, make_config, png_bytes, write_class_tree
 from tests.processes import tmpfs
 from tests.spark_jobs.imaging.test_decode_fuzz import pillow_crasher
@@ -98,7 +98,23 @@ def source_tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
     # Same bytes, different labels: every copy is a label conflict.
     shutil.copy(root / "1" / "img_002.png", root / "2" / "conflict.png")
     expected["1/img_002.png"] = expected["2/conflict.png"] = images.LABEL_CONFLICT
+    # Near-duplicates (other bytes, the same picture): kept, and put in one cluster and one split.
+    for original, copy in NEAR_COPIES.items():
+        _near_copy(root / original, root / copy)
+        expected[copy] = "ok"
     return root, expected
+
+
+# Near-duplicate copies planted in the tree: an enlarged one and a JPEG re-encode.
+NEAR_COPIES = {"0/img_006.png": "0/img_006_large.png", "2/img_007.png": "2/img_007.jpg"}
+
+
+def _near_copy(original: Path, copy: Path) -> None:
+    im = Image.open(original).convert("RGB")
+    if copy.suffix == ".png":
+        im.resize((2 * im.width, 2 * im.height), Image.Resampling.NEAREST).save(copy)
+    else:
+        im.save(copy, "JPEG", quality=95)
 
 
 def _run(spark, tmp_path: Path, source: Path | str, *overrides: str) -> Path:
@@ -211,10 +227,11 @@ def test_split_is_stable_across_reruns(spark, source_tree, published: Path, tmp_
     lines = [r.getMessage() for r in caplog.records if r.name == "spark_jobs.progress"]
     assert lines
     assert all(re.match(rf"ingest: [\d,]+ / {seen:,} files \(\d+ %\), ", line) for line in lines), lines
-    first = {r["image_id"]: r["split"] for r in spark.read.parquet(str(published / "images.parquet")).collect()}
-    second = {r["image_id"]: r["split"] for r in spark.read.parquet(str(again / "images.parquet")).collect()}
+    first = {r["image_id"]: (r["split"], r["cluster_id"]) for r in tables.read_images(spark, published).collect()}
+    second = {r["image_id"]: (r["split"], r["cluster_id"]) for r in tables.read_images(spark, again).collect()}
     assert first == second
-    assert first == {i: images.assign_split(i, {"train": 0.7, "val": 0.15, "test": 0.15}) for i in first}
+    fractions = {"train": 0.7, "val": 0.15, "test": 0.15}
+    assert all(split == images.assign_split(cluster, fractions) for split, cluster in first.values())
 
 
 def test_manifest_csv_source(spark, source_tree, tmp_path: Path) -> None:
@@ -335,3 +352,62 @@ def test_a_full_data_root_stops_the_run_in_one_line_and_publishes_nothing(spark,
         assert "No space left on device" in reason
         assert "\n" not in reason
         assert not (full / "data" / "ingest").exists()
+
+
+def test_near_duplicates_share_one_cluster_and_one_split(spark, source_tree, published: Path) -> None:
+    root, _ = source_tree
+    rows = {_rel(r["source_uri"], root): r for r in tables.read_images(spark, published).collect()}
+    cfg = make_config(Path("/unused")).ingest.split
+    for original, copy in NEAR_COPIES.items():
+        a, b = rows[original], rows[copy]
+        cluster = min(a["image_id"], b["image_id"])
+        assert a["cluster_id"] == b["cluster_id"] == cluster
+        assert a["split"] == b["split"] == images.assign_split(cluster, cfg.fractions(), cfg.seed)
+    clustered = {rel for rel, r in rows.items() if r["cluster_id"] != r["image_id"]}
+    assert clustered <= set(NEAR_COPIES) | set(NEAR_COPIES.values())  # every other image is its own cluster
+    alone = [r for rel, r in rows.items() if rel not in NEAR_COPIES and rel not in NEAR_COPIES.values()]
+    assert all(r["split"] == images.assign_split(r["image_id"], cfg.fractions(), cfg.seed) for r in alone)
+    pairs = spark.read.parquet(str(published / ingest.PAIRS)).collect()
+    assert {tuple(sorted((_rel(p["source_uri_a"], root), _rel(p["source_uri_b"], root)))) for p in pairs} == {
+        tuple(sorted(pair)) for pair in NEAR_COPIES.items()
+    }
+    assert all(p["method"] == near_duplicates.METHOD and 0 <= p["distance"] < 0.05 for p in pairs)
+    counts = manifest.read_json(published)["counts"]["near_duplicates"]
+    assert counts == {
+        "pairs": 2,
+        "clusters": 2,
+        "images_in_clusters": 4,
+        "clusters_spanning_splits": 0,
+        "cross_split_pairs": 0,
+    }
+    report = published.parent / "gates" / "ingest" / "report.html"
+    page = report.read_text()
+    assert page.count("Near-duplicate cluster ") == 2
+    assert "img_006_large.png" in page
+
+
+def test_the_audit_page_renders_in_a_browser_offline(published: Path, tmp_path: Path) -> None:
+    """The raw gate's page, clusters and flags included, drawn by Chromium with the network refused."""
+    from tests.orchestration import browser
+
+    if (missing := browser.available()) is not None:
+        pytest.skip(missing)
+    drawn = browser.open_offline(published.parent / "gates" / "ingest" / "report.html", tmp_path / "ingest.png")
+    assert drawn["refused"] == [], drawn
+    assert drawn["errors"] == [], drawn
+    assert drawn["broken"] == 0, drawn
+    assert drawn["images"] >= 4, drawn  # quarantined files, the two clusters of two, the flagged images
+
+
+def test_quality_figures_and_flags_are_columns(spark, source_tree, published: Path) -> None:
+    root, _ = source_tree
+    rows = {_rel(r["source_uri"], root): r for r in tables.read_images(spark, published).collect()}
+    tree = rows["1/img_004.png"]  # noise with a bright bar: a colour picture, not flagged
+    assert tree["flags"] == []
+    assert tree["grayscale"] is False
+    assert tree["aspect_ratio"] == 1.0
+    assert 0 < tree["brightness"] < 1
+    grey = rows["0/grey16.png"]  # 16-bit greyscale noise
+    assert grey["grayscale"] is True
+    assert "grayscale" in grey["flags"]
+    assert rows["0/exif.jpg"]["aspect_ratio"] == pytest.approx(30 / 40)  # as the picture stands, upright

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from spark_jobs.core.ingest_config import FlagsConfig
 from spark_jobs.imaging import audit
 from tests.near_duplicate_corpus import TRANSFORMS, corpus, photographs
 
@@ -68,11 +69,11 @@ def test_a_picture_matches_itself_and_a_flat_one_matches_nothing() -> None:
 
 
 def photo() -> Image.Image:
-    return dict(photographs())["astronaut"].resize((256, 256))
+    return dict(photographs())["astronaut"].resize((audit.QUALITY_SIDE, audit.QUALITY_SIDE))
 
 
 def flags_of(im: Image.Image) -> list[str]:
-    return audit.flags(audit.quality(im, *im.size), audit.FlagThresholds())
+    return audit.flags(audit.quality(im, *im.size), FlagsConfig())
 
 
 @pytest.mark.parametrize(
@@ -82,7 +83,7 @@ def flags_of(im: Image.Image) -> list[str]:
         ("dark", lambda im: im.point(lambda v: v // 10)),
         ("light", lambda im: im.point(lambda v: 245 + v // 25)),
         ("low_contrast", lambda im: im.point(lambda v: 120 + v // 30)),
-        ("low_information", lambda im: im.convert("1").convert("RGB")),
+        ("low_information", lambda im: im.convert("L").point(lambda v: 255 * (v > 100)).convert("RGB")),
         ("grayscale", lambda im: im.convert("L")),
         ("odd_aspect", lambda im: im.resize((400, 100))),
     ],
@@ -104,3 +105,10 @@ def test_a_plain_photograph_raises_no_flag_and_the_figures_are_in_range() -> Non
     assert grey["grayscale"] is True
     assert grey["entropy"] == 0.0
     assert grey["aspect_ratio"] == 3.0
+
+
+def test_every_flag_has_a_threshold_and_a_gate_allowance() -> None:
+    from spark_jobs.quality.thresholds import FlagSharesConfig
+
+    assert tuple(FlagSharesConfig.model_fields) == audit.FLAGS
+    assert len(FlagsConfig.model_fields) == len(audit.FLAGS) - 1  # grayscale needs no threshold

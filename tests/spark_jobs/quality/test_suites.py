@@ -39,6 +39,14 @@ def _rows(per_class: int = 40) -> list[dict]:
                     "height": SIZE,
                     "width": SIZE,
                     "pixels": bytes(SIZE * SIZE * 3),
+                    "cluster_id": image_id,
+                    "sharpness": 100.0,
+                    "brightness": 0.5,
+                    "contrast": 0.2,
+                    "entropy": 5.0,
+                    "grayscale": False,
+                    "aspect_ratio": 1.0,
+                    "flags": [],
                 }
             )
     return rows
@@ -46,7 +54,9 @@ def _rows(per_class: int = 40) -> list[dict]:
 
 SCHEMA = (
     "image_id string, source_uri string, label string, split string, size_bytes long, orig_width int, "
-    "orig_height int, orig_format string, orig_mode string, height int, width int, pixels binary"
+    "orig_height int, orig_format string, orig_mode string, height int, width int, pixels binary, "
+    "cluster_id string, sharpness double, brightness double, contrast double, entropy double, "
+    "grayscale boolean, aspect_ratio double, flags array<string>"
 )
 
 
@@ -65,7 +75,7 @@ def _failed(result: gate.GateResult) -> set[tuple[str, str, str]]:
 def test_good_table_passes(spark, tmp_path: Path) -> None:
     result = _validate(spark, tmp_path, _rows())
     assert result.success, result.summary()
-    assert len(result.checks) == 28
+    assert len(result.checks) == 36  # 28, and a null check of each audit column
     assert (tmp_path / "report" / "docs" / "index.html").exists()
     assert (tmp_path / "report" / "summary.txt").read_text().startswith("gate ingest: PASSED")
 
@@ -445,3 +455,78 @@ def test_class_drift_stops_a_big_enough_batch(spark, tmp_path: Path) -> None:
     assert verdict(frame, 21).success  # a batch too small to judge its drift
     balanced = spark.createDataFrame(_prediction_rows(), PREDICTION_SCHEMA)
     assert verdict(balanced, 10).success
+
+
+# ---- the dataset audit ----------------------------------------------------------------------
+
+FLAGS = ["blurry", "dark", "light", "low_contrast", "low_information", "grayscale", "odd_aspect"]
+
+
+def _audit(spark, rows: list[dict], pairs: list[tuple[str, str]], split_by: str) -> suites.Audit:
+    images = spark.createDataFrame(rows, SCHEMA)
+    pair_frame = spark.createDataFrame(pairs, "image_id_a string, image_id_b string")
+    summary = suites.near_duplicate_summary(images.select("image_id", "split", "cluster_id"), pair_frame)
+    return suites.Audit(summary, suites.flag_shares(images.select("label", "flags"), CLASSES, FLAGS), split_by)
+
+
+def _clustered(rows: list[dict], spread: bool) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Three near-duplicates of the first image: in its split, or (``spread``) in another one too."""
+    rows = [dict(r) for r in rows]
+    first = rows[0]
+    pairs = []
+    for r in rows[1:4]:
+        r["cluster_id"] = first["image_id"]
+        r["split"] = first["split"]
+        pairs.append((first["image_id"], r["image_id"]))
+    if spread:
+        rows[3]["split"] = next(s for s in ("train", "val", "test") if s != first["split"])
+    return rows, pairs
+
+
+def _validate_audit(spark, tmp_path: Path, audit: suites.Audit, gate_config: RawGateConfig):
+    checks = suites.audit_batches(audit, gate_config)
+    return gate.validate("ingest", checks, tmp_path / "report")
+
+
+def test_a_cluster_kept_in_one_split_passes_and_its_figures_are_counted(spark, tmp_path: Path) -> None:
+    rows, pairs = _clustered(_rows(), spread=False)
+    audit = _audit(spark, rows, pairs, "cluster")
+    figures = audit.near_duplicates.iloc[0].to_dict()
+    assert figures == {
+        "pairs": 3,
+        "clusters": 1,
+        "images_in_clusters": 4,
+        "clusters_spanning_splits": 0,
+        "cross_split_pairs": 0,
+    }
+    assert _validate_audit(spark, tmp_path, audit, RawGateConfig()).success
+
+
+def test_a_cluster_spanning_two_splits_stops_the_gate(spark, tmp_path: Path) -> None:
+    """Broken on purpose: one copy of a cluster moved to another split."""
+    rows, pairs = _clustered(_rows(), spread=True)
+    result = _validate_audit(spark, tmp_path, _audit(spark, rows, pairs, "cluster"), RawGateConfig())
+    assert not result.success
+    assert ("near_duplicates", "expect_column_values_to_be_between", "clusters_spanning_splits") in _failed(result)
+
+
+def test_with_splits_by_image_the_pairs_across_splits_are_held_to_their_allowance(spark, tmp_path: Path) -> None:
+    rows, pairs = _clustered(_rows(), spread=True)
+    audit = _audit(spark, rows, pairs, "image")
+    assert audit.near_duplicates.iloc[0]["cross_split_pairs"] == 1
+    assert not _validate_audit(spark, tmp_path / "strict", audit, RawGateConfig()).success
+    assert _validate_audit(spark, tmp_path / "allowed", audit, RawGateConfig(max_cross_split_pairs=1)).success
+
+
+def test_a_class_with_too_many_flagged_images_stops_the_gate(spark, tmp_path: Path) -> None:
+    rows = [dict(r) for r in _rows()]
+    dogs = [r for r in rows if r["label"] == "dog"]
+    for r in dogs[: int(0.6 * len(dogs))]:
+        r["flags"] = ["blurry", "grayscale"]
+    audit = _audit(spark, rows, [], "cluster")
+    shares = audit.flags.set_index("label")
+    assert shares.loc["dog", "blurry_share"] == pytest.approx(0.6, abs=0.03)
+    assert shares.loc["cat", "blurry_share"] == 0.0
+    result = _validate_audit(spark, tmp_path, audit, RawGateConfig())
+    assert _failed(result) == {("quality_flags", "expect_column_values_to_be_between", "blurry_share")}
+    assert not any(c["kwargs"].get("column") == "grayscale_share" for c in result.checks)  # 1.0: not gated

@@ -1,0 +1,228 @@
+"""Near-duplicate clusters of an image table, from the signatures ingest measured while decoding
+(:mod:`spark_jobs.imaging.audit`), never by comparing all pairs:
+
+1. candidates: LSH banding. Each image's whole-picture vector and its five crop views' vectors get
+   ``bands`` keys of ``bits`` random-hyperplane signs each; two images are a candidate when the
+   whole view of one shares a key with any view of the other (a Spark join on ``(band, key)``);
+2. verification, per candidate pair: the best view cosine must reach ``candidate_cosine``, then the
+   aligned match score ``min_score`` with the mean colours at most ``max_colour_distance`` apart;
+3. connected components of the verified pairs give the clusters: ``cluster_id`` is the smallest
+   ``image_id`` of its cluster.
+
+The verified pairs are ``near_duplicates.parquet`` (:data:`PAIRS_SCHEMA`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+import pandas as pd
+
+from spark_jobs.core.ingest_config import AuditConfig
+from spark_jobs.imaging import audit
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+METHOD: Final = "lsh-dct-views+aligned-detail"
+PAIRS_SCHEMA: Final = (
+    "image_id_a string, image_id_b string, source_uri_a string, source_uri_b string, "
+    "distance double, score double, view_cosine double, method string"
+)
+_KEYS_SCHEMA = "image_id string, view int, band int, key long"
+_SCORED_SCHEMA = "image_id_a string, image_id_b string, score double, view_cosine double"
+
+
+def hyperplanes(cfg: AuditConfig) -> np.ndarray:
+    """The ``bands * bits`` random hyperplanes of the LSH (the same for a seed everywhere)."""
+    rng = np.random.default_rng(cfg.seed)
+    return rng.standard_normal((cfg.bands * cfg.bits, audit.VECTOR_DIM)).astype(np.float32)
+
+
+def band_keys(vectors: np.ndarray, planes: np.ndarray, bands: int, bits: int, centre: np.ndarray) -> np.ndarray:
+    """``(images, views, bands)`` integer keys: each view's signs on a band's ``bits`` hyperplanes,
+    taken about ``centre`` (the table's mean view vector: images of one kind, such as scans of ink
+    on white, share a direction that would put them all in one bucket). ``vectors``:
+    ``(images, VIEWS * VECTOR_DIM)``."""
+    views = vectors.reshape(len(vectors), audit.VIEWS, audit.VECTOR_DIM) - centre
+    signs = (views @ planes.T > 0).reshape(len(vectors), audit.VIEWS, bands, bits)
+    return (signs.astype(np.int64) << np.arange(bits, dtype=np.int64)).sum(axis=-1)
+
+
+def _keys(frames: Iterator[pd.DataFrame], cfg: AuditConfig, centre: np.ndarray) -> Iterator[pd.DataFrame]:
+    """``(image_id, view, band, key)`` rows of each batch of signatures. A flat picture (no
+    direction in its whole view) gets none: it is matched with nothing (its flags show it)."""
+    planes, width = hyperplanes(cfg), audit.VIEWS * audit.VECTOR_DIM
+    for frame in frames:
+        valid = [
+            (i, v)
+            for i, v in zip(frame["image_id"], frame["dup_vectors"], strict=True)
+            if v is not None and len(v) == width and np.any(v[: audit.VECTOR_DIM])
+        ]
+        if not valid:
+            continue
+        n = len(valid)
+        keys = band_keys(np.asarray([v for _, v in valid], dtype=np.float32), planes, cfg.bands, cfg.bits, centre)
+        yield pd.DataFrame(
+            {
+                "image_id": np.repeat(np.asarray([i for i, _ in valid], dtype=object), audit.VIEWS * cfg.bands),
+                "view": np.tile(np.repeat(np.arange(audit.VIEWS, dtype=np.int32), cfg.bands), n),
+                "band": np.tile(np.arange(cfg.bands, dtype=np.int32), n * audit.VIEWS),
+                "key": keys.ravel(),
+            }
+        )
+
+
+def mean_view(signatures: DataFrame) -> np.ndarray:
+    """The mean of every view vector of the table (one small aggregation)."""
+    from pyspark.sql import functions as F
+
+    width = audit.VIEWS * audit.VECTOR_DIM
+    rows = (
+        signatures.where(F.size("dup_vectors") == width)
+        .select(F.posexplode("dup_vectors").alias("pos", "value"))
+        .groupBy("pos")
+        .agg(F.avg("value").alias("mean"))
+        .collect()
+    )
+    means = np.zeros(width, dtype=np.float32)
+    for row in rows:
+        means[row["pos"]] = row["mean"]
+    return means.reshape(audit.VIEWS, audit.VECTOR_DIM).mean(axis=0)
+
+
+def candidates(signatures: DataFrame, cfg: AuditConfig) -> DataFrame:
+    """``(image_id_a, image_id_b)`` with a < b: every pair one of whose whole views shares a band
+    key with any view of the other. ``signatures``: ``image_id, dup_vectors``."""
+    from pyspark.sql import functions as F
+
+    centre = mean_view(signatures)
+    keys = signatures.select("image_id", "dup_vectors").mapInPandas(lambda it: _keys(it, cfg, centre), _KEYS_SCHEMA)
+    # One shuffle into buckets (the keys are computed once), then each bucket's pairs in the JVM:
+    # every whole view in it against every entry in it.
+    buckets = keys.groupBy("band", "key").agg(F.collect_list(F.struct("image_id", "view")).alias("entries"))
+    buckets = buckets.where(F.size("entries") > 1)
+    pairs = buckets.select(
+        F.explode(
+            F.flatten(
+                F.transform(
+                    F.filter("entries", lambda e: e["view"] == 0),
+                    lambda q: F.transform(
+                        "entries", lambda e: F.struct(q["image_id"].alias("q"), e["image_id"].alias("i"))
+                    ),
+                )
+            )
+        ).alias("pair")
+    ).select("pair.q", "pair.i")
+    pairs = pairs.where(F.col("q") != F.col("i"))
+    return pairs.select(F.least("q", "i").alias("image_id_a"), F.greatest("q", "i").alias("image_id_b")).distinct()
+
+
+def _pair(query: Column, entry: Column) -> Column:
+    from pyspark.sql import functions as F
+
+    return F.struct(query["image_id"].alias("q"), entry["image_id"].alias("i"))
+
+
+def view_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The best cosine of one picture's whole view against the other's views, both ways."""
+    va, vb = (v.reshape(audit.VIEWS, audit.VECTOR_DIM) for v in (a, b))
+    return float(max((vb @ va[0]).max(), (va @ vb[0]).max()))
+
+
+def view_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`view_cosine` of each row of ``a`` with the same row of ``b`` (``(pairs, VIEWS * VECTOR_DIM)``)."""
+    va = a.reshape(len(a), audit.VIEWS, audit.VECTOR_DIM)
+    vb = b.reshape(len(b), audit.VIEWS, audit.VECTOR_DIM)
+    one = np.einsum("pd,pvd->pv", va[:, 0], vb).max(axis=1)
+    return np.maximum(one, np.einsum("pd,pvd->pv", vb[:, 0], va).max(axis=1))
+
+
+class _Details:
+    """The warped and plain details of the thumbnails a task meets, kept for the next pairs of the
+    same image (bounded: ``keep`` images)."""
+
+    def __init__(self, keep: int = 256) -> None:
+        self.keep = keep
+        self.seen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, image_id: str, thumb: bytes) -> tuple[np.ndarray, np.ndarray]:
+        if image_id not in self.seen:
+            if len(self.seen) >= self.keep:
+                self.seen.pop(next(iter(self.seen)))
+            self.seen[image_id] = (audit.warped_details(thumb), audit.detail(thumb))
+        return self.seen[image_id]
+
+
+def _score(frames: Iterator[pd.DataFrame], cfg: AuditConfig) -> Iterator[pd.DataFrame]:
+    """Verified pairs of each batch of candidates (with both signatures)."""
+    details = _Details()
+    for frame in frames:
+        width = audit.VIEWS * audit.VECTOR_DIM
+        cosines = view_cosines(
+            np.stack(frame["vec_a"].to_numpy()).astype(np.float32).reshape(-1, width),
+            np.stack(frame["vec_b"].to_numpy()).astype(np.float32).reshape(-1, width),
+        )
+        out = []
+        for row, cosine in zip(frame.itertuples(index=False), cosines, strict=True):
+            a, b = bytes(row.thumb_a), bytes(row.thumb_b)
+            if cosine < cfg.candidate_cosine or audit.colour_distance(a, b) > cfg.max_colour_distance:
+                continue
+            (warped_a, plain_a), (warped_b, plain_b) = details(row.image_id_a, a), details(row.image_id_b, b)
+            score = float(max((warped_a @ plain_b).max(), (warped_b @ plain_a).max()))
+            if score >= cfg.min_score:
+                out.append((row.image_id_a, row.image_id_b, score, float(cosine)))
+        yield pd.DataFrame(out, columns=["image_id_a", "image_id_b", "score", "view_cosine"])
+
+
+def verified(signatures: DataFrame, pairs: DataFrame, cfg: AuditConfig) -> DataFrame:
+    """The candidate ``pairs`` that are near-duplicates, as :data:`PAIRS_SCHEMA` rows.
+    ``signatures``: ``image_id, source_uri, dup_thumb, dup_vectors``."""
+    from pyspark.sql import functions as F
+
+    side = {
+        s: signatures.select(
+            F.col("image_id").alias(f"image_id_{s}"),
+            F.col("source_uri").alias(f"source_uri_{s}"),
+            F.col("dup_thumb").alias(f"thumb_{s}"),
+            F.col("dup_vectors").alias(f"vec_{s}"),
+        )
+        for s in ("a", "b")
+    }
+    both = pairs.join(side["a"], "image_id_a").join(side["b"], "image_id_b")
+    scored = both.select("image_id_a", "image_id_b", "thumb_a", "thumb_b", "vec_a", "vec_b").mapInPandas(
+        lambda it: _score(it, cfg), _SCORED_SCHEMA
+    )
+    uris = both.select("image_id_a", "image_id_b", "source_uri_a", "source_uri_b")
+    return scored.join(uris, ["image_id_a", "image_id_b"]).select(
+        "image_id_a",
+        "image_id_b",
+        "source_uri_a",
+        "source_uri_b",
+        (1.0 - F.col("score")).alias("distance"),
+        "score",
+        "view_cosine",
+        F.lit(METHOD).alias("method"),
+    )
+
+
+def clusters(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """``{image_id: cluster_id}`` of every image in a verified pair: the connected components of
+    the pairs, each named by its smallest image id (images in no pair are their own cluster)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    ids = sorted({i for pair in pairs for i in pair})
+    if not ids:
+        return {}
+    index = {i: n for n, i in enumerate(ids)}
+    rows = [index[a] for a, _ in pairs]
+    cols = [index[b] for _, b in pairs]
+    graph = coo_matrix((np.ones(len(pairs)), (rows, cols)), shape=(len(ids), len(ids)))
+    _, labels = connected_components(graph, directed=False)
+    smallest: dict[int, str] = {}
+    for i in ids:  # sorted: the first of each component is its smallest id
+        smallest.setdefault(int(labels[index[i]]), i)
+    return {i: smallest[int(labels[index[i]])] for i in ids}
