@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "ingest"
 PAIRS = "near_duplicates.parquet"  # the verified near-duplicate pairs, beside the two tables
+MAX_QUARANTINED = 12  # quarantined files shown per reason on the gate's page
 
 _TABLE = "_table"
 
@@ -327,11 +328,17 @@ def audit(spark: SparkSession, staging: Path, classes: list[str], cfg: IngestPar
 def show(
     spark: SparkSession, run: runner.StageRun, cfg: IngestParams, files_seen: int, stats: suites.Stats, reasons: dict
 ) -> None:
-    """What the raw gate's report page shows besides its checks: the counts and the quarantined files."""
-    shown = read_quarantine(spark, run.staging).orderBy("source_uri").limit(report.MAX_THUMBS).collect()
+    """What the raw gate's report page shows besides its checks: the counts and the quarantined
+    files, grouped by reason (up to MAX_QUARANTINED of each)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    rank = F.row_number().over(Window.partitionBy("reason").orderBy("source_uri"))
+    table = read_quarantine(spark, run.staging).withColumn("_rank", rank)
+    shown = table.where(F.col("_rank") <= MAX_QUARANTINED).orderBy("reason", "source_uri").collect()
     run.exhibits.counts = {"files seen": files_seen, "images per split": stats.by(1), "quarantined": reasons}
     cap = min(cfg.ingest.max_file_bytes, exhibits.MAX_THUMB_BYTES)
-    run.exhibits.galleries = [exhibits.quarantine_gallery([r.asDict() for r in shown], sum(reasons.values()), cap)]
+    run.exhibits.galleries = exhibits.quarantine_galleries([r.asDict() for r in shown], reasons, cap)
 
 
 # The figure a person checks a flag by (grayscale is seen, not measured).

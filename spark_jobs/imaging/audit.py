@@ -212,7 +212,7 @@ def quality(im: Image.Image, orig_width: int, orig_height: int) -> dict[str, Any
         "sharpness": float(laplace(grey_f).var()),
         "brightness": float(grey_f.mean() / 255),
         "contrast": float(grey_f.std() / 255),
-        "entropy": float(-(p * np.log2(p)).sum()),
+        "entropy": float(-(p * np.log2(p)).sum()) + 0.0,  # + 0.0: a flat picture's is 0, not -0
         "grayscale": bool((rgb.max(axis=2) - rgb.min(axis=2)).max() <= 2),
         "aspect_ratio": float(orig_width / orig_height),
     }

@@ -5,8 +5,9 @@ correct ones as thumbnails, with true label, predicted label and probability (fo
 its false alarms and missed anomalies, with their scores).
 
 Pure functions pick the rows (:func:`picks`) and build the galleries from the images' pixels;
-only :func:`write_predictions` writes. :func:`quarantine_gallery` is ingest's and scoring's
-gallery of the files they could not use."""
+only :func:`write_predictions` writes. :func:`quarantine_galleries` (ingest's, by reason) and
+:func:`quarantine_gallery` (scoring's) show the files they could not use; :func:`cluster_galleries`
+and :func:`flag_galleries` show ingest's near-duplicate clusters and quality flags."""
 
 from __future__ import annotations
 
@@ -108,7 +109,24 @@ def shown_ids(rows: pd.DataFrame) -> list[str]:
     return [*wrong["image_id"].head(MAX_THUMBS), *unsure["image_id"].head(MAX_THUMBS)]
 
 
-def quarantine_gallery(records: Sequence[Mapping[str, Any]], total: int, max_bytes: int = MAX_THUMB_BYTES) -> Gallery:
+def quarantine_galleries(
+    records: Sequence[Mapping[str, Any]], totals: Mapping[str, int], max_bytes: int = MAX_THUMB_BYTES
+) -> list[Gallery]:
+    """The quarantined files of a run grouped by reason, one gallery each (``records``: a sample
+    per reason; ``totals``: the files per reason), most common reason first."""
+    by_reason: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        by_reason.setdefault(str(r["reason"]), []).append(r)
+    order = sorted(totals, key=lambda reason: (-totals[reason], reason))
+    return [
+        quarantine_gallery(by_reason.get(reason, []), totals[reason], max_bytes, f"Quarantined: {reason}")
+        for reason in order
+    ] or [quarantine_gallery([], 0, max_bytes)]
+
+
+def quarantine_gallery(
+    records: Sequence[Mapping[str, Any]], total: int, max_bytes: int = MAX_THUMB_BYTES, title: str = "Quarantined files"
+) -> Gallery:
     """The quarantined files of a run (the first :data:`MAX_THUMBS` of ``records``: ``source_uri``,
     ``reason``, ``detail``), each as a thumbnail when its bytes can still be read and decode at all
     (files over ``max_bytes`` are named, not read)."""
@@ -122,7 +140,7 @@ def quarantine_gallery(records: Sequence[Mapping[str, Any]], total: int, max_byt
         caption = (short_name(str(r["source_uri"])), str(r["reason"]), detail[:160])
         thumbs.append(Thumb(tuple(line for line in caption if line), png))
     note = "Every quarantined file, with its full source URI, is in the run's quarantine table."
-    return Gallery("Quarantined files", tuple(thumbs), total, note)
+    return Gallery(title, tuple(thumbs), total, note)
 
 
 MAX_CLUSTERS = 8  # near-duplicate clusters shown on ingest's page, the largest first

@@ -301,8 +301,9 @@ def test_cli_gate_failure_exits_3_with_report(source_tree, tmp_path: Path) -> No
     page = (tmp_path / "gates" / "ingest" / "report.html").read_text()
     assert "FAILED" in page
     assert "≥ 1000" in page  # each check's threshold beside what it observed
-    # The quarantined files on the page: those whose bytes decode as thumbnails, the others named.
-    assert "Quarantined files" in page
+    # The quarantined files on the page, by reason: those whose bytes decode as thumbnails, the others named.
+    assert "Quarantined: not_an_image" in page
+    assert "Quarantined: empty" in page
     assert page.count("data:image/png;base64,") + page.count("bytes do not decode") >= 1
 
 

@@ -111,3 +111,51 @@ def test_the_quarantine_gallery_draws_what_still_decodes_and_names_the_rest(tmp_
     ]
     assert gallery.thumbs[0].png.startswith(b"\x89PNG")
     assert gallery.thumbs[1].png is None  # gone since: named, no picture
+
+
+def test_quarantined_files_are_grouped_by_reason_the_commonest_first(tmp_path) -> None:
+    records = [
+        {"source_uri": (tmp_path / f"{reason}{i}.png").as_uri(), "reason": reason, "detail": ""}
+        for reason, n in (("truncated", 1), ("empty", 2))
+        for i in range(n)
+    ]
+    galleries = exhibits.quarantine_galleries(records, {"truncated": 1, "empty": 7})
+    assert [(g.title, g.total, len(g.thumbs)) for g in galleries] == [
+        ("Quarantined: empty", 7, 2),
+        ("Quarantined: truncated", 1, 1),
+    ]
+    assert [g.title for g in exhibits.quarantine_galleries([], {})] == ["Quarantined files"]  # none: said so
+
+
+def _pixels(value: int) -> dict:
+    return {"pixels": bytes([value]) * 4 * 4 * 3, "height": 4, "width": 4}
+
+
+def test_clusters_are_shown_the_largest_first_with_their_splits() -> None:
+    members = [
+        {"cluster_id": "b", "source_uri": "file:///x/c/1.png", "split": "train", "score": 1.0, **_pixels(10)},
+        {"cluster_id": "a", "source_uri": "file:///x/c/2.png", "split": "test", "score": 0.97, **_pixels(20)},
+        {"cluster_id": "b", "source_uri": "file:///x/c/3.png", "split": "train", "score": 0.99, **_pixels(30)},
+        {"cluster_id": "b", "source_uri": "file:///x/c/4.png", "split": "train", "score": 0.99, **_pixels(40)},
+        {"cluster_id": "a", "source_uri": "file:///x/c/5.png", "split": "test", "score": 1.0, **_pixels(50)},
+    ]
+    galleries = exhibits.cluster_galleries(members, clusters=9, images_in_clusters=30)
+    assert [(g.title, g.total) for g in galleries] == [
+        ("Near-duplicate cluster 1 of 9", 3),
+        ("Near-duplicate cluster 2 of 9", 2),
+    ]
+    assert galleries[0].thumbs[1].caption == ("c/3.png", "split train", "match 0.990")
+    assert "30 images" in galleries[0].note
+    assert all(t.png.startswith(b"\x89PNG") for g in galleries for t in g.thumbs)
+
+
+def test_each_flag_gets_its_gallery_with_the_figure_behind_it() -> None:
+    flagged = [
+        {"flag": "dark", "source_uri": "file:///x/a/1.png", "label": "a", "figure_name": "brightness", "figure": 0.04}
+        | _pixels(5),
+        {"flag": "blurry", "source_uri": "file:///x/a/2.png", "label": "a", "figure_name": "sharpness", "figure": 3.2}
+        | _pixels(90),
+    ]
+    galleries = exhibits.flag_galleries(flagged, {"dark": 40, "blurry": 1})
+    assert [(g.title, g.total) for g in galleries] == [("Flagged blurry", 1), ("Flagged dark", 40)]
+    assert galleries[1].thumbs[0].caption == ("a/1.png", "a", "brightness 0.04")
