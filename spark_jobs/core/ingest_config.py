@@ -57,6 +57,8 @@ class AuditConfig(Section):
     bands: int = Field(96, ge=1, le=512)
     bits: int = Field(18, ge=4, le=62)
     candidate_cosine: float = Field(0.75, ge=-1.0, le=1.0)
+    # ... and only among each image's max_candidates partners with the most band collisions.
+    max_candidates: int = Field(20, ge=1, le=10_000)
     # A candidate is a near-duplicate when its match score reaches ``min_score`` and the mean
     # colours are at most ``max_colour_distance`` apart (spark_jobs/imaging/audit.py).
     min_score: float = Field(0.84, gt=0.0, le=1.0)

@@ -2,8 +2,10 @@
 (:mod:`spark_jobs.imaging.audit`), never by comparing all pairs:
 
 1. candidates: LSH banding. Each image's whole-picture vector and its five crop views' vectors get
-   ``bands`` keys of ``bits`` random-hyperplane signs each; two images are a candidate when the
-   whole view of one shares a key with any view of the other (a Spark join on ``(band, key)``);
+   ``bands`` keys of ``bits`` random-hyperplane signs each (one shuffle into ``(band, key)``
+   buckets); in a bucket, sorted along a random direction of its band, each entry is paired with
+   the next ``max_candidates``, and each image keeps its ``max_candidates`` partners with the most
+   such collisions (so a table of look-alikes costs no more than that per image);
 2. verification, per candidate pair: the best view cosine must reach ``candidate_cosine``, then the
    aligned match score ``min_score`` with the mean colours at most ``max_colour_distance`` apart;
 3. connected components of the verified pairs give the clusters: ``cluster_id`` is the smallest
@@ -31,7 +33,7 @@ PAIRS_SCHEMA: Final = (
     "image_id_a string, image_id_b string, source_uri_a string, source_uri_b string, "
     "distance double, score double, view_cosine double, method string"
 )
-_KEYS_SCHEMA = "image_id string, view int, band int, key long"
+_KEYS_SCHEMA = "image_id string, view int, band int, key long, order float"
 _SCORED_SCHEMA = "image_id_a string, image_id_b string, score double, view_cosine double"
 
 
@@ -52,9 +54,11 @@ def band_keys(vectors: np.ndarray, planes: np.ndarray, bands: int, bits: int, ce
 
 
 def _keys(frames: Iterator[pd.DataFrame], cfg: AuditConfig, centre: np.ndarray) -> Iterator[pd.DataFrame]:
-    """``(image_id, view, band, key)`` rows of each batch of signatures. A flat picture (no
-    direction in its whole view) gets none: it is matched with nothing (its flags show it)."""
+    """``(image_id, view, band, key, order)`` rows of each batch of signatures (``order``: the
+    view's position along a random direction of its band, which sorts a bucket). A flat picture
+    (no direction in its whole view) gets none: it is matched with nothing (its flags show it)."""
     planes, width = hyperplanes(cfg), audit.VIEWS * audit.VECTOR_DIM
+    orders = np.random.default_rng(cfg.seed + 1).standard_normal((cfg.bands, audit.VECTOR_DIM)).astype(np.float32)
     for frame in frames:
         valid = [
             (i, v)
@@ -64,13 +68,16 @@ def _keys(frames: Iterator[pd.DataFrame], cfg: AuditConfig, centre: np.ndarray) 
         if not valid:
             continue
         n = len(valid)
-        keys = band_keys(np.asarray([v for _, v in valid], dtype=np.float32), planes, cfg.bands, cfg.bits, centre)
+        vectors = np.asarray([v for _, v in valid], dtype=np.float32)
+        keys = band_keys(vectors, planes, cfg.bands, cfg.bits, centre)
+        views = vectors.reshape(n, audit.VIEWS, audit.VECTOR_DIM) - centre
         yield pd.DataFrame(
             {
                 "image_id": np.repeat(np.asarray([i for i, _ in valid], dtype=object), audit.VIEWS * cfg.bands),
                 "view": np.tile(np.repeat(np.arange(audit.VIEWS, dtype=np.int32), cfg.bands), n),
                 "band": np.tile(np.arange(cfg.bands, dtype=np.int32), n * audit.VIEWS),
                 "key": keys.ravel(),
+                "order": (views @ orders.T).ravel(),  # (image, view, band): each band's own direction
             }
         )
 
@@ -94,36 +101,51 @@ def mean_view(signatures: DataFrame) -> np.ndarray:
 
 
 def candidates(signatures: DataFrame, cfg: AuditConfig) -> DataFrame:
-    """``(image_id_a, image_id_b)`` with a < b: every pair one of whose whole views shares a band
-    key with any view of the other. ``signatures``: ``image_id, dup_vectors``."""
+    """``(image_id_a, image_id_b)`` with a < b: pairs with views that share a band key and lie within
+    ``max_candidates`` entries of each other in that bucket's order, each image keeping its
+    ``max_candidates`` partners with the most such collisions (:func:`nearest`). The work grows
+    with the table times ``max_candidates``, not with the square of a bucket. ``signatures``:
+    ``image_id, dup_vectors``."""
     from pyspark.sql import functions as F
 
     centre = mean_view(signatures)
     keys = signatures.select("image_id", "dup_vectors").mapInPandas(lambda it: _keys(it, cfg, centre), _KEYS_SCHEMA)
     # One shuffle into buckets (the keys are computed once), then each bucket's pairs in the JVM:
-    # every whole view in it against every entry in it.
-    buckets = keys.groupBy("band", "key").agg(F.collect_list(F.struct("image_id", "view")).alias("entries"))
-    buckets = buckets.where(F.size("entries") > 1)
-    pairs = buckets.select(
-        F.explode(
-            F.flatten(
-                F.transform(
-                    F.filter("entries", lambda e: e["view"] == 0),
-                    lambda q: F.transform(
-                        "entries", lambda e: F.struct(q["image_id"].alias("q"), e["image_id"].alias("i"))
-                    ),
-                )
-            )
-        ).alias("pair")
-    ).select("pair.q", "pair.i")
+    # its entries sorted along the band's direction, each whole view paired with the
+    # ``max_candidates`` entries either side of it (every pair of a small bucket; in a bucket of
+    # look-alikes, the nearest, never all of them).
+    entries = F.array_sort(F.collect_list(F.struct("order", "image_id", "view")))
+    buckets = keys.groupBy("band", "key").agg(entries.alias("e")).where(F.size("e") > 1)
+    reach = cfg.max_candidates
+
+    def around(i: Column) -> Column:
+        start = F.greatest(i - reach, F.lit(1))
+        near = F.slice("e", start, i + reach - start + 1)
+        pairs = F.transform(
+            near, lambda x: F.struct(F.col("e")[i - 1]["image_id"].alias("q"), x["image_id"].alias("i"))
+        )
+        return F.when(F.col("e")[i - 1]["view"] == 0, pairs).otherwise(F.array())
+
+    pairs = buckets.select(F.explode(F.flatten(F.transform(F.sequence(F.lit(1), F.size("e")), around))).alias("pair"))
+    pairs = pairs.select("pair.q", "pair.i")
     pairs = pairs.where(F.col("q") != F.col("i"))
-    return pairs.select(F.least("q", "i").alias("image_id_a"), F.greatest("q", "i").alias("image_id_b")).distinct()
+    ordered = pairs.select(F.least("q", "i").alias("image_id_a"), F.greatest("q", "i").alias("image_id_b"))
+    return nearest(ordered.groupBy("image_id_a", "image_id_b").agg(F.count("*").alias("hits")), cfg.max_candidates)
 
 
-def _pair(query: Column, entry: Column) -> Column:
+def nearest(hits: DataFrame, k: int) -> DataFrame:
+    """``(image_id_a, image_id_b)`` of the pairs among either image's ``k`` partners with the most
+    ``hits`` (band collisions: a copy collides in most bands, a look-alike in few). Verification
+    then costs at most ``k`` pairs per image, however alike the images of a table are."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    return F.struct(query["image_id"].alias("q"), entry["image_id"].alias("i"))
+    ends = hits.select(F.col("image_id_a").alias("end"), "image_id_a", "image_id_b", "hits").unionByName(
+        hits.select(F.col("image_id_b").alias("end"), "image_id_a", "image_id_b", "hits")
+    )
+    rank = F.row_number().over(Window.partitionBy("end").orderBy(F.desc("hits"), "image_id_a", "image_id_b"))
+    kept = ends.withColumn("_rank", rank).where(F.col("_rank") <= k)
+    return kept.select("image_id_a", "image_id_b").distinct()
 
 
 def view_cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -68,3 +68,14 @@ def test_the_spark_job_finds_the_planted_copies_and_nothing_else(spark) -> None:
     assert row["source_uri_a"].endswith(f"{row['image_id_a']}.png")
     clusters = near_duplicates.clusters(sorted(found))
     assert all(cluster == min(cluster, image) for image, cluster in clusters.items())
+
+
+@pytest.mark.spark
+def test_each_image_keeps_its_partners_with_the_most_collisions(spark) -> None:
+    """A table of look-alikes: image x collides with everyone, most with its copy x2."""
+    rows = [("x", "x2", 40), ("a", "x", 9), ("b", "x", 8), ("c", "x", 7), ("a", "b", 30), ("b", "c", 2)]
+    hits = spark.createDataFrame(rows, "image_id_a string, image_id_b string, hits long")
+    kept = {(r[0], r[1]) for r in near_duplicates.nearest(hits, 1).collect()}
+    # x keeps x2; a and b keep each other; c keeps its best, x (a pair stays when either end keeps it)
+    assert kept == {("x", "x2"), ("a", "b"), ("c", "x")}
+    assert {(r[0], r[1]) for r in near_duplicates.nearest(hits, 10).collect()} == {(a, b) for a, b, _ in rows}
