@@ -11,13 +11,13 @@ Candidates are the pairs whose best view cosine (:mod:`spark_jobs.imaging.audit`
 vectors, one picture's whole view against the other's views) reaches ``--candidate``; every pair
 is scored against it here, all pairs, which is what the banded LSH of the Spark job approximates.
 Candidates are then verified: the match score at least ``--min-score`` and the mean colours at
-most ``--max-colour`` apart (:func:`spark_jobs.imaging.audit.is_match`). Reported: recall of the
+most ``--max-colour`` apart (:func:`spark_jobs.imaging.audit.match`). Reported: recall of the
 planted pairs and pair precision at those settings, per transform, and the best recall at
 precision >= 0.99 over all score thresholds (at ``--max-colour``); beside it, a plain 64-bit DCT
 hash (the median-threshold pHash of the 32 x 32 grey picture) at its best Hamming threshold with
 precision >= 0.99, for reference.
 
-    python bench/near_duplicates.py [--candidate 0.75] [--min-score 0.8] [--max-colour 0.015]
+    python bench/near_duplicates.py [--candidate 0.75] [--min-score 0.84] [--max-colour 0.015]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from scipy.fft import dctn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from spark_jobs.core.ingest_config import AuditConfig
 from spark_jobs.imaging import audit
 from tests.near_duplicate_corpus import TRANSFORMS, corpus
 
@@ -115,9 +116,10 @@ def measure(candidate: float, min_score: float, max_colour: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--candidate", type=float, default=0.75)
-    parser.add_argument("--min-score", type=float, default=audit.MIN_SCORE)
-    parser.add_argument("--max-colour", type=float, default=audit.MAX_COLOUR_DISTANCE)
+    defaults = AuditConfig()  # the photographs' defaults, as ingest has them
+    parser.add_argument("--candidate", type=float, default=defaults.candidate_cosine)
+    parser.add_argument("--min-score", type=float, default=defaults.min_score)
+    parser.add_argument("--max-colour", type=float, default=defaults.max_colour_distance)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "near_duplicates.json")
     args = parser.parse_args(argv)
     result = measure(args.candidate, args.min_score, args.max_colour)

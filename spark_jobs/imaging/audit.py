@@ -15,7 +15,7 @@ The signature (:func:`signature`):
 The match score of a pair is the best normalised cross-correlation of the two thumbnails' detail
 (the thumbnail minus its blur: the flat gradients of a sky or a wall do not count) over a grid of
 small zooms, shifts and rotations, tried both ways round. A pair is a near-duplicate when that
-score is high and their mean colours are close (:func:`is_match`).
+score is high and their mean colours are close (:func:`match`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from PIL import Image
 from scipy.fft import dctn
 from scipy.ndimage import gaussian_filter, laplace
 
-from spark_jobs.core.ingest_config import FlagsConfig
+from spark_jobs.core.ingest_config import AuditConfig, FlagsConfig
 
 THUMB_SIDE: Final = 32
 VECTOR_SIDE: Final = 32
@@ -160,40 +160,35 @@ def _as_grey(thumb: bytes) -> np.ndarray:
     )
 
 
-def warped_details(thumb: bytes) -> np.ndarray:
-    """The detail (the thumbnail minus its blur: flat gradients left out) of a thumbnail under every
-    warp, one unit row each."""
-    warped = _warp_matrix() @ _highpass(_as_grey(thumb)).ravel()
-    return _unit_rows(warped.reshape(-1, (THUMB_SIDE - 2 * _MARGIN) ** 2))
-
-
-def detail(thumb: bytes) -> np.ndarray:
-    """The detail of a thumbnail as it is (no warp), a unit vector."""
-    inside = _highpass(_as_grey(thumb))[_MARGIN:-_MARGIN, _MARGIN:-_MARGIN]
-    return _unit_rows(inside.reshape(1, -1))[0]
+@lru_cache(maxsize=256)
+def details(thumb: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """``(warped, plain)``: the detail of a thumbnail (the thumbnail minus its blur: flat gradients
+    left out) under every warp, one unit row each, and as it is, a unit vector. Kept for the
+    thumbnails met last: an image's candidate pairs come one after another."""
+    grey = _highpass(_as_grey(thumb))
+    warped = _warp_matrix() @ grey.ravel()
+    plain = grey[_MARGIN:-_MARGIN, _MARGIN:-_MARGIN].reshape(1, -1)
+    return _unit_rows(warped.reshape(-1, (THUMB_SIDE - 2 * _MARGIN) ** 2)), _unit_rows(plain)[0]
 
 
 def match_score(thumb_a: bytes, thumb_b: bytes) -> float:
     """How well two thumbnails line up: the best correlation of their detail over every warp of
     one against the other, both ways round (1.0: the same picture; about 0 unrelated)."""
-    one = float((warped_details(thumb_a) @ detail(thumb_b)).max())
-    return max(one, float((warped_details(thumb_b) @ detail(thumb_a)).max()))
+    (warped_a, plain_a), (warped_b, plain_b) = details(thumb_a), details(thumb_b)
+    return max(float((warped_a @ plain_b).max()), float((warped_b @ plain_a).max()))
 
 
-MIN_SCORE: Final = 0.84
-MAX_COLOUR_DISTANCE: Final = 0.015
-
-
-def is_match(
-    thumb_a: bytes, thumb_b: bytes, min_score: float = MIN_SCORE, max_colour: float = MAX_COLOUR_DISTANCE
-) -> bool:
-    """Whether two signatures are near-duplicates: their detail lines up and their colours agree."""
-    return colour_distance(thumb_a, thumb_b) <= max_colour and match_score(thumb_a, thumb_b) >= min_score
+def match(thumb_a: bytes, thumb_b: bytes, cfg: AuditConfig) -> float | None:
+    """The match score of two signatures when they are near-duplicates under ``cfg``: their mean
+    colours at most ``max_colour_distance`` apart and their detail lining up to ``min_score``;
+    None when they are not."""
+    if colour_distance(thumb_a, thumb_b) > cfg.max_colour_distance:
+        return None
+    score = match_score(thumb_a, thumb_b)
+    return score if score >= cfg.min_score else None
 
 
 # ---- quality figures ------------------------------------------------------------------------
-
-QUALITY_FIELDS: Final = ("sharpness", "brightness", "contrast", "entropy", "grayscale", "aspect_ratio")
 
 
 def quality(im: Image.Image, orig_width: int, orig_height: int) -> dict[str, Any]:

@@ -148,53 +148,29 @@ def nearest(hits: DataFrame, k: int) -> DataFrame:
     return kept.select("image_id_a", "image_id_b").distinct()
 
 
-def view_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """The best cosine of one picture's whole view against the other's views, both ways."""
-    va, vb = (v.reshape(audit.VIEWS, audit.VECTOR_DIM) for v in (a, b))
-    return float(max((vb @ va[0]).max(), (va @ vb[0]).max()))
-
-
 def view_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """:func:`view_cosine` of each row of ``a`` with the same row of ``b`` (``(pairs, VIEWS * VECTOR_DIM)``)."""
+    """The best cosine of one picture's whole view against the other's views, both ways, for each
+    row of ``a`` with the same row of ``b`` (``(pairs, VIEWS * VECTOR_DIM)``)."""
     va = a.reshape(len(a), audit.VIEWS, audit.VECTOR_DIM)
     vb = b.reshape(len(b), audit.VIEWS, audit.VECTOR_DIM)
     one = np.einsum("pd,pvd->pv", va[:, 0], vb).max(axis=1)
     return np.maximum(one, np.einsum("pd,pvd->pv", vb[:, 0], va).max(axis=1))
 
 
-class _Details:
-    """The warped and plain details of the thumbnails a task meets, kept for the next pairs of the
-    same image (bounded: ``keep`` images)."""
-
-    def __init__(self, keep: int = 256) -> None:
-        self.keep = keep
-        self.seen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-    def __call__(self, image_id: str, thumb: bytes) -> tuple[np.ndarray, np.ndarray]:
-        if image_id not in self.seen:
-            if len(self.seen) >= self.keep:
-                self.seen.pop(next(iter(self.seen)))
-            self.seen[image_id] = (audit.warped_details(thumb), audit.detail(thumb))
-        return self.seen[image_id]
-
-
 def _score(frames: Iterator[pd.DataFrame], cfg: AuditConfig) -> Iterator[pd.DataFrame]:
     """Verified pairs of each batch of candidates (with both signatures)."""
-    details = _Details()
+    width = audit.VIEWS * audit.VECTOR_DIM
     for frame in frames:
-        width = audit.VIEWS * audit.VECTOR_DIM
         cosines = view_cosines(
             np.stack(frame["vec_a"].to_numpy()).astype(np.float32).reshape(-1, width),
             np.stack(frame["vec_b"].to_numpy()).astype(np.float32).reshape(-1, width),
         )
         out = []
         for row, cosine in zip(frame.itertuples(index=False), cosines, strict=True):
-            a, b = bytes(row.thumb_a), bytes(row.thumb_b)
-            if cosine < cfg.candidate_cosine or audit.colour_distance(a, b) > cfg.max_colour_distance:
+            if cosine < cfg.candidate_cosine:
                 continue
-            (warped_a, plain_a), (warped_b, plain_b) = details(row.image_id_a, a), details(row.image_id_b, b)
-            score = float(max((warped_a @ plain_b).max(), (warped_b @ plain_a).max()))
-            if score >= cfg.min_score:
+            score = audit.match(bytes(row.thumb_a), bytes(row.thumb_b), cfg)
+            if score is not None:
                 out.append((row.image_id_a, row.image_id_b, score, float(cosine)))
         yield pd.DataFrame(out, columns=["image_id_a", "image_id_b", "score", "view_cosine"])
 

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from spark_jobs.core.ingest_config import FlagsConfig
-from spark_jobs.imaging import audit
+from spark_jobs.core.ingest_config import AuditConfig, FlagsConfig
+from spark_jobs.imaging import audit, near_duplicates
 from tests.near_duplicate_corpus import TRANSFORMS, corpus, photographs
+
+DEFAULTS = AuditConfig()  # the photographs' settings
 
 
 @pytest.fixture(scope="module")
@@ -23,20 +25,23 @@ def planted() -> tuple[list, list]:
 
 def best_view_cosine(a: list[float], b: list[float]) -> float:
     """The candidate similarity: one picture's whole view against the other's six views, both ways."""
-    va, vb = (np.asarray(v, dtype=np.float32).reshape(audit.VIEWS, audit.VECTOR_DIM) for v in (a, b))
-    return float(max((vb @ va[0]).max(), (va @ vb[0]).max()))
+    return float(near_duplicates.view_cosines(np.asarray([a], np.float32), np.asarray([b], np.float32))[0])
+
+
+def is_match(a: bytes, b: bytes) -> bool:
+    return audit.match(a, b, DEFAULTS) is not None
 
 
 def test_every_planted_copy_matches_its_base_and_no_two_bases_match(planted: tuple[list, list]) -> None:
     items, sigs = planted
     by_name = dict(zip((i.name for i in items), sigs, strict=True))
     copies = [i for i in items if i.transform not in (None, "flip")]
-    missed = sorted(c.name for c in copies if not audit.is_match(by_name[f"base-{c.base}"][0], by_name[c.name][0]))
+    missed = sorted(c.name for c in copies if not is_match(by_name[f"base-{c.base}"][0], by_name[c.name][0]))
     assert len(missed) <= 0.05 * len(copies), missed  # recall >= 0.95 of the planted pairs
     unrelated = [
         (a.name, b.name)
         for (a, sa), (b, sb) in itertools.combinations(zip(items, sigs, strict=True), 2)
-        if a.base != b.base and audit.is_match(sa[0], sb[0])
+        if a.base != b.base and is_match(sa[0], sb[0])
     ]
     assert unrelated == []  # no false pair: textures and crops of one photograph among them
     candidates = [best_view_cosine(by_name[f"base-{c.base}"][1], by_name[c.name][1]) for c in copies]
@@ -63,9 +68,9 @@ def test_a_picture_matches_itself_and_a_flat_one_matches_nothing() -> None:
     tiny = audit.signature(Image.new("L", (8, 8), 0))  # any mode, any size down to ingest's min_side
     assert len(tiny[0]) == audit.THUMB_SIDE**2 + 2
     blue, grey = (audit.signature(Image.new("RGB", (40, 40), c))[0] for c in ((90, 140, 220), (140, 140, 140)))
-    assert audit.colour_distance(blue, grey) > audit.MAX_COLOUR_DISTANCE
+    assert audit.colour_distance(blue, grey) > DEFAULTS.max_colour_distance
     darker = audit.signature(Image.new("RGB", (40, 40), (72, 112, 176)))[0]  # the blue at 80 % brightness
-    assert audit.colour_distance(blue, darker) <= audit.MAX_COLOUR_DISTANCE
+    assert audit.colour_distance(blue, darker) <= DEFAULTS.max_colour_distance
 
 
 def photo() -> Image.Image:
