@@ -167,10 +167,11 @@ def replace_files(
     shutil.rmtree(rewrite)
 
 
-def find_near_duplicates(spark: SparkSession, images_dir: Path, target: Path, cfg: IngestConfig) -> dict[str, str]:
+def find_near_duplicates(
+    spark: SparkSession, images_dir: Path, target: Path, cfg: IngestConfig
+) -> list[tuple[str, str, float]]:
     """Write the image table's verified near-duplicate pairs to ``target``
-    (:data:`near_duplicates.PAIRS_SCHEMA`) and return ``{image_id: cluster_id}`` of the images in
-    them (:func:`near_duplicates.clusters`)."""
+    (:data:`near_duplicates.PAIRS_SCHEMA`) and return them as ``(image_id_a, image_id_b, score)``."""
     signatures = (
         spark.read.schema(DECODED_SCHEMA)
         .parquet(spark_path(images_dir))
@@ -179,18 +180,17 @@ def find_near_duplicates(spark: SparkSession, images_dir: Path, target: Path, cf
     pairs = near_duplicates.verified(signatures, near_duplicates.candidates(signatures, cfg.audit), cfg.audit)
     pairs.repartition(1).write.parquet(spark_path(target))  # few rows: one file (the scoring stays parallel)
     found = spark.read.schema(near_duplicates.PAIRS_SCHEMA).parquet(spark_path(target))
-    return near_duplicates.clusters([(r[0], r[1]) for r in found.select("image_id_a", "image_id_b").collect()])
+    return [(r[0], r[1], r[2]) for r in found.select("image_id_a", "image_id_b", "score").collect()]
 
 
-def assign_clusters(spark: SparkSession, images_dir: Path, clusters: dict[str, str], cfg: IngestConfig) -> int:
+def assign_clusters(spark: SparkSession, images_dir: Path, clusters: dict[str, str], cfg: IngestConfig) -> None:
     """Give every image in a near-duplicate cluster its ``cluster_id`` and, with ``split.by:
-    cluster``, the split of that id; returns how many images changed. Only the Parquet files
-    holding them are rewritten."""
+    cluster``, the split of that id. Only the Parquet files holding them are rewritten."""
     from pyspark.sql import functions as F
 
     changed = {i: c for i, c in clusters.items() if i != c}
     if not changed:
-        return 0
+        return
     by_cluster = cfg.split.by == "cluster"
     fractions, seed = cfg.split.fractions(), cfg.split.seed
     new = F.broadcast(
@@ -212,7 +212,6 @@ def assign_clusters(spark: SparkSession, images_dir: Path, clusters: dict[str, s
         )
 
     replace_files(spark, images_dir, sorted(files), relabelled)
-    return len(changed)
 
 
 def discovered_classes(files: list[store.SourceFile], extensions: tuple[str, ...]) -> list[str]:
@@ -244,14 +243,14 @@ def run(cfg: IngestParams, spark: SparkSession) -> Path:
             files_seen, classes = len(files), discovered_classes(files, cfg.ingest.extensions)
         log.info("listed %d files (%d bytes) in %s", files_seen, source["bytes"], source["uri"])
         with run.phase("work"):
-            clusters = work(spark, run, cfg, files)
+            pairs = work(spark, run, cfg, files)
         with run.phase("gate"):
             stats = suites.image_stats(read_images(spark, run.staging), classes, cfg.ingest.image_size)
             reasons = suites.table_stats(read_quarantine(spark, run.staging), ["reason"], {}).by(0)
             quarantined = sum(reasons.values())
             audited = audit(spark, run.staging, classes, cfg)
             show(spark, run, cfg, files_seen, stats, reasons)
-            show_audit(spark, run, clusters, audited)
+            show_audit(spark, run, pairs, audited)
             batches = suites.raw_batches(
                 stats,
                 classes,
@@ -283,9 +282,11 @@ def run(cfg: IngestParams, spark: SparkSession) -> Path:
     return published
 
 
-def work(spark: SparkSession, run: runner.StageRun, cfg: IngestParams, files: list[store.SourceFile]) -> dict[str, str]:
+def work(
+    spark: SparkSession, run: runner.StageRun, cfg: IngestParams, files: list[store.SourceFile]
+) -> list[tuple[str, str, float]]:
     """Decode every listed file into the staged tables, move exact copies to quarantine, and put
-    near-duplicates in clusters; returns ``{image_id: cluster_id}`` of the clustered images."""
+    near-duplicates in clusters; returns the verified pairs (:func:`find_near_duplicates`)."""
     began = time.perf_counter()
     chunks = plan_chunks(spark, files, cfg.spark)
     with progress.reporting(spark, STAGE, "files", len(files), cfg.data.progress_s) as handled:
@@ -296,7 +297,8 @@ def work(spark: SparkSession, run: runner.StageRun, cfg: IngestParams, files: li
     fates = duplicate_fates(spark, images_dir).collect()
     move_to_quarantine(spark, images_dir, quarantine_dir, fates)
     started = time.perf_counter()
-    clusters = find_near_duplicates(spark, images_dir, run.staging / PAIRS, cfg.ingest)
+    pairs = find_near_duplicates(spark, images_dir, run.staging / PAIRS, cfg.ingest)
+    clusters = near_duplicates.clusters([(a, b) for a, b, _ in pairs])
     assign_clusters(spark, images_dir, clusters, cfg.ingest)
     run.extra["near_duplicates_s"] = round(time.perf_counter() - started, 3)
     log.info(
@@ -309,7 +311,7 @@ def work(spark: SparkSession, run: runner.StageRun, cfg: IngestParams, files: li
         len(set(clusters.values())),
         run.extra["near_duplicates_s"],
     )
-    return clusters
+    return pairs
 
 
 def audit(spark: SparkSession, staging: Path, classes: list[str], cfg: IngestParams) -> suites.Audit:
@@ -353,38 +355,43 @@ FLAG_FIGURES = {
 }
 
 
-def show_audit(spark: SparkSession, run: runner.StageRun, clusters: dict[str, str], audited: suites.Audit) -> None:
+def show_audit(
+    spark: SparkSession, run: runner.StageRun, pairs: list[tuple[str, str, float]], audited: suites.Audit
+) -> None:
     """The audit's part of the raw gate's page: the largest near-duplicate clusters side by side, and
     the images behind each quality flag (bounded samples; the counts say how many in all)."""
     from pyspark.sql import functions as F
 
+    best: dict[str, float] = {}  # each clustered image's best match score
+    for a, b, score in pairs:
+        best[a], best[b] = max(best.get(a, 0.0), score), max(best.get(b, 0.0), score)
     sizes: dict[str, list[str]] = {}
-    for image, cluster in sorted(clusters.items()):
+    for image, cluster in sorted(near_duplicates.clusters([(a, b) for a, b, _ in pairs]).items()):
         sizes.setdefault(cluster, []).append(image)
     biggest = sorted(sizes.values(), key=lambda ids: (-len(ids), ids[0]))[: exhibits.MAX_CLUSTERS]
     chosen = [i for ids in biggest for i in ids[: report.MAX_THUMBS]]
     table = read_images(spark, run.staging)
-    pairs = spark.read.schema(near_duplicates.PAIRS_SCHEMA).parquet(spark_path(run.staging / PAIRS))
-    ends = pairs.select(F.col("image_id_a").alias("image_id"), "score").unionByName(
-        pairs.select(F.col("image_id_b").alias("image_id"), "score")
-    )
-    best = ends.groupBy("image_id").agg(F.max("score").alias("score"))
-    members = table.where(F.col("image_id").isin(chosen)).join(best, "image_id", "left").fillna({"score": 1.0})
+    members = [
+        r.asDict() | {"score": best[r["image_id"]]} for r in table.where(F.col("image_id").isin(chosen)).collect()
+    ]
     summary = audited.near_duplicates.iloc[0]
     run.exhibits.galleries += exhibits.cluster_galleries(
-        [r.asDict() for r in members.collect()], int(summary["clusters"]), int(summary["images_in_clusters"])
+        members, int(summary["clusters"]), int(summary["images_in_clusters"])
     )
-    samples, totals = flag_samples(table)
+    # Images per flag, from the gate's own table: each class's share of its images, times their number.
+    shares = audited.flags
+    totals = {f: round((shares[f"{f}_share"] * shares["images"]).sum()) for f in FLAG_FIGURES}
+    totals = {f: n for f, n in totals.items() if n}
     run.exhibits.counts["near-duplicates"] = (
         f"{summary['clusters']} clusters holding {summary['images_in_clusters']} images ({summary['pairs']} pairs); "
         f"{summary['clusters_spanning_splits']} clusters across splits, {summary['cross_split_pairs']} pairs"
     )
     run.exhibits.counts["quality flags"] = totals or "none"
-    run.exhibits.galleries += exhibits.flag_galleries(samples, totals)
+    run.exhibits.galleries += exhibits.flag_galleries(flag_samples(table), totals)
 
 
-def flag_samples(table: DataFrame) -> tuple[list[dict], dict[str, int]]:
-    """``(up to MAX_FLAGGED images per quality flag, with the figure behind it; the images per flag)``."""
+def flag_samples(table: DataFrame) -> list[dict]:
+    """Up to MAX_FLAGGED images per quality flag, each with the flag and the figure behind it."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -394,8 +401,7 @@ def flag_samples(table: DataFrame) -> tuple[list[dict], dict[str, int]]:
     names = F.create_map(*[F.lit(x) for pair in FLAG_FIGURES.items() for x in pair])
     figure = F.coalesce(*[F.when(F.col("flag") == f, F.col(c).cast("double")) for f, c in FLAG_FIGURES.items()])
     rows = sample.withColumns({"figure": figure, "figure_name": F.element_at(names, F.col("flag"))})
-    totals = {r["flag"]: r["n"] for r in flagged.groupBy("flag").agg(F.count("*").alias("n")).collect()}
-    return [r.asDict() for r in rows.collect()], totals
+    return [r.asDict() for r in rows.collect()]
 
 
 def _precheck(cfg: IngestParams) -> None:
