@@ -64,7 +64,7 @@ with DAG(
     params={
         "source": _param("string", "ingest.source: a folder, s3://bucket/prefix or manifest CSV", minLength=1),
         "image_size": _param("integer", "ingest.image_size: side of the square images", minimum=8, maximum=1024),
-        "feature_kind": _param("string", "features.kind: features of the mllib model", ["classical", "cnn"]),
+        "feature_kind": _param("string", "features.kind: features of the mllib model", ["classical", "sift", "cnn"]),
         "mllib_classifier": _param(
             "string", "train.mllib.classifier: the classical model", ["logistic_regression", "random_forest"]
         ),

@@ -6,6 +6,9 @@ Arrow-batched ``mapInPandas`` functions:
 - ``classical``: HOG + colour histogram, then an MLlib ``StandardScaler`` + ``PCA`` pipeline fitted
   on the train split only and applied to every split; the fitted pipeline is saved in
   ``transform/`` so scoring applies exactly the same transform (:func:`apply_transform`).
+- ``sift``: SIFT keypoints (scikit-image) counted as visual words of a codebook (MLlib KMeans
+  fitted on the train split's descriptors, its centres recorded in ``extractor.json``) over the
+  whole image and a spatial pyramid, then the same scaler + PCA as ``classical``.
 - ``cnn``: embeddings of the backbone file ``features.cnn.backbone`` (path or ``s3://``), loaded
   once per Python worker.
 
@@ -14,7 +17,7 @@ resolution (its sha256 must still be its ``image_id``), cut into overlapping blo
 (:mod:`spark_jobs.imaging.tiles`), each block resized to ``ingest.image_size`` and given its own row.
 
 Outputs under ``<data.root>/features/``: ``features.parquet`` (``FEATURE_COLUMNS``),
-``extractor.json`` (everything needed to recompute a vector), ``transform/`` (classical only),
+``extractor.json`` (everything needed to recompute a vector), ``transform/`` (classical, sift),
 ``_manifest.json``.
 
     python -m spark_jobs.features [--set features.kind=cnn] [--set features.tiles.enabled=true]
@@ -49,8 +52,8 @@ from spark_jobs.core.tables import (
 from spark_jobs.imaging import tiles
 from spark_jobs.imaging.tiles import TilesConfig
 from spark_jobs.ml import extractors, featurize
-from spark_jobs.ml.extractors import EXTRACTOR, ClassicalConfig, CnnConfig
-from spark_jobs.ml.mllib import TRANSFORM, apply_transform, fit_transform
+from spark_jobs.ml.extractors import EXTRACTOR, ClassicalConfig, CnnConfig, SiftConfig
+from spark_jobs.ml.mllib import TRANSFORM, apply_transform, fit_codebook, fit_transform
 from spark_jobs.quality import gate, suites
 from spark_jobs.quality.thresholds import GateConfig
 
@@ -62,14 +65,16 @@ log = logging.getLogger(__name__)
 STAGE = "features"
 TABLE = "features.parquet"
 _RAW = "raw.parquet"  # staging only; deleted before publishing (a leading "_" makes Spark warn)
+_DESCRIPTORS = "descriptors.parquet"  # sift's codebook input, staging only
 
 
 class FeaturesConfig(Section):
     """``features``."""
 
-    kind: Literal["classical", "cnn"] = "classical"
+    kind: Literal["classical", "sift", "cnn"] = "classical"
     batch_size: int = Field(64, ge=1, le=65536)
     classical: ClassicalConfig = ClassicalConfig()
+    sift: SiftConfig = SiftConfig()
     cnn: CnnConfig = CnnConfig()
     tiles: TilesConfig = TilesConfig()
 
@@ -115,16 +120,53 @@ def raise_on_problems(raw: DataFrame) -> None:
         raise SourceError(f"{bad.count()} ingested images cannot be tiled (re-run ingest). First: {listed}")
 
 
-def open_extractor(cfg: FeaturesParams, ingest_cfg: IngestConfig) -> extractors.Extractor:
+def open_extractor(cfg: FeaturesParams, ingest_cfg: IngestConfig) -> extractors.Classical | extractors.Cnn | None:
     """The configured extractor for images of ``ingest_cfg.image_size``; for ``cnn`` the backbone
-    is loaded and checked on the driver first."""
-    size = ingest_cfg.image_size
-    if cfg.features.kind == "cnn":
+    is loaded and checked on the driver first; None for ``sift``, whose codebook the work phase
+    fits (:func:`sift_extractor`) once its settings are checked here."""
+    size, kind = ingest_cfg.image_size, cfg.features.kind
+    if kind == "cnn":
         return extractors.Cnn.open(cfg.features.cnn, cfg.features.batch_size, size)
-    problem = cfg.features.classical.problem(size)
+    if kind == "sift" and cfg.features.tiles.enabled:
+        raise ConfigError("features.kind=sift describes whole images: tile with features.kind cnn or classical")
+    problem = (cfg.features.sift if kind == "sift" else cfg.features.classical).problem(size)
     if problem:
-        raise ConfigError(f"features.classical (for the published ingest table, {size}px): {problem}")
-    return extractors.Classical(cfg.features.classical, size)
+        raise ConfigError(f"features.{kind} (for the published ingest table, {size}px): {problem}")
+    return None if kind == "sift" else extractors.Classical(cfg.features.classical, size)
+
+
+def sift_extractor(
+    spark: SparkSession, image_table: DataFrame, cfg: FeaturesParams, size: int, train_images: int, run: runner.StageRun
+) -> extractors.Sift:
+    """The SIFT extractor of a codebook fitted on the train split only: every train image's
+    descriptors staged, then MLlib KMeans on a seeded sample of at most ``codebook_descriptors``."""
+    from pyspark.sql import functions as F
+
+    sift = cfg.features.sift
+    started = time.perf_counter()
+    with progress.reporting(spark, STAGE, "train images (codebook)", train_images, cfg.data.progress_s) as handled:
+        train = image_table.where(F.col("split") == "train")
+        featurize.descriptors(train, sift, handled).write.parquet(run.path(_DESCRIPTORS))
+    found = spark.read.parquet(run.path(_DESCRIPTORS))
+    n = found.count()
+    # MLlib's KMeans fails on fewer distinct points than k: count those of the sample it fits.
+    sample = found.sample(fraction=min(1.0, sift.codebook_descriptors / max(n, 1)), seed=sift.seed)
+    distinct = sample.distinct().count()
+    if distinct < sift.words:
+        raise SourceError(
+            f"the train split's {train_images} images hold {distinct} distinct SIFT descriptors, fewer than "
+            f"features.sift.words={sift.words}: lower it (or features.sift.contrast)"
+        )
+    centres = fit_codebook(sample, sift.words, sift.codebook_iterations, sift.seed)
+    shutil.rmtree(run.path(_DESCRIPTORS))
+    run.extra["codebook_s"] = round(time.perf_counter() - started, 3)
+    log.info("codebook: %d visual words of %d train keypoints (%d distinct sampled)", len(centres), n, distinct)
+    return extractors.Sift.fitted(sift, size, centres)
+
+
+def reduced_k(cfg: FeaturesParams) -> int | None:
+    """The PCA dimension of the configured descriptors (None: cnn embeddings are used as they are)."""
+    return {"classical": cfg.features.classical.pca_k, "sift": cfg.features.sift.pca_k}.get(cfg.features.kind)
 
 
 def write_vectors(spark: SparkSession, vectors: DataFrame, kind: str | None, split_bytes: str, target: str) -> None:
@@ -159,7 +201,8 @@ def write_table(
     spec: dict[str, Any] = extractor.describe()
     extract_start = time.perf_counter()
     # Read twice (PCA fit and transform) or checked for problems first: staged raw; else final.
-    staged_raw = cfg.features.kind == "classical" or cfg.features.tiles.enabled
+    pca_k = reduced_k(cfg)
+    staged_raw = pca_k is not None or cfg.features.tiles.enabled
     split_bytes = session.one_task_per_file(ingest_dir / "images.parquet")
     with progress.reporting(spark, STAGE, "images", images_in, cfg.data.progress_s) as handled:
         batch_rows = cfg.spark.arrow_max_records_per_batch
@@ -173,8 +216,8 @@ def write_table(
         raw = spark.read.schema(featurize.RAW_SCHEMA).parquet(run.path(_RAW))
         if cfg.features.tiles.enabled:
             raise_on_problems(raw)
-        if cfg.features.kind == "classical":
-            model = fit_transform(raw, cfg.features.classical.pca_k)
+        if pca_k is not None:
+            model = fit_transform(raw, pca_k)
             model.save(run.path(TRANSFORM))
             reduced = apply_transform(model, raw)
             spec["pca_explained_variance"] = [round(float(v), 6) for v in model.stages[-1].explainedVariance]
@@ -183,8 +226,8 @@ def write_table(
         final = reduced.withColumn("feature_kind", F.lit(extractor.kind)).select(*FEATURE_COLUMNS)
         final.write.parquet(run.path(TABLE))
         shutil.rmtree(run.path(_RAW))
-    if cfg.features.kind == "classical":
-        spec |= {"transform": TRANSFORM, "dim": cfg.features.classical.pca_k}
+    if pca_k is not None:
+        spec |= {"transform": TRANSFORM, "dim": pca_k}
     else:
         spec["dim"] = extractor.dim
     spec["tiles"] = cfg.features.tiles.model_dump() if cfg.features.tiles.enabled else None
@@ -207,7 +250,7 @@ def run(cfg: FeaturesParams, spark: SparkSession) -> Path:
                     ingest_cfg.image_size,
                 )
             ingested = split_class_counts(ingest_dir)
-            if cfg.features.kind == "classical" and not ingested.get("train"):
+            if reduced_k(cfg) is not None and not ingested.get("train"):
                 raise SourceError("no train rows to fit the scaler and PCA on: check ingest.split (train fraction)")
             per_class = class_totals(ingested)
             images_in = sum(per_class.values())
@@ -215,6 +258,9 @@ def run(cfg: FeaturesParams, spark: SparkSession) -> Path:
             image_table = read_images(spark, ingest_dir)
             expected = expected_rows(image_table, per_class, cfg.features.tiles)
         with run.phase("work"):
+            if extractor is None:
+                train_images = sum(ingested.get("train", {}).values())
+                extractor = sift_extractor(spark, image_table, cfg, ingest_cfg.image_size, train_images, run)
             spec = write_table(spark, image_table, extractor, ingest_cfg, ingest_dir, cfg, run, images_in)
         with run.phase("gate"):
             stats = suites.feature_stats(
@@ -252,7 +298,7 @@ def run(cfg: FeaturesParams, spark: SparkSession) -> Path:
 
 def _precheck(cfg: FeaturesParams) -> None:
     ingest_cfg = ingested_with(published(cfg.data.root, "ingest"))
-    if cfg.features.kind == "classical":
+    if cfg.features.kind in ("classical", "sift"):
         open_extractor(cfg, ingest_cfg)  # settings that cannot describe the ingested images: exit 2 now
     else:
         extractors.check_backbone(cfg.features.cnn)  # a backbone archive that could carry code: exit 2 now

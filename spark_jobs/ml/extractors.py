@@ -5,6 +5,10 @@ float32 vectors ``(N, D)``. They run inside Arrow-batched pandas functions on th
   per-channel colour histogram (``color_bins`` bins over 0..255, each channel summing to 1).
   ``D = hog_orientations x cells_per_block^2 x (S // pixels_per_cell - cells_per_block + 1)^2
   + 3 x color_bins``: 372 for the defaults at ``S = 32``.
+- :class:`Sift`: SIFT keypoints of the grey image (scikit-image), each descriptor counted as its
+  nearest visual word of a codebook (MLlib KMeans, fitted on the train split by the features
+  stage), over the whole image and each cell of a ``grid`` x ``grid`` spatial pyramid, each
+  histogram divided by the image's keypoint count. ``D = words x (1 + grid^2)``.
 - :class:`Cnn`: the embedding of a torch backbone (:mod:`spark_jobs.ml.models`), pixels scaled to
   [0, 1] then normalised with ``mean``/``std``, run in inference mode in batches of
   ``batch_size`` with ``threads`` intra-op threads; the module is loaded once per Python worker.
@@ -14,18 +18,21 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field
 
 from spark_jobs.core import store
-from spark_jobs.core.config import LocalPath, Section
+from spark_jobs.core.config import LocalPath, Section, Seed
 from spark_jobs.ml import models
 
 EXTRACTOR = "extractor.json"  # the extractor's spec, beside a features table and an mllib model
 # MLlib's PCA builds a d x d covariance matrix on the driver: 8192^2 doubles = 512 MiB.
 PCA_MAX_DIM = 8192
+# scikit-image's SIFT finds nothing below this side (its smallest octave needs room for a descriptor).
+SIFT_MIN_SIZE = 16
+SIFT_DIM = 128
 
 
 class ClassicalConfig(Section):
@@ -62,6 +69,35 @@ class ClassicalConfig(Section):
             )
         if self.pca_k > dim:
             return f"pca_k={self.pca_k} exceeds the descriptor length {dim} of {image_size}px images"
+        return None
+
+
+class SiftConfig(Section):
+    """``features.sift``: SIFT descriptors, a visual-word codebook, bag-of-words histograms over a
+    spatial pyramid, then MLlib's scaler + PCA (as ``classical``)."""
+
+    contrast: float = Field(0.002, gt=0.0, lt=1.0)  # scikit-image's c_dog: lower keeps fainter keypoints
+    max_keypoints: int = Field(256, ge=1)  # per image, the first ones scikit-image returns
+    words: int = Field(128, ge=2, le=4096)  # the codebook's size (MLlib KMeans' k)
+    grid: int = Field(2, ge=0, le=8)  # spatial pyramid cells per side (0: the whole image only)
+    codebook_descriptors: int = Field(200_000, ge=1000)  # at most this many train descriptors fit it
+    codebook_iterations: int = Field(20, ge=1)
+    pca_k: int = Field(64, ge=1)
+    seed: Seed = 0
+
+    def descriptor_dim(self, words: int | None = None) -> int:
+        """Length of the histograms, before PCA."""
+        return (words or self.words) * (1 + self.grid * self.grid)
+
+    def problem(self, image_size: int) -> str | None:
+        """Why these settings cannot describe ``image_size`` images (None when they can)."""
+        dim = self.descriptor_dim()
+        if image_size < SIFT_MIN_SIZE:
+            return f"SIFT finds no keypoints in {image_size}px images: raise ingest.image_size to {SIFT_MIN_SIZE}+"
+        if dim > PCA_MAX_DIM:
+            return f"words x (1 + grid^2) = {dim} > {PCA_MAX_DIM}, too long for MLlib's PCA: lower words or grid"
+        if self.pca_k > dim:
+            return f"pca_k={self.pca_k} exceeds the histogram length {dim}"
         return None
 
 
@@ -119,6 +155,100 @@ class Classical:
 
     def describe(self) -> dict[str, object]:
         return {"kind": self.kind, "image_size": self.image_size, "descriptor_dim": self.dim, **self.cfg.model_dump()}
+
+
+def sift_keypoints(pixels: np.ndarray, cfg: SiftConfig) -> tuple[np.ndarray, np.ndarray]:
+    """SIFT descriptors ``(n, 128)`` float32 of one HWC uint8 RGB image and their keypoints'
+    positions ``(n, 2)`` as (row, column) fractions of its sides in [0, 1); none for an image
+    without contrast enough for a keypoint (a flat picture)."""
+    from skimage.color import rgb2gray
+    from skimage.feature import SIFT
+
+    sift = SIFT(c_dog=cfg.contrast)
+    try:
+        sift.detect_and_extract(rgb2gray(pixels))
+    except RuntimeError:  # scikit-image's "SIFT found no features"
+        return np.zeros((0, SIFT_DIM), np.float32), np.zeros((0, 2), np.float32)
+    n = min(len(sift.descriptors), cfg.max_keypoints)
+    sides = np.array(pixels.shape[:2], np.float32)
+    positions = np.clip(sift.keypoints[:n] / sides, 0.0, np.nextafter(np.float32(1), np.float32(0)))
+    return sift.descriptors[:n].astype(np.float32), positions.astype(np.float32)
+
+
+def words_of(descriptors: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """Index of each descriptor's nearest codebook row (squared Euclidean distance, as KMeans)."""
+    distances = (codebook * codebook).sum(1)[None, :] - 2.0 * descriptors @ codebook.T
+    return distances.argmin(axis=1)
+
+
+def bag_of_words(descriptors: np.ndarray, positions: np.ndarray, codebook: np.ndarray, grid: int) -> np.ndarray:
+    """The visual-word histogram of one image's keypoints over the whole image, then over each of
+    the ``grid`` x ``grid`` cells (row-major), each divided by the image's keypoint count (all
+    zeros without keypoints)."""
+    words = len(codebook)
+    out = np.zeros((1 + grid * grid, words), np.float32)
+    if len(descriptors):
+        word = words_of(descriptors, codebook)
+        np.add.at(out[0], word, 1.0)
+        if grid:
+            cell = (positions * grid).astype(np.intp)
+            np.add.at(out, (1 + cell[:, 0] * grid + cell[:, 1], word), 1.0)
+        out /= len(descriptors)
+    return out.ravel()
+
+
+@dataclass(frozen=True, eq=False)
+class Sift:
+    """Bag-of-visual-words histograms of SIFT descriptors over ``codebook`` (``words x 128``,
+    the features stage's KMeans centres), before the scaler and PCA the stage fits."""
+
+    cfg: SiftConfig
+    image_size: int
+    codebook: np.ndarray
+
+    kind = "sift"
+
+    @property
+    def dim(self) -> int:
+        return self.cfg.descriptor_dim(len(self.codebook))
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        out = np.empty((len(batch), self.dim), dtype=np.float32)
+        for i, image in enumerate(batch):
+            out[i] = bag_of_words(*sift_keypoints(image, self.cfg), self.codebook, self.cfg.grid)
+        return out
+
+    @classmethod
+    def fitted(cls, cfg: SiftConfig, image_size: int, centres: np.ndarray) -> Sift:
+        """The extractor of KMeans ``centres``, rounded to 0.01 (descriptors count 0..255) so that
+        the codebook ``extractor.json`` records is exactly the one the features were made with."""
+        return cls(cfg, image_size, np.round(np.asarray(centres, np.float64), 2).astype(np.float32))
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Sift:
+        """The extractor a features table recorded (:meth:`describe`), codebook included."""
+        cfg = SiftConfig.model_validate({k: spec[k] for k in SiftConfig.model_fields if k in spec})
+        return cls(cfg, int(spec["image_size"]), np.asarray(spec["codebook"], dtype=np.float32))
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "image_size": self.image_size,
+            "descriptor_dim": self.dim,
+            **self.cfg.model_dump(),
+            "codebook": np.round(self.codebook.astype(np.float64), 2).tolist(),
+        }
+
+
+def descriptor_extractor(spec: dict[str, Any]) -> Classical | Sift:
+    """The extractor an mllib model's features were made with, from its ``extractor.json``
+    (ValueError for features an MLlib model cannot be scored on)."""
+    if spec.get("kind") == "sift":
+        return Sift.from_spec(spec)
+    if spec.get("kind") == "classical":
+        cfg = ClassicalConfig.model_validate({k: spec[k] for k in ClassicalConfig.model_fields if k in spec})
+        return Classical(cfg, int(spec["image_size"]))
+    raise ValueError(f"no descriptors for {spec.get('kind')} features")
 
 
 def backbone_uri(cfg: CnnConfig) -> str:
@@ -215,4 +345,4 @@ class Cnn:
         }
 
 
-Extractor = Classical | Cnn
+Extractor = Classical | Sift | Cnn

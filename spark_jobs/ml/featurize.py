@@ -30,6 +30,7 @@ RAW_SCHEMA = (
 )
 RAW_FIELDS = tuple(f.split()[0] for f in RAW_SCHEMA.split(", "))
 KEYS = ("image_id", "source_uri", "label", "split")
+DESCRIPTOR_SCHEMA = "descriptor array<float>"  # one row per SIFT keypoint (the codebook's input)
 
 
 def whole_image_batches(
@@ -58,6 +59,29 @@ def whole_image_batches(
         yield pa.RecordBatch.from_pydict(columns)
         if handled is not None:
             handled.add(n)
+
+
+def descriptor_batches(
+    batches: Iterator[pa.RecordBatch], cfg: extractors.SiftConfig, handled: Accumulator | None = None
+) -> Iterator[pa.RecordBatch]:
+    """One ``DESCRIPTOR_SCHEMA`` row per SIFT keypoint of every image (the images added to ``handled``)."""
+    for batch in batches:
+        n = batch.num_rows
+        if n == 0:
+            continue
+        height, width = batch.column("height")[0].as_py(), batch.column("width")[0].as_py()
+        pixels = images.stack_pixels(batch.column("pixels"), height, width)
+        found = np.concatenate([extractors.sift_keypoints(image, cfg)[0] for image in pixels])
+        if len(found):
+            yield pa.RecordBatch.from_pydict({"descriptor": images.vectors_array(found)})
+        if handled is not None:
+            handled.add(n)
+
+
+def descriptors(image_table: DataFrame, cfg: extractors.SiftConfig, handled: Accumulator | None = None) -> DataFrame:
+    """The SIFT descriptors of every image of ``image_table``, one row each (``DESCRIPTOR_SCHEMA``)."""
+    pixels = image_table.select("height", "width", "pixels")
+    return pixels.mapInArrow(lambda it: descriptor_batches(it, cfg, handled), DESCRIPTOR_SCHEMA)
 
 
 def _fetched(frame: pd.DataFrame, threads: int, max_bytes: int) -> Iterator[tuple[Any, bytes | Exception]]:

@@ -1,11 +1,13 @@
 """Spark MLlib parts shared by features, train, evaluate and score: the scaler + PCA transform of
-classical descriptors, and the MLlib classifier read from and applied to a features table."""
+classical and SIFT descriptors, SIFT's visual-word codebook (KMeans), and the MLlib classifier
+read from and applied to a features table."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 from pydantic import Field
 
 from spark_jobs.core.config import Section
@@ -46,6 +48,17 @@ def fit_transform(raw: DataFrame, k: int) -> PipelineModel:
         ]
     )
     return pipeline.fit(train)
+
+
+def fit_codebook(descriptors: DataFrame, words: int, iterations: int, seed: int) -> np.ndarray:
+    """The ``words`` visual words of a bag-of-words model: MLlib KMeans' centres of the
+    ``descriptor`` arrays (fewer when the descriptors hold fewer distinct points)."""
+    from pyspark.ml.clustering import KMeans
+    from pyspark.ml.functions import array_to_vector
+
+    vectors = descriptors.select(array_to_vector("descriptor").alias("descriptor"))
+    model = KMeans(k=words, maxIter=iterations, seed=seed, featuresCol="descriptor").fit(vectors)
+    return np.array(model.clusterCenters(), dtype=np.float32)
 
 
 def apply_transform(model: PipelineModel, raw: DataFrame) -> DataFrame:

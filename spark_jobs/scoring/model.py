@@ -19,7 +19,6 @@ from spark_jobs.core.config import ConfigError
 from spark_jobs.ml import extractors, inference
 from spark_jobs.ml.cards import CARD, TILE_KINDS, ModelCard, check_model, read_card
 from spark_jobs.ml.cascade import cascade_parts
-from spark_jobs.ml.extractors import ClassicalConfig
 from spark_jobs.scoring import heads
 from spark_jobs.scoring.config import ScoreParams
 
@@ -81,16 +80,16 @@ def _prune(pins: Path, keep: Path) -> None:
                 shutil.rmtree(old)
 
 
-def classical_extractor(folder: Path) -> extractors.Classical:
+def descriptor_extractor(folder: Path) -> extractors.Classical | extractors.Sift:
     """The descriptor extractor an ``mllib`` model's features were made with (its ``extractor.json``)."""
     spec = json.loads((folder / extractors.EXTRACTOR).read_text())
-    if spec.get("kind") != "classical":
+    try:
+        return extractors.descriptor_extractor(spec)
+    except ValueError:
         raise ConfigError(
             f"{folder}: scoring an mllib model trained on {spec.get('kind')} features is not supported; "
-            "score the cnn model, or train mllib on features.kind=classical"
-        )
-    cfg = ClassicalConfig.model_validate({k: spec[k] for k in ClassicalConfig.model_fields if k in spec})
-    return extractors.Classical(cfg, int(spec["image_size"]))
+            "score the cnn model, or train mllib on features.kind classical or sift"
+        ) from None
 
 
 def tile_head(folder: Path, card: ModelCard, cfg: ScoreParams) -> heads.TileHead:
@@ -140,9 +139,9 @@ class Scorer:
         """What the scan computes from each decoded image: the model's outputs, or descriptors
         for an MLlib model (the cascade's light one first)."""
         if self.light_folder is not None:
-            return heads.Descriptors(classical_extractor(self.light_folder))
+            return heads.Descriptors(descriptor_extractor(self.light_folder))
         if self.card.kind == "mllib":
-            return heads.Descriptors(classical_extractor(self.folder))
+            return heads.Descriptors(descriptor_extractor(self.folder))
         if self.card.kind in TILE_KINDS:
             return tile_head(self.folder, self.card, cfg)
         return torch_head(self.folder, self.card, cfg)

@@ -317,3 +317,38 @@ def test_vectors_array_round_trips() -> None:
     array = images.vectors_array(vectors)
     assert str(array.type) == "list<item: float>"
     assert array.to_pylist() == vectors.tolist()
+
+
+def test_sift_features_end_to_end_and_their_codebook_reproduces_them(spark, ingested: Path, tmp_path: Path) -> None:
+    """SIFT visual words (a KMeans codebook of the train split) -> scaler + PCA; the recorded
+    extractor and transform land on the same vectors, as scoring an mllib model on them does."""
+    from pyspark.ml import PipelineModel
+
+    cfg = link_ingest(ingested, tmp_path, "features.kind=sift", "features.sift.words=16", "features.sift.pca_k=8")
+    published = features.run(cfg, spark)
+    rows = read_features(spark, published).collect()
+    assert len(rows) == ROWS
+    assert {len(r["features"]) for r in rows} == {8}
+    assert {r["feature_kind"] for r in rows} == {"sift"}
+    spec = json.loads((published / extractors.EXTRACTOR).read_text())
+    assert (spec["kind"], spec["dim"], spec["descriptor_dim"]) == ("sift", 8, 16 * 5)
+    assert np.asarray(spec["codebook"]).shape == (16, 128)
+    doc = manifest.read_json(published)
+    assert doc["gate"]["success"]
+    assert doc["counts"]["dim"] == 8
+    assert doc["timings"]["codebook_s"] > 0
+    assert not (published / features._DESCRIPTORS).exists()
+
+    image_table = read_images(spark, ingested).limit(10)
+    ingest_cfg = tables.ingested_with(ingested)
+    extractor = extractors.descriptor_extractor(spec)
+    raw = featurize.extract(image_table, extractor, ingest_cfg, cfg.features.tiles, 64)
+    model = PipelineModel.load(str(published / mllib.TRANSFORM))
+    again = {r["image_id"]: r["features"] for r in mllib.apply_transform(model, raw).collect()}
+    stored = {r["image_id"]: r["features"] for r in rows}
+    for image_id, vector in again.items():
+        np.testing.assert_allclose(vector, stored[image_id], atol=1e-4)
+
+    words = ("features.kind=sift", "features.sift.words=4096", "features.sift.grid=0")
+    with pytest.raises(SourceError, match=r"distinct SIFT descriptors, fewer than features\.sift\.words=4096"):
+        features.run(link_ingest(ingested, tmp_path / "words", *words), spark)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from PIL import Image
 
 from spark_jobs.ml import extractors, models
-from spark_jobs.ml.extractors import ClassicalConfig, CnnConfig
+from spark_jobs.ml.extractors import ClassicalConfig, CnnConfig, SiftConfig
 from spark_jobs.params import load
 from tests.factories import REPO
 
@@ -180,3 +181,69 @@ def test_classical_descriptors_too_long_for_mllib_pca() -> None:
     assert classical.descriptor_dim(256) == 34644
     assert classical.problem(256).startswith("256px images give descriptors of length 34644 > 8192")
     assert classical.model_copy(update={"hog_pixels_per_cell": 32}).problem(256) is None
+
+
+def test_sift_finds_keypoints_in_scans_and_none_in_a_flat_picture() -> None:
+    cfg = SiftConfig()
+    descriptors, positions = extractors.sift_keypoints(_digits(1)[0], cfg)
+    assert descriptors.shape[1] == 128
+    assert len(descriptors) == len(positions) >= 3
+    assert descriptors.dtype == np.float32
+    assert positions.dtype == np.float32
+    assert (positions >= 0).all()
+    assert (positions < 1).all()
+    again, _ = extractors.sift_keypoints(_digits(1)[0].copy(), cfg)
+    assert np.array_equal(descriptors, again)
+    flat, where = extractors.sift_keypoints(np.full((32, 32, 3), 128, np.uint8), cfg)
+    assert flat.shape == (0, 128)
+    assert where.shape == (0, 2)
+    capped, _ = extractors.sift_keypoints(_photo(64), cfg.model_copy(update={"max_keypoints": 2}))
+    assert len(capped) == 2
+
+
+def test_bag_of_words_counts_nearest_words_over_the_image_and_its_cells() -> None:
+    codebook = np.array([[0.0, 0.0], [10.0, 10.0]], np.float32)
+    descriptors = np.array([[1.0, 0.0], [9.0, 9.0], [0.0, 2.0], [11.0, 10.0]], np.float32)
+    positions = np.array([[0.1, 0.1], [0.1, 0.9], [0.9, 0.9], [0.9, 0.9]], np.float32)  # (row, column)
+    hist = extractors.bag_of_words(descriptors, positions, codebook, grid=2).reshape(5, 2)
+    np.testing.assert_allclose(hist[0], [0.5, 0.5])  # the whole image
+    np.testing.assert_allclose(hist[1:], [[0.25, 0], [0, 0.25], [0, 0], [0.25, 0.25]])  # TL, TR, BL, BR
+    assert extractors.bag_of_words(descriptors, positions, codebook, grid=0).tolist() == [0.5, 0.5]
+    empty = extractors.bag_of_words(np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32), codebook, 2)
+    assert empty.shape == (10,)
+    assert not empty.any()
+
+
+def test_a_sift_extractor_recorded_in_json_gives_the_same_vectors() -> None:
+    rng = np.random.default_rng(0)
+    extractor = extractors.Sift.fitted(SiftConfig(words=8, grid=1), 32, rng.uniform(0, 60, (8, 128)))
+    assert extractor.dim == 8 * 2
+    batch = _digits(6)
+    out = extractor(batch)
+    assert out.shape == (6, 16)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[:, :8].sum(axis=1), 1.0, rtol=1e-6)  # each image's words sum to 1
+    spec = json.loads(json.dumps(extractor.describe()))
+    again = extractors.descriptor_extractor(spec)
+    assert isinstance(again, extractors.Sift)
+    assert np.array_equal(again.codebook, extractor.codebook)
+    assert np.array_equal(again(batch), out)
+    classical = extractors.descriptor_extractor(extractors.Classical(ClassicalConfig(), 32).describe())
+    assert isinstance(classical, extractors.Classical)
+    with pytest.raises(ValueError, match="no descriptors for cnn features"):
+        extractors.descriptor_extractor({"kind": "cnn"})
+
+
+@pytest.mark.parametrize(
+    ("changes", "size", "expected"),
+    [
+        ({}, 8, "SIFT finds no keypoints in 8px images"),
+        ({"words": 4096, "grid": 2}, 32, "words x (1 + grid^2) = 20480 > 8192"),
+        ({"words": 16, "grid": 0, "pca_k": 32}, 32, "pca_k=32 exceeds the histogram length 16"),
+        ({}, 32, None),
+    ],
+)
+def test_sift_settings_that_cannot_describe_the_images(changes: dict, size: int, expected: str | None) -> None:
+    sift = load(REPO / "params.yaml").features.sift.model_copy(update=changes)
+    problem = sift.problem(size)
+    assert problem == expected if expected is None else problem.startswith(expected)

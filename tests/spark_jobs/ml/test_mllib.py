@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from spark_jobs.ml.mllib import MllibConfig, mllib_estimator, mllib_input
+from spark_jobs.ml.mllib import MllibConfig, fit_codebook, mllib_estimator, mllib_input
 
 pytestmark = pytest.mark.spark  # MLlib's estimators are JVM objects
 
@@ -26,3 +27,11 @@ def test_input_rows_index_the_label_and_weigh_its_class(spark) -> None:
     assert (rows["a"]["weight"], rows["b"]["weight"]) == (0.5, 2.0)
     assert list(rows["b"]["features_vector"]) == [1.0, 2.0]
     assert "weight" not in mllib_input(table, ["a", "b"]).columns
+
+
+def test_the_codebook_is_kmeans_centres_of_the_descriptors(spark) -> None:
+    rows = [([0.0, 0.0],), ([0.0, 2.0],), ([10.0, 10.0],), ([12.0, 10.0],), ([11.0, 13.0],)]
+    descriptors = spark.createDataFrame(rows, "descriptor array<float>")
+    centres = fit_codebook(descriptors, words=2, iterations=10, seed=0)
+    assert centres.dtype == np.float32
+    np.testing.assert_allclose(sorted(centres.tolist()), [[0.0, 1.0], [11.0, 11.0]], atol=1e-5)

@@ -54,12 +54,12 @@ def test_an_anomaly_model_labels_its_rows_normal_or_anomaly(tmp_path: Path) -> N
     assert scored.labels() == list(heads.ANOMALY_LABELS)
 
 
-def test_an_mllib_model_needs_classical_features(tmp_path: Path) -> None:
+def test_an_mllib_model_needs_classical_or_sift_features(tmp_path: Path) -> None:
     folder = tmp_path / "m"
     folder.mkdir()
     (folder / "extractor.json").write_text('{"kind": "cnn"}')
     with pytest.raises(ConfigError, match="trained on cnn features is not supported"):
-        model.classical_extractor(folder)
+        model.descriptor_extractor(folder)
 
 
 def test_a_run_scores_with_the_version_it_pinned_whatever_is_promoted(tmp_path: Path) -> None:
