@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
-from spark_jobs.core import launch, progress, runner, store
+from spark_jobs.core import launch, progress, runner, session, store
 from spark_jobs.core.config import Params
 from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.jobs import exit_process, run_stage
@@ -177,8 +177,9 @@ def find_near_duplicates(
         .parquet(spark_path(images_dir))
         .select("image_id", "source_uri", *SIGNATURE_COLUMNS)
     )
-    pairs = near_duplicates.verified(signatures, near_duplicates.candidates(signatures, cfg.audit), cfg.audit)
-    pairs.repartition(1).write.parquet(spark_path(target))  # few rows: one file (the scoring stays parallel)
+    with session.sql_conf(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", str(near_duplicates.BATCH_ROWS)):
+        pairs = near_duplicates.verified(signatures, near_duplicates.candidates(signatures, cfg.audit), cfg.audit)
+        pairs.repartition(1).write.parquet(spark_path(target))  # few rows: one file (the scoring stays parallel)
     found = spark.read.schema(near_duplicates.PAIRS_SCHEMA).parquet(spark_path(target))
     return [(r[0], r[1], r[2]) for r in found.select("image_id_a", "image_id_b", "score").collect()]
 
@@ -248,9 +249,13 @@ def run(cfg: IngestParams, spark: SparkSession) -> Path:
             stats = suites.image_stats(read_images(spark, run.staging), classes, cfg.ingest.image_size)
             reasons = suites.table_stats(read_quarantine(spark, run.staging), ["reason"], {}).by(0)
             quarantined = sum(reasons.values())
+            audit_started = time.perf_counter()
             audited = audit(spark, run.staging, classes, cfg)
+            audit_s = time.perf_counter() - audit_started
             show(spark, run, cfg, files_seen, stats, reasons)
+            audit_started = time.perf_counter()
             show_audit(spark, run, pairs, audited)
+            run.extra["audit_gate_s"] = round(audit_s + time.perf_counter() - audit_started, 3)  # figures, page
             batches = suites.raw_batches(
                 stats,
                 classes,
@@ -301,6 +306,7 @@ def work(
     clusters = near_duplicates.clusters([(a, b) for a, b, _ in pairs])
     assign_clusters(spark, images_dir, clusters, cfg.ingest)
     run.extra["near_duplicates_s"] = round(time.perf_counter() - started, 3)
+    run.extra["decode_s"] = round(decoded_s, 3)  # the pixel pass, audit figures included
     log.info(
         "decoded and wrote %d files in %.1f s; %d duplicate copies moved to quarantine; "
         "%d images in %d near-duplicate clusters (%.1f s)",

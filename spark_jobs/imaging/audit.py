@@ -24,7 +24,7 @@ from functools import lru_cache
 from typing import Any, Final
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops, ImageStat
 from scipy.fft import dctn
 from scipy.ndimage import gaussian_filter, laplace
 
@@ -89,7 +89,7 @@ def signature(im: Image.Image) -> tuple[bytes, list[float]]:
 
 def _chromaticity(im: Image.Image) -> bytes:
     """The picture's mean red and green shares of r + g + b, each 0-255 (brightness leaves them be)."""
-    r, g, b = (float(v) + 1 for v in np.asarray(im.convert("RGB"), dtype=np.float32).mean(axis=(0, 1)))
+    r, g, b = (v + 1 for v in ImageStat.Stat(im.convert("RGB")).mean)  # from Pillow's histograms: no array
     return bytes(round(255 * c / (r + g + b)) for c in (r, g))
 
 
@@ -198,7 +198,6 @@ def quality(im: Image.Image, orig_width: int, orig_height: int) -> dict[str, Any
     0-8), ``grayscale`` (no pixel's channels differ by more than 2 levels) and ``aspect_ratio``
     (original width / height)."""
     small = reduced(im)
-    rgb = np.asarray(small)
     grey = np.asarray(small.convert("L"))
     counts = np.bincount(grey.ravel(), minlength=256)
     p = counts[counts > 0] / grey.size
@@ -208,9 +207,16 @@ def quality(im: Image.Image, orig_width: int, orig_height: int) -> dict[str, Any
         "brightness": float(grey_f.mean() / 255),
         "contrast": float(grey_f.std() / 255),
         "entropy": float(-(p * np.log2(p)).sum()) + 0.0,  # + 0.0: a flat picture's is 0, not -0
-        "grayscale": bool((rgb.max(axis=2) - rgb.min(axis=2)).max() <= 2),
+        "grayscale": _channel_spread(small) <= 2,
         "aspect_ratio": float(orig_width / orig_height),
     }
+
+
+def _channel_spread(im: Image.Image) -> int:
+    """The largest difference between two channels of one pixel (0 for a grey picture), with
+    Pillow's own differences and extrema: a tenth of numpy's max - min over the channel axis."""
+    r, g, b = im.split()
+    return max(ImageChops.difference(x, y).getextrema()[1] for x, y in ((r, g), (g, b), (r, b)))
 
 
 def measure(im: Image.Image, orig_width: int, orig_height: int, thresholds: FlagsConfig) -> dict[str, Any]:

@@ -3,9 +3,10 @@
 
 1. candidates: LSH banding. Each image's whole-picture vector and its five crop views' vectors get
    ``bands`` keys of ``bits`` random-hyperplane signs each (one shuffle into ``(band, key)``
-   buckets); in a bucket, sorted along a random direction of its band, each entry is paired with
-   the next ``max_candidates``, and each image keeps its ``max_candidates`` partners with the most
-   such collisions (so a table of look-alikes costs no more than that per image);
+   buckets); in a bucket, sorted along a random direction of its band, each whole view is paired
+   with the ``max_candidates`` entries either side, and each image keeps its ``max_candidates``
+   partners with the most such collisions (so a table of look-alikes costs no more than that per
+   image);
 2. verification, per candidate pair: the best view cosine must reach ``candidate_cosine``, then the
    aligned match score ``min_score`` with the mean colours at most ``max_colour_distance`` apart;
 3. connected components of the verified pairs give the clusters: ``cluster_id`` is the smallest
@@ -33,7 +34,14 @@ PAIRS_SCHEMA: Final = (
     "image_id_a string, image_id_b string, source_uri_a string, source_uri_b string, "
     "distance double, score double, view_cosine double, method string"
 )
-_KEYS_SCHEMA = "image_id string, view int, band int, key long, order float"
+_KEYS_SCHEMA = "id long, view int, band int, key long, order float"
+# The pairing moves millions of (bucket, image) rows: it names an image by the first 15 hex digits
+# of its image_id (a sha256) as a long, not by the 64-character string. Two images sharing those
+# 60 bits (about one pair in 10^7 at a million images) are never paired with each other.
+_ID_DIGITS: Final = 15
+# Rows per Arrow batch of the pairing's Python steps: the project's default (256, sized for pixels)
+# would cut a task's millions of small bucket entries into thousands of batches.
+BATCH_ROWS: Final = 4096
 _SCORED_SCHEMA = "image_id_a string, image_id_b string, score double, view_cosine double"
 
 
@@ -53,8 +61,15 @@ def band_keys(vectors: np.ndarray, planes: np.ndarray, bands: int, bits: int, ce
     return (signs.astype(np.int64) << np.arange(bits, dtype=np.int64)).sum(axis=-1)
 
 
+def short_id(column: str) -> Column:
+    """The pairing's long name of an image (:data:`_ID_DIGITS`) from its ``image_id`` column."""
+    from pyspark.sql import functions as F
+
+    return F.conv(F.substring(column, 1, _ID_DIGITS), 16, 10).cast("long")
+
+
 def _keys(frames: Iterator[pd.DataFrame], cfg: AuditConfig, centre: np.ndarray) -> Iterator[pd.DataFrame]:
-    """``(image_id, view, band, key, order)`` rows of each batch of signatures (``order``: the
+    """``(id, view, band, key, order)`` rows of each batch of signatures (``order``: the
     view's position along a random direction of its band, which sorts a bucket). A flat picture
     (no direction in its whole view) gets none: it is matched with nothing (its flags show it)."""
     planes, width = hyperplanes(cfg), audit.VIEWS * audit.VECTOR_DIM
@@ -73,7 +88,7 @@ def _keys(frames: Iterator[pd.DataFrame], cfg: AuditConfig, centre: np.ndarray) 
         views = vectors.reshape(n, audit.VIEWS, audit.VECTOR_DIM) - centre
         yield pd.DataFrame(
             {
-                "image_id": np.repeat(np.asarray([i for i, _ in valid], dtype=object), audit.VIEWS * cfg.bands),
+                "id": np.repeat(np.asarray([int(i[:_ID_DIGITS], 16) for i, _ in valid]), audit.VIEWS * cfg.bands),
                 "view": np.tile(np.repeat(np.arange(audit.VIEWS, dtype=np.int32), cfg.bands), n),
                 "band": np.tile(np.arange(cfg.bands, dtype=np.int32), n * audit.VIEWS),
                 "key": keys.ravel(),
@@ -101,8 +116,8 @@ def mean_view(signatures: DataFrame) -> np.ndarray:
 
 
 def candidates(signatures: DataFrame, cfg: AuditConfig) -> DataFrame:
-    """``(image_id_a, image_id_b)`` with a < b: pairs with views that share a band key and lie within
-    ``max_candidates`` entries of each other in that bucket's order, each image keeping its
+    """``(id_a, id_b)`` (:func:`short_id`) with a < b: pairs with views that share a band key and lie
+    within ``max_candidates`` entries of each other in that bucket's order, each image keeping its
     ``max_candidates`` partners with the most such collisions (:func:`nearest`). The work grows
     with the table times ``max_candidates``, not with the square of a bucket. ``signatures``:
     ``image_id, dup_vectors``."""
@@ -110,42 +125,61 @@ def candidates(signatures: DataFrame, cfg: AuditConfig) -> DataFrame:
 
     centre = mean_view(signatures)
     keys = signatures.select("image_id", "dup_vectors").mapInPandas(lambda it: _keys(it, cfg, centre), _KEYS_SCHEMA)
-    # One shuffle into buckets (the keys are computed once), then each bucket's pairs in the JVM:
-    # its entries sorted along the band's direction, each whole view paired with the
-    # ``max_candidates`` entries either side of it (every pair of a small bucket; in a bucket of
-    # look-alikes, the nearest, never all of them).
-    entries = F.array_sort(F.collect_list(F.struct("order", "image_id", "view")))
-    buckets = keys.groupBy("band", "key").agg(entries.alias("e")).where(F.size("e") > 1)
+    # One shuffle puts each bucket's entries next to each other, in the band's order; each task
+    # then pairs neighbours in numpy (no per-bucket object in the JVM: most buckets hold one image).
+    arranged = keys.repartition("band", "key").sortWithinPartitions("band", "key", "order")
     reach = cfg.max_candidates
+    pairs = arranged.mapInPandas(lambda it: _neighbours(it, reach), "id_a long, id_b long")
+    return nearest(pairs.groupBy("id_a", "id_b").agg(F.count("*").alias("hits")), cfg.max_candidates)
 
-    def around(i: Column) -> Column:
-        start = F.greatest(i - reach, F.lit(1))
-        near = F.slice("e", start, i + reach - start + 1)
-        pairs = F.transform(
-            near, lambda x: F.struct(F.col("e")[i - 1]["image_id"].alias("q"), x["image_id"].alias("i"))
-        )
-        return F.when(F.col("e")[i - 1]["view"] == 0, pairs).otherwise(F.array())
 
-    pairs = buckets.select(F.explode(F.flatten(F.transform(F.sequence(F.lit(1), F.size("e")), around))).alias("pair"))
-    pairs = pairs.select("pair.q", "pair.i")
-    pairs = pairs.where(F.col("q") != F.col("i"))
-    ordered = pairs.select(F.least("q", "i").alias("image_id_a"), F.greatest("q", "i").alias("image_id_b"))
-    return nearest(ordered.groupBy("image_id_a", "image_id_b").agg(F.count("*").alias("hits")), cfg.max_candidates)
+def bucket_pairs(frame: pd.DataFrame, reach: int) -> pd.DataFrame:
+    """``(id_a, id_b)``, a < b, of the entries of ``frame`` (sorted by band, key, order) that share
+    a bucket, lie at most ``reach`` entries apart and include a whole view (view 0), once per such
+    collision; an image is never paired with itself."""
+    band, key = frame["band"].to_numpy(), frame["key"].to_numpy()
+    ids, whole = frame["id"].to_numpy(), frame["view"].to_numpy() == 0
+    out_a, out_b = [], []
+    for step in range(1, min(reach, len(frame) - 1) + 1):
+        near = (band[step:] == band[:-step]) & (key[step:] == key[:-step]) & (whole[step:] | whole[:-step])
+        a, b = ids[:-step][near], ids[step:][near]
+        other = a != b
+        out_a.append(np.minimum(a, b)[other])
+        out_b.append(np.maximum(a, b)[other])
+    if not out_a:
+        return pd.DataFrame({"id_a": np.zeros(0, np.int64), "id_b": np.zeros(0, np.int64)})
+    return pd.DataFrame({"id_a": np.concatenate(out_a), "id_b": np.concatenate(out_b)})
+
+
+def _neighbours(frames: Iterator[pd.DataFrame], reach: int) -> Iterator[pd.DataFrame]:
+    """:func:`bucket_pairs` over a task's sorted entries, batch by batch: the last bucket of a
+    batch waits for the next one, where it may go on."""
+    carry = None
+    for frame in frames:
+        rows = frame if carry is None else pd.concat([carry, frame], ignore_index=True)
+        last = rows.iloc[-1]
+        tail = (rows["band"].to_numpy() == last["band"]) & (rows["key"].to_numpy() == last["key"])
+        cut = int(np.argmax(tail))  # the first row of the last bucket (sorted: its rows are the tail)
+        carry = rows.iloc[cut:]
+        if cut:
+            yield bucket_pairs(rows.iloc[:cut], reach)
+    if carry is not None and len(carry) > 1:
+        yield bucket_pairs(carry, reach)
 
 
 def nearest(hits: DataFrame, k: int) -> DataFrame:
-    """``(image_id_a, image_id_b)`` of the pairs among either image's ``k`` partners with the most
+    """``(id_a, id_b)`` of the pairs among either image's ``k`` partners with the most
     ``hits`` (band collisions: a copy collides in most bands, a look-alike in few). Verification
     then costs at most ``k`` pairs per image, however alike the images of a table are."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    ends = hits.select(F.col("image_id_a").alias("end"), "image_id_a", "image_id_b", "hits").unionByName(
-        hits.select(F.col("image_id_b").alias("end"), "image_id_a", "image_id_b", "hits")
+    ends = hits.select(F.col("id_a").alias("end"), "id_a", "id_b", "hits").unionByName(
+        hits.select(F.col("id_b").alias("end"), "id_a", "id_b", "hits")
     )
-    rank = F.row_number().over(Window.partitionBy("end").orderBy(F.desc("hits"), "image_id_a", "image_id_b"))
+    rank = F.row_number().over(Window.partitionBy("end").orderBy(F.desc("hits"), "id_a", "id_b"))
     kept = ends.withColumn("_rank", rank).where(F.col("_rank") <= k)
-    return kept.select("image_id_a", "image_id_b").distinct()
+    return kept.select("id_a", "id_b").distinct()
 
 
 def view_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -176,12 +210,13 @@ def _score(frames: Iterator[pd.DataFrame], cfg: AuditConfig) -> Iterator[pd.Data
 
 
 def verified(signatures: DataFrame, pairs: DataFrame, cfg: AuditConfig) -> DataFrame:
-    """The candidate ``pairs`` that are near-duplicates, as :data:`PAIRS_SCHEMA` rows.
-    ``signatures``: ``image_id, source_uri, dup_thumb, dup_vectors``."""
+    """The candidate ``pairs`` (:func:`candidates`) that are near-duplicates, as :data:`PAIRS_SCHEMA`
+    rows. ``signatures``: ``image_id, source_uri, dup_thumb, dup_vectors``."""
     from pyspark.sql import functions as F
 
     side = {
         s: signatures.select(
+            short_id("image_id").alias(f"id_{s}"),
             F.col("image_id").alias(f"image_id_{s}"),
             F.col("source_uri").alias(f"source_uri_{s}"),
             F.col("dup_thumb").alias(f"thumb_{s}"),
@@ -189,7 +224,7 @@ def verified(signatures: DataFrame, pairs: DataFrame, cfg: AuditConfig) -> DataF
         )
         for s in ("a", "b")
     }
-    both = pairs.join(side["a"], "image_id_a").join(side["b"], "image_id_b")
+    both = pairs.join(side["a"], "id_a").join(side["b"], "id_b")
     scored = both.select("image_id_a", "image_id_b", "thumb_a", "thumb_b", "vec_a", "vec_b").mapInPandas(
         lambda it: _score(it, cfg), _SCORED_SCHEMA
     )

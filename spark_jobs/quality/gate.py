@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -156,7 +157,23 @@ def validate(
     index = report_dir / "docs" / "index.html"
     result.docs = index if index.exists() else None
     result.page = write_page(report_dir, result, exhibits or Exhibits())
+    if result.docs is not None:
+        link_page(result.docs, result.page)
     return result
+
+
+def link_page(index: Path, page: Path) -> None:
+    """Put a link to the gate's report page at the top of the Data Docs index (GX offers no
+    setting for one): from the docs, a person reaches the pictures behind the verdict."""
+    html = index.read_text(encoding="utf-8")
+    target = os.path.relpath(page, index.parent)
+    banner = (
+        '<div style="padding:8px 16px;background:#fff3cd;border-bottom:1px solid #e0c060">'
+        f'<a href="{target}">This gate\'s report page</a>: the verdict, each check against its threshold '
+        "and the images behind it (works offline)</div>"
+    )
+    if "<body>" in html and target not in html:
+        write_file(index, html.replace("<body>", "<body>" + banner, 1))
 
 
 def write_page(report_dir: Path, result: GateResult, exhibits: Exhibits) -> Path:

@@ -3,7 +3,10 @@ real photographs (every planted pair found, no pair of distinct pictures)."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from spark_jobs.core.ingest_config import AuditConfig
@@ -52,23 +55,25 @@ def test_view_cosines_are_the_best_whole_view_against_views_both_ways() -> None:
 @pytest.mark.spark
 def test_the_spark_job_finds_the_planted_copies_and_nothing_else(spark) -> None:
     items = corpus(3 * len(TRANSFORMS))
-    rows = []
+    rows, names = [], {}  # image ids are sha256 digests, as ingest's: the pairing reads their first digits
     for item in items:
         thumb, vectors = audit.signature(item.image)
-        rows.append((item.name, f"file:///corpus/{item.name}.png", thumb, vectors))
+        image_id = hashlib.sha256(item.name.encode()).hexdigest()
+        names[image_id] = item.name
+        rows.append((image_id, f"file:///corpus/{item.name}.png", thumb, vectors))
     signatures = spark.createDataFrame(
         rows, "image_id string, source_uri string, dup_thumb binary, dup_vectors array<float>"
     )
     cfg = AuditConfig()  # the defaults: made for photographs
     pairs = near_duplicates.verified(signatures, near_duplicates.candidates(signatures, cfg), cfg).collect()
-    found = {(r["image_id_a"], r["image_id_b"]) for r in pairs}
+    found = {tuple(sorted((names[r["image_id_a"]], names[r["image_id_b"]]))) for r in pairs}
     planted = {tuple(sorted((f"base-{i.base}", i.name))) for i in items if i.transform}
     assert all(a.split("-")[1] == b.split("-")[1] for a, b in found), found  # no pair of two bases
     assert len(found & planted) >= 0.9 * len(planted), sorted(planted - found)
     row = pairs[0]
     assert row["method"] == near_duplicates.METHOD
     assert row["distance"] == pytest.approx(1 - row["score"])
-    assert row["source_uri_a"].endswith(f"{row['image_id_a']}.png")
+    assert row["source_uri_a"].endswith(f"{names[row['image_id_a']]}.png")
     clusters = near_duplicates.clusters(sorted(found))
     assert all(cluster == min(cluster, image) for image, cluster in clusters.items())
 
@@ -76,9 +81,39 @@ def test_the_spark_job_finds_the_planted_copies_and_nothing_else(spark) -> None:
 @pytest.mark.spark
 def test_each_image_keeps_its_partners_with_the_most_collisions(spark) -> None:
     """A table of look-alikes: image x collides with everyone, most with its copy x2."""
-    rows = [("x", "x2", 40), ("a", "x", 9), ("b", "x", 8), ("c", "x", 7), ("a", "b", 30), ("b", "c", 2)]
-    hits = spark.createDataFrame(rows, "image_id_a string, image_id_b string, hits long")
+    a, b, c, x, x2 = 1, 2, 3, 24, 25
+    rows = [(x, x2, 40), (a, x, 9), (b, x, 8), (c, x, 7), (a, b, 30), (b, c, 2)]
+    hits = spark.createDataFrame(rows, "id_a long, id_b long, hits long")
     kept = {(r[0], r[1]) for r in near_duplicates.nearest(hits, 1).collect()}
     # x keeps x2; a and b keep each other; c keeps its best, x (a pair stays when either end keeps it)
-    assert kept == {("x", "x2"), ("a", "b"), ("c", "x")}
+    assert kept == {(x, x2), (a, b), (c, x)}
     assert {(r[0], r[1]) for r in near_duplicates.nearest(hits, 10).collect()} == {(a, b) for a, b, _ in rows}
+
+
+def _entries(rows: list[tuple[int, int, int, int]]) -> pd.DataFrame:
+    """``(id, view, band, key)`` rows, in the order the pairing sorts them (band, key, order)."""
+    return pd.DataFrame(rows, columns=["id", "view", "band", "key"]).assign(order=0.0)
+
+
+def test_bucket_neighbours_with_a_whole_view_are_candidates() -> None:
+    frame = _entries(
+        [
+            (7, 0, 0, 5), (3, 2, 0, 5), (9, 1, 0, 5),  # bucket (0, 5): 7 whole, 3 and 9 crops
+            (4, 0, 0, 6),  # a bucket of one
+            (4, 0, 1, 5), (4, 3, 1, 5), (8, 0, 1, 5),  # bucket (1, 5): 4 twice (never with itself)
+        ]
+    )  # fmt: skip
+    pairs = near_duplicates.bucket_pairs(frame, reach=5)
+    # 3 and 9 are both crops: not a pair; 4 meets 8 twice (its whole view and a crop, both near 8's whole view)
+    assert sorted(map(tuple, pairs.to_numpy())) == [(3, 7), (4, 8), (4, 8), (7, 9)]
+    assert sorted(map(tuple, near_duplicates.bucket_pairs(frame, reach=1).to_numpy())) == [(3, 7), (4, 8)]
+    assert near_duplicates.bucket_pairs(frame.iloc[:1], reach=5).empty
+
+
+def test_a_bucket_split_across_batches_is_paired_whole() -> None:
+    frame = _entries([(1, 0, 0, 1), (2, 0, 0, 1), (3, 0, 0, 1), (4, 0, 0, 2), (5, 0, 0, 2), (6, 0, 0, 3)])
+    whole = sorted(map(tuple, near_duplicates.bucket_pairs(frame, reach=5).to_numpy()))
+    for cut in range(1, len(frame)):
+        batches = [frame.iloc[:cut].reset_index(drop=True), frame.iloc[cut:].reset_index(drop=True)]
+        found = pd.concat(list(near_duplicates._neighbours(iter(batches), reach=5)))
+        assert sorted(map(tuple, found.to_numpy())) == whole == [(1, 2), (1, 3), (2, 3), (4, 5)]

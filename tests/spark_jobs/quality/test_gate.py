@@ -25,6 +25,8 @@ def test_a_passing_suite_writes_its_report_when_given_a_folder(tmp_path: Path) -
     assert len(result.checks) == 2
     assert result.docs == tmp_path / "gates" / "docs" / "index.html"
     assert result.docs.exists()
+    assert 'href="../report.html">This gate' in result.docs.read_text()  # the docs lead to the report page
+    assert result.page == tmp_path / "gates" / "report.html"
     assert (tmp_path / "gates" / "summary.txt").read_text().startswith("gate demo: PASSED (2 expectations, 0 failed)")
     assert (tmp_path / "gates" / "validation.json").exists()
 
