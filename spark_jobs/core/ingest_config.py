@@ -63,6 +63,10 @@ class AuditConfig(Section):
     # colours are at most ``max_colour_distance`` apart (spark_jobs/imaging/audit.py).
     min_score: float = Field(0.84, gt=0.0, le=1.0)
     max_colour_distance: float = Field(0.015, ge=0.0, le=1.0)
+    # ... or, when the detail lines up almost exactly (``exact_score``), at most
+    # ``exact_colour_distance`` apart: a JPEG re-saved at low quality shifts its mean colour.
+    exact_score: float = Field(0.95, gt=0.0, le=1.0)
+    exact_colour_distance: float = Field(0.045, ge=0.0, le=1.0)
     seed: Seed = 0
 
 

@@ -15,7 +15,8 @@ The signature (:func:`signature`):
 The match score of a pair is the best normalised cross-correlation of the two thumbnails' detail
 (the thumbnail minus its blur: the flat gradients of a sky or a wall do not count) over a grid of
 small zooms, shifts and rotations, tried both ways round. A pair is a near-duplicate when that
-score is high and their mean colours are close (:func:`match`).
+score is high and their mean colours are close, or a little less close when the score is nearly
+perfect (:func:`match`).
 """
 
 from __future__ import annotations
@@ -178,14 +179,22 @@ def match_score(thumb_a: bytes, thumb_b: bytes) -> float:
     return max(float((warped_a @ plain_b).max()), float((warped_b @ plain_a).max()))
 
 
+def colour_fits(colour: float, score: float, cfg: AuditConfig) -> bool:
+    """Whether mean colours ``colour`` apart (:func:`colour_distance`) fit a pair whose detail
+    lines up to ``score``: within ``max_colour_distance``, or within ``exact_colour_distance`` when
+    the score reaches ``exact_score`` (a low-quality JPEG copy lines up but shifts its colours)."""
+    return colour <= cfg.max_colour_distance or (colour <= cfg.exact_colour_distance and score >= cfg.exact_score)
+
+
 def match(thumb_a: bytes, thumb_b: bytes, cfg: AuditConfig) -> float | None:
-    """The match score of two signatures when they are near-duplicates under ``cfg``: their mean
-    colours at most ``max_colour_distance`` apart and their detail lining up to ``min_score``;
-    None when they are not."""
-    if colour_distance(thumb_a, thumb_b) > cfg.max_colour_distance:
+    """The match score of two signatures when they are near-duplicates under ``cfg``: their detail
+    lining up to ``min_score`` with mean colours that fit it (:func:`colour_fits`); None when they
+    are not. The colour is checked first: it costs nothing beside the score."""
+    colour = colour_distance(thumb_a, thumb_b)
+    if colour > max(cfg.max_colour_distance, cfg.exact_colour_distance):
         return None
     score = match_score(thumb_a, thumb_b)
-    return score if score >= cfg.min_score else None
+    return score if score >= cfg.min_score and colour_fits(colour, score, cfg) else None
 
 
 # ---- quality figures ------------------------------------------------------------------------

@@ -3,6 +3,7 @@ photographs, and each quality flag on images built to raise it and on images bui
 
 from __future__ import annotations
 
+import io
 import itertools
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image, ImageFilter
 
 from spark_jobs.core.ingest_config import AuditConfig, FlagsConfig
 from spark_jobs.imaging import audit, near_duplicates
-from tests.near_duplicate_corpus import TRANSFORMS, corpus, photographs
+from tests.near_duplicate_corpus import TRANSFORMS, bases, corpus, photographs
 
 DEFAULTS = AuditConfig()  # the photographs' settings
 
@@ -117,3 +118,32 @@ def test_every_flag_has_a_threshold_and_a_gate_allowance() -> None:
 
     assert tuple(FlagSharesConfig.model_fields) == audit.FLAGS
     assert len(FlagsConfig.model_fields) == len(audit.FLAGS) - 1  # grayscale needs no threshold
+
+
+@pytest.mark.parametrize(
+    ("colour", "score", "fits"),
+    [
+        (0.010, 0.85, True),  # close colours: any score the match needs
+        (0.030, 0.85, False),  # apart, and the detail only roughly lines up
+        (0.030, 0.97, True),  # apart, but the detail lines up almost exactly (a low-quality JPEG)
+        (0.060, 0.99, False),  # too far apart whatever the score (sky against wall)
+    ],
+)
+def test_colours_may_differ_more_when_the_detail_lines_up_almost_exactly(
+    colour: float, score: float, fits: bool
+) -> None:
+    assert audit.colour_fits(colour, score, DEFAULTS) is fits
+
+
+def test_low_quality_jpeg_copies_match_although_their_colour_shifted() -> None:
+    shifted = []  # (base, copy) signatures of JPEG q10 copies whose mean colour moved past max_colour_distance
+    for base in itertools.islice(bases(), 100):
+        out = io.BytesIO()
+        base.save(out, "JPEG", quality=10)
+        pair = audit.signature(base)[0], audit.signature(Image.open(io.BytesIO(out.getvalue())))[0]
+        if audit.colour_distance(*pair) > DEFAULTS.max_colour_distance:
+            shifted.append(pair)
+    assert len(shifted) >= 5
+    assert sum(audit.match(a, b, DEFAULTS) is not None for a, b in shifted) >= 0.9 * len(shifted)
+    strict = DEFAULTS.model_copy(update={"exact_colour_distance": DEFAULTS.max_colour_distance})
+    assert not any(audit.match(a, b, strict) is not None for a, b in shifted)  # the colour check alone refused them
