@@ -97,7 +97,7 @@ def test_overrides_do_not_touch_the_input_tree() -> None:
         ("ingest.split.seed=-1", "parameter ingest.split.seed: Input should be greater than or equal to 0"),
         ("gate.raw.max_quarantine_ratio=1.5", "parameter gate.raw.max_quarantine_ratio"),
         ("nosuchsection.key=1", "unknown parameter nosuchsection"),
-        ("features.kind=sift", "parameter features.kind: Input should be 'classical' or 'cnn'"),
+        ("features.kind=surf", "parameter features.kind: Input should be 'classical', 'sift' or 'cnn'"),
         ("features.tiles.overlap=1.0", "parameter features.tiles.overlap: Input should be less than 1"),
         ("features.cnn.std=[1,0,1]", "parameter features.cnn.std.1: Input should be greater than 0"),
     ],
