@@ -99,9 +99,11 @@ def train(root: Path, env: dict[str, str], s3_endpoint: str) -> dict[str, Any]:
         # Once the DAG processor has parsed it: `make airflow` creates the project's DAGs unpaused.
         wait_for(TRAINING, lambda: api.get(f"{url}/api/v2/dags/{TRAINING}", timeout=10).ok, 180, log)
         paused = api.get(f"{url}/api/v2/dags/{TRAINING}", timeout=10).json()["is_paused"]
-        # What the trigger form posts: the Params as conf, no logical date.
+        # What the trigger form posts: the Params as conf, no logical date; and a run id of its own,
+        # so that a POST tried again after a locked database (see _session) cannot start two runs.
         params = conf(ws)
         body = {"conf": params, "logical_date": None, "data_interval_start": None, "data_interval_end": None}
+        body["dag_run_id"] = f"manual__tests_{time.strftime('%Y%m%dT%H%M%S')}_{os.getpid()}"
         triggered = api.post(f"{url}/api/v2/dags/{TRAINING}/dagRuns", json=body, timeout=10)
         assert triggered.status_code == 200, triggered.text
         run_id = triggered.json()["dag_run_id"]
@@ -144,12 +146,16 @@ def train(root: Path, env: dict[str, str], s3_endpoint: str) -> dict[str, Any]:
 
 
 def _session(token: str, log: Path) -> requests.Session:
-    """The REST API as the tests call it. The local server keeps its metadata in SQLite, where a read
-    can meet a writer's lock under load: a GET that answers 5xx is tried again (three times, 1-4 s
-    apart), and one that still does fails with the server's last traceback, not a JSON error."""
+    """The REST API as the tests call it. The local server keeps its metadata in SQLite, where a
+    request can meet a writer's lock under load (the scheduler starting the hourly scoring DAG's
+    run, say): one that answers 5xx is tried again (three times, 1-4 s apart; the trigger's POST
+    names its run, so a retry cannot start a second one), and one that still does fails with the
+    server's last traceback, not a JSON error."""
     api = requests.Session()
     api.headers["Authorization"] = f"Bearer {token}"
-    retry = Retry(3, backoff_factor=1, status_forcelist=(500, 502, 503, 504), raise_on_status=False)
+    retry = Retry(
+        3, backoff_factor=1, status_forcelist=(500, 502, 503, 504), allowed_methods=None, raise_on_status=False
+    )
     api.mount("http://", HTTPAdapter(max_retries=retry))
     api.hooks["response"].append(lambda got, *args, **kwargs: _no_server_error(got, log))
     return api
