@@ -8,7 +8,7 @@
    partners with the most such collisions (so a table of look-alikes costs no more than that per
    image);
 2. verification, per candidate pair: the best view cosine must reach ``candidate_cosine``, then the
-   aligned match score ``min_score`` with the mean colours at most ``max_colour_distance`` apart;
+   aligned match score ``min_score`` with mean colours that fit it (:func:`audit.match`);
 3. connected components of the verified pairs give the clusters: ``cluster_id`` is the smallest
    ``image_id`` of its cluster.
 
@@ -69,7 +69,7 @@ def short_id(column: str) -> Column:
 
 
 def _keys(frames: Iterator[pd.DataFrame], cfg: AuditConfig, centre: np.ndarray) -> Iterator[pd.DataFrame]:
-    """``(id, view, band, key, order)`` rows of each batch of signatures (``order``: the
+    """``(id, view, band, key, order)`` rows of each batch of ``(id, dup_vectors)`` (``order``: the
     view's position along a random direction of its band, which sorts a bucket). A flat picture
     (no direction in its whole view) gets none: it is matched with nothing (its flags show it)."""
     planes, width = hyperplanes(cfg), audit.VIEWS * audit.VECTOR_DIM
@@ -77,7 +77,7 @@ def _keys(frames: Iterator[pd.DataFrame], cfg: AuditConfig, centre: np.ndarray) 
     for frame in frames:
         valid = [
             (i, v)
-            for i, v in zip(frame["image_id"], frame["dup_vectors"], strict=True)
+            for i, v in zip(frame["id"], frame["dup_vectors"], strict=True)
             if v is not None and len(v) == width and np.any(v[: audit.VECTOR_DIM])
         ]
         if not valid:
@@ -88,7 +88,7 @@ def _keys(frames: Iterator[pd.DataFrame], cfg: AuditConfig, centre: np.ndarray) 
         views = vectors.reshape(n, audit.VIEWS, audit.VECTOR_DIM) - centre
         yield pd.DataFrame(
             {
-                "id": np.repeat(np.asarray([int(i[:_ID_DIGITS], 16) for i, _ in valid]), audit.VIEWS * cfg.bands),
+                "id": np.repeat(np.asarray([i for i, _ in valid], dtype=np.int64), audit.VIEWS * cfg.bands),
                 "view": np.tile(np.repeat(np.arange(audit.VIEWS, dtype=np.int32), cfg.bands), n),
                 "band": np.tile(np.arange(cfg.bands, dtype=np.int32), n * audit.VIEWS),
                 "key": keys.ravel(),
@@ -124,7 +124,8 @@ def candidates(signatures: DataFrame, cfg: AuditConfig) -> DataFrame:
     from pyspark.sql import functions as F
 
     centre = mean_view(signatures)
-    keys = signatures.select("image_id", "dup_vectors").mapInPandas(lambda it: _keys(it, cfg, centre), _KEYS_SCHEMA)
+    named = signatures.select(short_id("image_id").alias("id"), "dup_vectors")
+    keys = named.mapInPandas(lambda it: _keys(it, cfg, centre), _KEYS_SCHEMA)
     # One shuffle puts each bucket's entries next to each other, in the band's order; each task
     # then pairs neighbours in numpy (no per-bucket object in the JVM: most buckets hold one image).
     arranged = keys.repartition("band", "key").sortWithinPartitions("band", "key", "order")

@@ -172,7 +172,7 @@ def link_page(index: Path, page: Path) -> None:
         f'<a href="{target}">This gate\'s report page</a>: the verdict, each check against its threshold '
         "and the images behind it (works offline)</div>"
     )
-    if "<body>" in html and target not in html:
+    if "<body>" in html:
         write_file(index, html.replace("<body>", "<body>" + banner, 1))
 
 

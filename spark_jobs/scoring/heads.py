@@ -159,8 +159,8 @@ class TileHead:
 
 @dataclass(frozen=True)
 class Descriptors:
-    """The classical descriptors of ``(N, H, W, 3)`` pixels, as at features time (an mllib model's
-    input before its saved scaler + PCA)."""
+    """The classical or SIFT descriptors of ``(N, H, W, 3)`` pixels, as at features time (an mllib
+    model's input before its saved scaler + PCA)."""
 
     extractor: Any
 
