@@ -54,8 +54,9 @@ class AuditConfig(Section):
 
     # Candidates: pairs whose signature vectors share all ``bits`` random-hyperplane signs in one of
     # ``bands`` bands (LSH banding) and whose best view cosine then reaches ``candidate_cosine``.
+    # A band and its key are one long (9 + 54 bits).
     bands: int = Field(96, ge=1, le=512)
-    bits: int = Field(18, ge=4, le=62)
+    bits: int = Field(18, ge=4, le=54)
     candidate_cosine: float = Field(0.75, ge=-1.0, le=1.0)
     # ... and only among each image's max_candidates partners with the most band collisions.
     max_candidates: int = Field(20, ge=1, le=10_000)

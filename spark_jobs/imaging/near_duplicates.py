@@ -2,11 +2,11 @@
 (:mod:`spark_jobs.imaging.audit`), never by comparing all pairs:
 
 1. candidates: LSH banding. Each image's whole-picture vector and its five crop views' vectors get
-   ``bands`` keys of ``bits`` random-hyperplane signs each (one shuffle into ``(band, key)``
-   buckets); in a bucket, sorted along a random direction of its band, each whole view is paired
-   with the ``max_candidates`` entries either side, and each image keeps its ``max_candidates``
-   partners with the most such collisions (so a table of look-alikes costs no more than that per
-   image);
+   ``bands`` keys of ``bits`` random-hyperplane signs each (one shuffle into buckets, one per band
+   and key); the buckets of one entry are dropped in the JVM, the others, sorted along a random
+   direction of their band, pair each whole view with the ``max_candidates`` entries either side,
+   and each image keeps its ``max_candidates`` partners with the most such collisions (so a table
+   of look-alikes costs no more than that per image);
 2. verification, per candidate pair: the best view cosine must reach ``candidate_cosine``, then the
    aligned match score ``min_score`` with mean colours that fit it (:func:`audit.match`);
 3. connected components of the verified pairs give the clusters: ``cluster_id`` is the smallest
@@ -34,7 +34,7 @@ PAIRS_SCHEMA: Final = (
     "image_id_a string, image_id_b string, source_uri_a string, source_uri_b string, "
     "distance double, score double, view_cosine double, method string"
 )
-_KEYS_SCHEMA = "id long, view int, band int, key long, order float"
+_KEYS_SCHEMA = "id long, whole boolean, bucket long, order float"
 # The pairing moves millions of (bucket, image) rows: it names an image by the first 15 hex digits
 # of its image_id (a sha256) as a long, not by the 64-character string. Two images sharing those
 # 60 bits (about one pair in 10^7 at a million images) are never paired with each other.
@@ -42,7 +42,9 @@ _ID_DIGITS: Final = 15
 # Rows per Arrow batch of the pairing's Python steps: the project's default (256, sized for pixels)
 # would cut a task's millions of small bucket entries into thousands of batches.
 BATCH_ROWS: Final = 4096
-_SCORED_SCHEMA = "image_id_a string, image_id_b string, score double, view_cosine double"
+_SCORED_SCHEMA = (
+    "image_id_a string, image_id_b string, source_uri_a string, source_uri_b string, score double, view_cosine double"
+)
 
 
 def hyperplanes(cfg: AuditConfig) -> np.ndarray:
@@ -61,6 +63,12 @@ def band_keys(vectors: np.ndarray, planes: np.ndarray, bands: int, bits: int, ce
     return (signs.astype(np.int64) << np.arange(bits, dtype=np.int64)).sum(axis=-1)
 
 
+def buckets(keys: np.ndarray, bits: int) -> np.ndarray:
+    """One long per ``(band, key)`` of :func:`band_keys` (``band << bits | key``: a bucket's name and
+    the pairing's one sort key, which Spark sorts by its prefix alone; ``bits`` + 9 <= 63)."""
+    return (np.arange(keys.shape[-1], dtype=np.int64) << bits) | keys
+
+
 def short_id(column: str) -> Column:
     """The pairing's long name of an image (:data:`_ID_DIGITS`) from its ``image_id`` column."""
     from pyspark.sql import functions as F
@@ -69,9 +77,10 @@ def short_id(column: str) -> Column:
 
 
 def _keys(frames: Iterator[pd.DataFrame], cfg: AuditConfig, centre: np.ndarray) -> Iterator[pd.DataFrame]:
-    """``(id, view, band, key, order)`` rows of each batch of ``(id, dup_vectors)`` (``order``: the
-    view's position along a random direction of its band, which sorts a bucket). A flat picture
-    (no direction in its whole view) gets none: it is matched with nothing (its flags show it)."""
+    """``(id, whole, bucket, order)`` rows of each batch of ``(id, dup_vectors)``, one per view and
+    band (``whole``: the whole-picture view; ``bucket``: :func:`buckets`; ``order``: the view's
+    position along a random direction of its band, which sorts a bucket). A flat picture (no
+    direction in its whole view) gets none: it is matched with nothing (its flags show it)."""
     planes, width = hyperplanes(cfg), audit.VIEWS * audit.VECTOR_DIM
     orders = np.random.default_rng(cfg.seed + 1).standard_normal((cfg.bands, audit.VECTOR_DIM)).astype(np.float32)
     for frame in frames:
@@ -89,30 +98,30 @@ def _keys(frames: Iterator[pd.DataFrame], cfg: AuditConfig, centre: np.ndarray) 
         yield pd.DataFrame(
             {
                 "id": np.repeat(np.asarray([i for i, _ in valid], dtype=np.int64), audit.VIEWS * cfg.bands),
-                "view": np.tile(np.repeat(np.arange(audit.VIEWS, dtype=np.int32), cfg.bands), n),
-                "band": np.tile(np.arange(cfg.bands, dtype=np.int32), n * audit.VIEWS),
-                "key": keys.ravel(),
+                "whole": np.tile(np.repeat(np.arange(audit.VIEWS) == 0, cfg.bands), n),
+                "bucket": buckets(keys, cfg.bits).ravel(),
                 "order": (views @ orders.T).ravel(),  # (image, view, band): each band's own direction
             }
         )
 
 
 def mean_view(signatures: DataFrame) -> np.ndarray:
-    """The mean of every view vector of the table (one small aggregation)."""
-    from pyspark.sql import functions as F
-
+    """The mean of every view vector of the table (each task sums its rows: one small row each)."""
     width = audit.VIEWS * audit.VECTOR_DIM
-    rows = (
-        signatures.where(F.size("dup_vectors") == width)
-        .select(F.posexplode("dup_vectors").alias("pos", "value"))
-        .groupBy("pos")
-        .agg(F.avg("value").alias("mean"))
-        .collect()
-    )
-    means = np.zeros(width, dtype=np.float32)
-    for row in rows:
-        means[row["pos"]] = row["mean"]
-    return means.reshape(audit.VIEWS, audit.VECTOR_DIM).mean(axis=0)
+
+    def sums(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        total, count = np.zeros(width, dtype=np.float64), 0
+        for frame in frames:
+            rows = [v for v in frame["dup_vectors"] if v is not None and len(v) == width]
+            if rows:
+                total += np.asarray(rows, dtype=np.float64).sum(axis=0)
+                count += len(rows)
+        yield pd.DataFrame({"n": [count], "total": [total]})
+
+    parts = signatures.select("dup_vectors").mapInPandas(sums, "n long, total array<double>").collect()
+    count = sum(r["n"] for r in parts)
+    total = np.sum([np.asarray(r["total"]) for r in parts], axis=0) if parts else np.zeros(width)
+    return (total / max(count, 1)).astype(np.float32).reshape(audit.VIEWS, audit.VECTOR_DIM).mean(axis=0)
 
 
 def candidates(signatures: DataFrame, cfg: AuditConfig) -> DataFrame:
@@ -121,28 +130,31 @@ def candidates(signatures: DataFrame, cfg: AuditConfig) -> DataFrame:
     ``max_candidates`` partners with the most such collisions (:func:`nearest`). The work grows
     with the table times ``max_candidates``, not with the square of a bucket. ``signatures``:
     ``image_id, dup_vectors``."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     centre = mean_view(signatures)
     named = signatures.select(short_id("image_id").alias("id"), "dup_vectors")
     keys = named.mapInPandas(lambda it: _keys(it, cfg, centre), _KEYS_SCHEMA)
-    # One shuffle puts each bucket's entries next to each other, in the band's order; each task
-    # then pairs neighbours in numpy (no per-bucket object in the JVM: most buckets hold one image).
-    arranged = keys.repartition("band", "key").sortWithinPartitions("band", "key", "order")
+    # One shuffle puts each bucket's entries next to each other, in the band's order. Most buckets
+    # hold one entry: a count over the bucket (on that same sort) drops them before Python; each
+    # task then pairs the rest's neighbours in numpy (no per-bucket object in the JVM).
+    arranged = keys.repartition("bucket").sortWithinPartitions("bucket", "order")
+    shared = arranged.withColumn("_entries", F.count("*").over(Window.partitionBy("bucket")))
+    shared = shared.where(F.col("_entries") > 1).drop("_entries")
     reach = cfg.max_candidates
-    pairs = arranged.mapInPandas(lambda it: _neighbours(it, reach), "id_a long, id_b long")
+    pairs = shared.mapInPandas(lambda it: _neighbours(it, reach), "id_a long, id_b long")
     return nearest(pairs.groupBy("id_a", "id_b").agg(F.count("*").alias("hits")), cfg.max_candidates)
 
 
 def bucket_pairs(frame: pd.DataFrame, reach: int) -> pd.DataFrame:
-    """``(id_a, id_b)``, a < b, of the entries of ``frame`` (sorted by band, key, order) that share
-    a bucket, lie at most ``reach`` entries apart and include a whole view (view 0), once per such
-    collision; an image is never paired with itself."""
-    band, key = frame["band"].to_numpy(), frame["key"].to_numpy()
-    ids, whole = frame["id"].to_numpy(), frame["view"].to_numpy() == 0
+    """``(id_a, id_b)``, a < b, of the entries of ``frame`` (sorted by bucket, order) that share a
+    bucket, lie at most ``reach`` entries apart and include a whole view, once per such collision;
+    an image is never paired with itself."""
+    bucket, ids, whole = frame["bucket"].to_numpy(), frame["id"].to_numpy(), frame["whole"].to_numpy()
     out_a, out_b = [], []
     for step in range(1, min(reach, len(frame) - 1) + 1):
-        near = (band[step:] == band[:-step]) & (key[step:] == key[:-step]) & (whole[step:] | whole[:-step])
+        near = (bucket[step:] == bucket[:-step]) & (whole[step:] | whole[:-step])
         a, b = ids[:-step][near], ids[step:][near]
         other = a != b
         out_a.append(np.minimum(a, b)[other])
@@ -158,9 +170,8 @@ def _neighbours(frames: Iterator[pd.DataFrame], reach: int) -> Iterator[pd.DataF
     carry = None
     for frame in frames:
         rows = frame if carry is None else pd.concat([carry, frame], ignore_index=True)
-        last = rows.iloc[-1]
-        tail = (rows["band"].to_numpy() == last["band"]) & (rows["key"].to_numpy() == last["key"])
-        cut = int(np.argmax(tail))  # the first row of the last bucket (sorted: its rows are the tail)
+        bucket = rows["bucket"].to_numpy()
+        cut = int(np.argmax(bucket == bucket[-1]))  # the first row of the last bucket (sorted: the tail)
         carry = rows.iloc[cut:]
         if cut:
             yield bucket_pairs(rows.iloc[:cut], reach)
@@ -175,9 +186,9 @@ def nearest(hits: DataFrame, k: int) -> DataFrame:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    ends = hits.select(F.col("id_a").alias("end"), "id_a", "id_b", "hits").unionByName(
-        hits.select(F.col("id_b").alias("end"), "id_a", "id_b", "hits")
-    )
+    # Each pair once per end, from one pass over ``hits`` (a union of two selects would compute the
+    # whole pairing twice).
+    ends = hits.select(F.explode(F.array("id_a", "id_b")).alias("end"), "id_a", "id_b", "hits")
     rank = F.row_number().over(Window.partitionBy("end").orderBy(F.desc("hits"), "id_a", "id_b"))
     kept = ends.withColumn("_rank", rank).where(F.col("_rank") <= k)
     return kept.select("id_a", "id_b").distinct()
@@ -190,6 +201,9 @@ def view_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     vb = b.reshape(len(b), audit.VIEWS, audit.VECTOR_DIM)
     one = np.einsum("pd,pvd->pv", va[:, 0], vb).max(axis=1)
     return np.maximum(one, np.einsum("pd,pvd->pv", vb[:, 0], va).max(axis=1))
+
+
+_SCORED_COLUMNS = [c.split()[0] for c in _SCORED_SCHEMA.split(", ")]
 
 
 def _score(frames: Iterator[pd.DataFrame], cfg: AuditConfig) -> Iterator[pd.DataFrame]:
@@ -206,8 +220,8 @@ def _score(frames: Iterator[pd.DataFrame], cfg: AuditConfig) -> Iterator[pd.Data
                 continue
             score = audit.match(bytes(row.thumb_a), bytes(row.thumb_b), cfg)
             if score is not None:
-                out.append((row.image_id_a, row.image_id_b, score, float(cosine)))
-        yield pd.DataFrame(out, columns=["image_id_a", "image_id_b", "score", "view_cosine"])
+                out.append((row.image_id_a, row.image_id_b, row.source_uri_a, row.source_uri_b, score, float(cosine)))
+        yield pd.DataFrame(out, columns=_SCORED_COLUMNS)
 
 
 def verified(signatures: DataFrame, pairs: DataFrame, cfg: AuditConfig) -> DataFrame:
@@ -225,12 +239,10 @@ def verified(signatures: DataFrame, pairs: DataFrame, cfg: AuditConfig) -> DataF
         )
         for s in ("a", "b")
     }
-    both = pairs.join(side["a"], "id_a").join(side["b"], "id_b")
-    scored = both.select("image_id_a", "image_id_b", "thumb_a", "thumb_b", "vec_a", "vec_b").mapInPandas(
-        lambda it: _score(it, cfg), _SCORED_SCHEMA
-    )
-    uris = both.select("image_id_a", "image_id_b", "source_uri_a", "source_uri_b")
-    return scored.join(uris, ["image_id_a", "image_id_b"]).select(
+    both = pairs.join(side["a"], "id_a").join(side["b"], "id_b").drop("id_a", "id_b")
+    # One pass: the URIs go through the scoring beside the ids (a join back would pair twice).
+    scored = both.mapInPandas(lambda it: _score(it, cfg), _SCORED_SCHEMA)
+    return scored.select(
         "image_id_a",
         "image_id_b",
         "source_uri_a",

@@ -91,8 +91,21 @@ def test_each_image_keeps_its_partners_with_the_most_collisions(spark) -> None:
 
 
 def _entries(rows: list[tuple[int, int, int, int]]) -> pd.DataFrame:
-    """``(id, view, band, key)`` rows, in the order the pairing sorts them (band, key, order)."""
-    return pd.DataFrame(rows, columns=["id", "view", "band", "key"]).assign(order=0.0)
+    """``(id, whole, bucket, order)`` entries of ``(id, view, band, key)`` rows, in the order the
+    pairing sorts them (bucket, order)."""
+    frame = pd.DataFrame(rows, columns=["id", "view", "band", "key"])
+    return pd.DataFrame(
+        {"id": frame["id"], "whole": frame["view"] == 0, "bucket": frame["band"] * 2**10 + frame["key"], "order": 0.0}
+    )
+
+
+def test_a_bucket_names_its_band_and_key_in_one_long() -> None:
+    keys = np.array([[[0, 5, 2**54 - 1]], [[0, 5, 2**54 - 1]]], dtype=np.int64)  # (images, views, bands)
+    named = near_duplicates.buckets(keys, 54)
+    assert named[0, 0].tolist() == [0, (1 << 54) | 5, (2 << 54) | (2**54 - 1)]
+    assert (named[0] == named[1]).all()
+    assert named.min() >= 0  # 512 bands of 54 bits: still a positive long
+    assert near_duplicates.buckets(np.full((1, 1, 512), 2**54 - 1, dtype=np.int64), 54).min() > 0
 
 
 def test_bucket_neighbours_with_a_whole_view_are_candidates() -> None:
