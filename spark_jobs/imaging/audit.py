@@ -26,8 +26,8 @@ from typing import Any, Final
 
 import numpy as np
 from PIL import Image, ImageChops, ImageStat
-from scipy.fft import dctn
-from scipy.ndimage import gaussian_filter, laplace
+from scipy.fft import dct
+from scipy.ndimage import gaussian_filter
 
 from spark_jobs.core.ingest_config import AuditConfig, FlagsConfig
 
@@ -52,12 +52,22 @@ def _weights() -> np.ndarray:
     return np.hypot(fx, fy).ravel()[1:].astype(np.float32)
 
 
-def dct_vector(grey: np.ndarray) -> np.ndarray:
-    """The unit vector of a square grey picture's low frequencies (8 x 8 DCT block, no mean term,
-    each weighted by its frequency); all zeros for a flat picture."""
-    block = dctn(grey, norm="ortho")[:DCT_BLOCK, :DCT_BLOCK].ravel()[1:] * _weights()
-    norm = float(np.linalg.norm(block))
-    return (block / norm if norm > 1e-3 else np.zeros_like(block)).astype(np.float32)
+@lru_cache(maxsize=1)
+def _dct_rows() -> np.ndarray:
+    """The first :data:`DCT_BLOCK` rows of the orthonormal DCT-II matrix of a
+    :data:`VECTOR_SIDE`-px side: ``rows @ grey @ rows.T`` is the low block of ``dctn(grey,
+    norm="ortho")``, without the rest of the transform."""
+    return dct(np.eye(VECTOR_SIDE), norm="ortho", axis=0)[:DCT_BLOCK].astype(np.float32)
+
+
+def dct_vectors(greys: np.ndarray) -> np.ndarray:
+    """The unit vectors of square grey pictures' low frequencies (``(n, VECTOR_SIDE, VECTOR_SIDE)``
+    -> ``(n, VECTOR_DIM)``: the 8 x 8 DCT block, no mean term, each weighted by its frequency);
+    all zeros for a flat picture."""
+    rows = _dct_rows()
+    blocks = (rows @ greys @ rows.T).reshape(len(greys), -1)[:, 1:] * _weights()
+    norms = np.linalg.norm(blocks, axis=1, keepdims=True)
+    return np.divide(blocks, norms, out=np.zeros_like(blocks), where=norms > 1e-3).astype(np.float32)
 
 
 def views(im: Image.Image) -> list[Image.Image]:
@@ -83,9 +93,9 @@ def signature(im: Image.Image) -> tuple[bytes, list[float]]:
     (``VIEWS * VECTOR_DIM`` floats)."""
     small = reduced(im)
     grey = small.convert("L")
-    vectors = [dct_vector(_grey(v, VECTOR_SIDE)) for v in views(grey)]
+    vectors = dct_vectors(np.stack([_grey(v, VECTOR_SIDE) for v in views(grey)]))
     thumb = np.clip(np.rint(_grey(grey, THUMB_SIDE)), 0, 255).astype(np.uint8).tobytes()
-    return thumb + _chromaticity(small), np.concatenate(vectors).tolist()
+    return thumb + _chromaticity(small), vectors.ravel().tolist()
 
 
 def _chromaticity(im: Image.Image) -> bytes:
@@ -212,13 +222,20 @@ def quality(im: Image.Image, orig_width: int, orig_height: int) -> dict[str, Any
     p = counts[counts > 0] / grey.size
     grey_f = grey.astype(np.float32)
     return {
-        "sharpness": float(laplace(grey_f).var()),
+        "sharpness": float(laplacian(grey_f).var()),
         "brightness": float(grey_f.mean() / 255),
         "contrast": float(grey_f.std() / 255),
         "entropy": float(-(p * np.log2(p)).sum()) + 0.0,  # + 0.0: a flat picture's is 0, not -0
         "grayscale": _channel_spread(small) <= 2,
         "aspect_ratio": float(orig_width / orig_height),
     }
+
+
+def laplacian(grey: np.ndarray) -> np.ndarray:
+    """The 4-neighbour Laplacian of a grey picture, edges mirrored (``scipy.ndimage.laplace``'s
+    result, from five slices: a third less time than its two 1-D passes)."""
+    a = np.pad(grey, 1, mode="symmetric")
+    return a[:-2, 1:-1] + a[2:, 1:-1] + a[1:-1, :-2] + a[1:-1, 2:] - 4 * a[1:-1, 1:-1]
 
 
 def _channel_spread(im: Image.Image) -> int:

@@ -147,3 +147,26 @@ def test_low_quality_jpeg_copies_match_although_their_colour_shifted() -> None:
     assert sum(audit.match(a, b, DEFAULTS) is not None for a, b in shifted) >= 0.9 * len(shifted)
     strict = DEFAULTS.model_copy(update={"exact_colour_distance": DEFAULTS.max_colour_distance})
     assert not any(audit.match(a, b, strict) is not None for a, b in shifted)  # the colour check alone refused them
+
+
+def test_the_signature_vectors_are_the_low_block_of_scipys_dct() -> None:
+    from scipy.fft import dctn
+
+    rng = np.random.default_rng(3)
+    greys = rng.uniform(0, 255, (3, audit.VECTOR_SIDE, audit.VECTOR_SIDE)).astype(np.float32)
+    greys[2] = 7.0  # flat: no direction
+    for grey, vector in zip(greys, audit.dct_vectors(greys), strict=True):
+        block = dctn(grey.astype(np.float64), norm="ortho")[: audit.DCT_BLOCK, : audit.DCT_BLOCK].ravel()[1:]
+        block *= np.hypot(*np.meshgrid(range(audit.DCT_BLOCK), range(audit.DCT_BLOCK))).ravel()[1:]
+        norm = np.linalg.norm(block)
+        expected = block / norm if norm > 1e-3 else np.zeros_like(block)
+        assert vector == pytest.approx(expected, abs=1e-5)
+    assert not audit.dct_vectors(greys[2:]).any()
+
+
+def test_the_sharpness_laplacian_is_scipys() -> None:
+    from scipy.ndimage import laplace
+
+    _, photo = next(photographs())
+    grey = np.asarray(photo.convert("L").resize((97, 64)), dtype=np.float32)
+    assert audit.laplacian(grey) == pytest.approx(laplace(grey), abs=1e-3)
