@@ -303,7 +303,9 @@ def work(
     started = time.perf_counter()
     pairs = find_near_duplicates(spark, images_dir, run.staging / PAIRS, cfg.ingest)
     clusters = near_duplicates.clusters([(a, b) for a, b, _ in pairs])
+    relabel_started = time.perf_counter()
     assign_clusters(spark, images_dir, clusters, cfg.ingest)
+    run.extra["cluster_relabel_s"] = round(time.perf_counter() - relabel_started, 3)  # its rewrite of files
     run.extra["near_duplicates_s"] = round(time.perf_counter() - started, 3)
     run.extra["decode_s"] = round(decoded_s, 3)  # the pixel pass, audit figures included
     log.info(
@@ -381,9 +383,12 @@ def show_audit(
     biggest = sorted(sizes.values(), key=lambda ids: (-len(ids), ids[0]))[: exhibits.MAX_CLUSTERS]
     chosen = [i for ids in biggest for i in ids[: report.MAX_THUMBS]]
     table = read_images(spark, run.staging)
-    members = [
-        r.asDict() | {"score": best[r["image_id"]]} for r in table.where(F.col("image_id").isin(chosen)).collect()
-    ]
+    flagged = flag_samples(table)
+    # One pass over the table's pixels for every picture the page shows (each a large value).
+    wanted = sorted(set(chosen) | {r["image_id"] for r in flagged})
+    shown = table.where(F.col("image_id").isin(wanted)).select("image_id", *PICTURE_COLUMNS).collect()
+    pictures = {r["image_id"]: r.asDict() for r in shown}
+    members = [pictures[i] | {"score": best[i]} for i in chosen if i in pictures]
     summary = audited.near_duplicates.iloc[0]
     run.exhibits.galleries += exhibits.cluster_galleries(
         members, int(summary["clusters"]), int(summary["images_in_clusters"])
@@ -397,21 +402,26 @@ def show_audit(
         f"{summary['clusters_spanning_splits']} clusters across splits, {summary['cross_split_pairs']} pairs"
     )
     run.exhibits.counts["quality flags"] = totals or "none"
-    run.exhibits.galleries += exhibits.flag_galleries(flag_samples(table), totals)
+    run.exhibits.galleries += exhibits.flag_galleries([r | pictures[r["image_id"]] for r in flagged], totals)
+
+
+PICTURE_COLUMNS = ("source_uri", "label", "split", "cluster_id", "pixels", "height", "width")  # a gallery's
 
 
 def flag_samples(table: DataFrame) -> list[dict]:
-    """Up to MAX_FLAGGED images per quality flag, each with the flag and the figure behind it."""
+    """Up to MAX_FLAGGED images per quality flag (``image_id``, the flag and the figure behind it;
+    not their pixels: the ranking moves only these small columns)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    flagged = table.select("*", F.explode("flags").alias("flag"))
+    figures = sorted(set(FLAG_FIGURES.values()))
+    flagged = table.select("image_id", "source_uri", *figures, F.explode("flags").alias("flag"))
     rank = F.row_number().over(Window.partitionBy("flag").orderBy("source_uri"))
     sample = flagged.withColumn("_rank", rank).where(F.col("_rank") <= exhibits.MAX_FLAGGED)
     names = F.create_map(*[F.lit(x) for pair in FLAG_FIGURES.items() for x in pair])
     figure = F.coalesce(*[F.when(F.col("flag") == f, F.col(c).cast("double")) for f, c in FLAG_FIGURES.items()])
     rows = sample.withColumns({"figure": figure, "figure_name": F.element_at(names, F.col("flag"))})
-    return [r.asDict() for r in rows.collect()]
+    return [r.asDict() for r in rows.select("image_id", "flag", "figure", "figure_name").collect()]
 
 
 def _precheck(cfg: IngestParams) -> None:
