@@ -157,6 +157,11 @@ def replace_files(
     affected = spark.read.schema(DECODED_SCHEMA).parquet(*[spark_path(store.local_path(f)) for f in files])
     rewrite = images_dir.with_name("_rewrite")
     rows(affected).select(*DECODED_FIELDS).write.parquet(spark_path(rewrite))
+    swap_files(images_dir, files, rewrite)
+
+
+def swap_files(images_dir: Path, files: list[str], rewrite: Path) -> None:
+    """Replace the table's ``files`` (URIs) by the Parquet files written under ``rewrite``."""
     for uri in files:
         path = store.local_path(uri)
         path.unlink()
@@ -165,6 +170,35 @@ def replace_files(
         if path.name.startswith(("part-", ".part-")):
             path.rename(images_dir / path.name)
     shutil.rmtree(rewrite)
+
+
+def relabel_file(source: str, target: str, labels: dict[str, tuple[str, str | None]]) -> None:
+    """Write Parquet file ``source`` to ``target`` with ``labels`` (``{image_id: (cluster_id,
+    split or None to keep it)}``) applied to its ``cluster_id`` and ``split`` columns: row group by
+    row group, the schema, the row groups and the codec kept. Every other column goes through
+    Arrow untouched: Spark's own rewrite would copy each pixel value through its rows (3x the
+    time on 224 px photographs)."""
+    import pyarrow as pa
+
+    parquet = pq.ParquetFile(source)
+    meta = parquet.metadata
+    codec = meta.row_group(0).column(0).compression if meta.num_row_groups else "ZSTD"
+    with pq.ParquetWriter(target, parquet.schema_arrow, compression=_WRITE_CODECS.get(codec, codec.lower())) as out:
+        for group in range(meta.num_row_groups):
+            rows = parquet.read_row_group(group)
+            ids = rows.column("image_id").to_pylist()
+            for column, at in (("cluster_id", 0), ("split", 1)):
+                old = rows.column(column).to_pylist()
+                new = [
+                    labels[i][at] if i in labels and labels[i][at] is not None else v
+                    for i, v in zip(ids, old, strict=True)
+                ]
+                index = rows.schema.get_field_index(column)
+                rows = rows.set_column(index, rows.schema.field(index), pa.array(new, pa.string()))
+            out.write_table(rows, row_group_size=rows.num_rows)
+
+
+_WRITE_CODECS = {"UNCOMPRESSED": "none", "LZ4_RAW": "lz4"}  # Parquet's codec names -> pyarrow's
 
 
 def find_near_duplicates(
@@ -186,7 +220,8 @@ def find_near_duplicates(
 
 def assign_clusters(spark: SparkSession, images_dir: Path, clusters: dict[str, str], cfg: IngestConfig) -> None:
     """Give every image in a near-duplicate cluster its ``cluster_id`` and, with ``split.by:
-    cluster``, the split of that id. Only the Parquet files holding them are rewritten."""
+    cluster``, the split of that id. Only the Parquet files holding them are rewritten, one Spark
+    task per file (:func:`relabel_file`)."""
     from pyspark.sql import functions as F
 
     changed = {i: c for i, c in clusters.items() if i != c}
@@ -194,25 +229,20 @@ def assign_clusters(spark: SparkSession, images_dir: Path, clusters: dict[str, s
         return
     by_cluster = cfg.split.by == "cluster"
     fractions, seed = cfg.split.fractions(), cfg.split.seed
-    new = F.broadcast(
-        spark.createDataFrame(
-            [(i, c, images.assign_split(c, fractions, seed) if by_cluster else None) for i, c in changed.items()],
-            "image_id string, _cluster string, _split string",
-        )
-    )
+    labels = {i: (c, images.assign_split(c, fractions, seed) if by_cluster else None) for i, c in changed.items()}
+    ids = F.broadcast(spark.createDataFrame([(i,) for i in changed], "image_id string"))
     table = spark.read.schema(DECODED_SCHEMA).parquet(spark_path(images_dir))
-    files = [r["f"] for r in table.join(new, "image_id").select(F.input_file_name().alias("f")).distinct().collect()]
-
-    def relabelled(affected: DataFrame) -> DataFrame:
-        joined = affected.join(new, "image_id", "left")
-        return joined.withColumns(
-            {
-                "cluster_id": F.coalesce("_cluster", "cluster_id"),
-                "split": F.coalesce("_split", "split"),
-            }
-        )
-
-    replace_files(spark, images_dir, sorted(files), relabelled)
+    holding = table.join(ids, "image_id").select(F.input_file_name().alias("f")).distinct()
+    files = sorted(r["f"] for r in holding.collect())
+    rewrite = images_dir.with_name("_rewrite")
+    rewrite.mkdir()
+    shared = spark.sparkContext.broadcast(labels)
+    sources = [str(store.local_path(f)) for f in files]  # input_file_name() gives %-escaped URIs
+    spark.sparkContext.parallelize(sources, len(sources)).foreach(
+        lambda path: relabel_file(path, str(rewrite / Path(path).name), shared.value)
+    )
+    shared.unpersist()
+    swap_files(images_dir, files, rewrite)
 
 
 def discovered_classes(files: list[store.SourceFile], extensions: tuple[str, ...]) -> list[str]:

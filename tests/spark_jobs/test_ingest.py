@@ -412,3 +412,31 @@ def test_quality_figures_and_flags_are_columns(spark, source_tree, published: Pa
     assert grey["grayscale"] is True
     assert "grayscale" in grey["flags"]
     assert rows["0/exif.jpg"]["aspect_ratio"] == pytest.approx(30 / 40)  # as the picture stands, upright
+
+
+def test_relabel_file_replaces_two_columns_and_keeps_the_rest(spark, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    rows = [
+        (f"id{n}", f"id{n}", "train", bytes([n]) * 300, [float(n), 0.5], ["dark"] if n % 2 else []) for n in range(6)
+    ]
+    schema = (
+        "image_id string, cluster_id string, split string, pixels binary, dup_vectors array<float>, flags array<string>"
+    )
+    spark.createDataFrame(rows, schema).coalesce(1).write.parquet(str(tmp_path / "in"))
+    [source] = (tmp_path / "in").glob("part-*.parquet")
+    target = tmp_path / "out.parquet"
+    ingest.relabel_file(str(source), str(target), {"id1": ("id0", "test"), "id4": ("id3", None)})
+    back = {r["image_id"]: r for r in spark.read.schema(schema).parquet(str(target)).collect()}
+    assert [(back[i]["cluster_id"], back[i]["split"]) for i in ("id0", "id1", "id3", "id4")] == [
+        ("id0", "train"),
+        ("id0", "test"),  # a new cluster and split
+        ("id3", "train"),
+        ("id3", "train"),  # a new cluster, its split kept (split.by: image)
+    ]
+    assert [(r["pixels"], r["dup_vectors"], r["flags"]) for r in back.values()] == [
+        (p, v, f) for _, _, _, p, v, f in rows
+    ]
+    before, after = pq.ParquetFile(source).metadata, pq.ParquetFile(target).metadata
+    assert (after.num_rows, after.num_row_groups) == (before.num_rows, before.num_row_groups)
+    assert after.row_group(0).column(0).compression == before.row_group(0).column(0).compression
