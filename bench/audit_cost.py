@@ -8,7 +8,8 @@ session (after a small warm-up run), at each ``--images`` size. ``--lookalikes``
 ``ingest_throughput.py``'s JPEGs instead, a worst case: one scan per image, so the 1,797 scans
 repeat and every image has a handful of look-alikes (same strokes, other tint and grain) that
 its candidates must sort out. ``--photos`` uses photographs instead: 640 x 480 JPEGs (COCO's
-usual size; :func:`make_photos`), ingested at 224 px, where a file's decode costs what a
+usual size; :func:`make_photos`), ingested at 224 px with ``ingest.audit``'s own defaults (made
+for photographs: 96 bands of 18 bits, ``min_score`` 0.84), where a file's decode costs what a
 photograph's does.
 
 The audit's part of one ingest run (from its manifest's ``timings``):
@@ -160,7 +161,12 @@ def make_photos(folder: Path, count: int, copy_every: int) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def config(folder: Path, root: Path, image_size: int = 64) -> Config:
+def config(folder: Path, root: Path, image_size: int = 64, photographs: bool = False) -> Config:
+    """The bench's ingest settings: params.yaml's (the digits' audit settings) for the small
+    JPEGs, ``ingest.audit``'s own defaults (made for photographs) for ``photographs``."""
+    from spark_jobs.core.ingest_config import AuditConfig
+
+    audit = [f"ingest.audit.{k}={v}" for k, v in AuditConfig().model_dump().items()] if photographs else []
     return load(
         REPO / "params.yaml",
         [
@@ -169,6 +175,7 @@ def config(folder: Path, root: Path, image_size: int = 64) -> Config:
             f"ingest.image_size={image_size}",
             "gate.raw.min_per_class=1",
             "gate.raw.max_quarantine_ratio=1.0",
+            *audit,
         ],
     )
 
@@ -205,7 +212,7 @@ def inputs(count: int, args: argparse.Namespace) -> tuple[Path, int, int]:
 
 def one_size(spark, count: int, args: argparse.Namespace, fraction: float) -> dict:
     folder, files, total_bytes = inputs(count, args)
-    cfg = config(folder, WORK / "audit_run", image_size(args))
+    cfg = config(folder, WORK / "audit_run", image_size(args), args.photos)
     published = ingest.run(cfg, spark)
     doc = manifest.read_json(published)
     t = {k: doc["timings"].get(k) for k in TIMINGS}
@@ -228,8 +235,8 @@ def one_size(spark, count: int, args: argparse.Namespace, fraction: float) -> di
 def describe_inputs(args: argparse.Namespace) -> str:
     if args.photos:
         return (
-            f"JPEG q90, {PHOTO_SIZE[0]} x {PHOTO_SIZE[1]}, ingested at {PHOTO_IMAGE_SIZE} px: 2x2 mosaics of "
-            f"photograph crops, a copy of every {args.copy_every}th"
+            f"JPEG q90, {PHOTO_SIZE[0]} x {PHOTO_SIZE[1]}, ingested at {PHOTO_IMAGE_SIZE} px with ingest.audit's "
+            f"defaults: 2x2 mosaics of photograph crops, a copy of every {args.copy_every}th"
         )
     kind = (
         "repeated digit scans (look-alikes)"
@@ -254,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     sizes = sorted(args.images)
     first, _, _ = inputs(sizes[0], args)
-    fraction = audit_fraction(first, config(first, WORK, image_size(args)), args.sample)
+    fraction = audit_fraction(first, config(first, WORK, image_size(args), args.photos), args.sample)
     log.info("in one process: %s", fraction)
     warm = WORK / "audit_warm"
     ingest_throughput.make_inputs(warm, 600, SIDE)
