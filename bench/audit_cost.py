@@ -243,7 +243,7 @@ def describe_inputs(args: argparse.Namespace) -> str:
         if args.lookalikes
         else f"2x2 digit grids, a copy of every {args.copy_every}th"
     )
-    return f"JPEG q90, {SIDE} px, ingested at 64 px: {kind}"
+    return f"JPEG q90, {SIDE} px, ingested at {image_size(args)} px: {kind}"
 
 
 def image_size(args: argparse.Namespace) -> int:
