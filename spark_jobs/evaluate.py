@@ -51,6 +51,7 @@ from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError
 from spark_jobs.core.tables import published, read_features, read_images
 from spark_jobs.core.verdict import GateResult
+from spark_jobs.imaging import tiles
 from spark_jobs.ml import exhibits, inference, metrics, plots, promotion
 from spark_jobs.ml.cards import (
     CHAMPIONS,
@@ -74,6 +75,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
+NOT_APPLICABLE = "n/a"  # pointing accuracy of a model without tile weights
 METRICS = "metrics.json"  # the headline figures: what dvc metrics and dvc exp show compare
 EVALUATION = "evaluation.json"  # every figure of every model, versions and the gate's verdict
 
@@ -89,6 +91,9 @@ class EvaluateConfig(Section):
     batch_size: int = Field(256, ge=1)
     threads: int = Field(1, ge=1, le=256)
     int8: bool = True
+    # A file of the cell that decides each image's label (sample.kind find writes one): models
+    # that attend get a pointing accuracy, the others "n/a".
+    pointing: LocalPath | None = None
 
     @model_validator(mode="after")
     def _distinct_models(self) -> EvaluateConfig:
@@ -157,11 +162,12 @@ def mllib_predictions(spark: SparkSession, cfg: EvaluateParams, folder: Path, ca
 def tiles_predictions(spark: SparkSession, cfg: EvaluateParams, folder: Path, card: ModelCard) -> DataFrame:
     """A ``tiles_*`` model's outputs and ``tile_count`` for each test image, from its tiles' rows
     of the features table: grouped by image (one shuffle), each image's tiles in raster order."""
-    test = features_test_split(spark, cfg, card).select("image_id", "label", "tile_y", "tile_x", "features")
+    model = inference.TorchModel.from_card(folder, card)
+    boxes = tiles.BOX if model.attends else ()
+    test = features_test_split(spark, cfg, card).select("image_id", "label", "tile_y", "tile_x", *boxes, "features")
     grouped = test.repartition(cfg.spark.shuffle_partitions, "image_id").sortWithinPartitions(
         "image_id", "tile_y", "tile_x"
     )
-    model = inference.TorchModel.from_card(folder, card)
     predictor = inference.Predictor(model, cfg.evaluate.batch_size, cfg.evaluate.threads)
     return grouped.mapInArrow(lambda it: inference.predict_tiles(it, predictor), inference.tiles_schema(predictor))
 
@@ -210,8 +216,11 @@ def evaluate_model(
         plots.write_roc(reports, kind, pairs)
         predictions["is_anomaly"] = predictions["label"].isin(card.exclude_classes)
     else:
-        predictions = collect(frame, ("image_id", "label", "prediction", "probability"))
+        attends = "top_tiles" in frame.columns
+        predictions = collect(frame, ("image_id", "label", "prediction", "probability", *(("top_tiles",) * attends)))
         result, matrix = metrics.classifier_metrics(predictions, card.classes)
+        if cfg.evaluate.pointing is not None:
+            result |= pointing(cfg, kind, predictions if attends else None)
         plots.write_classifier_plots(reports, kind, predictions, result, card.classes)
         title = f"{kind} {card.version}: accuracy {result['accuracy']:.4f} on {result['test_rows']} test images"
         plots.confusion_png(reports / "figures" / f"confusion_{kind}.png", matrix, list(result["per_class"]), title)
@@ -219,6 +228,18 @@ def evaluate_model(
         result["int8"] = int8_metrics(spark, cfg, card, result)
     rows = exhibits.labelled(predictions, card.classes, card.task, card.threshold)
     return {"version": card.version, "task": card.task, **result}, rows
+
+
+def pointing(cfg: EvaluateParams, kind: str, predictions: pd.DataFrame | None) -> dict[str, Any]:
+    """``pointing_accuracy`` of a model that attends against ``evaluate.pointing``'s cells
+    (:func:`metrics.pointing_accuracy`); ``"n/a"`` for one that does not (it has no tile weights)."""
+    if predictions is None:
+        return {"pointing_accuracy": NOT_APPLICABLE}
+    cells = pd.read_csv(cfg.evaluate.pointing, dtype={"image_id": str})
+    result = metrics.pointing_accuracy(predictions, cells)
+    if result["pointing_unknown"]:
+        log.warning("%s: %d test images are not in %s", kind, result["pointing_unknown"], cfg.evaluate.pointing)
+    return result
 
 
 def int8_metrics(

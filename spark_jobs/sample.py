@@ -16,6 +16,13 @@ ink dark on white, upscaled to ``sample.image_size``) and
 the tiles show decides nothing without where they are: an order-blind model (mean pooling) is at
 chance, one that reads the tiles in raster order (``tiles_gru``) can learn it.
 
+``sample.kind: find`` (the find-it pipeline, ``find/``) writes ``sample.find.images`` images of
+``side x side`` digit scans (4 x 4 of 32 px: 128 x 128) whose label depends on one cell: which of
+the two ``sample.find.targets`` digits the image holds (the class is the digit), or ``none``;
+every other cell is a distractor digit. The deciding cell of each image goes to a side file,
+``<data.root>/sample/find_cells.csv``, that training never reads and evaluate's pointing accuracy
+does. Plus an inbox of new images (``sample.find.inbox``) and a truncated file.
+
     python -m spark_jobs.sample [--params params.yaml] [--set sample.image_size=64]
 """
 
@@ -24,20 +31,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from spark_jobs.core import runner
 from spark_jobs.core.config import Params, Section, Seed
 from spark_jobs.core.jobs import exit_process, run_stage
-from spark_jobs.imaging.images import RESAMPLE
+from spark_jobs.imaging.images import RESAMPLE, image_id
 
 log = logging.getLogger(__name__)
 
 STAGE = "sample"
+Digit = Annotated[int, Field(ge=0, le=9)]
+FIND_NONE = "none"  # the find class of an image without a target digit
+FIND_CELLS = "find_cells.csv"  # beside the find folder: the cell that decides each image's label
 
 
 class GridsConfig(Section):
@@ -49,13 +59,30 @@ class GridsConfig(Section):
     seed: Seed = 0
 
 
+class FindConfig(Section):
+    """``sample.find``."""
+
+    images: int = Field(1800, ge=3, le=1_000_000)
+    side: int = Field(4, ge=4, le=16)  # cells per side
+    targets: tuple[Digit, Digit] = (0, 7)
+    inbox: int = Field(60, ge=0)
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _two_targets(self) -> FindConfig:
+        if self.targets[0] == self.targets[1]:
+            raise ValueError(f"sample.find.targets must be two different digits, not {list(self.targets)}")
+        return self
+
+
 class SampleConfig(Section):
     """``sample``."""
 
-    kind: Literal["digits", "grids"] = "digits"
+    kind: Literal["digits", "grids", "find"] = "digits"
     image_size: int = Field(32, ge=8, le=1024)
     resample: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bicubic"
     grids: GridsConfig = GridsConfig()
+    find: FindConfig = FindConfig()
 
 
 class SampleParams(Params):
@@ -175,10 +202,73 @@ def write_grids(target: Path, cfg: SampleConfig) -> dict[str, int]:
     return counts
 
 
+def find_classes(cfg: FindConfig) -> tuple[str, str, str]:
+    """The find classes: each target digit (its folder name is the digit) and :data:`FIND_NONE`."""
+    return str(cfg.targets[0]), str(cfg.targets[1]), FIND_NONE
+
+
+def find_images(
+    cfg: SampleConfig, count: int, seed: int
+) -> Iterator[tuple[str, int, Image.Image, tuple[int, int, int, int] | None]]:
+    """``(label, index, image, cell)`` for ``count`` find images, the classes in turn: a ``side x
+    side`` grid of digit scans, every cell a digit other than the targets except, for a target
+    class, one cell at a random place holding that target. ``cell``: that cell's box ``(x0, y0,
+    x1, y1)`` in the image's pixels (exclusive ends), None for :data:`FIND_NONE`."""
+    scans: dict[int, list[Image.Image]] = {}
+    for label, _index, image in digit_images(cfg):
+        scans.setdefault(int(label), []).append(image)
+    find = cfg.find
+    others = [d for d in range(10) if d not in find.targets]
+    rng = np.random.default_rng(seed)
+    side, size = find.side, cfg.image_size
+    classes = find_classes(find)
+    for n in range(count):
+        label = classes[n % len(classes)]
+        where = int(rng.integers(side * side)) if label != FIND_NONE else -1
+        canvas = Image.new("L", (side * size, side * size), 255)
+        for cell in range(side * side):
+            digit = int(label) if cell == where else int(rng.choice(others))
+            pool = scans[digit]
+            canvas.paste(pool[int(rng.integers(len(pool)))], ((cell % side) * size, (cell // side) * size))
+        x0, y0 = (where % side) * size, (where // side) * size
+        yield label, n, canvas, (x0, y0, x0 + size, y0 + size) if where >= 0 else None
+
+
+def write_find(target: Path, cfg: SampleConfig) -> dict[str, int]:
+    """The find sample: ``target/find/<class>/<class>_<n>.png``, the deciding cells in
+    ``target/find_cells.csv`` (``image_id`` = the file's sha256, ``label``, the cell's box, empty
+    for ``none``; outside the ingested folder, so that nothing trains on it), and an inbox of new
+    images (another seed) with one truncated file."""
+    import csv
+
+    counts: dict[str, int] = {}
+    with (target / FIND_CELLS).open("w", newline="") as out:
+        rows = csv.writer(out)
+        rows.writerow(["image_id", "label", "cell_x0", "cell_y0", "cell_x1", "cell_y1"])
+        for label, index, image, cell in find_images(cfg, cfg.find.images, cfg.find.seed):
+            folder = target / "find" / label
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{label}_{index:05d}.png"
+            image.save(path, optimize=True)
+            rows.writerow([image_id(path.read_bytes()), label, *(cell or ("", "", "", ""))])
+            counts[f"find/{label}"] = counts.get(f"find/{label}", 0) + 1
+    inbox = target / "inbox"
+    inbox.mkdir(parents=True)
+    for _label, index, image, _cell in find_images(cfg, cfg.find.inbox, cfg.find.seed + 1):
+        image.save(inbox / f"find_{index:05d}.png", optimize=True)
+    if cfg.find.inbox:
+        whole = (inbox / f"find_{0:05d}.png").read_bytes()
+        (inbox / "find_truncated.png").write_bytes(whole[: len(whole) // 2])
+    counts["inbox"] = cfg.find.inbox
+    return counts
+
+
 def write_sample(target: Path, cfg: SampleConfig) -> dict[str, int]:
     """Write the sample tree into the empty folder ``target`` and return per-folder counts."""
     if cfg.kind == "grids":
         return write_grids(target, cfg)
+    if cfg.kind == "find":
+        return write_find(target, cfg)
     counts: dict[str, int] = {}
     for label, index, image in digit_images(cfg):
         folder = target / "digits" / label
@@ -195,12 +285,12 @@ def run(cfg: SampleParams, _spark: object = None) -> Path:
     with runner.StageRun(STAGE, cfg.data.root, None, target, lock_wait=cfg.data.lock_wait_s) as run:
         with run.phase("work"):
             counts = write_sample(run.staging, cfg.sample)
-        made = "digit grids" if cfg.sample.kind == "grids" else "digit images"
+        made = {"grids": "digit grids", "find": "find images"}.get(cfg.sample.kind, "digit images")
         inputs = {"source": f"sklearn.datasets.load_digits ({made}) + load_sample_images"}
         target = run.finish(None, run.manifest(cfg.section("sample"), inputs, counts, None))
     log.info(
         "wrote %d %s (and %d photos) under %s",
-        sum(v for k, v in counts.items() if k.startswith(("digits", "grids"))),
+        sum(v for k, v in counts.items() if k.startswith(("digits", "grids", "find"))),
         made,
         counts.get("photos", 0),
         target,

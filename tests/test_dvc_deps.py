@@ -46,7 +46,7 @@ def import_closure(path: str) -> set[str]:
 
 
 # Each pipeline file and where spark_jobs/ is from its folder (a stage's wdir).
-DVC_FILES = {"dvc.yaml": "", "grids/dvc.yaml": "../"}
+DVC_FILES = {"dvc.yaml": "", "grids/dvc.yaml": "../", "find/dvc.yaml": "../"}
 
 
 def _stages(dvcfile: str) -> dict[str, dict]:

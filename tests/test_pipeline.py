@@ -22,7 +22,11 @@ def _stages() -> dict:
 
 
 # Each pipeline: its dvc.yaml, the params file its stages read, and spark_jobs/ from its folder.
-PIPELINES = {"dvc.yaml": ("params.yaml", ""), "grids/dvc.yaml": ("grids/params.yaml", "../")}
+PIPELINES = {
+    "dvc.yaml": ("params.yaml", ""),
+    "grids/dvc.yaml": ("grids/params.yaml", "../"),
+    "find/dvc.yaml": ("find/params.yaml", "../"),
+}
 
 
 def _expanded(dvcfile: str = "dvc.yaml") -> dict[str, tuple[str, dict]]:
@@ -273,7 +277,7 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
     assert list((workspace / "data" / "rejected").glob("ingest-*"))
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "grids/params.yaml"])
+@pytest.mark.parametrize("name", ["params.yaml", "grids/params.yaml", "find/params.yaml"])
 def test_params_files_are_written_as_dvc_exp_run_set_param_writes_them(tmp_path: Path, name: str) -> None:
     """``dvc exp run -S key=value`` rewrites params.yaml (DVC's ``apply_overrides``: Hydra's override
     grammar, then DVC's YAML writer): a file in that writer's style comes back with only the value

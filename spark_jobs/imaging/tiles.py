@@ -144,12 +144,41 @@ def sequences(table: pa.Table, ids: list[str]) -> tuple[np.ndarray, list[str]]:
     dim = len(table["features"][0]) if table.num_rows else 0
     vectors = table["features"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
     vectors = vectors.astype(np.float32).reshape(table.num_rows, dim)
-    starts = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1]]) if len(image_ids) else np.zeros(0, int)
-    ends = np.r_[starts[1:], len(image_ids)]
-    where = {image_ids[a]: (a, b) for a, b in zip(starts, ends, strict=True)}
+    where = _runs(image_ids)
     labels = table["label"].to_pylist()
     stacked = padded([vectors[slice(*where[image])] for image in ids], dim)
     return stacked, [labels[where[i][0]] for i in ids]
+
+
+BOX = ("box_x0", "box_y0", "box_x1", "box_y1")
+# An image's most-weighted tiles, heaviest first: each one's box in the original image's pixels.
+TOP_TILES = pa.list_(pa.struct([*((name, pa.int32()) for name in BOX), ("weight", pa.float32())]))
+
+
+def boxes(table: pa.Table, ids: list[str]) -> list[np.ndarray]:
+    """Each image of ``ids``'s tile boxes ``(T_i, 4)`` int (``box_x0, box_y0, box_x1, box_y1``) in
+    raster order, the order of :func:`sequences`, from a table of tile rows holding them all."""
+    table = table.sort_by([("image_id", "ascending"), ("tile_y", "ascending"), ("tile_x", "ascending")])
+    corners = np.stack([table[name].to_numpy(zero_copy_only=False) for name in BOX], axis=1).astype(np.int64)
+    where = _runs(np.asarray(table["image_id"].to_pylist(), dtype=object))
+    return [corners[slice(*where[image])] for image in ids]
+
+
+def _runs(image_ids: np.ndarray) -> dict[str, tuple[int, int]]:
+    """``image_id -> (start, end)`` of each run of equal ids in a sorted array."""
+    starts = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1]]) if len(image_ids) else np.zeros(0, int)
+    ends = np.r_[starts[1:], len(image_ids)]
+    return {image_ids[a]: (int(a), int(b)) for a, b in zip(starts, ends, strict=True)}
+
+
+def top_tiles(weights: np.ndarray, per_image: list[np.ndarray], k: int) -> pa.Array:
+    """:data:`TOP_TILES` of each image: its ``k`` heaviest tiles (fewer when it has fewer),
+    heaviest first, from ``weights (N, T)`` (0 on padding) and each image's ``(T_i, 4)`` boxes."""
+    rows = []
+    for w, corners in zip(weights, per_image, strict=True):
+        order = np.argsort(-w[: len(corners)], kind="stable")[:k]
+        rows.append([dict(zip(BOX, map(int, corners[i]), strict=True)) | {"weight": float(w[i])} for i in order])
+    return pa.array(rows, type=TOP_TILES)
 
 
 def padded(per_image: list[np.ndarray], dim: int) -> np.ndarray:

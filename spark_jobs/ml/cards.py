@@ -33,7 +33,7 @@ MODELS = "models"  # train.output: where each kind's trained model is (models/<k
 CHAMPIONS = "models/champion"  # evaluate.champion: where each task's champion is (.../<task>)
 
 # The model kinds, and the task of each: the one list train.model and evaluate.models are checked against.
-Kind = Literal["mllib", "cnn", "autoencoder", "tiles_mean", "tiles_gru"]
+Kind = Literal["mllib", "cnn", "autoencoder", "tiles_mean", "tiles_gru", "tiles_attention"]
 Task = Literal["classifier", "anomaly"]
 TASKS: dict[str, Task] = {
     "mllib": "classifier",
@@ -41,15 +41,19 @@ TASKS: dict[str, Task] = {
     "autoencoder": "anomaly",
     "tiles_mean": "classifier",
     "tiles_gru": "classifier",
+    "tiles_attention": "classifier",
 }
 # The models that read an image as the sequence of its tiles' feature vectors (features.tiles).
-TILE_KINDS = ("tiles_mean", "tiles_gru")
+TILE_KINDS = ("tiles_mean", "tiles_gru", "tiles_attention")
+# The tile models whose tile weights say where the evidence is (top tiles, heatmaps, pointing accuracy).
+ATTENTION_KINDS = ("tiles_attention",)
 # The module each torch kind trains (the backbone a cnn is fine-tuned from may change it).
 ARCHITECTURES = {
     "cnn": "small_cnn_classifier",
     "autoencoder": "conv_autoencoder",
     "tiles_mean": "tile_sequence",
     "tiles_gru": "tile_sequence",
+    "tiles_attention": "tile_sequence",
 }
 
 

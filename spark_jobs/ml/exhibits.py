@@ -44,15 +44,25 @@ def labelled(predictions: pd.DataFrame, classes: list[str], task: str, threshold
 
 def write_predictions(reports: Path, kind: str, rows: pd.DataFrame, uris: Mapping[str, str]) -> Path:
     """``plots/<kind>/predictions.csv``: one row per test image, its id, source, label and what the
-    model said (sorted by source, so the file diffs cleanly between runs)."""
+    model said (sorted by source, so the file diffs cleanly between runs); for a model that
+    attends, ``top_tile``: its most-weighted tile's box ``x0 y0 x1 y1`` and weight."""
     folder = reports / "plots" / kind
     folder.mkdir(parents=True, exist_ok=True)
     said = ["score", "flagged", "is_anomaly"] if "score" in rows else ["predicted", "probability"]
     frame = rows.assign(source_uri=[uris.get(i, "") for i in rows["image_id"]])
+    if "top_tiles" in rows:  # a model that attends: where it looked, its heaviest tile's box
+        said.append("top_tile")
+        frame["top_tile"] = [_box(tops[0]) for tops in rows["top_tiles"]]
     frame = frame[["image_id", "source_uri", "label", *said, "correct"]].sort_values(["source_uri", "image_id"])
     path = folder / PREDICTIONS
     frame.to_csv(path, index=False, float_format="%.6g")
     return path
+
+
+def _box(tile: Mapping[str, Any]) -> str:
+    """A tile of ``top_tiles`` as ``x0 y0 x1 y1 (weight)``."""
+    corners = (tile[f"box_{k}"] for k in ("x0", "y0", "x1", "y1"))
+    return " ".join(map(str, corners)) + f" ({tile['weight']:.3f})"
 
 
 def picks(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -65,6 +65,11 @@ class TorchModel:
             calibration=calibration,
         )
 
+    @property
+    def attends(self) -> bool:
+        """Whether the model weighs each tile (``tiles_attention``): it can say which tiles decided."""
+        return self.architecture == "tile_sequence" and json.loads(self.arch_json).get("aggregate") == "attention"
+
     def load(self) -> Any:
         return models.cached_model(self.weights, self.sha256, self.architecture, self.arch_json, self.calibration)
 
@@ -106,6 +111,22 @@ class Predictor:
                     parts.append(torch.softmax(net(x), dim=1).numpy().astype(np.float32))
         return np.concatenate(parts)
 
+    def attended(self, sequences: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """An attention tile model's ``(softmax probabilities (N, C) float32, tile weights (N, T)
+        float32)`` of ``(N, T, D + 1)`` tile sequences: each image's weights sum to 1 over its tiles."""
+        import torch
+
+        torch.set_num_threads(self.threads)
+        net = self.model.load()
+        probabilities, weights = [], []
+        with torch.inference_mode():
+            for start in range(0, len(sequences), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(sequences[start : start + self.batch_size]))
+                logits, attention = net.attend(x)
+                probabilities.append(torch.softmax(logits, dim=1).numpy().astype(np.float32))
+                weights.append(attention.numpy().astype(np.float32))
+        return np.concatenate(probabilities), np.concatenate(weights)
+
     def __call__(self, pixels: np.ndarray, sequences: bool = False) -> dict[str, pa.Array]:
         out = self.raw(pixels, sequences)
         if self.model.task == "anomaly":
@@ -130,10 +151,12 @@ def predict_batches(
         yield pa.RecordBatch.from_pydict({**{k: batch.column(k) for k in keys}, **outputs})
 
 
-def predict_tiles(batches: Iterator[pa.RecordBatch], predictor: Predictor) -> Iterator[pa.RecordBatch]:
-    """One row per image (``image_id``, ``label``, the classifier's columns and ``tile_count``)
-    from the tile rows of a features table sorted by ``image_id`` within the partition (an image's
-    tiles may straddle Arrow batches: the last image of a batch waits for the next)."""
+def predict_tiles(batches: Iterator[pa.RecordBatch], predictor: Predictor, top_k: int = 1) -> Iterator[pa.RecordBatch]:
+    """One row per image (``image_id``, ``label``, the classifier's columns and ``tile_count``;
+    for a model that attends, ``top_tiles``: its ``top_k`` most-weighted tiles, which needs the
+    tiles' ``box_*`` columns) from the tile rows of a features table sorted by ``image_id`` within
+    the partition (an image's tiles may straddle Arrow batches: the last image of a batch waits
+    for the next)."""
     pending: pa.Table | None = None
     for batch in itertools.chain(batches, [None]):
         table = pa.Table.from_batches([batch]) if batch is not None else None
@@ -152,20 +175,35 @@ def predict_tiles(batches: Iterator[pa.RecordBatch], predictor: Predictor) -> It
         if not ids:
             continue
         order = list(dict.fromkeys(ids))
-        x, labels = tiles.sequences(table, order)
+        yield tile_outputs(table, order, predictor, top_k)
+
+
+def tile_outputs(table: pa.Table, order: list[str], predictor: Predictor, top_k: int) -> pa.RecordBatch:
+    """:func:`predict_tiles`'s rows for the images ``order`` of a table holding all their tiles."""
+    x, labels = tiles.sequences(table, order)
+    counts = np.asarray(x[:, :, -1].sum(1), dtype=np.int32)
+    if not predictor.model.attends:
         outputs = predictor(x, sequences=True)
-        counts = np.asarray(x[:, :, -1].sum(1), dtype=np.int32)
-        yield pa.RecordBatch.from_pydict(
-            {"image_id": order, "label": labels, **outputs, "tile_count": pa.array(counts)}
-        )
+        return pa.RecordBatch.from_pydict({"image_id": order, "label": labels, **outputs, "tile_count": counts})
+    probabilities, weights = predictor.attended(x)
+    outputs = {
+        "prediction": pa.array(probabilities.argmax(1).astype(np.int32)),
+        "probability": pa.array(probabilities.max(1)),
+        "probabilities": images.vectors_array(probabilities),
+    }
+    top = tiles.top_tiles(weights, tiles.boxes(table, order), top_k)
+    return pa.RecordBatch.from_pydict(
+        {"image_id": order, "label": labels, **outputs, "tile_count": counts, "top_tiles": top}
+    )
 
 
 def tiles_schema(predictor: Predictor) -> StructType:
-    """The rows :func:`predict_tiles` yields."""
+    """The rows :func:`predict_tiles` yields: with ``top_tiles`` when the model attends."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
     keys = [(k, pa.string()) for k in KEYS]
-    return from_arrow_schema(pa.schema([*keys, *predictor.outputs(), ("tile_count", pa.int32())]))
+    top = [("top_tiles", tiles.TOP_TILES)] if predictor.model.attends else []
+    return from_arrow_schema(pa.schema([*keys, *predictor.outputs(), ("tile_count", pa.int32()), *top]))
 
 
 def predicted_schema(predictor: Predictor, keys: tuple[str, ...] = KEYS) -> StructType:

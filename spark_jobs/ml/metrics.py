@@ -103,3 +103,38 @@ def anomaly_metrics(scored: pd.DataFrame, card: ModelCard) -> tuple[dict[str, An
         "false_alarm_rate": int((flagged & ~is_anomaly).sum()) / normal if normal else None,
         "detection_rate": int((flagged & is_anomaly).sum()) / anomalies if anomalies else None,
     }, list(zip(score.tolist(), is_anomaly.astype(int).tolist(), strict=True))
+
+
+CELLS = ("cell_x0", "cell_y0", "cell_x1", "cell_y1")
+
+
+def covered(box: Sequence[int], cell: Sequence[int]) -> float:
+    """The share of ``cell``'s area that ``box`` covers (both ``(x0, y0, x1, y1)``, exclusive ends)."""
+    width = max(0, min(box[2], cell[2]) - max(box[0], cell[0]))
+    height = max(0, min(box[3], cell[3]) - max(box[1], cell[1]))
+    area = (cell[2] - cell[0]) * (cell[3] - cell[1])
+    return width * height / area if area > 0 else 0.0
+
+
+def pointing_accuracy(predictions: pd.DataFrame, cells: pd.DataFrame) -> dict[str, Any]:
+    """How often a model that attends points at the evidence: of the test images whose label one
+    cell decides (a row of ``cells``, ``image_id`` and the cell's box :data:`CELLS`; images
+    without such a cell have empty boxes and do not count), the share whose most-weighted tile
+    (``top_tiles[0]`` of ``predictions``) covers most (over half) of that cell. Test images
+    missing from ``cells`` are counted (``pointing_unknown``), never guessed."""
+    known = set(cells["image_id"])
+    located = cells.dropna(subset=list(CELLS)).drop_duplicates("image_id").set_index("image_id")
+    hits = total = unknown = 0
+    for image, top in zip(predictions["image_id"], predictions["top_tiles"], strict=True):
+        if image not in located.index:
+            unknown += image not in known
+            continue
+        cell = [int(located.at[image, c]) for c in CELLS]
+        best = top[0]
+        total += 1
+        hits += covered([best["box_x0"], best["box_y0"], best["box_x1"], best["box_y1"]], cell) > 0.5
+    return {
+        "pointing_accuracy": hits / total if total else None,
+        "pointing_images": total,
+        "pointing_unknown": unknown,
+    }

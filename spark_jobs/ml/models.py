@@ -159,18 +159,45 @@ def classifier(width: int, classes: int, dropout: float = 0.0, backbone: str = "
     return nn.Sequential(spec.build(width), nn.Dropout(dropout), nn.Linear(spec.per_width * width, classes))
 
 
+TILE_AGGREGATES = ("mean", "gru", "attention")  # train.model tiles_<aggregate>
+
+
+def gated_attention(hidden: int) -> nn.Module:
+    """Gated attention weights (Ilse, Tomczak & Welling, ICML 2018): ``(N, T, hidden)`` tile
+    vectors ``h`` and their ``(N, T)`` mask (1 a tile, 0 padding) to ``(N, T)`` weights, a softmax of
+    ``w . (tanh(V h) * sigmoid(U h))`` over each image's tiles; 0 on padding (and everywhere for
+    an image without tiles)."""
+    import torch
+    from torch import nn
+
+    class GatedAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate_v = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh())
+            self.gate_u = nn.Sequential(nn.Linear(hidden, hidden), nn.Sigmoid())
+            self.score = nn.Linear(hidden, 1)
+
+        def forward(self, h: Tensor, mask: Tensor) -> Tensor:
+            scores = self.score(self.gate_v(h) * self.gate_u(h)).squeeze(-1)
+            return torch.softmax(scores.masked_fill(mask <= 0, float("-inf")), dim=1).nan_to_num(0.0)
+
+    return GatedAttention()
+
+
 def tile_sequence(
     dim: int, classes: int, aggregate: str, hidden: int, bidirectional: bool = True, dropout: float = 0.0
 ) -> nn.Module:
-    """The ``tiles_*`` models: an image as the sequence of its tiles' feature vectors in raster
-    order (row by row), to ``classes`` logits. Input ``(N, T, dim + 1)`` float: each tile's vector
-    and, last, 1 for a tile or 0 for padding (images with fewer than ``T`` tiles are padded at the
+    """The ``tiles_*`` models: an image as its tiles' vectors in raster order, to ``classes`` logits.
+    Input ``(N, T, dim + 1)`` float: each tile's vector, then 1 for a tile or 0 for padding (at the
     end). ``aggregate``:
 
     - ``mean``: each tile through ``Linear(dim, hidden) + ReLU``, averaged over the image's tiles
       (order-blind: the baseline);
     - ``gru``: a GRU of ``hidden`` units over the tiles in order (both directions when
-      ``bidirectional``); its last states.
+      ``bidirectional``); its last states;
+    - ``attention``: each tile through ``Linear(dim, hidden) + ReLU``, weighed by
+      :func:`gated_attention` and summed; ``attend`` returns the weights (which tiles decided)
+      beside the logits.
 
     Then dropout and a linear layer."""
     import torch
@@ -186,9 +213,22 @@ def tile_sequence(
             else:
                 self.tile = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU())
                 out = hidden
+            if aggregate == "attention":
+                self.attention = gated_attention(hidden)
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(out, classes))
 
+        def attend(self, x: Tensor) -> tuple[Tensor, Tensor]:
+            """``(logits (N, classes), attention weights (N, T))``: each image's weights sum to 1
+            over its tiles and are 0 on padding. Only ``attention`` has weights."""
+            if aggregate != "attention":
+                raise BackboneError(f"a tiles_{aggregate} model has no attention weights")
+            h = self.tile(x[..., :-1])
+            weights = self.attention(h, x[..., -1])
+            return self.head((weights.unsqueeze(-1) * h).sum(1)), weights
+
         def forward(self, x: Tensor) -> Tensor:
+            if aggregate == "attention":
+                return self.attend(x)[0]
             mask, x = x[..., -1], x[..., :-1]
             lengths = mask.sum(1).clamp(min=1)
             if aggregate == "gru":
@@ -199,7 +239,7 @@ def tile_sequence(
                 pooled = (self.tile(x) * mask.unsqueeze(-1)).sum(1) / lengths.unsqueeze(-1)
             return self.head(pooled)
 
-    if aggregate not in ("mean", "gru"):
+    if aggregate not in TILE_AGGREGATES:
         raise BackboneError(f"unknown tile aggregate {aggregate!r}")
     return TileSequence()
 

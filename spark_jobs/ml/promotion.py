@@ -166,7 +166,11 @@ def metrics_document(
 
 
 # The figures of each task's models that metrics.json keeps (every other one is in evaluation.json).
-HEADLINE_FIGURES = {"classifier": ("accuracy", "macro_f1"), "anomaly": ("auroc", "false_alarm_rate", "detection_rate")}
+# A classifier's pointing_accuracy is there when evaluate.pointing is set: a share, or "n/a".
+HEADLINE_FIGURES = {
+    "classifier": ("accuracy", "macro_f1", "pointing_accuracy"),
+    "anomaly": ("auroc", "false_alarm_rate", "detection_rate"),
+}
 
 
 def _figures(result: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +179,8 @@ def _figures(result: dict[str, Any]) -> dict[str, Any]:
 
 def headline_metrics(document: dict[str, Any]) -> dict[str, Any]:
     """``metrics.json``: what ``dvc metrics`` and ``dvc exp show`` compare, numbers and booleans
-    only (about 15 keys for three models, short names: ``dvc exp show --only-changed`` of a
+    (and ``"n/a"``, the pointing accuracy of a tile model without attention) only (about 15 keys
+    for three models, short names: ``dvc exp show --only-changed`` of a
     one-parameter experiment stays within 200 columns): the champions' figures after this run,
     each candidate's headline figures under its kind and whether it ``passed`` its gate, each
     baseline's figures and the cascade's. Versions, promotions, INT8 figures, per-class figures

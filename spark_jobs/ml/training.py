@@ -130,7 +130,7 @@ class TrainSpec(Record):
     """Everything one training run needs, picklable (no Spark objects, no open files): the model,
     its hyperparameters, the data it reads and how, and how the ranks seed and checkpoint."""
 
-    kind: Literal["cnn", "autoencoder", "tiles_mean", "tiles_gru"]
+    kind: Literal["cnn", "autoencoder", "tiles_mean", "tiles_gru", "tiles_attention"]
     input: Literal["pixels", "tiles"] = "pixels"
     model: ModelSpec
     hp: Hyper

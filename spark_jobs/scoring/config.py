@@ -37,6 +37,7 @@ class ScoreConfig(Section):
     model: LocalPath | None = None
     task: Literal["classifier", "anomaly"] = "classifier"
     top_k: int = Field(3, ge=1)
+    top_tiles: int = Field(3, ge=1, le=64)  # a tiles_attention model's most-weighted tiles a row keeps
     quantize: Literal["none", "int8"] = "none"
     batch_size: int = Field(256, ge=1)
     threads: int = Field(1, ge=1, le=256)

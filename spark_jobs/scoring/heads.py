@@ -32,6 +32,7 @@ PREDICTED_FIELDS = pa.schema(
         ("anomaly_score", pa.float64()),
         ("is_anomaly", pa.bool_()),
         ("tile_count", pa.int32()),  # tiles_* models: the tiles the image was cut into
+        ("top_tiles", tiles.TOP_TILES),  # tiles_attention: the most-weighted tiles, boxes in the file's pixels
     ]
 )
 # An image's (or frame's) keys and what a model said about it.
@@ -67,6 +68,7 @@ def class_columns(probabilities: np.ndarray, classes: Sequence[str], k: int) -> 
         pa.nulls(n, pa.float64()),
         pa.nulls(n, pa.bool_()),
         pa.nulls(n, pa.int32()),
+        pa.nulls(n, tiles.TOP_TILES),
     ]
 
 
@@ -82,6 +84,7 @@ def anomaly_columns(scores: np.ndarray, threshold: float) -> list[pa.Array]:
         pa.array(scores),
         pa.array(flagged),
         pa.nulls(n, pa.int32()),
+        pa.nulls(n, tiles.TOP_TILES),
     ]
 
 
@@ -124,7 +127,8 @@ class TileHead:
     resolution and cut exactly as the features stage cut the training images (the card's
     ``tiles`` and ingest settings), every tile resized and embedded by the extractor the model's
     features were made with, the tiles in raster order through the sequence model. It reads the
-    files' bytes (:attr:`from_source`), not the resized pixels."""
+    files' bytes (:attr:`from_source`), not the resized pixels. A model that attends also says
+    where: each row's ``top_tiles``, its ``top_tiles`` most-weighted tiles."""
 
     predictor: inference.Predictor
     extractor: Any  # spark_jobs.ml.extractors.Cnn
@@ -132,6 +136,7 @@ class TileHead:
     ingest_cfg: IngestConfig
     classes: tuple[str, ...]
     top_k: int
+    top_tiles: int = 3
 
     from_source = True
 
@@ -143,18 +148,28 @@ class TileHead:
         return tiles.too_many(record["orig_width"], record["orig_height"], self.tiles_cfg)
 
     def __call__(self, sources: list[bytes]) -> dict[str, pa.Array]:  # type: ignore[override]
-        blocks, counts = [], []
+        blocks, counts, boxes = [], [], []
         for data in sources:
-            cut = [block for _tile, block in tiles.image_tiles(data, self.ingest_cfg, self.tiles_cfg)]
-            blocks.extend(cut)
+            cut = list(tiles.image_tiles(data, self.ingest_cfg, self.tiles_cfg))
+            blocks.extend(block for _tile, block in cut)
             counts.append(len(cut))
+            boxes.append(np.asarray([(t.x0, t.y0, t.x1, t.y1) for t, _block in cut], dtype=np.int64))
         vectors = self.extractor(np.stack(blocks))
         ends = np.cumsum(counts)
         per_image = [vectors[end - n : end] for n, end in zip(counts, ends, strict=True)]
-        raw = self.predictor.raw(tiles.padded(per_image, vectors.shape[1]), sequences=True)
-        columns = class_columns(raw, self.classes, self.top_k)
-        columns[-1] = pa.array(np.asarray(counts, dtype=np.int32))
-        return dict(zip(PREDICTED_FIELDS.names, columns, strict=True))
+        sequences = tiles.padded(per_image, vectors.shape[1])
+        columns = dict(zip(PREDICTED_FIELDS.names, self._classes(sequences, boxes), strict=True))
+        columns["tile_count"] = pa.array(np.asarray(counts, dtype=np.int32))
+        return columns
+
+    def _classes(self, sequences: np.ndarray, boxes: list[np.ndarray]) -> list[pa.Array]:
+        """:func:`class_columns` of the model's probabilities, with ``top_tiles`` when it attends."""
+        if not self.predictor.model.attends:
+            return class_columns(self.predictor.raw(sequences, sequences=True), self.classes, self.top_k)
+        probabilities, weights = self.predictor.attended(sequences)
+        columns = class_columns(probabilities, self.classes, self.top_k)
+        columns[-1] = tiles.top_tiles(weights, boxes, self.top_tiles)
+        return columns
 
 
 @dataclass(frozen=True)

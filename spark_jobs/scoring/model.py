@@ -104,7 +104,15 @@ def tile_head(folder: Path, card: ModelCard, cfg: ScoreParams) -> heads.TileHead
     model = inference.TorchModel.from_card(folder, card)
     predictor = inference.Predictor(model, cfg.score.batch_size, cfg.score.threads)
     extractor = extractors.Cnn.from_spec(spec)
-    return heads.TileHead(predictor, extractor, card.tiles, card.ingest_settings, tuple(card.classes), cfg.score.top_k)
+    return heads.TileHead(
+        predictor,
+        extractor,
+        card.tiles,
+        card.ingest_settings,
+        tuple(card.classes),
+        cfg.score.top_k,
+        cfg.score.top_tiles,
+    )
 
 
 def torch_head(folder: Path, card: ModelCard, cfg: ScoreParams) -> heads.TorchHead:

@@ -41,7 +41,8 @@ STREAM_QUARANTINE = "quarantine"
 PREDICTION_SCHEMA = (
     "image_id string, source_uri string, predicted_label string, probability float, "
     "top_k array<struct<label:string,probability:float>>, anomaly_score double, is_anomaly boolean, "
-    "tile_count int, video_id string, frame_index int, frame_time double, model_version string, "
+    "tile_count int, top_tiles array<struct<box_x0:int,box_y0:int,box_x1:int,box_y1:int,weight:float>>, "
+    "video_id string, frame_index int, frame_time double, model_version string, "
     "model_kind string, decided_by string, job_version string, scored_at timestamp"
 )
 PREDICTION_COLUMNS = tuple(f.split()[0] for f in PREDICTION_SCHEMA.split(", "))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from spark_jobs import sample
@@ -88,3 +90,49 @@ def test_grids_are_labelled_by_the_order_of_their_digits(tmp_path: Path) -> None
     # what the tiles show (the set of digits) does not decide the class: where they are does
     assert len(seen) == 210  # every set of 4 of the 10 digits...
     assert sum(len(labels) == 3 for labels in seen.values()) > 0.9 * len(seen)  # ...in every class
+
+
+def test_find_images_hold_one_target_in_the_cell_the_side_file_names(tmp_path: Path) -> None:
+    import csv
+
+    from spark_jobs.sample import SampleConfig
+
+    cfg = SampleConfig(kind="find", find={"images": 12, "inbox": 2, "seed": 4, "targets": [0, 7]})
+    counts = sample.write_sample(tmp_path, cfg)
+    assert counts == {"find/0": 4, "find/7": 4, "find/none": 4, "inbox": 2}
+    assert len(list((tmp_path / "inbox").glob("find_*.png"))) == 3  # and one truncated file
+    assert not list((tmp_path / "find").rglob("*.csv"))  # the answers sit outside what ingest reads
+    with (tmp_path / sample.FIND_CELLS).open() as f:
+        rows = {row["image_id"]: row for row in csv.DictReader(f)}
+    assert len(rows) == 12
+    scans = {}
+    for label, _index, image in sample.digit_images(cfg):
+        scans.setdefault(label, []).append(np.asarray(image))
+    for path in (tmp_path / "find").rglob("*.png"):
+        data = path.read_bytes()
+        row = rows[hashlib.sha256(data).hexdigest()]
+        image = np.asarray(Image.open(path))
+        assert image.shape == (128, 128)
+        assert row["label"] == path.parent.name
+        cells = {(x, y): image[y : y + 32, x : x + 32] for y in range(0, 128, 32) for x in range(0, 128, 32)}
+        holding = {
+            label for label, pool in scans.items() for cell in cells.values() if any((cell == s).all() for s in pool)
+        }
+        if row["label"] == "none":
+            assert row["cell_x0"] == ""
+            assert not holding & {"0", "7"}
+            continue
+        x0, y0, x1, y1 = (int(row[k]) for k in ("cell_x0", "cell_y0", "cell_x1", "cell_y1"))
+        assert (x1 - x0, y1 - y0) == (32, 32)
+        assert any((cells[(x0, y0)] == s).all() for s in scans[row["label"]])  # the target is in that cell
+        others = [c for at, c in cells.items() if at != (x0, y0)]
+        assert not any((c == s).all() for c in others for t in ("0", "7") for s in scans[t])  # and nowhere else
+
+
+def test_find_targets_must_differ() -> None:
+    from pydantic import ValidationError
+
+    from spark_jobs.sample import SampleConfig
+
+    with pytest.raises(ValidationError, match="two different digits"):
+        SampleConfig(kind="find", find={"targets": [3, 3]})

@@ -131,3 +131,25 @@ def test_a_grid_cut_and_read_back_keeps_each_cell_in_its_place() -> None:
     cells = [(t.tile_y, t.tile_x, [float(tiles.cut(image, t, 8, (0, 0, 0)).mean())]) for t in tiles.grid(24, 16, cfg)]
     x, _ = tiles.sequences(_tile_rows({"g": ("l", cells)}), ["g"])
     assert x[0, :, 0].tolist() == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]
+
+
+def test_top_tiles_are_each_image_s_heaviest_boxes_in_raster_order_of_its_rows() -> None:
+    rows = {  # image b's tiles arrive out of order: boxes follows sequences' raster order
+        "image_id": ["b", "a", "b", "a", "b"],
+        "tile_y": [1, 0, 0, 0, 0],
+        "tile_x": [0, 0, 0, 1, 1],
+        "box_x0": [0, 0, 0, 16, 16],
+        "box_y0": [16, 0, 0, 0, 0],
+        "box_x1": [32, 32, 32, 48, 48],
+        "box_y1": [48, 32, 32, 32, 32],
+    }
+    per_image = tiles.boxes(pa.table(rows), ["a", "b"])
+    assert [c.tolist() for c in per_image] == [
+        [[0, 0, 32, 32], [16, 0, 48, 32]],
+        [[0, 0, 32, 32], [16, 0, 48, 32], [0, 16, 32, 48]],
+    ]
+    weights = np.array([[0.3, 0.7, 0.0], [0.2, 0.1, 0.7]], dtype=np.float32)
+    top = tiles.top_tiles(weights, per_image, 2).to_pylist()
+    assert [[(t["box_x0"], t["box_y0"]) for t in image] for image in top] == [[(16, 0), (0, 0)], [(0, 16), (0, 0)]]
+    assert top[0][0]["weight"] == pytest.approx(0.7)
+    assert len(tiles.top_tiles(weights, per_image, 5).to_pylist()[0]) == 2  # never a padding slot

@@ -108,3 +108,31 @@ def test_empty_matrix_has_no_accuracy() -> None:
     assert got["accuracy"] is None
     assert got["macro_f1"] is None
     assert metrics.confusion(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), 2).tolist() == [[0, 0], [0, 0]]
+
+
+def test_pointing_counts_a_top_tile_covering_most_of_the_deciding_cell() -> None:
+    import pandas as pd
+
+    cells = pd.DataFrame(
+        {
+            "image_id": ["hit", "half", "miss", "none", "gone"],
+            "cell_x0": [32, 32, 32, None, 0],
+            "cell_y0": [0, 0, 0, None, 0],
+            "cell_x1": [64, 64, 64, None, 32],
+            "cell_y1": [32, 32, 32, None, 32],
+        }
+    )
+
+    def top(x0: int, y0: int) -> list[dict[str, float]]:
+        return [{"box_x0": x0, "box_y0": y0, "box_x1": x0 + 32, "box_y1": y0 + 32, "weight": 0.9}]
+
+    predictions = pd.DataFrame(
+        {
+            "image_id": ["hit", "half", "miss", "none", "stranger"],
+            # 24 of 32 columns (75 %) | exactly half: not most | elsewhere | no target: not counted
+            "top_tiles": [top(40, 0), top(48, 0), top(0, 64), top(0, 0), top(0, 0)],
+        }
+    )
+    result = metrics.pointing_accuracy(predictions, cells)
+    assert result == {"pointing_accuracy": pytest.approx(1 / 3), "pointing_images": 3, "pointing_unknown": 1}
+    assert metrics.covered((0, 0, 32, 32), (16, 16, 48, 48)) == 0.25

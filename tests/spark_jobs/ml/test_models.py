@@ -309,7 +309,7 @@ def _sequences(n: int, tiles: int, dim: int, seed: int = 0):
     return torch.cat([torch.randn(n, tiles, dim, generator=g), torch.ones(n, tiles, 1)], dim=2)
 
 
-@pytest.mark.parametrize("aggregate", ["mean", "gru"])
+@pytest.mark.parametrize("aggregate", ["mean", "gru", "attention"])
 def test_padding_after_an_image_s_tiles_changes_nothing(aggregate: str) -> None:
     import torch
 
@@ -333,6 +333,29 @@ def test_mean_pooling_is_blind_to_the_tiles_order_and_the_gru_is_not() -> None:
     with torch.inference_mode():
         assert torch.allclose(mean(x), mean(reordered), atol=1e-6)
         assert not torch.allclose(gru(x), gru(reordered), atol=1e-3)
+
+
+def test_attention_weights_sum_to_one_over_an_image_s_tiles_and_follow_them_when_reordered() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    net = models.tile_sequence(8, 3, "attention", hidden=16).eval()
+    x = torch.cat([_sequences(4, 6, 8), torch.zeros(4, 2, 9)], dim=1)
+    x[1, 3:, -1] = 0.0  # the second image has three tiles
+    x[1, 3:, :-1] = 0.0
+    with torch.inference_mode():
+        logits, weights = net.attend(x)
+        assert torch.allclose(logits, net(x))
+        assert torch.allclose(weights.sum(1), torch.ones(4), atol=1e-6)
+        assert (weights[:, 6:] == 0).all()
+        assert (weights[1, 3:] == 0).all()
+        order = [5, 2, 0, 4, 1, 3, 6, 7]
+        moved_logits, moved = net.attend(x[[0]][:, order])
+        # attention pooling is order-blind, but each weight stays with its tile
+        assert torch.allclose(moved_logits, logits[[0]], atol=1e-5)
+        assert torch.allclose(moved[0], weights[0, order], atol=1e-6)
+    with pytest.raises(models.BackboneError, match="no attention weights"):
+        models.tile_sequence(8, 3, "gru", hidden=16).attend(x)
 
 
 def test_the_resnet18_has_torchvision_s_key_names_and_size() -> None:

@@ -11,7 +11,7 @@ from spark_jobs.scoring import heads
 
 def test_class_columns_sort_and_cut_top_k() -> None:
     probabilities = np.array([[0.1, 0.6, 0.3], [0.4, 0.2, 0.4]], dtype=np.float32)
-    label, probability, top, anomaly_score, is_anomaly, tile_count = heads.class_columns(
+    label, probability, top, anomaly_score, is_anomaly, tile_count, top_tiles = heads.class_columns(
         probabilities, ["a", "b", "c"], 2
     )
     assert label.to_pylist() == ["b", "a"]  # a tie goes to the first class, as argmax does
@@ -20,13 +20,13 @@ def test_class_columns_sort_and_cut_top_k() -> None:
         [("b", 0.6), ("c", 0.3)],
         [("a", 0.4), ("c", 0.4)],
     ]
-    assert anomaly_score.null_count == is_anomaly.null_count == tile_count.null_count == 2
-    _, _, top, _, _, _ = heads.class_columns(probabilities, ["a", "b", "c"], 5)
+    assert anomaly_score.null_count == is_anomaly.null_count == tile_count.null_count == top_tiles.null_count == 2
+    _, _, top, *_ = heads.class_columns(probabilities, ["a", "b", "c"], 5)
     assert [len(row) for row in top.to_pylist()] == [3, 3]
 
 
 def test_anomaly_columns_flag_above_the_threshold() -> None:
-    label, probability, top, score, flagged, tiles = heads.anomaly_columns(np.array([0.1, 0.5, 0.9]), 0.5)
+    label, probability, top, score, flagged, tiles, _top_tiles = heads.anomaly_columns(np.array([0.1, 0.5, 0.9]), 0.5)
     assert label.to_pylist() == ["normal", "normal", "anomaly"]  # at the threshold is normal
     assert flagged.to_pylist() == [False, False, True]
     assert score.to_pylist() == [0.1, 0.5, 0.9]
