@@ -44,7 +44,8 @@ from spark_jobs.imaging import partitions
 from spark_jobs.ml import exhibits
 from spark_jobs.ml.cards import read_card
 from spark_jobs.quality import gate
-from spark_jobs.scoring import checks, lookup, predict, stream, tables
+from spark_jobs.quality.report import MAX_THUMBS, Gallery, Thumb, short_name
+from spark_jobs.scoring import checks, heads, lookup, predict, stream, tables
 from spark_jobs.scoring.config import ScoreParams
 from spark_jobs.scoring.model import Scorer, check_model, model_folder, scorer
 from spark_jobs.scoring.scan import IdSet
@@ -109,10 +110,59 @@ def _decided(
         decided = predict.decide(spark, usable, got.files, model, cfg, run.staging / "_light")
         folder = run.staging / tables.PREDICTIONS
         duplicates = predict.write_predictions(spark, decided, usable, model, started, folder)
+        if cfg.score.heatmaps:
+            draw_heatmaps(usable, model, run)
         bad, already = predict.unscored_rows(scanned)
         return bad + duplicates, len(already)
     finally:
         scanned.unpersist()
+
+
+def draw_heatmaps(usable: DataFrame, model: Scorer, run: runner.StageRun) -> None:
+    """``score.heatmaps``: the scan's heatmaps (drawn in its tasks from the pixels they decoded)
+    written into the run's staging, for :func:`keep_heatmaps` to put beside its report."""
+    if heads.HEATMAP.name not in usable.columns:
+        log.warning(
+            "score.heatmaps: %s %s has no tile weights to draw (tiles_attention has)", model.kind, model.version
+        )
+        return
+    drawn = predict.write_heatmaps(usable, run.staging / f"_{predict.HEATMAPS}")
+    log.info("drew %d heatmaps", drawn)
+
+
+def heatmap_gallery(run: runner.StageRun) -> list[Gallery]:
+    """A few of the run's heatmaps for its report page, with what the model said of each."""
+    import pyarrow.dataset as ds
+
+    drawn = run.staging / f"_{predict.HEATMAPS}"
+    staged = run.staging / tables.PREDICTIONS
+    if not drawn.exists() or not staged.exists():
+        return []
+    pictures = sorted(drawn.glob("*.png"))
+    rows = ds.dataset(str(staged), format="parquet").to_table(
+        columns=["image_id", "source_uri", "predicted_label", "probability"]
+    )
+    said = {r["image_id"]: r for r in rows.to_pylist()}
+    thumbs = [
+        Thumb((short_name(r["source_uri"]), f"{r['predicted_label']} ({r['probability']:.3f})"), p.read_bytes())
+        for p in pictures[:MAX_THUMBS]
+        if (r := said.get(p.stem)) is not None
+    ]
+    note = f"red: where the model's attention was; every image's picture is in {run.report_dir / predict.HEATMAPS}"
+    return [Gallery("where the model looked (tile attention)", tuple(thumbs), len(pictures), note)]
+
+
+def keep_heatmaps(run: runner.StageRun) -> None:
+    """Move the run's heatmaps beside its report (``<report>/heatmaps/<image_id>.png``), replacing
+    the last run's."""
+    import shutil
+
+    drawn = run.staging / f"_{predict.HEATMAPS}"
+    if drawn.exists():
+        target = run.report_dir / predict.HEATMAPS
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        drawn.rename(target)
 
 
 def validate(
@@ -155,6 +205,7 @@ def run(cfg: ScoreParams, spark: SparkSession) -> Path | None:
         with run.phase("gate"):
             show(run, cfg, got, started, bad, already)
             result, per_label = validate(spark, cfg, got.scorer, run)
+            keep_heatmaps(run)
         scored = tables.scored_files(run.staging / tables.PREDICTIONS)
         counts = tables.tally(len(got.files), per_label, scored, already, bad, new_bad)
         published = publish(cfg, run, got, counts, result, started)
@@ -168,7 +219,7 @@ def show(run: runner.StageRun, cfg: ScoreParams, got: Inputs, started: datetime,
     reasons = tables.by_reason(bad)
     run.exhibits.counts = {"files seen": len(got.files), "already scored": already, "unusable": reasons}
     ordered = sorted(bad, key=lambda r: str(r["source_uri"]))
-    run.exhibits.galleries = [exhibits.quarantine_gallery(ordered, len(bad))]
+    run.exhibits.galleries = [*heatmap_gallery(run), exhibits.quarantine_gallery(ordered, len(bad))]
     where = run.appended(tables.predictions_dir(cfg.data.root), started.strftime("%Y-%m-%d"))
     run.exhibits.published = where / manifest.MANIFEST
 

@@ -10,6 +10,7 @@ padded. Both policies give the same number of blocks: :func:`count`.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -121,9 +122,13 @@ def cut(image: np.ndarray, tile: Tile, size: int, fill: tuple[int, int, int]) ->
 
 def image_tiles(data: bytes, cfg: IngestConfig, tiles_cfg: TilesConfig) -> Iterator[tuple[Tile, np.ndarray]]:
     """``(tile, pixels)`` for every block of a source file, each resized to ``cfg.image_size``."""
+    return full_tiles(images.decode_full(data, cfg), cfg, tiles_cfg)
+
+
+def full_tiles(full: np.ndarray, cfg: IngestConfig, tiles_cfg: TilesConfig) -> Iterator[tuple[Tile, np.ndarray]]:
+    """:func:`image_tiles` of an image already decoded at full resolution (HWC uint8)."""
     from PIL import Image
 
-    full = images.decode_full(data, cfg)
     for tile in checked_grid(full.shape[1], full.shape[0], tiles_cfg):
         block = cut(full, tile, tiles_cfg.size, tuple(cfg.resize.fill))
         if tiles_cfg.size != cfg.image_size:
@@ -179,6 +184,34 @@ def top_tiles(weights: np.ndarray, per_image: list[np.ndarray], k: int) -> pa.Ar
         order = np.argsort(-w[: len(corners)], kind="stable")[:k]
         rows.append([dict(zip(BOX, map(int, corners[i]), strict=True)) | {"weight": float(w[i])} for i in order])
     return pa.array(rows, type=TOP_TILES)
+
+
+HEATMAP_SIDE = 256  # a heatmap's longer side, in pixels
+
+
+def heatmap_png(full: np.ndarray, corners: np.ndarray, weights: np.ndarray, side: int = HEATMAP_SIDE) -> bytes:
+    """A small PNG of an HWC uint8 image (``side`` px on its longer side) with its tiles' attention
+    laid over it: each pixel's heat is the sum of the weights of the tiles whose box
+    (``corners (T, 4)``, the original's pixels) covers it, scaled to the hottest pixel; the picture
+    is dimmed to grey where nothing looked and turns red where the weight is."""
+    from PIL import Image
+
+    height, width = full.shape[:2]
+    scale = min(1.0, side / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    grey = np.asarray(Image.fromarray(full).convert("L").resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+    heat = np.zeros((size[1], size[0]), dtype=np.float32)
+    for (x0, y0, x1, y1), w in zip(corners, weights, strict=True):
+        heat[
+            int(y0 * scale) : max(int(y0 * scale) + 1, round(y1 * scale)),
+            int(x0 * scale) : max(int(x0 * scale) + 1, round(x1 * scale)),
+        ] += w
+    heat /= max(float(heat.max()), 1e-12)
+    base = grey * (0.35 + 0.25 * heat)  # dim where the model did not look
+    rgb = np.stack([base + (255.0 - base) * heat, base * (1 - 0.5 * heat), base * (1 - 0.5 * heat)], axis=-1)
+    out = io.BytesIO()
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB").save(out, "PNG", optimize=True)
+    return out.getvalue()
 
 
 def padded(per_image: list[np.ndarray], dim: int) -> np.ndarray:

@@ -38,6 +38,7 @@ class ScoreConfig(Section):
     task: Literal["classifier", "anomaly"] = "classifier"
     top_k: int = Field(3, ge=1)
     top_tiles: int = Field(3, ge=1, le=64)  # a tiles_attention model's most-weighted tiles a row keeps
+    heatmaps: bool = False  # a tiles_attention model: each scored image's attention as a PNG beside the report
     quantize: Literal["none", "int8"] = "none"
     batch_size: int = Field(256, ge=1)
     threads: int = Field(1, ge=1, le=256)

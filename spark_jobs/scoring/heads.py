@@ -38,6 +38,9 @@ PREDICTED_FIELDS = pa.schema(
 # An image's (or frame's) keys and what a model said about it.
 KEY_FIELDS = pa.schema([("image_id", pa.string()), ("source_uri", pa.string()), *FRAME_FIELDS])
 PREDICTED_ROW = pa.schema([*KEY_FIELDS, *PREDICTED_FIELDS])
+# A tiles_attention row's picture of where it looked (score.heatmaps): written beside the run's
+# report, never into the predictions.
+HEATMAP = pa.field("heatmap", pa.binary())
 
 
 class Head(Protocol):
@@ -128,7 +131,9 @@ class TileHead:
     ``tiles`` and ingest settings), every tile resized and embedded by the extractor the model's
     features were made with, the tiles in raster order through the sequence model. It reads the
     files' bytes (:attr:`from_source`), not the resized pixels. A model that attends also says
-    where: each row's ``top_tiles``, its ``top_tiles`` most-weighted tiles."""
+    where: each row's ``top_tiles``, its ``top_tiles`` most-weighted tiles, and with ``heatmaps``
+    a ``heatmap`` column (:data:`HEATMAP`, not a prediction column: the run writes it beside its
+    report), drawn from the pixels this decode already holds."""
 
     predictor: inference.Predictor
     extractor: Any  # spark_jobs.ml.extractors.Cnn
@@ -137,39 +142,69 @@ class TileHead:
     classes: tuple[str, ...]
     top_k: int
     top_tiles: int = 3
+    heatmaps: bool = False
 
     from_source = True
 
     def outputs(self) -> pa.Schema:
-        return PREDICTED_FIELDS
+        return pa.schema([*PREDICTED_FIELDS, HEATMAP]) if self.draws else PREDICTED_FIELDS
+
+    @property
+    def draws(self) -> bool:
+        """Whether each row gets a heatmap: asked for, and the model has weights to draw."""
+        return self.heatmaps and self.predictor.model.attends
 
     def problem(self, record: dict[str, Any]) -> str | None:
         """Why a decodable image cannot be cut (too many tiles), or None: the features stage's check."""
         return tiles.too_many(record["orig_width"], record["orig_height"], self.tiles_cfg)
 
     def __call__(self, sources: list[bytes]) -> dict[str, pa.Array]:  # type: ignore[override]
-        blocks, counts, boxes = [], [], []
+        blocks, counts, boxes, shrunk = [], [], [], []
         for data in sources:
-            cut = list(tiles.image_tiles(data, self.ingest_cfg, self.tiles_cfg))
+            full = images.decode_full(data, self.ingest_cfg)
+            cut = list(tiles.full_tiles(full, self.ingest_cfg, self.tiles_cfg))
             blocks.extend(block for _tile, block in cut)
             counts.append(len(cut))
             boxes.append(np.asarray([(t.x0, t.y0, t.x1, t.y1) for t, _block in cut], dtype=np.int64))
+            shrunk.append(_shrunk(full) if self.draws else None)  # all a heatmap needs of the image
+            del full
         vectors = self.extractor(np.stack(blocks))
         ends = np.cumsum(counts)
         per_image = [vectors[end - n : end] for n, end in zip(counts, ends, strict=True)]
         sequences = tiles.padded(per_image, vectors.shape[1])
-        columns = dict(zip(PREDICTED_FIELDS.names, self._classes(sequences, boxes), strict=True))
+        columns, weights = self._classes(sequences, boxes)
         columns["tile_count"] = pa.array(np.asarray(counts, dtype=np.int32))
+        if self.draws:
+            pictures = [_heatmap(*drawn, w) for drawn, w in zip(zip(shrunk, boxes, strict=True), weights, strict=True)]
+            columns[HEATMAP.name] = pa.array(pictures, pa.binary())
         return columns
 
-    def _classes(self, sequences: np.ndarray, boxes: list[np.ndarray]) -> list[pa.Array]:
-        """:func:`class_columns` of the model's probabilities, with ``top_tiles`` when it attends."""
+    def _classes(self, sequences: np.ndarray, boxes: list[np.ndarray]) -> tuple[dict[str, pa.Array], Any]:
+        """``(PREDICTED_FIELDS of the model's probabilities, with top_tiles when it attends; its
+        (N, T) tile weights or None)``."""
         if not self.predictor.model.attends:
-            return class_columns(self.predictor.raw(sequences, sequences=True), self.classes, self.top_k)
+            raw = self.predictor.raw(sequences, sequences=True)
+            return dict(zip(PREDICTED_FIELDS.names, class_columns(raw, self.classes, self.top_k), strict=True)), None
         probabilities, weights = self.predictor.attended(sequences)
         columns = class_columns(probabilities, self.classes, self.top_k)
         columns[-1] = tiles.top_tiles(weights, boxes, self.top_tiles)
-        return columns
+        return dict(zip(PREDICTED_FIELDS.names, columns, strict=True)), weights
+
+
+def _shrunk(full: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(the image at most tiles.HEATMAP_SIDE px on its longer side, the scale it was shrunk by)``."""
+    from PIL import Image
+
+    scale = min(1.0, tiles.HEATMAP_SIDE / max(full.shape[:2]))
+    if scale == 1.0:
+        return full, 1.0
+    size = (max(1, round(full.shape[1] * scale)), max(1, round(full.shape[0] * scale)))
+    return np.asarray(Image.fromarray(full).resize(size, Image.Resampling.BILINEAR)), scale
+
+
+def _heatmap(shrunk: tuple[np.ndarray, float], corners: np.ndarray, weights: np.ndarray) -> bytes:
+    picture, scale = shrunk
+    return tiles.heatmap_png(picture, corners * scale, weights[: len(corners)])
 
 
 @dataclass(frozen=True)

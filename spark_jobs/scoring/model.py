@@ -104,14 +104,9 @@ def tile_head(folder: Path, card: ModelCard, cfg: ScoreParams) -> heads.TileHead
     model = inference.TorchModel.from_card(folder, card)
     predictor = inference.Predictor(model, cfg.score.batch_size, cfg.score.threads)
     extractor = extractors.Cnn.from_spec(spec)
+    s = cfg.score
     return heads.TileHead(
-        predictor,
-        extractor,
-        card.tiles,
-        card.ingest_settings,
-        tuple(card.classes),
-        cfg.score.top_k,
-        cfg.score.top_tiles,
+        predictor, extractor, card.tiles, card.ingest_settings, tuple(card.classes), s.top_k, s.top_tiles, s.heatmaps
     )
 
 

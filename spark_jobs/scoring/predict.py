@@ -166,6 +166,29 @@ def copies(written: Path, usable: DataFrame) -> tuple[int, list[dict[str, Any]]]
     return ids.num_rows, tables.copy_records(rows, first)
 
 
+HEATMAPS = "heatmaps"  # beside the run's report: <image_id>.png of each scored image (score.heatmaps)
+
+
+def write_heatmaps(usable: DataFrame, folder: Path) -> int:
+    """Write each scanned row's ``heatmap`` (:data:`heads.HEATMAP`) as ``folder/<image_id>.png``,
+    from the tasks that drew them (the pictures never gather on the driver); returns how many
+    images have one. A content seen twice is one picture."""
+    from pyspark.sql import functions as F
+
+    folder.mkdir(parents=True, exist_ok=True)
+    target = str(folder.absolute())
+    drawn = usable.where(F.col(heads.HEATMAP.name).isNotNull()).select("image_id", heads.HEATMAP.name)
+    drawn.foreachPartition(lambda rows: _write_pictures(rows, target))
+    return len(list(folder.glob("*.png")))
+
+
+def _write_pictures(rows: Iterator[Any], folder: str) -> None:
+    from spark_jobs.core.atomic import write_file
+
+    for row in rows:
+        write_file(Path(folder) / f"{row['image_id']}.png", bytes(row[heads.HEATMAP.name]))
+
+
 def write_predictions(
     spark: SparkSession, decided: DataFrame, usable: DataFrame, scorer: Scorer, started: datetime, folder: Path
 ) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """Where in a large image, end to end on the find workspace's params (find/params.yaml), small:
 find images (one cell decides the label) -> ingest -> overlapping tile embeddings ->
 tiles_attention trained by TorchDistributor -> evaluate with pointing accuracy against the
-sample's side file -> score new images, each row with its most-weighted tiles' boxes."""
+sample's side file -> score new images, each row with its most-weighted tiles' boxes, and a heatmap
+of each beside the score report."""
 
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def find(spark, tmp_path_factory: pytest.TempPathFactory) -> Config:
             "gate.predictions.max_low_confidence=1.0",
             f"score.inbox={data / 'sample' / 'inbox'}",
             "score.top_tiles=2",
+            "score.heatmaps=true",
         ],
     )
     sample.run(cfg)
@@ -92,6 +94,14 @@ def test_attention_points_at_tiles_in_the_file_s_pixels_from_evaluate_to_scoring
             assert 0 <= tile["box_x0"] < tile["box_x1"] <= 128
             assert 0 <= tile["box_y0"] < tile["box_y1"] <= 128
             assert (tile["box_x1"] - tile["box_x0"], tile["box_x0"] % 16) == (32, 0)
+
+    # each scored image's attention as a picture beside the run's report, a few of them on its page
+    drawn = Path(find.data.root) / "gates" / "score" / "heatmaps"
+    assert sorted(p.stem for p in drawn.glob("*.png")) == sorted(r["image_id"] for r in rows)
+    assert Image.open(next(drawn.glob("*.png"))).size == (128, 128)
+    page = (Path(find.data.root) / "gates" / "score" / "report.html").read_text()
+    assert "where the model looked" in page
+    assert page.count("data:image/png;base64") >= 3
 
     # a tiles_attention row's boxes follow the file's own size: a wider image, more tiles
     inbox = Path(find.data.root).parent / "wide"

@@ -153,3 +153,22 @@ def test_top_tiles_are_each_image_s_heaviest_boxes_in_raster_order_of_its_rows()
     assert [[(t["box_x0"], t["box_y0"]) for t in image] for image in top] == [[(16, 0), (0, 0)], [(0, 16), (0, 0)]]
     assert top[0][0]["weight"] == pytest.approx(0.7)
     assert len(tiles.top_tiles(weights, per_image, 5).to_pylist()[0]) == 2  # never a padding slot
+
+
+def test_a_heatmap_is_red_where_the_weight_is_and_dim_elsewhere() -> None:
+    import io
+
+    from PIL import Image
+
+    white = np.full((128, 64, 3), 255, dtype=np.uint8)
+    corners = np.array([[0, 0, 64, 64], [0, 64, 64, 128]])
+    picture = np.asarray(Image.open(io.BytesIO(tiles.heatmap_png(white, corners, np.array([0.9, 0.1])))))
+    assert picture.shape == (128, 64, 3)  # small images keep their size
+    hot, cold = picture[10, 10].astype(int), picture[100, 10].astype(int)
+    assert hot[0] == 255
+    assert hot[0] - hot[1] > 100  # red
+    assert cold[0] - cold[1] < 40  # hardly tinted
+    assert cold.max() < 200  # and dimmed
+    big = np.zeros((3000, 4000, 3), dtype=np.uint8)
+    shrunk = Image.open(io.BytesIO(tiles.heatmap_png(big, np.array([[0, 0, 4000, 3000]]), np.array([1.0]))))
+    assert shrunk.size == (tiles.HEATMAP_SIDE, 192)  # the longer side is HEATMAP_SIDE
