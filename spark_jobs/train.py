@@ -38,9 +38,11 @@ from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError, spark_path
 from spark_jobs.core.tables import ingested_with, published, read_features, split_class_counts
-from spark_jobs.ml import models, training
+from spark_jobs.imaging.tiles import TilesConfig
+from spark_jobs.ml import models, screen, training
 from spark_jobs.ml.cards import (
     ARCHITECTURES,
+    ATTENTION_KINDS,
     CALIBRATION,
     CARD,
     MODELS,
@@ -59,6 +61,7 @@ from spark_jobs.ml.cards import (
 )
 from spark_jobs.ml.extractors import EXTRACTOR
 from spark_jobs.ml.mllib import CLASSIFIER, TRANSFORM, MllibConfig, mllib_estimator, mllib_input
+from spark_jobs.ml.screen import SCREEN, Screen
 from spark_jobs.ml.training import AutoencoderConfig, CnnTrainConfig, Hyper, ModelSpec, TilesTrainConfig, TrainSpec
 
 if TYPE_CHECKING:
@@ -316,12 +319,60 @@ def train_torch(
     if kind in TILE_KINDS:  # the extractor and the cut that scoring repeats on new images
         extractor = tiles_extractor(source)
         shutil.copy2(source / EXTRACTOR, folder / EXTRACTOR)
-        details |= {"feature_kind": extractor["kind"], "files": ModelFiles(weights=WEIGHTS, extractor=EXTRACTOR)}
+        files = ModelFiles(weights=WEIGHTS, extractor=EXTRACTOR)
+        if kind in ATTENTION_KINDS and cfg.train.tiles.screen_images:
+            fit_screen(cfg, spark, spec, folder, extractor).write(folder)
+            files = files.model_copy(update={"screen": SCREEN})
+        details |= {"feature_kind": extractor["kind"], "files": files}
         details |= {"tiles": extractor["tiles"], "data": {"features_manifest_sha256": spec.data}}
     if kind == "autoencoder":
         details["threshold"] = result["threshold"]
         details["threshold_percentile"] = cfg.train.autoencoder.threshold_percentile
     return details
+
+
+def fit_screen(
+    cfg: TrainParams, spark: SparkSession, spec: TrainSpec, folder: Path, extractor: dict[str, Any]
+) -> Screen:
+    """The light tile screen of a trained ``tiles_attention`` model (:mod:`spark_jobs.ml.screen`):
+    the model's attention over the tiles of at most ``train.tiles.screen_images`` training images
+    (from the features table), and those tiles' thumbnails, cut from their files again as the
+    features stage cut them (one Spark job), fitted on the driver."""
+    import torch
+    from pyspark.sql import functions as F
+
+    ids = training.shard_ids(spec.table, "train", 0, 1, [], pad=False, limit=cfg.train.tiles.screen_images)
+    x, _ = training.read_sequences(spec.table, ids)
+    net = models.build(spec.model.architecture, spec.model.args)
+    net = models.load_weights(net, (folder / WEIGHTS).read_bytes(), str(folder / WEIGHTS)).eval()
+    with torch.inference_mode():
+        weights = net.attend(torch.from_numpy(x))[1].numpy()
+    ingest_cfg, _ = ingest_of(cfg, spec.kind)
+    tiles_cfg = TilesConfig.model_validate(extractor["tiles"])
+    uris = (
+        read_features(spark, Path(spec.table).parent)
+        .where(F.col("image_id").isin(ids))
+        .select("image_id", "source_uri")
+    )
+    cut = uris.dropDuplicates(["image_id"]).repartition(max(1, cfg.spark.shuffle_partitions))
+    rows = cut.mapInArrow(lambda it: screen.tile_thumbs(it, ingest_cfg, tiles_cfg), screen.THUMBS_SCHEMA)
+    thumbs = {r["image_id"]: np.asarray(r["thumbs"], dtype=np.float32) for r in rows.toArrow().to_pylist()}
+    pairs = []
+    for i, image in enumerate(ids):
+        found = thumbs.get(image)
+        count = int(x[i, :, -1].sum())
+        if found is not None and len(found) == count * screen.SIDE**2:
+            pairs.append((found.reshape(count, screen.SIDE**2), weights[i, :count]))
+    if not pairs:
+        raise SourceError(f"no training image of {spec.table} could be cut again for the tile screen")
+    fitted = screen.fitted(pairs)
+    log.info(
+        "tile screen: fitted on %d tiles of %d images; heaviest tile in its top quarter for %.3f",
+        fitted.tiles,
+        fitted.images,
+        fitted.recall,
+    )
+    return fitted
 
 
 def distributed_fit(cfg: TrainParams, spark: SparkSession, spec: TrainSpec, weights: Path) -> dict[str, Any]:

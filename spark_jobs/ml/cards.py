@@ -105,6 +105,7 @@ class ModelFiles(Record):
     classifier: str | None = None  # MLlib model folder
     transform: str | None = None  # the features' scaler + PCA (classical)
     extractor: str | None = None  # the features' extractor spec
+    screen: str | None = None  # tiles_attention: the light tile screen of the tile cascade
 
 
 class CardData(Record):
@@ -239,7 +240,8 @@ def check_model(folder: Path, card: ModelCard) -> None:
     a card whose files lie outside its folder or whose weights are not the ones it records
     (tampered, or replaced since training): no code of such a file runs."""
     inside = folder.resolve()
-    for name in (card.files.weights, card.files.calibration, card.files.classifier, card.files.transform):
+    files = card.files
+    for name in (files.weights, files.calibration, files.classifier, files.transform, files.extractor, files.screen):
         if name is not None and not (folder / name).resolve().is_relative_to(inside):
             raise ConfigError(f"model {folder}: its card names {name!r}, outside its folder; not followed")
     if card.files.weights is not None and card.weights_sha256 is not None:

@@ -21,6 +21,9 @@ class CascadeConfig(Section):
     enabled: bool = False
     light: LocalPath = f"{MODELS}/mllib"
     confidence: float = Field(0.9, ge=0.0, le=1.0)
+    # A tiles_attention model: the share of each image's tiles its light screen sends to the
+    # backbone and the attention (1: every tile, no tile cascade).
+    tile_fraction: float = Field(1.0, gt=0.0, le=1.0)
 
 
 def cascade_parts(cfg: CascadeConfig, card: ModelCard) -> tuple[Path, ModelCard]:

@@ -78,6 +78,8 @@ class TilesTrainConfig(Section):
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(0.003, gt=0.0)
     weight_decay: float = Field(0.0001, ge=0.0)
+    # tiles_attention: the training images its light tile screen is fitted on (0: no screen)
+    screen_images: int = Field(256, ge=0, le=100_000)
 
 
 class AutoencoderConfig(Section):

@@ -17,6 +17,7 @@ from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.imaging import images, tiles
 from spark_jobs.imaging.tiles import TilesConfig
 from spark_jobs.ml import inference
+from spark_jobs.ml.screen import Screen
 
 ANOMALY_LABELS = ("normal", "anomaly")
 # Where a row of a video comes from (null for an image): the video's content hash, the frame's
@@ -131,7 +132,9 @@ class TileHead:
     ``tiles`` and ingest settings), every tile resized and embedded by the extractor the model's
     features were made with, the tiles in raster order through the sequence model. It reads the
     files' bytes (:attr:`from_source`), not the resized pixels. A model that attends also says
-    where: each row's ``top_tiles``, its ``top_tiles`` most-weighted tiles, and with ``heatmaps``
+    where: each row's ``top_tiles``, its ``top_tiles`` most-weighted tiles; with a ``screen`` and a
+    ``tile_fraction`` below 1 (the tile cascade) only that share of each image's tiles, the ones
+    the light screen rates highest, are embedded and weighed; and with ``heatmaps``
     a ``heatmap`` column (:data:`HEATMAP`, not a prediction column: the run writes it beside its
     report), drawn from the pixels this decode already holds."""
 
@@ -143,6 +146,8 @@ class TileHead:
     top_k: int
     top_tiles: int = 3
     heatmaps: bool = False
+    screen: Screen | None = None  # the tile cascade's light screen, with tile_fraction < 1
+    tile_fraction: float = 1.0
 
     from_source = True
 
@@ -159,18 +164,20 @@ class TileHead:
         return tiles.too_many(record["orig_width"], record["orig_height"], self.tiles_cfg)
 
     def __call__(self, sources: list[bytes]) -> dict[str, pa.Array]:  # type: ignore[override]
-        blocks, counts, boxes, shrunk = [], [], [], []
+        blocks, counts, kept, boxes, shrunk = [], [], [], [], []
         for data in sources:
             full = images.decode_full(data, self.ingest_cfg)
             cut = list(tiles.full_tiles(full, self.ingest_cfg, self.tiles_cfg))
-            blocks.extend(block for _tile, block in cut)
+            chosen = [cut[i] for i in self._chosen(np.stack([block for _tile, block in cut]))]
+            blocks.extend(block for _tile, block in chosen)
             counts.append(len(cut))
-            boxes.append(np.asarray([(t.x0, t.y0, t.x1, t.y1) for t, _block in cut], dtype=np.int64))
+            kept.append(len(chosen))
+            boxes.append(np.asarray([(t.x0, t.y0, t.x1, t.y1) for t, _block in chosen], dtype=np.int64))
             shrunk.append(_shrunk(full) if self.draws else None)  # all a heatmap needs of the image
-            del full
+            del full, cut
         vectors = self.extractor(np.stack(blocks))
-        ends = np.cumsum(counts)
-        per_image = [vectors[end - n : end] for n, end in zip(counts, ends, strict=True)]
+        ends = np.cumsum(kept)
+        per_image = [vectors[end - n : end] for n, end in zip(kept, ends, strict=True)]
         sequences = tiles.padded(per_image, vectors.shape[1])
         columns, weights = self._classes(sequences, boxes)
         columns["tile_count"] = pa.array(np.asarray(counts, dtype=np.int32))
@@ -178,6 +185,13 @@ class TileHead:
             pictures = [_heatmap(*drawn, w) for drawn, w in zip(zip(shrunk, boxes, strict=True), weights, strict=True)]
             columns[HEATMAP.name] = pa.array(pictures, pa.binary())
         return columns
+
+    def _chosen(self, blocks: np.ndarray) -> np.ndarray:
+        """The indexes of an image's tile blocks that go to the backbone: the light screen's top
+        ``tile_fraction`` (every tile without a tile cascade)."""
+        if self.screen is None or self.tile_fraction >= 1.0:
+            return np.arange(len(blocks))
+        return self.screen.choose(blocks, self.tile_fraction)
 
     def _classes(self, sequences: np.ndarray, boxes: list[np.ndarray]) -> tuple[dict[str, pa.Array], Any]:
         """``(PREDICTED_FIELDS of the model's probabilities, with top_tiles when it attends; its

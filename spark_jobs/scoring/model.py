@@ -19,6 +19,7 @@ from spark_jobs.core.config import ConfigError
 from spark_jobs.ml import extractors, inference
 from spark_jobs.ml.cards import CARD, TILE_KINDS, ModelCard, check_model, read_card
 from spark_jobs.ml.cascade import cascade_parts
+from spark_jobs.ml.screen import Screen
 from spark_jobs.scoring import heads
 from spark_jobs.scoring.config import ScoreParams
 
@@ -105,9 +106,34 @@ def tile_head(folder: Path, card: ModelCard, cfg: ScoreParams) -> heads.TileHead
     predictor = inference.Predictor(model, cfg.score.batch_size, cfg.score.threads)
     extractor = extractors.Cnn.from_spec(spec)
     s = cfg.score
+    fraction = s.cascade.tile_fraction
+    light = tile_screen(folder, card) if fraction < 1.0 else None
+    classes = tuple(card.classes)
     return heads.TileHead(
-        predictor, extractor, card.tiles, card.ingest_settings, tuple(card.classes), s.top_k, s.top_tiles, s.heatmaps
+        predictor,
+        extractor,
+        card.tiles,
+        card.ingest_settings,
+        classes,
+        s.top_k,
+        s.top_tiles,
+        s.heatmaps,
+        light,
+        fraction,
     )
+
+
+def tile_screen(folder: Path, card: ModelCard) -> Screen:
+    """The light tile screen of ``folder``'s model, for ``score.cascade.tile_fraction`` below 1."""
+    if card.files.screen is None:
+        raise ConfigError(
+            f"score.cascade.tile_fraction below 1 needs a tiles_attention model with a tile screen "
+            f"(train.tiles.screen_images > 0); {folder} holds a {card.kind} model without one"
+        )
+    try:
+        return Screen.read(folder / card.files.screen)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model {folder}: cannot read its tile screen: {exc}") from None
 
 
 def torch_head(folder: Path, card: ModelCard, cfg: ScoreParams) -> heads.TorchHead:

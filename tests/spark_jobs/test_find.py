@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from spark_jobs import evaluate, features, ingest, sample, score, train
-from spark_jobs.ml import cards, models
+from spark_jobs.ml import cards, models, screen
 from spark_jobs.params import Config, load
 from tests.factories import REPO, with_overrides
 
@@ -70,6 +70,8 @@ def test_attention_points_at_tiles_in_the_file_s_pixels_from_evaluate_to_scoring
     folder = train.run(with_overrides(find, "train.model=tiles_attention"), spark)
     card = json.loads((folder / cards.CARD).read_text())
     assert (card["kind"], card["arch"]["aggregate"], card["tiles"]["overlap"]) == ("tiles_attention", "attention", 0.5)
+    light = screen.Screen.read(folder / card["files"]["screen"])  # the tile cascade's screen, fitted on every
+    assert (light.images, light.tiles) == (card["training"]["train_rows"], 49 * card["training"]["train_rows"])
 
     reports = evaluate.run(find, spark)
     result = json.loads((reports / evaluate.EVALUATION).read_text())["models"]["tiles_attention"]
@@ -103,11 +105,13 @@ def test_attention_points_at_tiles_in_the_file_s_pixels_from_evaluate_to_scoring
     assert "where the model looked" in page
     assert page.count("data:image/png;base64") >= 3
 
-    # a tiles_attention row's boxes follow the file's own size: a wider image, more tiles
+    # a wider image is cut into more tiles, in its own pixels; with the tile cascade, only the
+    # quarter of them the screen rates highest are weighed (a blank image: 16 equal weights)
     inbox = Path(find.data.root).parent / "wide"
     inbox.mkdir()
     Image.new("L", (32 * 5, 128), 255).save(inbox / "wide.png")  # 9 x 7 tiles, within max_per_image
-    wide = score.run(with_overrides(find, f"score.inbox={inbox}"), spark)
+    wide = score.run(with_overrides(find, f"score.inbox={inbox}", "score.cascade.tile_fraction=0.25"), spark)
     (row,) = ds.dataset(str(wide), format="parquet").to_table().to_pylist()
     assert row["tile_count"] == 9 * 7
     assert max(t["box_x1"] for t in row["top_tiles"]) <= 160
+    assert [t["weight"] for t in row["top_tiles"]] == pytest.approx([1 / 16, 1 / 16])

@@ -89,3 +89,28 @@ def test_settle_promotes_the_passing_challenger_and_keeps_the_failed_aside(tmp_p
     (places.champions / "classifier" / "untouched").write_text("a copy would replace the folder")
     promotion.settle(places, cards_, standings, chosen, verdict)  # the same champion again: left as it is
     assert (places.champions / "classifier" / "untouched").exists()
+
+
+def test_metrics_json_keeps_pointing_beside_accuracy_and_n_a_for_a_model_without_attention() -> None:
+    document = {
+        "accuracy": 0.99,
+        "macro_f1": 0.98,
+        "anomaly_champion": None,
+        "models": {
+            "tiles_attention": {
+                "task": "classifier",
+                "accuracy": 0.99,
+                "macro_f1": 0.98,
+                "pointing_accuracy": 0.97,
+                "pointing_images": 181,
+                "gate": "passed",
+                "test_rows": 264,
+            }
+        },
+        "baselines": {
+            "tiles_gru": {"task": "classifier", "accuracy": 0.97, "macro_f1": 0.96, "pointing_accuracy": "n/a"}
+        },
+    }
+    out = promotion.headline_metrics(document)
+    assert out["tiles_attention"] == {"accuracy": 0.99, "macro_f1": 0.98, "pointing_accuracy": 0.97, "passed": True}
+    assert out["tiles_gru"]["pointing_accuracy"] == "n/a"
