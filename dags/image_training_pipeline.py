@@ -11,8 +11,10 @@ naming the champion's folder and version.
 The ``pipeline`` Param picks the pipeline: empty runs ``dvc.yaml`` (the digits, as above); ``grids``
 runs ``grids/dvc.yaml``, the large-image pipeline (ingest -> features -> train@tiles_mean /
 train@tiles_gru -> evaluate), in its own workspace ``grids/`` (its params.yaml, data, models and
-champion; its asset is the grids champion). A branch task runs the chosen one's tasks and skips the
-other's. The other Params override the chosen workspace's params.yaml the same way."""
+champion; its asset is the grids champion); ``find`` runs ``find/dvc.yaml``, where one tile decides
+the label (ingest -> features -> train@tiles_mean / tiles_gru / tiles_attention -> evaluate with
+pointing accuracy), in ``find/``. A branch task runs the chosen one's tasks and skips the others'.
+The other Params override the chosen workspace's params.yaml the same way."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import DAG, AssetAlias, Param, TaskGroup, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 from image_platform import stages, versioning
-from image_platform.assets import CHAMPION_OUT, GRIDS_CHAMPION_OUT, add_event
+from image_platform.assets import CHAMPION_OUT, FIND_CHAMPION_OUT, GRIDS_CHAMPION_OUT, add_event
 
 # dvc.yaml stages that are not part of training: the bundled sample and batch scoring.
 NOT_TRAINING = {"sample", "score"}
@@ -37,7 +39,7 @@ PARAM_KEYS = {
 }
 AS_IN_PARAMS = "Empty: as in params.yaml"
 # Each pipeline's champion asset, updated by its own version task.
-CHAMPIONS = {"digits": CHAMPION_OUT, "grids": GRIDS_CHAMPION_OUT}
+CHAMPIONS = {"digits": CHAMPION_OUT, "grids": GRIDS_CHAMPION_OUT, "find": FIND_CHAMPION_OUT}
 
 
 # How the form shows an empty drop-down choice (the UI would print JSON's "null").
@@ -79,7 +81,8 @@ with DAG(
             enum=[None, *(p for p in stages.PIPELINES if p != "digits")],
             values_display={None: "(the digits: dvc.yaml)"},
             description="The pipeline to run. Empty: dvc.yaml (the digits); grids: grids/dvc.yaml, the "
-            "large-image pipeline in its own workspace grids/",
+            "large-image pipeline in its own workspace grids/; find: find/dvc.yaml, tile attention "
+            "that says where, in find/",
         ),
     },
 ) as dag:

@@ -21,13 +21,21 @@ CHAMPION = Asset(name="image_platform_champion_model", uri="image-platform://cha
 # Updated when a run of the large-image pipeline (grids/) ends with a champion: its own, apart from
 # the digits champion (nothing scores the digits inbox with it).
 GRIDS_CHAMPION = Asset(name="image_platform_grids_champion_model", uri="image-platform://grids/champion/")
+# The same for the find pipeline (find/): a tiles_attention champion that says where.
+FIND_CHAMPION = Asset(name="image_platform_find_champion_model", uri="image-platform://find/champion/")
 # Updated by every scoring run that published predictions.
 PREDICTIONS = Asset(name="image_platform_predictions", uri="image-platform://predictions/")
 # What the tasks declare as outlets: an event of the asset is added to them only when there is news.
 CHAMPION_OUT = AssetAlias(name="image_platform_champion_promoted")
 GRIDS_CHAMPION_OUT = AssetAlias(name="image_platform_grids_champion_promoted")
+FIND_CHAMPION_OUT = AssetAlias(name="image_platform_find_champion_promoted")
 PREDICTIONS_OUT = AssetAlias(name="image_platform_predictions_published")
-ALIASED = {CHAMPION_OUT.name: CHAMPION, GRIDS_CHAMPION_OUT.name: GRIDS_CHAMPION, PREDICTIONS_OUT.name: PREDICTIONS}
+ALIASED = {
+    CHAMPION_OUT.name: CHAMPION,
+    GRIDS_CHAMPION_OUT.name: GRIDS_CHAMPION,
+    FIND_CHAMPION_OUT.name: FIND_CHAMPION,
+    PREDICTIONS_OUT.name: PREDICTIONS,
+}
 
 
 def champion_extra(workspace: Path, since: datetime | None = None) -> dict[str, Any] | None:

@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]  # the code: spark_jobs/, dvc.yaml
 WORKSPACE_ENV = "IMAGE_PLATFORM_WORKSPACE"
 # The pipelines, each a dvc.yaml whose folder is its workspace (its params.yaml, data/, models/):
-# the digits (the default) and the large-image one in its own workspace (grids/, README).
-PIPELINES = {"digits": "dvc.yaml", "grids": "grids/dvc.yaml"}
+# the digits (the default) and the large-image ones, each in its own workspace (grids/, find/:
+# docs/large-images.md).
+PIPELINES = {"digits": "dvc.yaml", "grids": "grids/dvc.yaml", "find": "find/dvc.yaml"}
 LAUNCHER = "spark_jobs/__main__.py"
 PACKAGE_TASK = "build_package"
 # The artifact a stage submits: what this run's build_package task built.
@@ -63,7 +64,8 @@ class StageCommand:
 def workspace(pipeline: str = "digits") -> Path:
     """Where runs of ``pipeline`` read params.yaml and write data/, models/, reports/ (``dvc
     repro``'s folder for its dvc.yaml): under ``$IMAGE_PLATFORM_WORKSPACE``, else the repository
-    itself; the digits pipeline's is the root (and holds dist/), the grids one's is ``grids/``."""
+    itself; the digits pipeline's is the root (and holds dist/), the grids one's ``grids/``, the
+    find one's ``find/``."""
     return (Path(os.environ.get(WORKSPACE_ENV, REPO)) / PIPELINES[pipeline]).parent.resolve()
 
 

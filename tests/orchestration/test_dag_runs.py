@@ -37,8 +37,8 @@ def test_training_triggered_with_params_through_the_rest_api(trained_pipeline: d
     trained = trained_pipeline
     run, states = trained["run"], trained["states"]
     assert run["state"] == "success", (states, trained["log"].read_text()[-6000:])
-    # build_package, choose_pipeline, the 7 stages and version ran; the grids pipeline's 5 stages and
-    # its version task were skipped (the pipeline Param left empty: the digits)
+    # build_package, choose_pipeline, the 7 stages and version ran; the grids and find pipelines'
+    # stages and version tasks were skipped (the pipeline Param left empty: the digits)
     ran = {s for s, state in states.items() if state == "success"}
     assert ran == {"build_package", "choose_pipeline", "version", *(t.replace("@", "_") for t in TRAINING_STAGES)}
     assert {s for s, state in states.items() if state != "success"} == {
@@ -48,6 +48,13 @@ def test_training_triggered_with_params_through_the_rest_api(trained_pipeline: d
         "grids.train_tiles_gru",
         "grids.evaluate",
         "version_grids",
+        "find.ingest",
+        "find.features",
+        "find.train_tiles_mean",
+        "find.train_tiles_gru",
+        "find.train_tiles_attention",
+        "find.evaluate",
+        "version_find",
     }
     assert {state for s, state in states.items() if s not in ran} == {"skipped"}, states
     assert run["conf"] == trained["conf"]
@@ -226,8 +233,8 @@ def test_a_gate_failure_stops_the_run_at_its_stage(airflow_db: dict[str, str], t
     assert run["state"] == "failed"
     assert run["tasks"]["build_package"] == "success"
     assert run["tasks"]["ingest"] == "failed"  # at once: a gate verdict is not retried
-    grids = {t for t in run["tasks"] if t.startswith("grids.")} | {"version_grids"}
-    assert {run["tasks"][t] for t in grids} == {"skipped"}  # the other pipeline's
+    grids = {t for t in run["tasks"] if t.startswith(("grids.", "find."))} | {"version_grids", "version_find"}
+    assert {run["tasks"][t] for t in grids} == {"skipped"}  # the other pipelines'
     assert run["tasks"]["choose_pipeline"] == "success"
     downstream = set(run["tasks"]) - {"build_package", "choose_pipeline", "ingest"} - grids
     assert {run["tasks"][t] for t in downstream} == {"upstream_failed"}
@@ -270,7 +277,7 @@ def test_a_run_with_the_form_untouched_is_dvc_repro(
     env = {**airflow_db, "PATH": f"{stub}{os.pathsep}{airflow_db['PATH']}"}
     run = _dag_test(env, ws, TRAINING, {})
     assert run["state"] == "success", run["log"][-6000:]
-    grids = {t for t in run["tasks"] if t.startswith("grids.")} | {"version_grids"}
+    grids = {t for t in run["tasks"] if t.startswith(("grids.", "find."))} | {"version_grids", "version_find"}
     assert {state for t, state in run["tasks"].items() if t not in grids} == {"success"}, run["tasks"]
     assert {run["tasks"][t] for t in grids} == {"skipped"}  # the pipeline Param left empty: the digits
     launcher = str(REPO / stages.LAUNCHER)

@@ -110,29 +110,32 @@ def test_dag_files_import_nothing_heavy() -> None:
 TRAINING = {
     "digits": {"ingest", "backbone", "features", "train@mllib", "train@cnn", "train@autoencoder", "evaluate"},
     "grids": {"ingest", "features", "train@tiles_mean", "train@tiles_gru", "evaluate"},
+    "find": {"ingest", "features", "train@tiles_mean", "train@tiles_gru", "train@tiles_attention", "evaluate"},
 }
 
 
 def test_training_dag_runs_one_pipeline_chosen_by_a_param(parsed: dict) -> None:
-    """A branch after the package picks the digits (dvc.yaml) or grids (grids/dvc.yaml) tasks;
-    each pipeline ends in its own version task and champion asset."""
+    """A branch after the package picks the digits (dvc.yaml), grids (grids/dvc.yaml) or find
+    (find/dvc.yaml) tasks; each pipeline ends in its own version task and champion asset."""
     dag = parsed["dags"]["image_training_pipeline"]
     tasks = dag["tasks"]
     ids = {
         pipeline: {("" if pipeline == "digits" else f"{pipeline}.") + stages.task_id(n) for n in names}
         for pipeline, names in TRAINING.items()
     }
-    assert set(tasks) == {"build_package", "choose_pipeline", "version", "version_grids", *ids["digits"], *ids["grids"]}
+    versions = {"version", "version_grids", "version_find"}
+    assert set(tasks) == {"build_package", "choose_pipeline", *versions, *ids["digits"], *ids["grids"], *ids["find"]}
     assert tasks["build_package"]["downstream"] == ["choose_pipeline"]
     assert tasks["choose_pipeline"]["type"] == "_BranchPythonDecoratedOperator"
     # The branch precedes every task of both pipelines: it skips all of the other one's itself.
     assert tasks["choose_pipeline"]["downstream"] == sorted(set(tasks) - {"build_package", "choose_pipeline"})
-    assert dag["params"]["pipeline"]["enum"] == [None, "grids"]
-    assert tasks["grids.evaluate"]["downstream"] == ["version_grids"]
-    assert tasks["version_grids"]["outlets"] == ["image_platform_grids_champion_promoted"]  # the alias
-    assert tasks["version_grids"]["pool"] == "dvc"
-    for task_id in ids["grids"]:  # run in the grids workspace: its params.yaml, data and models
-        assert tasks[task_id]["workdir"] == str(REPO / "grids"), task_id
+    assert dag["params"]["pipeline"]["enum"] == [None, "grids", "find"]
+    for pipeline in ("grids", "find"):
+        assert tasks[f"{pipeline}.evaluate"]["downstream"] == [f"version_{pipeline}"]
+        assert tasks[f"version_{pipeline}"]["outlets"] == [f"image_platform_{pipeline}_champion_promoted"]  # the alias
+        assert tasks[f"version_{pipeline}"]["pool"] == "dvc"
+        for task_id in ids[pipeline]:  # run in the pipeline's workspace: its params.yaml, data and models
+            assert tasks[task_id]["workdir"] == str(REPO / pipeline), task_id
     for task_id in ids["digits"]:
         assert tasks[task_id]["workdir"] == str(REPO), task_id
 
@@ -172,7 +175,11 @@ def test_training_dag_is_dvc_yaml_from_ingest_to_evaluate(parsed: dict, pipeline
     assert tasks[tid("evaluate")]["downstream"] == [version]
     assert tasks[version]["pool"] == "dvc"  # DVC commands one at a time
     # Aliases: the champion asset's event is added only when the run promoted one.
-    champion = {"digits": "image_platform_champion_promoted", "grids": "image_platform_grids_champion_promoted"}
+    champion = {
+        "digits": "image_platform_champion_promoted",
+        "grids": "image_platform_grids_champion_promoted",
+        "find": "image_platform_find_champion_promoted",
+    }
     assert tasks[version]["outlets"] == [champion[pipeline]]
     # A stage skipped as up to date (dvc repro's semantics) does not skip what follows it.
     assert {tasks[tid(n)]["trigger_rule"] for n in graph} | {tasks[version]["trigger_rule"]} == {"none_failed"}
