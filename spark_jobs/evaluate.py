@@ -46,7 +46,7 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from spark_jobs.core import launch, manifest, runner
-from spark_jobs.core.config import DEFAULT_INBOX, LocalPath, Params, Section, SourcePath, View
+from spark_jobs.core.config import DEFAULT_INBOX, ConfigError, LocalPath, Params, Section, SourcePath, View
 from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError
 from spark_jobs.core.tables import published, read_features, read_images
@@ -235,11 +235,26 @@ def pointing(cfg: EvaluateParams, kind: str, predictions: pd.DataFrame | None) -
     (:func:`metrics.pointing_accuracy`); ``"n/a"`` for one that does not (it has no tile weights)."""
     if predictions is None:
         return {"pointing_accuracy": NOT_APPLICABLE}
-    cells = pd.read_csv(cfg.evaluate.pointing, dtype={"image_id": str})
-    result = metrics.pointing_accuracy(predictions, cells)
+    result = metrics.pointing_accuracy(predictions, read_cells(str(cfg.evaluate.pointing)))
     if result["pointing_unknown"]:
         log.warning("%s: %d test images are not in %s", kind, result["pointing_unknown"], cfg.evaluate.pointing)
     return result
+
+
+def read_cells(path: str) -> pd.DataFrame:
+    """``evaluate.pointing``'s file: ``image_id`` and the deciding cell's box (:data:`metrics.CELLS`)
+    of each image; :class:`ConfigError` in one line when it cannot be read or lacks a column."""
+    try:
+        cells = pd.read_csv(path, dtype={"image_id": str})
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"evaluate.pointing {path}: cannot read it ({exc})") from None
+    missing = [c for c in ("image_id", *metrics.CELLS) if c not in cells.columns]
+    if missing:
+        raise ConfigError(
+            f"evaluate.pointing {path} has no {', '.join(missing)} column: it needs image_id and "
+            f"{', '.join(metrics.CELLS)} (as sample.kind find writes)"
+        )
+    return cells
 
 
 def int8_metrics(
@@ -388,6 +403,8 @@ def _report(
 def _precheck(cfg: EvaluateParams) -> None:
     for kind in (*cfg.evaluate.models, *cfg.evaluate.baselines):
         read_card(model_dir(cfg.train.output, kind))
+    if cfg.evaluate.pointing is not None:
+        read_cells(str(cfg.evaluate.pointing))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 from spark_jobs.core import runner
 from spark_jobs.core.config import ConfigError
 from spark_jobs.ml import extractors, inference
-from spark_jobs.ml.cards import CARD, TILE_KINDS, ModelCard, check_model, read_card
+from spark_jobs.ml.cards import ATTENTION_KINDS, CARD, TILE_KINDS, ModelCard, check_model, read_card
 from spark_jobs.ml.cascade import cascade_parts
 from spark_jobs.ml.screen import Screen
 from spark_jobs.scoring import heads
@@ -198,6 +198,14 @@ def scorer(cfg: ScoreParams) -> Scorer:
     if quantize == "int8" and card.kind != "cnn":
         raise ConfigError(f"score.quantize=int8 applies to cnn models; {source} holds a {card.kind} model")
     version = f"{card.version}-int8" if quantize == "int8" else card.version
+    fraction = cfg.score.cascade.tile_fraction
+    if fraction < 1.0:  # another decision than the whole model's: another version, scored anew
+        if card.kind not in ATTENTION_KINDS:
+            raise ConfigError(
+                f"score.cascade.tile_fraction below 1 applies to tiles_attention models; "
+                f"{source} holds a {card.kind} model"
+            )
+        version = f"{version}-tiles@{fraction:g}"
     if not cfg.score.cascade.enabled:
         return Scorer(folder, card, version, card.kind, quantize, source=source)
     light_source, light = cascade_parts(cfg.score.cascade, card)

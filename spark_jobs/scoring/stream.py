@@ -106,6 +106,9 @@ class Current:
 
     @classmethod
     def open(cls, spark: SparkSession, cfg: ScoreParams, model: Scorer) -> Current:
+        if cfg.score.heatmaps:  # batch runs draw them beside their report; a micro-batch does not
+            log.info("score.heatmaps: drawn by batch runs only; the stream scores without them")
+            cfg = cfg.model_copy(update={"score": cfg.score.model_copy(update={"heatmaps": False})})
         return cls(model, model.head(cfg), Lookup(spark, cfg.data.root, model.version, cfg.score.stream.dedupe_hours))
 
 

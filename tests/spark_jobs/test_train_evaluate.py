@@ -326,3 +326,15 @@ def test_checkpoint_folder_follows_the_params(ingested: Path, tmp_path: Path) ->
     assert training.checkpoint_dir(cfg.data.root, spec) == training.checkpoint_dir(cfg.data.root, same)
     assert training.checkpoint_dir(cfg.data.root, spec) != training.checkpoint_dir(cfg.data.root, other)
     assert params_hash(spec.model_dump(mode="json")) != params_hash(other.model_dump(mode="json"))
+
+
+def test_the_pointing_file_is_checked_in_one_line(tmp_path: Path) -> None:
+    from spark_jobs.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot read it"):
+        evaluate.read_cells(str(tmp_path / "missing.csv"))
+    (tmp_path / "cells.csv").write_text("image_id,label\nabc,0\n")
+    with pytest.raises(ConfigError, match="has no cell_x0, cell_y0, cell_x1, cell_y1 column"):
+        evaluate.read_cells(str(tmp_path / "cells.csv"))
+    (tmp_path / "cells.csv").write_text("image_id,label,cell_x0,cell_y0,cell_x1,cell_y1\n007,0,0,0,32,32\n")
+    assert evaluate.read_cells(str(tmp_path / "cells.csv"))["image_id"].tolist() == ["007"]  # ids stay text

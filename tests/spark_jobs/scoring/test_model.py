@@ -48,6 +48,23 @@ def test_an_int8_copy_and_a_cascade_are_versions_of_their_own(tmp_path: Path) ->
         model.scorer(_cfg(root, f"score.model={light}", "score.quantize=int8"))
 
 
+def test_the_tile_cascade_is_a_version_of_its_own_and_needs_an_attention_model(tmp_path: Path) -> None:
+    attention = model_folder(tmp_path / "att", kind="tiles_attention", version="att-v")
+    root = f"data.root={tmp_path / 'data'}"
+    screened = model.scorer(_cfg(root, f"score.model={attention}", "score.cascade.tile_fraction=0.25"))
+    assert screened.version == "att-v-tiles@0.25"  # its rows are not the whole model's: scored anew
+    assert model.scorer(_cfg(root, f"score.model={attention}")).version == "att-v"
+    cnn = model_folder(tmp_path / "cnn", version="cnn-v")
+    with pytest.raises(ConfigError, match="tile_fraction below 1 applies to tiles_attention models"):
+        model.scorer(_cfg(root, f"score.model={cnn}", "score.cascade.tile_fraction=0.5"))
+    card = read_card(attention)  # a tiles_attention model trained without a screen (screen_images 0)
+    with pytest.raises(ConfigError, match="needs a tiles_attention model with a tile screen"):
+        model.tile_screen(attention, card)
+    (attention / "screen.json").write_text("{}")
+    with pytest.raises(ConfigError, match="cannot read its tile screen"):
+        model.tile_screen(attention, card.model_copy(update={"files": ModelFiles(screen="screen.json")}))
+
+
 def test_an_anomaly_model_labels_its_rows_normal_or_anomaly(tmp_path: Path) -> None:
     folder = model_folder(tmp_path / "ae", kind="autoencoder", task="anomaly", version="ae-v")
     scored = model.scorer(_cfg(f"data.root={tmp_path / 'data'}", f"score.model={folder}"))
