@@ -191,15 +191,23 @@ def write_grids(target: Path, cfg: SampleConfig) -> dict[str, int]:
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f"{label}_{index:05d}.png", optimize=True)
         counts[f"grids/{label}"] = counts.get(f"grids/{label}", 0) + 1
-    inbox = target / "inbox"
-    inbox.mkdir(parents=True)
-    for _label, index, image in grid_images(cfg, cfg.grids.inbox, cfg.grids.seed + 1):
-        image.save(inbox / f"grid_{index:05d}.png", optimize=True)
-    if cfg.grids.inbox:
-        whole = (inbox / f"grid_{0:05d}.png").read_bytes()
-        (inbox / "grid_truncated.png").write_bytes(whole[: len(whole) // 2])
-    counts["inbox"] = cfg.grids.inbox
+    new = ((index, image) for _label, index, image in grid_images(cfg, cfg.grids.inbox, cfg.grids.seed + 1))
+    counts["inbox"] = write_inbox_images(target / "inbox", "grid", new)
     return counts
+
+
+def write_inbox_images(inbox: Path, prefix: str, pictures: Iterator[tuple[int, Image.Image]]) -> int:
+    """New images for the score stage, ``inbox/<prefix>_<n>.png``, and a truncated copy of the
+    first (``<prefix>_truncated.png``) that scoring must quarantine; returns how many are whole."""
+    inbox.mkdir(parents=True)
+    written = 0
+    for index, image in pictures:
+        image.save(inbox / f"{prefix}_{index:05d}.png", optimize=True)
+        written += 1
+    if written:
+        whole = (inbox / f"{prefix}_{0:05d}.png").read_bytes()
+        (inbox / f"{prefix}_truncated.png").write_bytes(whole[: len(whole) // 2])
+    return written
 
 
 def find_classes(cfg: FindConfig) -> tuple[str, str, str]:
@@ -252,14 +260,8 @@ def write_find(target: Path, cfg: SampleConfig) -> dict[str, int]:
             image.save(path, optimize=True)
             rows.writerow([image_id(path.read_bytes()), label, *(cell or ("", "", "", ""))])
             counts[f"find/{label}"] = counts.get(f"find/{label}", 0) + 1
-    inbox = target / "inbox"
-    inbox.mkdir(parents=True)
-    for _label, index, image, _cell in find_images(cfg, cfg.find.inbox, cfg.find.seed + 1):
-        image.save(inbox / f"find_{index:05d}.png", optimize=True)
-    if cfg.find.inbox:
-        whole = (inbox / f"find_{0:05d}.png").read_bytes()
-        (inbox / "find_truncated.png").write_bytes(whole[: len(whole) // 2])
-    counts["inbox"] = cfg.find.inbox
+    new = ((index, image) for _label, index, image, _cell in find_images(cfg, cfg.find.inbox, cfg.find.seed + 1))
+    counts["inbox"] = write_inbox_images(target / "inbox", "find", new)
     return counts
 
 
