@@ -13,6 +13,7 @@ from spark_jobs.core.config import Params
 from spark_jobs.core.ingest_config import IngestConfig
 from spark_jobs.evaluate import EvaluateConfig
 from spark_jobs.features import FeaturesConfig
+from spark_jobs.ml.drift import DriftConfig
 from spark_jobs.quality.thresholds import GateConfig
 from spark_jobs.sample import SampleConfig
 from spark_jobs.scoring.config import ScoreConfig
@@ -30,6 +31,7 @@ class Config(Params):
     evaluate: EvaluateConfig = EvaluateConfig()
     score: ScoreConfig = ScoreConfig()  # type: ignore[assignment]
     gate: GateConfig = GateConfig()
+    drift: DriftConfig = DriftConfig()
 
 
 def load(path: str | Path = config.DEFAULT_PARAMS, overrides: list[str] | None = None) -> Config:

@@ -39,7 +39,7 @@ from spark_jobs.core.jobs import exit_process, run_stage
 from spark_jobs.core.store import SourceError, spark_path
 from spark_jobs.core.tables import ingested_with, published, read_features, split_class_counts
 from spark_jobs.imaging.tiles import TilesConfig
-from spark_jobs.ml import models, screen, training
+from spark_jobs.ml import drift, models, screen, training
 from spark_jobs.ml.cards import (
     ARCHITECTURES,
     ATTENTION_KINDS,
@@ -55,10 +55,12 @@ from spark_jobs.ml.cards import (
     Kind,
     ModelCard,
     ModelFiles,
+    ReferenceRecord,
     TrainingRecord,
     model_dir,
     read_backbone_card_bytes,
 )
+from spark_jobs.ml.drift import DriftConfig
 from spark_jobs.ml.extractors import EXTRACTOR
 from spark_jobs.ml.mllib import CLASSIFIER, TRANSFORM, MllibConfig, mllib_estimator, mllib_input
 from spark_jobs.ml.screen import SCREEN, Screen
@@ -71,6 +73,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "train"
 CALIBRATION_IMAGES = 256
+REFERENCE_BATCH = 256  # images (or tile sequences) a forward pass of the drift reference
 # What a model reads (the card's ``input``), besides the pixels of the cnn and the autoencoder.
 INPUTS = {
     "mllib": "features table rows (features.parquet)",
@@ -109,6 +112,7 @@ class TrainParams(Params):
     """What the train stage reads: ``train``."""
 
     train: TrainConfig = TrainConfig()
+    drift: DriftConfig = DriftConfig()
 
 
 PARAMS = TrainParams  # what the stage reads of params.yaml
@@ -163,6 +167,7 @@ def train_mllib(
         "val_accuracy": (row[1] / row["n"]) if row["n"] else None,
         "data": {"features_manifest_sha256": manifest.file_hash(features_dir / manifest.MANIFEST)},
         "files": ModelFiles(classifier=CLASSIFIER, transform=TRANSFORM, extractor=EXTRACTOR),
+        "reference": mllib_reference(cfg, features_dir, folder),
     }
 
 
@@ -315,13 +320,16 @@ def train_torch(
         "weights_sha256": hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest(),
         "training": TrainingRecord(**result),
         "init": spec.init,
+        "reference": torch_reference(cfg, spec, folder),
     }
     if kind in TILE_KINDS:  # the extractor and the cut that scoring repeats on new images
         extractor = tiles_extractor(source)
         shutil.copy2(source / EXTRACTOR, folder / EXTRACTOR)
         files = ModelFiles(weights=WEIGHTS, extractor=EXTRACTOR)
-        if kind in ATTENTION_KINDS and cfg.train.tiles.screen_images:
-            fit_screen(cfg, spark, spec, folder, extractor).write(folder)
+        screened = kind in ATTENTION_KINDS and cfg.train.tiles.screen_images > 0
+        light = fit_screen(cfg, spark, spec, folder, extractor) if screened else None
+        if light is not None:
+            light.write(folder)
             files = files.model_copy(update={"screen": SCREEN})
         details |= {"feature_kind": extractor["kind"], "files": files}
         details |= {"tiles": extractor["tiles"], "data": {"features_manifest_sha256": spec.data}}
@@ -333,11 +341,12 @@ def train_torch(
 
 def fit_screen(
     cfg: TrainParams, spark: SparkSession, spec: TrainSpec, folder: Path, extractor: dict[str, Any]
-) -> Screen:
+) -> Screen | None:
     """The light tile screen of a trained ``tiles_attention`` model (:mod:`spark_jobs.ml.screen`):
     the model's attention over the tiles of at most ``train.tiles.screen_images`` training images
     (from the features table), and those tiles' thumbnails, cut from their files again as the
-    features stage cut them (one Spark job), fitted on the driver."""
+    features stage cut them (one Spark job), fitted on the driver; None when none of their files
+    can be read and cut again."""
     import torch
     from pyspark.sql import functions as F
 
@@ -363,8 +372,9 @@ def fit_screen(
         count = int(x[i, :, -1].sum())
         if found is not None and len(found) == count * screen.SIDE**2:
             pairs.append((found.reshape(count, screen.SIDE**2), weights[i, :count]))
-    if not pairs:
-        raise SourceError(f"no training image of {spec.table} could be cut again for the tile screen")
+    if not pairs:  # the model stands without it: only the tile cascade needs a screen
+        log.warning("no training image's file could be cut again (moved or changed since ingest): no tile screen")
+        return None
     fitted = screen.fitted(pairs)
     log.info(
         "tile screen: fitted on %d tiles of %d images; heaviest tile in its top quarter for %.3f",
@@ -373,6 +383,45 @@ def fit_screen(
         fitted.recall,
     )
     return fitted
+
+
+def torch_reference(cfg: TrainParams, spec: TrainSpec, folder: Path) -> ReferenceRecord:
+    """The drift reference of a trained torch model (:mod:`spark_jobs.ml.drift`): its embedding
+    layer (:func:`models.embedding`) of at most ``drift.reference_rows`` train images, stratified
+    by class with the run's seed, read as training reads them (ingested pixels, or the features
+    table's tile vectors: no file is decoded again)."""
+    import torch
+
+    ids, labels = training.split_labels(spec.table, "train", spec.exclude_classes)
+    chosen = drift.stratified(ids, labels, cfg.drift.reference_rows, cfg.train.seed)
+    net = models.build(spec.model.architecture, spec.model.args)
+    net = models.load_weights(net, (folder / WEIGHTS).read_bytes(), str(folder / WEIGHTS)).eval()
+    vectors, seen, layer = [], [], ""
+    with torch.inference_mode():
+        for start in range(0, len(chosen), REFERENCE_BATCH):
+            x, batch_labels = training.read_inputs(spec, chosen[start : start + REFERENCE_BATCH])
+            layer, out = models.embedding(net, spec.model.architecture, x)
+            vectors.append(out.numpy())
+            seen += batch_labels
+    return drift.write_reference(folder, np.concatenate(vectors), seen, layer)
+
+
+def mllib_reference(cfg: TrainParams, features_dir: Path, folder: Path) -> ReferenceRecord:
+    """The drift reference of an mllib model: the features table's vectors (after its scaler +
+    PCA, the model's input) of at most ``drift.reference_rows`` train rows, stratified by class."""
+    import pyarrow.dataset as ds
+
+    table = str(features_dir / "features.parquet")
+    ids, labels = training.split_labels(table, "train", [])
+    chosen = drift.stratified(ids, labels, cfg.drift.reference_rows, cfg.train.seed)
+    found = (
+        ds.dataset(table, format="parquet")
+        .to_table(columns=["image_id", "label", "features"], filter=ds.field("image_id").isin(chosen))
+        .sort_by("image_id")
+    )
+    vectors = np.asarray(found["features"].to_pylist(), dtype=np.float32)
+    layer = "pca" if (features_dir / TRANSFORM).exists() else "features"
+    return drift.write_reference(folder, vectors, found["label"].to_pylist(), layer)
 
 
 def distributed_fit(cfg: TrainParams, spark: SparkSession, spec: TrainSpec, weights: Path) -> dict[str, Any]:
@@ -404,7 +453,7 @@ def ingest_of(cfg: TrainParams, kind: str) -> tuple[IngestConfig, str]:
 
 
 def used_params(cfg: TrainParams, kind: str) -> dict[str, Any]:
-    """The ``train`` params that shaped this model (not the other models' sections)."""
+    """The ``train`` params that shaped this model (not the other models' sections), and ``drift``."""
     section = cfg.section("train")["train"]
     own = "tiles" if kind in TILE_KINDS else kind
     for other in ("mllib", "cnn", "autoencoder", "tiles"):
@@ -413,7 +462,7 @@ def used_params(cfg: TrainParams, kind: str) -> dict[str, Any]:
     if kind == "mllib":
         for key in ("num_processes", "local_mode", "threads", "checkpoint_every"):
             section.pop(key)
-    return section
+    return section | cfg.section("drift")  # the drift reference kept with the model
 
 
 def run(cfg: TrainParams, spark: SparkSession) -> Path:

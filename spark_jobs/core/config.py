@@ -33,7 +33,7 @@ DEFAULT_PARAMS = "params.yaml"
 DEFAULT_SOURCE = "data/sample/digits"  # ingest.source
 DEFAULT_INBOX = "data/sample/inbox"  # score.inbox
 # Every section of params.yaml; a stage refuses any other name (a typo), whatever it reads.
-SECTIONS = ("data", "spark", "sample", "ingest", "backbone", "features", "train", "evaluate", "score", "gate")
+SECTIONS = ("data", "spark", "sample", "ingest", "backbone", "features", "train", "evaluate", "score", "gate", "drift")
 
 Byte = Annotated[int, Field(ge=0, le=255)]
 RGB = tuple[Byte, Byte, Byte]

@@ -97,6 +97,18 @@ class InitRecord(Record):
     card: str | None = None  # the backbone card it was described by, when there was one
 
 
+class ReferenceRecord(Record):
+    """What a card says of its drift reference (:mod:`spark_jobs.ml.drift`): the file beside the
+    model, its sha256, and the sample it holds."""
+
+    file: str
+    sha256: str
+    rows: int
+    dim: int
+    layer: str  # the embedding: "backbone" (cnn), "latent" (autoencoder), "pooled" (tiles_*), "pca" (mllib)
+    per_class: dict[str, int]
+
+
 class ModelFiles(Record):
     """The files of a model folder, by role."""
 
@@ -147,6 +159,8 @@ class ModelCard(Record):
     init: InitRecord | None = None
     # tiles_*: how the features table cut the images (features.tiles); scoring cuts them the same way
     tiles: TilesConfig | None = None
+    # a sample of its training inputs' embeddings, what a drift test compares new images with
+    reference: ReferenceRecord | None = None
 
     @property
     def mllib_classifier(self) -> str | None:
@@ -240,8 +254,17 @@ def check_model(folder: Path, card: ModelCard) -> None:
     a card whose files lie outside its folder or whose weights are not the ones it records
     (tampered, or replaced since training): no code of such a file runs."""
     inside = folder.resolve()
-    files = card.files
-    for name in (files.weights, files.calibration, files.classifier, files.transform, files.extractor, files.screen):
+    files, reference = card.files, card.reference.file if card.reference else None
+    names = (
+        files.weights,
+        files.calibration,
+        files.classifier,
+        files.transform,
+        files.extractor,
+        files.screen,
+        reference,
+    )
+    for name in names:
         if name is not None and not (folder / name).resolve().is_relative_to(inside):
             raise ConfigError(f"model {folder}: its card names {name!r}, outside its folder; not followed")
     if card.files.weights is not None and card.weights_sha256 is not None:

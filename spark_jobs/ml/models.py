@@ -191,15 +191,11 @@ def tile_sequence(
     Input ``(N, T, dim + 1)`` float: each tile's vector, then 1 for a tile or 0 for padding (at the
     end). ``aggregate``:
 
-    - ``mean``: each tile through ``Linear(dim, hidden) + ReLU``, averaged over the image's tiles
-      (order-blind: the baseline);
-    - ``gru``: a GRU of ``hidden`` units over the tiles in order (both directions when
-      ``bidirectional``); its last states;
-    - ``attention``: each tile through ``Linear(dim, hidden) + ReLU``, weighed by
-      :func:`gated_attention` and summed; ``attend`` returns the weights (which tiles decided)
-      beside the logits.
-
-    Then dropout and a linear layer."""
+    ``mean``: each tile through ``Linear(dim, hidden) + ReLU``, averaged (order-blind); ``gru``: a
+    GRU of ``hidden`` units over the tiles in order (both directions when ``bidirectional``), its
+    last states; ``attention``: each tile through ``Linear + ReLU``, weighed by
+    :func:`gated_attention` and summed (``attend`` returns the weights beside the logits). Then
+    dropout and a linear layer; ``pool`` gives what that layer reads."""
     import torch
     from torch import nn
     from torch.nn.utils.rnn import pack_padded_sequence
@@ -222,22 +218,26 @@ def tile_sequence(
             over its tiles and are 0 on padding. Only ``attention`` has weights."""
             if aggregate != "attention":
                 raise BackboneError(f"a tiles_{aggregate} model has no attention weights")
-            h = self.tile(x[..., :-1])
-            weights = self.attention(h, x[..., -1])
-            return self.head((weights.unsqueeze(-1) * h).sum(1)), weights
+            pooled, weights = self.pool(x)
+            return self.head(pooled), weights
 
-        def forward(self, x: Tensor) -> Tensor:
-            if aggregate == "attention":
-                return self.attend(x)[0]
+        def pool(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+            """``(each image's pooled vector (N, out): what the head reads, the attention weights
+            or None)``."""
             mask, x = x[..., -1], x[..., :-1]
+            if aggregate == "attention":
+                h = self.tile(x)
+                weights = self.attention(h, mask)
+                return (weights.unsqueeze(-1) * h).sum(1), weights
             lengths = mask.sum(1).clamp(min=1)
             if aggregate == "gru":
                 packed = pack_padded_sequence(x, lengths.long().cpu(), batch_first=True, enforce_sorted=False)
                 _, last = self.rnn(packed)  # (directions, N, hidden)
-                pooled = torch.cat(list(last), dim=1)
-            else:
-                pooled = (self.tile(x) * mask.unsqueeze(-1)).sum(1) / lengths.unsqueeze(-1)
-            return self.head(pooled)
+                return torch.cat(list(last), dim=1), None
+            return (self.tile(x) * mask.unsqueeze(-1)).sum(1) / lengths.unsqueeze(-1), None
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(self.pool(x)[0])
 
     if aggregate not in TILE_AGGREGATES:
         raise BackboneError(f"unknown tile aggregate {aggregate!r}")
@@ -275,6 +275,22 @@ def autoencoder(width: int = 16, latent: int = 16, image_size: int = 32) -> nn.M
         nn.ConvTranspose2d(w, 3, 4, stride=2, padding=1),
         nn.Sigmoid(),
     )
+
+
+def embedding(net: nn.Module, architecture: str, x: Tensor) -> tuple[str, Tensor]:
+    """``(layer name, (N, D) embeddings)`` of a trained model's input ``x``: what a drift test
+    reads, the layer before the model's last: a classifier's backbone output (``backbone``), the
+    autoencoder's bottleneck (``latent``), a tile model's pooled vector (``pooled``)."""
+    from torch import nn
+
+    if architecture == "tile_sequence":
+        return "pooled", net.pool(x)[0]
+    if architecture == "conv_autoencoder":
+        bottleneck = next(i for i, m in enumerate(net) if isinstance(m, nn.Linear))
+        return "latent", net[: bottleneck + 2](x)  # the dense bottleneck and its ReLU
+    if architecture.endswith("_classifier"):
+        return "backbone", net[0](x).flatten(1)
+    raise BackboneError(f"no embedding layer known for architecture {architecture!r}")
 
 
 def to_tensor(pixels: Any) -> Tensor:
@@ -321,7 +337,7 @@ def load_tensors(source: bytes | Path) -> Any:
 
 
 def load_array(data: bytes) -> Any:
-    """An ``.npy`` array, never a pickled object (``allow_pickle=False``)."""
+    """An ``.npy`` array (or an ``.npz`` of them), never a pickled object (``allow_pickle=False``)."""
     import numpy as np
 
     return np.load(io.BytesIO(data), allow_pickle=False)

@@ -178,6 +178,19 @@ def shard_ids(
     return ids[rank::world]
 
 
+def split_labels(table: str, split: str, exclude: list[str]) -> tuple[list[str], list[str]]:
+    """``(image_ids, labels)`` of one split of a table (one entry per image: a tiles table has a
+    row per tile), without the ``exclude`` classes; two short columns read."""
+    import pyarrow.dataset as ds
+
+    where = ds.field("split") == split
+    if exclude:
+        where = where & ~ds.field("label").isin(exclude)
+    found = ds.dataset(table, format="parquet").to_table(columns=["image_id", "label"], filter=where)
+    pairs = dict(zip(found["image_id"].to_pylist(), found["label"].to_pylist(), strict=True))
+    return list(pairs), list(pairs.values())
+
+
 def read_rows(table: str, ids: list[str]) -> tuple[np.ndarray, list[str]]:
     """``(pixels (N, S, S, 3) uint8, labels)`` of ``ids``, in that order (repeats allowed)."""
     import pyarrow.dataset as ds

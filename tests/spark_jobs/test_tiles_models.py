@@ -80,6 +80,9 @@ def test_tile_models_train_evaluate_and_score_one_row_per_image(spark, grids: Co
         ]
     )  # images, not tiles
     assert (folders["tiles_gru"] / card["files"]["extractor"]).exists()
+    # its drift reference: the GRU's last states (both directions) of every train image
+    assert (card["reference"]["layer"], card["reference"]["dim"]) == ("pooled", 128)
+    assert card["reference"]["rows"] == card["training"]["train_rows"]
     assert json.loads((folders["tiles_mean"] / cards.CARD).read_text())["arch"]["aggregate"] == "mean"
 
     reports = evaluate.run(grids, spark)

@@ -20,7 +20,7 @@ from sklearn import metrics as skm
 
 from spark_jobs import evaluate, features, train
 from spark_jobs.core.config import params_hash
-from spark_jobs.ml import cards, extractors, models, training
+from spark_jobs.ml import cards, drift, extractors, models, training
 from spark_jobs.ml.mllib import TRANSFORM, mllib_classifier
 from spark_jobs.params import Config
 from tests.conftest import INGESTED_CLASSES
@@ -80,6 +80,13 @@ def test_mllib_model_is_saved_with_its_transform_and_card(spark, mllib_workspace
     assert (folder / extractors.EXTRACTOR).exists()
     assert mllib_classifier(folder).numClasses == INGESTED_CLASSES
     assert not list(folder.parent.glob(".*.tmp"))
+    # the drift reference: the features table's PCA vectors of the train split, every class in it
+    reference = cards.read_card(folder).reference
+    vectors, labels = drift.read_reference(folder, reference)
+    assert (reference.layer, vectors.shape[1]) == ("pca", 8)
+    assert reference.per_class == {c: labels.count(c) for c in sorted(set(labels))}
+    assert sorted(reference.per_class) == card["classes"]
+    assert card["params"]["drift"] == {"reference_rows": 1000}
 
 
 def test_class_weighting_reaches_the_mllib_estimator(spark, mllib_workspace, tmp_path: Path) -> None:
@@ -170,7 +177,15 @@ def test_cnn_trains_across_ranks_and_a_zero_epoch_model_is_rejected(spark, mllib
     assert losses[-1] < losses[0]
     assert card["training"]["best_val"] > 0.8  # chance is 1/3
     weights = torch.load(folder / cards.WEIGHTS, weights_only=True)  # a state dict, not a pickled object
-    models.build(card["architecture"], card["arch"]).load_state_dict(weights)
+    net = models.build(card["architecture"], card["arch"])
+    net.load_state_dict(weights)
+    # its drift reference: the backbone's output (what the head reads) for a class-stratified
+    # sample of the train split, at most drift.reference_rows, seeded
+    reference = cards.read_card(folder).reference
+    vectors, labels = drift.read_reference(folder, reference)
+    assert reference.layer == "backbone"
+    assert vectors.shape == (card["training"]["train_rows"], net[2].in_features)  # fewer than 1,000: all
+    assert reference.per_class == card["class_counts"] == {c: labels.count(c) for c in card["classes"]}
     assert not list(Path(cfg.data.root).glob(".checkpoints/cnn-*"))  # cleared once finished
 
     good = evaluate.run(with_overrides(cfg, "evaluate.models=[mllib,cnn]"), spark)
@@ -235,6 +250,9 @@ def test_autoencoder_scores_the_held_out_class_as_anomalous(spark, mllib_workspa
     assert card["exclude_classes"] == ["2"]
     assert card["threshold"] > 0
     assert card["threshold_percentile"] == 95
+    reference = card["reference"]  # the bottleneck of what it trained on: never the held-out class
+    assert (reference["layer"], reference["dim"]) == ("latent", card["arch"]["latent"])
+    assert sorted(reference["per_class"]) == ["0", "1"]
 
     reports = evaluate.run(cfg, spark)
     result = json.loads((reports / evaluate.EVALUATION).read_text())["models"]["autoencoder"]

@@ -386,3 +386,25 @@ def test_a_torchvision_style_state_dict_loads_as_a_backbone_without_its_head(tmp
     assert torch.equal(backbone.state_dict()["layer3.1.conv2.weight"], full.state_dict()["layer3.1.conv2.weight"])
     with torch.inference_mode():
         assert backbone(torch.zeros(1, 3, 32, 32)).shape == (1, 64)
+
+
+def test_the_embedding_is_the_layer_before_the_last() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    cnn = models.classifier(8, 3).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        layer, out = models.embedding(cnn, "small_cnn_classifier", x)
+        assert (layer, out.shape) == ("backbone", (2, cnn[2].in_features))
+        assert torch.allclose(cnn[2](out), cnn(x), atol=1e-5)  # the head reads exactly this
+        tiles = models.tile_sequence(8, 3, "attention", hidden=16).eval()
+        seq = _sequences(2, 5, 8)
+        layer, pooled = models.embedding(tiles, "tile_sequence", seq)
+        assert layer == "pooled"
+        assert torch.allclose(tiles.head(pooled), tiles(seq), atol=1e-5)
+        ae = models.autoencoder(4, 6, 32).eval()
+        layer, latent = models.embedding(ae, "conv_autoencoder", x)
+        assert (layer, latent.shape) == ("latent", (2, 6))
+    with pytest.raises(models.BackboneError, match="no embedding layer"):
+        models.embedding(cnn, "something_else", x)
