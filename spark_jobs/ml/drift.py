@@ -92,3 +92,21 @@ def read_reference(folder: Path, record: ReferenceRecord) -> tuple[np.ndarray, l
             return arrays["embeddings"].astype(np.float32), [str(v) for v in arrays["labels"]]
     except (ValueError, KeyError, OSError) as exc:
         raise ReferenceError(f"{path} is not a drift reference: {exc}") from None
+
+
+def domain_auc(reference: np.ndarray, batch: np.ndarray, seed: int = 0, folds: int = 5) -> float:
+    """How well new embeddings can be told from the reference: the cross-validated ROC AUC of a
+    logistic regression (a domain classifier, Evidently's default embedding-drift test) trained
+    to say which rows are the batch's. 0.5: indistinguishable; 1.0: always told apart. Each side
+    is standardised by the reference's mean and spread first."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    mean, spread = reference.mean(axis=0), reference.std(axis=0) + 1e-6
+    x = (np.vstack([reference, batch]).astype(np.float64) - mean) / spread
+    y = np.r_[np.zeros(len(reference)), np.ones(len(batch))]
+    folds = max(2, min(folds, len(reference), len(batch)))
+    split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    p = cross_val_predict(LogisticRegression(max_iter=2000), x, y, cv=split, method="predict_proba")[:, 1]
+    return float(roc_auc_score(y, p))

@@ -54,3 +54,13 @@ def test_a_reference_reads_back_only_as_its_card_records_it(tmp_path: Path) -> N
     forged = record.model_copy(update={"sha256": hashlib.sha256(pickled.getvalue()).hexdigest()})
     with pytest.raises(drift.ReferenceError, match="not a drift reference"):
         drift.read_reference(tmp_path, forged)  # an object array is never unpickled
+
+
+def test_the_domain_classifier_tells_a_moved_batch_from_the_reference_and_not_a_like_one() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(600, 16)).astype(np.float32)
+    alike = rng.normal(size=(200, 16)).astype(np.float32)
+    moved = (rng.normal(size=(200, 16)) + np.r_[1.5, np.zeros(15)]).astype(np.float32)
+    assert 0.4 < drift.domain_auc(reference, alike) < 0.6
+    assert drift.domain_auc(reference, moved) > 0.8
+    assert drift.domain_auc(reference, moved, seed=0) == drift.domain_auc(reference, moved, seed=0)
