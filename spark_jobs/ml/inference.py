@@ -92,23 +92,31 @@ class Predictor:
             [("prediction", pa.int32()), ("probability", pa.float32()), ("probabilities", pa.list_(pa.float32()))]
         )
 
+    def _batches(self, inputs: np.ndarray, sequences: bool) -> Iterator[tuple[Any, Any]]:
+        """``(model, input tensor)`` of each ``batch_size`` slice of ``inputs``, in inference mode
+        with ``threads`` torch threads: pixels as :func:`models.to_tensor` makes them, or tile
+        sequences as they are."""
+        import torch
+
+        torch.set_num_threads(self.threads)
+        net = self.model.load()
+        with torch.inference_mode():
+            for start in range(0, len(inputs), self.batch_size):
+                chunk = inputs[start : start + self.batch_size]
+                yield net, torch.from_numpy(np.ascontiguousarray(chunk)) if sequences else models.to_tensor(chunk)
+
     def raw(self, pixels: np.ndarray, sequences: bool = False) -> np.ndarray:
         """The classifier's ``(N, C)`` softmax probabilities (float32), or the autoencoder's ``(N,)``
         reconstruction errors (float64), of ``(N, H, W, 3)`` uint8 pixels, or with ``sequences``
         of ``(N, T, D + 1)`` float32 tile sequences (:func:`spark_jobs.ml.models.tile_sequence`)."""
         import torch
 
-        torch.set_num_threads(self.threads)
-        net = self.model.load()
         parts = []
-        with torch.inference_mode():
-            for start in range(0, len(pixels), self.batch_size):
-                chunk = pixels[start : start + self.batch_size]
-                x = torch.from_numpy(np.ascontiguousarray(chunk)) if sequences else models.to_tensor(chunk)
-                if self.model.task == "anomaly":
-                    parts.append(models.reconstruction_error(net, x).numpy().astype(np.float64))
-                else:
-                    parts.append(torch.softmax(net(x), dim=1).numpy().astype(np.float32))
+        for net, x in self._batches(pixels, sequences):
+            if self.model.task == "anomaly":
+                parts.append(models.reconstruction_error(net, x).numpy().astype(np.float64))
+            else:
+                parts.append(torch.softmax(net(x), dim=1).numpy().astype(np.float32))
         return np.concatenate(parts)
 
     def attended(self, sequences: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,26 +124,27 @@ class Predictor:
         float32)`` of ``(N, T, D + 1)`` tile sequences: each image's weights sum to 1 over its tiles."""
         import torch
 
-        torch.set_num_threads(self.threads)
-        net = self.model.load()
         probabilities, weights = [], []
-        with torch.inference_mode():
-            for start in range(0, len(sequences), self.batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(sequences[start : start + self.batch_size]))
-                logits, attention = net.attend(x)
-                probabilities.append(torch.softmax(logits, dim=1).numpy().astype(np.float32))
-                weights.append(attention.numpy().astype(np.float32))
+        for net, x in self._batches(sequences, sequences=True):
+            logits, attention = net.attend(x)
+            probabilities.append(torch.softmax(logits, dim=1).numpy().astype(np.float32))
+            weights.append(attention.numpy().astype(np.float32))
         return np.concatenate(probabilities), np.concatenate(weights)
 
     def __call__(self, pixels: np.ndarray, sequences: bool = False) -> dict[str, pa.Array]:
         out = self.raw(pixels, sequences)
         if self.model.task == "anomaly":
             return {"score": pa.array(out)}
-        return {
-            "prediction": pa.array(out.argmax(1).astype(np.int32)),
-            "probability": pa.array(out.max(1)),
-            "probabilities": images.vectors_array(out),
-        }
+        return classified(out)
+
+
+def classified(probabilities: np.ndarray) -> dict[str, pa.Array]:
+    """A classifier's :meth:`Predictor.outputs` columns from its ``(N, C)`` probabilities."""
+    return {
+        "prediction": pa.array(probabilities.argmax(1).astype(np.int32)),
+        "probability": pa.array(probabilities.max(1)),
+        "probabilities": images.vectors_array(probabilities),
+    }
 
 
 def predict_batches(
@@ -186,11 +195,7 @@ def tile_outputs(table: pa.Table, order: list[str], predictor: Predictor, top_k:
         outputs = predictor(x, sequences=True)
         return pa.RecordBatch.from_pydict({"image_id": order, "label": labels, **outputs, "tile_count": counts})
     probabilities, weights = predictor.attended(x)
-    outputs = {
-        "prediction": pa.array(probabilities.argmax(1).astype(np.int32)),
-        "probability": pa.array(probabilities.max(1)),
-        "probabilities": images.vectors_array(probabilities),
-    }
+    outputs = classified(probabilities)
     top = tiles.top_tiles(weights, tiles.boxes(table, order), top_k)
     return pa.RecordBatch.from_pydict(
         {"image_id": order, "label": labels, **outputs, "tile_count": counts, "top_tiles": top}
