@@ -189,6 +189,19 @@ def top_tiles(weights: np.ndarray, per_image: list[np.ndarray], k: int) -> pa.Ar
 HEATMAP_SIDE = 256  # a heatmap's longer side, in pixels
 
 
+def shrunk(full: np.ndarray, side: int = HEATMAP_SIDE) -> tuple[np.ndarray, float]:
+    """``(an HWC uint8 image at most side px on its longer side, the scale it was shrunk by)``:
+    the image itself when it is that small already."""
+    from PIL import Image
+
+    height, width = full.shape[:2]
+    scale = min(1.0, side / max(height, width))
+    if scale == 1.0:
+        return full, 1.0
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(full).resize(size, Image.Resampling.BILINEAR)), scale
+
+
 def heatmap_png(full: np.ndarray, corners: np.ndarray, weights: np.ndarray, side: int = HEATMAP_SIDE) -> bytes:
     """A small PNG of an HWC uint8 image (``side`` px on its longer side) with its tiles' attention
     laid over it: each pixel's heat is the sum of the weights of the tiles whose box
@@ -196,11 +209,9 @@ def heatmap_png(full: np.ndarray, corners: np.ndarray, weights: np.ndarray, side
     is dimmed to grey where nothing looked and turns red where the weight is."""
     from PIL import Image
 
-    height, width = full.shape[:2]
-    scale = min(1.0, side / max(height, width))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    grey = np.asarray(Image.fromarray(full).convert("L").resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
-    heat = np.zeros((size[1], size[0]), dtype=np.float32)
+    picture, scale = shrunk(full, side)
+    grey = np.asarray(Image.fromarray(picture).convert("L"), dtype=np.float32)
+    heat = np.zeros(grey.shape, dtype=np.float32)
     for (x0, y0, x1, y1), w in zip(corners, weights, strict=True):
         heat[
             int(y0 * scale) : max(int(y0 * scale) + 1, round(y1 * scale)),

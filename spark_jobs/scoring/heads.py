@@ -168,12 +168,12 @@ class TileHead:
         for data in sources:
             full = images.decode_full(data, self.ingest_cfg)
             cut = list(tiles.full_tiles(full, self.ingest_cfg, self.tiles_cfg))
-            chosen = [cut[i] for i in self._chosen(np.stack([block for _tile, block in cut]))]
+            chosen = [cut[i] for i in self._chosen(cut)]
             blocks.extend(block for _tile, block in chosen)
             counts.append(len(cut))
             kept.append(len(chosen))
             boxes.append(np.asarray([(t.x0, t.y0, t.x1, t.y1) for t, _block in chosen], dtype=np.int64))
-            shrunk.append(_shrunk(full) if self.draws else None)  # all a heatmap needs of the image
+            shrunk.append(tiles.shrunk(full) if self.draws else None)  # all a heatmap needs of the image
             del full, cut
         vectors = self.extractor(np.stack(blocks))
         ends = np.cumsum(kept)
@@ -186,12 +186,12 @@ class TileHead:
             columns[HEATMAP.name] = pa.array(pictures, pa.binary())
         return columns
 
-    def _chosen(self, blocks: np.ndarray) -> np.ndarray:
-        """The indexes of an image's tile blocks that go to the backbone: the light screen's top
-        ``tile_fraction`` (every tile without a tile cascade)."""
+    def _chosen(self, cut: list[tuple[tiles.Tile, np.ndarray]]) -> np.ndarray:
+        """The indexes of an image's ``(tile, block)`` that go to the backbone: the light screen's
+        top ``tile_fraction`` (every tile without a tile cascade, its blocks not stacked for it)."""
         if self.screen is None or self.tile_fraction >= 1.0:
-            return np.arange(len(blocks))
-        return self.screen.choose(blocks, self.tile_fraction)
+            return np.arange(len(cut))
+        return self.screen.choose(np.stack([block for _tile, block in cut]), self.tile_fraction)
 
     def _classes(self, sequences: np.ndarray, boxes: list[np.ndarray]) -> tuple[dict[str, pa.Array], Any]:
         """``(PREDICTED_FIELDS of the model's probabilities, with top_tiles when it attends; its
@@ -203,17 +203,6 @@ class TileHead:
         columns = class_columns(probabilities, self.classes, self.top_k)
         columns[-1] = tiles.top_tiles(weights, boxes, self.top_tiles)
         return dict(zip(PREDICTED_FIELDS.names, columns, strict=True)), weights
-
-
-def _shrunk(full: np.ndarray) -> tuple[np.ndarray, float]:
-    """``(the image at most tiles.HEATMAP_SIDE px on its longer side, the scale it was shrunk by)``."""
-    from PIL import Image
-
-    scale = min(1.0, tiles.HEATMAP_SIDE / max(full.shape[:2]))
-    if scale == 1.0:
-        return full, 1.0
-    size = (max(1, round(full.shape[1] * scale)), max(1, round(full.shape[0] * scale)))
-    return np.asarray(Image.fromarray(full).resize(size, Image.Resampling.BILINEAR)), scale
 
 
 def _heatmap(shrunk: tuple[np.ndarray, float], corners: np.ndarray, weights: np.ndarray) -> bytes:
