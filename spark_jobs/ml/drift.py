@@ -13,11 +13,14 @@ Pure functions; the reading and the forward passes are the train stage's.
 from __future__ import annotations
 
 import hashlib
+import io
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from pydantic import Field
 
+from spark_jobs.core import atomic
 from spark_jobs.core.config import Section
 from spark_jobs.ml import models
 from spark_jobs.ml.cards import ReferenceRecord
@@ -59,16 +62,14 @@ def stratified(ids: list[str], labels: list[str], rows: int, seed: int) -> list[
 
 def write_reference(folder: Path, embeddings: np.ndarray, labels: list[str], layer: str) -> ReferenceRecord:
     """``folder/reference.npz`` and its record."""
-    path = folder / REFERENCE
-    with path.open("wb") as out:
-        vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
-        np.savez(out, embeddings=vectors, labels=np.asarray(labels, dtype=str))
-    per_class: dict[str, int] = {}
-    for label in labels:
-        per_class[label] = per_class.get(label, 0) + 1
+    out = io.BytesIO()
+    np.savez(out, embeddings=np.ascontiguousarray(embeddings, dtype=np.float32), labels=np.asarray(labels, dtype=str))
+    data = out.getvalue()
+    atomic.write_file(folder / REFERENCE, data)
+    per_class = Counter(labels)
     return ReferenceRecord(
         file=REFERENCE,
-        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        sha256=hashlib.sha256(data).hexdigest(),
         rows=int(embeddings.shape[0]),
         dim=int(embeddings.shape[1]) if embeddings.ndim == 2 else 0,
         layer=layer,
