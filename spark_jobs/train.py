@@ -339,6 +339,13 @@ def train_torch(
     return details
 
 
+def trained_net(spec: TrainSpec, folder: Path) -> Any:
+    """The module ``spec`` describes with the weights just written to ``folder``, in eval mode
+    (:func:`models.load_weights`: no pickled object is loaded)."""
+    net = models.build(spec.model.architecture, spec.model.args)
+    return models.load_weights(net, (folder / WEIGHTS).read_bytes(), str(folder / WEIGHTS)).eval()
+
+
 def fit_screen(
     cfg: TrainParams, spark: SparkSession, spec: TrainSpec, folder: Path, extractor: dict[str, Any]
 ) -> Screen | None:
@@ -352,8 +359,7 @@ def fit_screen(
 
     ids = training.shard_ids(spec.table, "train", 0, 1, [], pad=False, limit=cfg.train.tiles.screen_images)
     x, _ = training.read_sequences(spec.table, ids)
-    net = models.build(spec.model.architecture, spec.model.args)
-    net = models.load_weights(net, (folder / WEIGHTS).read_bytes(), str(folder / WEIGHTS)).eval()
+    net = trained_net(spec, folder)
     with torch.inference_mode():
         weights = net.attend(torch.from_numpy(x))[1].numpy()
     ingest_cfg, _ = ingest_of(cfg, spec.kind)
@@ -394,8 +400,7 @@ def torch_reference(cfg: TrainParams, spec: TrainSpec, folder: Path) -> Referenc
 
     ids, labels = training.split_labels(spec.table, "train", spec.exclude_classes)
     chosen = drift.stratified(ids, labels, cfg.drift.reference_rows, cfg.train.seed)
-    net = models.build(spec.model.architecture, spec.model.args)
-    net = models.load_weights(net, (folder / WEIGHTS).read_bytes(), str(folder / WEIGHTS)).eval()
+    net = trained_net(spec, folder)
     vectors, seen, layer = [], [], ""
     with torch.inference_mode():
         for start in range(0, len(chosen), REFERENCE_BATCH):

@@ -158,26 +158,6 @@ def checkpoint_dir(data_root: str, spec: TrainSpec) -> Path:
 # ---- reading (an edge) ----------------------------------------------------------------------
 
 
-def shard_ids(
-    table: str, split: str, rank: int, world: int, exclude: list[str], pad: bool, limit: int | None = None
-) -> list[str]:
-    """This rank's ``image_id``s of one split: every ``world``-th of the sorted ids (the first
-    ``limit`` of them, when given), starting at ``rank`` (DistributedSampler's layout). With
-    ``pad`` every rank gets the same count (the first ids repeat), as DDP needs the same number of
-    steps on each rank. Only two short string columns of the table are read to decide."""
-    import pyarrow.dataset as ds
-
-    where = ds.field("split") == split
-    if exclude:
-        where = where & ~ds.field("label").isin(exclude)
-    found = ds.dataset(table, format="parquet").to_table(columns=["image_id"], filter=where)
-    ids = sorted(set(found["image_id"].to_pylist()))[:limit]  # a tiles table has a row per tile
-    if pad and ids:
-        per_rank = math.ceil(len(ids) / world)
-        ids = (ids * math.ceil(per_rank * world / len(ids)))[: per_rank * world]
-    return ids[rank::world]
-
-
 def split_labels(table: str, split: str, exclude: list[str]) -> tuple[list[str], list[str]]:
     """``(image_ids, labels)`` of one split of a table (one entry per image: a tiles table has a
     row per tile), without the ``exclude`` classes; two short columns read."""
@@ -189,6 +169,20 @@ def split_labels(table: str, split: str, exclude: list[str]) -> tuple[list[str],
     found = ds.dataset(table, format="parquet").to_table(columns=["image_id", "label"], filter=where)
     pairs = dict(zip(found["image_id"].to_pylist(), found["label"].to_pylist(), strict=True))
     return list(pairs), list(pairs.values())
+
+
+def shard_ids(
+    table: str, split: str, rank: int, world: int, exclude: list[str], pad: bool, limit: int | None = None
+) -> list[str]:
+    """This rank's ``image_id``s of one split: every ``world``-th of the sorted ids (the first
+    ``limit`` of them, when given), starting at ``rank`` (DistributedSampler's layout). With
+    ``pad`` every rank gets the same count (the first ids repeat), as DDP needs the same number of
+    steps on each rank. Only two short string columns of the table are read to decide."""
+    ids = sorted(split_labels(table, split, exclude)[0])[:limit]
+    if pad and ids:
+        per_rank = math.ceil(len(ids) / world)
+        ids = (ids * math.ceil(per_rank * world / len(ids)))[: per_rank * world]
+    return ids[rank::world]
 
 
 def read_rows(table: str, ids: list[str]) -> tuple[np.ndarray, list[str]]:
