@@ -139,13 +139,15 @@ def heatmap_gallery(run: runner.StageRun) -> list[Gallery]:
     if not drawn.exists() or not staged.exists():
         return []
     pictures = sorted(drawn.glob("*.png"))
+    shown = pictures[:MAX_THUMBS]
     rows = ds.dataset(str(staged), format="parquet").to_table(
-        columns=["image_id", "source_uri", "predicted_label", "probability"]
+        columns=["image_id", "source_uri", "predicted_label", "probability"],
+        filter=ds.field("image_id").isin([p.stem for p in shown]),  # only the shown pictures' rows
     )
     said = {r["image_id"]: r for r in rows.to_pylist()}
     thumbs = [
         Thumb((short_name(r["source_uri"]), f"{r['predicted_label']} ({r['probability']:.3f})"), p.read_bytes())
-        for p in pictures[:MAX_THUMBS]
+        for p in shown
         if (r := said.get(p.stem)) is not None
     ]
     note = f"red: where the model's attention was; every image's picture is in {run.report_dir / predict.HEATMAPS}"
