@@ -393,7 +393,7 @@ def fit_screen(
 
 def torch_reference(cfg: TrainParams, spec: TrainSpec, folder: Path) -> ReferenceRecord:
     """The drift reference of a trained torch model (:mod:`spark_jobs.ml.drift`): its embedding
-    layer (:func:`models.embedding`) of at most ``drift.reference_rows`` train images, stratified
+    layer (:func:`models.embedded`) of at most ``drift.reference_rows`` train images, stratified
     by class with the run's seed, read as training reads them (ingested pixels, or the features
     table's tile vectors: no file is decoded again)."""
     import torch
@@ -405,8 +405,9 @@ def torch_reference(cfg: TrainParams, spec: TrainSpec, folder: Path) -> Referenc
     with torch.inference_mode():
         for start in range(0, len(chosen), REFERENCE_BATCH):
             x, batch_labels = training.read_inputs(spec, chosen[start : start + REFERENCE_BATCH])
-            layer, out = models.embedding(net, spec.model.architecture, x)
-            vectors.append(out.numpy())
+            forward = models.embedded(net, spec.model.architecture, x)
+            layer = forward.layer
+            vectors.append(forward.embedding.numpy())
             seen += batch_labels
     return drift.write_reference(folder, np.concatenate(vectors), seen, layer)
 
@@ -467,7 +468,7 @@ def used_params(cfg: TrainParams, kind: str) -> dict[str, Any]:
     if kind == "mllib":
         for key in ("num_processes", "local_mode", "threads", "checkpoint_every"):
             section.pop(key)
-    return section | cfg.section("drift")  # the drift reference kept with the model
+    return section | cfg.section("drift.reference_rows")  # the drift reference kept with the model
 
 
 def run(cfg: TrainParams, spark: SparkSession) -> Path:

@@ -75,6 +75,18 @@ class TorchModel:
 
 
 @dataclass(frozen=True)
+class Passes:
+    """What :meth:`Predictor.passes` computed for ``N`` inputs: the classifier's ``(N, C)``
+    probabilities or the autoencoder's ``(N,)`` errors (``raw``), the ``(N, D)`` float32
+    embeddings (:func:`spark_jobs.ml.models.embedded`) and an attention model's ``(N, T)`` tile
+    weights (None for the others)."""
+
+    raw: np.ndarray
+    embeddings: np.ndarray
+    weights: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
 class Predictor:
     """A torch model applied to ``(N, H, W, 3)`` uint8 pixels in forward passes of ``batch_size``
     images with ``threads`` torch threads: the classifier's predicted index, its probability and all
@@ -105,31 +117,37 @@ class Predictor:
                 chunk = inputs[start : start + self.batch_size]
                 yield net, torch.from_numpy(np.ascontiguousarray(chunk)) if sequences else models.to_tensor(chunk)
 
-    def raw(self, pixels: np.ndarray, sequences: bool = False) -> np.ndarray:
-        """The classifier's ``(N, C)`` softmax probabilities (float32), or the autoencoder's ``(N,)``
-        reconstruction errors (float64), of ``(N, H, W, 3)`` uint8 pixels, or with ``sequences``
-        of ``(N, T, D + 1)`` float32 tile sequences (:func:`spark_jobs.ml.models.tile_sequence`)."""
+    def passes(self, inputs: np.ndarray, sequences: bool = False) -> Passes:
+        """The model on ``(N, H, W, 3)`` uint8 pixels, or with ``sequences`` on ``(N, T, D + 1)``
+        float32 tile sequences (:func:`spark_jobs.ml.models.tile_sequence`), one forward pass per
+        batch: its outputs, the embedding layer a drift test reads and an attention model's tile
+        weights (:class:`Passes`)."""
         import torch
 
-        parts = []
-        for net, x in self._batches(pixels, sequences):
+        raw, embeddings, weights = [], [], []
+        for net, x in self._batches(inputs, sequences):
+            forward = models.embedded(net, self.model.architecture, x)
             if self.model.task == "anomaly":
-                parts.append(models.reconstruction_error(net, x).numpy().astype(np.float64))
+                raw.append(models.squared_error(forward.output, x).numpy().astype(np.float64))
             else:
-                parts.append(torch.softmax(net(x), dim=1).numpy().astype(np.float32))
-        return np.concatenate(parts)
+                raw.append(torch.softmax(forward.output, dim=1).numpy().astype(np.float32))
+            embeddings.append(forward.embedding.numpy().astype(np.float32))
+            if forward.weights is not None:
+                weights.append(forward.weights.numpy().astype(np.float32))
+        return Passes(np.concatenate(raw), np.concatenate(embeddings), np.concatenate(weights) if weights else None)
+
+    def raw(self, pixels: np.ndarray, sequences: bool = False) -> np.ndarray:
+        """The classifier's ``(N, C)`` softmax probabilities (float32), or the autoencoder's ``(N,)``
+        reconstruction errors (float64) (:meth:`passes`)."""
+        return self.passes(pixels, sequences).raw
 
     def attended(self, sequences: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """An attention tile model's ``(softmax probabilities (N, C) float32, tile weights (N, T)
         float32)`` of ``(N, T, D + 1)`` tile sequences: each image's weights sum to 1 over its tiles."""
-        import torch
-
-        probabilities, weights = [], []
-        for net, x in self._batches(sequences, sequences=True):
-            logits, attention = net.attend(x)
-            probabilities.append(torch.softmax(logits, dim=1).numpy().astype(np.float32))
-            weights.append(attention.numpy().astype(np.float32))
-        return np.concatenate(probabilities), np.concatenate(weights)
+        out = self.passes(sequences, sequences=True)
+        if out.weights is None:
+            raise models.BackboneError(f"a {self.model.architecture} model without attention has no tile weights")
+        return out.raw, out.weights
 
     def __call__(self, pixels: np.ndarray, sequences: bool = False) -> dict[str, pa.Array]:
         out = self.raw(pixels, sequences)

@@ -277,20 +277,58 @@ def autoencoder(width: int = 16, latent: int = 16, image_size: int = 32) -> nn.M
     )
 
 
-def embedding(net: nn.Module, architecture: str, x: Tensor) -> tuple[str, Tensor]:
-    """``(layer name, (N, D) embeddings)`` of a trained model's input ``x``: what a drift test
-    reads, the layer before the model's last: a classifier's backbone output (``backbone``), the
-    autoencoder's bottleneck (``latent``), a tile model's pooled vector (``pooled``)."""
+@dataclass(frozen=True)
+class Forward:
+    """One forward pass of a trained model: its output (logits, or the autoencoder's
+    reconstruction), the layer a drift test reads (:attr:`layer` names it) and, for an attention
+    tile model, its ``(N, T)`` tile weights."""
+
+    output: Tensor
+    layer: str
+    embedding: Tensor
+    weights: Tensor | None = None
+
+
+def split(net: nn.Module, architecture: str) -> nn.Module:
+    """``net`` as a module that returns ``(output, embedding)`` from one forward pass: a
+    classifier's backbone output (``backbone``, what its dropout + linear head reads) or the
+    autoencoder's bottleneck after its ReLU (``latent``). Traceable, so its INT8 copy
+    (:func:`quantized_int8`) returns both too."""
     from torch import nn
 
-    if architecture == "tile_sequence":
-        return "pooled", net.pool(x)[0]
     if architecture == "conv_autoencoder":
-        bottleneck = next(i for i, m in enumerate(net) if isinstance(m, nn.Linear))
-        return "latent", net[: bottleneck + 2](x)  # the dense bottleneck and its ReLU
-    if architecture.endswith("_classifier"):
-        return "backbone", net[0](x).flatten(1)
-    raise BackboneError(f"no embedding layer known for architecture {architecture!r}")
+        bottleneck = next(i for i, m in enumerate(net) if isinstance(m, nn.Linear)) + 2  # the dense layer + ReLU
+    elif architecture.endswith("_classifier"):
+        bottleneck = 1
+    else:
+        raise BackboneError(f"no embedding layer known for architecture {architecture!r}")
+
+    class Split(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encode, self.decode = net[:bottleneck], net[bottleneck:]
+
+        def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+            embedding = self.encode(x).flatten(1)
+            return self.decode(embedding), embedding
+
+    return Split()
+
+
+SPLIT = "returns_embedding"  # set on a module that already returns (output, embedding)
+EMBEDDING_LAYERS = {"conv_autoencoder": "latent", "tile_sequence": "pooled"}  # else: "backbone"
+
+
+def embedded(net: nn.Module, architecture: str, x: Tensor) -> Forward:
+    """The output of ``net`` on ``x`` and its embedding, in one forward pass: what a drift test
+    reads, the layer before the model's last (a tile model's pooled vector, ``pooled``). ``net``
+    may be one :func:`split` made already (the INT8 copy is one)."""
+    layer = EMBEDDING_LAYERS.get(architecture, "backbone")
+    if architecture == "tile_sequence":
+        pooled, weights = net.pool(x)
+        return Forward(net.head(pooled), layer, pooled, weights)
+    output, embedding = (net if getattr(net, SPLIT, False) else split(net, architecture))(x)
+    return Forward(output, layer, embedding)
 
 
 def to_tensor(pixels: Any) -> Tensor:
@@ -307,7 +345,12 @@ def to_tensor(pixels: Any) -> Tensor:
 
 def reconstruction_error(model: nn.Module, x: Tensor) -> Tensor:
     """Per-image mean squared reconstruction error of a batch: the anomaly score."""
-    return ((model(x) - x) ** 2).flatten(1).mean(1)
+    return squared_error(model(x), x)
+
+
+def squared_error(reconstructed: Tensor, x: Tensor) -> Tensor:
+    """Per-image mean squared difference of a reconstruction and its input."""
+    return ((reconstructed - x) ** 2).flatten(1).mean(1)
 
 
 def build(architecture: str, spec: dict[str, Any]) -> nn.Module:
@@ -438,7 +481,8 @@ def cached_model(
     weights: str, sha256: str, architecture: str, spec_json: str, calibration: str | None = None
 ) -> nn.Module:
     """A trained model, loaded once per Python process after checking its weights' sha256; with
-    ``calibration`` (an ``.npy`` of uint8 NHWC images) its static INT8 copy (:func:`quantized_int8`)."""
+    ``calibration`` (an ``.npy`` of uint8 NHWC images) its static INT8 copy (:func:`quantized_int8`)
+    of its :func:`split`, which returns its embedding beside its output."""
     import json
 
     data = read_backbone_bytes(weights)
@@ -452,7 +496,9 @@ def cached_model(
         images = load_array(read_backbone_bytes(calibration))
     except ValueError as exc:
         raise BackboneError(f"calibration images {calibration} are not a plain .npy array: {exc}") from None
-    return quantized_int8(model, to_tensor(images))
+    quantized = quantized_int8(split(model, architecture), to_tensor(images))
+    setattr(quantized, SPLIT, True)
+    return quantized
 
 
 def quantized_int8(model: nn.Module, calibration: Tensor, batch: int = 64) -> nn.Module:

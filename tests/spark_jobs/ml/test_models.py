@@ -116,18 +116,22 @@ def test_the_readme_export_recipe_gives_a_usable_backbone(tmp_path: Path) -> Non
         extractors.Cnn.open(cfg, 4, 32)  # exported at 48 px: the image size must match
 
 
-def test_int8_copy_agrees_with_the_float_model() -> None:
+def test_int8_copy_agrees_with_the_float_model_and_keeps_its_embedding() -> None:
     import torch
 
     torch.manual_seed(0)
     model = models.classifier(8, 3).eval()
     x = torch.rand(64, 3, 16, 16)
-    quantized = models.quantized_int8(model, x[:32])
+    quantized = models.quantized_int8(models.split(model, "small_cnn_classifier"), x[:32])
+    setattr(quantized, models.SPLIT, True)
     with torch.inference_mode():
-        full, small = model(x), quantized(x)
-    assert small.shape == full.shape
-    assert (full.argmax(1) == small.argmax(1)).float().mean() >= 0.9
-    assert torch.allclose(full, small, atol=0.1)
+        full = models.embedded(model, "small_cnn_classifier", x)
+        small = models.embedded(quantized, "small_cnn_classifier", x)
+    assert small.output.shape == full.output.shape
+    assert small.embedding.shape == full.embedding.shape
+    assert (full.output.argmax(1) == small.output.argmax(1)).float().mean() >= 0.9
+    assert torch.allclose(full.output, small.output, atol=0.1)
+    assert torch.allclose(full.embedding, small.embedding, atol=0.05)
     assert any(".quantized" in type(m).__module__ for m in quantized.modules())  # int8 kernels
 
 
@@ -388,23 +392,28 @@ def test_a_torchvision_style_state_dict_loads_as_a_backbone_without_its_head(tmp
         assert backbone(torch.zeros(1, 3, 32, 32)).shape == (1, 64)
 
 
-def test_the_embedding_is_the_layer_before_the_last() -> None:
+def test_the_embedding_is_the_layer_before_the_last_and_comes_from_the_same_pass() -> None:
     import torch
 
     torch.manual_seed(0)
     cnn = models.classifier(8, 3).eval()
     x = torch.rand(2, 3, 32, 32)
     with torch.inference_mode():
-        layer, out = models.embedding(cnn, "small_cnn_classifier", x)
-        assert (layer, out.shape) == ("backbone", (2, cnn[2].in_features))
-        assert torch.allclose(cnn[2](out), cnn(x), atol=1e-5)  # the head reads exactly this
+        f = models.embedded(cnn, "small_cnn_classifier", x)
+        assert (f.layer, f.embedding.shape, f.weights) == ("backbone", (2, cnn[2].in_features), None)
+        assert torch.allclose(cnn[2](f.embedding), cnn(x), atol=1e-5)  # the head reads exactly this
+        assert torch.allclose(f.output, cnn(x), atol=1e-5)
         tiles = models.tile_sequence(8, 3, "attention", hidden=16).eval()
         seq = _sequences(2, 5, 8)
-        layer, pooled = models.embedding(tiles, "tile_sequence", seq)
-        assert layer == "pooled"
-        assert torch.allclose(tiles.head(pooled), tiles(seq), atol=1e-5)
+        f = models.embedded(tiles, "tile_sequence", seq)
+        assert f.layer == "pooled"
+        assert f.weights is not None
+        assert f.weights.shape == (2, 5)
+        assert torch.allclose(tiles.head(f.embedding), tiles(seq), atol=1e-5)
+        assert torch.allclose(f.output, tiles(seq), atol=1e-5)
         ae = models.autoencoder(4, 6, 32).eval()
-        layer, latent = models.embedding(ae, "conv_autoencoder", x)
-        assert (layer, latent.shape) == ("latent", (2, 6))
+        f = models.embedded(ae, "conv_autoencoder", x)
+        assert (f.layer, f.embedding.shape) == ("latent", (2, 6))
+        assert torch.allclose(f.output, ae(x), atol=1e-5)
     with pytest.raises(models.BackboneError, match="no embedding layer"):
-        models.embedding(cnn, "something_else", x)
+        models.embedded(cnn, "something_else", x)
