@@ -39,18 +39,20 @@ from typing import TYPE_CHECKING, Any
 
 from spark_jobs.core import launch, locks, manifest, progress, runner, store
 from spark_jobs.core.jobs import exit_process, run_stage
+from spark_jobs.core.manifest import DriftRecord
 from spark_jobs.core.store import spark_path
 from spark_jobs.imaging import partitions
 from spark_jobs.ml import exhibits
 from spark_jobs.ml.cards import read_card
 from spark_jobs.quality import gate
 from spark_jobs.quality.report import MAX_THUMBS, Gallery, Thumb, short_name
-from spark_jobs.scoring import checks, heads, lookup, predict, stream, tables
+from spark_jobs.scoring import checks, drifting, heads, lookup, predict, stream, tables
 from spark_jobs.scoring.config import ScoreParams
 from spark_jobs.scoring.model import Scorer, check_model, model_folder, scorer
 from spark_jobs.scoring.scan import IdSet
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
     from spark_jobs.core.verdict import GateResult
@@ -82,10 +84,10 @@ def extract(cfg: ScoreParams) -> Inputs:
 
 def transform(
     spark: SparkSession, cfg: ScoreParams, got: Inputs, started: datetime, run: runner.StageRun
-) -> tuple[list[dict], int]:
+) -> tuple[list[dict], int, pa.Table]:
     """Scan, decide and write the predictions into the run's staged ``predictions``; returns the
-    quarantine rows of the unusable files and of the copies left out, and the number of files
-    found already scored. The one pass over the files
+    quarantine rows of the unusable files and of the copies left out, the number of files
+    found already scored and the drift test's sample of the scan's embeddings. The one pass over the files
     is kept in memory (no pixels: ids, reasons and the model's outputs, a few hundred bytes a file);
     its one job also writes the predictions, so the write overlaps the decoding and the model.
     A progress line every ``data.progress_s`` counts the files the scan's tasks have done."""
@@ -98,8 +100,9 @@ def transform(
 
 def _decided(
     spark: SparkSession, cfg: ScoreParams, got: Inputs, started: datetime, run: runner.StageRun, scanned: DataFrame
-) -> tuple[list[dict], int]:
-    """The predictions of the scan written into the run's staging (the scan runs as they are)."""
+) -> tuple[list[dict], int, pa.Table]:
+    """The predictions of the scan written into the run's staging (the scan runs as they are),
+    then the drift test's sample of the embeddings the scan kept."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -113,7 +116,7 @@ def _decided(
         if cfg.score.heatmaps:
             draw_heatmaps(usable, model, run)
         bad, already = predict.unscored_rows(scanned)
-        return bad + duplicates, len(already)
+        return bad + duplicates, len(already), drifting.sample(usable, model, cfg)
     finally:
         scanned.unpersist()
 
@@ -168,17 +171,17 @@ def keep_heatmaps(run: runner.StageRun) -> None:
 
 
 def validate(
-    spark: SparkSession, cfg: ScoreParams, model: Scorer, run: runner.StageRun
+    spark: SparkSession, cfg: ScoreParams, model: Scorer, run: runner.StageRun, drift: drifting.Checked
 ) -> tuple[GateResult | None, dict]:
-    """``(the predictions gate's result, rows per predicted label)`` of the staged predictions
-    (``(None, {})``: nothing new was scored)."""
+    """``(the predictions gate's result, rows per predicted label)`` of the staged predictions and
+    the drift test's check when its verdict fails the gate (``(None, {})``: nothing new was scored)."""
     staged = run.staging / tables.PREDICTIONS
     if not staged.exists():
         return None, {}
     batches, per_label = checks.batch_checks(
         spark.read.schema(tables.PREDICTION_SCHEMA).parquet(spark_path(staged)), model, cfg
     )
-    return run.validate(batches), per_label
+    return run.validate([*batches, *drift.batches]), per_label
 
 
 def run(cfg: ScoreParams, spark: SparkSession) -> Path | None:
@@ -198,30 +201,46 @@ def run(cfg: ScoreParams, spark: SparkSession) -> Path | None:
         for table in (target, tables.quarantine_dir(root)):
             table.mkdir(parents=True, exist_ok=True)  # DVC outputs exist even before anything is in them
         with run.phase("work"):
-            bad, already = transform(spark, cfg, got, started, run)
+            bad, already, sampled = transform(spark, cfg, got, started, run)
             new_bad = [r for r in bad if (r["source_uri"], r["image_id"]) not in got.recorded]
             if new_bad:
                 tables.write_table(
                     tables.quarantine_table(new_bad), run.staging / tables.QUARANTINE / "part-00000-quarantine.parquet"
                 )
         with run.phase("gate"):
-            show(run, cfg, got, started, bad, already)
-            result, per_label = validate(spark, cfg, got.scorer, run)
+            drift = drifting.check(drifting.reference(got.scorer), sampled, cfg)
+            show(run, cfg, got, started, bad, already, drift)
+            result, per_label = validate(spark, cfg, got.scorer, run, drift)
             keep_heatmaps(run)
         scored = tables.scored_files(run.staging / tables.PREDICTIONS)
         counts = tables.tally(len(got.files), per_label, scored, already, bad, new_bad)
-        published = publish(cfg, run, got, counts, result, started)
+        published = publish(cfg, run, got, counts, result, started, drift.record)
     _report(got, counts, published)
     return published
 
 
-def show(run: runner.StageRun, cfg: ScoreParams, got: Inputs, started: datetime, bad: list[dict], already: int) -> None:
-    """What the predictions gate's report page shows besides its checks: the run's counts, the files
-    it could not use, and where its manifest is published."""
+def show(
+    run: runner.StageRun,
+    cfg: ScoreParams,
+    got: Inputs,
+    started: datetime,
+    bad: list[dict],
+    already: int,
+    drift: drifting.Checked,
+) -> None:
+    """What the predictions gate's report page shows besides its checks: the run's counts and drift
+    verdict, the pictures behind that verdict, the files it could not use, and where its manifest
+    is published."""
     reasons = tables.by_reason(bad)
-    run.exhibits.counts = {"files seen": len(got.files), "already scored": already, "unusable": reasons}
+    run.exhibits.counts = {
+        "files seen": len(got.files),
+        "already scored": already,
+        "unusable": reasons,
+        "embedding drift": drift.shown(),
+    }
     ordered = sorted(bad, key=lambda r: str(r["source_uri"]))
-    run.exhibits.galleries = [*heatmap_gallery(run), exhibits.quarantine_gallery(ordered, len(bad))]
+    quarantined = exhibits.quarantine_gallery(ordered, len(bad))
+    run.exhibits.galleries = [*drift.galleries, *heatmap_gallery(run), quarantined]
     where = run.appended(tables.predictions_dir(cfg.data.root), started.strftime("%Y-%m-%d"))
     run.exhibits.published = where / manifest.MANIFEST
 
@@ -233,12 +252,15 @@ def publish(
     counts: dict[str, Any],
     result: GateResult | None,
     started: datetime,
+    drift: DriftRecord | None = None,
 ) -> Path | None:
     """Predictions first, then the quarantine rows: a kill between the two renames loses no
-    quarantine record (the next run, finding the bad files unrecorded, reports them)."""
+    quarantine record (the next run, finding the bad files unrecorded, reports them). The manifest
+    records the run's drift test."""
     run.extra["images_per_s"] = round(len(got.files) / max(run.seconds.get("work", 0.0), 1e-9), 1)
     inputs = {"inbox": partitions.describe(cfg.score.inbox, got.kind, got.files), "model": got.scorer.describe()}
-    doc = run.manifest(cfg.section("score", "gate.predictions", "data"), inputs, counts, result)
+    doc = run.manifest(cfg.section("score", "gate.predictions", "data", "drift"), inputs, counts, result)
+    doc = doc.model_copy(update={"drift": drift})
     root = Path(cfg.data.root)
     parts = [(tables.PREDICTIONS, tables.predictions_dir(root)), (tables.QUARANTINE, tables.quarantine_dir(root))]
     published, _ = run.finish_append(result, doc, parts, started.strftime("%Y-%m-%d"))

@@ -14,7 +14,7 @@ import json
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -76,6 +76,26 @@ class GateSummary(Record):
     failed: list[str] = Field(default_factory=list)
 
 
+class DriftRecord(Record):
+    """A scoring run's (or stream window's) drift test (:mod:`spark_jobs.ml.drift`): how, on which
+    embedding layer, its statistic (the domain classifier's ROC AUC) against the threshold, the rows
+    on each side and the verdict: ``drifted`` True or False, or None with ``outcome`` "not tested"
+    (and ``note`` saying why), which is never a pass. ``consequence``: what the verdict did
+    (``gate.predictions.drift``: ``warn`` publishes, ``fail`` fails the gate, ``off``: not tested)."""
+
+    method: str
+    layer: str
+    statistic: float | None = None
+    threshold: float
+    reference_rows: int
+    batch_rows: int
+    drifted: bool | None = None
+    outcome: Literal["passed", "drifted", "not tested"]
+    note: str = ""
+    consequence: Literal["off", "warn", "fail"] = "warn"
+    window: bool = False  # a stream's rolling window (its last drift.window_rows rows), not one batch
+
+
 class Manifest(Record):
     """``_manifest.json`` of one published output folder."""
 
@@ -89,6 +109,7 @@ class Manifest(Record):
     gate: GateSummary
     timings: Timings | None = None  # set by the runner at publish time
     spark: dict[str, Any] = Field(default_factory=dict)
+    drift: DriftRecord | None = None  # a scoring run's drift test
 
     def count(self, *names: str) -> int:
         """The sum of the named integer counts (absent ones count 0)."""

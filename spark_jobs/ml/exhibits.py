@@ -134,6 +134,15 @@ def quarantine_galleries(
     ] or [quarantine_gallery([], 0, max_bytes)]
 
 
+def file_thumbnail(uri: str, max_bytes: int = MAX_THUMB_BYTES) -> bytes | None:
+    """A thumbnail of the file at ``uri`` read again, or None when it is gone, unreadable, larger
+    than ``max_bytes`` or does not decode (a video): the caption names it without a picture."""
+    try:
+        return thumbnail(store.fetch(uri, max_bytes), MAX_THUMB_PIXELS)
+    except Exception:  # gone, unreadable or too large since
+        return None
+
+
 def quarantine_gallery(
     records: Sequence[Mapping[str, Any]], total: int, max_bytes: int = MAX_THUMB_BYTES, title: str = "Quarantined files"
 ) -> Gallery:
@@ -142,13 +151,9 @@ def quarantine_gallery(
     (files over ``max_bytes`` are named, not read)."""
     thumbs = []
     for r in records[:MAX_THUMBS]:
-        try:
-            png = thumbnail(store.fetch(r["source_uri"], max_bytes), MAX_THUMB_PIXELS)
-        except Exception:  # gone, unreadable or too large since: named without a picture
-            png = None
         detail = str(r.get("detail") or "")
         caption = (short_name(str(r["source_uri"])), str(r["reason"]), detail[:160])
-        thumbs.append(Thumb(tuple(line for line in caption if line), png))
+        thumbs.append(Thumb(tuple(line for line in caption if line), file_thumbnail(str(r["source_uri"]), max_bytes)))
     note = "Every quarantined file, with its full source URI, is in the run's quarantine table."
     return Gallery(title, tuple(thumbs), total, note)
 

@@ -41,6 +41,7 @@ class Gallery:
     thumbs: tuple[Thumb, ...]
     total: int
     note: str = ""
+    counted: bool = True  # False: a picture of a verdict (a plot), not a set of items to count
 
 
 def short_name(uri: str) -> str:
@@ -178,7 +179,8 @@ def _gallery(gallery: Gallery) -> str:
             picture = f"<img alt='' src='data:image/png;base64,{base64.b64encode(t.png).decode()}'>"
         caption = "<br>".join(html.escape(line) for line in t.caption)
         figures.append(f"<figure>{picture}<figcaption>{caption}</figcaption></figure>")
-    return f"<h2>{html.escape(gallery.title)}: {gallery.total}{more}</h2>{note}<div class=grid>{''.join(figures)}</div>"
+    heading = f"{html.escape(gallery.title)}: {gallery.total}{more}" if gallery.counted else html.escape(gallery.title)
+    return f"<h2>{heading}</h2>{note}<div class=grid>{''.join(figures)}</div>"
 
 
 def write(page_dir: Path, title: str, success: bool, checks: Sequence[Mapping[str, Any]], exhibits: Exhibits) -> Path:

@@ -537,6 +537,16 @@ def prediction_batches(
     return batches
 
 
+def drift_batch(statistic: float, threshold: float) -> Batch:
+    """The predictions suite's drift check (``gate.predictions.drift: fail``): a tested batch's
+    domain-classifier AUC (:mod:`spark_jobs.ml.drift`) at most ``threshold``."""
+    import great_expectations.expectations as gxe
+
+    frame = pd.DataFrame({"domain_auc": [statistic]})
+    check = gxe.ExpectColumnValuesToBeBetween(column="domain_auc", min_value=0.0, max_value=threshold)
+    return Batch("embedding_drift", frame, [check])
+
+
 def model_expectations(task: str, limits: ModelGateConfig, has_holdout: bool) -> list[Any]:
     """The model gate's suite for one candidate's one-row metrics table (``evaluate``)."""
     import great_expectations.expectations as gxe

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from spark_jobs.core.config import Section
@@ -59,6 +61,7 @@ class PredictionsGateConfig(Section):
     max_class_drift: float | None = Field(None, ge=0.0, le=1.0)
     min_rows_for_drift: int = Field(200, ge=1)
     probability_tolerance: float = Field(1e-4, ge=0.0, le=0.1)
+    drift: Literal["off", "warn", "fail"] = "warn"  # what an embedding-drift verdict does (spark_jobs.ml.drift)
 
 
 class GateConfig(Section):

@@ -12,6 +12,7 @@ from spark_jobs.core.config import DEFAULT_INBOX, LocalPath, Params, Section, So
 from spark_jobs.imaging.video import VideoConfig
 from spark_jobs.ml.cards import Champions
 from spark_jobs.ml.cascade import CascadeConfig
+from spark_jobs.ml.drift import DriftConfig
 from spark_jobs.quality.thresholds import GateConfig
 
 
@@ -49,9 +50,10 @@ class ScoreConfig(Section):
 
 
 class ScoreParams(Params):
-    """What the score stage reads: ``score``, the predictions gate, ``ingest.source`` and the
-    champions' folder."""
+    """What the score stage reads: ``score``, the predictions gate, the drift test, ``ingest.source``
+    and the champions' folder."""
 
     score: ScoreConfig = ScoreConfig()  # type: ignore[assignment]
     gate: GateConfig = GateConfig()
     evaluate: Champions = Champions()
+    drift: DriftConfig = DriftConfig()

@@ -42,6 +42,9 @@ PREDICTED_ROW = pa.schema([*KEY_FIELDS, *PREDICTED_FIELDS])
 # A tiles_attention row's picture of where it looked (score.heatmaps): written beside the run's
 # report, never into the predictions.
 HEATMAP = pa.field("heatmap", pa.binary())
+# A row's embedding (the layer the model's drift reference holds, computed in the same forward
+# pass), when the run tests drift: read by the drift test on the driver, never a prediction column.
+EMBEDDING = pa.field("embedding", pa.list_(pa.float32()))
 
 
 class Head(Protocol):
@@ -112,17 +115,24 @@ class TorchHead:
     classes: tuple[str, ...]
     top_k: int
     threshold: float | None = None
+    embeds: bool = False  # each row's embedding too (:data:`EMBEDDING`), for the drift test
 
     def outputs(self) -> pa.Schema:
-        return PREDICTED_FIELDS
+        return pa.schema([*PREDICTED_FIELDS, EMBEDDING]) if self.embeds else PREDICTED_FIELDS
 
     def __call__(self, pixels: np.ndarray) -> dict[str, pa.Array]:
-        raw = self.predictor.raw(pixels)
+        passes = self.predictor.passes(pixels)
         if self.predictor.model.task == "anomaly":
-            columns = anomaly_columns(raw, float(self.threshold))
+            columns = anomaly_columns(passes.raw, float(self.threshold))
         else:
-            columns = class_columns(raw, self.classes, self.top_k)
-        return dict(zip(PREDICTED_FIELDS.names, columns, strict=True))
+            columns = class_columns(passes.raw, self.classes, self.top_k)
+        said = dict(zip(PREDICTED_FIELDS.names, columns, strict=True))
+        return said | (embedding_column(passes) if self.embeds else {})
+
+
+def embedding_column(passes: inference.Passes) -> dict[str, pa.Array]:
+    """The :data:`EMBEDDING` column of one forward pass's rows."""
+    return {EMBEDDING.name: images.vectors_array(passes.embeddings)}
 
 
 @dataclass(frozen=True)
@@ -148,11 +158,13 @@ class TileHead:
     heatmaps: bool = False
     screen: Screen | None = None  # the tile cascade's light screen, with tile_fraction < 1
     tile_fraction: float = 1.0
+    embeds: bool = False  # each row's pooled vector too (:data:`EMBEDDING`), for the drift test
 
     from_source = True
 
     def outputs(self) -> pa.Schema:
-        return pa.schema([*PREDICTED_FIELDS, HEATMAP]) if self.draws else PREDICTED_FIELDS
+        hidden = [*([HEATMAP] if self.draws else []), *([EMBEDDING] if self.embeds else [])]
+        return pa.schema([*PREDICTED_FIELDS, *hidden])
 
     @property
     def draws(self) -> bool:
@@ -194,15 +206,14 @@ class TileHead:
         return self.screen.choose(np.stack([block for _tile, block in cut]), self.tile_fraction)
 
     def _classes(self, sequences: np.ndarray, boxes: list[np.ndarray]) -> tuple[dict[str, pa.Array], Any]:
-        """``(PREDICTED_FIELDS of the model's probabilities, with top_tiles when it attends; its
-        (N, T) tile weights or None)``."""
-        if not self.predictor.model.attends:
-            raw = self.predictor.raw(sequences, sequences=True)
-            return dict(zip(PREDICTED_FIELDS.names, class_columns(raw, self.classes, self.top_k), strict=True)), None
-        probabilities, weights = self.predictor.attended(sequences)
-        columns = class_columns(probabilities, self.classes, self.top_k)
-        columns[-1] = tiles.top_tiles(weights, boxes, self.top_tiles)
-        return dict(zip(PREDICTED_FIELDS.names, columns, strict=True)), weights
+        """``(PREDICTED_FIELDS of the model's probabilities, with top_tiles when it attends, and the
+        embeddings when the run tests drift; its (N, T) tile weights or None)``, from one forward pass."""
+        passes = self.predictor.passes(sequences, sequences=True)
+        columns = class_columns(passes.raw, self.classes, self.top_k)
+        if passes.weights is not None:
+            columns[-1] = tiles.top_tiles(passes.weights, boxes, self.top_tiles)
+        said = dict(zip(PREDICTED_FIELDS.names, columns, strict=True))
+        return said | (embedding_column(passes) if self.embeds else {}), passes.weights
 
 
 def _heatmap(shrunk: tuple[np.ndarray, float], corners: np.ndarray, weights: np.ndarray) -> bytes:

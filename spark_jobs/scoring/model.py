@@ -93,9 +93,9 @@ def descriptor_extractor(folder: Path) -> extractors.Classical | extractors.Sift
         ) from None
 
 
-def tile_head(folder: Path, card: ModelCard, cfg: ScoreParams) -> heads.TileHead:
+def tile_head(folder: Path, card: ModelCard, cfg: ScoreParams, embeds: bool = False) -> heads.TileHead:
     """A ``tiles_*`` model with the extractor its tile features were made with (its
-    ``extractor.json``) and the cut its card records."""
+    ``extractor.json``) and the cut its card records (with ``embeds``, each row's pooled vector too)."""
     spec = json.loads((folder / extractors.EXTRACTOR).read_text())
     if spec.get("kind") != "cnn" or card.tiles is None:
         raise ConfigError(
@@ -120,6 +120,7 @@ def tile_head(folder: Path, card: ModelCard, cfg: ScoreParams) -> heads.TileHead
         s.heatmaps,
         light,
         fraction,
+        embeds,
     )
 
 
@@ -136,12 +137,13 @@ def tile_screen(folder: Path, card: ModelCard) -> Screen:
         raise ConfigError(f"model {folder}: cannot read its tile screen: {exc}") from None
 
 
-def torch_head(folder: Path, card: ModelCard, cfg: ScoreParams) -> heads.TorchHead:
+def torch_head(folder: Path, card: ModelCard, cfg: ScoreParams, embeds: bool = False) -> heads.TorchHead:
     """The cnn or autoencoder of ``folder`` (its INT8 copy with ``score.quantize: int8``), run in
-    forward passes of ``score.batch_size`` with ``score.threads`` torch threads per task."""
+    forward passes of ``score.batch_size`` with ``score.threads`` torch threads per task (with
+    ``embeds``, each row's embedding from the same pass)."""
     model = inference.TorchModel.from_card(folder, card, cfg.score.quantize)
     predictor = inference.Predictor(model, cfg.score.batch_size, cfg.score.threads)
-    return heads.TorchHead(predictor, tuple(card.classes or ()), cfg.score.top_k, card.threshold)
+    return heads.TorchHead(predictor, tuple(card.classes or ()), cfg.score.top_k, card.threshold, embeds)
 
 
 @dataclass(frozen=True)
@@ -171,9 +173,25 @@ class Scorer:
             return heads.Descriptors(descriptor_extractor(self.light_folder))
         if self.card.kind == "mllib":
             return heads.Descriptors(descriptor_extractor(self.folder))
+        embeds = self.embeds and cfg.gate.predictions.drift != "off"
         if self.card.kind in TILE_KINDS:
-            return tile_head(self.folder, self.card, cfg)
-        return torch_head(self.folder, self.card, cfg)
+            return tile_head(self.folder, self.card, cfg, embeds)
+        return torch_head(self.folder, self.card, cfg, embeds)
+
+    @property
+    def embedder(self) -> tuple[Path, ModelCard]:
+        """The model whose embeddings a run tests for drift: the one that sees every image (the
+        cascade's light model), with its folder."""
+        if self.light_folder is not None and self.light is not None:
+            return self.light_folder, self.light
+        return self.folder, self.card
+
+    @property
+    def embeds(self) -> bool:
+        """Whether the scan's head emits each row's embedding: a torch model with a drift
+        reference (an mllib model's embeddings are its PCA vectors, made from the scan's descriptors)."""
+        _, card = self.embedder
+        return card.kind != "mllib" and card.reference is not None
 
     def labels(self) -> list[str]:
         return list(heads.ANOMALY_LABELS) if self.card.task == "anomaly" else list(self.card.classes)

@@ -45,7 +45,7 @@ from spark_jobs.core.store import canonical_uri
 from spark_jobs.core.verdict import GateFailed
 from spark_jobs.imaging import partitions
 from spark_jobs.quality import gate
-from spark_jobs.scoring import checks, predict, tables
+from spark_jobs.scoring import checks, drifting, predict, tables
 from spark_jobs.scoring.config import ScoreParams
 from spark_jobs.scoring.heads import Head
 from spark_jobs.scoring.lookup import Lookup
@@ -103,13 +103,15 @@ class Current:
     scorer: Scorer
     head: Head
     lookup: Lookup
+    reference: drifting.Reference
 
     @classmethod
     def open(cls, spark: SparkSession, cfg: ScoreParams, model: Scorer) -> Current:
         if cfg.score.heatmaps:  # batch runs draw them beside their report; a micro-batch does not
             log.info("score.heatmaps: drawn by batch runs only; the stream scores without them")
             cfg = cfg.model_copy(update={"score": cfg.score.model_copy(update={"heatmaps": False})})
-        return cls(model, model.head(cfg), Lookup(spark, cfg.data.root, model.version, cfg.score.stream.dedupe_hours))
+        lookup = Lookup(spark, cfg.data.root, model.version, cfg.score.stream.dedupe_hours)
+        return cls(model, model.head(cfg), lookup, drifting.reference(model))
 
 
 @dataclass
@@ -125,10 +127,10 @@ class Outcome:
 
 def score_rows(
     spark: SparkSession, cfg: ScoreParams, current: Current, planned: Planned, work: Path
-) -> tuple[pa.Table, list[dict[str, Any]], list[str]]:
+) -> tuple[pa.Table, list[dict[str, Any]], list[str], pa.Table]:
     """The micro-batch's prediction rows (collected to the driver, copies of one content left
-    out), the quarantine rows of its unusable files and the URIs of those already scored: the
-    batch run's scan and decision."""
+    out), the quarantine rows of its unusable files, the URIs of those already scored and the drift
+    test's sample of its embeddings: the batch run's scan and decision."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -142,10 +144,11 @@ def score_rows(
         decided = predict.decide(spark, usable, files, model, cfg, work)
         table = predict.stamped(decided, model, datetime.now(UTC), planned.batch).toArrow()
         bad, already = predict.unscored_rows(scanned)
+        sampled = drifting.sample(usable, model, cfg)
     finally:
         scanned.unpersist()
     table, copied = tables.without_copies(table)
-    return table, bad + copied, already
+    return table, bad + copied, already, sampled
 
 
 def counted(planned: Planned, table: pa.Table, bad: list[dict[str, Any]], already: list[str]) -> dict[str, Any]:
@@ -221,8 +224,9 @@ class _Loop:
         self.folder = tables.stream_dir(cfg.data.root)
         self.current: Current | None = None
         self.window = RollingWindow(cfg.score.stream.window_rows)
+        self.embeddings = drifting.EmbeddingWindow(cfg.drift.window_rows)
         # What every micro-batch's manifest records of the params and the inbox: fixed for the stream.
-        self.params = cfg.section("score", "gate.predictions", "data")
+        self.params = cfg.section("score", "gate.predictions", "data", "drift")
         self.inbox_kind = store.describe_source(cfg.score.inbox, "score.inbox")
 
     @property
@@ -282,7 +286,7 @@ class _Loop:
             report_with_output=True,
         ) as run:
             with run.phase("work"):
-                table, bad, already = score_rows(self.spark, cfg, current, planned, run.staging / "_light")
+                table, bad, already, sampled = score_rows(self.spark, cfg, current, planned, run.staging / "_light")
             counts = counted(planned, table, bad, already)
             labelled = (
                 table.column("predicted_label").to_pylist(),
@@ -291,6 +295,8 @@ class _Loop:
             with run.phase("gate"):
                 window = self.window.with_batch(*labelled)
                 suite = checks.window_checks(table, current.scorer, cfg, window) if table.num_rows else []
+                drift = self.drift(run, current, sampled, table.num_rows)
+                suite += drift.batches
                 result = run.validate(suite, docs="on_failure") if suite else None
             staged = [
                 (f"{tables.STREAM_QUARANTINE}/{target.name}", quarantine_target),
@@ -301,6 +307,7 @@ class _Loop:
             if table.num_rows:
                 tables.write_table(table, run.staging / staged[1][0])
             doc = run.manifest(self.params, self._inputs(current, planned), counts, result)
+            doc = doc.model_copy(update={"drift": drift.record})
             try:
                 run.finish_files(result, doc, staged, manifest_at)
             except GateFailed as failed:
@@ -309,7 +316,19 @@ class _Loop:
         if table.num_rows:
             current.lookup.add(table.column("image_id").to_pylist())
             self.window.add(*labelled)
+            self.embeddings.add(sampled, current.scorer.version)
         return Outcome("published", counts, _seconds(run))
+
+    def drift(self, run: runner.StageRun, current: Current, sampled: pa.Table, rows: int) -> drifting.Checked:
+        """The drift test over the rolling window of embeddings with this micro-batch's in it (its
+        report shows the pictures only when it drifted: a person has something to judge)."""
+        window = self.embeddings.with_batch(sampled, current.scorer.version)
+        if not rows:
+            window = window.slice(0, 0)  # nothing new scored: nothing to judge
+        checked = drifting.check(current.reference, window, self.cfg, window=True, pictures=False)
+        run.exhibits.counts["embedding drift"] = checked.shown()
+        run.exhibits.galleries = checked.galleries
+        return checked
 
     def _inputs(self, current: Current, planned: Planned) -> dict[str, Any]:
         """What a micro-batch's manifest records it read: the inbox, each file and its arrival, the model."""

@@ -207,6 +207,47 @@ def test_a_failing_batch_is_not_published(spark, trained: Config, tmp_path: Path
     assert "low_confidence_share" in (Path(cfg.data.root) / "gates" / "score" / "summary.txt").read_text()
 
 
+def _inverted(source: Path, target: Path) -> None:
+    """``source``'s images, their colours inverted, into ``target``: a camera gone wrong."""
+    from PIL import Image, ImageOps
+
+    target.mkdir(parents=True)
+    for f in sorted(source.iterdir()):
+        ImageOps.invert(Image.open(f).convert("RGB")).save(target / f.name)
+
+
+def test_a_shifted_inbox_fails_the_drift_gate_and_a_clean_one_passes_it(spark, trained: Config, tmp_path) -> None:
+    """End to end, small: the cnn's embeddings from the scoring pass against the reference kept
+    beside it; ``gate.predictions.drift: fail`` publishes the clean inbox and rejects the inverted one."""
+    from tests.orchestration import browser
+
+    write_inbox(tmp_path / "clean" / "inbox", 300, 14)  # 42 new images of the trained classes
+    _inverted(tmp_path / "clean" / "inbox", tmp_path / "shifted" / "inbox")
+    overrides = ("drift.min_rows=30", "gate.predictions.drift=fail", "gate.predictions.max_low_confidence=1.0")
+    clean = score_config(trained, tmp_path / "clean", "cnn", *overrides)
+    published = score.run(clean, spark)
+    record = manifest.read(published).drift
+    assert (record.outcome, record.drifted, record.batch_rows, record.layer) == ("passed", False, 42, "backbone")
+    assert record.statistic < clean.drift.threshold
+    assert record.reference_rows == cards.read_card(Path(clean.score.model)).reference.rows
+
+    shifted = score_config(trained, tmp_path / "shifted", "cnn", *overrides)
+    with pytest.raises(GateFailed, match="embedding_drift"):
+        score.run(shifted, spark)
+    assert _rows(spark, shifted) == []
+    (rejected,) = (Path(shifted.data.root) / "rejected").glob("score-*")
+    record = manifest.read(rejected).drift
+    assert (record.outcome, record.drifted, record.consequence) == ("drifted", True, "fail")
+    assert record.statistic > shifted.drift.threshold
+    page = Path(shifted.data.root) / "gates" / "score" / "report.html"
+    assert "Embedding drift (drifted" in page.read_text()
+    assert page.read_text().count("P(batch)") >= 12  # the most unlike images, each with its figure
+    if browser.available() is None:  # make test installs Chromium
+        drawn = browser.open_offline(page, tmp_path / "drift.png")
+        assert (drawn["refused"], drawn["errors"], drawn["broken"]) == ([], [], 0), drawn
+        assert drawn["images"] >= 13, drawn  # the plot and the thumbnails
+
+
 def test_int8_copy_of_the_cnn_scores_like_fp32(spark, trained: Config, tmp_path: Path) -> None:
     write_inbox(tmp_path / "inbox", 100, 4)
     fp32 = score_config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0")

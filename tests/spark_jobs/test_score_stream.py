@@ -59,7 +59,13 @@ def test_a_stream_scores_new_images_and_video_frames_once(spark, trained: Config
     lossy = video_bytes(class_frames([2, 2, 2, 2], 600), "mp4", "mpeg4")
     (inbox / "cut.mp4").write_bytes(lossy[: len(lossy) // 2])
     cfg = score_config(
-        trained, tmp_path, "cnn", *STREAM, "score.stream.max_files_per_trigger=4", "score.video.every_nth=2"
+        trained,
+        tmp_path,
+        "cnn",
+        *STREAM,
+        "score.stream.max_files_per_trigger=4",
+        "score.video.every_nth=2",
+        "drift.min_rows=8",
     )
     version = cards.read_card(Path(cfg.score.model)).version
 
@@ -94,6 +100,16 @@ def test_a_stream_scores_new_images_and_video_frames_once(spark, trained: Config
         assert c["files_seen"] == c["files_scored"] + c["already_scored"] + c["unusable"]
         assert (c["unaccounted"], c["unhandled"]) == (0, [])
     assert sum(d.counts["already_scored"] for d in docs) == 3  # the batch run's, counted from their rows
+    # Each micro-batch tests drift over the rolling window of the rows published before it and its
+    # own (a copy counted once); a window below drift.min_rows, or no new row, is not tested.
+    window = 0
+    for d in docs:
+        window += d.counts["scored"]
+        assert d.drift.window
+        assert d.drift.batch_rows == (window if d.counts["scored"] else 0)
+        tested = d.counts["scored"] and window >= cfg.drift.min_rows
+        assert d.drift.outcome == ("passed" if tested else "not tested"), d.drift
+    assert any(d.drift.statistic is not None for d in docs)
     assert len({d.params_hash for d in docs}) == 1
     assert all(d.gate.success and d.timings is not None for d in docs)
     for d in docs:  # a row's batch_id and the part file name lead to its manifest

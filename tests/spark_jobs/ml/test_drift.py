@@ -61,6 +61,36 @@ def test_the_domain_classifier_tells_a_moved_batch_from_the_reference_and_not_a_
     reference = rng.normal(size=(600, 16)).astype(np.float32)
     alike = rng.normal(size=(200, 16)).astype(np.float32)
     moved = (rng.normal(size=(200, 16)) + np.r_[1.5, np.zeros(15)]).astype(np.float32)
-    assert 0.4 < drift.domain_auc(reference, alike) < 0.6
-    assert drift.domain_auc(reference, moved) > 0.8
-    assert drift.domain_auc(reference, moved, seed=0) == drift.domain_auc(reference, moved, seed=0)
+    assert 0.4 < drift.domain_classifier(reference, alike).auc < 0.6
+    assert drift.domain_classifier(reference, moved).auc > 0.8
+    assert drift.domain_classifier(reference, moved, seed=0).auc == drift.domain_classifier(reference, moved).auc
+
+
+def test_a_verdict_is_drifted_above_the_threshold_and_never_a_pass_below_min_rows() -> None:
+    rng = np.random.default_rng(1)
+    reference = rng.normal(size=(400, 8)).astype(np.float32)
+    cfg = drift.DriftConfig(threshold=0.9, min_rows=50)
+    moved, domain = drift.judged(cfg, "backbone", reference, (rng.normal(size=(120, 8)) + 3.0).astype(np.float32))
+    assert (moved.outcome, moved.drifted, moved.batch_rows, moved.reference_rows) == ("drifted", True, 120, 400)
+    assert moved.statistic is not None
+    assert moved.statistic > 0.9
+    assert domain is not None
+    assert domain.scores.shape == (120,)
+    assert domain.scores.min() > 0.5
+    alike, _ = drift.judged(cfg, "backbone", reference, rng.normal(size=(120, 8)).astype(np.float32))
+    assert (alike.outcome, alike.drifted) == ("passed", False)
+    few, none = drift.judged(cfg, "backbone", reference, (rng.normal(size=(49, 8)) + 3.0).astype(np.float32))
+    assert (few.outcome, few.drifted, few.statistic, none) == ("not tested", None, None, None)
+    assert "fewer than drift.min_rows (50)" in few.note
+    other, _ = drift.judged(cfg, "backbone", reference, rng.normal(size=(60, 4)).astype(np.float32))
+    assert other.outcome == "not tested"
+    assert "4 values against a reference of 8" in other.note
+
+
+def test_the_picture_is_a_png_and_sizes_that_can_never_test_are_refused() -> None:
+    rng = np.random.default_rng(2)
+    reference, batch = rng.normal(size=(50, 6)), rng.normal(size=(30, 6)) + 1
+    png = drift.picture(reference, batch, np.linspace(0, 1, 30), "drift")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match=r"drift.min_rows \(500\) is more than"):
+        drift.DriftConfig(min_rows=500, window_rows=400)

@@ -44,3 +44,26 @@ def test_top_k_batches_turn_mllib_probabilities_into_prediction_rows() -> None:
     row = out.to_pylist()[0]
     assert (row["image_id"], row["predicted_label"]) == ("i1", "b")
     assert [t["label"] for t in row["top_k"]] == ["b", "a"]
+
+
+@pytest.mark.parametrize("task", ["classifier", "anomaly"])
+def test_a_torch_head_gives_each_row_its_embedding_from_the_same_pass(tmp_path, task: str) -> None:
+    import torch
+
+    from spark_jobs.ml import inference, models
+    from tests.spark_jobs.ml.test_inference import _model
+
+    model = _model(tmp_path, task)
+    predictor = inference.Predictor(model, batch_size=2, threads=1)
+    plain = heads.TorchHead(predictor, ("0", "1", "2"), 2, threshold=0.1)
+    embedding = heads.TorchHead(predictor, ("0", "1", "2"), 2, threshold=0.1, embeds=True)
+    assert heads.EMBEDDING.name not in plain.outputs().names
+    assert embedding.outputs().names == [*heads.PREDICTED_FIELDS.names, heads.EMBEDDING.name]
+    pixels = np.random.default_rng(5).integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
+    with_it, without = embedding(pixels), plain(pixels)
+    for name in heads.PREDICTED_FIELDS.names:  # the predictions do not change
+        assert with_it[name].equals(without[name]), name
+    vectors = np.array(with_it[heads.EMBEDDING.name].to_pylist(), dtype=np.float32)
+    with torch.inference_mode():
+        expected = models.embedded(model.load(), model.architecture, models.to_tensor(pixels)).embedding.numpy()
+    np.testing.assert_allclose(vectors, expected, rtol=1e-5, atol=1e-6)
