@@ -11,11 +11,14 @@ Each inbox is 300 images made from the bundled digit scans, embedded by the same
   ``unseen_class`` (capital letters, which training never saw) and ``other_domain`` (crops of the
   bundled photographs at the same size).
 
-The test is :func:`spark_jobs.ml.drift.domain_auc` (5-fold cross-validated ROC AUC of a logistic
+The test is :func:`spark_jobs.ml.drift.domain_classifier` (5-fold cross-validated ROC AUC of a logistic
 regression telling the inbox from the reference); an inbox is flagged when the AUC exceeds the
 threshold.
 
-    python bench/drift.py [--clean 40] [--shifted 20]
+    python bench/drift.py [--clean 40] [--shifted 20] [--sizes 300 200 100]
+
+Each inbox is also tested on its first 200 and 100 images (``--sizes``): where ``drift.min_rows``
+may be set.
 
 Writes ``bench/results/drift.json``.
 """
@@ -80,10 +83,13 @@ def photo_crop(photos: list[np.ndarray], rng: np.random.Generator) -> np.ndarray
     return np.asarray(Image.fromarray(pixels[y : y + side, x : x + side]).resize((SIZE, SIZE), Image.BICUBIC))
 
 
+INBOX = 300  # images an inbox holds; smaller sizes are its first images
+
+
 def inbox(kind: str, rng: np.random.Generator, digits: list[np.ndarray], photos: list[np.ndarray]) -> np.ndarray:
-    """300 grey images of ``kind``."""
+    """:data:`INBOX` grey images of ``kind``."""
     out = []
-    for _ in range(300):
+    for _ in range(INBOX):
         scan = digits[int(rng.integers(len(digits)))]
         if kind == "untouched":
             image = scan
@@ -103,36 +109,58 @@ def inbox(kind: str, rng: np.random.Generator, digits: list[np.ndarray], photos:
     return np.stack(out)
 
 
-def main() -> None:
+def measure(net, card, reference, counts: dict[str, int], sizes: list[int]) -> dict[int, dict[str, list[float]]]:
+    """The domain classifier's AUC for every inbox of every kind, on its first ``size`` images for
+    each of ``sizes`` (the same inboxes, cut shorter)."""
     import torch
 
     from tests.near_duplicate_corpus import photographs
 
+    digits = scans()
+    photos = [np.asarray(p.convert("L")) for _name, p in photographs()]
+    rows: dict[int, dict[str, list[float]]] = {n: {} for n in sizes}
+    for kind in (*CLEAN, *SHIFTED):
+        for k in range(counts[kind]):
+            rng = np.random.default_rng(10_000 * (1 + (*CLEAN, *SHIFTED).index(kind)) + k)
+            grey = inbox(kind, rng, digits, photos)
+            with torch.inference_mode():
+                x = models.to_tensor(grey[..., None].repeat(3, -1))
+                vectors = models.embedded(net, card.architecture, x).embedding.numpy()
+            for n in sizes:
+                auc = drift.domain_classifier(reference, vectors[:n], seed=k).auc
+                rows[n].setdefault(kind, []).append(round(auc, 4))
+        print(kind, {n: rows[n][kind] for n in sizes}, flush=True)
+    return rows
+
+
+def summary(rows: dict[str, list[float]]) -> dict:
+    flagged = {
+        str(t): {kind: round(float(np.mean(np.asarray(v) > t)), 3) for kind, v in rows.items()} for t in THRESHOLDS
+    }
+    return {
+        "auc": {kind: {"min": min(v), "median": float(np.median(v)), "max": max(v)} for kind, v in rows.items()},
+        "flagged_share_by_threshold": flagged,
+        "auc_by_inbox": rows,
+    }
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clean", type=int, default=40)
     parser.add_argument("--shifted", type=int, default=20)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[300, 200, 100])
     args = parser.parse_args()
     card = cards.read_card(CHAMPION)
     reference, _ = drift.read_reference(CHAMPION, card.reference)
     net = models.load_weights(
         models.build(card.architecture, card.arch), (CHAMPION / cards.WEIGHTS).read_bytes(), "champion"
     )
-    digits = scans()
-    photos = [np.asarray(p.convert("L")) for _name, p in photographs()]
-    rows: dict[str, list[float]] = {}
+    counts = {kind: args.clean if kind in CLEAN else args.shifted for kind in (*CLEAN, *SHIFTED)}
+    sizes = sorted(set(args.sizes), reverse=True)
+    if max(sizes) > INBOX:
+        parser.error(f"--sizes: at most {INBOX} images an inbox")
     started = time.perf_counter()
-    for kind in (*CLEAN, *SHIFTED):
-        count = args.clean if kind in CLEAN else args.shifted
-        for k in range(count):
-            rng = np.random.default_rng(10_000 * (1 + (*CLEAN, *SHIFTED).index(kind)) + k)
-            grey = inbox(kind, rng, digits, photos)
-            with torch.inference_mode():
-                _, vectors = models.embedding(net, card.architecture, models.to_tensor(grey[..., None].repeat(3, -1)))
-            rows.setdefault(kind, []).append(round(drift.domain_auc(reference, vectors.numpy(), seed=k), 4))
-        print(kind, rows[kind], flush=True)
-    flagged = {
-        str(t): {kind: round(float(np.mean(np.asarray(v) > t)), 3) for kind, v in rows.items()} for t in THRESHOLDS
-    }
+    rows = measure(net, card, reference, counts, sizes)
     write_result(
         "drift.json",
         {
@@ -140,12 +168,11 @@ def main() -> None:
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
             "model": card.version,
             "reference": {"rows": card.reference.rows, "layer": card.reference.layer},
-            "inbox_images": 300,
+            "inbox_images": INBOX,
             "test": "domain classifier: 5-fold cross-validated ROC AUC of a logistic regression",
             "seconds": round(time.perf_counter() - started, 1),
-            "auc": {kind: {"min": min(v), "median": float(np.median(v)), "max": max(v)} for kind, v in rows.items()},
-            "flagged_share_by_threshold": flagged,
-            "auc_by_inbox": rows,
+            **summary(rows[INBOX] if INBOX in rows else rows[sizes[0]]),
+            "by_inbox_size": {str(n): summary(rows[n]) for n in sizes},
         },
     )
 
