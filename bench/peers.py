@@ -10,6 +10,8 @@ trained cnn, each engine in a process of its own, measured one after the other i
 The engines:
 
 - ``project``: ``python -m spark_jobs.score`` (cold, as the scheduler runs it).
+- ``project-no-drift``: the same with ``gate.predictions.drift: off`` (no embedding column, no
+  sample, no domain classifier): what the drift test costs (``drift_cost``), asked for by name.
 - ``plain``: one Python process: the project's decode (``spark_jobs.imaging.images.decode``), torch on
   every core, batches of ``--batch-size``, one pyarrow write.
 - ``spark``: bare Spark 4: ``binaryFile`` + ``mapInPandas``, the project's decode, the model loaded
@@ -24,7 +26,11 @@ skipped and the result says so.
 
     python bench/peers.py [--images 16000 [64000 ...]] [--source-size 256] [--batch-size 256]
         [--engines project,plain,spark,daft,ray] [--bench-python .bench-venv/bin/python]
-        [--model models/champion/classifier]
+        [--model models/champion/classifier] [--repeat 1] [--tag NAME]
+
+What the drift test costs (one sitting, the two in turn, medians of three):
+
+    python bench/peers.py --engines project-no-drift,project --repeat 3 --tag drift
 
 Writes ``bench/results/peers_<N>x<source>px.json`` for each size and, for the whole run,
 ``peers_run_<N1>_<N2>...x<source>px.json``: every size's table and the project's figures against the
@@ -50,6 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "bench" / "work"
 RESULTS = REPO / "bench" / "results"
 ENGINES = ("project", "plain", "spark", "daft", "ray")
+NO_DRIFT = "project-no-drift"  # not a default engine: --engines project,project-no-drift
 PEER_VENV = {"daft", "ray"}  # engines that run in the benchmark's venv
 
 
@@ -240,12 +247,13 @@ def measured(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, flo
 def run_engine(engine: str, folder: Path, model_dir: Path, batch: int, python: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYSPARK_PYTHON": sys.executable}
     out = WORK / f"peers-{engine}"
-    if engine == "project":
+    if engine in ("project", NO_DRIFT):
         shutil.rmtree(out, ignore_errors=True)
         cmd = [
             sys.executable, "-m", "spark_jobs.score", f"--set=data.root={out}", f"--set=score.inbox={folder}",
             f"--set=score.model={model_dir}", f"--set=score.batch_size={batch}",
             "--set=gate.predictions.max_low_confidence=1.0",
+            *(["--set=gate.predictions.drift=off"] if engine == NO_DRIFT else []),
         ]  # fmt: skip
         wall, peak, _ = measured(cmd, env, REPO)
         (published,) = (out / "predictions").glob("run_date=*/run_id=*")
@@ -260,6 +268,31 @@ def run_engine(engine: str, folder: Path, model_dir: Path, batch: int, python: s
         work, rows, extra = reported["work_s"], reported["rows"], {}
     shutil.rmtree(out, ignore_errors=True)
     return {"work_s": round(work, 2), "wall_s": round(wall, 2), "rows": rows, "peak_rss_mib": round(peak, 1), **extra}
+
+
+def repeated(args: argparse.Namespace, folder: Path, model_dir: Path, images: int) -> dict[str, dict[str, Any]]:
+    """Each engine ``args.repeat`` times, the engines in turn within each round (so a slow hour
+    weighs on all of them): each figure's median, and every run's work and wall."""
+    import statistics
+
+    measured_runs: dict[str, list[dict[str, Any]]] = {}
+    skipped: dict[str, dict[str, Any]] = {}
+    for _ in range(args.repeat):
+        for engine in args.engines.split(","):
+            python = args.bench_python if engine in PEER_VENV else sys.executable
+            if not Path(python).exists():
+                skipped[engine] = {"skipped": f"{python} not found: make bench-venv"}
+                continue
+            figures = run_engine(engine, folder, model_dir, args.batch_size, python)
+            measured_runs.setdefault(engine, []).append(figures)
+            print(images, engine, json.dumps(figures), flush=True)
+    results: dict[str, dict[str, Any]] = dict(skipped)
+    for engine, done in measured_runs.items():
+        results[engine] = {k: statistics.median(r[k] for r in done) for k in done[0] if k != "rows"}
+        results[engine]["rows"] = done[0]["rows"]
+        if len(done) > 1:
+            results[engine] |= {"work_runs": [r["work_s"] for r in done], "wall_runs": [r["wall_s"] for r in done]}
+    return results
 
 
 def table(results: dict[str, dict[str, Any]], images: int) -> dict[str, dict[str, Any]]:
@@ -284,6 +317,7 @@ TARGETS = {
     "wall_vs_daft_at_largest": (1.0, "min"),
     "work_ratio_smallest_to_largest": (4.2, "max"),
     "peak_rss_ratio_smallest_to_largest": (1.2, "max"),
+    "drift_work_cost_at_largest": (0.10, "max"),  # the drift issue's: the work phase with it / without - 1
 }
 
 
@@ -303,6 +337,9 @@ def targets(runs: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     if small != large and "work_s" in project_s and "work_s" in project_l:
         figures["work_ratio_smallest_to_largest"] = round(project_l["work_s"] / project_s["work_s"], 2)
         figures["peak_rss_ratio_smallest_to_largest"] = round(project_l["peak_rss_mib"] / project_s["peak_rss_mib"], 2)
+    off = runs[large].get(NO_DRIFT, {})
+    if "work_s" in project_l and "work_s" in off:
+        figures["drift_work_cost_at_largest"] = round(project_l["work_s"] / off["work_s"] - 1, 3)
     return {
         name: {"measured": value, "bound": TARGETS[name][0], "kind": TARGETS[name][1],
                "met": value >= TARGETS[name][0] if TARGETS[name][1] == "min" else value <= TARGETS[name][0]}
@@ -318,7 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--bench-python", default=str(REPO / ".bench-venv" / "bin" / "python"))
     parser.add_argument("--model", type=Path, default=REPO / "models" / "champion" / "classifier")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each engine, in turn; medians reported")
+    parser.add_argument("--tag", default="", help="results go to peers_<tag>_*.json (the committed ones stay)")
     args = parser.parse_args(argv)
+    tag = f"_{args.tag}" if args.tag else ""
     sys.path[:0] = [str(REPO), str(REPO / "bench")]
     from ingest_throughput import make_inputs
 
@@ -328,15 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     for images in args.images:
         folder = WORK / f"peers_jpegs_{images}"
         count, size = make_inputs(folder, images, args.source_size)
-        results: dict[str, dict[str, Any]] = {}
-        for engine in args.engines.split(","):
-            python = args.bench_python if engine in PEER_VENV else sys.executable
-            if not Path(python).exists():
-                results[engine] = {"skipped": f"{python} not found: make bench-venv"}
-                continue
-            results[engine] = run_engine(engine, folder, model_dir, args.batch_size, python)
-            print(images, engine, json.dumps(results[engine]), flush=True)
-        runs[count] = table(results, count)
+        runs[count] = table(repeated(args, folder, model_dir, images), count)
         doc = {
             "benchmark": "peers",
             "images": count,
@@ -348,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             "engines": runs[count],
         }
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"peers_{count}x{args.source_size}px.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (RESULTS / f"peers{tag}_{count}x{args.source_size}px.json").write_text(json.dumps(doc, indent=2) + "\n")
     summary = {
         "benchmark": "peers",
         "command": "python bench/peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -357,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         "engines": {str(n): runs[n] for n in sorted(runs)},
         "targets": targets(runs),
     }
-    name = RESULTS / ("peers_run_" + "_".join(str(n) for n in sorted(runs)) + f"x{args.source_size}px.json")
+    name = RESULTS / (f"peers{tag}_run_" + "_".join(str(n) for n in sorted(runs)) + f"x{args.source_size}px.json")
     name.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary["targets"], indent=2))
     return 0

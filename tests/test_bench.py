@@ -39,6 +39,18 @@ def test_a_figure_whose_engines_did_not_run_is_left_out():
     assert peers.targets(runs) == {}
 
 
+def test_the_drift_test_s_cost_is_the_project_s_work_with_it_over_without_it():
+    runs = {
+        16000: peers.table({"project": _engine(10.5, 20.0, 2000), "project-no-drift": _engine(10.0, 19, 1900)}, 16000)
+    }
+    assert peers.targets(runs)["drift_work_cost_at_largest"] == {
+        "measured": 0.05,
+        "bound": 0.1,
+        "kind": "max",
+        "met": True,
+    }
+
+
 _stream_spec = importlib.util.spec_from_file_location(
     "stream_latency", Path(__file__).resolve().parents[1] / "bench" / "stream_latency.py"
 )
