@@ -312,12 +312,13 @@ class _Loop:
                 run.finish_files(result, doc, staged, manifest_at)
             except GateFailed as failed:
                 log.error("micro-batch %d rejected, kept in %s: %s", planned.batch, failed.rejected, result.summary())
-                return Outcome("rejected", counts | {"rejected": str(failed.rejected)}, _seconds(run), failed.rejected)
+                kept = counts | {"rejected": str(failed.rejected), "drift": drift.record.outcome}
+                return Outcome("rejected", kept, _seconds(run), failed.rejected)
         if table.num_rows:
             current.lookup.add(table.column("image_id").to_pylist())
             self.window.add(*labelled)
             self.embeddings.add(sampled, current.scorer.version)
-        return Outcome("published", counts, _seconds(run))
+        return Outcome("published", counts | {"drift": drift.record.outcome}, _seconds(run))
 
     def drift(self, run: runner.StageRun, current: Current, sampled: pa.Table, rows: int) -> drifting.Checked:
         """The drift test over the rolling window of embeddings with this micro-batch's in it (its

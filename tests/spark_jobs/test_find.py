@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from spark_jobs import evaluate, features, ingest, sample, score, train
+from spark_jobs.core import manifest
 from spark_jobs.ml import cards, models, screen
 from spark_jobs.params import Config, load
 from tests.factories import REPO, with_overrides
@@ -96,6 +97,9 @@ def test_attention_points_at_tiles_in_the_file_s_pixels_from_evaluate_to_scoring
             assert 0 <= tile["box_x0"] < tile["box_x1"] <= 128
             assert 0 <= tile["box_y0"] < tile["box_y1"] <= 128
             assert (tile["box_x1"] - tile["box_x0"], tile["box_x0"] % 16) == (32, 0)
+    # the pooled vectors of the same pass reach the drift test (3 rows: too few to judge)
+    drift = manifest.read(published).drift
+    assert (drift.layer, drift.batch_rows, drift.outcome) == ("pooled", 3, "not tested")
 
     # each scored image's attention as a picture beside the run's report, a few of them on its page
     drawn = Path(find.data.root) / "gates" / "score" / "heatmaps"
