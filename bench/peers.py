@@ -12,6 +12,8 @@ The engines:
 - ``project``: ``python -m spark_jobs.score`` (cold, as the scheduler runs it).
 - ``project-no-drift``: the same with ``gate.predictions.drift: off`` (no embedding column, no
   sample, no domain classifier): what the drift test costs (``drift_cost``), asked for by name.
+- ``project-shadow``: the same with ``score.shadow: --shadow`` (a second model on the same
+  decoded pixels, its rows in the shadow table): what a shadow costs, asked for by name.
 - ``plain``: one Python process: the project's decode (``spark_jobs.imaging.images.decode``), torch on
   every core, batches of ``--batch-size``, one pyarrow write.
 - ``spark``: bare Spark 4: ``binaryFile`` + ``mapInPandas``, the project's decode, the model loaded
@@ -31,6 +33,10 @@ skipped and the result says so.
 What the drift test costs (one sitting, the two in turn, medians of three):
 
     python bench/peers.py --engines project-no-drift,project --repeat 3 --tag drift
+
+What a shadow model costs (the mllib model beside the cnn champion):
+
+    python bench/peers.py --engines project,project-shadow --repeat 3 --tag shadow
 
 Writes ``bench/results/peers_<N>x<source>px.json`` for each size and, for the whole run,
 ``peers_run_<N1>_<N2>...x<source>px.json``: every size's table and the project's figures against the
@@ -57,6 +63,7 @@ WORK = REPO / "bench" / "work"
 RESULTS = REPO / "bench" / "results"
 ENGINES = ("project", "plain", "spark", "daft", "ray")
 NO_DRIFT = "project-no-drift"  # not a default engine: --engines project,project-no-drift
+WITH_SHADOW = "project-shadow"  # nor this: --engines project,project-shadow [--shadow models/mllib]
 PEER_VENV = {"daft", "ray"}  # engines that run in the benchmark's venv
 
 
@@ -244,16 +251,19 @@ def measured(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, flo
     return wall, peak / 2**20, stdout
 
 
-def run_engine(engine: str, folder: Path, model_dir: Path, batch: int, python: str) -> dict[str, Any]:
+def run_engine(
+    engine: str, folder: Path, model_dir: Path, batch: int, python: str, shadow: Path | None = None
+) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYSPARK_PYTHON": sys.executable}
     out = WORK / f"peers-{engine}"
-    if engine in ("project", NO_DRIFT):
+    if engine in ("project", NO_DRIFT, WITH_SHADOW):
         shutil.rmtree(out, ignore_errors=True)
         cmd = [
             sys.executable, "-m", "spark_jobs.score", f"--set=data.root={out}", f"--set=score.inbox={folder}",
             f"--set=score.model={model_dir}", f"--set=score.batch_size={batch}",
             "--set=gate.predictions.max_low_confidence=1.0",
             *(["--set=gate.predictions.drift=off"] if engine == NO_DRIFT else []),
+            *([f"--set=score.shadow={shadow}"] if engine == WITH_SHADOW else []),
         ]  # fmt: skip
         wall, peak, _ = measured(cmd, env, REPO)
         (published,) = (out / "predictions").glob("run_date=*/run_id=*")
@@ -283,7 +293,7 @@ def repeated(args: argparse.Namespace, folder: Path, model_dir: Path, images: in
             if not Path(python).exists():
                 skipped[engine] = {"skipped": f"{python} not found: make bench-venv"}
                 continue
-            figures = run_engine(engine, folder, model_dir, args.batch_size, python)
+            figures = run_engine(engine, folder, model_dir, args.batch_size, python, args.shadow.resolve())
             measured_runs.setdefault(engine, []).append(figures)
             print(images, engine, json.dumps(figures), flush=True)
     results: dict[str, dict[str, Any]] = dict(skipped)
@@ -355,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--bench-python", default=str(REPO / ".bench-venv" / "bin" / "python"))
     parser.add_argument("--model", type=Path, default=REPO / "models" / "champion" / "classifier")
+    parser.add_argument("--shadow", type=Path, default=REPO / "models" / "mllib", help="project-shadow's shadow model")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each engine, in turn; medians reported")
     parser.add_argument("--tag", default="", help="results go to peers_<tag>_*.json (the committed ones stay)")
     args = parser.parse_args(argv)

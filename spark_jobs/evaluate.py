@@ -66,8 +66,10 @@ from spark_jobs.ml.cards import (
 )
 from spark_jobs.ml.cascade import CascadeConfig, cascade_metrics
 from spark_jobs.ml.mllib import mllib_classify
+from spark_jobs.ml.promotion import PromotionConfig
 from spark_jobs.quality import gate, suites
 from spark_jobs.quality.thresholds import GateConfig
+from spark_jobs.scoring import shadowing
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -94,6 +96,7 @@ class EvaluateConfig(Section):
     # A file of the cell that decides each image's label (sample.kind find writes one): models
     # that attend get a pointing accuracy, the others "n/a".
     pointing: LocalPath | None = None
+    promotion: PromotionConfig = PromotionConfig()
 
     @model_validator(mode="after")
     def _distinct_models(self) -> EvaluateConfig:
@@ -332,6 +335,27 @@ def model_gate(run: runner.StageRun, cfg: EvaluateParams, standings: dict[str, d
     return run.validate(checks)
 
 
+def shadow_holds(
+    cfg: EvaluateParams, cards: dict[str, ModelCard], chosen: dict[str, str | None], champions: dict[str, Any]
+) -> dict[str, str]:
+    """Each task whose challenger must wait before it replaces the champion, and why
+    (``evaluate.promotion.min_shadow_agreement``: read from the scoring runs' manifests under
+    ``data.root``). A task's first champion has nothing to shadow, and waits for nothing."""
+    need = cfg.evaluate.promotion
+    if need.min_shadow_agreement is None:
+        return {}
+    manifests = shadowing.scoring_manifests(Path(cfg.data.root))
+    held = {}
+    for task, kind in chosen.items():
+        champion = champions.get(task)
+        if kind is None or champion is None or champion.version == cards[kind].version:
+            continue
+        runs = shadowing.recent_agreements(manifests, cards[kind].version, need.shadow_runs)
+        if (why := promotion.shadow_hold(runs, need)) is not None:
+            held[task] = why
+    return held
+
+
 def run(cfg: EvaluateParams, spark: SparkSession) -> Path:
     """Evaluate every candidate, gate them, promote the champions that passed, write the reports;
     returns the reports folder. A model the gate rejects is not promoted, and kept aside: the run
@@ -351,8 +375,9 @@ def run(cfg: EvaluateParams, spark: SparkSession) -> Path:
             chosen = promotion.challengers(results)
             standings = promotion.standing(results, champions, chosen)
             gate_result = model_gate(run, cfg, standings)
+            held = shadow_holds(cfg, cards, chosen, champions)
         with run.phase("publish"):
-            settled, rejected = promotion.settle(where, cards, standings, chosen, gate_result)
+            settled, rejected = promotion.settle(where, cards, standings, chosen, gate_result, held)
             # In the order evaluate.models lists the candidates (what dvc metrics show lists).
             document = promotion.metrics_document(where.champions, settled, baselines, cascade, gate_result)
             manifest.write(run.staging, document, EVALUATION, sort_keys=False)
@@ -390,6 +415,8 @@ def _report(
         if result["promoted"]:
             kept = previous is not None and previous.version == result["version"]
             verdict = "passed, already the champion" if kept else "passed, promoted"
+        elif result.get("held"):
+            verdict = f"passed, not promoted yet: {result['held']}"
         else:
             verdict = "passed, not promoted (not its task's best)"
         log.info("%s %s: %s %s, %s", kind, result["version"], name, figure, verdict)

@@ -32,23 +32,23 @@ pass every ``score.stream.trigger_s``, each a run of the stage runner with its o
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spark_jobs.core import launch, locks, manifest, progress, runner, store
 from spark_jobs.core.jobs import exit_process, run_stage
-from spark_jobs.core.manifest import DriftRecord
+from spark_jobs.core.manifest import ShadowRecord
 from spark_jobs.core.store import spark_path
 from spark_jobs.imaging import partitions
 from spark_jobs.ml import exhibits
 from spark_jobs.ml.cards import read_card
 from spark_jobs.quality import gate
 from spark_jobs.quality.report import MAX_THUMBS, Gallery, Thumb, short_name
-from spark_jobs.scoring import checks, drifting, heads, lookup, predict, stream, tables
+from spark_jobs.scoring import checks, drifting, heads, lookup, predict, shadowing, stream, tables
 from spark_jobs.scoring.config import ScoreParams
-from spark_jobs.scoring.model import Scorer, check_model, model_folder, scorer
+from spark_jobs.scoring.model import Scorer, check_model, model_folder, scorer, shadow_source
 from spark_jobs.scoring.scan import IdSet
 
 if TYPE_CHECKING:
@@ -113,6 +113,9 @@ def _decided(
         decided = predict.decide(spark, usable, got.files, model, cfg, run.staging / "_light")
         folder = run.staging / tables.PREDICTIONS
         duplicates = predict.write_predictions(spark, decided, usable, model, started, folder)
+        if model.shadow is not None and folder.exists():
+            copies = [r["source_uri"] for r in duplicates]
+            predict.write_shadow(usable, model.shadow, cfg, started, copies, run.staging / tables.SHADOW)
         if cfg.score.heatmaps:
             draw_heatmaps(usable, model, run)
         bad, already = predict.unscored_rows(scanned)
@@ -198,7 +201,7 @@ def run(cfg: ScoreParams, spark: SparkSession) -> Path | None:
         with run.phase("read"):
             got = extract(cfg)
             started = datetime.fromisoformat(run.timings()["started_at"])
-        for table in (target, tables.quarantine_dir(root)):
+        for table in (target, tables.quarantine_dir(root), tables.shadow_dir(root)):
             table.mkdir(parents=True, exist_ok=True)  # DVC outputs exist even before anything is in them
         with run.phase("work"):
             bad, already, sampled = transform(spark, cfg, got, started, run)
@@ -208,15 +211,49 @@ def run(cfg: ScoreParams, spark: SparkSession) -> Path | None:
                     tables.quarantine_table(new_bad), run.staging / tables.QUARANTINE / "part-00000-quarantine.parquet"
                 )
         with run.phase("gate"):
-            drift = drifting.check(drifting.reference(got.scorer), sampled, cfg)
-            show(run, cfg, got, started, bad, already, drift)
-            result, per_label = validate(spark, cfg, got.scorer, run, drift)
+            beside = Beside(
+                drifting.check(drifting.reference(got.scorer), sampled, cfg), *compare_shadow(run, got.scorer)
+            )
+            show(run, cfg, got, started, bad, already, beside)
+            result, per_label = validate(spark, cfg, got.scorer, run, beside.drift)
             keep_heatmaps(run)
         scored = tables.scored_files(run.staging / tables.PREDICTIONS)
         counts = tables.tally(len(got.files), per_label, scored, already, bad, new_bad)
-        published = publish(cfg, run, got, counts, result, started, drift.record)
+        published = publish(cfg, run, got, counts, result, started, beside)
     _report(got, counts, published)
     return published
+
+
+@dataclass
+class Beside:
+    """What a run records beside its predictions: its drift test, and its shadow's comparison with
+    the pictures of their disagreements (none without ``score.shadow``)."""
+
+    drift: drifting.Checked
+    shadow: ShadowRecord | None = None
+    galleries: list[Gallery] = field(default_factory=list)
+
+    def shown(self) -> dict[str, Any]:
+        """The shadow's agreement in the report page's counts."""
+        s = self.shadow
+        return {} if s is None else {"version": s.shadow.version, "agreement": s.agreement, "images": s.rows}
+
+
+def compare_shadow(run: runner.StageRun, model: Scorer) -> tuple[ShadowRecord | None, list[Gallery]]:
+    """The staged predictions against the staged shadow rows (none without a shadow)."""
+    if model.shadow is None:
+        return None, []
+    ours = shadowing.read_said(run.staging / tables.PREDICTIONS)
+    theirs = shadowing.read_said(run.staging / tables.SHADOW)
+    record = shadowing.compared(ours, theirs, (model.version, model.kind), (model.shadow.version, model.shadow.kind))
+    log.info(
+        "shadow %s agrees with %s on %s of %d images",
+        model.shadow.version,
+        model.version,
+        record.agreement,
+        record.rows,
+    )
+    return record, [shadowing.disagreements(ours, theirs, record.rows)]
 
 
 def show(
@@ -226,21 +263,22 @@ def show(
     started: datetime,
     bad: list[dict],
     already: int,
-    drift: drifting.Checked,
+    beside: Beside,
 ) -> None:
-    """What the predictions gate's report page shows besides its checks: the run's counts and drift
-    verdict, the pictures behind that verdict, the files it could not use, and where its manifest
-    is published."""
+    """What the predictions gate's report page shows besides its checks: the run's counts, drift
+    verdict and shadow agreement, the pictures behind them, the files it could not use, and where
+    its manifest is published."""
     reasons = tables.by_reason(bad)
     run.exhibits.counts = {
         "files seen": len(got.files),
         "already scored": already,
         "unusable": reasons,
-        "embedding drift": drift.shown(),
+        "embedding drift": beside.drift.shown(),
+        **({"shadow": beside.shown()} if beside.shadow is not None else {}),
     }
     ordered = sorted(bad, key=lambda r: str(r["source_uri"]))
     quarantined = exhibits.quarantine_gallery(ordered, len(bad))
-    run.exhibits.galleries = [*drift.galleries, *heatmap_gallery(run), quarantined]
+    run.exhibits.galleries = [*beside.drift.galleries, *beside.galleries, *heatmap_gallery(run), quarantined]
     where = run.appended(tables.predictions_dir(cfg.data.root), started.strftime("%Y-%m-%d"))
     run.exhibits.published = where / manifest.MANIFEST
 
@@ -252,18 +290,21 @@ def publish(
     counts: dict[str, Any],
     result: GateResult | None,
     started: datetime,
-    drift: DriftRecord | None = None,
+    beside: Beside | None = None,
 ) -> Path | None:
-    """Predictions first, then the quarantine rows: a kill between the two renames loses no
-    quarantine record (the next run, finding the bad files unrecorded, reports them). The manifest
-    records the run's drift test."""
+    """Predictions first, then the shadow's rows and the quarantine rows: a kill between the
+    renames loses no quarantine record (the next run, finding the bad files unrecorded, reports
+    them). The manifest records the run's drift test and its shadow's agreement."""
     run.extra["images_per_s"] = round(len(got.files) / max(run.seconds.get("work", 0.0), 1e-9), 1)
     inputs = {"inbox": partitions.describe(cfg.score.inbox, got.kind, got.files), "model": got.scorer.describe()}
     doc = run.manifest(cfg.section("score", "gate.predictions", "data", "drift"), inputs, counts, result)
-    doc = doc.model_copy(update={"drift": drift})
+    if beside is not None:
+        doc = doc.model_copy(update={"drift": beside.drift.record, "shadow": beside.shadow})
     root = Path(cfg.data.root)
     parts = [(tables.PREDICTIONS, tables.predictions_dir(root)), (tables.QUARANTINE, tables.quarantine_dir(root))]
-    published, _ = run.finish_append(result, doc, parts, started.strftime("%Y-%m-%d"))
+    if got.scorer.shadow is not None:
+        parts.insert(1, (tables.SHADOW, tables.shadow_dir(root)))
+    published, *_ = run.finish_append(result, doc, parts, started.strftime("%Y-%m-%d"))
     return published
 
 
@@ -289,7 +330,7 @@ def _report(got: Inputs, counts: dict[str, Any], published: Path | None) -> None
 def outputs(cfg: ScoreParams) -> list[Path]:
     """The batch tables and the stream's folder."""
     root = Path(cfg.data.root)
-    return [tables.predictions_dir(root), tables.quarantine_dir(root), tables.stream_dir(root)]
+    return [tables.predictions_dir(root), tables.quarantine_dir(root), tables.shadow_dir(root), tables.stream_dir(root)]
 
 
 def job(cfg: ScoreParams, spark: SparkSession) -> Path | int | None:
@@ -298,16 +339,17 @@ def job(cfg: ScoreParams, spark: SparkSession) -> Path | int | None:
 
 
 def _precheck(cfg: ScoreParams) -> None:
-    folder = model_folder(cfg)
-    check_model(folder, read_card(folder))  # tampered or out-of-folder weights: refused before Spark
+    for folder in (model_folder(cfg), shadow_source(cfg)):
+        if folder is not None:
+            check_model(folder, read_card(folder))  # tampered or out-of-folder weights: refused before Spark
     store.describe_source(cfg.score.inbox, "score.inbox")
 
 
 def worker_preload(cfg: ScoreParams) -> tuple[str, ...]:
     """What the scanning tasks import: the model's framework (torch) first when it is a torch one,
     the scan's code and the module of the task planner its function refers to."""
-    kind = read_card(model_folder(cfg)).kind
-    torch = launch.TORCH if kind != "mllib" or cfg.score.cascade.enabled else ()
+    kinds = {read_card(folder).kind for folder in (model_folder(cfg), shadow_source(cfg)) if folder is not None}
+    torch = launch.TORCH if kinds != {"mllib"} or cfg.score.cascade.enabled else ()
     return (*torch, "spark_jobs.scoring.scan", "spark_jobs.imaging.partitions")
 
 

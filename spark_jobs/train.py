@@ -468,7 +468,7 @@ def used_params(cfg: TrainParams, kind: str) -> dict[str, Any]:
     if kind == "mllib":
         for key in ("num_processes", "local_mode", "threads", "checkpoint_every"):
             section.pop(key)
-    return section | cfg.section("drift.reference_rows")  # the drift reference kept with the model
+    return section | {"drift": {"reference_rows": cfg.drift.reference_rows}}  # the reference kept with the model
 
 
 def run(cfg: TrainParams, spark: SparkSession) -> Path:

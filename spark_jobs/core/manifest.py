@@ -96,6 +96,28 @@ class DriftRecord(Record):
     window: bool = False  # a stream's rolling window (its last drift.window_rows rows), not one batch
 
 
+class ModelSays(Record):
+    """What one model said of a scoring run's images: its version and kind, its mean confidence
+    (the mean probability of its predicted labels; None for an anomaly model) and its class mix
+    (each predicted label's share of the rows)."""
+
+    version: str
+    kind: str
+    mean_confidence: float | None = None
+    class_mix: dict[str, float] = Field(default_factory=dict)
+
+
+class ShadowRecord(Record):
+    """A scoring run's (or micro-batch's) shadow challenger beside its champion: the images both
+    scored (``rows``), the share on which they agree (the same predicted label; None with no row),
+    and what each said."""
+
+    rows: int
+    agreement: float | None = None
+    champion: ModelSays
+    shadow: ModelSays
+
+
 class Manifest(Record):
     """``_manifest.json`` of one published output folder."""
 
@@ -110,6 +132,7 @@ class Manifest(Record):
     timings: Timings | None = None  # set by the runner at publish time
     spark: dict[str, Any] = Field(default_factory=dict)
     drift: DriftRecord | None = None  # a scoring run's drift test
+    shadow: ShadowRecord | None = None  # a scoring run's shadow challenger (score.shadow)
 
     def count(self, *names: str) -> int:
         """The sum of the named integer counts (absent ones count 0)."""

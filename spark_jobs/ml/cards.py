@@ -214,6 +214,14 @@ class Promotion(Record):
         return None if value is None else float(value)
 
 
+CANDIDATES = "candidates"  # under evaluate.champion: each task's newest model evaluate passed and did not promote
+
+
+def candidate_folder(champions: Path, task: str) -> Path:
+    """Where ``task``'s candidate is kept (``score.shadow: candidate`` scores it)."""
+    return champions / CANDIDATES / task
+
+
 def model_dir(output: str | Path, kind: str) -> Path:
     """The folder of the trained ``kind`` model under ``train.output``."""
     return Path(output) / kind

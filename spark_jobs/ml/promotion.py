@@ -11,11 +11,50 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import Field
 
 from spark_jobs.core import atomic, manifest
+from spark_jobs.core.config import Section
 from spark_jobs.core.runner import STAGING
 from spark_jobs.core.verdict import GateResult
-from spark_jobs.ml.cards import CARD, PROMOTION, TASKS, ModelCard, Promotion, model_dir, read_promotion
+from spark_jobs.ml.cards import (
+    CARD,
+    PROMOTION,
+    TASKS,
+    ModelCard,
+    Promotion,
+    candidate_folder,
+    model_dir,
+    read_card,
+    read_promotion,
+)
+
+
+class PromotionConfig(Section):
+    """``evaluate.promotion``: what a challenger needs, besides passing its gate, to be promoted.
+    With ``min_shadow_agreement`` set, it must have run as the champion's shadow
+    (``score.shadow``) in at least ``shadow_runs`` scoring runs, and agreed with the champion on
+    at least that share of the images of its last ``shadow_runs`` such runs, pooled."""
+
+    min_shadow_agreement: float | None = Field(None, ge=0.0, le=1.0)
+    shadow_runs: int = Field(3, ge=1)
+
+
+def shadow_hold(runs: list[tuple[float, int]], cfg: PromotionConfig) -> str | None:
+    """Why a challenger waits (``runs``: its last shadow runs' ``(agreement, images)``, newest
+    first), or None: no requirement, or it is met."""
+    need = cfg.min_shadow_agreement
+    if need is None:
+        return None
+    if len(runs) < cfg.shadow_runs:
+        return f"{len(runs)} shadow run(s) of it; evaluate.promotion.shadow_runs asks for {cfg.shadow_runs}"
+    last = runs[: cfg.shadow_runs]
+    images = sum(n for _, n in last)
+    pooled = sum(a * n for a, n in last) / images if images else 0.0
+    if pooled < need:
+        said = f"it agreed with the champion on {pooled:.3f} of {images} images in its last {len(last)} shadow runs"
+        return f"{said}, below evaluate.promotion.min_shadow_agreement ({need})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -99,6 +138,21 @@ def promote(places: Places, task: str, kind: str, card: ModelCard, result: dict[
     return record
 
 
+def keep_candidate(places: Places, task: str, kind: str, card: ModelCard) -> Path:
+    """Keep a model that passed its gate and was not promoted as ``task``'s candidate (what
+    ``score.shadow: candidate`` scores beside the champion), replacing the last one."""
+    target = candidate_folder(places.champions, task)
+    if (target / CARD).exists() and read_card(target).version == card.version:
+        return target
+    return atomic.copy_dir(model_dir(places.models, kind), target, places.champions.parent / STAGING, {})
+
+
+def candidates(settled: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each task's best model (by its headline figure) that passed its gate and was not promoted."""
+    passed = {k: r for k, r in settled.items() if r["gate"] == "passed" and not r["promoted"]}
+    return {task: kind for task in {r["task"] for r in passed.values()} if (kind := challenger(passed, task))}
+
+
 def reject(places: Places, kind: str, card: ModelCard, result: dict[str, Any], summary: str) -> Path:
     """Keep a failed challenger, with its metrics and gate summary, under ``evaluate.rejected``."""
     target = places.rejected / card.version
@@ -118,14 +172,16 @@ def settle(
     standings: dict[str, dict[str, Any]],
     chosen: dict[str, str | None],
     gate_result: GateResult,
+    held: dict[str, str] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Path]]:
-    """Promote each task's challenger that passed its gate and keep every failed model aside with
-    its gate summary; returns ``(each result with its gate verdict and whether it was promoted,
-    where the failed ones were kept)``."""
+    """Promote each task's challenger that passed its gate (and is not ``held`` back: task -> why)
+    and keep every failed model aside with its gate summary; returns ``(each result with its gate
+    verdict, whether it was promoted and why it was held, where the failed ones were kept)``."""
     failed = {c["batch"] for c in gate_result.failures}
+    held = held or {}
     promoted: dict[str, Promotion] = {}
     for task, kind in chosen.items():
-        if kind is not None and kind not in failed:
+        if kind is not None and kind not in failed and task not in held:
             promoted[task] = promote(places, task, kind, cards[kind], standings[kind])
     settled, rejected = {}, {}
     for kind, result in standings.items():
@@ -134,9 +190,12 @@ def settle(
             **result,
             "gate": "failed" if kind in failed else "passed",
             "promoted": winner is not None and winner.version == result["version"],
+            "held": held.get(result["task"]) if chosen.get(result["task"]) == kind else None,
         }
         if kind in failed:
             rejected[kind] = reject(places, kind, cards[kind], settled[kind], _summary_of(kind, gate_result))
+    for task, kind in candidates(settled).items():
+        keep_candidate(places, task, kind, cards[kind])
     return settled, rejected
 
 

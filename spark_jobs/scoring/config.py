@@ -44,6 +44,9 @@ class ScoreConfig(Section):
     batch_size: int = Field(256, ge=1)
     threads: int = Field(1, ge=1, le=256)
     low_confidence: float = Field(0.5, ge=0.0, le=1.0)
+    # A second model run on the same decoded pixels, its rows in the shadow table, never in the
+    # predictions: a model folder, or "candidate" (the newest model evaluate passed and did not promote).
+    shadow: str | None = None
     cascade: CascadeConfig = CascadeConfig()
     video: VideoConfig = VideoConfig()
     stream: StreamConfig = StreamConfig()

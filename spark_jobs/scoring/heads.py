@@ -221,6 +221,24 @@ def _heatmap(shrunk: tuple[np.ndarray, float], corners: np.ndarray, weights: np.
     return tiles.heatmap_png(picture, corners * scale, weights[: len(corners)])
 
 
+SHADOW = "shadow_"  # the prefix of a shadow model's outputs beside the champion's (:class:`Paired`)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """The champion's head and a shadow model's, both on the same decoded pixels in the same
+    task: the champion's outputs, then the shadow's, each named with :data:`SHADOW` in front."""
+
+    main: Head
+    shadow: Head
+
+    def outputs(self) -> pa.Schema:
+        return pa.schema([*self.main.outputs(), *(f.with_name(SHADOW + f.name) for f in self.shadow.outputs())])
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, pa.Array]:
+        return self.main(pixels) | {SHADOW + name: column for name, column in self.shadow(pixels).items()}
+
+
 @dataclass(frozen=True)
 class Descriptors:
     """The classical or SIFT descriptors of ``(N, H, W, 3)`` pixels, as at features time (an mllib

@@ -5,6 +5,7 @@ version), and the :class:`~spark_jobs.scoring.heads.Head` the scan runs for it."
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -13,11 +14,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from spark_jobs.core import runner
 from spark_jobs.core.config import ConfigError
 from spark_jobs.ml import extractors, inference
-from spark_jobs.ml.cards import ATTENTION_KINDS, CARD, TILE_KINDS, ModelCard, check_model, read_card
+from spark_jobs.ml.cards import ATTENTION_KINDS, CARD, TILE_KINDS, ModelCard, candidate_folder, check_model, read_card
 from spark_jobs.ml.cascade import cascade_parts
 from spark_jobs.ml.screen import Screen
 from spark_jobs.scoring import heads
@@ -137,11 +139,13 @@ def tile_screen(folder: Path, card: ModelCard) -> Screen:
         raise ConfigError(f"model {folder}: cannot read its tile screen: {exc}") from None
 
 
-def torch_head(folder: Path, card: ModelCard, cfg: ScoreParams, embeds: bool = False) -> heads.TorchHead:
-    """The cnn or autoencoder of ``folder`` (its INT8 copy with ``score.quantize: int8``), run in
-    forward passes of ``score.batch_size`` with ``score.threads`` torch threads per task (with
-    ``embeds``, each row's embedding from the same pass)."""
-    model = inference.TorchModel.from_card(folder, card, cfg.score.quantize)
+def torch_head(
+    folder: Path, card: ModelCard, cfg: ScoreParams, embeds: bool = False, quantize: str | None = None
+) -> heads.TorchHead:
+    """The cnn or autoencoder of ``folder`` (its INT8 copy with ``quantize``, by default
+    ``score.quantize``, ``int8``), run in forward passes of ``score.batch_size`` with
+    ``score.threads`` torch threads per task (with ``embeds``, each row's embedding from the same pass)."""
+    model = inference.TorchModel.from_card(folder, card, cfg.score.quantize if quantize is None else quantize)
     predictor = inference.Predictor(model, cfg.score.batch_size, cfg.score.threads)
     return heads.TorchHead(predictor, tuple(card.classes or ()), cfg.score.top_k, card.threshold, embeds)
 
@@ -160,6 +164,7 @@ class Scorer:
     light_folder: Path | None = None
     light: ModelCard | None = None
     source: Path | None = None  # the model folder as configured (score.model or the champion)
+    shadow: Scorer | None = None  # score.shadow: a second model on the same pixels, never deciding
 
     @property
     def decider(self) -> str:
@@ -168,15 +173,22 @@ class Scorer:
 
     def head(self, cfg: ScoreParams) -> heads.Head:
         """What the scan computes from each decoded image: the model's outputs, or descriptors
-        for an MLlib model (the cascade's light one first)."""
+        for an MLlib model (the cascade's light one first); with a shadow, its outputs too."""
+        own = self.own_head(cfg)
+        return own if self.shadow is None else heads.Paired(own, self.shadow.own_head(cfg, embeds=False))
+
+    def own_head(self, cfg: ScoreParams, embeds: bool | None = None) -> heads.Head:
+        """The head of this model alone (``embeds`` None: each row's embedding when the run tests
+        drift)."""
         if self.light_folder is not None:
             return heads.Descriptors(descriptor_extractor(self.light_folder))
         if self.card.kind == "mllib":
             return heads.Descriptors(descriptor_extractor(self.folder))
-        embeds = self.embeds and cfg.gate.predictions.drift != "off"
+        if embeds is None:
+            embeds = self.embeds and cfg.gate.predictions.drift != "off"
         if self.card.kind in TILE_KINDS:
             return tile_head(self.folder, self.card, cfg, embeds)
-        return torch_head(self.folder, self.card, cfg, embeds)
+        return torch_head(self.folder, self.card, cfg, embeds, self.quantize)  # a shadow: never INT8
 
     @property
     def embedder(self) -> tuple[Path, ModelCard]:
@@ -196,14 +208,15 @@ class Scorer:
     def labels(self) -> list[str]:
         return list(heads.ANOMALY_LABELS) if self.card.task == "anomaly" else list(self.card.classes)
 
-    def describe(self) -> dict[str, str]:
-        """What a manifest records of the model."""
-        return {
+    def describe(self) -> dict[str, Any]:
+        """What a manifest records of the model (and of its shadow)."""
+        said: dict[str, Any] = {
             "folder": str(self.source or self.folder),
             "pinned": str(self.folder),
             "version": self.version,
             "kind": self.kind,
         }
+        return said | ({"shadow": self.shadow.describe()} if self.shadow is not None else {})
 
 
 def scorer(cfg: ScoreParams) -> Scorer:
@@ -225,8 +238,63 @@ def scorer(cfg: ScoreParams) -> Scorer:
             )
         version = f"{version}-tiles@{fraction:g}"
     if not cfg.score.cascade.enabled:
-        return Scorer(folder, card, version, card.kind, quantize, source=source)
+        main = Scorer(folder, card, version, card.kind, quantize, source=source)
+        return dataclasses.replace(main, shadow=shadow_scorer(cfg, main))
     light_source, light = cascade_parts(cfg.score.cascade, card)
     light_folder, light = pinned(light_source, root)
     version = f"cascade-{light.version}+{version}@{cfg.score.cascade.confidence}"
-    return Scorer(folder, card, version, "cascade", quantize, light_folder, light, source)
+    main = Scorer(folder, card, version, "cascade", quantize, light_folder, light, source)
+    return dataclasses.replace(main, shadow=shadow_scorer(cfg, main))
+
+
+CANDIDATE = "candidate"  # score.shadow: the newest model evaluate passed and did not promote
+# What decides the pixels a model reads: a shadow must share the champion's, as it reads its decode.
+DECODE_SETTINGS = ("image_size", "alpha_background", "resize", "preprocess")
+
+
+def shadow_folder(cfg: ScoreParams) -> Path | None:
+    """``score.shadow``'s model folder: a path, or for ``candidate`` the task's candidate beside
+    the champions (:func:`spark_jobs.ml.promotion.keep_candidate` keeps it)."""
+    if cfg.score.shadow is None:
+        return None
+    if cfg.score.shadow == CANDIDATE:
+        return candidate_folder(Path(cfg.evaluate.champion), cfg.score.task)
+    return Path(cfg.score.shadow)
+
+
+def shadow_source(cfg: ScoreParams) -> Path | None:
+    """``score.shadow``'s model folder, checked to hold a model (None: no shadow)."""
+    source = shadow_folder(cfg)
+    if source is not None and not (source / CARD).is_file():
+        why = "evaluate has passed no model it did not promote yet" if cfg.score.shadow == CANDIDATE else "no card.json"
+        raise ConfigError(f"score.shadow: {source} holds no model ({why})")
+    return source
+
+
+def shadow_scorer(cfg: ScoreParams, main: Scorer) -> Scorer | None:
+    """The shadow challenger of ``main`` (``score.shadow``), pinned as the champion is; a model
+    that cannot read the champion's decoded pixels or say the same kind of thing is refused."""
+    source = shadow_source(cfg)
+    if source is None:
+        return None
+    folder, card = pinned(source, Path(cfg.data.root))
+    problem = shadow_problem(main, card)
+    if problem is not None:
+        raise ConfigError(f"score.shadow {source}: {problem}")
+    return Scorer(folder, card, card.version, card.kind, source=source)
+
+
+def shadow_problem(main: Scorer, shadow: ModelCard) -> str | None:
+    """Why ``shadow`` cannot run beside ``main`` on its decoded pixels, or None."""
+    if main.light_folder is not None:
+        return "a cascade already runs two models; give the shadow to a run without score.cascade"
+    if main.card.kind in TILE_KINDS or shadow.kind in TILE_KINDS:
+        return "tiles models decode each file at full resolution; a shadow reads the champion's decoded pixels"
+    if shadow.task != main.card.task:
+        return f"a {shadow.task} model cannot agree or disagree with a {main.card.task} champion"
+    if shadow.version == main.card.version:
+        return f"it is the champion itself ({shadow.version})"
+    ours, theirs = main.card.ingest_settings.model_dump(), shadow.ingest_settings.model_dump()
+    if any(ours[k] != theirs[k] for k in DECODE_SETTINGS):
+        return f"it was trained on other pixels than the champion ({', '.join(DECODE_SETTINGS)} differ)"
+    return None

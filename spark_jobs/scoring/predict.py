@@ -119,6 +119,20 @@ def decide(
     return predicted(usable, scorer.decider)
 
 
+def shadow_predictions(usable: DataFrame, shadow: Scorer, cfg: ScoreParams) -> DataFrame:
+    """The shadow model's prediction rows (:data:`heads.PREDICTED_ROW` and ``decided_by``) from the
+    scan's :data:`heads.SHADOW` columns: its own outputs, or an mllib shadow's descriptors through
+    its saved transform and classifier, as when it scores alone."""
+    from pyspark.sql import functions as F
+
+    names = ["raw"] if shadow.card.kind == "mllib" else list(heads.PREDICTED_FIELDS.names)
+    shadowed = (F.col(heads.SHADOW + n).alias(n) for n in names)
+    own = usable.select(*heads.KEY_FIELDS.names, "label", *shadowed)  # as the scan gives a model alone
+    if shadow.card.kind == "mllib":
+        return predicted(mllib_predictions(own, shadow.folder, shadow.card, cfg.score.top_k), "mllib")
+    return predicted(own, shadow.decider)
+
+
 def stamped(decided: DataFrame, scorer: Scorer, scored_at: datetime, batch: int | None = None) -> DataFrame:
     """Prediction rows (:data:`tables.PREDICTION_COLUMNS`) stamped with the model and code
     versions (and a stream's micro-batch)."""
@@ -187,6 +201,20 @@ def _write_pictures(rows: Iterator[Any], folder: str) -> None:
 
     for row in rows:
         write_file(Path(folder) / f"{row['image_id']}.png", bytes(row[heads.HEATMAP.name]))
+
+
+def write_shadow(
+    usable: DataFrame, shadow: Scorer, cfg: ScoreParams, started: datetime, copies: list[str], folder: Path
+) -> None:
+    """The shadow model's rows of the scan into ``folder``, stamped with its version, the
+    ``copies`` (URIs of files whose content another file of the batch has) left out as they are
+    from the predictions."""
+    from pyspark.sql import functions as F
+
+    rows = stamped(shadow_predictions(usable, shadow, cfg), shadow, started)
+    if copies:
+        rows = rows.where(~F.col("source_uri").isin(copies))
+    rows.write.parquet(store.spark_path(folder))
 
 
 def write_predictions(

@@ -38,14 +38,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from spark_jobs.core import locks, manifest, runner, store
 from spark_jobs.core.checkpoint import COMPACT_EVERY, Checkpoint, Planned
+from spark_jobs.core.manifest import ShadowRecord
 from spark_jobs.core.store import canonical_uri
 from spark_jobs.core.verdict import GateFailed
 from spark_jobs.imaging import partitions
 from spark_jobs.quality import gate
-from spark_jobs.scoring import checks, drifting, predict, tables
+from spark_jobs.scoring import checks, drifting, predict, shadowing, tables
 from spark_jobs.scoring.config import ScoreParams
 from spark_jobs.scoring.heads import Head
 from spark_jobs.scoring.lookup import Lookup
@@ -125,12 +127,21 @@ class Outcome:
     rejected: Path | None = None
 
 
-def score_rows(
-    spark: SparkSession, cfg: ScoreParams, current: Current, planned: Planned, work: Path
-) -> tuple[pa.Table, list[dict[str, Any]], list[str], pa.Table]:
-    """The micro-batch's prediction rows (collected to the driver, copies of one content left
-    out), the quarantine rows of its unusable files, the URIs of those already scored and the drift
-    test's sample of its embeddings: the batch run's scan and decision."""
+@dataclass
+class Scored:
+    """A micro-batch's rows on the driver: its predictions (copies of one content left out), the
+    quarantine rows of its unusable files, the URIs of those already scored, the drift test's
+    sample of its embeddings and its shadow model's rows (None without ``score.shadow``)."""
+
+    table: pa.Table
+    bad: list[dict[str, Any]]
+    already: list[str]
+    sampled: pa.Table
+    shadow: pa.Table | None = None
+
+
+def score_rows(spark: SparkSession, cfg: ScoreParams, current: Current, planned: Planned, work: Path) -> Scored:
+    """The micro-batch's rows (:class:`Scored`): the batch run's scan and decision."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -142,13 +153,33 @@ def score_rows(
     try:
         usable = scanned.where(F.col("reason").isNull())
         decided = predict.decide(spark, usable, files, model, cfg, work)
-        table = predict.stamped(decided, model, datetime.now(UTC), planned.batch).toArrow()
+        now = datetime.now(UTC)
+        table = predict.stamped(decided, model, now, planned.batch).toArrow()
         bad, already = predict.unscored_rows(scanned)
         sampled = drifting.sample(usable, model, cfg)
+        shadow = None
+        if model.shadow is not None:
+            shadowed = predict.shadow_predictions(usable, model.shadow, cfg)
+            shadow = predict.stamped(shadowed, model.shadow, now, planned.batch).toArrow()
     finally:
         scanned.unpersist()
     table, copied = tables.without_copies(table)
-    return table, bad + copied, already, sampled
+    if shadow is not None:  # the shadow's rows of the files the predictions keep
+        kept = table.column("source_uri").combine_chunks()
+        shadow = shadow.filter(pc.is_in(shadow.column("source_uri"), value_set=kept))
+    return Scored(table, bad + copied, already, sampled, shadow)
+
+
+def _versions(model: Scorer) -> tuple[str, str | None]:
+    return model.version, model.shadow.version if model.shadow is not None else None
+
+
+def _compared(model: Scorer, scored: Scored) -> ShadowRecord | None:
+    """The micro-batch's shadow record (None without a shadow)."""
+    if model.shadow is None or scored.shadow is None:
+        return None
+    ours, theirs = (model.version, model.kind), (model.shadow.version, model.shadow.kind)
+    return shadowing.compared(scored.table, scored.shadow, ours, theirs)
 
 
 def counted(planned: Planned, table: pa.Table, bad: list[dict[str, Any]], already: list[str]) -> dict[str, Any]:
@@ -238,11 +269,13 @@ class _Loop:
             self.current.lookup.close()
 
     def refresh_model(self) -> Current:
-        """The champion now: a new version gets its own head and lookup from this micro-batch on."""
+        """The champion (and its shadow) now: a new version gets its own head and lookup from this
+        micro-batch on."""
         model = scorer(self.cfg)
-        if self.current is None or model.version != self.current.scorer.version:
+        if self.current is None or _versions(model) != _versions(self.current.scorer):
             if self.current is not None:
-                log.info("the champion changed: %s -> %s, from the next micro-batch on", self.version, model.version)
+                before, now = _versions(self.current.scorer), _versions(model)
+                log.info("the champion (or its shadow) changed: %s -> %s, from this micro-batch on", before, now)
                 self.current.lookup.close()
             self.current = Current.open(self.spark, self.cfg, model)
         return self.current
@@ -286,7 +319,8 @@ class _Loop:
             report_with_output=True,
         ) as run:
             with run.phase("work"):
-                table, bad, already, sampled = score_rows(self.spark, cfg, current, planned, run.staging / "_light")
+                scored = score_rows(self.spark, cfg, current, planned, run.staging / "_light")
+                table, bad, already, sampled = scored.table, scored.bad, scored.already, scored.sampled
             counts = counted(planned, table, bad, already)
             labelled = (
                 table.column("predicted_label").to_pylist(),
@@ -300,14 +334,15 @@ class _Loop:
                 result = run.validate(suite, docs="on_failure") if suite else None
             staged = [
                 (f"{tables.STREAM_QUARANTINE}/{target.name}", quarantine_target),
+                *self._shadow_part(run, planned, scored),
                 (f"{tables.PREDICTIONS}/{target.name}", target),
             ]
             if bad:
                 tables.write_table(tables.quarantine_table(bad), run.staging / staged[0][0])
             if table.num_rows:
-                tables.write_table(table, run.staging / staged[1][0])
+                tables.write_table(table, run.staging / staged[-1][0])
             doc = run.manifest(self.params, self._inputs(current, planned), counts, result)
-            doc = doc.model_copy(update={"drift": drift.record})
+            doc = doc.model_copy(update={"drift": drift.record, "shadow": _compared(current.scorer, scored)})
             try:
                 run.finish_files(result, doc, staged, manifest_at)
             except GateFailed as failed:
@@ -319,6 +354,15 @@ class _Loop:
             self.window.add(*labelled)
             self.embeddings.add(sampled, current.scorer.version)
         return Outcome("published", counts | {"drift": drift.record.outcome}, _seconds(run))
+
+    def _shadow_part(self, run: runner.StageRun, planned: Planned, scored: Scored) -> list[tuple[str, Path]]:
+        """The micro-batch's shadow rows staged (its part of ``stream/shadow/``; none without a shadow)."""
+        if scored.shadow is None or not scored.shadow.num_rows:
+            return []
+        target = tables.stream_shadow_part(self.cfg.data.root, planned.partition, planned.run_id)
+        name = f"{tables.SHADOW}/{target.name}"
+        tables.write_table(scored.shadow, run.staging / name)
+        return [(name, target)]
 
     def drift(self, run: runner.StageRun, current: Current, sampled: pa.Table, rows: int) -> drifting.Checked:
         """The drift test over the rolling window of embeddings with this micro-batch's in it (its

@@ -7,9 +7,11 @@ Layout under ``data.root``::
 
     predictions/run_date=<UTC date>/run_id=<run>/        a batch run's predictions + _manifest.json
     score_quarantine/run_date=<...>/run_id=<run>/        the files it could not use
+    shadow/run_date=<...>/run_id=<run>/                  its shadow model's rows (score.shadow)
     stream/predictions/hour=<UTC yyyy-mm-ddThh>/part-<run>.parquet   a micro-batch's rows
     stream/predictions/hour=<...>/_manifest-<run>.json               and its manifest
     stream/quarantine/hour=<...>/part-<run>.parquet                   the files it could not use
+    stream/shadow/hour=<...>/part-<run>.parquet                       its shadow model's rows
 
 (a micro-batch's run id is ``<batch>-<UTC time>-<random>``).
 
@@ -37,6 +39,7 @@ PREDICTIONS = "predictions"
 QUARANTINE = "score_quarantine"
 STREAM = "stream"
 STREAM_QUARANTINE = "quarantine"
+SHADOW = "shadow"  # a shadow model's rows (score.shadow): the prediction schema, its own version
 # One row per image scored by one model version (classifier or anomaly columns, the others null).
 PREDICTION_SCHEMA = (
     "image_id string, source_uri string, predicted_label string, probability float, "
@@ -55,6 +58,10 @@ def predictions_dir(root: str | Path) -> Path:
 
 def quarantine_dir(root: str | Path) -> Path:
     return Path(root) / QUARANTINE
+
+
+def shadow_dir(root: str | Path) -> Path:
+    return Path(root) / SHADOW
 
 
 def stream_dir(root: str | Path) -> Path:
@@ -83,6 +90,11 @@ def stream_paths(root: str | Path, hour: str, run_id: str) -> tuple[Path, Path, 
     folder, name = stream_dir(root), part_name(run_id)
     predictions = folder / PREDICTIONS / hour / name
     return predictions, folder / STREAM_QUARANTINE / hour / name, predictions.with_name(f"_manifest-{run_id}.json")
+
+
+def stream_shadow_part(root: str | Path, hour: str, run_id: str) -> Path:
+    """A micro-batch's shadow part (``score.shadow``)."""
+    return stream_dir(root) / SHADOW / hour / part_name(run_id)
 
 
 def committed_runs(folder: Path) -> list[Path]:

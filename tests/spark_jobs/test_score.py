@@ -248,6 +248,46 @@ def test_a_shifted_inbox_fails_the_drift_gate_and_a_clean_one_passes_it(spark, t
         assert drawn["images"] >= 13, drawn  # the plot and the thumbnails
 
 
+def test_a_shadow_scores_the_same_pixels_into_its_own_table_as_it_would_alone(spark, trained, tmp_path) -> None:
+    """The cnn as champion and the mllib model as its shadow: the shadow's rows are what scoring
+    the mllib model alone gives, kept out of the predictions, and the manifest's agreement is the
+    share of images the two label alike."""
+    write_inbox(tmp_path / "inbox", 400, 6)
+    (tmp_path / "inbox" / "zz_copy.png").write_bytes((tmp_path / "inbox" / "new_0_400.png").read_bytes())
+    mllib = Path(trained.train.output) / "mllib"
+    lenient = "gate.predictions.max_low_confidence=1.0"
+    cfg = score_config(trained, tmp_path, "cnn", f"score.shadow={mllib}", lenient)
+    published = score.run(cfg, spark)
+    ours = {r["image_id"]: r for r in _rows(spark, cfg)}
+    (run,) = tables.committed_runs(tables.shadow_dir(cfg.data.root))
+    theirs = {r["image_id"]: r for r in spark.read.parquet(str(run)).collect()}
+    assert set(theirs) == set(ours)
+    assert len(ours) == 18
+    assert {r["model_version"] for r in ours.values()} == {cards.read_card(Path(cfg.score.model)).version}
+
+    alone = score_config(trained, tmp_path / "alone", "mllib", f"score.inbox={tmp_path / 'inbox'}", lenient)
+    score.run(alone, spark)
+    expected = {r["image_id"]: r for r in _rows(spark, alone)}
+    for image_id, row in theirs.items():
+        want = expected[image_id]
+        assert (row["predicted_label"], row["model_version"], row["decided_by"]) == (
+            want["predicted_label"],
+            want["model_version"],
+            "mllib",
+        )
+        assert row["probability"] == pytest.approx(want["probability"], abs=1e-6)
+        assert [t["label"] for t in row["top_k"]] == [t["label"] for t in want["top_k"]]
+
+    record = manifest.read(published).shadow
+    same = [ours[i]["predicted_label"] == theirs[i]["predicted_label"] for i in ours]
+    assert (record.rows, record.agreement) == (18, pytest.approx(sum(same) / len(same)))
+    assert record.shadow.version == cards.read_card(mllib).version
+    mix = {label: sum(r["predicted_label"] == label for r in theirs.values()) / 18 for label in ("0", "1", "2")}
+    assert record.shadow.class_mix == pytest.approx({k: v for k, v in mix.items() if v})
+    page = (Path(cfg.data.root) / "gates" / "score" / "report.html").read_text()
+    assert "Champion and shadow disagree" in page
+
+
 def test_int8_copy_of_the_cnn_scores_like_fp32(spark, trained: Config, tmp_path: Path) -> None:
     write_inbox(tmp_path / "inbox", 100, 4)
     fp32 = score_config(trained, tmp_path, "cnn", "gate.predictions.max_low_confidence=1.0")

@@ -365,3 +365,22 @@ def test_sigkill_and_sigterm_of_a_stream_lose_and_repeat_nothing(spark, trained:
     keys = [(Path(r["source_uri"]).name, r["frame_index"]) for r in rows]
     assert len(keys) == len(set(keys))
     assert set(keys) == {(n, None) for n in truth} | {("clip.mkv", i) for i in range(4)}
+
+
+def test_each_micro_batch_keeps_its_shadow_s_rows_and_agreement(spark, trained: Config, tmp_path: Path) -> None:
+    write_inbox(tmp_path / "inbox", 500, 2)  # 6 images, 3 a micro-batch
+    mllib = Path(trained.train.output) / "mllib"
+    cfg = score_config(
+        trained, tmp_path, "cnn", *STREAM, "score.stream.max_files_per_trigger=3", f"score.shadow={mllib}"
+    )
+    assert stream.run_stream(cfg, spark) == 2
+    rows = {r["image_id"]: r for r in _stream_rows(spark, cfg)}
+    shadow = spark.read.parquet(str(tables.stream_dir(cfg.data.root) / tables.SHADOW)).collect()
+    assert sorted(r["image_id"] for r in shadow) == sorted(rows)  # never in the predictions
+    assert {r["model_version"] for r in shadow} == {cards.read_card(mllib).version}
+    found = tables.stream_dir(cfg.data.root).glob("predictions/hour=*/_manifest-*.json")
+    docs = [manifest.read_record(m, manifest.Manifest, "manifest", "") for m in found]
+    for d in docs:
+        batch = [r for r in shadow if r["batch_id"] == d.inputs["micro_batch"]["batch"]]
+        same = [rows[r["image_id"]]["predicted_label"] == r["predicted_label"] for r in batch]
+        assert (d.shadow.rows, d.shadow.agreement) == (3, pytest.approx(sum(same) / 3))

@@ -89,6 +89,26 @@ def test_settle_promotes_the_passing_challenger_and_keeps_the_failed_aside(tmp_p
     (places.champions / "classifier" / "untouched").write_text("a copy would replace the folder")
     promotion.settle(places, cards_, standings, chosen, verdict)  # the same champion again: left as it is
     assert (places.champions / "classifier" / "untouched").exists()
+    # the model that passed and was not promoted is the task's candidate (score.shadow: candidate)
+    assert cards.read_card(cards.candidate_folder(places.champions, "classifier")).version == "mllib-v"
+    assert not cards.candidate_folder(places.champions, "anomaly").exists()
+
+    # a challenger held back (its shadow runs have not agreed yet) stays out; it is now the candidate
+    held, _ = promotion.settle(places, cards_, standings, chosen, verdict, {"classifier": "too few shadow runs"})
+    assert (held["cnn"]["promoted"], held["cnn"]["held"], held["mllib"]["held"]) == (False, "too few shadow runs", None)
+    assert cards.read_card(cards.candidate_folder(places.champions, "classifier")).version == "cnn-v"
+
+
+def test_a_challenger_waits_for_enough_shadow_runs_that_agree_pooled() -> None:
+    need = promotion.PromotionConfig(min_shadow_agreement=0.9, shadow_runs=3)
+    assert promotion.shadow_hold([], promotion.PromotionConfig()) is None  # no requirement: never held
+    assert "2 shadow run(s) of it" in promotion.shadow_hold([(1.0, 10), (1.0, 10)], need)
+    # pooled over the last three (newest first): (0.95 * 100 + 0.5 * 10 + 1.0 * 10) / 120 = 0.917
+    assert promotion.shadow_hold([(0.95, 100), (0.5, 10), (1.0, 10), (0.0, 1000)], need) is None
+    assert promotion.shadow_hold([(0.8, 100), (0.95, 100), (0.95, 100)], need) is None  # 0.9 exactly
+    held = promotion.shadow_hold([(0.8, 100), (0.9, 100), (0.9, 100)], need)
+    assert "agreed with the champion on 0.867 of 300 images in its last 3 shadow runs" in held
+    assert held.endswith("below evaluate.promotion.min_shadow_agreement (0.9)")
 
 
 def test_metrics_json_keeps_pointing_beside_accuracy_and_n_a_for_a_model_without_attention() -> None:

@@ -67,3 +67,18 @@ def test_a_torch_head_gives_each_row_its_embedding_from_the_same_pass(tmp_path, 
     with torch.inference_mode():
         expected = models.embedded(model.load(), model.architecture, models.to_tensor(pixels)).embedding.numpy()
     np.testing.assert_allclose(vectors, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_paired_head_runs_both_models_on_the_same_pixels_the_shadow_s_columns_prefixed() -> None:
+    def first_values(pixels: np.ndarray) -> np.ndarray:
+        return pixels.reshape(len(pixels), -1)[:, :4].astype(np.float32)
+
+    def doubled(pixels: np.ndarray) -> np.ndarray:
+        return first_values(pixels) * 2
+
+    paired = heads.Paired(heads.Descriptors(first_values), heads.Descriptors(doubled))
+    assert paired.outputs().names == ["raw", "shadow_raw"]
+    pixels = np.random.default_rng(6).integers(0, 255, (3, 4, 4, 3), dtype=np.uint8)
+    out = paired(pixels)
+    assert out["raw"].to_pylist() == first_values(pixels).tolist()
+    assert out["shadow_raw"].to_pylist() == doubled(pixels).tolist()

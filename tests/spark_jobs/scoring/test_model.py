@@ -111,3 +111,38 @@ def test_weights_that_are_not_the_card_s_are_refused_on_the_driver(tmp_path: Pat
         model.scorer(_cfg(f"data.root={tmp_path / 'data'}", f"score.model={folder}"))
     assert "\n" not in str(info.value)
     assert not (tmp_path / "data" / model.PINNED).exists()  # checked before anything is copied
+
+
+def test_a_shadow_runs_beside_the_champion_only_on_its_pixels_and_in_its_task(tmp_path: Path) -> None:
+    from spark_jobs.core.ingest_config import IngestConfig
+
+    cnn = model_folder(tmp_path / "cnn", version="cnn-v")
+    light = model_folder(tmp_path / "mllib", kind="mllib", version="mllib-v")
+    root, champion = f"data.root={tmp_path / 'data'}", f"score.model={cnn}"
+    paired = model.scorer(_cfg(root, champion, f"score.shadow={light}"))
+    assert (paired.version, paired.shadow.version, paired.shadow.kind) == ("cnn-v", "mllib-v", "mllib")
+    assert paired.describe()["shadow"]["version"] == "mllib-v"
+    assert model.scorer(_cfg(root, champion)).shadow is None
+    # "candidate": the model evaluate passed and did not promote, kept beside the champions
+    champions = tmp_path / "champion"
+    model_folder(champions / "candidates" / "classifier", kind="mllib", version="mllib-c")
+    candidate = model.scorer(_cfg(root, champion, "score.shadow=candidate", f"evaluate.champion={champions}"))
+    assert candidate.shadow.version == "mllib-c"
+    with pytest.raises(ConfigError, match="evaluate has passed no model it did not promote yet"):
+        model.scorer(_cfg(root, champion, "score.shadow=candidate", f"evaluate.champion={tmp_path / 'none'}"))
+    refused = {
+        "cannot agree or disagree with a classifier champion": model_folder(
+            tmp_path / "ae", kind="autoencoder", task="anomaly", version="ae-v"
+        ),
+        "it is the champion itself": cnn,
+        "trained on other pixels": model_folder(
+            tmp_path / "big", version="big-v", ingest_settings=IngestConfig(image_size=64)
+        ),
+        "tiles models decode each file": model_folder(tmp_path / "att", kind="tiles_attention", version="att-v"),
+    }
+    for message, shadow in refused.items():
+        with pytest.raises(ConfigError, match=message):
+            model.scorer(_cfg(root, champion, f"score.shadow={shadow}"))
+    cascade = (champion, "score.cascade.enabled=true", f"score.cascade.light={light}", f"score.shadow={light}")
+    with pytest.raises(ConfigError, match="a cascade already runs two models"):
+        model.scorer(_cfg(root, *cascade))
