@@ -21,7 +21,7 @@ from spark_jobs.ml import drift, mllib
 from spark_jobs.ml.exhibits import file_thumbnail
 from spark_jobs.quality import suites
 from spark_jobs.quality.report import Gallery, Thumb, short_name
-from spark_jobs.scoring import heads
+from spark_jobs.scoring import heads, tables
 from spark_jobs.scoring.config import ScoreParams
 from spark_jobs.scoring.model import Scorer
 
@@ -81,17 +81,7 @@ def sample(usable: DataFrame, scorer: Scorer, cfg: ScoreParams) -> pa.Table:
         chosen = mllib.apply_transform(transform, chosen.select("image_id", "source_uri", "raw"))
         column = "features"
     rows = chosen.select("image_id", "source_uri", F.col(column).alias(heads.EMBEDDING.name)).toArrow()
-    return first_of_each(rows.cast(SAMPLED))
-
-
-def first_of_each(rows: pa.Table) -> pa.Table:
-    """``rows`` with one row per ``image_id``, the first (copies of one content are one image)."""
-    seen: set[str] = set()
-    keep = []
-    for image_id in rows.column("image_id").to_pylist():
-        keep.append(image_id not in seen)
-        seen.add(image_id)
-    return rows.filter(pa.array(keep, pa.bool_()))
+    return tables.without_copies(rows.cast(SAMPLED))[0]  # copies of one content: one image
 
 
 def matrix(rows: pa.Table) -> np.ndarray:
