@@ -109,6 +109,7 @@ def run(cfg: BackboneParams, _spark: object = None) -> Path:
     with runner.StageRun(STAGE, cfg.data.root, None, Path(bcfg.output), lock_wait=cfg.data.lock_wait_s) as run:
         with run.phase("read"):
             ingest_dir = published(cfg.data.root, "ingest")
+            run.lineage.reads(ingest_dir)
             classes = sorted(c for c, n in split_class_counts(ingest_dir).get("train", {}).items() if n)
             if not classes:
                 raise SourceError(f"no train images in {ingest_dir}: run ingest first")

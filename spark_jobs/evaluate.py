@@ -363,9 +363,13 @@ def run(cfg: EvaluateParams, spark: SparkSession) -> Path:
     verdict (:data:`METRICS` ``<model>.passed``)."""
     root, where = Path(cfg.data.root), places(cfg)
     target = Path(cfg.evaluate.reports)
-    with runner.StageRun(STAGE, root, spark, target, lock_wait=cfg.data.lock_wait_s, gate=gate.validate) as run:
+    params = cfg.section("evaluate", "gate.model", "data")
+    with runner.StageRun(
+        STAGE, root, spark, target, lock_wait=cfg.data.lock_wait_s, gate=gate.validate, params=params
+    ) as run:
         with run.phase("read"):
             cards = read_candidates(cfg)
+            run.lineage.reads(*(model_dir(cfg.train.output, kind) for kind in cards))
             champions = {task: read_promotion(where.champions / task) for task in set(TASKS.values())}
         with run.phase("work"):
             results, baselines, cascade, predictions = evaluate_all(spark, cfg, cards, run.staging)
@@ -386,7 +390,7 @@ def run(cfg: EvaluateParams, spark: SparkSession) -> Path:
             kind: {"folder": str(model_dir(cfg.train.output, kind)), "version": c.version} for kind, c in cards.items()
         }
         counts = {kind: {"test_rows": r.get("test_rows")} for kind, r in (settled | baselines).items()}
-        doc = run.manifest(cfg.section("evaluate", "gate.model", "data"), inputs, counts, gate_result)
+        doc = run.manifest(params, inputs, counts, gate_result)
         reports = run.finish(gate_result, doc, blocking=False)
     _report(settled, champions, rejected)
     return reports

@@ -238,9 +238,13 @@ def write_table(
 def run(cfg: FeaturesParams, spark: SparkSession) -> Path:
     """Extract features of ``<data.root>/ingest`` into ``<data.root>/features``; returns the folder."""
     root = Path(cfg.data.root)
-    with runner.StageRun(STAGE, root, spark, root / STAGE, lock_wait=cfg.data.lock_wait_s, gate=gate.validate) as run:
+    params = cfg.section("features", "gate.features", "data")
+    with runner.StageRun(
+        STAGE, root, spark, root / STAGE, lock_wait=cfg.data.lock_wait_s, gate=gate.validate, params=params
+    ) as run:
         with run.phase("read"):
             ingest_dir = published(root, "ingest")
+            run.lineage.reads(ingest_dir)
             ingest_cfg = ingested_with(ingest_dir)
             if ingest_cfg.image_size != cfg.ingest.image_size:
                 log.warning(
@@ -289,9 +293,7 @@ def run(cfg: FeaturesParams, spark: SparkSession) -> Path:
             },
             "extractor": spec,
         }
-        folder = run.finish(
-            result, run.manifest(cfg.section("features", "gate.features", "data"), inputs, counts, result)
-        )
+        folder = run.finish(result, run.manifest(params, inputs, counts, result))
     log.info("%d images -> %d %s feature rows of dim %d", images_in, rows, extractor.kind, spec["dim"])
     return folder
 

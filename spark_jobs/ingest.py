@@ -271,7 +271,11 @@ def outputs(cfg: IngestParams) -> list[Path]:
 def run(cfg: IngestParams, spark: SparkSession) -> Path:
     """Ingest ``cfg.ingest.source`` under ``cfg.data.root``; returns the published folder."""
     root = Path(cfg.data.root)
-    with runner.StageRun(STAGE, root, spark, root / STAGE, lock_wait=cfg.data.lock_wait_s, gate=gate.validate) as run:
+    params = cfg.section("ingest", "gate.raw", "data")
+    with runner.StageRun(
+        STAGE, root, spark, root / STAGE, lock_wait=cfg.data.lock_wait_s, gate=gate.validate, params=params
+    ) as run:
+        run.lineage.reads(cfg.ingest.source)
         with run.phase("read"):
             kind, files = store.list_source(cfg.ingest.source)
             source = describe(cfg.ingest.source, kind, files)
@@ -313,7 +317,7 @@ def run(cfg: IngestParams, spark: SparkSession) -> Path:
             "near_duplicates": {k: int(v) for k, v in audited.near_duplicates.iloc[0].items()},
         }
         run.extra["images_per_s"] = round(files_seen / max(run.seconds["work"], 1e-9), 1)
-        doc = run.manifest(cfg.section("ingest", "gate.raw", "data"), {"source": source}, counts, result)
+        doc = run.manifest(params, {"source": source}, counts, result)
         published = run.finish(result, doc)
     log.info("%d files seen: %d images, %d quarantined %s", files_seen, rows, quarantined, reasons)
     return published

@@ -284,12 +284,13 @@ def write_sample(target: Path, cfg: SampleConfig) -> dict[str, int]:
 
 def run(cfg: SampleParams, _spark: object = None) -> Path:
     target = Path(cfg.data.root) / STAGE
-    with runner.StageRun(STAGE, cfg.data.root, None, target, lock_wait=cfg.data.lock_wait_s) as run:
+    params = cfg.section("sample")
+    with runner.StageRun(STAGE, cfg.data.root, None, target, lock_wait=cfg.data.lock_wait_s, params=params) as run:
         with run.phase("work"):
             counts = write_sample(run.staging, cfg.sample)
         made = {"grids": "digit grids", "find": "find images"}.get(cfg.sample.kind, "digit images")
         inputs = {"source": f"sklearn.datasets.load_digits ({made}) + load_sample_images"}
-        target = run.finish(None, run.manifest(cfg.section("sample"), inputs, counts, None))
+        target = run.finish(None, run.manifest(params, inputs, counts, None))
     log.info(
         "wrote %d %s (and %d photos) under %s",
         sum(v for k, v in counts.items() if k.startswith(("digits", "grids", "find"))),

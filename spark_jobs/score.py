@@ -187,12 +187,17 @@ def validate(
     return run.validate([*batches, *drift.batches]), per_label
 
 
+def params(cfg: ScoreParams) -> dict[str, Any]:
+    """The params a scoring run (batch or micro-batch) records."""
+    return cfg.section("score", "gate.predictions", "data", "drift")
+
+
 def run(cfg: ScoreParams, spark: SparkSession) -> Path | None:
     """Score the inbox's new images; returns the published run folder (None when nothing was new)."""
     root = Path(cfg.data.root)
     target = tables.predictions_dir(root)
     with runner.StageRun(
-        STAGE, root, spark, target, name=STAGE, lock_wait=cfg.data.lock_wait_s, gate=gate.validate
+        STAGE, root, spark, target, name=STAGE, lock_wait=cfg.data.lock_wait_s, gate=gate.validate, params=params(cfg)
     ) as run:
         holder = locks.lock_holder(stream.inbox_lock(cfg.score.inbox))
         if holder is not None:  # not a failure: the stream scores these files
@@ -200,6 +205,7 @@ def run(cfg: ScoreParams, spark: SparkSession) -> Path | None:
             return None
         with run.phase("read"):
             got = extract(cfg)
+            run.lineage.reads(cfg.score.inbox, got.scorer.describe()["folder"])
             started = datetime.fromisoformat(run.timings()["started_at"])
         for table in (target, tables.quarantine_dir(root), tables.shadow_dir(root)):
             table.mkdir(parents=True, exist_ok=True)  # DVC outputs exist even before anything is in them
@@ -297,7 +303,7 @@ def publish(
     them). The manifest records the run's drift test and its shadow's agreement."""
     run.extra["images_per_s"] = round(len(got.files) / max(run.seconds.get("work", 0.0), 1e-9), 1)
     inputs = {"inbox": partitions.describe(cfg.score.inbox, got.kind, got.files), "model": got.scorer.describe()}
-    doc = run.manifest(cfg.section("score", "gate.predictions", "data", "drift"), inputs, counts, result)
+    doc = run.manifest(params(cfg), inputs, counts, result)
     if beside is not None:
         doc = doc.model_copy(update={"drift": beside.drift.record, "shadow": beside.shadow})
     root = Path(cfg.data.root)

@@ -475,16 +475,20 @@ def run(cfg: TrainParams, spark: SparkSession) -> Path:
     """Train ``train.model`` into ``<train.output>/<model>/``; returns the folder."""
     kind = cfg.train.model
     target = model_dir(cfg.train.output, kind)
-    with runner.StageRun(STAGE, cfg.data.root, spark, target, lock_wait=cfg.data.lock_wait_s) as run:
+    params = used_params(cfg, kind)
+    with runner.StageRun(
+        STAGE, cfg.data.root, spark, target, lock_wait=cfg.data.lock_wait_s, job=f"{STAGE}.{kind}", params=params
+    ) as run:
         with run.phase("read"):
             ingest_cfg, ingest_sha = ingest_of(cfg, kind)
             source, counts = train_input(cfg, kind)
+            init = cfg.train.cnn.init if kind == "cnn" else None  # the backbone it is fine-tuned from
+            run.lineage.reads(source, published(cfg.data.root, "ingest") if kind in TILE_KINDS else None, init)
         with run.phase("work"):
             if kind == "mllib":
                 details = train_mllib(cfg, spark, run.staging, source, counts)
             else:
                 details = train_torch(cfg, spark, run.staging, kind, source, counts)
-        params = used_params(cfg, kind)
         data = {"ingest_manifest_sha256": ingest_sha, **details.pop("data", {})}
         started = run.timings()["started_at"]
         stamp = started.replace(":", "").replace("-", "").replace("+0000", "Z")

@@ -22,6 +22,7 @@ from spark_jobs import __version__
 from spark_jobs.core.atomic import write_file
 from spark_jobs.core.config import params_hash
 from spark_jobs.core.ingest_config import IngestConfig
+from spark_jobs.core.lineage import LineageRecord
 from spark_jobs.core.store import SourceError
 
 MANIFEST = "_manifest.json"
@@ -133,6 +134,7 @@ class Manifest(Record):
     spark: dict[str, Any] = Field(default_factory=dict)
     drift: DriftRecord | None = None  # a scoring run's drift test
     shadow: ShadowRecord | None = None  # a scoring run's shadow challenger (score.shadow)
+    lineage: LineageRecord | None = None  # its OpenLineage run (set by the runner at publish time)
 
     def count(self, *names: str) -> int:
         """The sum of the named integer counts (absent ones count 0)."""

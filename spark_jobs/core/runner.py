@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from spark_jobs.core import launch, locks
+from spark_jobs.core import launch, lineage, locks
 from spark_jobs.core import manifest as manifests
 from spark_jobs.core.atomic import replace_dir, replace_file
 from spark_jobs.core.manifest import R
@@ -82,6 +82,15 @@ def _keep_ignore_file(target: Path, staging: Path) -> None:
         shutil.copy2(ignore, staging / ".gitignore")
 
 
+def _engine(spark: SparkSession | None) -> dict[str, str]:
+    """What runs a stage, for its lineage: Spark (version and master), or Python alone."""
+    if spark is None:
+        import platform
+
+        return {"name": "python", "version": platform.python_version()}
+    return {"name": "spark", "version": spark.version, "master": spark.sparkContext.master}
+
+
 def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
@@ -101,7 +110,13 @@ class StageRun:
     hands it in: :func:`spark_jobs.quality.gate.validate`); ``report_with_output`` keeps the
     report inside the staged output (``gate/``, so a rejected output carries its own) instead of
     ``gates/<stage>/``. ``run_id``: the run's id when the caller already has one (a planned
-    micro-batch run again after a kill keeps its own)."""
+    micro-batch run again after a kill keeps its own).
+
+    Every run is an OpenLineage run (:mod:`spark_jobs.core.lineage`, ``run.lineage``): START on
+    entering, COMPLETE on publishing, FAIL on a failed gate or an error, ABORT otherwise, and
+    ABORT for the killed runs whose staging folders it removes. ``job`` names its OpenLineage job
+    (default the stage); the stage adds what it read with ``run.lineage.reads(...)`` and its
+    params with ``params`` (their hash goes in every event)."""
 
     def __init__(
         self,
@@ -114,6 +129,9 @@ class StageRun:
         gate: Validator | None = None,
         run_id: str | None = None,
         report_with_output: bool = False,
+        job: str | None = None,
+        params: dict[str, Any] | None = None,
+        streaming: bool = False,
     ) -> None:
         self.stage = stage
         self.spark = spark
@@ -140,19 +158,27 @@ class StageRun:
         self._session_ready = started.session_ready if started else None
         self._group = f"{stage}-{self.run_id}"
         self._events_offset = 0
+        self.lineage = lineage.RunLineage(self.root, job or stage, self.run_id, _engine(spark), streaming)
+        version = manifests.job_version()
+        self.lineage.facts = {"stage": stage, "package": version.package, "git_commit": version.git_commit}
+        self.lineage.facts |= {"dirty": version.dirty, "params_hash": manifests.params_hash(params) if params else None}
 
     # context: staging exists inside, and is gone after (published, rejected or discarded)
     def __enter__(self) -> StageRun:
         busy = f"{self.target} is being written by another {self.stage} run"
         self._lock_fd = locks.take_lock(self.lock_file, self._lock_wait, busy, f"run {self.run_id}")
+        killed = []
         try:
             for stale in self.staging.parent.glob(f"{self._name}-*"):
                 log.info("removing the staging folder of a run that did not finish: %s", stale)
                 shutil.rmtree(stale, ignore_errors=True)
+                killed.append(stale.name.removeprefix(f"{self._name}-"))
             self.staging.mkdir(parents=True)
         except BaseException:
             self._unlock()
             raise
+        self.lineage.abort_stale(killed)
+        self.lineage.start()
         if self.spark is not None:
             from spark_jobs.core.session import event_log_size
 
@@ -160,8 +186,9 @@ class StageRun:
             self.spark.sparkContext.setJobGroup(self._group, f"{self.stage} run {self.run_id}")
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, exc: BaseException | None, trace: object) -> None:
         try:
+            self.lineage.closed(exc)
             if self.spark is not None:
                 self.spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
                 self.spark.sparkContext.setLocalProperty("spark.job.description", None)
@@ -237,8 +264,14 @@ class StageRun:
         return manifests.build(self.stage, params, inputs, counts, gate, spark=self.spark_metrics(), run_id=self.run_id)
 
     def _timed(self, doc: R) -> R:
-        """``doc`` with the phase clock up to now in its ``timings``."""
-        return doc.model_copy(update={"timings": manifests.Timings(**self.timings())})
+        """``doc`` with the phase clock up to now in its ``timings``, and its OpenLineage run."""
+        update: dict[str, Any] = {"timings": manifests.Timings(**self.timings())}
+        if "lineage" in type(doc).model_fields:
+            update["lineage"] = self.lineage.record
+        params = getattr(doc, "params", None)
+        if isinstance(params, dict) and self.lineage.facts.get("params_hash") is None:
+            self.lineage.facts["params_hash"] = manifests.params_hash(params)
+        return doc.model_copy(update=update)
 
     def finish(
         self, result: GateResult | None, doc: manifests.Record, name: str = manifests.MANIFEST, blocking: bool = True
@@ -252,6 +285,7 @@ class StageRun:
             _keep_ignore_file(self.target, self.staging)
             replace_dir(self.staging, self.target)
         self._published(result, self.target)
+        self.lineage.complete([lineage.Published(self.target, lineage.files_under(self.target))], result)
         return self.target
 
     def appended(self, table: Path, run_date: str) -> Path:
@@ -276,6 +310,8 @@ class StageRun:
                     manifests.write(folder, self._timed(doc))  # timed up to the first rename
                 out.append(replace_dir(folder, self.appended(table, run_date)))
         self._published(result, *(p for p in out if p))
+        tables = [(table, part) for (_, table), part in zip(parts, out, strict=True) if part is not None]
+        self.lineage.complete([lineage.Published(table, lineage.files_under(part)) for table, part in tables], result)
         return out
 
     def finish_files(
@@ -296,6 +332,7 @@ class StageRun:
             for source, target in present[-1:]:
                 replace_file(source, target)
         self._published(result, *(p for p in out if p), manifest_at)
+        self.lineage.complete([lineage.Published(lineage.table_of(p), [p]) for p in out if p is not None], result)
         return out
 
     def _verdict(
@@ -322,6 +359,8 @@ class StageRun:
 
     def reject(self, result: GateResult) -> None:
         """Move the staged output to ``rejected/`` and raise :class:`GateFailed` with the report."""
+        staged = lineage.Published(self.target, lineage.files_under(self.staging))
+        self.lineage.fail(result.summary(), outputs=[staged], result=result)
         replace_dir(self.staging, self.rejected)
         report = result.page or result.docs or self.report_dir / "summary.txt"
         if report.is_relative_to(self.staging):  # the report went with the output

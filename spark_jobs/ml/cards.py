@@ -21,6 +21,7 @@ from pydantic import Field
 
 from spark_jobs.core.config import ConfigError, LocalPath, View
 from spark_jobs.core.ingest_config import IngestConfig
+from spark_jobs.core.lineage import LineageRecord
 from spark_jobs.core.manifest import JobVersion, Record, Timings, read_record, write
 from spark_jobs.core.store import SourceError
 from spark_jobs.imaging.tiles import TilesConfig
@@ -161,6 +162,7 @@ class ModelCard(Record):
     tiles: TilesConfig | None = None
     # a sample of its training inputs' embeddings, what a drift test compares new images with
     reference: ReferenceRecord | None = None
+    lineage: LineageRecord | None = None  # its training run's OpenLineage run (set at publish time)
 
     @property
     def mllib_classifier(self) -> str | None:
@@ -195,6 +197,7 @@ class BackboneCard(Record):
     job_version: JobVersion
     run_id: str | None = None
     timings: Timings | None = None
+    lineage: LineageRecord | None = None
 
 
 class Promotion(Record):

@@ -317,7 +317,10 @@ class _Loop:
             gate=gate.validate,
             run_id=planned.run_id,
             report_with_output=True,
+            params=self.params,
+            streaming=True,
         ) as run:
+            run.lineage.reads(cfg.score.inbox, current.scorer.describe()["folder"])
             with run.phase("work"):
                 scored = score_rows(self.spark, cfg, current, planned, run.staging / "_light")
                 table, bad, already, sampled = scored.table, scored.bad, scored.already, scored.sampled
