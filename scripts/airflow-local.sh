@@ -36,6 +36,16 @@ export DVC_NO_ANALYTICS=1
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="${AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION:-False}"
 CORES="$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)"
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-$CORES}"
+# OpenLineage (the provider): every task run's events in the stages' namespace, and each stage task
+# passes its run as the parent of the stage's own events. Unless the user configured OpenLineage
+# (OPENLINEAGE_URL for Marquez, OPENLINEAGE_CONFIG, AIRFLOW__OPENLINEAGE__TRANSPORT), the file
+# transport writes them beside the stages' (data/lineage/ of the workspace: airflow-*.json).
+export AIRFLOW__OPENLINEAGE__NAMESPACE="${AIRFLOW__OPENLINEAGE__NAMESPACE:-${OPENLINEAGE_NAMESPACE:-image-platform}}"
+if [[ -z "${AIRFLOW__OPENLINEAGE__TRANSPORT:-}${OPENLINEAGE_URL:-}${OPENLINEAGE_CONFIG:-}" ]]; then
+  LINEAGE="$IMAGE_PLATFORM_WORKSPACE/data/lineage"
+  mkdir -p "$LINEAGE"
+  export AIRFLOW__OPENLINEAGE__TRANSPORT="{\"type\": \"file\", \"log_file_path\": \"$LINEAGE/airflow\", \"append\": false}"
+fi
 
 command -v airflow >/dev/null || { echo "error: airflow not found in $BIN: run 'make venv' first" >&2; exit 1; }
 # AIRFLOW_HOME holds the metadata DB, the logs and the admin password: the user's alone. The

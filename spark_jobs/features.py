@@ -245,14 +245,7 @@ def run(cfg: FeaturesParams, spark: SparkSession) -> Path:
         with run.phase("read"):
             ingest_dir = published(root, "ingest")
             run.lineage.reads(ingest_dir)
-            ingest_cfg = ingested_with(ingest_dir)
-            if ingest_cfg.image_size != cfg.ingest.image_size:
-                log.warning(
-                    "ingest.image_size is %d in params but the published ingest table is %dpx: using %d",
-                    cfg.ingest.image_size,
-                    ingest_cfg.image_size,
-                    ingest_cfg.image_size,
-                )
+            ingest_cfg = _ingested_with(cfg, ingest_dir)
             ingested = split_class_counts(ingest_dir)
             if reduced_k(cfg) is not None and not ingested.get("train"):
                 raise SourceError("no train rows to fit the scaler and PCA on: check ingest.split (train fraction)")
@@ -296,6 +289,20 @@ def run(cfg: FeaturesParams, spark: SparkSession) -> Path:
         folder = run.finish(result, run.manifest(params, inputs, counts, result))
     log.info("%d images -> %d %s feature rows of dim %d", images_in, rows, extractor.kind, spec["dim"])
     return folder
+
+
+def _ingested_with(cfg: FeaturesParams, ingest_dir: Path) -> IngestConfig:
+    """The settings the published ingest table was made with (they win over params.yaml's)."""
+    ingest_cfg = ingested_with(ingest_dir)
+    if ingest_cfg.image_size != cfg.ingest.image_size:
+        size = ingest_cfg.image_size
+        log.warning(
+            "ingest.image_size is %d in params but the published ingest table is %dpx: using %d",
+            cfg.ingest.image_size,
+            size,
+            size,
+        )
+    return ingest_cfg
 
 
 def _precheck(cfg: FeaturesParams) -> None:

@@ -458,6 +458,14 @@ def ingest_of(cfg: TrainParams, kind: str) -> tuple[IngestConfig, str]:
     return ingested_with(ingest_dir), manifest.file_hash(ingest_dir / manifest.MANIFEST)
 
 
+def trained_from(cfg: TrainParams, kind: str) -> dict[str, str]:
+    """Where the manifests of the runs the model's input came from are (the card's lineage links)."""
+    made = {"ingest_manifest": published(cfg.data.root, "ingest") / manifest.MANIFEST}
+    if reads_features(kind):
+        made["features_manifest"] = published(cfg.data.root, "features") / manifest.MANIFEST
+    return {key: str(path.absolute()) for key, path in made.items()}
+
+
 def used_params(cfg: TrainParams, kind: str) -> dict[str, Any]:
     """The ``train`` params that shaped this model (not the other models' sections), and ``drift``."""
     section = cfg.section("train")["train"]
@@ -489,7 +497,7 @@ def run(cfg: TrainParams, spark: SparkSession) -> Path:
                 details = train_mllib(cfg, spark, run.staging, source, counts)
             else:
                 details = train_torch(cfg, spark, run.staging, kind, source, counts)
-        data = {"ingest_manifest_sha256": ingest_sha, **details.pop("data", {})}
+        data = {"ingest_manifest_sha256": ingest_sha, **details.pop("data", {}), **trained_from(cfg, kind)}
         started = run.timings()["started_at"]
         stamp = started.replace(":", "").replace("-", "").replace("+0000", "Z")
         card = ModelCard(

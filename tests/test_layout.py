@@ -1,6 +1,6 @@
 """The package's layout (DESIGN.md #15, #17): ``spark_jobs/<stage>.py`` are entry points that import
 the library's wings, never one another; the wings are layered, core -> imaging, quality -> ml ->
-scoring -> stages, and a wing imports only wings below it (and itself)."""
+scoring -> lineage, stages, and a wing imports only wings below it (and itself)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,13 @@ LAYERS = {
     "quality": {"core"},
     "ml": {"core", "imaging", "quality"},
     "scoring": {"core", "imaging", "quality", "ml"},
+    "lineage": {"core", "imaging", "quality", "ml", "scoring"},
 }
-LIBRARY = sorted(str(p.relative_to(REPO)) for p in (REPO / "spark_jobs").glob("*/*.py") if p.name != "__init__.py")
+LIBRARY = sorted(
+    str(p.relative_to(REPO))
+    for p in (REPO / "spark_jobs").glob("*/*.py")
+    if p.name not in ("__init__.py", "__main__.py")
+)
 
 
 def wing(module: str) -> str | None:

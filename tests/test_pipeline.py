@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from spark_jobs.params import load
 from tests.factories import REPO, dvc_view
+from tests.openlineage_events import of_job, problems, read_events
 from tests.orchestration import browser
 
 
@@ -162,6 +164,28 @@ def _columns(doc: dict, prefix: str = "") -> dict:
 
 
 @pytest.mark.slow
+def _lineage_of_the_run(workspace: Path, scored: Path, champion: str) -> None:
+    """OpenLineage's file transport under data/lineage/: a START and a COMPLETE for every stage that
+    ran, each COMPLETE naming its inputs and outputs, every event valid for the client's spec; and
+    ``python -m spark_jobs.lineage`` of a scored image names the champion and the ingest run."""
+    events = read_events(workspace / "data" / "lineage")
+    assert [p for e in events for p in problems(e)] == []
+    trained = {f"train.{kind}" for kind in ("mllib", "cnn", "autoencoder")}
+    for job in {"sample", "ingest", "backbone", "features", "evaluate", "score"} | trained:
+        assert [e["eventType"] for e in of_job(events, job)] == ["START", "COMPLETE"], job
+        [complete] = of_job(events, job, "COMPLETE")
+        assert complete["outputs"], job
+        assert complete["inputs"] or job == "sample", job  # the sample is made, not read
+    image_id = pq.read_table(scored).column("image_id")[0].as_py()
+    command = [sys.executable, "-m", "spark_jobs.lineage", image_id, "--json"]
+    shown = subprocess.run(command, cwd=workspace, capture_output=True, text=True, check=True, timeout=120)
+    links = {link["step"]: link for link in json.loads(shown.stdout)}
+    assert [link["missing"] for link in links.values()] == [None] * len(links), shown.stdout
+    assert links["model"]["facts"]["version"] == champion
+    ingest = json.loads((workspace / "data" / "ingest" / "_manifest.json").read_text())
+    assert links["ingest"]["facts"]["run_id"] == ingest["run_id"]
+
+
 def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
     """A fresh workspace: ``dvc repro`` runs sample -> ingest -> features -> train (3 models) ->
     evaluate with the default params and reaches the quality bars; a second run does nothing, and
@@ -224,6 +248,7 @@ def test_dvc_repro_runs_the_pipeline_and_is_incremental(tmp_path: Path) -> None:
     assert scored["counts"]["scored"] == 120
     assert scored["counts"]["quarantined"] == 2
     assert scored["inputs"]["model"]["version"] == doc["champion"]["version"]
+    _lineage_of_the_run(workspace, runs[0], doc["champion"]["version"])
 
     second = _dvc(workspace, "repro")
     assert "Running stage" not in second

@@ -48,6 +48,10 @@ LAUNCHER = "spark_jobs/__main__.py"
 PACKAGE_TASK = "build_package"
 # The artifact a stage submits: what this run's build_package task built.
 PACKAGED = f"{{{{ ti.xcom_pull(task_ids='{PACKAGE_TASK}') }}}}"
+# Where a stage reads the Airflow task run that started it, for its OpenLineage events' parent run
+# facet (spark_jobs/core/lineage.py): ``namespace/job/run id``, OpenLineage's integrations' convention.
+LINEAGE_PARENT_ENV = "OPENLINEAGE_PARENT_ID"
+LINEAGE_ROOT_PARENT_ENV = "OPENLINEAGE_ROOT_PARENT_ID"
 # Exit codes of spark_jobs.core.jobs.run_stage that no retry can change.
 FINAL_EXIT_CODES = {2: "unusable input or parameters", 3: "its gate failed (nothing was published)"}
 
@@ -270,6 +274,7 @@ class StageSubmitOperator(SparkSubmitOperator):
             raise AirflowSkipException(self._skipping(f"skipped, as dvc repro would: {reason}"))
         self.application_args = [*(self.application_args or []), *(f"--set={o}" for o in overrides)]
         self.conf = {**(self.conf or {}), **driver_conf(self.application_args, self.workdir)}
+        self.env_vars = {**(self.env_vars or {}), **lineage_parent(context)}
         since = datetime.now(UTC)
         try:
             super().execute(context)
@@ -286,6 +291,21 @@ class StageSubmitOperator(SparkSubmitOperator):
             if isinstance(outlet, AssetAlias) and outlet.name in assets.ALIASED:
                 extra = assets.add_event(context["outlet_events"], outlet, self.workdir, since)
                 self.log.info("%s: %s", assets.ALIASED[outlet.name].name, extra or "nothing new: no asset event")
+
+
+def lineage_parent(context: Any) -> dict[str, str]:
+    """This task run as the parent of the stage's OpenLineage runs: the OpenLineage provider's own
+    macros (``lineage_parent_id``, ``lineage_root_parent_id``: the ids its listener gives this task
+    run and its DAG run) in the environment variables the stage reads. Empty when OpenLineage is
+    off in Airflow (no transport configured: the provider then emits nothing to be joined to)."""
+    from airflow.providers.openlineage import conf
+
+    ti = context.get("ti") or context.get("task_instance")
+    if ti is None or conf.is_disabled():
+        return {}
+    from airflow.providers.openlineage.plugins.macros import lineage_parent_id, lineage_root_parent_id
+
+    return {LINEAGE_PARENT_ENV: lineage_parent_id(ti), LINEAGE_ROOT_PARENT_ENV: lineage_root_parent_id(ti)}
 
 
 _LINE_LEVEL = re.compile(r"^\S+ \S+ (WARN|WARNING|ERROR|CRITICAL|FATAL) ")

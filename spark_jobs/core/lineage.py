@@ -30,6 +30,7 @@ import functools
 import logging
 import os
 import re
+import time
 import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -234,7 +235,9 @@ class RunLineage:
         self.inputs: list[str] = []
         self.facts: dict[str, Any] = {}  # the platform's own run facet: stage, params hash, code
         self.ended: str | None = None
-        self._broken = False
+        self.seconds = 0.0  # spent building and sending this run's events
+        self.sent = 0
+        self._broken = os.environ.get("OPENLINEAGE_DISABLED", "").strip().lower() == "true"  # none built
 
     def reads(self, *locations: str | Path | None) -> None:
         """Add the run's inputs (a folder, a file, an S3 prefix; None is skipped)."""
@@ -255,8 +258,8 @@ class RunLineage:
     ) -> None:
         self._emit("FAIL", error=(message, stack), outputs=outputs, result=result)
 
-    def abort(self) -> None:
-        self._emit("ABORT")
+    def abort(self, why: str) -> None:
+        self._emit("ABORT", note=why)
 
     def closed(self, exc: BaseException | None) -> None:
         """The run's context ends: FAIL for an error (with its message and stack), ABORT for an
@@ -266,8 +269,10 @@ class RunLineage:
         if isinstance(exc, Exception):
             stack = "".join(traceback.format_exception(exc))
             self.fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": "), stack)
+        elif exc is None:
+            self.abort("ended without publishing: nothing new to publish, or it stood aside")
         else:
-            self.abort()
+            self.abort(f"interrupted ({type(exc).__name__})")
 
     def abort_stale(self, run_ids: Iterable[str]) -> None:
         """ABORT each killed run of this output (``run_ids``: the platform's ids of the runs
@@ -276,14 +281,18 @@ class RunLineage:
             if stale != self.own_run_id:
                 self._emit("ABORT", stale=stale)
 
-    def _emit(self, kind: str, stale: str | None = None, **parts: Any) -> None:
-        if kind in self.TERMINAL and stale is None:
+    def _emit(self, kind: str, stale: str | None = None, note: str | None = None, **parts: Any) -> None:
+        own_end = kind in self.TERMINAL and stale is None
+        if own_end:
             self.ended = kind
         if self._broken:
             return
+        started = time.perf_counter()
         try:
-            event = self.event(kind, stale=stale, **parts)
-            client(self.root).emit(event)
+            event = self.event(kind, stale=stale, note=note, **parts)
+            sender = client(self.root)
+            sender.emit(event)
+            self.sent += 1
         except Exception as exc:
             self._broken = True
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -294,30 +303,48 @@ class RunLineage:
                 self.own_run_id,
                 reason,
             )
+        finally:
+            self.seconds += time.perf_counter() - started
+        if own_end and not self._broken:
+            where = (
+                f"under {self.root / FOLDER}"
+                if sender.transport.kind == "file" and not _configured()
+                else f"by the {sender.transport.kind} transport"
+            )
+            log.info(
+                "lineage: %d OpenLineage events of %s run %s sent %s in %.1f ms",
+                self.sent,
+                self.record.job,
+                self.own_run_id,
+                where,
+                1000 * self.seconds,
+            )
 
     def event(
         self,
         kind: str,
         stale: str | None = None,
+        note: str | None = None,
         outputs: Sequence[Published] = (),
         result: GateResult | None = None,
         error: tuple[str, str | None] | None = None,
     ) -> RunEvent:
-        """The ``kind`` event of this run, or of the killed run ``stale`` (the platform's run id)."""
+        """The ``kind`` event of this run, or of the killed run ``stale`` (the platform's run id);
+        ``note`` says why in the platform's facet (an ABORT's reason)."""
         from openlineage.client.event_v2 import Job, Run, RunEvent, RunState
 
         run_id = self.record.run_id if stale is None else run_uuid(stale)
         return RunEvent(
             eventType=RunState[kind],
             eventTime=datetime.now(UTC).isoformat(timespec="milliseconds"),
-            run=Run(runId=run_id, facets=self._run_facets(stale, error)),
+            run=Run(runId=run_id, facets=self._run_facets(stale, error, note)),
             job=Job(namespace=self.record.namespace, name=self.record.job, facets=self._job_facets()),
             inputs=self._inputs() if kind != "START" and stale is None else [],
             outputs=[self._output(o, result) for o in outputs],
             producer=PRODUCER,
         )
 
-    def _run_facets(self, stale: str | None, error: tuple[str, str | None] | None) -> dict[str, Any]:
+    def _run_facets(self, stale: str | None, error: tuple[str, str | None] | None, note: str | None) -> dict[str, Any]:
         from openlineage.client import __version__ as client_version
         from openlineage.client.facet_v2 import error_message_run, parent_run, processing_engine_run
 
@@ -342,7 +369,8 @@ class RunLineage:
                 message=error[0], programmingLanguage="python", stackTrace=error[1]
             )
         facts = {**self.facts, "run_id": stale or self.own_run_id, "spark_master": self.engine.get("master")}
-        note = None if stale is None else f"killed: its staging folder was found by run {self.own_run_id}"
+        if stale is not None:
+            note = f"killed: its staging folder was found by run {self.own_run_id}"
         facet = _platform_facet()
         facets[FACET] = facet(**{k: facts.get(k) for k in facet.FIELDS}, note=note)
         return facets

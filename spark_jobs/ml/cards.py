@@ -124,6 +124,10 @@ class ModelFiles(Record):
 class CardData(Record):
     ingest_manifest_sha256: str
     features_manifest_sha256: str | None = None
+    # Where those manifests were when the model was trained (absolute paths: what the lineage
+    # trace follows, from any workspace that scores with the model).
+    ingest_manifest: str | None = None
+    features_manifest: str | None = None
 
 
 class ModelCard(Record):

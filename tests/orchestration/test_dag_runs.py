@@ -24,6 +24,7 @@ import yaml
 from image_platform import stages
 
 from tests.factories import REPO, write_inbox
+from tests.openlineage_events import of_job, problems, read_events
 from tests.orchestration.airflow_setup import BIN, make_workspace
 from tests.orchestration.training_run import TRAINING
 
@@ -171,6 +172,26 @@ def test_training_produced_and_versioned_the_models(trained_pipeline: dict) -> N
         [str(BIN / "dvc"), "status", *TRAINING_STAGES], cwd=ws, capture_output=True, text=True, check=True
     )
     assert "up to date" in status.stdout, status.stdout
+
+
+def test_each_stage_run_names_its_airflow_task_run_as_its_lineage_parent(trained_pipeline: dict) -> None:
+    """OpenLineage as ``make airflow`` configures it: the provider's events of the run's tasks and
+    the stages' own in one transport (the workspace's data/lineage/); a stage's COMPLETE names the
+    Airflow task run that submitted it as its parent (and the DAG run as its root), and the
+    provider's own events of that very task run are there too."""
+    events = read_events(trained_pipeline["workspace"] / "data" / "lineage")
+    submitted = [e for e in of_job(events, "ingest", "COMPLETE") if "parent" in e["run"]["facets"]]
+    assert submitted, sorted({e["job"]["name"] for e in events})
+    parent = submitted[0]["run"]["facets"]["parent"]
+    task = f"{TRAINING}.{stages.task_id('ingest')}"
+    assert parent["job"] == {"namespace": "image-platform", "name": task}
+    task_run = [e for e in events if e["job"]["name"] == task and e["run"]["runId"] == parent["run"]["runId"]]
+    assert {e["eventType"] for e in task_run} >= {"START", "COMPLETE"}, [e["eventType"] for e in task_run]
+    assert parent["root"]["job"]["name"] == TRAINING
+    assert any(e["job"]["name"] == TRAINING and e["run"]["runId"] == parent["root"]["run"]["runId"] for e in events)
+    ours = [e for e in events if not e["job"]["name"].startswith(f"{TRAINING}")]
+    assert {e["job"]["name"] for e in ours} >= {"ingest", "features", "train.cnn", "evaluate"}
+    assert [p for e in ours for p in problems(e)] == []
 
 
 def _dag_test(env: dict[str, str], workspace: Path, dag_id: str, conf: dict) -> dict:

@@ -17,13 +17,15 @@ from pathlib import Path
 import pytest
 
 from spark_jobs import score
-from spark_jobs.core import atomic, locks, manifest
+from spark_jobs.core import atomic, lineage, locks, manifest
 from spark_jobs.core.verdict import GateFailed
 from spark_jobs.imaging import images, video
+from spark_jobs.lineage import trace
 from spark_jobs.ml import cards
 from spark_jobs.params import Config
 from spark_jobs.scoring import status, stream, tables
 from tests.factories import REPO, class_frames, class_image, s3_inbox, score_config, video_bytes, write_inbox
+from tests.openlineage_events import of_job, problems, read_events
 from tests.processes import kill_group, wait_for
 
 pytestmark = pytest.mark.spark
@@ -114,6 +116,7 @@ def test_a_stream_scores_new_images_and_video_frames_once(spark, trained: Config
     assert all(d.gate.success and d.timings is not None for d in docs)
     for d in docs:  # a row's batch_id and the part file name lead to its manifest
         assert (found[0].parent / tables.part_name(d.run_id)).exists() or d.counts["scored"] == 0
+    _traced_to_its_model_and_ingest(cfg, trained, by_name["new_0_101.png"]["image_id"], docs, version)
     quarantine = spark.read.parquet(str(tables.stream_dir(cfg.data.root) / tables.STREAM_QUARANTINE)).collect()
     reasons = {Path(r["source_uri"]).name: r["reason"] for r in quarantine}
     assert reasons.pop("zz_copy.png") == images.DUPLICATE
@@ -133,6 +136,25 @@ def test_a_stream_scores_new_images_and_video_frames_once(spark, trained: Config
     # The stream again: nothing new.
     assert stream.run_stream(cfg, spark) == 0
     assert len(_stream_rows(spark, cfg)) == len(rows)
+
+
+def _traced_to_its_model_and_ingest(cfg: Config, trained: Config, image_id: str, docs: list, version: str) -> None:
+    """A streamed image's lineage: the micro-batch that scored it, the model version, the ingest run
+    behind that model's training; each micro-batch a run of the stream's OpenLineage job."""
+    root = Path(cfg.data.root)
+    chain = trace.chain_of_image(root, image_id, Path(cfg.train.output), Path(cfg.evaluate.champion))
+    links = {link.step: link for link in chain}
+    assert [link.missing for link in chain] == [None] * len(chain), trace.as_text(chain)
+    assert links["prediction"].facts["kind"] == "micro-batch"
+    assert links["prediction"].facts["run_id"] in {d.run_id for d in docs}
+    assert links["model"].facts["version"] == version
+    assert links["ingest"].facts["run_id"] == manifest.read(Path(trained.data.root) / "ingest").run_id
+    events = read_events(root / lineage.FOLDER)
+    batches = of_job(events, stream.STREAM_STAGE)
+    assert {e["run"]["runId"] for e in batches if e["eventType"] == "COMPLETE"} == {d.lineage.run_id for d in docs}
+    assert {e["eventType"] for e in batches} == {"START", "COMPLETE"}
+    assert all(e["job"]["facets"]["jobType"]["processingType"] == "STREAMING" for e in batches)
+    assert [p for e in events for p in problems(e)] == []
 
 
 def test_a_lost_checkpoint_loses_no_file_and_scores_none_twice(spark, trained: Config, tmp_path: Path, caplog) -> None:

@@ -97,7 +97,7 @@ def test_a_published_run_sends_start_and_complete_with_its_datasets(tmp_path: Pa
 def test_a_failed_gate_sends_fail_with_the_verdict(tmp_path: Path) -> None:
     with pytest.raises(GateFailed):
         _stage(tmp_path, _gate(False))
-    start, fail = read_events(tmp_path / lineage.FOLDER)
+    _, fail = read_events(tmp_path / lineage.FOLDER)
     assert fail["eventType"] == "FAIL"
     assert problems(fail) == []
     assert "FAILED" in fail["run"]["facets"]["errorMessage"]["message"]
@@ -114,6 +114,7 @@ def test_an_error_sends_fail_and_an_end_without_publishing_sends_abort(tmp_path:
     assert fail["run"]["facets"]["errorMessage"]["message"] == "KeyError: 'no such column'"
     assert "Traceback" in fail["run"]["facets"]["errorMessage"]["stackTrace"]
     assert [e["eventType"] for e in of_job(events, "y")] == ["START", "ABORT"]
+    assert "without publishing" in of_job(events, "y", "ABORT")[0]["run"]["facets"][lineage.FACET]["note"]
     assert all(problems(e) == [] for e in events)
 
 
@@ -126,7 +127,8 @@ def test_a_killed_run_is_closed_by_the_next_run_of_its_output(tmp_path: Path) ->
     ended = {e["run"]["runId"]: e["eventType"] for e in events if e["eventType"] != "START"}
     assert ended == {lineage.run_uuid(killed.run_id): "ABORT", lineage.run_uuid(run.run_id): "COMPLETE"}
     [abort] = of_job(events, "x", "ABORT")
-    assert killed.run_id in abort["run"]["facets"][lineage.FACET]["run_id"]
+    assert abort["run"]["facets"][lineage.FACET]["run_id"] == killed.run_id
+    assert run.run_id in abort["run"]["facets"][lineage.FACET]["note"]
     assert problems(abort) == []
 
 
