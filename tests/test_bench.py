@@ -75,3 +75,27 @@ def test_stream_latency_is_read_per_file_and_backlog_per_second():
     assert verdict["p95_s"] == 1.0
     assert not verdict["met"]
     assert stream_latency.target([got], rate=2, p95=1.0)["met"]
+
+
+def test_the_lineage_bench_reads_each_run_s_own_lineage_line(tmp_path: Path, monkeypatch, caplog) -> None:
+    import logging
+    import os
+
+    from spark_jobs.core import runner
+
+    spec = importlib.util.spec_from_file_location(
+        "lineage_overhead", Path(peers.__file__).with_name("lineage_overhead.py")
+    )
+    assert spec
+    assert spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for key in [k for k in os.environ if k.startswith("OPENLINEAGE")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    logged = caplog.at_level(logging.INFO, logger="spark_jobs.core.lineage")
+    with logged, runner.StageRun("x", tmp_path, None, tmp_path / "x") as run:
+        run.finish(None, run.manifest({}, {}, {}, None))
+    [found] = bench.spent(caplog.text)
+    assert (found["job"], found["run_id"], found["events"]) == ("x", run.run_id, 2)
+    assert 0 < found["ms"] < 60_000

@@ -221,6 +221,7 @@ class RunLineage:
     def __init__(
         self, root: str | Path, job: str, run_id: str, engine: dict[str, str], streaming: bool = False
     ) -> None:
+        began = time.perf_counter()
         self.root = Path(root)
         self.record = LineageRecord(
             namespace=os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE,
@@ -235,7 +236,7 @@ class RunLineage:
         self.inputs: list[str] = []
         self.facts: dict[str, Any] = {}  # the platform's own run facet: stage, params hash, code
         self.ended: str | None = None
-        self.seconds = 0.0  # spent building and sending this run's events
+        self.seconds = time.perf_counter() - began  # spent on this run's lineage (the client's import included)
         self.sent = 0
         self._broken = os.environ.get("OPENLINEAGE_DISABLED", "").strip().lower() == "true"  # none built
 
