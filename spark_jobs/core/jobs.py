@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from spark_jobs.core import launch, locks, runner
+from spark_jobs.core import launch, lineage, locks, runner
 from spark_jobs.core.config import ConfigError, Params, arg_parser, cut, load_config
 from spark_jobs.core.store import SourceError, unavailable_reason
 from spark_jobs.core.verdict import EXIT_GATE_FAILED, GateFailed
@@ -225,9 +225,8 @@ def _start(cfg: Params, needs_spark: bool, preload: Modules, worker_preload: Mod
     if needs_spark:
         import pyspark.sql  # noqa: F401  (before the preload thread, which imports parts of it too)
 
-    modules = preload(cfg) if callable(preload) else preload
-    if modules:
-        launch.preload(modules)
+    modules = [*(preload(cfg) if callable(preload) else preload), *lineage.PRELOAD]  # the stage's own first
+    launch.preload(modules)
     if not needs_spark:
         return None
     from spark_jobs.core.session import build_session

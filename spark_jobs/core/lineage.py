@@ -26,6 +26,7 @@ run sends no more (an unreachable server costs its retries once).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -63,6 +64,14 @@ FACET_SCHEMA = (
     "https://image-platform.invalid/spec/facets/1-0-0/ImagePlatformRunFacet.json#/$defs/ImagePlatformRunFacet"
 )
 FACET_SCHEMA_FILE = Path(__file__).with_name("ImagePlatformRunFacet.json")  # its schema, shipped with the code
+# What a run's events need, imported by every stage in the background while its JVM starts
+# (spark_jobs.core.jobs): the client costs ~0.2 s of imports (its transports' HTTP libraries).
+PRELOAD = (
+    "openlineage.client",
+    "openlineage.client.event_v2",
+    "openlineage.client.facet_v2",
+    "openlineage.client.naming.dataset",
+)
 _RUN_TIME = re.compile(r"(\d{8}T\d{6}Z)")
 
 
@@ -211,6 +220,13 @@ def _client(root: str, configured: bool, *_: str | None) -> OpenLineageClient:
     return OpenLineageClient(
         config={"transport": {"type": "file", "log_file_path": str(folder / EVENTS), "append": False}}
     )
+
+
+def prepare(root: str | Path) -> None:
+    """Make the client of ``root``'s runs now (a stream, before its first micro-batch), so that no
+    run's latency carries it; a client that cannot be made is left to the run's first event to report."""
+    with contextlib.suppress(Exception):
+        client(root)
 
 
 class RunLineage:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spark_jobs.core import locks, manifest, runner, store
+from spark_jobs.core import lineage, locks, manifest, runner, store
 from spark_jobs.core.checkpoint import COMPACT_EVERY, Checkpoint, Planned
 from spark_jobs.core.manifest import ShadowRecord
 from spark_jobs.core.store import canonical_uri
@@ -259,6 +259,7 @@ class _Loop:
         # What every micro-batch's manifest records of the params and the inbox: fixed for the stream.
         self.params = cfg.section("score", "gate.predictions", "data", "drift")
         self.inbox_kind = store.describe_source(cfg.score.inbox, "score.inbox")
+        lineage.prepare(cfg.data.root)  # the micro-batches' OpenLineage client, made before the first one
 
     @property
     def version(self) -> str | None:
