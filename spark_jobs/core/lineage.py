@@ -223,10 +223,12 @@ def _client(root: str, configured: bool, *_: str | None) -> OpenLineageClient:
 
 
 def prepare(root: str | Path) -> None:
-    """Make the client of ``root``'s runs now (a stream, before its first micro-batch), so that no
-    run's latency carries it; a client that cannot be made is left to the run's first event to report."""
+    """Make the client of ``root``'s runs, and build (not send) one event, now: a stream does
+    before its first micro-batch, so that no micro-batch's latency carries the first-time costs. A
+    client that cannot be made is left to the first run's event to report."""
     with contextlib.suppress(Exception):
         client(root)
+        RunLineage(root, "prepare", "prepare", {"name": "python", "version": ""}).event("START")
 
 
 class RunLineage:
