@@ -147,7 +147,7 @@ def check_sources_untouched(stage: str, cfg: Params, outputs: list[Path]) -> Non
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("py4j", "botocore", "urllib3", "great_expectations"):
+    for noisy in ("py4j", "botocore", "urllib3", "great_expectations", "openlineage"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
