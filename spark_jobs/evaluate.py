@@ -382,6 +382,8 @@ def run(cfg: EvaluateParams, spark: SparkSession) -> Path:
             held = shadow_holds(cfg, cards, chosen, champions)
         with run.phase("publish"):
             settled, rejected = promotion.settle(where, cards, standings, chosen, gate_result, held)
+            promoted = {r["task"] for r in settled.values() if r["promoted"]}
+            run.lineage.writes(*(where.champions / task for task in sorted(promoted)))
             # In the order evaluate.models lists the candidates (what dvc metrics show lists).
             document = promotion.metrics_document(where.champions, settled, baselines, cascade, gate_result)
             manifest.write(run.staging, document, EVALUATION, sort_keys=False)

@@ -176,6 +176,8 @@ def _lineage_of_the_run(workspace: Path, scored: Path, champion: str) -> None:
         [complete] = of_job(events, job, "COMPLETE")
         assert complete["outputs"], job
         assert complete["inputs"] or job == "sample", job  # the sample is made, not read
+    [evaluated] = of_job(events, "evaluate", "COMPLETE")  # the champions it promoted are its outputs too
+    assert str(workspace / "models" / "champion" / "classifier") in {o["name"] for o in evaluated["outputs"]}
     image_id = pq.read_table(scored).column("image_id")[0].as_py()
     command = [sys.executable, "-m", "spark_jobs.lineage", image_id, "--json"]
     shown = subprocess.run(command, cwd=workspace, capture_output=True, text=True, check=True, timeout=120)

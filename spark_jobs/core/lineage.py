@@ -252,6 +252,7 @@ class RunLineage:
         self.engine = engine  # name, version and master of what runs it (spark, or python alone)
         self.streaming = streaming
         self.inputs: list[str] = []
+        self.writes_too: list[Path] = []  # outputs the stage publishes itself (evaluate's champions)
         self.facts: dict[str, Any] = {}  # the platform's own run facet: stage, params hash, code
         self.ended: str | None = None
         self.seconds = time.perf_counter() - began  # spent on this run's lineage (the client's import included)
@@ -262,11 +263,16 @@ class RunLineage:
         """Add the run's inputs (a folder, a file, an S3 prefix; None is skipped)."""
         self.inputs += [str(x) for x in locations if x is not None and str(x)]
 
+    def writes(self, *folders: Path) -> None:
+        """Add folders the stage published itself, beside the runner's publish (in COMPLETE)."""
+        self.writes_too += list(folders)
+
     def start(self) -> None:
         self._emit("START")
 
     def complete(self, outputs: Sequence[Published], result: GateResult | None) -> None:
-        self._emit("COMPLETE", outputs=outputs, result=result)
+        more = [Published(folder, files_under(folder)) for folder in self.writes_too]
+        self._emit("COMPLETE", outputs=[*outputs, *more], result=result)
 
     def fail(
         self,

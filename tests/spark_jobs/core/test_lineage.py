@@ -37,6 +37,8 @@ def _gate(success: bool) -> GateResult:
 def _stage(root: Path, result: GateResult | None, **kwargs: object) -> runner.StageRun:
     with runner.StageRun("x", root, None, root / "x", params={"p": 1}, **kwargs) as run:
         run.lineage.reads(root / "source", "s3://bucket/images/")
+        (root / "champion").mkdir(exist_ok=True)
+        run.lineage.writes(root / "champion")  # published by the stage itself
         pq.write_table(pa.table({"n": [1, 2, 3], "uri": ["a", "b", "c"]}), run.staging / "part-0.parquet")
         run.finish(result, run.manifest({"p": 1}, {}, {"rows": 3}, result))
     return run
@@ -82,8 +84,9 @@ def test_a_published_run_sends_start_and_complete_with_its_datasets(tmp_path: Pa
         ("file", str(tmp_path / "source")),
         ("s3://bucket", "images"),
     }
-    [out] = complete["outputs"]
+    out, champion = complete["outputs"]
     assert (out["namespace"], out["name"]) == ("file", str(tmp_path / "x"))
+    assert champion["name"] == str(tmp_path / "champion")
     assert [f["name"] for f in out["facets"]["schema"]["fields"]] == ["n", "uri"]
     assert out["outputFacets"]["outputStatistics"]["rowCount"] == 3
     [check] = out["facets"]["dataQualityAssertions"]["assertions"]
