@@ -39,9 +39,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
-
 from spark_jobs import __version__
+from spark_jobs.core.manifest import LineageRecord, Parent
 from spark_jobs.core.store import is_s3, local_path, split_s3
 
 if TYPE_CHECKING:
@@ -73,39 +72,6 @@ PRELOAD = (
     "openlineage.client.naming.dataset",
 )
 _RUN_TIME = re.compile(r"(\d{8}T\d{6}Z)")
-
-
-class Parent(BaseModel):
-    """A run that started this one: ``namespace/job/run id`` as OpenLineage's integrations pass it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    namespace: str
-    job: str
-    run_id: str
-
-    @classmethod
-    def parse(cls, text: str | None) -> Parent | None:
-        """``namespace/job/run id`` (the job may hold slashes); None for nothing, or text not so shaped."""
-        parts = (text or "").strip().split("/")
-        if len(parts) < 3 or not all(parts):
-            return None
-        return cls(namespace=parts[0], job="/".join(parts[1:-1]), run_id=parts[-1])
-
-    def label(self) -> str:
-        return f"{self.namespace}/{self.job}/{self.run_id}"
-
-
-class LineageRecord(BaseModel):
-    """What a manifest or card records of its run's OpenLineage events: where to find them."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    namespace: str
-    job: str
-    run_id: str  # the events' runId (a UUID)
-    parent: Parent | None = None  # the Airflow task run that started it
-    root: Parent | None = None  # the Airflow DAG run above it
 
 
 def run_uuid(run_id: str) -> str:

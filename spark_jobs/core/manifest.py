@@ -22,7 +22,6 @@ from spark_jobs import __version__
 from spark_jobs.core.atomic import write_file
 from spark_jobs.core.config import params_hash
 from spark_jobs.core.ingest_config import IngestConfig
-from spark_jobs.core.lineage import LineageRecord
 from spark_jobs.core.store import SourceError
 
 MANIFEST = "_manifest.json"
@@ -117,6 +116,35 @@ class ShadowRecord(Record):
     agreement: float | None = None
     champion: ModelSays
     shadow: ModelSays
+
+
+class Parent(Record):
+    """A run that started this one: ``namespace/job/run id`` as OpenLineage's integrations pass it."""
+
+    namespace: str
+    job: str
+    run_id: str
+
+    @classmethod
+    def parse(cls, text: str | None) -> Parent | None:
+        """``namespace/job/run id`` (the job may hold slashes); None for nothing, or text not so shaped."""
+        parts = (text or "").strip().split("/")
+        if len(parts) < 3 or not all(parts):
+            return None
+        return cls(namespace=parts[0], job="/".join(parts[1:-1]), run_id=parts[-1])
+
+    def label(self) -> str:
+        return f"{self.namespace}/{self.job}/{self.run_id}"
+
+
+class LineageRecord(Record):
+    """What a manifest or card records of its run's OpenLineage events: where to find them."""
+
+    namespace: str
+    job: str
+    run_id: str  # the events' runId (a UUID)
+    parent: Parent | None = None  # the Airflow task run that started it
+    root: Parent | None = None  # the Airflow DAG run above it
 
 
 class Manifest(Record):

@@ -21,8 +21,7 @@ from pydantic import Field
 
 from spark_jobs.core.config import ConfigError, LocalPath, View
 from spark_jobs.core.ingest_config import IngestConfig
-from spark_jobs.core.lineage import LineageRecord
-from spark_jobs.core.manifest import JobVersion, Record, Timings, read_record, write
+from spark_jobs.core.manifest import JobVersion, LineageRecord, Record, Timings, read_record, write
 from spark_jobs.core.store import SourceError
 from spark_jobs.imaging.tiles import TilesConfig
 

@@ -45,13 +45,13 @@ def _stage(root: Path, result: GateResult | None, **kwargs: object) -> runner.St
 
 
 def test_parent_ids_parse_as_the_providers_macros_write_them() -> None:
-    parent = lineage.Parent.parse("airflow/image_training.ingest/0192f2c6-6a2b-7e55-a3c1-2c9a0f3b7d10")
+    parent = manifest.Parent.parse("airflow/image_training.ingest/0192f2c6-6a2b-7e55-a3c1-2c9a0f3b7d10")
     assert parent is not None
     assert (parent.namespace, parent.job) == ("airflow", "image_training.ingest")
     assert parent.run_id == "0192f2c6-6a2b-7e55-a3c1-2c9a0f3b7d10"
-    assert lineage.Parent.parse("a/b/c/d").job == "b/c"
+    assert manifest.Parent.parse("a/b/c/d").job == "b/c"
     for bad in (None, "", "only/two", "a//c"):
-        assert lineage.Parent.parse(bad) is None
+        assert manifest.Parent.parse(bad) is None
 
 
 def test_a_run_id_gives_one_uuid_ordered_by_its_time() -> None:
