@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,11 +22,16 @@ from tests.openlineage_events import of_job, problems, read_events
 
 
 @pytest.fixture(autouse=True)
-def _own_transport(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No user configuration of OpenLineage: the events go to data.root/lineage/."""
-    for key in [k for k in os.environ if k.startswith("OPENLINEAGE")]:  # the client aliases OPENLINEAGE_URL
+def _own_transport(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No user configuration of OpenLineage: the events go to data.root/lineage/. The client
+    copies ``OPENLINEAGE_URL`` into ``OPENLINEAGE__TRANSPORT__*`` variables of the process itself:
+    every such variable a test leaves is removed, or later tests' stages would inherit it."""
+    for key in [k for k in os.environ if k.startswith("OPENLINEAGE")]:
         monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)  # no openlineage.yml here
+    yield
+    for key in [k for k in os.environ if k.startswith("OPENLINEAGE")]:
+        del os.environ[key]
 
 
 def _gate(success: bool) -> GateResult:
