@@ -125,6 +125,11 @@ def _tabular(files: Sequence[Path]) -> list[Path]:
     return [p for p in files if p.suffix == ".parquet" and not p.name.startswith((".", "_"))]
 
 
+def parquet_parts(folder: Path) -> list[Path]:
+    """The data files of a Parquet table under ``folder`` (not the hidden or ``_`` ones readers skip)."""
+    return _tabular(files_under(folder))
+
+
 def files_under(folder: Path) -> list[Path]:
     """Every file under ``folder`` (itself, when it is a file)."""
     if folder.is_file():
@@ -158,11 +163,15 @@ def assertions(result: GateResult | None) -> list[tuple[str, bool, str | None]]:
     ]
 
 
+def _disabled() -> bool:
+    return os.environ.get("OPENLINEAGE_DISABLED", "").strip().lower() == "true"
+
+
 def _configured() -> bool:
     """Whether the user configured OpenLineage's client (else the file transport is ours)."""
     from openlineage.client import OpenLineageClient
 
-    if os.environ.get("OPENLINEAGE_URL") or os.environ.get("OPENLINEAGE_DISABLED", "").strip().lower() == "true":
+    if os.environ.get("OPENLINEAGE_URL") or _disabled():
         return True
     if any(k.startswith(OpenLineageClient.DYNAMIC_ENV_VARS_PREFIX) for k in os.environ):
         return True
@@ -223,7 +232,7 @@ class RunLineage:
         self.ended: str | None = None
         self.seconds = time.perf_counter() - began  # spent on this run's lineage (the client's import included)
         self.sent = 0
-        self._broken = os.environ.get("OPENLINEAGE_DISABLED", "").strip().lower() == "true"  # none built
+        self._broken = _disabled()  # none built
 
     def reads(self, *locations: str | Path | None) -> None:
         """Add the run's inputs (a folder, a file, an S3 prefix; None is skipped)."""
@@ -297,11 +306,8 @@ class RunLineage:
         finally:
             self.seconds += time.perf_counter() - started
         if own_end and not self._broken:
-            where = (
-                f"under {self.root / FOLDER}"
-                if sender.transport.kind == "file" and not _configured()
-                else f"by the {sender.transport.kind} transport"
-            )
+            written = getattr(sender.transport.config, "log_file_path", None)  # the file transport's
+            where = f"to {written}-*.json" if written else f"by the {sender.transport.kind} transport"
             log.info(
                 "lineage: %d OpenLineage events of %s run %s sent %s in %.1f ms",
                 self.sent,

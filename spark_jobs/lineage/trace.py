@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spark_jobs.core import manifest
+from spark_jobs.core import lineage, manifest
 from spark_jobs.core.config import ConfigError, Params, load_config, params_hash
 from spark_jobs.core.manifest import MANIFEST, Manifest, RecordError
 from spark_jobs.core.store import SourceError
@@ -91,9 +91,7 @@ def predictions_of(root: Path, image_id: str) -> list[Found]:
         (tables.stream_dir(root) / tables.PREDICTIONS, "micro-batch"),
     )
     for table, kind in places:
-        files = (
-            sorted(p for p in table.rglob("*.parquet") if not p.name.startswith((".", "_"))) if table.exists() else []
-        )
+        files = lineage.parquet_parts(table)
         if not files:
             continue
         dataset = ds.dataset([str(p) for p in files], format="parquet", schema=_schema(files[0]))
