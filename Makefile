@@ -66,7 +66,7 @@ bench: venv bench-venv ## Throughput benchmarks, peers included (writes bench/re
 
 bench-lock: ## Re-resolve bench/requirements.lock (what the project's code uses pinned as in requirements.lock)
 	$(PYTHON) -m venv .lockenv && .lockenv/bin/pip install --quiet pip-tools
-	grep -E '^(pillow|numpy|pandas|pydantic|pyyaml|torch)==' requirements.lock > .lockenv/bench-constraints.txt
+	grep -E '^(pillow|numpy|pandas|pydantic|pyyaml|scipy|torch)==' requirements.lock > .lockenv/bench-constraints.txt
 	rm -f bench/requirements.lock
 	.lockenv/bin/pip-compile --quiet --strip-extras --allow-unsafe --no-emit-index-url \
 		-c .lockenv/bench-constraints.txt -o bench/requirements.lock bench/requirements.in

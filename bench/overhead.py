@@ -15,7 +15,7 @@ this machine's absolute times move by a factor of several from hour to hour:
 - scoring ``--images`` 256x256 JPEGs (those of ``ingest_throughput.py``) with the champion cnn:
   its fixed cost (wall - work).
 
-    python bench/overhead.py [--repeat 3] [--images 16000] [--repo PATH]
+    python bench/overhead.py [--repeat 3] [--images 16000] [--stages score] [--repo PATH]
 
 ``--repo`` measures another checkout (e.g. ``git worktree add /tmp/before <commit>``) with this
 script, its venv and its inputs: a before/after pair. Writes ``bench/results/overhead_<label>.json``.
@@ -134,10 +134,13 @@ def record_of(ws: Path, stage: str, root: Path | None = None) -> dict[str, Any] 
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def per_stage(ws: Path, trivial: float, repeat: int) -> dict[str, Any]:
-    """Each stage again as a cold process (``repeat`` times; medians): wall, work, fixed."""
+def per_stage(ws: Path, trivial: float, repeat: int, only: set[str] | None = None) -> dict[str, Any]:
+    """Each stage (of ``only``, if given) again as a cold process (``repeat`` times; medians):
+    wall, work, fixed."""
     out: dict[str, Any] = {}
     for stage, (cmd, _) in STAGES.items():
+        if only and stage not in only:
+            continue
         walls, works = [], []
         for i in range(repeat):
             root = None
@@ -209,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--images", type=int, default=16000, help="JPEGs for the large scoring run (0: skip it)")
     parser.add_argument("--repo", type=Path, default=REPO, help="the checkout to measure (default: this one)")
+    parser.add_argument(
+        "--stages", default="", help=f"time only these stages again (comma-separated; of {list(STAGES)})"
+    )
     parser.add_argument("--label", default=None, help="name of the result file (default: the repo's commit)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -223,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     repro = timed([str(BIN / "dvc"), "repro", "-q"], ws)
     log.info("dvc repro: %.1f s = %.1fx trivial", repro, repro / trivial)
     reached = quality(ws)
-    stages = per_stage(ws, trivial, args.repeat)
+    stages = per_stage(ws, trivial, args.repeat, set(filter(None, args.stages.split(","))))
     score_120 = stages["score"]["wall_s"]
     many = score_many(ws, args.images, max(1, args.repeat - 1), trivial) if args.images else None
     result = {
@@ -242,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "score_120_cold": {"wall_s": score_120, "vs_trivial": round(score_120 / trivial, 2)},
         "score_many": many,
         "stages": stages,
-        "worst_fixed_vs_trivial": max(s["fixed_vs_trivial"] or 0 for s in stages.values()),
+        "worst_fixed_vs_trivial": max((s["fixed_vs_trivial"] or 0 for s in stages.values()), default=None),
     }
     write_result(f"overhead_{label}.json", result)
     return 0

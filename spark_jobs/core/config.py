@@ -183,7 +183,7 @@ def _typed_spark_conf(conf: dict[str, str]) -> dict[str, str]:
 class SparkConfig(Section):
     master: Annotated[str, AfterValidator(_master_url)] = "local[*]"
     app_name: str = "image-platform"
-    driver_memory: str = Field("4g", pattern=r"^\d+[kmgt]?$")
+    driver_memory: str = Field("1g", pattern=r"^\d+[kmgt]?$")
     executor_memory: str = Field("2g", pattern=r"^\d+[kmgt]?$")
     python: str | None = None
     arrow_max_records_per_batch: int = Field(256, ge=1)

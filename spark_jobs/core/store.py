@@ -7,6 +7,7 @@ credentials come only from the standard AWS environment and config files (``AWS_
 
 from __future__ import annotations
 
+import collections
 import csv
 import functools
 import hashlib
@@ -327,6 +328,13 @@ def fetch(uri: str, max_bytes: int | None = None) -> bytes:
 
 def fetch_many(uris: list[str], threads: int, max_bytes: int | None = None) -> list[bytes | FetchError]:
     """Bytes (or the error) for each URI, fetched concurrently: object stores are latency-bound."""
+    return list(fetch_each(uris, threads, max_bytes))
+
+
+def fetch_each(uris: list[str], threads: int, max_bytes: int | None = None) -> Iterator[bytes | FetchError]:
+    """Bytes (or the error) for each URI in order, fetched as they are consumed: at most ``2 x
+    threads`` files ahead of the caller (object stores, latency-bound) or none (local files), so
+    a batch of camera-sized files is never in memory at once."""
 
     def one(uri: str) -> bytes | FetchError:
         try:
@@ -336,9 +344,16 @@ def fetch_many(uris: list[str], threads: int, max_bytes: int | None = None) -> l
 
     # Threads pay off for object stores (latency-bound), not for local reads (they only add GIL churn).
     if threads <= 1 or len(uris) <= 1 or not any(is_s3(u) for u in uris):
-        return [one(u) for u in uris]
+        yield from map(one, uris)
+        return
     with ThreadPoolExecutor(max_workers=min(threads, len(uris))) as pool:
-        return list(pool.map(one, uris))
+        ahead = 2 * threads
+        pending = collections.deque(pool.submit(one, u) for u in uris[:ahead])
+        for uri in uris[ahead:]:
+            yield pending.popleft().result()
+            pending.append(pool.submit(one, uri))
+        while pending:
+            yield pending.popleft().result()
 
 
 def _resolve_entry(root: str, entry: str) -> str:

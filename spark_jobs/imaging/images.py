@@ -349,15 +349,21 @@ def _resized(opened: tuple[str, str, int, int], im: Image.Image, cfg: IngestConf
 
 
 def decode_record(
-    uri: str, label: str | None, data: bytes | Exception, cfg: IngestConfig, labelled: bool = True
+    uri: str,
+    label: str | None,
+    data: bytes | Exception,
+    cfg: IngestConfig,
+    labelled: bool = True,
+    content_id: str | None = None,
 ) -> dict[str, Any]:
     """One decoded row: pixels and split for a usable image, otherwise ``reason`` and ``detail``.
-    With ``labelled`` false (scoring) an image needs no class folder and gets no split."""
+    With ``labelled`` false (scoring) an image needs no class folder and gets no split;
+    ``content_id``: ``data``'s :func:`image_id` when the caller hashed it already."""
     row: dict[str, Any] = dict.fromkeys(DECODED_FIELDS)
     row.update(source_uri=uri, label=label)
     if isinstance(data, Exception):
         return {**row, "reason": getattr(data, "reason", FETCH_FAILED), "detail": str(data), "size_bytes": 0}
-    row.update(image_id=image_id(data), size_bytes=len(data))
+    row.update(image_id=content_id or image_id(data), size_bytes=len(data))
     if not has_extension(uri, cfg.extensions):
         return {**row, "reason": UNSUPPORTED_EXTENSION, "detail": f"extension not in {list(cfg.extensions)}"}
     try:

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
 def decode_frame(entries: list[tuple[str, str | None]], cfg: IngestConfig) -> pd.DataFrame:
     """Decode one batch of ``(source_uri, label)``: the bytes are fetched here, on the executor."""
-    uris = [uri for uri, _ in entries]
-    contents = store.fetch_many(uris, cfg.fetch_threads, cfg.max_file_bytes)
+    contents = store.fetch_each([uri for uri, _ in entries], cfg.fetch_threads, cfg.max_file_bytes)
+    # Each file's bytes are dropped once decoded: a batch of large photos is never held whole.
     records = [images.decode_record(u, lab, c, cfg) for (u, lab), c in zip(entries, contents, strict=True)]
     return pd.DataFrame.from_records(records, columns=DECODED_FIELDS)
 

@@ -41,7 +41,7 @@ class ScoreConfig(Section):
     top_tiles: int = Field(3, ge=1, le=64)  # a tiles_attention model's most-weighted tiles a row keeps
     heatmaps: bool = False  # a tiles_attention model: each scored image's attention as a PNG beside the report
     quantize: Literal["none", "int8"] = "none"
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(64, ge=1)
     threads: int = Field(1, ge=1, le=256)
     low_confidence: float = Field(0.5, ge=0.0, le=1.0)
     # A second model run on the same decoded pixels, its rows in the shadow table, never in the

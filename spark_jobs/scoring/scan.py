@@ -142,7 +142,8 @@ def scan_batch(
     with :data:`SCAN_FIELDS` and the head's outputs, which are null for unusable files (their
     ``reason`` and ``detail`` set) and for files whose content is in ``done`` (reason
     :data:`ALREADY_SCORED`, not decoded)."""
-    contents = store.fetch_many([uri for uri, _ in entries], cfg.fetch_threads, cfg.max_file_bytes)
+    # Fetched as decoded: only the decoded pixels of the slice are kept (a tiles head keeps the bytes).
+    contents = store.fetch_each([uri for uri, _ in entries], cfg.fetch_threads, cfg.max_file_bytes)
     from_source = getattr(head, "from_source", False)
     good, bad, sources = [], [], []
     for (uri, label), data in zip(entries, contents, strict=True):
@@ -156,10 +157,11 @@ def scan_batch(
             for record in video_records(uri, label, data, cfg, video_cfg, done):
                 (bad if record["reason"] else good).append(record)
             continue
-        if isinstance(data, bytes) and (known := images.image_id(data)) in done:
+        known = images.image_id(data) if isinstance(data, bytes) else None
+        if known is not None and known in done:
             bad.append(_already_scored(uri, label, data, known))
             continue
-        record = images.decode_record(uri, label, data, cfg, labelled=False)
+        record = images.decode_record(uri, label, data, cfg, labelled=False, content_id=known)
         if from_source and not record["reason"]:
             problem = head.problem(record)  # type: ignore[attr-defined]
             if problem:

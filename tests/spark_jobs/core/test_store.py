@@ -110,6 +110,20 @@ def test_fetch_missing_file_is_a_fetch_error(tmp_path: Path) -> None:
     assert isinstance(results[0], store.FetchError)
 
 
+def test_files_are_fetched_as_they_are_consumed(tmp_path: Path) -> None:
+    """A slice of camera-sized files is never in memory at once: each file is read when its turn
+    comes (a file changed before then is read as it is then)."""
+    files = [tmp_path / f"{i}.jpg" for i in range(3)]
+    for i, f in enumerate(files):
+        f.write_bytes(bytes([i]) * 10)
+    fetched = store.fetch_each([f.as_uri() for f in files], threads=8)
+    assert next(fetched) == bytes([0]) * 10
+    files[1].unlink()
+    files[2].write_bytes(b"later")
+    assert isinstance(next(fetched), store.FetchError)
+    assert list(fetched) == [b"later"]
+
+
 def test_directory_listing_sees_empty_and_hidden_files(tmp_path: Path) -> None:
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "a.png").write_bytes(b"12345")

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
+from PIL import Image
 
 from spark_jobs.core.ingest_config import IngestConfig
-from spark_jobs.imaging import images
+from spark_jobs.imaging import images, partitions
 from spark_jobs.scoring import scan
-from tests.factories import class_image
+from tests.factories import class_image, encode
 
 
 def test_id_set_holds_exactly_its_ids() -> None:
@@ -66,3 +68,53 @@ def test_an_id_union_holds_what_any_of_its_sets_holds() -> None:
     assert a in union
     assert b in union
     assert c not in union
+
+
+class _Seen:
+    """A head that keeps the pixels it is given: what the model would see."""
+
+    def __init__(self) -> None:
+        self.pixels: list[np.ndarray] = []
+
+    def outputs(self) -> pa.Schema:
+        return pa.schema([("n", pa.int64())])
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, pa.Array]:
+        self.pixels += list(pixels.copy())
+        return {"n": pa.array(np.arange(len(pixels)))}
+
+
+def _camera_jpeg(orientation: int) -> bytes:
+    """A 3,000 x 2,000 px JPEG (quality 90) of a real photograph with sensor-like noise; with an
+    EXIF ``orientation`` other than 1 it is stored on its side, as a phone writes it."""
+    from skimage import data as photos
+
+    rng = np.random.default_rng(orientation)
+    im = Image.fromarray(photos.astronaut()).resize((3000, 2000), Image.Resampling.BICUBIC)
+    noisy = np.asarray(im, dtype=np.int16) + rng.integers(-6, 7, size=(2000, 3000, 3))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), "JPEG", quality=90, exif=exif)
+
+
+@pytest.mark.parametrize("image_size", [32, 224])
+def test_scoring_sees_the_pixels_ingest_stored_for_a_camera_sized_jpeg(tmp_path: Path, image_size: int) -> None:
+    """Both decode through ``images.decode`` with the model's ingest settings: the reduced-size
+    (DCT-scaled) decode of a large JPEG gives scoring exactly the pixels training was given."""
+    files = []
+    for orientation in (1, 6):
+        files.append(tmp_path / f"photo-{orientation}.jpg")
+        files[-1].write_bytes(_camera_jpeg(orientation))
+    cfg = IngestConfig(image_size=image_size)
+    entries = [(f.as_uri(), "astronaut") for f in files]
+    ingested = partitions.decode_frame(entries, cfg)
+    seen = _Seen()
+    scanned = scan.scan_batch(entries, cfg, scan.IdSet([]), seen)
+    assert scanned.column("reason").null_count == len(files)
+    assert scanned.column("image_id").to_pylist() == ingested["image_id"].tolist()
+    for row, pixels in zip(ingested.itertuples(), seen.pixels, strict=True):
+        assert (row.orig_width, row.orig_height) == ((3000, 2000) if "-1." in row.source_uri else (2000, 3000))
+        assert np.array_equal(images.pixels_to_array(row.pixels, row.height, row.width), pixels)
+    # The check can fail: the reduced-size decode is not a full decode resized (its pixels differ).
+    full = images.resize(Image.fromarray(images.decode_full(files[0].read_bytes(), cfg)), image_size, cfg.resize)
+    assert not np.array_equal(np.asarray(full), seen.pixels[0])
