@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from PIL import Image
+
 _spec = importlib.util.spec_from_file_location("peers", Path(__file__).resolve().parents[1] / "bench" / "peers.py")
 assert _spec
 assert _spec.loader
@@ -76,6 +78,32 @@ def test_a_jvm_child_before_its_exec_is_not_counted_twice():
     assert peers.role(Proc(3, "Executor task l", java), 1) is None  # forked, not yet exec'd: the JVM's pages
     assert peers.role(Proc(4, "python3.11", "/usr/bin/python3.11"), 1) == "python"
     assert peers.role(Proc(5, "ray::MapWorker", "/usr/bin/python3.11"), 1) == "ray::MapWorker"
+
+
+_photos_spec = importlib.util.spec_from_file_location("photos", Path(peers.__file__).with_name("photos.py"))
+assert _photos_spec
+assert _photos_spec.loader
+photos = importlib.util.module_from_spec(_photos_spec)
+_photos_spec.loader.exec_module(photos)
+
+
+def test_a_photo_is_a_camera_sized_jpeg_made_again_the_same(tmp_path: Path) -> None:
+    files, size = photos.make_photos(tmp_path / "photos_3", 3)
+    assert files == 3
+    made = sorted((tmp_path / "photos_3").rglob("*.jpg"))
+    for path in made:
+        with Image.open(path) as im:
+            assert im.format == "JPEG"
+            assert photos.MIN_SIDE <= max(im.size) <= photos.MAX_SIDE
+            assert 0.1 < path.stat().st_size / (im.width * im.height) < 1.0  # bytes per pixel: a photo's, not flat
+    assert size == sum(p.stat().st_size for p in made)
+    # A smaller folder of the same seed is the larger one's first files, linked, not made again.
+    assert photos.make_photos(tmp_path / "photos_2", 2) == (2, sum(p.stat().st_size for p in made[:2]))
+    assert (tmp_path / "photos_2" / made[0].parent.name / made[0].name).stat().st_ino == made[0].stat().st_ino
+    # A file depends only on its seed and index.
+    name, again = photos.photo(2)
+    with Image.open(tmp_path / "photos_3" / name / "00002.jpg") as im:
+        assert im.size == again.size
 
 
 def test_a_figure_whose_engines_did_not_run_is_left_out():

