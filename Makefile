@@ -63,6 +63,7 @@ bench: venv bench-venv ## Throughput benchmarks, peers included (writes bench/re
 	$(BIN)/python bench/features_throughput.py
 	$(BIN)/python bench/score_throughput.py
 	$(BIN)/python bench/peers.py --images 16000 64000 --bench-python $(BENCH_VENV)/bin/python
+	$(BIN)/python bench/peers.py --workload photos --images 750 3000 --bench-python $(BENCH_VENV)/bin/python
 
 bench-lock: ## Re-resolve bench/requirements.lock (what the project's code uses pinned as in requirements.lock)
 	$(PYTHON) -m venv .lockenv && .lockenv/bin/pip install --quiet pip-tools

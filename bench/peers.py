@@ -2,10 +2,21 @@
 single-process loop, bare Spark, Daft and Ray Data, on the same generated JPEGs with the same
 trained cnn, each engine in a process of its own, measured one after the other in one run.
 
+Two workloads (``--workload``): ``digits``, JPEGs of ``--source-size`` px drawn from the digits;
+``photos``, camera-sized JPEGs of 1,000-4,000 px made from the photographs scikit-image and
+scikit-learn ship (:mod:`photos`). Every engine decodes as its documentation shows; where it has a
+cheaper decode it uses it: the project, the plain loop, bare Spark and Ray Data decode with the
+project's ``images.decode`` (libjpeg's DCT scaling, never below twice the model's side). Daft's
+``decode_image`` has no reduced-size decode (0.7.26: only ``mode`` and ``on_error``), so Daft
+decodes at full size and resizes; ``daft-draft`` (a photo engine) is Daft given the project's
+decode in its batch UDF, to show what the decode alone is worth.
+
 - ``work``: the engine's own timed section: list, read, decode, model, write the predictions to
   Parquet. For the project it is its manifest's ``read`` + ``work`` phases (its gate apart).
 - ``wall``: the whole process, interpreter and JVM start-up included; peak RSS is the summed RSS
-  of the process tree (driver, JVM, Python workers, Ray's workers), sampled every 50 ms.
+  of the process tree (driver, JVM, Python workers, Ray's workers), sampled every 50 ms, with its
+  split by process at the peak; PSS (a page shared by n processes counted 1/n in each, as a forked
+  worker shares its daemon's torch) once a second, and both over the run.
 
 The engines:
 
@@ -26,9 +37,12 @@ Daft and Ray Data run in the benchmark's own venv (``make bench-venv``: ``.bench
 bench/requirements.lock, never the project's), given by ``--bench-python``; without it they are
 skipped and the result says so.
 
-    python bench/peers.py [--images 16000 [64000 ...]] [--source-size 256] [--batch-size 256]
-        [--engines project,plain,spark,daft,ray] [--bench-python .bench-venv/bin/python]
-        [--model models/champion/classifier] [--repeat 1] [--tag NAME]
+    python bench/peers.py [--workload digits|photos] [--images 16000 [64000 ...]] [--source-size 256]
+        [--batch-size 64] [--engines project,plain,spark,daft,ray] [--bench-python .bench-venv/bin/python]
+        [--model models/champion/classifier] [--set KEY=VALUE ...] [--repeat 1] [--tag NAME]
+
+``--set`` passes a setting to the project's runs (a memory knob, for instance
+``--set spark.driver_memory=4g`` for the previous heap).
 
 What the drift test costs (one sitting, the two in turn, medians of three):
 
@@ -38,10 +52,10 @@ What a shadow model costs (the mllib model beside the cnn champion):
 
     python bench/peers.py --engines project,project-shadow --repeat 3 --tag shadow
 
-Writes ``bench/results/peers_<N>x<source>px.json`` for each size and, for the whole run,
-``peers_run_<N1>_<N2>...x<source>px.json``: every size's table and the project's figures against the
-throughput targets (:data:`TARGETS`: work and wall ratios, scaling from the smallest to the
-largest size), all from this one run.
+Writes ``bench/results/peers_<N>x<source>px.json`` (``peers_<N>xphotos.json``) for each size and,
+for the whole run, ``peers_run_<N1>_<N2>...x<source>px.json``: every size's table and the
+project's figures against the workload's targets (:data:`TARGETS`: work and wall ratios, memory,
+scaling from the smallest to the largest size), all from this one run.
 """
 
 from __future__ import annotations
