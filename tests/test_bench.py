@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 from PIL import Image
@@ -84,6 +85,7 @@ _photos_spec = importlib.util.spec_from_file_location("photos", Path(peers.__fil
 assert _photos_spec
 assert _photos_spec.loader
 photos = importlib.util.module_from_spec(_photos_spec)
+sys.modules["photos"] = photos  # its worker processes find their function by module name
 _photos_spec.loader.exec_module(photos)
 
 
